@@ -1,0 +1,1 @@
+//! The ferrocorn master process.

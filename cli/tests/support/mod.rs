@@ -1,0 +1,340 @@
+//! Shared harness for end-to-end tests: run the real `ferrocorn` binary, wait on its log lines
+//! (never on sleeps), talk raw bytes over TCP, send real signals, read real /proc.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+}
+
+pub fn ferrocorn_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn"))
+}
+
+/// A running `ferrocorn` master whose stderr log we follow line by line.
+pub struct Server {
+    pub child: Child,
+    /// The first TCP address it listens on (when bound to TCP).
+    pub addr: Option<SocketAddr>,
+    lines: Receiver<String>,
+    /// Every log line seen so far (also those consumed by `wait_for_log`).
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    /// Start `ferrocorn ARGS` (add `-b 127.0.0.1:0` yourself or use [`Server::start`]), with
+    /// `cwd` as its working directory and extra environment.
+    pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(ferrocorn_bin());
+        cmd.args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("WEB_CONCURRENCY")
+            .env_remove("PORT")
+            .env_remove("VIRTUAL_ENV");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn ferrocorn");
+        let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("FERROCORN_TEST_ECHO").is_some() {
+                        eprintln!("ferrocorn| {line}");
+                    }
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Server { child, addr: None, lines: rx, log }
+    }
+
+    /// Start on an ephemeral TCP port and wait until it says where it listens.
+    pub fn start(args: &[&str]) -> Server {
+        Self::start_in(args, &repo_root(), &[])
+    }
+
+    pub fn start_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
+        let mut all = vec!["-b", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        let mut server = Server::spawn(&all, cwd, env);
+        let line = server.wait_for_log("Listening at: http://", BOOT_TIMEOUT);
+        let rest = line.split("Listening at: http://").nth(1).unwrap();
+        let addr = rest.split_whitespace().next().unwrap();
+        server.addr = Some(addr.parse().expect("listen address"));
+        server
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr.expect("server bound to TCP")
+    }
+
+    /// Wait for a log line containing `needle`; panics with the log so far on timeout or exit.
+    pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) if line.contains(needle) => return line,
+                Ok(_) => {}
+                Err(RecvTimeoutError::Timeout) => {
+                    panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.log_text())
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    panic!("ferrocorn closed its output before {needle:?}; log:\n{}", self.log_text())
+                }
+            }
+        }
+    }
+
+    /// Wait until `n` workers have logged that they booted (counting from now).
+    pub fn wait_for_workers(&mut self, n: usize) -> Vec<i32> {
+        (0..n)
+            .map(|_| {
+                let line = self.wait_for_log("Booting worker with pid: ", BOOT_TIMEOUT);
+                line.rsplit(' ').next().unwrap().trim().parse().unwrap()
+            })
+            .collect()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    pub fn signal(&self, sig: libc::c_int) {
+        signal(self.pid(), sig);
+    }
+
+    /// Wait for the master to exit, at most `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                // Let the reader threads catch the last lines.
+                return status;
+            }
+            if Instant::now() > deadline {
+                panic!("ferrocorn did not exit within {timeout:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Live worker processes: children of the master, from /proc.
+    pub fn worker_pids(&self) -> Vec<i32> {
+        children_of(self.pid())
+    }
+
+    /// Poll /proc until the number of workers is `n` (the arbiter's forks/reaps are asynchronous).
+    pub fn wait_worker_count(&self, n: usize, timeout: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pids = self.worker_pids();
+            if pids.len() == n {
+                return pids;
+            }
+            if Instant::now() > deadline {
+                panic!("expected {n} workers, have {pids:?}; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let pids = self.worker_pids();
+            signal(self.pid(), libc::SIGKILL);
+            for pid in pids {
+                signal(pid, libc::SIGKILL);
+            }
+            let _ = self.child.wait();
+        }
+    }
+}
+
+pub fn signal(pid: i32, sig: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
+}
+
+pub fn pid_alive(pid: i32) -> bool {
+    // A zombie still has /proc/PID; count it as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// Pids whose parent is `ppid` (from /proc/*/stat), excluding zombies.
+pub fn children_of(ppid: i32) -> Vec<i32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let after = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = after.split_whitespace().collect();
+        if fields.len() > 2 && fields[0] != "Z" && fields[1].parse::<i32>() == Ok(ppid) {
+            pids.push(pid);
+        }
+    }
+    pids.sort();
+    pids
+}
+
+/// A parsed HTTP response.
+#[derive(Debug, Clone)]
+pub struct Resp {
+    pub status: u16,
+    pub reason: String,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+pub fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s
+}
+
+/// Send raw bytes, half-close, read everything until the server closes.
+pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
+    let mut s = connect(addr);
+    s.write_all(request).unwrap();
+    let _ = s.shutdown(Shutdown::Write);
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    out
+}
+
+/// Send one request (should carry `Connection: close`) and parse the single response.
+pub fn request(addr: SocketAddr, request: &[u8]) -> Resp {
+    let bytes = raw_exchange(addr, request);
+    let (resp, _) = parse_response(&bytes, false)
+        .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&bytes)));
+    resp
+}
+
+pub fn get(addr: SocketAddr, path: &str) -> Resp {
+    request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+}
+
+pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Resp {
+    let mut req = format!(
+        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    request(addr, &req)
+}
+
+/// Parse one response from the front of `bytes`; returns it and the bytes it used. Handles
+/// Content-Length, chunked, and read-until-close bodies. `head_request`: no body expected.
+pub fn parse_response(bytes: &[u8], head_request: bool) -> Option<(Resp, usize)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = std::str::from_utf8(&bytes[..end - 4]).ok()?;
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let mut parts = status_line.splitn(3, ' ');
+    let _version = parts.next()?;
+    let status: u16 = parts.next()?.parse().ok()?;
+    let reason = parts.next().unwrap_or("").to_string();
+    let headers: Vec<(String, String)> = lines
+        .map(|l| {
+            let (k, v) = l.split_once(':').expect("header line");
+            (k.to_string(), v.trim().to_string())
+        })
+        .collect();
+    let find = |name: &str| {
+        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+    };
+    let rest = &bytes[end..];
+    let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
+    let (body, used) = if no_body {
+        (Vec::new(), 0)
+    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+        let mut body = Vec::new();
+        let mut pos = 0;
+        loop {
+            let line_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+            let size_str = std::str::from_utf8(&rest[pos..line_end]).ok()?;
+            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
+            pos = line_end + 2;
+            if size == 0 {
+                // Skip trailers up to the blank line.
+                let t_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
+                if t_end == pos {
+                    pos += 2;
+                } else {
+                    pos = rest[pos..].windows(4).position(|w| w == b"\r\n\r\n")? + pos + 4;
+                }
+                break;
+            }
+            if rest.len() < pos + size + 2 {
+                return None;
+            }
+            body.extend_from_slice(&rest[pos..pos + size]);
+            pos += size + 2;
+        }
+        (body, pos)
+    } else if let Some(len) = find("content-length") {
+        let len: usize = len.parse().ok()?;
+        if rest.len() < len {
+            return None;
+        }
+        (rest[..len].to_vec(), len)
+    } else {
+        (rest.to_vec(), rest.len())
+    };
+    Some((Resp { status, reason, headers, body }, end + used))
+}
+
+/// Parse every response in `bytes` (pipelining / keep-alive), in order.
+pub fn parse_all_responses(mut bytes: &[u8]) -> Vec<Resp> {
+    let mut out = Vec::new();
+    while !bytes.is_empty() {
+        let Some((resp, used)) = parse_response(bytes, false) else { break };
+        out.push(resp);
+        bytes = &bytes[used..];
+    }
+    out
+}

@@ -1,14 +1,24 @@
 //! Listening sockets for ferrocorn: TCP (IPv4/IPv6), `unix:PATH`, `fd://N` and systemd's
 //! `LISTEN_FDS`, with the socket options a pre-fork server needs.
 //!
-//! INTERFACE STUB — the listener helper owns this crate and replaces the `todo!()`s. Keep the public
-//! names and signatures (adding is fine).
+//! The `--bind` syntax follows gunicorn: `HOST:PORT`, `[V6]:PORT`, `HOST` (port 8000), `:PORT`,
+//! `tcp://…`, `unix:PATH` / `unix://PATH` and `fd://N`. Sockets are created close-on-exec (the
+//! workers are forked, not exec'ed, so they still inherit them); call
+//! [`Listener::set_inheritable`] before re-exec'ing the binary.
 
+use std::fmt;
 use std::io;
-use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
-use std::path::PathBuf;
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use socket2::{Domain, SockAddr, SockRef, Socket, Type};
+
+/// gunicorn's port when `--bind` names only a host.
+pub const DEFAULT_PORT: u16 = 8000;
 
 /// One `--bind` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -33,17 +43,152 @@ pub enum Error {
     Systemd(String),
 }
 
+fn invalid(spec: &str, reason: &'static str) -> Error {
+    Error::InvalidSpec {
+        spec: spec.to_string(),
+        reason,
+    }
+}
+
+fn parse_port(spec: &str, port: &str) -> Result<u16, Error> {
+    if port.is_empty() {
+        return Err(invalid(spec, "empty port"));
+    }
+    if !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(invalid(spec, "port is not a number"));
+    }
+    port.parse::<u16>()
+        .map_err(|_| invalid(spec, "port out of range (0-65535)"))
+}
+
 impl std::str::FromStr for BindSpec {
     type Err = Error;
-    fn from_str(_s: &str) -> Result<Self, Error> {
-        todo!()
+    fn from_str(s: &str) -> Result<Self, Error> {
+        let spec = s.trim();
+        if spec.is_empty() {
+            return Err(invalid(s, "empty address"));
+        }
+        if let Some(rest) = spec.strip_prefix("unix:") {
+            let path = rest.strip_prefix("//").unwrap_or(rest);
+            if path.is_empty() {
+                return Err(invalid(s, "empty unix socket path"));
+            }
+            if path.contains('\0') {
+                return Err(invalid(s, "unix socket path contains a NUL byte"));
+            }
+            return Ok(BindSpec::Unix(PathBuf::from(path)));
+        }
+        if let Some(fd) = spec.strip_prefix("fd://") {
+            let fd: RawFd = fd
+                .parse()
+                .map_err(|_| invalid(s, "not a valid file descriptor number"))?;
+            if fd < 0 {
+                return Err(invalid(s, "not a valid file descriptor number"));
+            }
+            return Ok(BindSpec::Fd(fd));
+        }
+        let netloc = spec.strip_prefix("tcp://").unwrap_or(spec);
+        if netloc.contains('/') {
+            return Err(invalid(
+                s,
+                "unexpected '/' (use unix:PATH for unix sockets)",
+            ));
+        }
+        let (host, port) = if let Some(rest) = netloc.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| invalid(s, "missing ']' after IPv6 address"))?;
+            if host.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(invalid(s, "not a valid IPv6 address inside [...]"));
+            }
+            let port = match after {
+                "" => DEFAULT_PORT,
+                p => parse_port(
+                    s,
+                    p.strip_prefix(':')
+                        .ok_or_else(|| invalid(s, "expected ':PORT' after ']'"))?,
+                )?,
+            };
+            (host.to_string(), port)
+        } else {
+            match netloc.split_once(':') {
+                Some((_, p)) if p.contains(':') => {
+                    return Err(invalid(
+                        s,
+                        "IPv6 addresses must be written in brackets, e.g. [::1]:8000",
+                    ))
+                }
+                Some((h, p)) => (h.to_string(), parse_port(s, p)?),
+                None => (netloc.to_string(), DEFAULT_PORT),
+            }
+        };
+        // gunicorn binds an empty host (":8000") on every IPv4 interface.
+        let host = if host.is_empty() {
+            "0.0.0.0".to_string()
+        } else {
+            host.to_ascii_lowercase()
+        };
+        Ok(BindSpec::Tcp { host, port })
+    }
+}
+
+impl fmt::Display for BindSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            BindSpec::Tcp { host, port } if host.contains(':') => write!(f, "[{host}]:{port}"),
+            BindSpec::Tcp { host, port } => write!(f, "{host}:{port}"),
+            BindSpec::Unix(path) => write!(f, "unix:{}", path.display()),
+            BindSpec::Fd(fd) => write!(f, "fd://{fd}"),
+        }
     }
 }
 
 impl BindSpec {
     /// gunicorn's default: `127.0.0.1:8000`, or `0.0.0.0:$PORT` when `port_env` (the value of `$PORT`) is set.
-    pub fn default_for(_port_env: Option<&str>) -> Result<BindSpec, Error> {
-        todo!()
+    pub fn default_for(port_env: Option<&str>) -> Result<BindSpec, Error> {
+        match port_env {
+            None => Ok(BindSpec::Tcp {
+                host: "127.0.0.1".into(),
+                port: DEFAULT_PORT,
+            }),
+            Some(p) => {
+                let port = p.trim().parse::<u16>().map_err(|_| Error::InvalidSpec {
+                    spec: format!("$PORT={p}"),
+                    reason: "$PORT is not a port number (0-65535)",
+                })?;
+                Ok(BindSpec::Tcp {
+                    host: "0.0.0.0".into(),
+                    port,
+                })
+            }
+        }
+    }
+
+    /// Resolve a TCP spec to the address we bind. Literal IPv6 gives an IPv6 socket; anything
+    /// else is IPv4 (names resolved to their first IPv4 address), as gunicorn does.
+    pub fn resolve(&self) -> Result<SocketAddr, Error> {
+        let BindSpec::Tcp { host, port } = self else {
+            return Err(invalid(&self.to_string(), "not a TCP address"));
+        };
+        if let Ok(ip) = host.parse::<IpAddr>() {
+            return Ok(SocketAddr::new(ip, *port));
+        }
+        let addrs = (host.as_str(), *port)
+            .to_socket_addrs()
+            .map_err(|e| Error::Bind {
+                addr: self.to_string(),
+                source: e,
+            })?;
+        addrs
+            .into_iter()
+            .find(SocketAddr::is_ipv4)
+            .ok_or_else(|| Error::Bind {
+                addr: self.to_string(),
+                source: io::Error::new(
+                    io::ErrorKind::NotFound,
+                    format!("{host:?} has no IPv4 address"),
+                ),
+            })
     }
 }
 
@@ -60,15 +205,25 @@ pub struct ListenOptions {
 
 impl Default for ListenOptions {
     fn default() -> Self {
-        ListenOptions { backlog: 2048, unix_mode: None, reuse_port: false }
+        ListenOptions {
+            backlog: 2048,
+            unix_mode: None,
+            reuse_port: false,
+        }
     }
 }
 
 /// A bound, listening socket. Blocking by default; workers may switch it to non-blocking.
+///
+/// Dropping a unix listener does not remove its file (forked workers drop their copies); the
+/// arbiter calls [`Listener::remove_socket_file`] when it shuts down.
 #[derive(Debug)]
 pub enum Listener {
     Tcp(std::net::TcpListener),
-    Unix { listener: std::os::unix::net::UnixListener, path: Option<PathBuf> },
+    Unix {
+        listener: std::os::unix::net::UnixListener,
+        path: Option<PathBuf>,
+    },
 }
 
 /// Who is on the other end of a connection.
@@ -86,53 +241,162 @@ pub enum Stream {
 }
 
 impl Listener {
-    /// Accept one connection (honours the socket's blocking mode).
+    /// Accept one connection (honours the socket's blocking mode). The accepted stream is always
+    /// blocking and close-on-exec, whatever the listener's mode (Linux does not inherit O_NONBLOCK).
     pub fn accept(&self) -> io::Result<(Stream, PeerAddr)> {
-        todo!()
+        match self {
+            Listener::Tcp(l) => l.accept().map(|(s, a)| (Stream::Tcp(s), PeerAddr::Tcp(a))),
+            Listener::Unix { listener, .. } => listener
+                .accept()
+                .map(|(s, _)| (Stream::Unix(s), PeerAddr::Unix)),
+        }
     }
-    pub fn set_nonblocking(&self, _nonblocking: bool) -> io::Result<()> {
-        todo!()
+
+    pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(nonblocking),
+            Listener::Unix { listener, .. } => listener.set_nonblocking(nonblocking),
+        }
     }
+
     /// `http://127.0.0.1:8000` / `unix:/run/app.sock`, for log lines.
     pub fn describe(&self) -> String {
-        todo!()
+        match self {
+            Listener::Tcp(_) => match self.local_addr() {
+                Some(SocketAddr::V4(a)) => format!("http://{a}"),
+                Some(SocketAddr::V6(a)) => format!("http://[{}]:{}", a.ip(), a.port()),
+                None => "http://?".to_string(),
+            },
+            Listener::Unix { .. } => match self.unix_path() {
+                Some(p) => format!("unix:{}", p.display()),
+                None => "unix:(unnamed)".to_string(),
+            },
+        }
     }
+
+    /// The bound TCP address (with the real port when bound to port 0); `None` for unix sockets.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        match self {
+            Listener::Tcp(l) => l.local_addr().ok(),
+            Listener::Unix { .. } => None,
+        }
+    }
+
+    /// The unix socket's path: the one we bound, or the one an inherited socket reports.
+    pub fn unix_path(&self) -> Option<PathBuf> {
+        match self {
+            Listener::Tcp(_) => None,
+            Listener::Unix { path: Some(p), .. } => Some(p.clone()),
+            Listener::Unix {
+                listener,
+                path: None,
+            } => listener
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(Path::to_path_buf)),
+        }
+    }
+
     /// The local address as (SERVER_NAME, SERVER_PORT) for WSGI; unix sockets give the path and "".
     pub fn server_name_port(&self) -> (String, String) {
-        todo!()
+        match self {
+            Listener::Tcp(_) => match self.local_addr() {
+                Some(a) => (a.ip().to_string(), a.port().to_string()),
+                None => (String::new(), String::new()),
+            },
+            Listener::Unix { .. } => (
+                self.unix_path()
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_default(),
+                String::new(),
+            ),
+        }
+    }
+
+    /// Clear (`true`) or set (`false`) close-on-exec, e.g. before re-exec'ing on SIGUSR2.
+    pub fn set_inheritable(&self, inheritable: bool) -> io::Result<()> {
+        SockRef::from(self).set_cloexec(!inheritable)
+    }
+
+    /// Remove the unix socket file we created (no-op for TCP and inherited sockets).
+    pub fn remove_socket_file(&self) -> io::Result<()> {
+        match self {
+            Listener::Unix { path: Some(p), .. } => match std::fs::remove_file(p) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            },
+            _ => Ok(()),
+        }
     }
 }
 
 impl AsRawFd for Listener {
     fn as_raw_fd(&self) -> RawFd {
-        todo!()
+        match self {
+            Listener::Tcp(l) => l.as_raw_fd(),
+            Listener::Unix { listener, .. } => listener.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Listener::Tcp(l) => l.as_fd(),
+            Listener::Unix { listener, .. } => listener.as_fd(),
+        }
     }
 }
 
 impl Stream {
-    pub fn set_read_timeout(&self, _t: Option<Duration>) -> io::Result<()> {
-        todo!()
+    pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
+        }
     }
-    pub fn set_write_timeout(&self, _t: Option<Duration>) -> io::Result<()> {
-        todo!()
+    pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
+        match self {
+            Stream::Tcp(s) => s.set_write_timeout(t),
+            Stream::Unix(s) => s.set_write_timeout(t),
+        }
     }
+    /// TCP_NODELAY on TCP; unix sockets have no Nagle, so this is a no-op for them.
     pub fn set_nodelay(&self) -> io::Result<()> {
-        todo!()
+        match self {
+            Stream::Tcp(s) => s.set_nodelay(true),
+            Stream::Unix(_) => Ok(()),
+        }
     }
     pub fn shutdown_write(&self) -> io::Result<()> {
-        todo!()
+        match self {
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+        }
     }
 }
 
 impl io::Read for Stream {
-    fn read(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        todo!()
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => io::Read::read(s, buf),
+            Stream::Unix(s) => io::Read::read(s, buf),
+        }
     }
 }
 
 impl io::Write for Stream {
-    fn write(&mut self, _buf: &[u8]) -> io::Result<usize> {
-        todo!()
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => io::Write::write(s, buf),
+            Stream::Unix(s) => io::Write::write(s, buf),
+        }
+    }
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        match self {
+            Stream::Tcp(s) => io::Write::write_vectored(s, bufs),
+            Stream::Unix(s) => io::Write::write_vectored(s, bufs),
+        }
     }
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
@@ -141,17 +405,229 @@ impl io::Write for Stream {
 
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
-        todo!()
+        match self {
+            Stream::Tcp(s) => s.as_raw_fd(),
+            Stream::Unix(s) => s.as_raw_fd(),
+        }
+    }
+}
+
+impl AsFd for Stream {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        match self {
+            Stream::Tcp(s) => s.as_fd(),
+            Stream::Unix(s) => s.as_fd(),
+        }
     }
 }
 
 /// Bind every spec (in order). Unix socket files left over from a dead server are removed first.
-pub fn bind_all(_specs: &[BindSpec], _opts: &ListenOptions) -> Result<Vec<Listener>, Error> {
-    todo!()
+pub fn bind_all(specs: &[BindSpec], opts: &ListenOptions) -> Result<Vec<Listener>, Error> {
+    specs.iter().map(|spec| bind(spec, opts)).collect()
 }
+
+/// Bind (or adopt, for `fd://N`) one spec.
+pub fn bind(spec: &BindSpec, opts: &ListenOptions) -> Result<Listener, Error> {
+    match spec {
+        BindSpec::Tcp { .. } => bind_tcp(spec.resolve()?, opts),
+        BindSpec::Unix(path) => bind_unix(path, opts),
+        BindSpec::Fd(fd) => adopt_fd(*fd),
+    }
+}
+
+fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> Result<Listener, Error> {
+    let err = |source: io::Error| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
+    // Restarting the server must not wait for TIME_WAIT connections of the old one.
+    socket.set_reuse_address(true).map_err(err)?;
+    if opts.reuse_port {
+        socket.set_reuse_port(true).map_err(err)?;
+    }
+    if addr.is_ipv6() {
+        // As gunicorn: [::]:PORT means IPv6 only, so a separate 0.0.0.0:PORT bind can coexist.
+        socket.set_only_v6(true).map_err(err)?;
+    }
+    socket.bind(&addr.into()).map_err(err)?;
+    socket.listen(opts.backlog).map_err(err)?;
+    log::debug!("bound tcp {addr}");
+    Ok(Listener::Tcp(socket.into()))
+}
+
+fn bind_unix(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
+    let err = |source: io::Error| Error::Bind {
+        addr: format!("unix:{}", path.display()),
+        source,
+    };
+    remove_stale_socket(path).map_err(err)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;
+    socket
+        .bind(&SockAddr::unix(path).map_err(err)?)
+        .map_err(err)?;
+    if let Some(mode) = opts.unix_mode {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    }
+    socket.listen(opts.backlog).map_err(err)?;
+    log::debug!("bound unix socket {}", path.display());
+    let listener = UnixListener::from(OwnedFd::from(socket));
+    Ok(Listener::Unix {
+        listener,
+        path: Some(path.to_path_buf()),
+    })
+}
+
+/// Remove a socket file left by a dead server. Refuses anything that is not a socket, and a
+/// socket some live process still accepts on.
+fn remove_stale_socket(path: &Path) -> io::Result<()> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(io::Error::new(
+            io::ErrorKind::AlreadyExists,
+            "the path exists and is not a socket; refusing to remove it",
+        ));
+    }
+    match UnixStream::connect(path) {
+        Ok(_) => Err(io::Error::new(
+            io::ErrorKind::AddrInUse,
+            "another server is listening on this socket",
+        )),
+        // Nobody accepts on it: a leftover of a server that died.
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            log::info!("removing stale unix socket {}", path.display());
+            std::fs::remove_file(path)
+        }
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot tell whether the existing socket is in use: {e}"),
+        )),
+    }
+}
+
+/// Check that `fd` is an open, listening stream socket of a family we serve.
+fn check_listening_fd(fd: RawFd) -> Result<Domain, String> {
+    // SAFETY: F_GETFD only reads the descriptor flags; it is harmless on any integer.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } == -1 {
+        return Err(format!(
+            "not an open file descriptor ({})",
+            io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: fcntl above proved `fd` is open; the borrow does not outlive this function and we
+    // never close it here.
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let sock = SockRef::from(&borrowed);
+    let domain = sock.domain().map_err(|e| format!("not a socket ({e})"))?;
+    if domain != Domain::IPV4 && domain != Domain::IPV6 && domain != Domain::UNIX {
+        return Err(format!("unsupported socket family {domain:?}"));
+    }
+    match sock.r#type() {
+        Ok(t) if t == Type::STREAM => {}
+        Ok(t) => return Err(format!("not a stream socket ({t:?})")),
+        Err(e) => return Err(e.to_string()),
+    }
+    if !sock.is_listener().map_err(|e| e.to_string())? {
+        return Err("the socket is not listening (SO_ACCEPTCONN is 0)".to_string());
+    }
+    Ok(domain)
+}
+
+/// Take ownership of an inherited listening socket.
+fn adopt_fd(fd: RawFd) -> Result<Listener, Error> {
+    let domain = check_listening_fd(fd).map_err(|reason| Error::BadFd { fd, reason })?;
+    // SAFETY: `fd` is an open listening socket (checked above) that was handed to us to own.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    // Inherited descriptors may lack close-on-exec; make them like our own.
+    SockRef::from(&owned)
+        .set_cloexec(true)
+        .map_err(|e| Error::BadFd {
+            fd,
+            reason: e.to_string(),
+        })?;
+    Ok(if domain == Domain::UNIX {
+        Listener::Unix {
+            listener: UnixListener::from(owned),
+            path: None,
+        }
+    } else {
+        Listener::Tcp(std::net::TcpListener::from(owned))
+    })
+}
+
+/// The first descriptor systemd passes (`SD_LISTEN_FDS_START`).
+pub const SD_LISTEN_FDS_START: RawFd = 3;
 
 /// Sockets passed by systemd (`LISTEN_PID` must be ours; `LISTEN_FDS` from fd 3). Empty if not
 /// socket-activated. Clears the variables so children do not re-read them.
 pub fn systemd_listeners() -> Result<Vec<Listener>, Error> {
-    todo!()
+    let fds = match std::env::var("LISTEN_FDS") {
+        Err(std::env::VarError::NotPresent) => return Ok(Vec::new()),
+        Err(std::env::VarError::NotUnicode(v)) => {
+            return Err(Error::Systemd(format!("LISTEN_FDS={v:?} is not a number")))
+        }
+        Ok(v) => v,
+    };
+    let pid = std::env::var("LISTEN_PID").ok();
+    let Some(count) = systemd_fd_count(pid.as_deref(), &fds, std::process::id())? else {
+        return Ok(Vec::new());
+    };
+    // Removing them before adopting means a failure below cannot make a child re-adopt.
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    (0..count)
+        .map(|i| {
+            let fd = SD_LISTEN_FDS_START + i;
+            adopt_fd(fd).map_err(|e| Error::Systemd(format!("LISTEN_FDS descriptor {fd}: {e}")))
+        })
+        .collect()
+}
+
+/// Validate `LISTEN_PID` / `LISTEN_FDS`. `Ok(None)` when the variables are meant for another
+/// process (sd_listen_fds semantics); an error when they are malformed.
+pub fn systemd_fd_count(
+    listen_pid: Option<&str>,
+    fds: &str,
+    our_pid: u32,
+) -> Result<Option<i32>, Error> {
+    let pid = listen_pid
+        .ok_or_else(|| Error::Systemd("LISTEN_FDS is set but LISTEN_PID is not".into()))?;
+    let pid: u32 = pid
+        .trim()
+        .parse()
+        .map_err(|_| Error::Systemd(format!("LISTEN_PID={pid:?} is not a process id")))?;
+    if pid != our_pid {
+        log::debug!("LISTEN_PID={pid} is not us ({our_pid}); ignoring LISTEN_FDS");
+        return Ok(None);
+    }
+    let count: i32 = fds
+        .trim()
+        .parse()
+        .map_err(|_| Error::Systemd(format!("LISTEN_FDS={fds:?} is not a number")))?;
+    if !(0..=1024).contains(&count) {
+        return Err(Error::Systemd(format!(
+            "LISTEN_FDS={count} is out of range"
+        )));
+    }
+    Ok(Some(count))
+}
+
+impl From<Listener> for OwnedFd {
+    fn from(l: Listener) -> OwnedFd {
+        match l {
+            Listener::Tcp(l) => l.into(),
+            Listener::Unix { listener, .. } => listener.into(),
+        }
+    }
+}
+
+impl IntoRawFd for Listener {
+    fn into_raw_fd(self) -> RawFd {
+        OwnedFd::from(self).into_raw_fd()
+    }
 }

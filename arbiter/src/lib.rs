@@ -1,1 +1,21 @@
-//! The ferrocorn master process.
+//! The ferrocorn master process (gunicorn's "arbiter").
+//!
+//! It forks workers, reaps them when they exit, respawns the ones that die, kills the ones that stop
+//! heart-beating (`--timeout`), scales on TTIN/TTOU, and stops gracefully (TERM) or quickly (INT/QUIT).
+//! It knows nothing of HTTP or Python: what a worker does is the `worker_main` closure given to
+//! [`Arbiter::run`], and anything that must happen around `fork` (CPython's fork hooks with `--preload`)
+//! is a [`ForkHooks`].
+//!
+//! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] stops the whole server with that
+//! exit code instead of being respawned forever.
+
+mod heartbeat;
+mod master;
+
+pub use heartbeat::Heartbeat;
+pub use master::{Arbiter, ArbiterConfig, Error, ForkHooks, WorkerContext};
+
+/// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).
+pub const WORKER_BOOT_ERROR: i32 = 3;
+/// Exit code of a worker whose application could not be loaded (gunicorn's `APP_LOAD_ERROR`).
+pub const APP_LOAD_ERROR: i32 = 4;

@@ -1,0 +1,79 @@
+//! Liveness of workers across processes: one shared-memory slot per worker holding the monotonic
+//! time of its last beat. gunicorn touches a temp file for this; a shared page costs no syscalls.
+
+use std::num::NonZeroUsize;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use nix::sys::mman::{mmap_anonymous, MapFlags, ProtFlags};
+use nix::time::{clock_gettime, ClockId};
+
+/// How many workers can be alive at once (TTIN beyond this is refused).
+pub(crate) const MAX_SLOTS: usize = 1024;
+
+/// Milliseconds on CLOCK_MONOTONIC, which is the same clock in every process of the machine.
+pub(crate) fn monotonic_ms() -> u64 {
+    let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
+    ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
+}
+
+/// The table of slots, mapped `MAP_SHARED` before any fork so every worker writes the same memory.
+#[derive(Debug)]
+pub(crate) struct HeartbeatTable {
+    slots: NonNull<AtomicU64>,
+}
+
+impl HeartbeatTable {
+    pub(crate) fn new() -> std::io::Result<Self> {
+        let len = NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<AtomicU64>()).unwrap();
+        // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, which is a valid
+        // AtomicU64 bit pattern, page-aligned (so aligned for AtomicU64), and never unmapped, so
+        // pointers into it stay valid for the life of the process and of every forked child.
+        let ptr = unsafe {
+            mmap_anonymous(
+                None,
+                len,
+                ProtFlags::PROT_READ | ProtFlags::PROT_WRITE,
+                MapFlags::MAP_SHARED,
+            )
+        }
+        .map_err(std::io::Error::from)?;
+        Ok(HeartbeatTable { slots: ptr.cast() })
+    }
+
+    fn slot(&self, index: usize) -> &AtomicU64 {
+        assert!(index < MAX_SLOTS);
+        // SAFETY: index is in bounds of the mapping, which lives forever (see `new`).
+        unsafe { &*self.slots.as_ptr().add(index) }
+    }
+
+    /// Reset a slot for a new worker: it counts as having just beaten.
+    pub(crate) fn arm(&self, index: usize) {
+        self.slot(index).store(monotonic_ms(), Ordering::Relaxed);
+    }
+
+    /// Time since the worker in `index` last beat.
+    pub(crate) fn silence(&self, index: usize) -> Duration {
+        let last = self.slot(index).load(Ordering::Relaxed);
+        Duration::from_millis(monotonic_ms().saturating_sub(last))
+    }
+
+    pub(crate) fn handle(&self, index: usize) -> Heartbeat {
+        Heartbeat { slot: NonNull::from(self.slot(index)) }
+    }
+}
+
+/// A worker's end of the heartbeat: call [`Heartbeat::beat`] often (at least every `--timeout / 2`).
+#[derive(Debug)]
+pub struct Heartbeat {
+    slot: NonNull<AtomicU64>,
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        // SAFETY: the slot points into the never-unmapped shared table (see `HeartbeatTable::new`).
+        let slot = unsafe { self.slot.as_ref() };
+        slot.store(monotonic_ms(), Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,418 @@
+//! The arbiter's loop: sleep on the signal queue, reap, respawn, scale, time out, stop.
+
+use std::collections::BTreeMap;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use ferrocorn_signals::{Command, MasterSignals, WorkerSignals};
+use log::{error, info, warn};
+use nix::sys::signal::{kill, Signal};
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::heartbeat::{HeartbeatTable, MAX_SLOTS};
+use crate::{Heartbeat, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+
+/// How often the arbiter wakes on its own to check worker timeouts and counts.
+const TICK: Duration = Duration::from_secs(1);
+/// After SIGABRT for a timeout, how long a worker gets before SIGKILL.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone)]
+pub struct ArbiterConfig {
+    /// `-w/--workers`.
+    pub workers: usize,
+    /// `--timeout`: a worker silent for longer is killed and replaced. `None` disables it.
+    pub timeout: Option<Duration>,
+    /// `--graceful-timeout`: how long workers get to finish after TERM before SIGKILL.
+    pub graceful_timeout: Duration,
+}
+
+impl Default for ArbiterConfig {
+    fn default() -> Self {
+        ArbiterConfig {
+            workers: 1,
+            timeout: Some(Duration::from_secs(30)),
+            graceful_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+type Hook = Box<dyn Fn()>;
+
+/// Code run around every fork, e.g. CPython's `PyOS_BeforeFork` family when the app is preloaded.
+#[derive(Default)]
+pub struct ForkHooks {
+    pub before_fork: Option<Hook>,
+    pub after_fork_parent: Option<Hook>,
+    pub after_fork_child: Option<Hook>,
+}
+
+impl std::fmt::Debug for ForkHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ForkHooks").finish_non_exhaustive()
+    }
+}
+
+fn call(hook: &Option<Hook>) {
+    if let Some(hook) = hook {
+        hook();
+    }
+}
+
+/// What a freshly forked worker gets.
+#[derive(Debug)]
+pub struct WorkerContext {
+    /// The worker's own signal handlers (the master's were replaced right after fork).
+    pub signals: WorkerSignals,
+    pub heartbeat: Heartbeat,
+    /// 1 for the first worker ever forked, then counting up (respawns and reloads included).
+    pub age: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Signals(#[from] ferrocorn_signals::Error),
+    #[error("fork failed: {0}")]
+    Fork(nix::Error),
+    #[error("shared heartbeat memory: {0}")]
+    Heartbeat(std::io::Error),
+}
+
+#[derive(Debug)]
+struct WorkerInfo {
+    slot: usize,
+    age: u64,
+    /// Sent TERM (scaled down, reloaded or stopping): no longer counts towards `-w`.
+    retiring: bool,
+    /// When it was sent SIGABRT for a timeout.
+    aborted_at: Option<Instant>,
+}
+
+/// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
+/// sockets, then [`Arbiter::run`] until it returns the process exit code.
+pub struct Arbiter {
+    config: ArbiterConfig,
+    signals: Option<MasterSignals>,
+    hooks: ForkHooks,
+    table: HeartbeatTable,
+    workers: BTreeMap<Pid, WorkerInfo>,
+    target: usize,
+    next_age: u64,
+    on_reopen_logs: Option<Box<dyn FnMut()>>,
+}
+
+impl std::fmt::Debug for Arbiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Arbiter")
+            .field("config", &self.config)
+            .field("workers", &self.workers)
+            .field("target", &self.target)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Arbiter {
+    pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: ForkHooks) -> Result<Self, Error> {
+        let target = config.workers.clamp(1, MAX_SLOTS);
+        Ok(Arbiter {
+            config,
+            signals: Some(signals),
+            hooks,
+            table: HeartbeatTable::new().map_err(Error::Heartbeat)?,
+            workers: BTreeMap::new(),
+            target,
+            next_age: 1,
+            on_reopen_logs: None,
+        })
+    }
+
+    /// Called on SIGUSR1 (before the signal is passed on to the workers).
+    pub fn on_reopen_logs(&mut self, f: impl FnMut() + 'static) {
+        self.on_reopen_logs = Some(Box::new(f));
+    }
+
+    /// Live worker pids (including ones that are finishing after TERM).
+    pub fn worker_pids(&self) -> Vec<i32> {
+        self.workers.keys().map(|p| p.as_raw()).collect()
+    }
+
+    /// Run the server until it is stopped; returns the exit code for the master process.
+    /// `worker_main` runs in each forked child and returns the child's exit code.
+    pub fn run(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<i32, Error> {
+        self.manage_workers(worker_main)?;
+        loop {
+            let commands = self.signals_mut().wait(TICK);
+            for command in commands {
+                match command {
+                    Command::ChildExited => {}
+                    Command::GracefulStop => {
+                        info!("Handling signal: term");
+                        self.stop(true);
+                        info!("Shutting down: Master");
+                        return Ok(0);
+                    }
+                    Command::QuickStop => {
+                        info!("Handling signal: int/quit");
+                        self.stop(false);
+                        info!("Shutting down: Master");
+                        return Ok(0);
+                    }
+                    Command::IncrementWorkers => {
+                        info!("Handling signal: ttin");
+                        if self.target < MAX_SLOTS {
+                            self.target += 1;
+                        } else {
+                            warn!("Already at the maximum of {MAX_SLOTS} workers");
+                        }
+                    }
+                    Command::DecrementWorkers => {
+                        info!("Handling signal: ttou");
+                        // Like gunicorn, never scale below one worker.
+                        self.target = self.target.saturating_sub(1).max(1);
+                    }
+                    Command::Reload => {
+                        info!("Handling signal: hup");
+                        info!("Hang up: Master");
+                        self.reload(worker_main)?;
+                    }
+                    Command::ReopenLogs => {
+                        info!("Handling signal: usr1");
+                        if let Some(reopen) = &mut self.on_reopen_logs {
+                            reopen();
+                        }
+                        self.signal_workers(Signal::SIGUSR1, false);
+                    }
+                    Command::Reexec => {
+                        warn!("Handling signal: usr2: re-exec is not supported yet; ignoring");
+                    }
+                    Command::StopWorkers => {
+                        info!("Handling signal: winch: ignored when not daemonized");
+                    }
+                }
+            }
+            if let Some(code) = self.reap() {
+                let reason = if code == APP_LOAD_ERROR {
+                    "App failed to load."
+                } else {
+                    "Worker failed to boot."
+                };
+                self.stop(false);
+                info!("Shutting down: Master");
+                error!("Reason: {reason}");
+                return Ok(code);
+            }
+            self.murder_workers();
+            self.manage_workers(worker_main)?;
+        }
+    }
+
+    fn signals_mut(&mut self) -> &mut MasterSignals {
+        self.signals.as_mut().expect("master signals are only taken in forked children")
+    }
+
+    /// Reap every exited child. Returns an exit code if a worker failed to boot, which must stop
+    /// the server rather than respawn it forever.
+    fn reap(&mut self) -> Option<i32> {
+        let mut boot_failure = None;
+        loop {
+            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
+                Ok(status) => status,
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(e) => {
+                    error!("waitpid failed: {e}");
+                    break;
+                }
+            };
+            let (pid, code, signal) = match status {
+                WaitStatus::Exited(pid, code) => (pid, Some(code), None),
+                WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
+                _ => continue,
+            };
+            let Some(info) = self.workers.remove(&pid) else { continue };
+            match (code, signal) {
+                (Some(0), _) => info!("Worker exiting (pid: {pid})"),
+                (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
+                    error!("Worker (pid:{pid}) exited with code {code}");
+                    boot_failure = Some(code);
+                }
+                (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}"),
+                (None, Some(Signal::SIGKILL)) if info.aborted_at.is_none() && !info.retiring => {
+                    error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
+                }
+                (None, Some(sig)) if info.retiring && sig == Signal::SIGTERM => {
+                    info!("Worker exiting (pid: {pid})")
+                }
+                (None, Some(sig)) => error!("Worker (pid:{pid}) was sent {sig}!"),
+                (None, None) => {}
+            }
+        }
+        boot_failure
+    }
+
+    /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
+    fn murder_workers(&mut self) {
+        let Some(timeout) = self.config.timeout else { return };
+        for (pid, info) in &mut self.workers {
+            match info.aborted_at {
+                None if self.table.silence(info.slot) > timeout => {
+                    error!("WORKER TIMEOUT (pid:{pid})");
+                    let _ = kill(*pid, Signal::SIGABRT);
+                    info.aborted_at = Some(Instant::now());
+                }
+                Some(at) if at.elapsed() > ABORT_GRACE => {
+                    let _ = kill(*pid, Signal::SIGKILL);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn active_count(&self) -> usize {
+        self.workers.values().filter(|w| !w.retiring).count()
+    }
+
+    /// Fork or retire workers until `target` of them are active. The oldest are retired first.
+    fn manage_workers(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+        while self.active_count() < self.target {
+            self.spawn_worker(worker_main)?;
+        }
+        let excess = self.active_count().saturating_sub(self.target);
+        if excess > 0 {
+            let mut active: Vec<(u64, Pid)> = self
+                .workers
+                .iter()
+                .filter(|(_, w)| !w.retiring)
+                .map(|(pid, w)| (w.age, *pid))
+                .collect();
+            active.sort();
+            for (_, pid) in active.into_iter().take(excess) {
+                self.retire(pid);
+            }
+        }
+        Ok(())
+    }
+
+    fn retire(&mut self, pid: Pid) {
+        if let Some(info) = self.workers.get_mut(&pid) {
+            info.retiring = true;
+            let _ = kill(pid, Signal::SIGTERM);
+        }
+    }
+
+    /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
+    fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+        let old: Vec<Pid> = self.workers.iter().filter(|(_, w)| !w.retiring).map(|(p, _)| *p).collect();
+        for _ in 0..self.target {
+            self.spawn_worker(worker_main)?;
+        }
+        for pid in old {
+            self.retire(pid);
+        }
+        Ok(())
+    }
+
+    fn free_slot(&self) -> Option<usize> {
+        let used: std::collections::BTreeSet<usize> = self.workers.values().map(|w| w.slot).collect();
+        (0..MAX_SLOTS).find(|slot| !used.contains(slot))
+    }
+
+    fn spawn_worker(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+        let Some(slot) = self.free_slot() else {
+            warn!("No heartbeat slot left; not spawning another worker");
+            return Ok(());
+        };
+        self.table.arm(slot);
+        let age = self.next_age;
+        self.next_age += 1;
+        call(&self.hooks.before_fork);
+        match fork_process().map_err(Error::Fork)? {
+            ForkResult::Child => {
+                call(&self.hooks.after_fork_child);
+                let code = self.worker_process(slot, age, worker_main);
+                std::process::exit(code);
+            }
+            ForkResult::Parent { child } => {
+                call(&self.hooks.after_fork_parent);
+                info!("Booting worker with pid: {child}");
+                self.workers.insert(child, WorkerInfo { slot, age, retiring: false, aborted_at: None });
+                Ok(())
+            }
+        }
+    }
+
+    /// Everything a child does between fork and exit. Never returns into the arbiter's loop.
+    fn worker_process(
+        &mut self,
+        slot: usize,
+        age: u64,
+        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
+    ) -> i32 {
+        let master = self.signals.take().expect("master signals present before fork");
+        let signals = match WorkerSignals::install_replacing(master) {
+            Ok(signals) => signals,
+            Err(e) => {
+                error!("Worker failed to install signal handlers: {e}");
+                return WORKER_BOOT_ERROR;
+            }
+        };
+        let ctx = WorkerContext { signals, heartbeat: self.table.handle(slot), age };
+        match catch_unwind(AssertUnwindSafe(|| worker_main(ctx))) {
+            Ok(code) => code,
+            Err(_) => {
+                error!("Worker panicked; exiting");
+                1
+            }
+        }
+    }
+
+    fn signal_workers(&mut self, sig: Signal, retiring: bool) {
+        for (pid, info) in &mut self.workers {
+            if retiring {
+                info.retiring = true;
+            }
+            let _ = kill(*pid, sig);
+        }
+    }
+
+    /// Stop every worker: TERM (graceful) or QUIT (quick), up to `--graceful-timeout`, then SIGKILL.
+    fn stop(&mut self, graceful: bool) {
+        let sig = if graceful { Signal::SIGTERM } else { Signal::SIGQUIT };
+        self.signal_workers(sig, true);
+        let deadline = Instant::now() + self.config.graceful_timeout;
+        let mut escalated = !graceful;
+        while !self.workers.is_empty() && Instant::now() < deadline {
+            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let commands = self.signals_mut().wait(wait);
+            if !escalated && commands.contains(&Command::QuickStop) {
+                // A second, impatient signal during a graceful stop: stop now.
+                escalated = true;
+                self.signal_workers(Signal::SIGQUIT, true);
+            }
+            self.reap();
+        }
+        if !self.workers.is_empty() {
+            self.signal_workers(Signal::SIGKILL, true);
+            while !self.workers.is_empty() {
+                match waitpid(None, None) {
+                    Ok(status) => {
+                        if let Some(pid) = status.pid() {
+                            self.workers.remove(&pid);
+                        }
+                    }
+                    Err(nix::errno::Errno::EINTR) => {}
+                    Err(_) => break,
+                }
+            }
+        }
+    }
+}
+
+/// SAFETY contract for callers: none beyond fork's own; see below.
+fn fork_process() -> nix::Result<ForkResult> {
+    // SAFETY: the arbiter is single-threaded when it forks (no threads are started in the master;
+    // the signal queue is a self-pipe), so the child cannot inherit a lock held by another thread.
+    unsafe { fork() }
+}

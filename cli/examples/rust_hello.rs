@@ -1,0 +1,67 @@
+//! A Rust app served by ferrocorn's own process model: same flags, signals and workers as the
+//! `ferrocorn` command, no Python involved.
+//!
+//! ```text
+//! cargo run --example rust_hello -- -w 2 -b 127.0.0.1:8000
+//! curl localhost:8000/            # Hello from Rust!
+//! curl -d hi localhost:8000/echo  # hi
+//! ```
+
+use std::io::Read;
+use std::time::Duration;
+
+use ferrocorn_cli::AppSource;
+use ferrocorn_worker::{App, AppError, Request, Response};
+
+struct Hello;
+
+fn text(res: &mut Response<'_>, status: u16, reason: &str, body: &[u8]) -> Result<(), AppError> {
+    res.start(
+        status,
+        reason,
+        vec![
+            (b"Content-Type".to_vec(), b"text/plain; charset=utf-8".to_vec()),
+            (b"Content-Length".to_vec(), body.len().to_string().into_bytes()),
+        ],
+    )?;
+    res.write(body)
+}
+
+impl App for Hello {
+    fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
+        match (req.head.method(), req.head.path()) {
+            ("GET" | "HEAD", "/") => text(res, 200, "OK", b"Hello from Rust!\n"),
+            ("POST", "/echo") => {
+                let mut body = Vec::new();
+                req.read_to_end(&mut body)?;
+                let content_type = req.head.header("content-type").unwrap_or(b"application/octet-stream").to_vec();
+                res.start(
+                    200,
+                    "OK",
+                    vec![
+                        (b"Content-Type".to_vec(), content_type),
+                        (b"Content-Length".to_vec(), body.len().to_string().into_bytes()),
+                    ],
+                )?;
+                res.write(&body)
+            }
+            ("GET", "/sleep") => {
+                let secs: f64 = req
+                    .head
+                    .query()
+                    .strip_prefix("s=")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1.0);
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                text(res, 200, "OK", b"slept\n")
+            }
+            ("GET", "/pid") => text(res, 200, "OK", std::process::id().to_string().as_bytes()),
+            ("GET", "/error") => Err(AppError::Failed("the /error route always fails".into())),
+            _ => text(res, 404, "Not Found", b"not found\n"),
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    ferrocorn_cli::main(AppSource::Rust(Box::new(|| Box::new(Hello))))
+}

@@ -1,0 +1,140 @@
+//! gunicorn-style error log lines: `[2026-11-25 13:00:00 +0000] [PID] [INFO] message`.
+//!
+//! `--log-file PATH` points fd 2 itself at the file (so Python tracebacks written to stderr land there
+//! too); SIGUSR1 reopens it for logrotate.
+
+use std::fs::OpenOptions;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct ErrorLog {
+    level: LevelFilter,
+}
+
+impl Log for ErrorLog {
+    fn enabled(&self, metadata: &Metadata<'_>) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record<'_>) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            Level::Error => "ERROR",
+            Level::Warn => "WARNING",
+            Level::Info => "INFO",
+            Level::Debug => "DEBUG",
+            Level::Trace => "TRACE",
+        };
+        let line = format!(
+            "[{}] [{}] [{level}] {}\n",
+            timestamp(SystemTime::now()),
+            std::process::id(),
+            record.args()
+        );
+        // One write per line so lines from several processes sharing the file do not interleave.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}
+
+/// `--log-level` names as gunicorn spells them.
+pub fn parse_level(name: &str) -> Result<LevelFilter, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "debug" => Ok(LevelFilter::Debug),
+        "info" => Ok(LevelFilter::Info),
+        "warning" | "warn" => Ok(LevelFilter::Warn),
+        "error" | "critical" => Ok(LevelFilter::Error),
+        other => Err(format!(
+            "invalid log level {other:?} (expected debug, info, warning, error or critical)"
+        )),
+    }
+}
+
+pub fn init(level: LevelFilter) {
+    // Only fails if a logger is already set, which happens only in tests that call this twice.
+    let _ = log::set_boxed_logger(Box::new(ErrorLog { level }));
+    log::set_max_level(level);
+}
+
+/// Where the error log goes: `None` = stderr as inherited.
+#[derive(Debug, Clone)]
+pub struct LogFile(Option<PathBuf>);
+
+impl LogFile {
+    /// `-` means stderr, as in gunicorn.
+    pub fn new(path: Option<&Path>) -> Self {
+        LogFile(path.filter(|p| *p != Path::new("-")).map(Path::to_path_buf))
+    }
+
+    /// (Re)open the file in append mode and make it fd 2.
+    pub fn open(&self) -> Result<()> {
+        let Some(path) = &self.0 else { return Ok(()) };
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("cannot open log file {}", path.display()))?;
+        nix::unistd::dup2_stderr(&file)
+            .with_context(|| format!("cannot redirect stderr to {}", path.display()))?;
+        debug_assert!(file.as_raw_fd() != 2);
+        Ok(())
+    }
+}
+
+/// UTC time as `YYYY-MM-DD HH:MM:SS +0000`.
+fn timestamp(now: SystemTime) -> String {
+    let secs = now.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02} +0000",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn civil_from_days(days: i64) -> (i64, u32, u32) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    (year, month, day)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn timestamps_match_known_dates() {
+        assert_eq!(timestamp(UNIX_EPOCH), "1970-01-01 00:00:00 +0000");
+        // 2024-02-29 12:34:56 UTC, a leap day.
+        let t = UNIX_EPOCH + Duration::from_secs(1_709_210_096);
+        assert_eq!(timestamp(t), "2024-02-29 12:34:56 +0000");
+        let t = UNIX_EPOCH + Duration::from_secs(1_798_761_599);
+        assert_eq!(timestamp(t), "2026-12-31 23:59:59 +0000");
+    }
+
+    #[test]
+    fn log_levels_parse_like_gunicorn() {
+        assert_eq!(parse_level("WARNING"), Ok(LevelFilter::Warn));
+        assert_eq!(parse_level("critical"), Ok(LevelFilter::Error));
+        assert!(parse_level("loud").unwrap_err().contains("loud"));
+    }
+}

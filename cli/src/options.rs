@@ -1,0 +1,165 @@
+//! Command-line flags, spelled as gunicorn spells them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use ferrocorn_listener::BindSpec;
+
+fn parse_bind(s: &str) -> Result<BindSpec, String> {
+    s.parse().map_err(|e: ferrocorn_listener::Error| e.to_string())
+}
+
+fn parse_seconds(s: &str) -> Result<Duration, String> {
+    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    if !secs.is_finite() || secs < 0.0 {
+        return Err(format!("{s:?} must be a non-negative number of seconds"));
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn parse_env(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
+}
+
+fn parse_octal(s: &str) -> Result<u32, String> {
+    let digits = s.trim_start_matches("0o");
+    u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal umask like 0o007"))
+}
+
+fn parse_workers(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("{s:?} is not a positive number of workers")),
+    }
+}
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "ferrocorn",
+    version,
+    about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
+    after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
+                  TTIN/TTOU one more/fewer worker, USR1 reopen log files."
+)]
+pub struct Options {
+    /// The WSGI application: `module:callable`, `module:factory(args)` or `module`.
+    #[arg(value_name = "APP")]
+    pub app: Option<String>,
+
+    /// Socket to bind: HOST:PORT, [IPV6]:PORT, unix:PATH or fd://N. Repeatable.
+    /// Default 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.
+    #[arg(short = 'b', long = "bind", value_name = "ADDRESS", value_parser = parse_bind)]
+    pub bind: Vec<BindSpec>,
+
+    /// Maximum number of pending connections.
+    #[arg(long, default_value_t = 2048, value_name = "INT")]
+    pub backlog: i32,
+
+    /// Number of worker processes (default 1, or $WEB_CONCURRENCY).
+    #[arg(short = 'w', long, env = "WEB_CONCURRENCY", default_value = "1", value_parser = parse_workers)]
+    pub workers: usize,
+
+    /// Worker type; only `sync` exists.
+    #[arg(short = 'k', long = "worker-class", default_value = "sync", value_name = "STRING")]
+    pub worker_class: String,
+
+    /// Threads per worker; only 1 (the sync worker) is supported.
+    #[arg(long, default_value_t = 1, value_name = "INT")]
+    pub threads: usize,
+
+    /// Workers silent for more than this many seconds are killed and restarted (0 disables).
+    #[arg(short = 't', long, default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub timeout: Duration,
+
+    /// Seconds workers get to finish their requests after TERM before being killed.
+    #[arg(long = "graceful-timeout", default_value = "30", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub graceful_timeout: Duration,
+
+    /// Seconds to wait for the next request on a keep-alive connection.
+    #[arg(long = "keep-alive", default_value = "2", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub keep_alive: Duration,
+
+    /// Seconds within which a request's whole head must arrive.
+    #[arg(long = "header-timeout", default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub header_timeout: Duration,
+
+    /// Restart a worker after this many requests (0 = never).
+    #[arg(long = "max-requests", default_value_t = 0, value_name = "INT")]
+    pub max_requests: u64,
+
+    /// Add up to this many requests at random to --max-requests, so workers do not restart together.
+    #[arg(long = "max-requests-jitter", default_value_t = 0, value_name = "INT")]
+    pub max_requests_jitter: u64,
+
+    /// Maximum size of the request line in bytes (0 = unlimited).
+    #[arg(long = "limit-request-line", default_value_t = 4094, value_name = "INT")]
+    pub limit_request_line: usize,
+
+    /// Maximum number of header fields.
+    #[arg(long = "limit-request-fields", default_value_t = 100, value_name = "INT")]
+    pub limit_request_fields: usize,
+
+    /// Maximum size of one header field in bytes (0 = unlimited).
+    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", default_value_t = 8190, value_name = "INT")]
+    pub limit_request_field_size: usize,
+
+    /// Maximum request body size in bytes (0 = unlimited).
+    #[arg(long = "limit-request-body", default_value_t = 0, value_name = "INT")]
+    pub limit_request_body: u64,
+
+    /// Change to this directory before loading the app.
+    #[arg(long, value_name = "DIR")]
+    pub chdir: Option<PathBuf>,
+
+    /// Comma-separated directories to add to the Python path.
+    #[arg(long, value_name = "PATHS", value_delimiter = ',')]
+    pub pythonpath: Vec<PathBuf>,
+
+    /// Set an environment variable for the app (KEY=VALUE). Repeatable.
+    #[arg(short = 'e', long = "env", value_name = "KEY=VALUE", value_parser = parse_env)]
+    pub env: Vec<(String, String)>,
+
+    /// Use this virtualenv's packages (default $VIRTUAL_ENV).
+    #[arg(long, env = "VIRTUAL_ENV", value_name = "DIR")]
+    pub virtualenv: Option<PathBuf>,
+
+    /// Load the app in the master before forking workers (shares memory between workers).
+    #[arg(long)]
+    pub preload: bool,
+
+    /// Switch worker processes to this user (name or uid).
+    #[arg(short = 'u', long, value_name = "USER")]
+    pub user: Option<String>,
+
+    /// Switch worker processes to this group (name or gid).
+    #[arg(short = 'g', long, value_name = "GROUP")]
+    pub group: Option<String>,
+
+    /// Process umask (octal), applied before binding: it sets the mode of unix socket files.
+    #[arg(short = 'm', long, value_name = "MODE", value_parser = parse_octal)]
+    pub umask: Option<u32>,
+
+    /// Set SO_REUSEPORT on listening sockets.
+    #[arg(long = "reuse-port")]
+    pub reuse_port: bool,
+
+    /// The error log file (`-` = stderr).
+    #[arg(long = "log-file", alias = "error-logfile", value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+
+    /// debug, info, warning, error or critical.
+    #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = crate::logging::parse_level)]
+    pub log_level: log::LevelFilter,
+
+    /// Write the master's pid to this file.
+    #[arg(short = 'p', long = "pid", value_name = "FILE")]
+    pub pidfile: Option<PathBuf>,
+
+    /// A name for the server in log lines (accepted for gunicorn compatibility).
+    #[arg(short = 'n', long, value_name = "STRING")]
+    pub name: Option<String>,
+}

@@ -1,0 +1,55 @@
+//! `--user` / `--group`: workers drop to an unprivileged account after fork, as gunicorn's do.
+
+use anyhow::{anyhow, Context, Result};
+use nix::unistd::{setgid, setgroups, setuid, Gid, Group, Uid, User};
+
+#[derive(Debug, Clone, Default)]
+pub struct Owner {
+    uid: Option<Uid>,
+    gid: Option<Gid>,
+}
+
+impl Owner {
+    /// Look the names up once in the master, so a typo fails at start-up, not in every worker.
+    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Self> {
+        let user = user
+            .map(|name| {
+                let found = match name.parse::<u32>() {
+                    Ok(uid) => User::from_uid(Uid::from_raw(uid)),
+                    Err(_) => User::from_name(name),
+                };
+                found
+                    .with_context(|| format!("looking up user {name:?}"))?
+                    .ok_or_else(|| anyhow!("no such user: {name:?}"))
+            })
+            .transpose()?;
+        let gid = match group {
+            Some(name) => Some(match name.parse::<u32>() {
+                Ok(gid) => Gid::from_raw(gid),
+                Err(_) => {
+                    Group::from_name(name)
+                        .with_context(|| format!("looking up group {name:?}"))?
+                        .ok_or_else(|| anyhow!("no such group: {name:?}"))?
+                        .gid
+                }
+            }),
+            // Like gunicorn: the user's primary group when only --user is given.
+            None => user.as_ref().map(|u| u.gid),
+        };
+        Ok(Owner { uid: user.map(|u| u.uid), gid })
+    }
+
+    /// Switch this (worker) process to the configured user and group.
+    pub fn apply(&self) -> Result<()> {
+        if let Some(gid) = self.gid {
+            if Uid::effective().is_root() {
+                setgroups(&[gid]).context("setgroups")?;
+            }
+            setgid(gid).with_context(|| format!("cannot switch to group {gid}"))?;
+        }
+        if let Some(uid) = self.uid {
+            setuid(uid).with_context(|| format!("cannot switch to user {uid}"))?;
+        }
+        Ok(())
+    }
+}

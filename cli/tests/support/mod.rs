@@ -20,6 +20,15 @@ pub fn ferrocorn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn"))
 }
 
+/// The `rust_hello` example (a Rust app on the ferrocorn crates), which `cargo test` builds with
+/// the tests. Running one test target alone (`--test NAME`) does not: build it first with
+/// `cargo build --example rust_hello`.
+pub fn rust_example_bin() -> PathBuf {
+    let bin = ferrocorn_bin().parent().unwrap().join("examples/rust_hello");
+    assert!(bin.exists(), "{} is missing: run `cargo build --example rust_hello`", bin.display());
+    bin
+}
+
 /// A running `ferrocorn` master whose stderr log we follow line by line.
 pub struct Server {
     pub child: Child,
@@ -34,7 +43,12 @@ impl Server {
     /// Start `ferrocorn ARGS` (add `-b 127.0.0.1:0` yourself or use [`Server::start`]), with
     /// `cwd` as its working directory and extra environment.
     pub fn spawn(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
-        let mut cmd = Command::new(ferrocorn_bin());
+        Self::spawn_bin(&ferrocorn_bin(), args, cwd, env)
+    }
+
+    /// Like [`Server::spawn`] for another binary built on the ferrocorn crates (the Rust example).
+    pub fn spawn_bin(bin: &Path, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
+        let mut cmd = Command::new(bin);
         cmd.args(args)
             .current_dir(cwd)
             .stdin(Stdio::null())
@@ -75,9 +89,14 @@ impl Server {
     }
 
     pub fn start_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
+        Self::start_bin(&ferrocorn_bin(), args, cwd, env)
+    }
+
+    /// Start `bin` on an ephemeral TCP port and wait until it says where it listens.
+    pub fn start_bin(bin: &Path, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
         let mut all = vec!["-b", "127.0.0.1:0"];
         all.extend_from_slice(args);
-        let mut server = Server::spawn(&all, cwd, env);
+        let mut server = Server::spawn_bin(bin, &all, cwd, env);
         let line = server.wait_for_log("Listening at: http://", BOOT_TIMEOUT);
         let rest = line.split("Listening at: http://").nth(1).unwrap();
         let addr = rest.split_whitespace().next().unwrap();

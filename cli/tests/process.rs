@@ -1,0 +1,238 @@
+//! The pre-fork process model seen from outside: the real binary, real sockets, real signals,
+//! worker processes read from /proc.
+
+mod support;
+
+use std::io::Write;
+use std::time::Duration;
+
+use support::*;
+
+fn examples_dir() -> std::path::PathBuf {
+    repo_root().join("examples")
+}
+
+fn start_hello(args: &[&str]) -> Server {
+    let mut all = vec!["--chdir", "examples"];
+    all.extend_from_slice(args);
+    all.push("hello:app");
+    Server::start(&all)
+}
+
+#[test]
+fn wsgi_example_answers_get_and_post_exactly() {
+    let mut server = start_hello(&["-w", "2"]);
+    server.wait_for_workers(2);
+    let addr = server.addr();
+
+    let resp = get(addr, "/");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body, b"Hello, World!\n");
+    assert_eq!(resp.header("content-length"), Some("14"));
+    assert!(resp.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(resp.header("date").is_some());
+    assert!(resp.header("server").unwrap().starts_with("ferrocorn"));
+
+    let resp = post(addr, "/echo", "application/x-test", b"posted bytes\x00\xff");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(resp.body, b"posted bytes\x00\xff");
+    assert_eq!(resp.header("content-type"), Some("application/x-test"));
+    assert_eq!(resp.header("content-length"), Some("14"));
+}
+
+#[test]
+fn rust_example_answers_get_and_post_exactly() {
+    let mut server = Server::start_bin(&rust_example_bin(), &["-w", "2"], &repo_root(), &[]);
+    server.wait_for_workers(2);
+    let addr = server.addr();
+
+    let resp = get(addr, "/");
+    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"));
+    assert_eq!(resp.body, b"Hello from Rust!\n");
+    assert_eq!(resp.header("content-length"), Some("17"));
+    assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
+
+    let resp = post(addr, "/echo", "text/csv", b"a,b\n1,2\n");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"a,b\n1,2\n");
+    assert_eq!(resp.header("content-type"), Some("text/csv"));
+
+    let resp = get(addr, "/nowhere");
+    assert_eq!(resp.status, 404);
+}
+
+#[test]
+fn a_killed_worker_is_replaced_and_requests_keep_succeeding() {
+    let mut server = start_hello(&["-w", "2"]);
+    let booted = server.wait_for_workers(2);
+    let before = server.wait_worker_count(2, BOOT_TIMEOUT);
+    assert_eq!(before, { let mut b = booted.clone(); b.sort(); b });
+
+    let victim = before[0];
+    signal(victim, libc::SIGKILL);
+    let replacement = server.wait_for_workers(1)[0];
+    assert!(!before.contains(&replacement));
+    server.wait_for_log(&format!("Worker (pid:{victim}) was sent SIGKILL"), BOOT_TIMEOUT);
+    let after = server.wait_worker_count(2, BOOT_TIMEOUT);
+    assert!(!after.contains(&victim), "{after:?}");
+    assert!(after.contains(&replacement), "{after:?}");
+
+    for _ in 0..10 {
+        assert_eq!(get(server.addr(), "/").status, 200);
+    }
+}
+
+#[test]
+fn term_lets_the_request_in_hand_finish_then_everything_exits() {
+    let mut server = start_hello(&["-w", "1"]);
+    server.wait_for_workers(1);
+    let workers = server.wait_worker_count(1, BOOT_TIMEOUT);
+    // Make sure the worker has loaded the app, so the slow request is in the app when TERM lands.
+    assert_eq!(get(server.addr(), "/").status, 200);
+
+    let addr = server.addr();
+    let mut slow = connect(addr);
+    slow.write_all(b"GET /sleep?s=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    server.wait_for_log("sleeping", BOOT_TIMEOUT);
+    server.signal(libc::SIGTERM);
+
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut slow, &mut bytes).unwrap();
+    let (resp, _) = parse_response(&bytes, false).expect("a complete response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"slept 1.0s\n");
+
+    let status = server.wait_exit(Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0), "log:\n{}", server.log_text());
+    for pid in workers {
+        assert!(!pid_alive(pid), "worker {pid} outlived the master");
+    }
+}
+
+#[test]
+fn ttin_and_ttou_scale_workers_up_and_down() {
+    let mut server = start_hello(&["-w", "2"]);
+    server.wait_for_workers(2);
+    server.wait_worker_count(2, BOOT_TIMEOUT);
+
+    server.signal(libc::SIGTTIN);
+    server.wait_for_workers(1);
+    server.wait_worker_count(3, BOOT_TIMEOUT);
+
+    server.signal(libc::SIGTTOU);
+    server.wait_worker_count(2, BOOT_TIMEOUT);
+    assert_eq!(get(server.addr(), "/").status, 200);
+}
+
+#[test]
+fn an_app_that_raises_on_import_stops_the_master_with_its_error() {
+    let dir = std::env::temp_dir().join(format!("ferrocorn-broken-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("broken_app.py"),
+        "raise RuntimeError('broken_app refuses to import')\napp = None\n",
+    )
+    .unwrap();
+    let dir_arg = dir.to_str().unwrap();
+    let mut server = Server::spawn(
+        &["-b", "127.0.0.1:0", "-w", "3", "--chdir", dir_arg, "broken_app:app"],
+        &repo_root(),
+        &[],
+    );
+    let status = server.wait_exit(Duration::from_secs(20));
+    let log = server.log_text();
+    assert_eq!(status.code(), Some(4), "log:\n{log}");
+    assert!(log.contains("broken_app refuses to import"), "log:\n{log}");
+    assert!(log.contains("RuntimeError"), "log:\n{log}");
+    // Three workers at most were forked: no fork loop.
+    let boots = log.matches("Booting worker with pid:").count();
+    assert!((1..=3).contains(&boots), "{boots} boots; log:\n{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_exception_in_a_request_gives_500_and_the_same_worker_serves_on() {
+    let mut server = start_hello(&["-w", "1"]);
+    server.wait_for_workers(1);
+    let before = server.wait_worker_count(1, BOOT_TIMEOUT);
+
+    let resp = get(server.addr(), "/error");
+    assert_eq!(resp.status, 500);
+    assert_eq!(resp.header("connection"), Some("close"));
+    server.wait_for_log("Traceback", BOOT_TIMEOUT);
+    server.wait_for_log("RuntimeError", BOOT_TIMEOUT);
+
+    let resp = get(server.addr(), "/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.body, b"Hello, World!\n");
+    assert_eq!(server.worker_pids(), before, "the worker must not have been replaced");
+}
+
+#[test]
+fn bad_flags_name_the_problem_and_exit_2() {
+    let out = std::process::Command::new(ferrocorn_bin())
+        .args(["--workers", "zero", "hello:app"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--workers") && err.contains("zero"), "{err}");
+
+    let out = std::process::Command::new(ferrocorn_bin()).arg("--no-such-flag").output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+
+    let out = std::process::Command::new(ferrocorn_bin()).output().unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("<APP>"));
+
+    let out = std::process::Command::new(ferrocorn_bin())
+        .args(["-b", "nonsense:port:x", "hello:app"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nonsense:port:x"));
+}
+
+#[test]
+fn version_and_help() {
+    let out = std::process::Command::new(ferrocorn_bin()).arg("--version").output().unwrap();
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ferrocorn {}", env!("CARGO_PKG_VERSION")));
+    let out = std::process::Command::new(ferrocorn_bin()).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    for flag in ["--bind", "--workers", "--timeout", "--graceful-timeout", "--log-level", "--max-requests"] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+}
+
+#[test]
+fn log_file_receives_the_log_and_python_tracebacks() {
+    let log_path = std::env::temp_dir().join(format!("ferrocorn-log-{}.log", std::process::id()));
+    let _ = std::fs::remove_file(&log_path);
+    let mut server = Server::spawn(
+        &["-b", "127.0.0.1:0", "--chdir", "examples", "--log-file", log_path.to_str().unwrap(), "hello:app"],
+        &repo_root(),
+        &[],
+    );
+    // Readiness: the log file says where it listens.
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    let addr = loop {
+        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+        if let Some(rest) = text.split("Listening at: http://").nth(1) {
+            break rest.split_whitespace().next().unwrap().parse().unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "no listen line in {}", log_path.display());
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(get(addr, "/error").status, 500);
+    assert_eq!(get(addr, "/").status, 200);
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let text = std::fs::read_to_string(&log_path).unwrap();
+    assert!(text.contains("Booting worker with pid:"), "{text}");
+    assert!(text.contains("Traceback"), "{text}");
+    assert!(text.contains("Shutting down: Master"), "{text}");
+    let _ = std::fs::remove_file(&log_path);
+    let _ = examples_dir();
+}

@@ -1,0 +1,327 @@
+//! Request bodies: Content-Length and a strict, bounded chunked decoder (RFC 9112 §7.1).
+//!
+//! The decoder consumes every byte it is given until the body ends (partial size and trailer
+//! lines are kept inside, bounded), so a caller never has to re-feed bytes; it stops exactly at
+//! the end of the body, leaving a pipelined next request untouched.
+
+use crate::chars::{is_field_vchar, is_tchar, trim_ows};
+use crate::error::Error;
+use crate::types::{BodyFraming, Limits};
+
+/// Longest chunk-size line (size plus extensions) we buffer.
+const MAX_CHUNK_LINE: usize = 4096;
+
+/// Fields that must not be sent in a trailer (RFC 9110 §6.5.1): framing, routing, request
+/// modifiers, authentication, and fields that describe the content or the connection. Trailers
+/// are never merged into the head anyway; refusing these makes probing for a hop that does merge
+/// them fail loudly.
+const FORBIDDEN_TRAILERS: &[&str] = &[
+    "authorization",
+    "cache-control",
+    "connection",
+    "content-encoding",
+    "content-length",
+    "content-range",
+    "content-type",
+    "cookie",
+    "expect",
+    "host",
+    "if-match",
+    "if-modified-since",
+    "if-none-match",
+    "if-range",
+    "if-unmodified-since",
+    "keep-alive",
+    "max-forwards",
+    "pragma",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "proxy-connection",
+    "range",
+    "set-cookie",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    Length {
+        remaining: u64,
+    },
+    /// Reading a chunk-size line (into `line`).
+    Size,
+    Data {
+        remaining: u64,
+    },
+    /// After chunk data: expecting CR then LF.
+    DataCr,
+    DataLf,
+    /// Reading trailer lines (into `line`) until the empty one.
+    Trailer,
+    Done,
+}
+
+/// Decodes a request body given its framing. Pure: bytes in, body bytes out.
+#[derive(Debug)]
+pub struct BodyDecoder {
+    state: State,
+    /// The body limit (413 once the decoded size would pass it).
+    max: Option<u64>,
+    decoded: u64,
+    /// The unterminated size or trailer line so far.
+    line: Vec<u8>,
+    trailers: Vec<(String, Vec<u8>)>,
+    trailer_line_max: usize,
+    trailer_fields_max: usize,
+}
+
+impl BodyDecoder {
+    pub fn new(framing: BodyFraming, limits: &Limits) -> Self {
+        let state = match framing {
+            BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
+            BodyFraming::Length(n) => State::Length { remaining: n },
+            BodyFraming::Chunked => State::Size,
+        };
+        BodyDecoder {
+            state,
+            max: limits.body,
+            decoded: 0,
+            line: Vec::new(),
+            trailers: Vec::new(),
+            trailer_line_max: limits.field_size(),
+            trailer_fields_max: limits.fields(),
+        }
+    }
+
+    /// Decode from `input`, appending body bytes to `out`; returns how many input bytes were used.
+    /// Call again with more input until [`BodyDecoder::is_done`]. All of `input` is used unless
+    /// the body ends inside it.
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+        let mut pos = 0;
+        while pos < input.len() {
+            let rest = &input[pos..];
+            match self.state {
+                State::Done => break,
+                State::Length { remaining } => {
+                    self.check_limit(remaining)?;
+                    let n = take(remaining, rest.len());
+                    out.extend_from_slice(&rest[..n]);
+                    pos += n;
+                    self.decoded += n as u64;
+                    let remaining = remaining - n as u64;
+                    self.state = if remaining == 0 {
+                        State::Done
+                    } else {
+                        State::Length { remaining }
+                    };
+                }
+                State::Data { remaining } => {
+                    let n = take(remaining, rest.len());
+                    out.extend_from_slice(&rest[..n]);
+                    pos += n;
+                    let remaining = remaining - n as u64;
+                    self.state = if remaining == 0 {
+                        State::DataCr
+                    } else {
+                        State::Data { remaining }
+                    };
+                }
+                State::DataCr | State::DataLf => {
+                    let want = if self.state == State::DataCr {
+                        b'\r'
+                    } else {
+                        b'\n'
+                    };
+                    if rest[0] != want {
+                        return Err(Error::BadRequest("chunk data not followed by CRLF"));
+                    }
+                    pos += 1;
+                    self.state = if want == b'\r' {
+                        State::DataLf
+                    } else {
+                        State::Size
+                    };
+                }
+                State::Size | State::Trailer => {
+                    let max = if self.state == State::Size {
+                        MAX_CHUNK_LINE
+                    } else {
+                        self.trailer_line_max
+                    };
+                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+                        if self.line.len() + rest.len() > max {
+                            return Err(self.line_too_long());
+                        }
+                        self.line.extend_from_slice(rest);
+                        pos = input.len();
+                        break;
+                    };
+                    if self.line.len() + lf + 1 > max {
+                        return Err(self.line_too_long());
+                    }
+                    self.line.extend_from_slice(&rest[..lf]);
+                    pos += lf + 1;
+                    let line = std::mem::take(&mut self.line);
+                    let Some(line) = line.strip_suffix(b"\r") else {
+                        return Err(Error::BadRequest("line ending in chunked body is not CRLF"));
+                    };
+                    if line.contains(&b'\r') {
+                        return Err(Error::BadRequest("bare CR in chunked body"));
+                    }
+                    if self.state == State::Size {
+                        self.size_line(line)?;
+                    } else {
+                        self.trailer_line(line)?;
+                    }
+                }
+            }
+        }
+        Ok(pos)
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Body bytes still expected when the framing is a length (for EOF errors and draining).
+    pub fn remaining_hint(&self) -> Option<u64> {
+        match self.state {
+            State::Length { remaining } => Some(remaining),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Trailer fields of a chunked body (kept apart from the head's headers).
+    pub fn trailers(&self) -> &[(String, Vec<u8>)] {
+        &self.trailers
+    }
+
+    fn check_limit(&self, more: u64) -> Result<(), Error> {
+        match self.max {
+            Some(max) if self.decoded.saturating_add(more) > max => Err(Error::BodyTooLarge),
+            _ => Ok(()),
+        }
+    }
+
+    fn line_too_long(&self) -> Error {
+        if self.state == State::Size {
+            Error::BadRequest("chunk size line too long")
+        } else {
+            Error::HeadersTooLarge("trailer field too long")
+        }
+    }
+
+    fn size_line(&mut self, line: &[u8]) -> Result<(), Error> {
+        let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
+        if digits == 0 {
+            return Err(Error::BadRequest("invalid chunk size"));
+        }
+        let mut size: u64 = 0;
+        for &d in &line[..digits] {
+            let v = (d as char).to_digit(16).unwrap_or(0);
+            size = size
+                .checked_mul(16)
+                .and_then(|s| s.checked_add(u64::from(v)))
+                .ok_or(Error::BadRequest("chunk size overflows"))?;
+        }
+        check_extensions(&line[digits..])?;
+        if size == 0 {
+            self.state = State::Trailer;
+        } else {
+            self.check_limit(size)?;
+            self.decoded += size;
+            self.state = State::Data { remaining: size };
+        }
+        Ok(())
+    }
+
+    fn trailer_line(&mut self, line: &[u8]) -> Result<(), Error> {
+        if line.is_empty() {
+            self.state = State::Done;
+            return Ok(());
+        }
+        let colon = line
+            .iter()
+            .position(|&b| b == b':')
+            .ok_or(Error::BadRequest("trailer line without colon"))?;
+        let name = &line[..colon];
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Error::BadRequest("invalid trailer field name"));
+        }
+        let value = trim_ows(&line[colon + 1..]);
+        if !value.iter().all(|&b| is_field_vchar(b)) {
+            return Err(Error::BadRequest("control character in trailer value"));
+        }
+        let name = String::from_utf8_lossy(name).into_owned();
+        if FORBIDDEN_TRAILERS
+            .iter()
+            .any(|f| name.eq_ignore_ascii_case(f))
+        {
+            return Err(Error::BadRequest("field not allowed in a trailer"));
+        }
+        if self.trailers.len() >= self.trailer_fields_max {
+            return Err(Error::HeadersTooLarge("too many trailer fields"));
+        }
+        self.trailers.push((name, value.to_vec()));
+        Ok(())
+    }
+}
+
+fn take(remaining: u64, available: usize) -> usize {
+    usize::try_from(remaining).map_or(available, |r| r.min(available))
+}
+
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`. Extensions carry nothing we
+/// use; they are checked so that no two parsers can disagree about where the size line ends.
+fn check_extensions(mut s: &[u8]) -> Result<(), Error> {
+    let bad = Err(Error::BadRequest("invalid chunk extension"));
+    let skip_ws = |s: &mut &[u8]| {
+        while let [b' ' | b'\t', rest @ ..] = *s {
+            *s = rest;
+        }
+    };
+    let token = |s: &mut &[u8]| {
+        let n = s.iter().take_while(|&&b| is_tchar(b)).count();
+        let t = &s[..n];
+        *s = &s[n..];
+        t.len()
+    };
+    // Whitespace after the size only makes sense before an extension.
+    if s.first().is_some_and(|b| *b == b' ' || *b == b'\t') && !s.contains(&b';') {
+        return Err(Error::BadRequest("invalid chunk size"));
+    }
+    while !s.is_empty() {
+        skip_ws(&mut s);
+        let [b';', rest @ ..] = s else { return bad };
+        s = rest;
+        skip_ws(&mut s);
+        if token(&mut s) == 0 {
+            return bad;
+        }
+        skip_ws(&mut s);
+        if let [b'=', rest @ ..] = s {
+            s = rest;
+            skip_ws(&mut s);
+            if let [b'"', rest @ ..] = s {
+                s = rest;
+                loop {
+                    match s {
+                        [b'"', rest @ ..] => {
+                            s = rest;
+                            break;
+                        }
+                        [b'\\', q, rest @ ..] if is_field_vchar(*q) => s = rest,
+                        [c, rest @ ..] if is_field_vchar(*c) && *c != b'\\' => s = rest,
+                        _ => return bad,
+                    }
+                }
+            } else if token(&mut s) == 0 {
+                return bad;
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,485 @@
+//! Request heads: an incremental line scanner that enforces CRLF and the size limits as bytes
+//! arrive, then one httparse pass over the complete field block and the semantic checks
+//! (framing, Host, Expect, request-target form) that keep a request unambiguous.
+
+use std::fmt;
+use std::ops::Range;
+
+use crate::chars::{is_field_vchar, is_tchar, trim_ows};
+use crate::error::Error;
+use crate::types::{BodyFraming, Limits, Parsed, Version};
+use crate::uri::{check_host_header, parse_target};
+
+/// Empty lines tolerated before a request line (RFC 9112 §2.2 says "at least one"; a client
+/// that sends more is broken or probing).
+const MAX_LEADING_EMPTY_LINES: usize = 4;
+
+/// What to do with header fields whose name contains `_`: under CGI/WSGI naming
+/// `Content_Length` and `Content-Length` would collide, which is a smuggling vector.
+/// Mirrors gunicorn's `--header-map`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum HeaderMap {
+    /// Leave such fields out of [`RequestHead::headers`] (gunicorn's default, like nginx).
+    #[default]
+    Drop,
+    /// Reject the request with 400.
+    Refuse,
+    /// Keep them (the app must cope with the ambiguity).
+    Dangerous,
+}
+
+#[derive(Clone, PartialEq, Eq)]
+struct Field {
+    name: Range<u32>,
+    value: Range<u32>,
+}
+
+/// A parsed, validated request head. Owns a copy of its bytes; accessors borrow from it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// The head's bytes (from the request line to the blank line).
+    buf: Box<[u8]>,
+    method: Range<u32>,
+    target: Range<u32>,
+    path: Range<u32>,
+    query: Range<u32>,
+    version: Version,
+    fields: Vec<Field>,
+    framing: BodyFraming,
+    keep_alive: bool,
+    expects_continue: bool,
+}
+
+impl fmt::Debug for RequestHead {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RequestHead")
+            .field("method", &self.method())
+            .field("target", &self.target())
+            .field("version", &self.version)
+            .field("fields", &self.fields.len())
+            .field("framing", &self.framing)
+            .field("keep_alive", &self.keep_alive)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RequestHead {
+    fn bytes(&self, r: &Range<u32>) -> &[u8] {
+        &self.buf[r.start as usize..r.end as usize]
+    }
+
+    /// Validated ASCII/UTF-8 parts; the check at parse time makes the fallback unreachable.
+    fn text(&self, r: &Range<u32>) -> &str {
+        std::str::from_utf8(self.bytes(r)).unwrap_or_default()
+    }
+
+    pub fn method(&self) -> &str {
+        self.text(&self.method)
+    }
+    /// The request-target exactly as sent.
+    pub fn target(&self) -> &str {
+        self.text(&self.target)
+    }
+    /// The path part of the target (still percent-encoded; absolute-form reduced to its path,
+    /// `/` when it has none; empty for `*` and authority-form).
+    pub fn path(&self) -> &str {
+        let path = self.text(&self.path);
+        if path.is_empty() && self.is_absolute_form() {
+            "/"
+        } else {
+            path
+        }
+    }
+    /// The query string without `?` (empty if none).
+    pub fn query(&self) -> &str {
+        self.text(&self.query)
+    }
+    pub fn version(&self) -> Version {
+        self.version
+    }
+    /// Header fields in order, names as sent, values without surrounding whitespace.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> + '_ {
+        self.fields
+            .iter()
+            .map(|f| (self.text(&f.name), self.bytes(&f.value)))
+    }
+    /// The first header with this name (ASCII case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+    pub fn framing(&self) -> BodyFraming {
+        self.framing
+    }
+    /// Whether the client allows the connection to persist (version default + `Connection`).
+    pub fn keep_alive(&self) -> bool {
+        self.keep_alive
+    }
+    /// `Expect: 100-continue` was sent (other expectations are rejected with 417 while parsing).
+    pub fn expects_continue(&self) -> bool {
+        self.expects_continue
+    }
+
+    fn is_absolute_form(&self) -> bool {
+        self.target().contains("://")
+    }
+}
+
+/// Incremental head parser: remembers how far it has scanned so each call only looks at new bytes.
+#[derive(Debug, Default)]
+pub struct HeadParser {
+    /// Bytes of the buffer already checked.
+    scanned: usize,
+    /// Start of the line being scanned.
+    line_start: usize,
+    /// Start of the request line (after tolerated leading empty lines).
+    start: usize,
+    leading_empty: usize,
+    /// End of the request line's CRLF, once it has been seen.
+    fields_start: Option<usize>,
+    /// Field lines seen so far.
+    field_lines: usize,
+    header_map: HeaderMap,
+}
+
+impl HeadParser {
+    pub fn new() -> Self {
+        HeadParser::default()
+    }
+
+    /// A parser with a non-default policy for `_` in field names.
+    pub fn with_header_map(header_map: HeaderMap) -> Self {
+        HeadParser {
+            header_map,
+            ..HeadParser::default()
+        }
+    }
+
+    /// Parse a head from the start of `buf` (which grows between calls; reset with [`HeadParser::new`]
+    /// for the next request). `Complete(head, n)`: the head used `buf[..n]`.
+    pub fn parse(&mut self, buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>, Error> {
+        let line_max = limits.request_line();
+        let field_max = limits.field_size();
+        let fields_max = limits.fields();
+        loop {
+            let Some(i) = buf[self.scanned..].iter().position(|&b| b == b'\n') else {
+                self.scanned = buf.len();
+                self.check_partial_line(buf, line_max, field_max)?;
+                return Ok(Parsed::Partial);
+            };
+            let lf = self.scanned + i;
+            self.scanned = lf + 1;
+            if lf == self.line_start || buf[lf - 1] != b'\r' {
+                return Err(Error::BadRequest("line ending is not CRLF"));
+            }
+            let line = &buf[self.line_start..lf - 1];
+            if line.contains(&b'\r') {
+                return Err(Error::BadRequest("bare CR in head"));
+            }
+            let next = lf + 1;
+            match self.fields_start {
+                None if line.is_empty() => {
+                    self.leading_empty += 1;
+                    if self.leading_empty > MAX_LEADING_EMPTY_LINES {
+                        return Err(Error::BadRequest("too many empty lines before request"));
+                    }
+                    self.start = next;
+                }
+                None => {
+                    if line.len() > line_max {
+                        return Err(Error::UriTooLong);
+                    }
+                    self.fields_start = Some(next);
+                }
+                Some(_) if line.is_empty() => {
+                    return self
+                        .finish(buf, next, limits)
+                        .map(|h| Parsed::Complete(h, next))
+                }
+                Some(_) => {
+                    // Gunicorn counts a field line with its CRLF.
+                    if line.len() + 2 > field_max {
+                        return Err(Error::HeadersTooLarge("header field too long"));
+                    }
+                    self.field_lines += 1;
+                    if self.field_lines > fields_max {
+                        return Err(Error::HeadersTooLarge("too many header fields"));
+                    }
+                }
+            }
+            self.line_start = next;
+        }
+    }
+
+    /// Fail as soon as an unterminated line is certain to break a limit, so a client cannot make
+    /// us buffer more than the limits allow.
+    fn check_partial_line(
+        &self,
+        buf: &[u8],
+        line_max: usize,
+        field_max: usize,
+    ) -> Result<(), Error> {
+        let partial = &buf[self.line_start..];
+        // The shortest line this can still become, not counting its line ending.
+        let content = partial.len() - usize::from(partial.last() == Some(&b'\r'));
+        if partial[..content].contains(&b'\r') {
+            return Err(Error::BadRequest("bare CR in head"));
+        }
+        match self.fields_start {
+            None if content > line_max => Err(Error::UriTooLong),
+            Some(_) if content + 2 > field_max => {
+                Err(Error::HeadersTooLarge("header field too long"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn finish(&self, buf: &[u8], end: usize, limits: &Limits) -> Result<RequestHead, Error> {
+        let fields_start = self.fields_start.unwrap_or(end);
+        let head = &buf[self.start..end];
+        let base = self.start;
+        let rel = |r: Range<usize>| (r.start - base) as u32..(r.end - base) as u32;
+
+        let line = &buf[self.start..fields_start - 2];
+        let rl = parse_request_line(line)?;
+        let target_text = std::str::from_utf8(&line[rl.target.clone()])
+            .map_err(|_| Error::BadRequest("request-target is not valid UTF-8"))?;
+        let target = parse_target(target_text, &line[rl.method.clone()])?;
+
+        // The field block, including the final CRLF that httparse expects.
+        let block = &buf[fields_start..end];
+        let mut raw = vec![httparse::EMPTY_HEADER; self.field_lines];
+        match httparse::parse_headers(block, &mut raw) {
+            Ok(httparse::Status::Complete((n, _))) if n == block.len() => {}
+            Ok(_) => return Err(Error::BadRequest("malformed header block")),
+            Err(httparse::Error::HeaderName) => {
+                return Err(Error::BadRequest(
+                    "invalid header name (or obsolete line folding)",
+                ))
+            }
+            Err(httparse::Error::HeaderValue) => {
+                return Err(Error::BadRequest("invalid header value"))
+            }
+            Err(_) => return Err(Error::BadRequest("malformed header line")),
+        }
+
+        let version = rl.version;
+        let mut fields = Vec::with_capacity(raw.len());
+        let mut sem = Semantics::default();
+        for h in raw.iter().take_while(|h| !h.name.is_empty()) {
+            let name = h.name.as_bytes();
+            let value = trim_ows(h.value);
+            if !name.iter().all(|&b| is_tchar(b)) {
+                return Err(Error::BadRequest("invalid header name"));
+            }
+            if !value.iter().all(|&b| is_field_vchar(b)) {
+                return Err(Error::BadRequest("control character in header value"));
+            }
+            if name.contains(&b'_') {
+                match self.header_map {
+                    HeaderMap::Drop => continue,
+                    HeaderMap::Refuse => {
+                        return Err(Error::BadRequest("underscore in header name"))
+                    }
+                    HeaderMap::Dangerous => {}
+                }
+            }
+            sem.field(h.name, value)?;
+            let name_at = h.name.as_ptr() as usize - buf.as_ptr() as usize;
+            let value_at = value.as_ptr() as usize - buf.as_ptr() as usize;
+            fields.push(Field {
+                name: rel(name_at..name_at + name.len()),
+                value: rel(value_at..value_at + value.len()),
+            });
+        }
+
+        let framing = sem.framing(version, limits)?;
+        if version == Version::Http11 && sem.hosts == 0 {
+            return Err(Error::BadRequest("HTTP/1.1 request without Host"));
+        }
+        let keep_alive = match version {
+            Version::Http11 => !sem.close,
+            Version::Http10 => sem.keep_alive && !sem.close,
+        };
+        let line_at = self.start;
+        let shift = |r: Range<usize>| rel(line_at + r.start..line_at + r.end);
+        let target_at = rl.target.start;
+        Ok(RequestHead {
+            buf: head.into(),
+            method: shift(rl.method),
+            target: shift(rl.target),
+            path: shift(target_at + target.path.start..target_at + target.path.end),
+            query: shift(target_at + target.query.start..target_at + target.query.end),
+            version,
+            fields,
+            framing,
+            keep_alive,
+            // RFC 9110 §10.1.1: a server MUST ignore 100-continue in an HTTP/1.0 request.
+            expects_continue: sem.expect_continue && version == Version::Http11,
+        })
+    }
+}
+
+struct RequestLine {
+    method: Range<usize>,
+    target: Range<usize>,
+    version: Version,
+}
+
+fn parse_request_line(line: &[u8]) -> Result<RequestLine, Error> {
+    let sp1 = line.iter().position(|&b| b == b' ');
+    let method_end = sp1.unwrap_or(line.len());
+    let method = &line[..method_end];
+    // Methods are case-sensitive and every registered one is upper case; gunicorn refuses lower
+    // case and `#` so that e.g. `get` cannot reach an app that only checks `GET`.
+    if method.is_empty()
+        || !method
+            .iter()
+            .all(|&b| is_tchar(b) && !b.is_ascii_lowercase() && b != b'#')
+    {
+        return Err(Error::BadRequest("invalid method"));
+    }
+    let Some(sp1) = sp1 else {
+        return Err(Error::BadRequest("malformed request line"));
+    };
+    let rest = &line[sp1 + 1..];
+    let Some(sp2) = rest.iter().position(|&b| b == b' ') else {
+        return Err(Error::BadRequest("malformed request line"));
+    };
+    let target = sp1 + 1..sp1 + 1 + sp2;
+    let version = &rest[sp2 + 1..];
+    if target.is_empty() {
+        return Err(Error::BadRequest("malformed request line"));
+    }
+    if !line[target.clone()].iter().all(|&b| b > b' ' && b != 0x7f) {
+        return Err(Error::BadRequest("invalid character in request-target"));
+    }
+    let version = parse_version(version)?;
+    Ok(RequestLine {
+        method: 0..method_end,
+        target,
+        version,
+    })
+}
+
+/// `HTTP/x.y` with single digits; a well-formed version other than 1.0/1.1 is 505.
+fn parse_version(v: &[u8]) -> Result<Version, Error> {
+    match v {
+        b"HTTP/1.1" => Ok(Version::Http11),
+        b"HTTP/1.0" => Ok(Version::Http10),
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
+            if major.is_ascii_digit() && minor.is_ascii_digit() =>
+        {
+            Err(Error::VersionNotSupported)
+        }
+        _ => Err(Error::BadRequest("malformed HTTP version")),
+    }
+}
+
+/// The fields that decide how the message is framed and handled, collected while walking them.
+#[derive(Default)]
+struct Semantics {
+    content_length: Option<u64>,
+    /// Transfer codings in order, over all Transfer-Encoding fields.
+    transfer_codings: Vec<String>,
+    has_te: bool,
+    hosts: usize,
+    content_types: usize,
+    close: bool,
+    keep_alive: bool,
+    expect_continue: bool,
+}
+
+impl Semantics {
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+        if name.eq_ignore_ascii_case("content-length") {
+            if self.content_length.is_some() {
+                return Err(Error::BadRequest("more than one Content-Length"));
+            }
+            self.content_length = Some(parse_content_length(value)?);
+        } else if name.eq_ignore_ascii_case("transfer-encoding") {
+            self.has_te = true;
+            for coding in value.split(|&b| b == b',') {
+                let coding = trim_ows(coding);
+                if coding.is_empty() {
+                    return Err(Error::BadRequest("empty element in Transfer-Encoding"));
+                }
+                self.transfer_codings
+                    .push(String::from_utf8_lossy(coding).to_ascii_lowercase());
+            }
+        } else if name.eq_ignore_ascii_case("host") {
+            self.hosts += 1;
+            if self.hosts > 1 {
+                return Err(Error::BadRequest("more than one Host"));
+            }
+            check_host_header(value)?;
+        } else if name.eq_ignore_ascii_case("content-type") {
+            // Two types make the body's meaning depend on which one a hop reads.
+            self.content_types += 1;
+            if self.content_types > 1 {
+                return Err(Error::BadRequest("more than one Content-Type"));
+            }
+        } else if name.eq_ignore_ascii_case("connection") {
+            for token in value.split(|&b| b == b',').map(trim_ows) {
+                if token.eq_ignore_ascii_case(b"close") {
+                    self.close = true;
+                } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                    self.keep_alive = true;
+                }
+            }
+        } else if name.eq_ignore_ascii_case("expect") {
+            if value.eq_ignore_ascii_case(b"100-continue") {
+                self.expect_continue = true;
+            } else {
+                return Err(Error::ExpectationFailed);
+            }
+        }
+        Ok(())
+    }
+
+    fn framing(&self, version: Version, limits: &Limits) -> Result<BodyFraming, Error> {
+        if self.has_te {
+            if version == Version::Http10 {
+                return Err(Error::BadRequest(
+                    "Transfer-Encoding in an HTTP/1.0 request",
+                ));
+            }
+            if self.content_length.is_some() {
+                return Err(Error::BadRequest(
+                    "both Content-Length and Transfer-Encoding",
+                ));
+            }
+            let (last, rest) = self
+                .transfer_codings
+                .split_last()
+                .expect("non-empty: checked per field");
+            if last != "chunked" || rest.iter().any(|c| c == "chunked") {
+                return Err(Error::BadRequest(
+                    "chunked is not the final transfer coding exactly once",
+                ));
+            }
+            if !rest.is_empty() {
+                return Err(Error::NotImplemented("transfer coding other than chunked"));
+            }
+            return Ok(BodyFraming::Chunked);
+        }
+        match self.content_length {
+            None | Some(0) => Ok(BodyFraming::Empty),
+            Some(n) if limits.body.is_some_and(|max| n > max) => Err(Error::BodyTooLarge),
+            Some(n) => Ok(BodyFraming::Length(n)),
+        }
+    }
+}
+
+/// `1*DIGIT` only: no sign, no spaces, no list form, no overflow.
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, Error> {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
+        return Err(Error::BadRequest("invalid Content-Length"));
+    }
+    value.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)
+            .and_then(|n| n.checked_add(u64::from(d - b'0')))
+            .ok_or(Error::BadRequest("Content-Length overflows"))
+    })
+}

@@ -1,0 +1,286 @@
+//! Response serialization: the head (with the framing decided here, not by the app) and a body
+//! encoder that can never send more than the head promised.
+
+use std::io::Write as _;
+
+use crate::chars::{is_field_vchar, is_tchar};
+use crate::date::with_http_date;
+use crate::error::Error;
+use crate::head::parse_content_length;
+use crate::types::Version;
+
+/// How the response body will be delimited on the wire.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ResponseFraming {
+    /// No body may be sent (HEAD, 1xx, 204, 304).
+    NoBody,
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the body ends when the connection closes.
+    UntilClose,
+}
+
+/// What the app asked to send, checked and ready to serialize.
+#[derive(Debug, Clone, Copy)]
+pub struct ResponseSpec<'a> {
+    pub status: u16,
+    pub reason: &'a str,
+    pub headers: &'a [(Vec<u8>, Vec<u8>)],
+    /// The request's version and method (HEAD → no body).
+    pub version: Version,
+    pub head_request: bool,
+    /// Whether the server wants to keep the connection (client allows it and the worker is not stopping).
+    pub keep_alive: bool,
+    /// `Server` header value (`--server-header`); empty sends none. An app's own `Server` wins.
+    pub server: &'a str,
+}
+
+/// The serialized head plus the framing it promises.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHeadOut {
+    pub framing: ResponseFraming,
+    /// False when the head says `Connection: close` (then the caller must close after the body).
+    pub keep_alive: bool,
+}
+
+/// Connection-level fields: the server alone decides them, so the app's are dropped.
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    const HOP: &[&[u8]] = &[
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"upgrade",
+        b"te",
+        b"trailer",
+    ];
+    HOP.iter().any(|h| name.eq_ignore_ascii_case(h))
+        || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
+}
+
+/// Append a response head to `out`: status line, the app's headers minus hop-by-hop ones, `Date`,
+/// `Server`, `Connection`, and `Transfer-Encoding: chunked` when needed. Rejects invalid names/values
+/// with [`Error::InvalidResponse`] (leaving `out` as it was).
+pub fn write_response_head(
+    spec: &ResponseSpec<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHeadOut, Error> {
+    if !(100..=999).contains(&spec.status) {
+        return Err(Error::InvalidResponse("status code is not three digits"));
+    }
+    if !spec.reason.bytes().all(is_field_vchar) {
+        return Err(Error::InvalidResponse("control character in reason phrase"));
+    }
+    let mut length = None;
+    let (mut has_date, mut has_server) = (false, false);
+    for (name, value) in spec.headers {
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(Error::InvalidResponse("invalid header name"));
+        }
+        if !value.iter().all(|&b| is_field_vchar(b)) {
+            return Err(Error::InvalidResponse("control character in header value"));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n = parse_content_length(value)
+                .map_err(|_| Error::InvalidResponse("invalid Content-Length"))?;
+            if length.is_some_and(|l| l != n) {
+                return Err(Error::InvalidResponse("conflicting Content-Length headers"));
+            }
+            length = Some(n);
+        }
+        has_date |= name.eq_ignore_ascii_case(b"date");
+        has_server |= name.eq_ignore_ascii_case(b"server");
+    }
+
+    let status = spec.status;
+    // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses.
+    let forbid_length = status < 200 || status == 204;
+    let framing = if spec.head_request || status < 200 || status == 204 || status == 304 {
+        ResponseFraming::NoBody
+    } else if let Some(n) = length {
+        ResponseFraming::Length(n)
+    } else if spec.version == Version::Http11 {
+        ResponseFraming::Chunked
+    } else {
+        ResponseFraming::UntilClose
+    };
+    let keep_alive = spec.keep_alive && framing != ResponseFraming::UntilClose;
+
+    let start = out.len();
+    let _ = write!(out, "HTTP/1.1 {status} {}\r\n", spec.reason);
+    for (name, value) in spec.headers {
+        if is_hop_by_hop(name) || (forbid_length && name.eq_ignore_ascii_case(b"content-length")) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_server && !spec.server.is_empty() {
+        if !spec.server.bytes().all(is_field_vchar) {
+            out.truncate(start);
+            return Err(Error::InvalidResponse("control character in Server"));
+        }
+        out.extend_from_slice(b"Server: ");
+        out.extend_from_slice(spec.server.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        with_http_date(|d| {
+            out.extend_from_slice(b"Date: ");
+            out.extend_from_slice(d.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        });
+    }
+    out.extend_from_slice(if keep_alive {
+        b"Connection: keep-alive\r\n"
+    } else {
+        b"Connection: close\r\n"
+    });
+    if framing == ResponseFraming::Chunked {
+        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+    }
+    out.extend_from_slice(b"\r\n");
+    Ok(ResponseHeadOut {
+        framing,
+        keep_alive,
+    })
+}
+
+/// Frames body bytes for a [`ResponseFraming`], never letting more than a declared length out.
+#[derive(Debug)]
+pub struct BodyEncoder {
+    framing: ResponseFraming,
+    /// Bytes still allowed under a declared length.
+    remaining: u64,
+    finished: bool,
+}
+
+impl BodyEncoder {
+    pub fn new(framing: ResponseFraming) -> Self {
+        let remaining = match framing {
+            ResponseFraming::Length(n) => n,
+            _ => 0,
+        };
+        BodyEncoder {
+            framing,
+            remaining,
+            finished: false,
+        }
+    }
+
+    /// Append the framed form of `data` to `out`; returns how many bytes of `data` were accepted
+    /// (less than `data.len()` when a Content-Length would be exceeded). With
+    /// [`ResponseFraming::NoBody`] everything is accepted and nothing written (a HEAD response's
+    /// body is discarded by design).
+    pub fn encode(&mut self, data: &[u8], out: &mut Vec<u8>) -> usize {
+        if self.finished {
+            return 0;
+        }
+        match self.framing {
+            ResponseFraming::NoBody => data.len(),
+            ResponseFraming::UntilClose => {
+                out.extend_from_slice(data);
+                data.len()
+            }
+            ResponseFraming::Length(_) => {
+                let n = usize::try_from(self.remaining).map_or(data.len(), |r| r.min(data.len()));
+                out.extend_from_slice(&data[..n]);
+                self.remaining -= n as u64;
+                n
+            }
+            ResponseFraming::Chunked => {
+                // An empty chunk would end the body.
+                if !data.is_empty() {
+                    let _ = write!(out, "{:x}\r\n", data.len());
+                    out.extend_from_slice(data);
+                    out.extend_from_slice(b"\r\n");
+                }
+                data.len()
+            }
+        }
+    }
+
+    /// Append the end of the body (the last chunk for chunked). Returns false if a declared length
+    /// was not reached (the connection must then be closed).
+    pub fn finish(&mut self, out: &mut Vec<u8>) -> bool {
+        if !self.finished && self.framing == ResponseFraming::Chunked {
+            out.extend_from_slice(b"0\r\n\r\n");
+        }
+        self.finished = true;
+        self.remaining == 0
+    }
+}
+
+/// The standard reason phrase for `status` (empty when unknown).
+pub fn reason_phrase(status: u16) -> &'static str {
+    match status {
+        100 => "Continue",
+        101 => "Switching Protocols",
+        200 => "OK",
+        201 => "Created",
+        202 => "Accepted",
+        204 => "No Content",
+        206 => "Partial Content",
+        301 => "Moved Permanently",
+        302 => "Found",
+        303 => "See Other",
+        304 => "Not Modified",
+        307 => "Temporary Redirect",
+        308 => "Permanent Redirect",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        411 => "Length Required",
+        413 => "Content Too Large",
+        414 => "URI Too Long",
+        417 => "Expectation Failed",
+        431 => "Request Header Fields Too Large",
+        500 => "Internal Server Error",
+        501 => "Not Implemented",
+        502 => "Bad Gateway",
+        503 => "Service Unavailable",
+        504 => "Gateway Timeout",
+        505 => "HTTP Version Not Supported",
+        _ => "",
+    }
+}
+
+/// A complete error response (`Connection: close`, small text body) for `status`.
+pub fn error_response(status: u16) -> Vec<u8> {
+    error_response_with(status, reason_phrase(status))
+}
+
+/// Like [`error_response`] with `detail` as the body text (e.g. an [`Error`]'s message; it must
+/// not contain line breaks, which are replaced by spaces).
+pub fn error_response_with(status: u16, detail: &str) -> Vec<u8> {
+    let body: String = detail
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .chain(std::iter::once('\n'))
+        .collect();
+    let mut out = Vec::with_capacity(160 + body.len());
+    let _ = write!(
+        out,
+        "HTTP/1.1 {status} {}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n",
+        reason_phrase(status),
+        body.len()
+    );
+    with_http_date(|d| {
+        out.extend_from_slice(b"Date: ");
+        out.extend_from_slice(d.as_bytes());
+        out.extend_from_slice(b"\r\n\r\n");
+    });
+    out.extend_from_slice(body.as_bytes());
+    out
+}
+
+impl Error {
+    /// The complete error response for this error: its status and its message as the body.
+    pub fn response(&self) -> Vec<u8> {
+        error_response_with(self.status(), &self.to_string())
+    }
+}

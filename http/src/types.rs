@@ -1,0 +1,91 @@
+//! Small shared value types: limits, versions, framing, parse results.
+
+/// Gunicorn's request limits, with its defaults.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Limits {
+    /// `--limit-request-line`, over it → 414. As in gunicorn, 0 or anything above 8190 means 8190:
+    /// a request line is never unbounded.
+    pub request_line: usize,
+    /// `--limit-request-fields`, over it → 431. 0 or above 32768 means 32768 (gunicorn's cap).
+    pub fields: usize,
+    /// `--limit-request-field_size` (a field line including its CRLF), over it → 431. 0 means the
+    /// default 8190, as gunicorn does: a field is never unbounded.
+    pub field_size: usize,
+    /// `--limit-request-body` in bytes, `None` = unlimited; over it → 413.
+    pub body: Option<u64>,
+}
+
+/// Gunicorn's hard maximum for the request line.
+pub(crate) const MAX_REQUEST_LINE: usize = 8190;
+/// Gunicorn's hard maximum for the number of header fields.
+pub(crate) const MAX_HEADERS: usize = 32768;
+/// Gunicorn's default (and the meaning of 0) for a header field line.
+pub(crate) const DEFAULT_FIELD_SIZE: usize = 8190;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            request_line: 4094,
+            fields: 100,
+            field_size: 8190,
+            body: None,
+        }
+    }
+}
+
+impl Limits {
+    pub(crate) fn request_line(&self) -> usize {
+        if self.request_line == 0 || self.request_line > MAX_REQUEST_LINE {
+            MAX_REQUEST_LINE
+        } else {
+            self.request_line
+        }
+    }
+    pub(crate) fn fields(&self) -> usize {
+        if self.fields == 0 || self.fields > MAX_HEADERS {
+            MAX_HEADERS
+        } else {
+            self.fields
+        }
+    }
+    pub(crate) fn field_size(&self) -> usize {
+        if self.field_size == 0 {
+            DEFAULT_FIELD_SIZE
+        } else {
+            self.field_size
+        }
+    }
+}
+
+/// HTTP versions the server speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    Http10,
+    Http11,
+}
+
+impl Version {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Version::Http10 => "HTTP/1.0",
+            Version::Http11 => "HTTP/1.1",
+        }
+    }
+}
+
+/// How the request body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFraming {
+    /// No body (no Content-Length, no Transfer-Encoding, or `Content-Length: 0`).
+    Empty,
+    Length(u64),
+    Chunked,
+}
+
+/// The result of feeding bytes to a parser: `Partial` means "need more bytes", not an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<T> {
+    /// The value and how many bytes of the input it used.
+    Complete(T, usize),
+    Partial,
+}

@@ -60,7 +60,9 @@ impl HeartbeatTable {
     }
 
     pub(crate) fn handle(&self, index: usize) -> Heartbeat {
-        Heartbeat { slot: NonNull::from(self.slot(index)) }
+        Heartbeat {
+            slot: NonNull::from(self.slot(index)),
+        }
     }
 }
 
@@ -75,5 +77,42 @@ impl Heartbeat {
         // SAFETY: the slot points into the never-unmapped shared table (see `HeartbeatTable::new`).
         let slot = unsafe { self.slot.as_ref() };
         slot.store(monotonic_ms(), Ordering::Relaxed);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::{fork, ForkResult};
+
+    #[test]
+    fn a_beat_in_a_forked_child_is_seen_by_the_parent() {
+        let table = HeartbeatTable::new().unwrap();
+        // Pretend slot 3 last beat long ago.
+        table.slot(3).store(0, Ordering::Relaxed);
+        assert!(table.silence(3) > Duration::from_secs(1));
+        // SAFETY: the child only stores to shared memory and calls _exit; no locks are taken.
+        match unsafe { fork() }.unwrap() {
+            ForkResult::Child => {
+                table.handle(3).beat();
+                // SAFETY: _exit skips the test harness's atexit/destructors, which belong to the parent.
+                unsafe { libc::_exit(0) }
+            }
+            ForkResult::Parent { child } => {
+                assert!(matches!(
+                    waitpid(child, None).unwrap(),
+                    WaitStatus::Exited(_, 0)
+                ));
+            }
+        }
+        assert!(
+            table.silence(3) < Duration::from_secs(5),
+            "the child's beat is visible"
+        );
+        assert!(
+            table.silence(4) > Duration::from_secs(1),
+            "other slots untouched"
+        );
     }
 }

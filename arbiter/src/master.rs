@@ -114,7 +114,11 @@ impl std::fmt::Debug for Arbiter {
 }
 
 impl Arbiter {
-    pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: ForkHooks) -> Result<Self, Error> {
+    pub fn new(
+        config: ArbiterConfig,
+        signals: MasterSignals,
+        hooks: ForkHooks,
+    ) -> Result<Self, Error> {
         let target = config.workers.clamp(1, MAX_SLOTS);
         Ok(Arbiter {
             config,
@@ -209,7 +213,9 @@ impl Arbiter {
     }
 
     fn signals_mut(&mut self) -> &mut MasterSignals {
-        self.signals.as_mut().expect("master signals are only taken in forked children")
+        self.signals
+            .as_mut()
+            .expect("master signals are only taken in forked children")
     }
 
     /// Reap every exited child. Returns an exit code if a worker failed to boot, which must stop
@@ -231,7 +237,9 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
-            let Some(info) = self.workers.remove(&pid) else { continue };
+            let Some(info) = self.workers.remove(&pid) else {
+                continue;
+            };
             match (code, signal) {
                 (Some(0), _) => info!("Worker exiting (pid: {pid})"),
                 (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
@@ -254,7 +262,9 @@ impl Arbiter {
 
     /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
     fn murder_workers(&mut self) {
-        let Some(timeout) = self.config.timeout else { return };
+        let Some(timeout) = self.config.timeout else {
+            return;
+        };
         for (pid, info) in &mut self.workers {
             match info.aborted_at {
                 None if self.table.silence(info.slot) > timeout => {
@@ -275,7 +285,10 @@ impl Arbiter {
     }
 
     /// Fork or retire workers until `target` of them are active. The oldest are retired first.
-    fn manage_workers(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+    fn manage_workers(
+        &mut self,
+        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
+    ) -> Result<(), Error> {
         while self.active_count() < self.target {
             self.spawn_worker(worker_main)?;
         }
@@ -304,7 +317,12 @@ impl Arbiter {
 
     /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
     fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
-        let old: Vec<Pid> = self.workers.iter().filter(|(_, w)| !w.retiring).map(|(p, _)| *p).collect();
+        let old: Vec<Pid> = self
+            .workers
+            .iter()
+            .filter(|(_, w)| !w.retiring)
+            .map(|(p, _)| *p)
+            .collect();
         for _ in 0..self.target {
             self.spawn_worker(worker_main)?;
         }
@@ -315,11 +333,15 @@ impl Arbiter {
     }
 
     fn free_slot(&self) -> Option<usize> {
-        let used: std::collections::BTreeSet<usize> = self.workers.values().map(|w| w.slot).collect();
+        let used: std::collections::BTreeSet<usize> =
+            self.workers.values().map(|w| w.slot).collect();
         (0..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
-    fn spawn_worker(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+    fn spawn_worker(
+        &mut self,
+        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
+    ) -> Result<(), Error> {
         let Some(slot) = self.free_slot() else {
             warn!("No heartbeat slot left; not spawning another worker");
             return Ok(());
@@ -337,7 +359,15 @@ impl Arbiter {
             ForkResult::Parent { child } => {
                 call(&self.hooks.after_fork_parent);
                 info!("Booting worker with pid: {child}");
-                self.workers.insert(child, WorkerInfo { slot, age, retiring: false, aborted_at: None });
+                self.workers.insert(
+                    child,
+                    WorkerInfo {
+                        slot,
+                        age,
+                        retiring: false,
+                        aborted_at: None,
+                    },
+                );
                 Ok(())
             }
         }
@@ -350,7 +380,10 @@ impl Arbiter {
         age: u64,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
     ) -> i32 {
-        let master = self.signals.take().expect("master signals present before fork");
+        let master = self
+            .signals
+            .take()
+            .expect("master signals present before fork");
         let signals = match WorkerSignals::install_replacing(master) {
             Ok(signals) => signals,
             Err(e) => {
@@ -358,7 +391,11 @@ impl Arbiter {
                 return WORKER_BOOT_ERROR;
             }
         };
-        let ctx = WorkerContext { signals, heartbeat: self.table.handle(slot), age };
+        let ctx = WorkerContext {
+            signals,
+            heartbeat: self.table.handle(slot),
+            age,
+        };
         match catch_unwind(AssertUnwindSafe(|| worker_main(ctx))) {
             Ok(code) => code,
             Err(_) => {
@@ -379,12 +416,18 @@ impl Arbiter {
 
     /// Stop every worker: TERM (graceful) or QUIT (quick), up to `--graceful-timeout`, then SIGKILL.
     fn stop(&mut self, graceful: bool) {
-        let sig = if graceful { Signal::SIGTERM } else { Signal::SIGQUIT };
+        let sig = if graceful {
+            Signal::SIGTERM
+        } else {
+            Signal::SIGQUIT
+        };
         self.signal_workers(sig, true);
         let deadline = Instant::now() + self.config.graceful_timeout;
         let mut escalated = !graceful;
         while !self.workers.is_empty() && Instant::now() < deadline {
-            let wait = deadline.saturating_duration_since(Instant::now()).min(Duration::from_millis(100));
+            let wait = deadline
+                .saturating_duration_since(Instant::now())
+                .min(Duration::from_millis(100));
             let commands = self.signals_mut().wait(wait);
             if !escalated && commands.contains(&Command::QuickStop) {
                 // A second, impatient signal during a graceful stop: stop now.

@@ -20,8 +20,14 @@ fn text(res: &mut Response<'_>, status: u16, reason: &str, body: &[u8]) -> Resul
         status,
         reason,
         vec![
-            (b"Content-Type".to_vec(), b"text/plain; charset=utf-8".to_vec()),
-            (b"Content-Length".to_vec(), body.len().to_string().into_bytes()),
+            (
+                b"Content-Type".to_vec(),
+                b"text/plain; charset=utf-8".to_vec(),
+            ),
+            (
+                b"Content-Length".to_vec(),
+                body.len().to_string().into_bytes(),
+            ),
         ],
     )?;
     res.write(body)
@@ -34,13 +40,20 @@ impl App for Hello {
             ("POST", "/echo") => {
                 let mut body = Vec::new();
                 req.read_to_end(&mut body)?;
-                let content_type = req.head.header("content-type").unwrap_or(b"application/octet-stream").to_vec();
+                let content_type = req
+                    .head
+                    .header("content-type")
+                    .unwrap_or(b"application/octet-stream")
+                    .to_vec();
                 res.start(
                     200,
                     "OK",
                     vec![
                         (b"Content-Type".to_vec(), content_type),
-                        (b"Content-Length".to_vec(), body.len().to_string().into_bytes()),
+                        (
+                            b"Content-Length".to_vec(),
+                            body.len().to_string().into_bytes(),
+                        ),
                     ],
                 )?;
                 res.write(&body)

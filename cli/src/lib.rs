@@ -63,10 +63,16 @@ pub fn main(source: AppSource) -> ExitCode {
 
 fn check_options(options: &Options, source: &AppSource) -> Result<()> {
     if options.worker_class != "sync" {
-        bail!("worker class {:?} is not supported: ferrocorn has only the sync worker", options.worker_class);
+        bail!(
+            "worker class {:?} is not supported: ferrocorn has only the sync worker",
+            options.worker_class
+        );
     }
     if options.threads != 1 {
-        bail!("--threads {} is not supported: the sync worker runs one request at a time", options.threads);
+        bail!(
+            "--threads {} is not supported: the sync worker runs one request at a time",
+            options.threads
+        );
     }
     if matches!(source, AppSource::Wsgi) && options.app.is_none() {
         // clap's own wording and exit code for a missing argument.
@@ -78,7 +84,9 @@ fn check_options(options: &Options, source: &AppSource) -> Result<()> {
 impl Options {
     fn command_error(message: &str) -> ! {
         use clap::CommandFactory;
-        Options::command().error(clap::error::ErrorKind::MissingRequiredArgument, message).exit()
+        Options::command()
+            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+            .exit()
     }
 }
 
@@ -88,11 +96,17 @@ fn bind(options: &Options) -> Result<Vec<Listener>> {
         return Ok(systemd);
     }
     let specs = if options.bind.is_empty() {
-        vec![BindSpec::default_for(std::env::var("PORT").ok().as_deref())?]
+        vec![BindSpec::default_for(
+            std::env::var("PORT").ok().as_deref(),
+        )?]
     } else {
         options.bind.clone()
     };
-    let listen = ListenOptions { backlog: options.backlog, unix_mode: None, reuse_port: options.reuse_port };
+    let listen = ListenOptions {
+        backlog: options.backlog,
+        unix_mode: None,
+        reuse_port: options.reuse_port,
+    };
     Ok(ferrocorn_listener::bind_all(&specs, &listen)?)
 }
 
@@ -145,7 +159,11 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind(&options)?;
     for listener in &listeners {
-        info!("Listening at: {} ({})", listener.describe(), std::process::id());
+        info!(
+            "Listening at: {} ({})",
+            listener.describe(),
+            std::process::id()
+        );
     }
     info!("Using worker: sync");
     let pidfile = options.pidfile.clone();
@@ -209,9 +227,13 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         let mut app = make_app();
         worker_config.max_requests = jittered(worker_config.max_requests, jitter);
         let heartbeat = ctx.heartbeat;
-        match ferrocorn_worker::run(&mut *app, &listeners, &worker_config, &ctx.signals, &mut || {
-            heartbeat.beat()
-        }) {
+        match ferrocorn_worker::run(
+            &mut *app,
+            &listeners,
+            &worker_config,
+            &ctx.signals,
+            &mut || heartbeat.beat(),
+        ) {
             Ok(exit) => {
                 info!("Worker exiting ({exit:?})");
                 0

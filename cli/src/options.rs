@@ -7,11 +7,14 @@ use clap::Parser;
 use ferrocorn_listener::BindSpec;
 
 fn parse_bind(s: &str) -> Result<BindSpec, String> {
-    s.parse().map_err(|e: ferrocorn_listener::Error| e.to_string())
+    s.parse()
+        .map_err(|e: ferrocorn_listener::Error| e.to_string())
 }
 
 fn parse_seconds(s: &str) -> Result<Duration, String> {
-    let secs: f64 = s.parse().map_err(|_| format!("{s:?} is not a number of seconds"))?;
+    let secs: f64 = s
+        .parse()
+        .map_err(|_| format!("{s:?} is not a number of seconds"))?;
     if !secs.is_finite() || secs < 0.0 {
         return Err(format!("{s:?} must be a non-negative number of seconds"));
     }
@@ -64,7 +67,12 @@ pub struct Options {
     pub workers: usize,
 
     /// Worker type; only `sync` exists.
-    #[arg(short = 'k', long = "worker-class", default_value = "sync", value_name = "STRING")]
+    #[arg(
+        short = 'k',
+        long = "worker-class",
+        default_value = "sync",
+        value_name = "STRING"
+    )]
     pub worker_class: String,
 
     /// Threads per worker; only 1 (the sync worker) is supported.
@@ -96,15 +104,28 @@ pub struct Options {
     pub max_requests_jitter: u64,
 
     /// Maximum size of the request line in bytes (0 = unlimited).
-    #[arg(long = "limit-request-line", default_value_t = 4094, value_name = "INT")]
+    #[arg(
+        long = "limit-request-line",
+        default_value_t = 4094,
+        value_name = "INT"
+    )]
     pub limit_request_line: usize,
 
     /// Maximum number of header fields.
-    #[arg(long = "limit-request-fields", default_value_t = 100, value_name = "INT")]
+    #[arg(
+        long = "limit-request-fields",
+        default_value_t = 100,
+        value_name = "INT"
+    )]
     pub limit_request_fields: usize,
 
     /// Maximum size of one header field in bytes (0 = unlimited).
-    #[arg(long = "limit-request-field_size", alias = "limit-request-field-size", default_value_t = 8190, value_name = "INT")]
+    #[arg(
+        long = "limit-request-field_size",
+        alias = "limit-request-field-size",
+        default_value_t = 8190,
+        value_name = "INT"
+    )]
     pub limit_request_field_size: usize,
 
     /// Maximum request body size in bytes (0 = unlimited).

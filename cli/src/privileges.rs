@@ -36,7 +36,10 @@ impl Owner {
             // Like gunicorn: the user's primary group when only --user is given.
             None => user.as_ref().map(|u| u.gid),
         };
-        Ok(Owner { uid: user.map(|u| u.uid), gid })
+        Ok(Owner {
+            uid: user.map(|u| u.uid),
+            gid,
+        })
     }
 
     /// Switch this (worker) process to the configured user and group.

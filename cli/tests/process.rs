@@ -29,7 +29,10 @@ fn wsgi_example_answers_get_and_post_exactly() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.body, b"Hello, World!\n");
     assert_eq!(resp.header("content-length"), Some("14"));
-    assert!(resp.header("content-type").unwrap().starts_with("text/plain"));
+    assert!(resp
+        .header("content-type")
+        .unwrap()
+        .starts_with("text/plain"));
     assert!(resp.header("date").is_some());
     assert!(resp.header("server").unwrap().starts_with("ferrocorn"));
 
@@ -50,7 +53,10 @@ fn rust_example_answers_get_and_post_exactly() {
     assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"));
     assert_eq!(resp.body, b"Hello from Rust!\n");
     assert_eq!(resp.header("content-length"), Some("17"));
-    assert_eq!(resp.header("content-type"), Some("text/plain; charset=utf-8"));
+    assert_eq!(
+        resp.header("content-type"),
+        Some("text/plain; charset=utf-8")
+    );
 
     let resp = post(addr, "/echo", "text/csv", b"a,b\n1,2\n");
     assert_eq!(resp.status, 200);
@@ -66,13 +72,20 @@ fn a_killed_worker_is_replaced_and_requests_keep_succeeding() {
     let mut server = start_hello(&["-w", "2"]);
     let booted = server.wait_for_workers(2);
     let before = server.wait_worker_count(2, BOOT_TIMEOUT);
-    assert_eq!(before, { let mut b = booted.clone(); b.sort(); b });
+    assert_eq!(before, {
+        let mut b = booted.clone();
+        b.sort();
+        b
+    });
 
     let victim = before[0];
     signal(victim, libc::SIGKILL);
     let replacement = server.wait_for_workers(1)[0];
     assert!(!before.contains(&replacement));
-    server.wait_for_log(&format!("Worker (pid:{victim}) was sent SIGKILL"), BOOT_TIMEOUT);
+    server.wait_for_log(
+        &format!("Worker (pid:{victim}) was sent SIGKILL"),
+        BOOT_TIMEOUT,
+    );
     let after = server.wait_worker_count(2, BOOT_TIMEOUT);
     assert!(!after.contains(&victim), "{after:?}");
     assert!(after.contains(&replacement), "{after:?}");
@@ -92,7 +105,8 @@ fn term_lets_the_request_in_hand_finish_then_everything_exits() {
 
     let addr = server.addr();
     let mut slow = connect(addr);
-    slow.write_all(b"GET /sleep?s=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n").unwrap();
+    slow.write_all(b"GET /sleep?s=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
     server.wait_for_log("sleeping", BOOT_TIMEOUT);
     server.signal(libc::SIGTERM);
 
@@ -135,7 +149,15 @@ fn an_app_that_raises_on_import_stops_the_master_with_its_error() {
     .unwrap();
     let dir_arg = dir.to_str().unwrap();
     let mut server = Server::spawn(
-        &["-b", "127.0.0.1:0", "-w", "3", "--chdir", dir_arg, "broken_app:app"],
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "-w",
+            "3",
+            "--chdir",
+            dir_arg,
+            "broken_app:app",
+        ],
         &repo_root(),
         &[],
     );
@@ -165,7 +187,11 @@ fn an_exception_in_a_request_gives_500_and_the_same_worker_serves_on() {
     let resp = get(server.addr(), "/");
     assert_eq!(resp.status, 200);
     assert_eq!(resp.body, b"Hello, World!\n");
-    assert_eq!(server.worker_pids(), before, "the worker must not have been replaced");
+    assert_eq!(
+        server.worker_pids(),
+        before,
+        "the worker must not have been replaced"
+    );
 }
 
 #[test]
@@ -178,11 +204,16 @@ fn bad_flags_name_the_problem_and_exit_2() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--workers") && err.contains("zero"), "{err}");
 
-    let out = std::process::Command::new(ferrocorn_bin()).arg("--no-such-flag").output().unwrap();
+    let out = std::process::Command::new(ferrocorn_bin())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
 
-    let out = std::process::Command::new(ferrocorn_bin()).output().unwrap();
+    let out = std::process::Command::new(ferrocorn_bin())
+        .output()
+        .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("<APP>"));
 
@@ -196,12 +227,28 @@ fn bad_flags_name_the_problem_and_exit_2() {
 
 #[test]
 fn version_and_help() {
-    let out = std::process::Command::new(ferrocorn_bin()).arg("--version").output().unwrap();
+    let out = std::process::Command::new(ferrocorn_bin())
+        .arg("--version")
+        .output()
+        .unwrap();
     assert!(out.status.success());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), format!("ferrocorn {}", env!("CARGO_PKG_VERSION")));
-    let out = std::process::Command::new(ferrocorn_bin()).arg("--help").output().unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("ferrocorn {}", env!("CARGO_PKG_VERSION"))
+    );
+    let out = std::process::Command::new(ferrocorn_bin())
+        .arg("--help")
+        .output()
+        .unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
-    for flag in ["--bind", "--workers", "--timeout", "--graceful-timeout", "--log-level", "--max-requests"] {
+    for flag in [
+        "--bind",
+        "--workers",
+        "--timeout",
+        "--graceful-timeout",
+        "--log-level",
+        "--max-requests",
+    ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
 }
@@ -211,7 +258,15 @@ fn log_file_receives_the_log_and_python_tracebacks() {
     let log_path = std::env::temp_dir().join(format!("ferrocorn-log-{}.log", std::process::id()));
     let _ = std::fs::remove_file(&log_path);
     let mut server = Server::spawn(
-        &["-b", "127.0.0.1:0", "--chdir", "examples", "--log-file", log_path.to_str().unwrap(), "hello:app"],
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--chdir",
+            "examples",
+            "--log-file",
+            log_path.to_str().unwrap(),
+            "hello:app",
+        ],
         &repo_root(),
         &[],
     );
@@ -222,7 +277,11 @@ fn log_file_receives_the_log_and_python_tracebacks() {
         if let Some(rest) = text.split("Listening at: http://").nth(1) {
             break rest.split_whitespace().next().unwrap().parse().unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "no listen line in {}", log_path.display());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no listen line in {}",
+            log_path.display()
+        );
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(get(addr, "/error").status, 500);
@@ -235,4 +294,99 @@ fn log_file_receives_the_log_and_python_tracebacks() {
     assert!(text.contains("Shutting down: Master"), "{text}");
     let _ = std::fs::remove_file(&log_path);
     let _ = examples_dir();
+}
+
+#[test]
+fn a_worker_stuck_past_timeout_is_killed_and_replaced() {
+    let mut server = start_hello(&["-w", "1", "--timeout", "1"]);
+    let first = server.wait_for_workers(1)[0];
+    assert_eq!(get(server.addr(), "/").status, 200);
+
+    let mut stuck = connect(server.addr());
+    stuck
+        .write_all(b"GET /sleep?s=30 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    server.wait_for_log(&format!("WORKER TIMEOUT (pid:{first})"), BOOT_TIMEOUT);
+    let replacement = server.wait_for_workers(1)[0];
+    assert_ne!(replacement, first);
+    // The stuck request's connection is cut, not answered.
+    let mut bytes = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut stuck, &mut bytes);
+    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    assert_eq!(get(server.addr(), "/").status, 200);
+}
+
+#[test]
+fn hup_replaces_every_worker() {
+    let mut server = start_hello(&["-w", "2"]);
+    server.wait_for_workers(2);
+    let old = server.wait_worker_count(2, BOOT_TIMEOUT);
+    server.signal(libc::SIGHUP);
+    let new = server.wait_for_workers(2);
+    for pid in &old {
+        server.wait_for_log(&format!("Worker exiting (pid: {pid})"), BOOT_TIMEOUT);
+    }
+    let now = server.wait_worker_count(2, BOOT_TIMEOUT);
+    let mut new_sorted = new.clone();
+    new_sorted.sort();
+    assert_eq!(now, new_sorted);
+    assert_eq!(get(server.addr(), "/").status, 200);
+}
+
+#[test]
+fn usr1_reopens_the_log_file_and_pid_file_is_written() {
+    let dir = std::env::temp_dir().join(format!("ferrocorn-usr1-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let log_path = dir.join("app.log");
+    let pid_path = dir.join("app.pid");
+    let mut server = Server::spawn(
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--chdir",
+            "examples",
+            "--log-file",
+            log_path.to_str().unwrap(),
+            "--pid",
+            pid_path.to_str().unwrap(),
+            "hello:app",
+        ],
+        &repo_root(),
+        &[],
+    );
+    let wait_for_file_line = |path: &std::path::Path, needle: &str| {
+        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+        loop {
+            let text = std::fs::read_to_string(path).unwrap_or_default();
+            if text.contains(needle) {
+                return text;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{needle:?} never reached {}",
+                path.display()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait_for_file_line(&log_path, "Booting worker with pid:");
+    assert_eq!(
+        std::fs::read_to_string(&pid_path).unwrap().trim(),
+        server.pid().to_string()
+    );
+
+    // logrotate: move the file away, then USR1 makes the master write to a fresh file.
+    let rotated = dir.join("app.log.1");
+    std::fs::rename(&log_path, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    wait_for_file_line(&rotated, "Handling signal: usr1");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    let fresh = wait_for_file_line(&log_path, "Shutting down: Master");
+    assert!(
+        !fresh.contains("Booting worker"),
+        "old lines went to the new file: {fresh}"
+    );
+    assert!(!pid_path.exists(), "the pid file is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -1,27 +1,53 @@
 //! Embedded CPython serving a WSGI (PEP 3333) callable as a ferrocorn [`App`].
 //!
-//! The only crate that links Python. The arbiter never initializes Python unless `--preload` asks
-//! for the app to be imported before forking; then [`before_fork`], [`after_fork_parent`] and
-//! [`after_fork_child`] must wrap every fork.
+//! The only crate that links Python. [`load`] starts the interpreter once per process (optionally
+//! inside a virtualenv), imports the APP spec and returns a [`WsgiApp`]; the worker calls
+//! [`App::call`] per request, which takes the GIL only for the call (the body is read and the
+//! response written with the GIL released).
 //!
-//! INTERFACE STUB — the wsgi helper owns this crate and replaces the `todo!()`s. Keep the public
-//! names and signatures (adding is fine).
+//! # `--preload`
+//! The arbiter never initializes Python unless `--preload` asks for the app to be imported before
+//! forking; then [`before_fork`], [`after_fork_parent`] and [`after_fork_child`] must wrap every
+//! fork. The [`WsgiApp`] loaded in the master stays valid in each child after
+//! [`after_fork_child`] (the child owns a copy-on-write image of the same interpreter): keep using
+//! it, or call [`load`] again with the same config, which returns the already loaded app instead
+//! of importing anew.
+//!
+//! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
+//! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
 
+use std::io::Read;
 use std::path::PathBuf;
+use std::sync::Mutex;
+
+use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 use ferrocorn_worker::{App, AppError, Request, Response};
+
+pub mod environ;
+mod interp;
+mod response;
+mod serve;
+mod spec;
+mod stream;
+pub mod venv;
+
+pub use environ::RequestInfo;
+pub use interp::ensure_initialized;
+pub use response::{parse_status, ResponseSink};
 
 /// Exit code of a worker (and then of the master) whose app could not be loaded (gunicorn's).
 pub const APP_LOAD_ERROR: i32 = 4;
 
 /// How to find and load the app.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WsgiConfig {
     /// `module:callable`, `module:factory(args)` or `module`.
     pub app: String,
     /// `--chdir`: change directory before loading (and put it first on sys.path).
     pub chdir: Option<PathBuf>,
-    /// `--pythonpath` entries, prepended to sys.path.
+    /// `--pythonpath` entries, prepended to sys.path (in the order given).
     pub pythonpath: Vec<PathBuf>,
     /// `--virtualenv` or `$VIRTUAL_ENV`.
     pub virtualenv: Option<PathBuf>,
@@ -40,8 +66,16 @@ pub enum LoadError {
     AttributeMissing { module: String, name: String },
     #[error("application object {spec:?} is not callable")]
     NotCallable { spec: String },
+    #[error("error calling application factory {spec:?}:\n{traceback}")]
+    FactoryFailed { spec: String, traceback: String },
+    #[error("cannot change directory to {dir}: {reason}")]
+    Chdir { dir: PathBuf, reason: String },
     #[error("virtualenv {venv} uses Python {venv_version} but ferrocorn was built with Python {built_version}")]
-    VenvVersion { venv: PathBuf, venv_version: String, built_version: String },
+    VenvVersion {
+        venv: PathBuf,
+        venv_version: String,
+        built_version: String,
+    },
     #[error("initializing Python: {0}")]
     Init(String),
 }
@@ -49,26 +83,150 @@ pub enum LoadError {
 /// A loaded WSGI callable.
 #[derive(Debug)]
 pub struct WsgiApp {
-    _todo: (),
+    app: Py<PyAny>,
+    /// The environ keys that never change, copied per request.
+    base: Py<PyDict>,
+    /// `SCRIPT_NAME` from the environment at load time (gunicorn's way to mount under a prefix).
+    script_name: String,
 }
 
-/// Initialize the interpreter (once per process) with the venv/paths from `config`, then import the app.
-pub fn load(_config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
-    todo!()
+/// Apps loaded in this process, so a second `load` of the same config (a preloaded app, in the
+/// child) reuses the object instead of importing and calling factories again.
+static LOADED: Mutex<Vec<(WsgiConfig, WsgiApp)>> = Mutex::new(Vec::new());
+
+/// Initialize the interpreter (once per process) with the venv/paths from `config`, then import the
+/// app. Returns the already loaded app when this config was loaded before in this process.
+pub fn load(config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
+    interp::ensure_initialized(config.virtualenv.as_deref())?;
+    Python::attach(|py| {
+        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, app)) = loaded.iter().find(|(c, _)| c == config) {
+            return Ok(app.clone_ref_with(py));
+        }
+        let app = load_new(py, config)?;
+        loaded.push((config.clone(), app.clone_ref_with(py)));
+        Ok(app)
+    })
 }
 
-impl App for WsgiApp {
-    fn call(&mut self, _req: &mut Request<'_>, _res: &mut Response<'_>) -> Result<(), AppError> {
-        todo!()
+fn init_err(py: Python<'_>) -> impl Fn(PyErr) -> LoadError + '_ {
+    move |e| LoadError::Init(format_traceback(py, &e))
+}
+
+fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
+    let environ = py
+        .import("os")
+        .and_then(|os| os.getattr("environ"))
+        .map_err(init_err(py))?;
+    if let Some(dir) = &config.chdir {
+        std::env::set_current_dir(dir).map_err(|e| LoadError::Chdir {
+            dir: dir.clone(),
+            reason: e.to_string(),
+        })?;
+    }
+    // Like gunicorn: the working directory first on sys.path, the --pythonpath entries before it.
+    let cwd =
+        std::env::current_dir().map_err(|e| LoadError::Init(format!("current directory: {e}")))?;
+    let mut front = Vec::new();
+    for p in &config.pythonpath {
+        front.push(
+            std::path::absolute(p)
+                .map_err(|e| LoadError::Init(format!("--pythonpath {}: {e}", p.display())))?,
+        );
+    }
+    front.push(cwd);
+    let sys_path = py
+        .import("sys")
+        .and_then(|s| s.getattr("path"))
+        .map_err(init_err(py))?;
+    for dir in front.iter().rev() {
+        let dir = dir.to_string_lossy();
+        if !sys_path.contains(dir.as_ref()).map_err(init_err(py))? {
+            sys_path
+                .call_method1("insert", (0, dir.as_ref()))
+                .map_err(init_err(py))?;
+        }
+    }
+    let app = spec::import_app(py, &config.app)?;
+    let base = environ::base_environ(py).map_err(init_err(py))?;
+    let script_name = environ
+        .call_method1("get", ("SCRIPT_NAME", ""))
+        .and_then(|s| s.extract::<String>())
+        .map_err(init_err(py))?;
+    let script_name = script_name.trim_end_matches('/').to_string();
+    Ok(WsgiApp {
+        app: app.unbind(),
+        base: base.unbind(),
+        script_name,
+    })
+}
+
+impl WsgiApp {
+    /// Another handle to the same Python app (for a preloaded app used after fork, or threads).
+    pub fn clone_ref(&self) -> WsgiApp {
+        Python::attach(|py| self.clone_ref_with(py))
+    }
+
+    fn clone_ref_with(&self, py: Python<'_>) -> WsgiApp {
+        WsgiApp {
+            app: self.app.clone_ref(py),
+            base: self.base.clone_ref(py),
+            script_name: self.script_name.clone(),
+        }
+    }
+
+    /// Run one request: `body` is the request body, the response goes to `sink`. Takes the GIL
+    /// for the duration; errors are logged here (tracebacks, invalid responses).
+    pub fn serve(
+        &self,
+        info: &RequestInfo<'_>,
+        body: &mut dyn Read,
+        sink: &mut dyn ResponseSink,
+    ) -> Result<(), AppError> {
+        Python::attach(|py| {
+            serve::serve(
+                py,
+                self.app.bind(py),
+                self.base.bind(py),
+                &self.script_name,
+                info,
+                body,
+                sink,
+            )
+        })
     }
 }
 
+impl App for WsgiApp {
+    fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
+        let info = RequestInfo::from_request(req);
+        self.serve(&info, req, res)
+    }
+}
+
+/// The traceback of `err` as Python prints it.
+pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = py.import("traceback").and_then(|tb| {
+        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
+        joined.extract::<String>()
+    });
+    formatted.unwrap_or_else(|_| err.to_string())
+}
+
 /// Before fork in a process where Python is initialized (`--preload`): `gc.freeze()` and
-/// `PyOS_BeforeFork`. No-op if Python was never initialized here.
-pub fn before_fork() {}
+/// `PyOS_BeforeFork`, holding the GIL until the matching after-fork hook. No-op if Python was never
+/// initialized here.
+pub fn before_fork() {
+    interp::before_fork()
+}
 
-/// `PyOS_AfterFork_Parent` in the parent after fork.
-pub fn after_fork_parent() {}
+/// `PyOS_AfterFork_Parent` in the parent after fork (releases the GIL taken by [`before_fork`]).
+pub fn after_fork_parent() {
+    interp::after_fork_parent()
+}
 
-/// `PyOS_AfterFork_Child` in the child after fork.
-pub fn after_fork_child() {}
+/// `PyOS_AfterFork_Child` in the child after fork (releases the GIL taken by [`before_fork`]).
+pub fn after_fork_child() {
+    interp::after_fork_child()
+}

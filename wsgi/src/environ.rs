@@ -1,0 +1,187 @@
+//! Building the PEP 3333 `environ` dict for one request.
+//!
+//! Native strings are `str` holding latin-1 code points (bytes 0-255 map one to one), as PEP 3333
+//! requires. The constant keys live in a base dict made once per app and copied per request.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString, PyTuple};
+
+use ferrocorn_worker::{PeerAddr, Request, ServerAddr};
+
+/// What the environ is built from: the parts of a request, without the body.
+#[derive(Debug, Clone)]
+pub struct RequestInfo<'a> {
+    pub method: &'a str,
+    /// The request-target as sent (`RAW_URI`).
+    pub target: &'a str,
+    /// The path, still percent-encoded.
+    pub path: &'a str,
+    /// The query string without `?`.
+    pub query: &'a str,
+    /// `HTTP/1.1` / `HTTP/1.0`.
+    pub protocol: &'a str,
+    /// Header fields in order as sent.
+    pub headers: Vec<(&'a str, &'a [u8])>,
+    pub peer: &'a PeerAddr,
+    pub server: &'a ServerAddr,
+}
+
+impl<'a> RequestInfo<'a> {
+    /// The parts of a worker request.
+    pub fn from_request(req: &Request<'a>) -> RequestInfo<'a> {
+        let head = req.head;
+        RequestInfo {
+            method: head.method(),
+            target: head.target(),
+            path: head.path(),
+            query: head.query(),
+            protocol: head.version().as_str(),
+            headers: head.headers().collect(),
+            peer: req.peer,
+            server: req.server,
+        }
+    }
+}
+
+/// The request path does not fall under the configured `SCRIPT_NAME` (a deployment error).
+#[derive(Debug, thiserror::Error)]
+#[error("request path {path:?} does not start with SCRIPT_NAME {script_name:?}")]
+pub struct ScriptNameMismatch {
+    pub path: String,
+    pub script_name: String,
+}
+
+/// `%XX` sequences decoded to bytes; malformed escapes are kept as they are (like
+/// `urllib.parse.unquote_to_bytes`).
+pub fn percent_decode(s: &str) -> Vec<u8> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let (Some(h), Some(l)) = (hex(bytes[i + 1]), hex(bytes[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Bytes as a latin-1 string (each byte one code point).
+pub fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// `Content-Type` -> `HTTP_CONTENT_TYPE`; `None` for names that contain `_` (dropped, as gunicorn
+/// does, so `X_Forwarded_For` cannot pose as `X-Forwarded-For`).
+pub fn header_key(name: &str) -> Option<String> {
+    if name.contains('_') {
+        return None;
+    }
+    if name.eq_ignore_ascii_case("content-type") {
+        return Some("CONTENT_TYPE".into());
+    }
+    if name.eq_ignore_ascii_case("content-length") {
+        return Some("CONTENT_LENGTH".into());
+    }
+    let mut key = String::with_capacity(5 + name.len());
+    key.push_str("HTTP_");
+    key.extend(name.chars().map(|c| {
+        if c == '-' {
+            '_'
+        } else {
+            c.to_ascii_uppercase()
+        }
+    }));
+    Some(key)
+}
+
+/// The environ keys that are the same for every request.
+pub fn base_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
+    let env = PyDict::new(py);
+    env.set_item("wsgi.version", PyTuple::new(py, [1, 0])?)?;
+    env.set_item("wsgi.multithread", false)?;
+    env.set_item("wsgi.multiprocess", true)?;
+    env.set_item("wsgi.run_once", false)?;
+    env.set_item("wsgi.input_terminated", true)?;
+    env.set_item("wsgi.errors", Py::new(py, crate::stream::ErrorStream)?)?;
+    env.set_item(
+        "wsgi.file_wrapper",
+        py.get_type::<crate::response::FileWrapper>(),
+    )?;
+    env.set_item(
+        "SERVER_SOFTWARE",
+        concat!("ferrocorn/", env!("CARGO_PKG_VERSION")),
+    )?;
+    Ok(env)
+}
+
+/// A copy of `base` with this request's keys (everything but `wsgi.input`).
+pub fn build_environ<'py>(
+    py: Python<'py>,
+    base: &Bound<'py, PyDict>,
+    info: &RequestInfo<'_>,
+    script_name: &str,
+) -> PyResult<Result<Bound<'py, PyDict>, ScriptNameMismatch>> {
+    let mut path = latin1(&percent_decode(info.path));
+    if !script_name.is_empty() {
+        let under = path
+            .strip_prefix(script_name)
+            .filter(|rest| rest.is_empty() || rest.starts_with('/'));
+        match under {
+            Some(rest) => path = rest.to_string(),
+            None => {
+                return Ok(Err(ScriptNameMismatch {
+                    path,
+                    script_name: script_name.to_string(),
+                }))
+            }
+        }
+    }
+    let env = base.copy()?;
+    let set = |k: &str, v: &str| env.set_item(k, PyString::new(py, v));
+    set("REQUEST_METHOD", info.method)?;
+    set("SCRIPT_NAME", script_name)?;
+    set("PATH_INFO", &path)?;
+    set("QUERY_STRING", &latin1(info.query.as_bytes()))?;
+    set("RAW_URI", &latin1(info.target.as_bytes()))?;
+    set("SERVER_PROTOCOL", info.protocol)?;
+    set("SERVER_NAME", &info.server.name)?;
+    set("SERVER_PORT", &info.server.port)?;
+    set("wsgi.url_scheme", info.server.scheme)?;
+    match info.peer {
+        PeerAddr::Tcp(addr) => {
+            set("REMOTE_ADDR", &addr.ip().to_string())?;
+            set("REMOTE_PORT", &addr.port().to_string())?;
+        }
+        // gunicorn gives unix-socket clients an empty address and no port.
+        PeerAddr::Unix => set("REMOTE_ADDR", "")?,
+    }
+    // Header keys in first-seen order, duplicates joined with "," (RFC 9110 list semantics).
+    let mut fields: Vec<(String, String)> = Vec::with_capacity(info.headers.len());
+    for (name, value) in &info.headers {
+        let Some(key) = header_key(name) else {
+            continue;
+        };
+        let value = latin1(value);
+        match fields.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, existing)) => {
+                existing.push(',');
+                existing.push_str(&value);
+            }
+            None => fields.push((key, value)),
+        }
+    }
+    for (key, value) in &fields {
+        set(key, value)?;
+    }
+    Ok(Ok(env))
+}

@@ -1,0 +1,202 @@
+//! One WSGI call: environ, the app, its iterable (or file wrapper), `close()`, error mapping.
+
+use std::fs::File;
+use std::io::Read;
+use std::mem::ManuallyDrop;
+use std::os::fd::FromRawFd;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+
+use ferrocorn_worker::AppError;
+
+use crate::environ::{build_environ, RequestInfo};
+use crate::format_traceback;
+use crate::response::{FileWrapper, Responder, ResponseSink, SinkPtr};
+use crate::stream::{BodyPtr, InputStream};
+
+/// Serve one request with `app`. Logs what went wrong (tracebacks, invalid responses) itself.
+pub fn serve(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    base: &Bound<'_, PyDict>,
+    script_name: &str,
+    info: &RequestInfo<'_>,
+    body: &mut dyn Read,
+    sink: &mut dyn ResponseSink,
+) -> Result<(), AppError> {
+    let environ = match build_environ(py, base, info, script_name) {
+        Ok(Ok(env)) => env,
+        Ok(Err(mismatch)) => {
+            log::error!("Error handling request {}: {mismatch}", info.target);
+            return Err(AppError::Failed(mismatch.to_string()));
+        }
+        Err(e) => return Err(failed(py, info, &e)),
+    };
+    let input =
+        Py::new(py, InputStream::new(BodyPtr::new(body))).map_err(|e| failed(py, info, &e))?;
+    let responder = match Py::new(py, Responder::new(SinkPtr::new(sink))) {
+        Ok(r) => r,
+        Err(e) => {
+            input.borrow_mut(py).detach();
+            return Err(failed(py, info, &e));
+        }
+    };
+    let outcome = environ
+        .set_item("wsgi.input", input.bind(py))
+        .map_err(Outcome::Python)
+        .and_then(|()| run_app(py, app, &environ, responder.bind(py)));
+    // The request is over for Python: objects the app kept must not reach the reader/sink.
+    let input_error = {
+        let mut input = input.borrow_mut(py);
+        input.detach();
+        input.error.take()
+    };
+    let (bad, sink_failure) = {
+        let mut r = responder.borrow_mut(py);
+        r.detach();
+        (r.bad.take(), r.failed.take())
+    };
+    match outcome {
+        Ok(()) => Ok(()),
+        // The connection failed under the app: nobody to answer, not the app's fault.
+        Err(_) if sink_failure.is_some() => {
+            Err(sink_failure.unwrap_or(AppError::Failed(String::new())))
+        }
+        Err(_) if input_error.is_some() => {
+            let e = input_error.expect("checked");
+            log::debug!("reading the body of {} failed: {e}", info.target);
+            Err(AppError::Io(e))
+        }
+        Err(Outcome::App(AppError::BadResponse(m))) => Err(bad_response(info, bad.unwrap_or(m))),
+        Err(Outcome::App(AppError::Io(e))) => {
+            log::debug!("writing the response to {} failed: {e}", info.target);
+            Err(AppError::Io(e))
+        }
+        Err(Outcome::App(e)) => Err(e),
+        Err(Outcome::Python(_)) if bad.is_some() => Err(bad_response(info, bad.expect("checked"))),
+        Err(Outcome::Python(e)) => Err(failed(py, info, &e)),
+    }
+}
+
+enum Outcome {
+    /// The app (or its iterable, or close()) raised.
+    Python(PyErr),
+    /// Our side: invalid response, sink failure.
+    App(AppError),
+}
+
+fn failed(py: Python<'_>, info: &RequestInfo<'_>, e: &PyErr) -> AppError {
+    let tb = format_traceback(py, e);
+    log::error!("Error handling request {}\n{}", info.target, tb.trim_end());
+    AppError::Failed(e.to_string())
+}
+
+fn bad_response(info: &RequestInfo<'_>, reason: String) -> AppError {
+    log::error!(
+        "Invalid response from the application for {}: {reason}",
+        info.target
+    );
+    AppError::BadResponse(reason)
+}
+
+fn run_app(
+    py: Python<'_>,
+    app: &Bound<'_, PyAny>,
+    environ: &Bound<'_, PyDict>,
+    responder: &Bound<'_, Responder>,
+) -> Result<(), Outcome> {
+    let result = app.call1((environ, responder)).map_err(Outcome::Python)?;
+    let sent = send_result(py, &result, responder);
+    // PEP 3333: close() is called whatever happened, including a client that went away.
+    let closed = match result.getattr_opt(intern!(py, "close")) {
+        Ok(Some(close)) => close.call0().map(drop).map_err(Outcome::Python),
+        Ok(None) => Ok(()),
+        Err(e) => Err(Outcome::Python(e)),
+    };
+    sent?;
+    closed?;
+    responder.borrow_mut().finish().map_err(Outcome::App)
+}
+
+fn send_result(
+    py: Python<'_>,
+    result: &Bound<'_, PyAny>,
+    responder: &Bound<'_, Responder>,
+) -> Result<(), Outcome> {
+    if let Ok(wrapper) = result.cast::<FileWrapper>() {
+        if responder.borrow().started() && try_sendfile(py, wrapper, responder)? {
+            return Ok(());
+        }
+    }
+    for item in result.try_iter().map_err(Outcome::Python)? {
+        let item = item.map_err(Outcome::Python)?;
+        let Ok(bytes) = item.cast::<PyBytes>() else {
+            let kind = item
+                .get_type()
+                .name()
+                .map(|n| n.to_string())
+                .unwrap_or_default();
+            return Err(Outcome::App(AppError::BadResponse(format!(
+                "the response iterable yielded {kind}, not bytes"
+            ))));
+        };
+        if !responder.borrow().started() && !bytes.as_bytes().is_empty() {
+            return Err(Outcome::App(AppError::BadResponse(
+                "the response iterable yielded data before start_response was called".into(),
+            )));
+        }
+        responder
+            .borrow_mut()
+            .send(py, bytes.as_bytes())
+            .map_err(Outcome::App)?;
+    }
+    Ok(())
+}
+
+/// Send a file wrapper's file with sendfile(2) when it is a regular file; `false` when it is not
+/// (the caller then iterates the wrapper).
+fn try_sendfile(
+    py: Python<'_>,
+    wrapper: &Bound<'_, FileWrapper>,
+    responder: &Bound<'_, Responder>,
+) -> Result<bool, Outcome> {
+    let filelike = wrapper.borrow().filelike.clone_ref(py).into_bound(py);
+    let Ok(fd) = filelike
+        .call_method0(intern!(py, "fileno"))
+        .and_then(|f| f.extract::<i32>())
+    else {
+        return Ok(false);
+    };
+    // SAFETY: `fd` is open: the file object that owns it is alive (we hold a reference) for the
+    // whole use below, and ManuallyDrop keeps this File from closing it.
+    let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    let Ok(meta) = file.metadata() else {
+        return Ok(false);
+    };
+    if !meta.is_file() {
+        return Ok(false);
+    }
+    // The Python object's position (it may have read ahead into its buffer).
+    let offset = match filelike
+        .call_method0(intern!(py, "tell"))
+        .and_then(|t| t.extract::<u64>())
+    {
+        Ok(o) => o,
+        Err(_) => return Ok(false),
+    };
+    let mut len = meta.len().saturating_sub(offset);
+    if let Some(declared) = responder.borrow().content_length {
+        len = len.min(declared);
+    }
+    if len > 0 {
+        responder
+            .borrow_mut()
+            .send_file(py, &file, offset, len)
+            .map_err(Outcome::App)?;
+    }
+    // Leave the file where a read-based transfer would have.
+    let _ = filelike.call_method1(intern!(py, "seek"), (offset + len,));
+    Ok(true)
+}

@@ -1,17 +1,29 @@
 //! The ferrocorn sync worker: accept a connection, read requests through `ferrocorn-http`, hand each
 //! to an [`App`], write the response; keep-alive, pipelining, timeouts, `--max-requests`.
 //!
-//! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`].
+//! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`] (closures do too,
+//! see [`fn_app`]).
 //!
-//! INTERFACE STUB — the worker helper owns this crate and replaces the `todo!()`s. Keep the public
-//! names and signatures (adding is fine).
+//! One connection at a time, like gunicorn's sync worker, but with HTTP/1.1 keep-alive and
+//! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
+//! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
+//! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
+//! fd: a stop request ends an idle keep-alive wait at once.
 
-use std::fs::File;
+mod request;
+mod response;
+mod serve;
+mod sock;
+
 use std::io;
+use std::os::fd::RawFd;
 use std::time::Duration;
 
 pub use ferrocorn_http::{Limits, RequestHead, Version};
 pub use ferrocorn_listener::PeerAddr;
+pub use ferrocorn_signals::WorkerState;
+pub use request::Request;
+pub use response::Response;
 
 /// An application the worker serves. Rust apps implement it directly; `ferrocorn-wsgi` implements it
 /// for a Python callable.
@@ -42,63 +54,6 @@ pub struct ServerAddr {
     pub name: String,
     pub port: String,
     pub scheme: &'static str,
-}
-
-/// One request as the app sees it. The body is read on demand (sending `100 Continue` first if the
-/// client asked for it) and never past its end.
-#[derive(Debug)]
-pub struct Request<'a> {
-    pub head: &'a RequestHead,
-    pub peer: &'a PeerAddr,
-    pub server: &'a ServerAddr,
-    _todo: std::marker::PhantomData<&'a mut ()>,
-}
-
-impl Request<'_> {
-    /// Read body bytes; `Ok(0)` at the end of the body. A body cut short by the client is an error.
-    pub fn read_body(&mut self, _buf: &mut [u8]) -> io::Result<usize> {
-        todo!()
-    }
-}
-
-impl io::Read for Request<'_> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.read_body(buf)
-    }
-}
-
-/// The response being written. The head is sent with the first non-empty body write (or at the end).
-#[derive(Debug)]
-pub struct Response<'a> {
-    _todo: std::marker::PhantomData<&'a mut ()>,
-}
-
-impl Response<'_> {
-    /// Set status and headers. May be called again to replace them until the head has been sent.
-    /// Header names/values are bytes (WSGI gives latin-1 strings).
-    pub fn start(
-        &mut self,
-        _status: u16,
-        _reason: &str,
-        _headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), AppError> {
-        todo!()
-    }
-    pub fn is_started(&self) -> bool {
-        todo!()
-    }
-    pub fn head_sent(&self) -> bool {
-        todo!()
-    }
-    /// Write body bytes (the head goes first). Bytes past a declared Content-Length are dropped.
-    pub fn write(&mut self, _data: &[u8]) -> Result<(), AppError> {
-        todo!()
-    }
-    /// Send `len` bytes (or to EOF) of `file` from `offset`, with sendfile(2) when the framing
-    /// allows it, otherwise by reading and writing.
-    pub fn sendfile(&mut self, _file: &File, _offset: u64, _len: Option<u64>) -> Result<(), AppError> {
-        todo!()
-    }
 }
 
 /// Worker settings (from the command line).
@@ -141,12 +96,66 @@ pub enum Exit {
 
 /// Serve until stopped. `heartbeat` is called at least once a second while idle and around each
 /// request, so the arbiter can tell a hung worker from a busy one.
+///
+/// Errors are only those that make the loop itself impossible (the listeners cannot be polled);
+/// anything going wrong with one connection or one app call is logged and serving goes on.
 pub fn run(
-    _app: &mut dyn App,
-    _listeners: &[ferrocorn_listener::Listener],
-    _config: &WorkerConfig,
-    _signals: &ferrocorn_signals::WorkerSignals,
-    _heartbeat: &mut dyn FnMut(),
+    app: &mut dyn App,
+    listeners: &[ferrocorn_listener::Listener],
+    config: &WorkerConfig,
+    signals: &ferrocorn_signals::WorkerSignals,
+    heartbeat: &mut dyn FnMut(),
 ) -> io::Result<Exit> {
-    todo!()
+    run_with(app, listeners, config, signals, heartbeat)
+}
+
+/// [`run`] with any [`Control`] in place of the process's signal handlers (tests, embedding).
+pub fn run_with(
+    app: &mut dyn App,
+    listeners: &[ferrocorn_listener::Listener],
+    config: &WorkerConfig,
+    control: &dyn Control,
+    heartbeat: &mut dyn FnMut(),
+) -> io::Result<Exit> {
+    serve::Worker::new(app, config, control, heartbeat).run(listeners)
+}
+
+/// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the
+/// real one (SIGTERM → `Stopping`, SIGINT/SIGQUIT → `Exit`).
+pub trait Control {
+    fn state(&self) -> WorkerState;
+    /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets.
+    fn wake_fd(&self) -> RawFd;
+    /// Drain the wake fd after it was reported readable.
+    fn clear_wake(&self);
+}
+
+impl Control for ferrocorn_signals::WorkerSignals {
+    fn state(&self) -> WorkerState {
+        ferrocorn_signals::WorkerSignals::state(self)
+    }
+    fn wake_fd(&self) -> RawFd {
+        ferrocorn_signals::WorkerSignals::wake_fd(self)
+    }
+    fn clear_wake(&self) {
+        ferrocorn_signals::WorkerSignals::clear_wake(self)
+    }
+}
+
+/// Closures are apps: `fn_app(|req, res| { res.start(200, "OK", vec![])?; res.write(b"hi") })`.
+impl<F> App for F
+where
+    F: FnMut(&mut Request<'_>, &mut Response<'_>) -> Result<(), AppError>,
+{
+    fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
+        self(req, res)
+    }
+}
+
+/// Pins a closure to the [`App`] signature so its argument types need no annotations.
+pub fn fn_app<F>(f: F) -> F
+where
+    F: FnMut(&mut Request<'_>, &mut Response<'_>) -> Result<(), AppError>,
+{
+    f
 }

@@ -1,0 +1,302 @@
+//! The request as the app sees it, and on-demand reading of its body.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::time::{Duration, Instant};
+
+use ferrocorn_http::{BodyDecoder, BodyFraming, Limits, RequestHead};
+use ferrocorn_listener::PeerAddr;
+
+use crate::sock::{ReadBuf, Sock, READ_CHUNK};
+use crate::ServerAddr;
+
+const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
+/// Most bytes a chunked body's framing (size lines, extensions, trailers) may need buffered at
+/// once before the decoder makes progress; the decoder enforces its own limits well below this.
+const MAX_BODY_BUFFER: usize = 4 * READ_CHUNK;
+
+/// What one connection's request and response share.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    pub(crate) sock: Sock,
+    pub(crate) io_timeout: Duration,
+    /// The final response head is on the wire: no `100 Continue` may follow it.
+    pub(crate) head_sent: Cell<bool>,
+}
+
+#[derive(Debug)]
+enum Framing {
+    Length {
+        remaining: u64,
+    },
+    Chunked {
+        decoder: BodyDecoder,
+        decoded: Vec<u8>,
+        pos: usize,
+    },
+}
+
+/// Progress through one request body; owned by the connection loop so it can drain what the app
+/// left unread.
+#[derive(Debug)]
+pub(crate) struct BodyState {
+    framing: Framing,
+    expects_continue: bool,
+    continue_sent: bool,
+    /// The client sent a malformed or too large body; the response status to use.
+    pub(crate) http_error: Option<ferrocorn_http::Error>,
+    /// Reading failed (EOF, timeout, reset): the connection cannot be reused.
+    pub(crate) io_failed: bool,
+}
+
+impl BodyState {
+    pub(crate) fn new(head: &RequestHead, limits: &Limits) -> BodyState {
+        let framing = match head.framing() {
+            BodyFraming::Empty => Framing::Length { remaining: 0 },
+            BodyFraming::Length(n) => Framing::Length { remaining: n },
+            BodyFraming::Chunked => Framing::Chunked {
+                decoder: BodyDecoder::new(BodyFraming::Chunked, limits),
+                decoded: Vec::new(),
+                pos: 0,
+            },
+        };
+        BodyState {
+            framing,
+            expects_continue: head.expects_continue(),
+            continue_sent: false,
+            http_error: None,
+            io_failed: false,
+        }
+    }
+
+    /// All body bytes have been received (not necessarily handed to the app).
+    pub(crate) fn is_done(&self) -> bool {
+        match &self.framing {
+            Framing::Length { remaining } => *remaining == 0,
+            Framing::Chunked { decoder, .. } => decoder.is_done(),
+        }
+    }
+
+    fn failed(&self) -> Option<io::Error> {
+        if let Some(e) = &self.http_error {
+            return Some(io::Error::new(io::ErrorKind::InvalidData, e.clone()));
+        }
+        if self.io_failed {
+            return Some(io::Error::other("the request body could not be read"));
+        }
+        None
+    }
+
+    /// Read body bytes into `buf`, sending `100 Continue` first when the client waits for it.
+    fn read(&mut self, conn: &Conn, rbuf: &mut ReadBuf, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(e) = self.failed() {
+            return Err(e);
+        }
+        if buf.is_empty() || (self.is_done() && self.buffered_decoded() == 0) {
+            return Ok(0);
+        }
+        if self.expects_continue && !self.continue_sent && !conn.head_sent.get() {
+            self.continue_sent = true;
+            conn.sock.write_all(CONTINUE, conn.io_timeout, false)?;
+        }
+        let result = self.read_inner(conn, rbuf, buf);
+        if let Err(e) = &result {
+            if e.kind() == io::ErrorKind::InvalidData {
+                // http_error was set by read_inner.
+            } else {
+                self.io_failed = true;
+            }
+        }
+        result
+    }
+
+    fn buffered_decoded(&self) -> usize {
+        match &self.framing {
+            Framing::Length { .. } => 0,
+            Framing::Chunked { decoded, pos, .. } => decoded.len() - pos,
+        }
+    }
+
+    fn read_inner(&mut self, conn: &Conn, rbuf: &mut ReadBuf, buf: &mut [u8]) -> io::Result<usize> {
+        // Once a request is under way each wait gets the full I/O timeout.
+        let deadline = || Instant::now() + conn.io_timeout;
+        match &mut self.framing {
+            Framing::Length { remaining } => {
+                let want = buf
+                    .len()
+                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                let n = if !rbuf.is_empty() {
+                    let n = want.min(rbuf.len());
+                    buf[..n].copy_from_slice(&rbuf.data()[..n]);
+                    rbuf.consume(n);
+                    n
+                } else {
+                    // Straight into the app's buffer: large uploads are copied once.
+                    let n = conn.sock.read_before(&mut buf[..want], deadline())?;
+                    if n == 0 {
+                        return Err(cut_short(*remaining));
+                    }
+                    n
+                };
+                *remaining -= n as u64;
+                Ok(n)
+            }
+            Framing::Chunked {
+                decoder,
+                decoded,
+                pos,
+            } => loop {
+                if *pos < decoded.len() {
+                    let n = buf.len().min(decoded.len() - *pos);
+                    buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
+                    *pos += n;
+                    return Ok(n);
+                }
+                if decoder.is_done() {
+                    return Ok(0);
+                }
+                decoded.clear();
+                *pos = 0;
+                if !rbuf.is_empty() {
+                    let used = match decoder.decode(rbuf.data(), decoded) {
+                        Ok(used) => used,
+                        Err(e) => {
+                            let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
+                            self.http_error = Some(e);
+                            return Err(io_err);
+                        }
+                    };
+                    rbuf.consume(used);
+                    if used > 0 || !decoded.is_empty() || decoder.is_done() {
+                        continue;
+                    }
+                }
+                match rbuf.fill_before(&conn.sock, deadline(), MAX_BODY_BUFFER) {
+                    Ok(0) => return Err(cut_short(0)),
+                    Ok(_) => {}
+                    Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                        let e = ferrocorn_http::Error::BadRequest("chunk framing too long");
+                        let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
+                        self.http_error = Some(e);
+                        return Err(io_err);
+                    }
+                    Err(e) => return Err(e),
+                }
+            },
+        }
+    }
+
+    /// After the response: consume what the app left unread so the connection can carry the next
+    /// request. Reads at most `budget` raw bytes; false when the connection must be closed instead.
+    pub(crate) fn drain(&mut self, conn: &Conn, rbuf: &mut ReadBuf, budget: u64) -> bool {
+        if self.failed().is_some() {
+            return false;
+        }
+        if self.is_done() {
+            return true;
+        }
+        // The client is waiting for 100 Continue that will never come; it may or may not send the
+        // body now, so the stream position is unknowable.
+        if self.expects_continue && !self.continue_sent {
+            return false;
+        }
+        if let Framing::Length { remaining } = self.framing {
+            if remaining > budget {
+                return false;
+            }
+        }
+        let mut scratch = vec![0u8; READ_CHUNK];
+        let mut read = 0u64;
+        while !self.is_done() {
+            // Only the body framing is parsed: decoded data is thrown away.
+            match self.read_inner(conn, rbuf, &mut scratch) {
+                Ok(0) => break,
+                Ok(n) => {
+                    read += n as u64;
+                    if read > budget {
+                        return false;
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        if let Framing::Chunked { decoded, pos, .. } = &mut self.framing {
+            decoded.clear();
+            *pos = 0;
+        }
+        self.is_done()
+    }
+
+    /// Whether reading was ever attempted past a 100-continue wait: bytes may still be in flight.
+    pub(crate) fn unread_may_follow(&self) -> bool {
+        !self.is_done() || self.failed().is_some()
+    }
+}
+
+fn cut_short(remaining: u64) -> io::Error {
+    let msg = if remaining > 0 {
+        format!("client closed the connection with {remaining} body bytes still to come")
+    } else {
+        "client closed the connection in the middle of a chunked body".to_string()
+    };
+    io::Error::new(io::ErrorKind::UnexpectedEof, msg)
+}
+
+/// One request as the app sees it. The body is read on demand (sending `100 Continue` first if the
+/// client asked for it) and never past its end.
+pub struct Request<'a> {
+    pub head: &'a RequestHead,
+    pub peer: &'a PeerAddr,
+    pub server: &'a ServerAddr,
+    pub(crate) conn: &'a Conn,
+    pub(crate) rbuf: &'a mut ReadBuf,
+    pub(crate) body: &'a mut BodyState,
+}
+
+impl fmt::Debug for Request<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Request")
+            .field("head", &self.head)
+            .field("peer", &self.peer)
+            .field("server", &self.server)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Request<'_> {
+    /// Read body bytes; `Ok(0)` at the end of the body. A body cut short by the client is an error
+    /// (`UnexpectedEof`), a malformed or too large chunked body is `InvalidData` (the worker then
+    /// answers 400/413 if the app has not responded yet). Each wait is bounded by the I/O timeout.
+    pub fn read_body(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.body.read(self.conn, self.rbuf, buf)
+    }
+
+    /// Read the whole remaining body into `out`, for apps that want it at once.
+    pub fn read_body_to_end(&mut self, out: &mut Vec<u8>) -> io::Result<usize> {
+        let start = out.len();
+        let mut chunk = [0u8; 8192];
+        loop {
+            let n = self.read_body(&mut chunk)?;
+            if n == 0 {
+                return Ok(out.len() - start);
+            }
+            out.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Trailer fields of a chunked body, available once the body has been read to its end.
+    pub fn trailers(&self) -> &[(String, Vec<u8>)] {
+        match &self.body.framing {
+            Framing::Chunked { decoder, .. } => decoder.trailers(),
+            Framing::Length { .. } => &[],
+        }
+    }
+}
+
+impl io::Read for Request<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.read_body(buf)
+    }
+}

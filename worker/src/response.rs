@@ -1,0 +1,428 @@
+//! The response being written: head serialization, body framing, `sendfile(2)`.
+
+use std::fmt;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+
+use ferrocorn_http::{
+    write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut, ResponseSpec, Version,
+};
+use nix::errno::Errno;
+
+use crate::request::Conn;
+use crate::AppError;
+
+/// Largest piece of a body copied into the write buffer and written at once; bounds the buffer.
+const PIECE: usize = 256 * 1024;
+
+/// Largest `sendfile(2)` call (Linux caps one call just under 2 GiB anyway).
+const SENDFILE_MAX: u64 = 1 << 30;
+
+#[derive(Debug)]
+struct Started {
+    status: u16,
+    reason: String,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    out: ResponseHeadOut,
+}
+
+/// How body bytes go out once the head is sent.
+#[derive(Debug)]
+enum BodyOut {
+    NoBody,
+    /// Declared `Content-Length`: never more than `remaining` further bytes.
+    Length {
+        remaining: u64,
+    },
+    Chunked(BodyEncoder),
+    UntilClose,
+}
+
+/// The response being written. The head is sent with the first non-empty body write (or at the end).
+pub struct Response<'a> {
+    pub(crate) conn: &'a Conn,
+    /// Holds the serialized head until it is sent, then framed body pieces on their way out.
+    pub(crate) wbuf: &'a mut Vec<u8>,
+    pub(crate) version: Version,
+    pub(crate) head_request: bool,
+    /// Whether the worker would keep the connection (client allows it, not the last request).
+    pub(crate) keep_alive: bool,
+    /// Asked at head time: a stop signal that arrived meanwhile makes the head say `close`.
+    pub(crate) stopping: &'a dyn Fn() -> bool,
+    pub(crate) server_header: &'a str,
+    started: Option<Started>,
+    body: Option<BodyOut>,
+    /// A write failed: the connection is unusable and every later write fails at once.
+    broken: bool,
+}
+
+impl fmt::Debug for Response<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Response")
+            .field("started", &self.started)
+            .field("body", &self.body)
+            .field("broken", &self.broken)
+            .finish_non_exhaustive()
+    }
+}
+
+fn broken_pipe() -> AppError {
+    AppError::Io(io::Error::new(
+        io::ErrorKind::BrokenPipe,
+        "an earlier write to the client failed",
+    ))
+}
+
+/// The app's own `Connection: close` (dropped from the head as hop-by-hop) still means close.
+fn asks_close(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"connection")
+            && value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+impl<'a> Response<'a> {
+    pub(crate) fn new(
+        conn: &'a Conn,
+        wbuf: &'a mut Vec<u8>,
+        version: Version,
+        head_request: bool,
+        keep_alive: bool,
+        stopping: &'a dyn Fn() -> bool,
+        server_header: &'a str,
+    ) -> Response<'a> {
+        wbuf.clear();
+        Response {
+            conn,
+            wbuf,
+            version,
+            head_request,
+            keep_alive,
+            stopping,
+            server_header,
+            started: None,
+            body: None,
+            broken: false,
+        }
+    }
+
+    /// Set status and headers. May be called again to replace them until the head has been sent.
+    /// Header names/values are bytes (WSGI gives latin-1 strings). Invalid ones are rejected here,
+    /// so the app learns about them at the call.
+    pub fn start(
+        &mut self,
+        status: u16,
+        reason: &str,
+        headers: Vec<(Vec<u8>, Vec<u8>)>,
+    ) -> Result<(), AppError> {
+        if self.head_sent() {
+            return Err(AppError::BadResponse(
+                "start() called after the response head was sent".to_string(),
+            ));
+        }
+        self.started = None;
+        self.wbuf.clear();
+        let out = self.serialize(status, reason, &headers)?;
+        self.started = Some(Started {
+            status,
+            reason: reason.to_string(),
+            headers,
+            out,
+        });
+        Ok(())
+    }
+
+    /// Serialize a head into the (empty) write buffer.
+    fn serialize(
+        &mut self,
+        status: u16,
+        reason: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+    ) -> Result<ResponseHeadOut, AppError> {
+        let spec = ResponseSpec {
+            status,
+            reason,
+            headers,
+            version: self.version,
+            head_request: self.head_request,
+            keep_alive: self.keep_alive && !asks_close(headers) && !(self.stopping)(),
+            server: self.server_header,
+        };
+        write_response_head(&spec, self.wbuf).map_err(|e| {
+            self.wbuf.clear();
+            AppError::BadResponse(e.to_string())
+        })
+    }
+
+    pub fn is_started(&self) -> bool {
+        self.started.is_some()
+    }
+
+    pub fn head_sent(&self) -> bool {
+        self.body.is_some()
+    }
+
+    /// The status set by the last successful [`Response::start`].
+    pub fn status(&self) -> Option<u16> {
+        self.started.as_ref().map(|s| s.status)
+    }
+
+    /// The head is (about to be) sent: from here on the framing is fixed. The head bytes stay in
+    /// the write buffer so they leave in one write with the first body bytes.
+    fn commit_head(&mut self) -> Result<(), AppError> {
+        if self.body.is_some() {
+            return Ok(());
+        }
+        let Some(started) = &self.started else {
+            return Err(AppError::BadResponse(
+                "body written before start() was called".to_string(),
+            ));
+        };
+        self.body = Some(match started.out.framing {
+            ResponseFraming::NoBody => BodyOut::NoBody,
+            ResponseFraming::Length(n) => BodyOut::Length { remaining: n },
+            ResponseFraming::Chunked => {
+                BodyOut::Chunked(BodyEncoder::new(ResponseFraming::Chunked))
+            }
+            ResponseFraming::UntilClose => BodyOut::UntilClose,
+        });
+        self.conn.head_sent.set(true);
+        Ok(())
+    }
+
+    fn flush(&mut self, more: bool) -> Result<(), AppError> {
+        if self.wbuf.is_empty() {
+            return Ok(());
+        }
+        let result = self
+            .conn
+            .sock
+            .write_all(self.wbuf, self.conn.io_timeout, more);
+        self.wbuf.clear();
+        result.map_err(|e| {
+            self.broken = true;
+            AppError::Io(e)
+        })
+    }
+
+    /// Write body bytes (the head goes first, in the same write). Every call is sent before it
+    /// returns, as PEP 3333 requires of streamed blocks. Bytes past a declared Content-Length are
+    /// dropped, as is any body of a HEAD request or a 204/304 response.
+    pub fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        if self.broken {
+            return Err(broken_pipe());
+        }
+        if self.started.is_none() {
+            return Err(AppError::BadResponse(
+                "write() called before start()".to_string(),
+            ));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.commit_head()?;
+        let mut rest = data;
+        loop {
+            let (piece, tail) = rest.split_at(rest.len().min(PIECE));
+            match self.body.as_mut() {
+                Some(BodyOut::Length { remaining }) => {
+                    let n = piece
+                        .len()
+                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
+                    self.wbuf.extend_from_slice(&piece[..n]);
+                    *remaining -= n as u64;
+                }
+                Some(BodyOut::Chunked(enc)) => {
+                    enc.encode(piece, self.wbuf);
+                }
+                Some(BodyOut::UntilClose) => self.wbuf.extend_from_slice(piece),
+                Some(BodyOut::NoBody) | None => {}
+            }
+            self.flush(false)?;
+            if tail.is_empty() || matches!(self.body, Some(BodyOut::Length { remaining: 0 })) {
+                return Ok(());
+            }
+            rest = tail;
+        }
+    }
+
+    /// Send `len` bytes (or to EOF) of `file` from `offset`, with sendfile(2) for regular files,
+    /// otherwise by reading and writing. A file shorter than promised leaves the response short
+    /// (the worker then closes the connection rather than let the client misparse it).
+    pub fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError> {
+        if self.broken {
+            return Err(broken_pipe());
+        }
+        if self.started.is_none() {
+            return Err(AppError::BadResponse(
+                "sendfile() called before start()".to_string(),
+            ));
+        }
+        let meta = file.metadata()?;
+        let avail = meta.is_file().then(|| meta.len().saturating_sub(offset));
+        let count = match (len, avail) {
+            (Some(l), Some(a)) => Some(l.min(a)),
+            (l, a) => l.or(a),
+        };
+        if count == Some(0) {
+            return Ok(());
+        }
+        self.commit_head()?;
+        let cap = match self.body.as_ref() {
+            Some(BodyOut::Length { remaining }) => Some(*remaining),
+            Some(BodyOut::NoBody) | None => Some(0),
+            Some(BodyOut::Chunked(_)) | Some(BodyOut::UntilClose) => None,
+        };
+        let count = match (count, cap) {
+            (Some(c), Some(cap)) => Some(c.min(cap)),
+            (c, cap) => c.or(cap),
+        };
+        if count == Some(0) {
+            // Nothing may (or needs to) go out but the head.
+            return self.flush(false);
+        }
+        let chunked = matches!(self.body, Some(BodyOut::Chunked(_)));
+        match (meta.is_file(), count) {
+            (true, Some(count)) => {
+                if chunked {
+                    // One chunk for the whole range, its data by sendfile.
+                    self.wbuf
+                        .extend_from_slice(format!("{count:x}\r\n").as_bytes());
+                }
+                self.flush(true)?;
+                let sent = match self.sendfile_range(file, offset, count) {
+                    Ok(sent) => sent,
+                    Err(e) if e.kind() == io::ErrorKind::Unsupported && !chunked => {
+                        // Filesystems without sendfile support: copy instead.
+                        return self.copy_range(file, offset, Some(count));
+                    }
+                    Err(e) => {
+                        self.broken = true;
+                        return Err(AppError::Io(e));
+                    }
+                };
+                if let Some(BodyOut::Length { remaining }) = self.body.as_mut() {
+                    *remaining -= sent;
+                }
+                if sent < count && chunked {
+                    // The chunk size promised more than the file gave: the stream is corrupt.
+                    self.broken = true;
+                    return Err(AppError::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "file ended before the length being sent",
+                    )));
+                }
+                if chunked {
+                    self.wbuf.extend_from_slice(b"\r\n");
+                    self.flush(false)?;
+                }
+                Ok(())
+            }
+            _ => self.copy_range(file, offset, count),
+        }
+    }
+
+    /// `sendfile(2)` `count` bytes from `offset`; returns how many were sent (fewer at EOF).
+    fn sendfile_range(&self, file: &File, offset: u64, count: u64) -> io::Result<u64> {
+        let mut off = i64::try_from(offset)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
+        let sock = &self.conn.sock;
+        let mut sent = 0u64;
+        while sent < count {
+            let n = (count - sent).min(SENDFILE_MAX) as usize;
+            match nix::sys::sendfile::sendfile64(sock.fd(), file.as_fd(), Some(&mut off), n) {
+                Ok(0) => break,
+                Ok(n) => sent += n as u64,
+                Err(Errno::EAGAIN) => sock.wait_writable(self.conn.io_timeout)?,
+                Err(Errno::EINTR) => {}
+                Err(Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP) if sent == 0 => {
+                    return Err(io::ErrorKind::Unsupported.into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(sent)
+    }
+
+    /// The fallback: read pieces of the file and write them like app data.
+    fn copy_range(&mut self, file: &File, offset: u64, count: Option<u64>) -> Result<(), AppError> {
+        let mut buf = vec![0u8; PIECE.min(count.unwrap_or(u64::MAX) as usize).max(1)];
+        let mut pos = offset;
+        let mut left = count;
+        let seekable = file.metadata()?.is_file();
+        loop {
+            let want = left.map_or(buf.len(), |l| buf.len().min(l as usize));
+            if want == 0 {
+                return Ok(());
+            }
+            let n = if seekable {
+                file.read_at(&mut buf[..want], pos)?
+            } else {
+                // Pipes and the like only read from where they are.
+                io::Read::read(&mut &*file, &mut buf[..want])?
+            };
+            if n == 0 {
+                return Ok(());
+            }
+            self.write(&buf[..n])?;
+            pos += n as u64;
+            left = left.map(|l| l - n as u64);
+        }
+    }
+
+    /// End the response after the app returned. Returns whether the body is complete (all of a
+    /// declared length sent, chunked body terminated), i.e. the connection may carry another
+    /// request as far as framing goes.
+    pub(crate) fn finish(&mut self) -> Result<bool, AppError> {
+        let Some(started) = &self.started else {
+            return Err(AppError::BadResponse(
+                "the application returned without starting a response".to_string(),
+            ));
+        };
+        if self.broken {
+            return Ok(false);
+        }
+        if self.body.is_none() {
+            // No body at all: an HTTP/1.1 head would otherwise promise a chunked body (or a 1.0
+            // one a close-delimited one); an explicit empty length is clearer and keeps the
+            // connection reusable.
+            if matches!(
+                started.out.framing,
+                ResponseFraming::Chunked | ResponseFraming::UntilClose
+            ) {
+                let mut headers = started.headers.clone();
+                headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
+                let (status, reason) = (started.status, started.reason.clone());
+                let saved = std::mem::take(self.wbuf);
+                match self.serialize(status, &reason, &headers) {
+                    Ok(out) => {
+                        let started = self.started.as_mut().expect("started");
+                        started.out = out;
+                        started.headers = headers;
+                    }
+                    Err(_) => *self.wbuf = saved,
+                }
+            }
+            self.commit_head()?;
+        }
+        let complete = match self.body.as_mut() {
+            Some(BodyOut::Length { remaining }) => *remaining == 0,
+            Some(BodyOut::Chunked(enc)) => enc.finish(self.wbuf),
+            Some(BodyOut::NoBody) | Some(BodyOut::UntilClose) | None => true,
+        };
+        self.flush(false)?;
+        Ok(complete)
+    }
+
+    /// Whether the head sent lets the connection persist.
+    pub(crate) fn persists(&self) -> bool {
+        match &self.started {
+            Some(s) => s.out.keep_alive && s.out.framing != ResponseFraming::UntilClose,
+            None => false,
+        }
+    }
+}

@@ -1,0 +1,498 @@
+//! The accept loop and the per-connection request loop.
+
+use std::cell::Cell;
+use std::io;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::time::{Duration, Instant};
+
+use ferrocorn_http::{error_response, HeadParser, Limits, Parsed, RequestHead};
+use ferrocorn_listener::{Listener, PeerAddr, Stream};
+use ferrocorn_signals::WorkerState;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+
+use crate::request::{BodyState, Conn};
+use crate::sock::{self, ReadBuf, Sock, Waited};
+use crate::{App, AppError, Control, Exit, Request, Response, ServerAddr, WorkerConfig};
+
+/// Most unread request body the worker reads and discards to keep a connection alive.
+const DRAIN_BUDGET: u64 = 64 * 1024;
+
+/// How long a closing connection is read and discarded after our last byte, so the client gets
+/// our response instead of a reset (lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+pub(crate) struct Worker<'r> {
+    pub(crate) app: &'r mut dyn App,
+    pub(crate) config: &'r WorkerConfig,
+    pub(crate) control: &'r dyn Control,
+    pub(crate) heartbeat: &'r mut dyn FnMut(),
+    served: u64,
+    rbuf: ReadBuf,
+    wbuf: Vec<u8>,
+}
+
+/// How reading a request head ended without a head.
+enum HeadEnd {
+    /// The client closed (or went idle past its time) before sending anything: close quietly.
+    Quiet,
+    /// Malformed or over a limit: answer with this error's status.
+    Bad(ferrocorn_http::Error),
+    /// Part of a head arrived but not the rest in time.
+    Timeout,
+    /// The connection failed mid-head.
+    Io(io::Error),
+    /// Told to exit now.
+    Exit,
+}
+
+/// Whether an I/O wait may be cut short by a signal.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Interrupt {
+    /// Waiting for a request that has not started: any stop request ends it.
+    Idle,
+    /// A request is in hand: only an immediate exit ends it.
+    Busy,
+}
+
+impl<'r> Worker<'r> {
+    pub(crate) fn new(
+        app: &'r mut dyn App,
+        config: &'r WorkerConfig,
+        control: &'r dyn Control,
+        heartbeat: &'r mut dyn FnMut(),
+    ) -> Self {
+        Worker {
+            app,
+            config,
+            control,
+            heartbeat,
+            served: 0,
+            rbuf: ReadBuf::new(),
+            wbuf: Vec::new(),
+        }
+    }
+
+    fn max_reached(&self) -> bool {
+        self.config.max_requests > 0 && self.served >= self.config.max_requests
+    }
+
+    fn wake_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the control (signal handlers) owns the fd and outlives this worker loop; it is
+        // only polled, never closed, through this borrow.
+        unsafe { BorrowedFd::borrow_raw(self.control.wake_fd()) }
+    }
+
+    pub(crate) fn run(&mut self, listeners: &[Listener]) -> io::Result<Exit> {
+        for l in listeners {
+            l.set_nonblocking(true)?;
+        }
+        let servers: Vec<ServerAddr> = listeners
+            .iter()
+            .map(|l| {
+                let (name, port) = l.server_name_port();
+                ServerAddr {
+                    name,
+                    port,
+                    scheme: "http",
+                }
+            })
+            .collect();
+        log::debug!(
+            "worker serving {}",
+            listeners
+                .iter()
+                .map(Listener::describe)
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        loop {
+            (self.heartbeat)();
+            if self.control.state() != WorkerState::Running {
+                return Ok(Exit::Stopped);
+            }
+            let ready = self.wait_for_listeners(listeners)?;
+            for (i, listener) in listeners.iter().enumerate() {
+                if !ready[i] {
+                    continue;
+                }
+                match listener.accept() {
+                    Ok((stream, peer)) => {
+                        let accepted = Instant::now();
+                        self.serve_connection(stream, &peer, &servers[i], accepted);
+                        (self.heartbeat)();
+                        if self.max_reached() {
+                            return Ok(Exit::MaxRequests);
+                        }
+                        if self.control.state() != WorkerState::Running {
+                            return Ok(Exit::Stopped);
+                        }
+                    }
+                    // Another worker took it, or the client gave up while queued.
+                    Err(e) if is_transient_accept_error(&e) => {}
+                    Err(e) => {
+                        log::error!("accept on {} failed: {e}", listener.describe());
+                        self.pause(ACCEPT_BACKOFF)?;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Poll the listeners and the wake fd for at most a second. Returns which listeners are ready.
+    fn wait_for_listeners(&mut self, listeners: &[Listener]) -> io::Result<Vec<bool>> {
+        let wake = self.wake_fd();
+        let mut fds: Vec<PollFd<'_>> = listeners
+            .iter()
+            .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+            .collect();
+        fds.push(PollFd::new(wake, PollFlags::POLLIN));
+        let n = match poll(&mut fds, PollTimeout::from(1000u16)) {
+            Ok(n) => n,
+            Err(Errno::EINTR) => 0,
+            Err(e) => return Err(e.into()),
+        };
+        let mut ready = vec![false; listeners.len()];
+        if n > 0 {
+            for (i, fd) in fds.iter().enumerate().take(listeners.len()) {
+                ready[i] = fd.any().unwrap_or(false);
+            }
+            if fds[listeners.len()].any().unwrap_or(false) {
+                self.control.clear_wake();
+            }
+        }
+        Ok(ready)
+    }
+
+    /// Sleep for `d` unless a signal arrives.
+    fn pause(&self, d: Duration) -> io::Result<()> {
+        let mut fds = [PollFd::new(self.wake_fd(), PollFlags::POLLIN)];
+        match poll(
+            &mut fds,
+            PollTimeout::try_from(d).unwrap_or(PollTimeout::MAX),
+        ) {
+            Ok(_) | Err(Errno::EINTR) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Wait for `sock` until `deadline`, heartbeating every second. `Ok(false)`: a signal asked to
+    /// stop waiting (per `interrupt`).
+    fn wait_sock(
+        &mut self,
+        sock: &Sock,
+        deadline: Instant,
+        interrupt: Interrupt,
+    ) -> io::Result<Waited> {
+        loop {
+            match sock::wait(
+                sock.fd(),
+                PollFlags::POLLIN,
+                deadline,
+                Some(self.wake_fd()),
+                true,
+            )? {
+                Waited::Tick => (self.heartbeat)(),
+                Waited::Woken => {
+                    self.control.clear_wake();
+                    match (self.control.state(), interrupt) {
+                        (WorkerState::Running, _) | (WorkerState::Stopping, Interrupt::Busy) => {}
+                        _ => return Ok(Waited::Woken),
+                    }
+                }
+                other => return Ok(other),
+            }
+        }
+    }
+
+    fn serve_connection(
+        &mut self,
+        stream: Stream,
+        peer: &PeerAddr,
+        server: &ServerAddr,
+        accepted: Instant,
+    ) {
+        let sock = match Sock::new(stream) {
+            Ok(s) => s,
+            Err(e) => {
+                log::debug!("setting up a connection from {peer:?} failed: {e}");
+                return;
+            }
+        };
+        let conn = Conn {
+            sock,
+            io_timeout: self.config.io_timeout,
+            head_sent: Cell::new(false),
+        };
+        self.rbuf.clear();
+        let mut first = true;
+        loop {
+            // When the next request's first byte is here, its whole head must follow within the
+            // header timeout; the first request's clock starts at accept.
+            let start = if first || !self.rbuf.is_empty() {
+                if first {
+                    accepted
+                } else {
+                    Instant::now()
+                }
+            } else {
+                let idle_until = Instant::now() + self.config.keepalive;
+                match self.wait_sock(&conn.sock, idle_until, Interrupt::Idle) {
+                    Ok(Waited::Ready) => Instant::now(),
+                    Ok(_) => return,
+                    Err(e) => {
+                        log::debug!("waiting for a request from {peer:?}: {e}");
+                        return;
+                    }
+                }
+            };
+            first = false;
+            let head = match self.read_head(&conn.sock, start + self.config.header_timeout) {
+                Ok(head) => head,
+                Err(HeadEnd::Quiet | HeadEnd::Exit) => return,
+                Err(HeadEnd::Bad(e)) => {
+                    log::debug!("bad request from {peer:?}: {e}");
+                    self.close_with_response(&conn, &e.response());
+                    return;
+                }
+                Err(HeadEnd::Timeout) => {
+                    log::debug!("request head from {peer:?} did not arrive in time");
+                    self.close_with_error(&conn, 408);
+                    return;
+                }
+                Err(HeadEnd::Io(e)) => {
+                    log::debug!("reading a request head from {peer:?}: {e}");
+                    return;
+                }
+            };
+            (self.heartbeat)();
+            self.served += 1;
+            if self.max_reached() {
+                log::info!("Autorestarting worker after current request.");
+            }
+            let persist = self.serve_request(&conn, &head, peer, server);
+            (self.heartbeat)();
+            if !persist || self.control.state() != WorkerState::Running {
+                return;
+            }
+            conn.head_sent.set(false);
+        }
+    }
+
+    /// Read until a complete head is buffered (it is removed from the buffer).
+    fn read_head(&mut self, sock: &Sock, deadline: Instant) -> Result<RequestHead, HeadEnd> {
+        let limits = &self.config.limits;
+        let max_len = max_head_len(limits);
+        let mut parser = HeadParser::new();
+        loop {
+            if !self.rbuf.is_empty() {
+                match parser.parse(self.rbuf.data(), limits) {
+                    Ok(Parsed::Complete(head, n)) => {
+                        self.rbuf.consume(n);
+                        return Ok(head);
+                    }
+                    Ok(Parsed::Partial) => {}
+                    Err(e) => return Err(HeadEnd::Bad(e)),
+                }
+            }
+            // Fast path: bytes are usually already waiting.
+            let got = match self.rbuf.try_fill(sock, max_len) {
+                Ok(Some(n)) => n,
+                Ok(None) => match self.wait_sock(sock, deadline, Interrupt::Busy) {
+                    Ok(Waited::Ready) => continue,
+                    Ok(Waited::Deadline) if self.rbuf.is_empty() => return Err(HeadEnd::Quiet),
+                    Ok(Waited::Deadline) => return Err(HeadEnd::Timeout),
+                    Ok(_) => return Err(HeadEnd::Exit),
+                    Err(e) => return Err(HeadEnd::Io(e)),
+                },
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    return Err(HeadEnd::Bad(ferrocorn_http::Error::HeadersTooLarge(
+                        "request head too large",
+                    )));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(HeadEnd::Io(e)),
+            };
+            if got == 0 {
+                return Err(if self.rbuf.is_empty() {
+                    HeadEnd::Quiet
+                } else {
+                    HeadEnd::Io(io::ErrorKind::UnexpectedEof.into())
+                });
+            }
+            if Instant::now() >= deadline {
+                // A client trickling bytes never lets a wait time out; check the clock too.
+                return Err(HeadEnd::Timeout);
+            }
+        }
+    }
+
+    /// Call the app for one request and complete the response. Returns whether the connection
+    /// may carry another request.
+    fn serve_request(
+        &mut self,
+        conn: &Conn,
+        head: &RequestHead,
+        peer: &PeerAddr,
+        server: &ServerAddr,
+    ) -> bool {
+        let mut body = BodyState::new(head, &self.config.limits);
+        let last = self.max_reached();
+        let control = self.control;
+        let stopping = move || control.state() != WorkerState::Running;
+        let keep_alive = head.keep_alive() && !last;
+        let mut res = Response::new(
+            conn,
+            &mut self.wbuf,
+            head.version(),
+            head.method() == "HEAD",
+            keep_alive,
+            &stopping,
+            &self.config.server_header,
+        );
+        let app = &mut *self.app;
+        let result = {
+            let mut req = Request {
+                head,
+                peer,
+                server,
+                conn,
+                rbuf: &mut self.rbuf,
+                body: &mut body,
+            };
+            catch_unwind(AssertUnwindSafe(|| app.call(&mut req, &mut res)))
+                .unwrap_or_else(|panic| Err(AppError::Failed(panic_message(&panic))))
+        };
+        let result = result.and_then(|()| res.finish());
+        match result {
+            Ok(complete) => {
+                let persists = complete && res.persists() && !last;
+                drop(res);
+                if !persists {
+                    self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());
+                    return false;
+                }
+                if !body.drain(conn, &mut self.rbuf, DRAIN_BUDGET) {
+                    self.close(conn, true);
+                    return false;
+                }
+                true
+            }
+            Err(err) => {
+                let head_sent = res.head_sent();
+                drop(res);
+                log_app_error(head, &err, &body);
+                if !head_sent {
+                    let bytes = match (&body.http_error, &err) {
+                        (Some(e), _) => e.response(),
+                        // The client vanished or stalled: nobody to answer.
+                        (None, AppError::Io(_)) if body.io_failed => {
+                            return false;
+                        }
+                        _ => error_response(500),
+                    };
+                    self.close_with_response(conn, &bytes);
+                } else {
+                    self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());
+                }
+                false
+            }
+        }
+    }
+
+    /// Send an error response (it says `Connection: close`) and close.
+    fn close_with_error(&mut self, conn: &Conn, status: u16) {
+        self.close_with_response(conn, &error_response(status));
+    }
+
+    fn close_with_response(&mut self, conn: &Conn, bytes: &[u8]) {
+        if conn.head_sent.get() {
+            self.close(conn, true);
+            return;
+        }
+        if let Err(e) = conn.sock.write_all(bytes, conn.io_timeout, false) {
+            log::debug!("sending an error response failed: {e}");
+            return;
+        }
+        self.close(conn, true);
+    }
+
+    /// Close after our last response. When the client may still be sending (unread body, pipelined
+    /// requests, an error answered early), half-close and discard what comes for a short while:
+    /// closing with unread data makes the kernel send a reset that can destroy the response before
+    /// the client reads it.
+    fn close(&mut self, conn: &Conn, linger: bool) {
+        conn.sock.shutdown_write();
+        if !linger {
+            return;
+        }
+        let deadline = Instant::now() + LINGER_TIME;
+        let mut discarded = 0usize;
+        let mut buf = [0u8; 8192];
+        while discarded < LINGER_BYTES {
+            match conn.sock.try_read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => discarded += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    match self.wait_sock(&conn.sock, deadline, Interrupt::Idle) {
+                        Ok(Waited::Ready) => {}
+                        _ => return,
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
+    match err {
+        AppError::Io(e) if body.http_error.is_some() || body.io_failed => {
+            log::debug!(
+                "reading the body of {} {}: {e}",
+                head.method(),
+                head.target()
+            );
+        }
+        AppError::Io(e) => log::info!(
+            "connection error during {} {}: {e}",
+            head.method(),
+            head.target()
+        ),
+        _ => log::error!("Error handling request {}: {err}", head.target()),
+    }
+}
+
+fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+    let msg = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "(non-string panic payload)".to_string());
+    format!("the application panicked: {msg}")
+}
+
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+/// The most bytes a head within `limits` can take, so a client cannot make the buffer grow
+/// without bound even if a limit were not checked before the end of a line.
+fn max_head_len(limits: &Limits) -> usize {
+    const UNLIMITED_CAP: usize = 16 * 1024 * 1024;
+    if limits.request_line == 0 || limits.field_size == 0 {
+        return UNLIMITED_CAP;
+    }
+    // Request line, each field with CRLF, the final CRLF, and room for leading empty lines.
+    (limits.request_line + 2 + limits.fields.saturating_mul(limits.field_size + 2) + 2 + 1024)
+        .min(UNLIMITED_CAP)
+}

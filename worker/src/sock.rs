@@ -1,0 +1,278 @@
+//! Non-blocking socket I/O with deadlines: every wait is a `poll(2)` bounded by a deadline, so one
+//! mechanism gives both the per-operation I/O timeout and the whole-head timeout.
+
+use std::io::{self, Read};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::time::{Duration, Instant};
+
+use ferrocorn_listener::Stream;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{send, MsgFlags};
+
+/// Longest single `poll` while a caller wants to hear about time passing (heartbeats).
+pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+/// How a bounded wait ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Waited {
+    /// The socket is ready (or has an error/hangup that the next call will report).
+    Ready,
+    /// The extra "wake" descriptor became readable.
+    Woken,
+    /// A [`TICK`] passed without anything happening; the deadline is still ahead.
+    Tick,
+    /// The deadline passed.
+    Deadline,
+}
+
+/// Round up so a wait never returns early and spins with a zero timeout before its deadline.
+fn poll_timeout(d: Duration) -> PollTimeout {
+    let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
+    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
+}
+
+/// Wait until `fd` is ready for `events`, `wake` is readable, `deadline` passes or (with `tick`) a
+/// [`TICK`] passes. Signals interrupting `poll` just restart the wait.
+pub(crate) fn wait(
+    fd: BorrowedFd<'_>,
+    events: PollFlags,
+    deadline: Instant,
+    wake: Option<BorrowedFd<'_>>,
+    tick: bool,
+) -> io::Result<Waited> {
+    loop {
+        let now = Instant::now();
+        if now >= deadline {
+            return Ok(Waited::Deadline);
+        }
+        let mut left = deadline - now;
+        let ticked = tick && left > TICK;
+        if ticked {
+            left = TICK;
+        }
+        let mut fds = [
+            PollFd::new(fd, events),
+            PollFd::new(wake.unwrap_or(fd), PollFlags::POLLIN),
+        ];
+        let nfds = if wake.is_some() { 2 } else { 1 };
+        match poll(&mut fds[..nfds], poll_timeout(left)) {
+            Ok(0) if ticked => return Ok(Waited::Tick),
+            Ok(0) => continue,
+            Ok(_) => {
+                if wake.is_some() && fds[1].any().unwrap_or(false) {
+                    return Ok(Waited::Woken);
+                }
+                return Ok(Waited::Ready);
+            }
+            Err(Errno::EINTR) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+pub(crate) fn timed_out(what: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
+}
+
+/// An accepted connection in non-blocking mode.
+#[derive(Debug)]
+pub(crate) struct Sock {
+    stream: Stream,
+    tcp: bool,
+}
+
+impl Sock {
+    pub(crate) fn new(stream: Stream) -> io::Result<Sock> {
+        let tcp = match &stream {
+            Stream::Tcp(s) => {
+                s.set_nonblocking(true)?;
+                // Heads and bodies are already coalesced in our buffers; Nagle would only delay.
+                s.set_nodelay(true)?;
+                true
+            }
+            Stream::Unix(s) => {
+                s.set_nonblocking(true)?;
+                false
+            }
+        };
+        Ok(Sock { stream, tcp })
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.stream.as_fd()
+    }
+
+    /// One non-blocking read attempt.
+    pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.stream {
+            Stream::Tcp(s) => {
+                let mut r = s;
+                r.read(buf)
+            }
+            Stream::Unix(s) => {
+                let mut r = s;
+                r.read(buf)
+            }
+        }
+    }
+
+    /// Read at least one byte (or EOF) before `deadline`.
+    pub(crate) fn read_before(&self, buf: &mut [u8], deadline: Instant) -> io::Result<usize> {
+        loop {
+            match self.try_read(buf) {
+                Ok(n) => return Ok(n),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            if wait(self.fd(), PollFlags::POLLIN, deadline, None, false)? == Waited::Deadline {
+                return Err(timed_out("reading from the client"));
+            }
+        }
+    }
+
+    /// Write all of `data`, each wait for the socket to drain bounded by `timeout`. `more` tells TCP
+    /// that more data follows at once (MSG_MORE), so a head and a sendfile body share packets.
+    pub(crate) fn write_all(
+        &self,
+        mut data: &[u8],
+        timeout: Duration,
+        more: bool,
+    ) -> io::Result<()> {
+        // MSG_NOSIGNAL: a client that went away is an EPIPE error here, never a SIGPIPE.
+        let mut flags = MsgFlags::MSG_NOSIGNAL;
+        if more && self.tcp {
+            flags |= MsgFlags::from_bits_retain(libc::MSG_MORE);
+        }
+        while !data.is_empty() {
+            match send(self.stream.as_raw_fd(), data, flags) {
+                Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+                Ok(n) => data = &data[n..],
+                Err(Errno::EAGAIN) => self.wait_writable(timeout)?,
+                Err(Errno::EINTR) => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn wait_writable(&self, timeout: Duration) -> io::Result<()> {
+        match wait(
+            self.fd(),
+            PollFlags::POLLOUT,
+            Instant::now() + timeout,
+            None,
+            false,
+        )? {
+            Waited::Deadline => Err(timed_out("writing to the client")),
+            _ => Ok(()),
+        }
+    }
+
+    pub(crate) fn shutdown_write(&self) {
+        // The peer may already be gone; nothing useful to do about an error here.
+        let _ = self.stream.shutdown_write();
+    }
+}
+
+/// A connection's read buffer: `buf[start..end]` holds received bytes not consumed yet. Bytes past
+/// one request are the start of the next (pipelining).
+#[derive(Debug)]
+pub(crate) struct ReadBuf {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// Initial (and body-reading) size of a read buffer.
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
+
+impl ReadBuf {
+    pub(crate) fn new() -> ReadBuf {
+        ReadBuf {
+            buf: vec![0; READ_CHUNK],
+            start: 0,
+            end: 0,
+        }
+    }
+
+    pub(crate) fn clear(&mut self) {
+        self.start = 0;
+        self.end = 0;
+        // A huge head made it grow; do not keep that for every later connection.
+        if self.buf.len() > 4 * READ_CHUNK {
+            self.buf = vec![0; READ_CHUNK];
+        }
+    }
+
+    pub(crate) fn data(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    pub(crate) fn is_empty(&self) -> bool {
+        self.start == self.end
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    pub(crate) fn consume(&mut self, n: usize) {
+        debug_assert!(n <= self.len());
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+
+    /// Free space after the data, moving the data to the front or growing (up to `max_len` bytes
+    /// in all) when full. Empty when the data already fills `max_len`.
+    fn spare(&mut self, max_len: usize) -> &mut [u8] {
+        if self.end == self.buf.len() {
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            } else if self.buf.len() < max_len {
+                let len = (self.buf.len() * 2).min(max_len);
+                self.buf.resize(len, 0);
+            }
+        }
+        &mut self.buf[self.end..]
+    }
+
+    /// Read once from `sock` (waiting until `deadline`) and append. `Ok(0)` is EOF; an error of kind
+    /// `OutOfMemory` means the buffer is already at `max_len`.
+    pub(crate) fn fill_before(
+        &mut self,
+        sock: &Sock,
+        deadline: Instant,
+        max_len: usize,
+    ) -> io::Result<usize> {
+        let spare = self.spare(max_len);
+        if spare.is_empty() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        let n = sock.read_before(spare, deadline)?;
+        self.end += n;
+        Ok(n)
+    }
+
+    /// Append whatever is readable right now without waiting; `Ok(None)` if nothing is.
+    pub(crate) fn try_fill(&mut self, sock: &Sock, max_len: usize) -> io::Result<Option<usize>> {
+        let spare = self.spare(max_len);
+        if spare.is_empty() {
+            return Err(io::ErrorKind::OutOfMemory.into());
+        }
+        match sock.try_read(spare) {
+            Ok(n) => {
+                self.end += n;
+                Ok(Some(n))
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}

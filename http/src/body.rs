@@ -12,17 +12,14 @@ use crate::types::{BodyFraming, Limits};
 const MAX_CHUNK_LINE: usize = 4096;
 
 /// Fields that must not be sent in a trailer (RFC 9110 §6.5.1): framing, routing, request
-/// modifiers, authentication, and fields that describe the content or the connection. Trailers
-/// are never merged into the head anyway; refusing these makes probing for a hop that does merge
-/// them fail loudly.
+/// modifiers, authentication, cookies and connection options. Trailers are never merged into the
+/// head anyway; refusing these makes probing for a hop that does merge them fail loudly. Content
+/// metadata (Content-Type, ...) is let through as gunicorn does: in a trailer it changes nothing.
 const FORBIDDEN_TRAILERS: &[&str] = &[
     "authorization",
     "cache-control",
     "connection",
-    "content-encoding",
     "content-length",
-    "content-range",
-    "content-type",
     "cookie",
     "expect",
     "host",

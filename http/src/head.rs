@@ -81,10 +81,14 @@ impl RequestHead {
         self.text(&self.target)
     }
     /// The path part of the target (still percent-encoded; absolute-form reduced to its path,
-    /// `/` when it has none; empty for `*` and authority-form).
+    /// `/` when it has none; `*` for asterisk-form; empty for authority-form).
     pub fn path(&self) -> &str {
         let path = self.text(&self.path);
-        if path.is_empty() && self.is_absolute_form() {
+        if !path.is_empty() {
+            path
+        } else if self.target() == "*" {
+            "*"
+        } else if self.is_absolute_form() {
             "/"
         } else {
             path
@@ -138,6 +142,8 @@ pub struct HeadParser {
     leading_empty: usize,
     /// End of the request line's CRLF, once it has been seen.
     fields_start: Option<usize>,
+    /// The request line, checked as soon as it is complete (offsets from `start`).
+    request_line: Option<RequestLine>,
     /// Field lines seen so far.
     field_lines: usize,
     header_map: HeaderMap,
@@ -190,6 +196,8 @@ impl HeadParser {
                     if line.len() > line_max {
                         return Err(Error::UriTooLong);
                     }
+                    // Checked now, so a bogus request line is refused without waiting for more.
+                    self.request_line = Some(parse_request_line(line)?);
                     self.fields_start = Some(next);
                 }
                 Some(_) if line.is_empty() => {
@@ -241,11 +249,10 @@ impl HeadParser {
         let base = self.start;
         let rel = |r: Range<usize>| (r.start - base) as u32..(r.end - base) as u32;
 
-        let line = &buf[self.start..fields_start - 2];
-        let rl = parse_request_line(line)?;
-        let target_text = std::str::from_utf8(&line[rl.target.clone()])
-            .map_err(|_| Error::BadRequest("request-target is not valid UTF-8"))?;
-        let target = parse_target(target_text, &line[rl.method.clone()])?;
+        let rl = self
+            .request_line
+            .clone()
+            .ok_or(Error::BadRequest("no request line"))?;
 
         // The field block, including the final CRLF that httparse expects.
         let block = &buf[fields_start..end];
@@ -304,13 +311,12 @@ impl HeadParser {
         };
         let line_at = self.start;
         let shift = |r: Range<usize>| rel(line_at + r.start..line_at + r.end);
-        let target_at = rl.target.start;
         Ok(RequestHead {
             buf: head.into(),
             method: shift(rl.method),
             target: shift(rl.target),
-            path: shift(target_at + target.path.start..target_at + target.path.end),
-            query: shift(target_at + target.query.start..target_at + target.query.end),
+            path: shift(rl.path),
+            query: shift(rl.query),
             version,
             fields,
             framing,
@@ -321,9 +327,12 @@ impl HeadParser {
     }
 }
 
+#[derive(Debug, Clone)]
 struct RequestLine {
     method: Range<usize>,
     target: Range<usize>,
+    path: Range<usize>,
+    query: Range<usize>,
     version: Version,
 }
 
@@ -356,8 +365,14 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, Error> {
         return Err(Error::BadRequest("invalid character in request-target"));
     }
     let version = parse_version(version)?;
+    let text = std::str::from_utf8(&line[target.clone()])
+        .map_err(|_| Error::BadRequest("request-target is not valid UTF-8"))?;
+    let parts = parse_target(text, method)?;
+    let at = target.start;
     Ok(RequestLine {
         method: 0..method_end,
+        path: at + parts.path.start..at + parts.path.end,
+        query: at + parts.query.start..at + parts.query.end,
         target,
         version,
     })

@@ -146,7 +146,7 @@ fn smuggling_shapes_are_rejected() {
 #[test]
 fn target_forms() {
     let (h, _) = parse(b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
-    assert_eq!((h.target(), h.path()), ("*", ""));
+    assert_eq!((h.target(), h.path()), ("*", "*"));
     let (h, _) = parse(b"CONNECT [::1]:443 HTTP/1.1\r\nHost: [::1]:443\r\n\r\n").unwrap();
     assert_eq!(h.target(), "[::1]:443");
     let (h, _) =

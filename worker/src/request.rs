@@ -24,6 +24,9 @@ pub(crate) struct Conn {
     pub(crate) io_timeout: Duration,
     /// The final response head is on the wire: no `100 Continue` may follow it.
     pub(crate) head_sent: Cell<bool>,
+    /// The client sent `Expect: 100-continue` and has had no `100 Continue`: until it does, we cannot
+    /// know whether the body will come, so a response sent now must close the connection.
+    pub(crate) awaiting_continue: Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -99,6 +102,7 @@ impl BodyState {
         }
         if self.expects_continue && !self.continue_sent && !conn.head_sent.get() {
             self.continue_sent = true;
+            conn.awaiting_continue.set(false);
             conn.sock.write_all(CONTINUE, conn.io_timeout, false)?;
         }
         let result = self.read_inner(conn, rbuf, buf);

@@ -149,7 +149,10 @@ impl<'a> Response<'a> {
             headers,
             version: self.version,
             head_request: self.head_request,
-            keep_alive: self.keep_alive && !asks_close(headers) && !(self.stopping)(),
+            keep_alive: self.keep_alive
+                && !asks_close(headers)
+                && !self.conn.awaiting_continue.get()
+                && !(self.stopping)(),
             server: self.server_header,
         };
         write_response_head(&spec, self.wbuf).map_err(|e| {

@@ -37,6 +37,24 @@ pub(crate) struct Worker<'r> {
     wbuf: Vec<u8>,
 }
 
+/// A connection just accepted from `listeners[index]`.
+pub(crate) struct Accepted {
+    index: usize,
+    stream: Stream,
+    peer: PeerAddr,
+    at: Instant,
+}
+
+/// How an idle keep-alive wait ended.
+enum Idle {
+    /// Bytes (or EOF) from the client.
+    Request,
+    /// Keep-alive time over, or told to stop.
+    Close,
+    /// A new client arrived and was accepted.
+    Handoff(Accepted),
+}
+
 /// How reading a request head ended without a head.
 enum HeadEnd {
     /// The client closed (or went idle past its time) before sending anything: close quietly.
@@ -121,23 +139,31 @@ impl<'r> Worker<'r> {
                 if !ready[i] {
                     continue;
                 }
-                match listener.accept() {
-                    Ok((stream, peer)) => {
-                        let accepted = Instant::now();
-                        self.serve_connection(stream, &peer, &servers[i], accepted);
-                        (self.heartbeat)();
-                        if self.max_reached() {
-                            return Ok(Exit::MaxRequests);
-                        }
-                        if self.control.state() != WorkerState::Running {
-                            return Ok(Exit::Stopped);
-                        }
-                    }
+                let mut next = match listener.accept() {
+                    Ok((stream, peer)) => Some(Accepted {
+                        index: i,
+                        stream,
+                        peer,
+                        at: Instant::now(),
+                    }),
                     // Another worker took it, or the client gave up while queued.
-                    Err(e) if is_transient_accept_error(&e) => {}
+                    Err(e) if is_transient_accept_error(&e) => None,
                     Err(e) => {
                         log::error!("accept on {} failed: {e}", listener.describe());
                         self.pause(ACCEPT_BACKOFF)?;
+                        None
+                    }
+                };
+                // A connection may hand over to one that arrived while it sat idle.
+                while let Some(a) = next.take() {
+                    let server = &servers[a.index];
+                    next = self.serve_connection(a, listeners, server);
+                    (self.heartbeat)();
+                    if self.max_reached() {
+                        return Ok(Exit::MaxRequests);
+                    }
+                    if self.control.state() != WorkerState::Running {
+                        return Ok(Exit::Stopped);
                     }
                 }
             }
@@ -210,24 +236,33 @@ impl<'r> Worker<'r> {
         }
     }
 
+    /// Serve requests on one connection until it closes. Returns a connection accepted while this
+    /// one sat idle between requests (it was closed to take the new one).
     fn serve_connection(
         &mut self,
-        stream: Stream,
-        peer: &PeerAddr,
+        accepted: Accepted,
+        listeners: &[Listener],
         server: &ServerAddr,
-        accepted: Instant,
-    ) {
+    ) -> Option<Accepted> {
+        let Accepted {
+            stream,
+            peer,
+            at: accepted,
+            ..
+        } = accepted;
+        let peer = &peer;
         let sock = match Sock::new(stream) {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("setting up a connection from {peer:?} failed: {e}");
-                return;
+                return None;
             }
         };
         let conn = Conn {
             sock,
             io_timeout: self.config.io_timeout,
             head_sent: Cell::new(false),
+            awaiting_continue: Cell::new(false),
         };
         self.rbuf.clear();
         let mut first = true;
@@ -241,33 +276,33 @@ impl<'r> Worker<'r> {
                     Instant::now()
                 }
             } else {
-                let idle_until = Instant::now() + self.config.keepalive;
-                match self.wait_sock(&conn.sock, idle_until, Interrupt::Idle) {
-                    Ok(Waited::Ready) => Instant::now(),
-                    Ok(_) => return,
-                    Err(e) => {
-                        log::debug!("waiting for a request from {peer:?}: {e}");
-                        return;
+                match self.wait_idle(&conn.sock, listeners) {
+                    Idle::Request => Instant::now(),
+                    Idle::Close => return None,
+                    Idle::Handoff(next) => {
+                        conn.sock.shutdown_write();
+                        return Some(next);
                     }
                 }
             };
             first = false;
             let head = match self.read_head(&conn.sock, start + self.config.header_timeout) {
                 Ok(head) => head,
-                Err(HeadEnd::Quiet | HeadEnd::Exit) => return,
+                Err(HeadEnd::Quiet | HeadEnd::Exit) => return None,
                 Err(HeadEnd::Bad(e)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    self.close_with_response(&conn, &e.response());
-                    return;
+                    self.close_with_response(&conn, &e.response(), true);
+                    return None;
                 }
                 Err(HeadEnd::Timeout) => {
                     log::debug!("request head from {peer:?} did not arrive in time");
-                    self.close_with_error(&conn, 408);
-                    return;
+                    // No lingering for a client this slow: the worker has waited long enough.
+                    self.close_with_response(&conn, &error_response(408), false);
+                    return None;
                 }
                 Err(HeadEnd::Io(e)) => {
                     log::debug!("reading a request head from {peer:?}: {e}");
-                    return;
+                    return None;
                 }
             };
             (self.heartbeat)();
@@ -278,9 +313,79 @@ impl<'r> Worker<'r> {
             let persist = self.serve_request(&conn, &head, peer, server);
             (self.heartbeat)();
             if !persist || self.control.state() != WorkerState::Running {
-                return;
+                return None;
             }
             conn.head_sent.set(false);
+        }
+    }
+
+    /// Wait for the next request on an idle keep-alive connection, for at most the keep-alive time.
+    /// A new connection on a listener meanwhile wins: a sync worker must not leave new clients
+    /// queued behind an idle one. It is accepted first, so only the worker that gets it gives up
+    /// its idle connection.
+    fn wait_idle(&mut self, sock: &Sock, listeners: &[Listener]) -> Idle {
+        let until = Instant::now() + self.config.keepalive;
+        let mut watch_listeners = true;
+        loop {
+            let now = Instant::now();
+            if now >= until {
+                return Idle::Close;
+            }
+            let wake = self.wake_fd();
+            let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
+            if watch_listeners {
+                fds.extend(
+                    listeners
+                        .iter()
+                        .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
+                );
+            }
+            fds.push(PollFd::new(wake, PollFlags::POLLIN));
+            let left = (until - now).min(sock::TICK);
+            match poll(&mut fds, sock::poll_timeout(left)) {
+                Ok(0) => {
+                    (self.heartbeat)();
+                    continue;
+                }
+                Ok(_) => {}
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    log::error!("poll failed: {e}");
+                    return Idle::Close;
+                }
+            }
+            // The client's next request (or its close) comes first.
+            if fds[0].any().unwrap_or(false) {
+                return Idle::Request;
+            }
+            if fds[fds.len() - 1].any().unwrap_or(false) {
+                self.control.clear_wake();
+                if self.control.state() != WorkerState::Running {
+                    return Idle::Close;
+                }
+            }
+            let ready: Vec<usize> = (0..if watch_listeners { listeners.len() } else { 0 })
+                .filter(|&i| fds[1 + i].any().unwrap_or(false))
+                .collect();
+            drop(fds);
+            for i in ready {
+                match listeners[i].accept() {
+                    Ok((stream, peer)) => {
+                        return Idle::Handoff(Accepted {
+                            index: i,
+                            stream,
+                            peer,
+                            at: Instant::now(),
+                        });
+                    }
+                    Err(e) if is_transient_accept_error(&e) => {}
+                    Err(e) => {
+                        // Do not spin on a listener we cannot accept from; the idle wait goes on.
+                        log::error!("accept on {} failed: {e}", listeners[i].describe());
+                        watch_listeners = false;
+                    }
+                }
+            }
         }
     }
 
@@ -342,6 +447,8 @@ impl<'r> Worker<'r> {
         server: &ServerAddr,
     ) -> bool {
         let mut body = BodyState::new(head, &self.config.limits);
+        conn.awaiting_continue
+            .set(head.expects_continue() && !body.is_done());
         let last = self.max_reached();
         let control = self.control;
         let stopping = move || control.state() != WorkerState::Running;
@@ -396,7 +503,8 @@ impl<'r> Worker<'r> {
                         }
                         _ => error_response(500),
                     };
-                    self.close_with_response(conn, &bytes);
+                    let linger = body.unread_may_follow() || !self.rbuf.is_empty();
+                    self.close_with_response(conn, &bytes, linger);
                 } else {
                     self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());
                 }
@@ -406,20 +514,12 @@ impl<'r> Worker<'r> {
     }
 
     /// Send an error response (it says `Connection: close`) and close.
-    fn close_with_error(&mut self, conn: &Conn, status: u16) {
-        self.close_with_response(conn, &error_response(status));
-    }
-
-    fn close_with_response(&mut self, conn: &Conn, bytes: &[u8]) {
-        if conn.head_sent.get() {
-            self.close(conn, true);
-            return;
-        }
+    fn close_with_response(&mut self, conn: &Conn, bytes: &[u8], linger: bool) {
         if let Err(e) = conn.sock.write_all(bytes, conn.io_timeout, false) {
             log::debug!("sending an error response failed: {e}");
             return;
         }
-        self.close(conn, true);
+        self.close(conn, linger);
     }
 
     /// Close after our last response. When the client may still be sending (unread body, pipelined

@@ -27,7 +27,7 @@ pub(crate) enum Waited {
 }
 
 /// Round up so a wait never returns early and spins with a zero timeout before its deadline.
-fn poll_timeout(d: Duration) -> PollTimeout {
+pub(crate) fn poll_timeout(d: Duration) -> PollTimeout {
     let ms = d.as_micros().div_ceil(1000).min(i32::MAX as u128) as i32;
     PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)
 }

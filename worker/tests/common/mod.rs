@@ -1,0 +1,308 @@
+//! Shared test support: a worker loop in a thread on a real TCP listener, a stop trigger, and a raw
+//! HTTP/1.1 client that reads responses byte by byte off the socket.
+#![allow(dead_code)]
+
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::fd::{AsRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use ferrocorn_listener::{bind, BindSpec, ListenOptions, Listener};
+use ferrocorn_worker::{run_with, App, Control, Exit, WorkerConfig, WorkerState};
+
+/// A stop trigger standing in for the signal handlers: a state plus a socketpair as wake fd.
+#[derive(Debug)]
+pub struct TestControl {
+    state: AtomicU8,
+    wake_rx: UnixStream,
+    wake_tx: UnixStream,
+}
+
+impl TestControl {
+    pub fn new() -> Self {
+        let (wake_rx, wake_tx) = UnixStream::pair().unwrap();
+        wake_rx.set_nonblocking(true).unwrap();
+        TestControl {
+            state: AtomicU8::new(0),
+            wake_rx,
+            wake_tx,
+        }
+    }
+
+    /// What a signal handler does: record the state, then make the wake fd readable.
+    pub fn set(&self, state: WorkerState) {
+        let v = match state {
+            WorkerState::Running => 0,
+            WorkerState::Stopping => 1,
+            WorkerState::Exit => 2,
+        };
+        self.state.store(v, Ordering::SeqCst);
+        (&self.wake_tx).write_all(b"x").unwrap();
+    }
+}
+
+impl Control for TestControl {
+    fn state(&self) -> WorkerState {
+        match self.state.load(Ordering::SeqCst) {
+            0 => WorkerState::Running,
+            1 => WorkerState::Stopping,
+            _ => WorkerState::Exit,
+        }
+    }
+    fn wake_fd(&self) -> RawFd {
+        self.wake_rx.as_raw_fd()
+    }
+    fn clear_wake(&self) {
+        let mut buf = [0u8; 64];
+        while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+    }
+}
+
+pub fn tcp_listener() -> (Listener, SocketAddr) {
+    let spec = BindSpec::Tcp {
+        host: "127.0.0.1".to_string(),
+        port: 0,
+    };
+    let l = bind(&spec, &ListenOptions::default()).unwrap();
+    let addr = l.local_addr().unwrap();
+    (l, addr)
+}
+
+/// A worker loop running in a thread.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub control: Arc<TestControl>,
+    pub beats: mpsc::Receiver<()>,
+    handle: Option<JoinHandle<io::Result<Exit>>>,
+}
+
+impl Server {
+    pub fn start<A: App + Send + 'static>(app: A, config: WorkerConfig) -> Server {
+        let (listener, addr) = tcp_listener();
+        Self::start_on(app, config, vec![listener], addr)
+    }
+
+    pub fn start_on<A: App + Send + 'static>(
+        mut app: A,
+        config: WorkerConfig,
+        listeners: Vec<Listener>,
+        addr: SocketAddr,
+    ) -> Server {
+        let control = Arc::new(TestControl::new());
+        let c = Arc::clone(&control);
+        let (beat_tx, beats) = mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            let mut heartbeat = move || {
+                let _ = beat_tx.send(());
+            };
+            run_with(&mut app, &listeners, &config, &*c, &mut heartbeat)
+        });
+        Server {
+            addr,
+            control,
+            beats,
+            handle: Some(handle),
+        }
+    }
+
+    pub fn connect(&self) -> Client {
+        Client::connect(self.addr)
+    }
+
+    /// Wait for `run` to return.
+    pub fn join(mut self) -> io::Result<Exit> {
+        self.handle
+            .take()
+            .unwrap()
+            .join()
+            .expect("worker thread panicked")
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(h) = self.handle.take() {
+            if !std::thread::panicking() {
+                self.control.set(WorkerState::Exit);
+                let _ = h.join();
+            }
+        }
+    }
+}
+
+pub fn config() -> WorkerConfig {
+    WorkerConfig {
+        // Generous: tests wait on events, these only bound a broken run.
+        io_timeout: Duration::from_secs(10),
+        keepalive: Duration::from_secs(10),
+        header_timeout: Duration::from_secs(10),
+        ..WorkerConfig::default()
+    }
+}
+
+#[derive(Debug)]
+pub struct Resp {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    /// How the body was framed: "length", "chunked", "close" or "none".
+    pub framing: &'static str,
+}
+
+impl Resp {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw client that reads exactly what the server sends.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).unwrap();
+        // Only a guard against a hung test; every wait below ends on data or a close.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    fn fill(&mut self) -> io::Result<usize> {
+        let mut chunk = [0u8; 8192];
+        let n = self.stream.read(&mut chunk)?;
+        self.buf.extend_from_slice(&chunk[..n]);
+        Ok(n)
+    }
+
+    fn take_line(&mut self) -> io::Result<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf[..i].to_vec()).unwrap();
+                self.buf.drain(..i + 2);
+                return Ok(line);
+            }
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+
+    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
+    /// Read one response head (interim 1xx included), without its body.
+    pub fn read_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
+        let status_line = self.take_line()?;
+        let mut parts = status_line.splitn(3, ' ');
+        assert_eq!(
+            parts.next(),
+            Some("HTTP/1.1"),
+            "status line {status_line:?}"
+        );
+        let status: u16 = parts.next().unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line()?;
+            if line.is_empty() {
+                return Ok((status, headers));
+            }
+            let (n, v) = line.split_once(':').expect("header line");
+            headers.push((n.to_string(), v.trim().to_string()));
+        }
+    }
+
+    /// Read one complete final response; `head_request` means no body follows whatever it says.
+    pub fn read_response_for(&mut self, head_request: bool) -> io::Result<Resp> {
+        let (status, headers) = self.read_head()?;
+        assert!(status >= 200, "unexpected interim response {status}");
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(n, _)| n.eq_ignore_ascii_case(name))
+                .map(|(_, v)| v.clone())
+        };
+        let (body, framing) = if head_request || status == 204 || status == 304 {
+            (Vec::new(), "none")
+        } else if let Some(len) = get("content-length") {
+            (self.take(len.parse().unwrap())?, "length")
+        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
+            let mut body = Vec::new();
+            loop {
+                let size = usize::from_str_radix(self.take_line()?.trim(), 16).unwrap();
+                if size == 0 {
+                    assert_eq!(self.take_line()?, "", "trailer after last chunk");
+                    break;
+                }
+                body.extend(self.take(size)?);
+                assert_eq!(self.take(2)?, b"\r\n");
+            }
+            (body, "chunked")
+        } else {
+            while self.fill()? > 0 {}
+            (std::mem::take(&mut self.buf), "close")
+        };
+        Ok(Resp {
+            status,
+            headers,
+            body,
+            framing,
+        })
+    }
+
+    pub fn read_response(&mut self) -> Resp {
+        self.read_response_for(false).unwrap()
+    }
+
+    /// True once the server has closed: EOF (or a reset) with no bytes left unread.
+    pub fn at_eof(&mut self) -> bool {
+        if !self.buf.is_empty() {
+            return false;
+        }
+        match self.fill() {
+            Ok(0) => true,
+            Ok(_) => false,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
+            Err(e) => panic!("waiting for the server to close: {e}"),
+        }
+    }
+
+    /// Everything until the server closes, including bytes already buffered.
+    pub fn read_to_end(&mut self) -> Vec<u8> {
+        while self.fill().unwrap() > 0 {}
+        std::mem::take(&mut self.buf)
+    }
+
+    /// One request, one response.
+    pub fn request(&mut self, raw: &[u8]) -> Resp {
+        self.send(raw);
+        self.read_response()
+    }
+}

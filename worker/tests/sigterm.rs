@@ -1,0 +1,55 @@
+//! The real signal path: `run` with the process's `WorkerSignals`, stopped by a real SIGTERM.
+//! Alone in its own test binary (process), since signal handlers are process-wide.
+
+mod common;
+
+use std::sync::mpsc;
+use std::time::Duration;
+
+use common::{config, tcp_listener, Client};
+use ferrocorn_signals::{MasterSignals, WorkerSignals};
+use ferrocorn_worker::{fn_app, run, Exit, WorkerState};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+#[test]
+fn sigterm_finishes_the_request_in_hand_then_run_returns() {
+    let signals = WorkerSignals::install_replacing(MasterSignals::install().unwrap()).unwrap();
+    let (listener, addr) = tcp_listener();
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let mut app = fn_app(move |req, res| {
+        entered_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        let mut body = Vec::new();
+        req.read_body_to_end(&mut body)?;
+        res.start(200, "OK", vec![])?;
+        res.write(b"finished ")?;
+        res.write(&body)
+    });
+    let cfg = config();
+    std::thread::scope(|s| {
+        let signals = &signals;
+        let client = s.spawn(move || {
+            let mut c = Client::connect(addr);
+            c.send(b"POST /slow HTTP/1.1\r\nHost: t\r\nContent-Length: 4\r\n\r\nbody");
+            entered.recv().unwrap();
+            kill(Pid::this(), Signal::SIGTERM).unwrap();
+            // The handler may run on another thread: wait until it has recorded the signal.
+            while signals.state() != WorkerState::Stopping {
+                assert!(
+                    signals.wait_wake(Duration::from_secs(10)),
+                    "SIGTERM was not handled"
+                );
+            }
+            release.send(()).unwrap();
+            let r = c.read_response();
+            assert_eq!(r.text(), "finished body");
+            assert_eq!(r.header("Connection"), Some("close"));
+            assert!(c.at_eof());
+        });
+        let exit = run(&mut app, &[listener], &cfg, signals, &mut || {}).unwrap();
+        assert_eq!(exit, Exit::Stopped);
+        client.join().unwrap();
+    });
+}

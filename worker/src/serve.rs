@@ -401,27 +401,33 @@ impl<'r> Worker<'r> {
                         self.rbuf.consume(n);
                         return Ok(head);
                     }
+                    // A client trickling bytes never lets a wait time out; check the clock too.
+                    Ok(Parsed::Partial) if Instant::now() >= deadline => {
+                        return Err(HeadEnd::Timeout)
+                    }
                     Ok(Parsed::Partial) => {}
                     Err(e) => return Err(HeadEnd::Bad(e)),
                 }
             }
-            // Fast path: bytes are usually already waiting.
-            let got = match self.rbuf.try_fill(sock, max_len) {
-                Ok(Some(n)) => n,
-                Ok(None) => match self.wait_sock(sock, deadline, Interrupt::Busy) {
-                    Ok(Waited::Ready) => continue,
-                    Ok(Waited::Deadline) if self.rbuf.is_empty() => return Err(HeadEnd::Quiet),
-                    Ok(Waited::Deadline) => return Err(HeadEnd::Timeout),
-                    Ok(_) => return Err(HeadEnd::Exit),
+            let got = loop {
+                // Try first: the bytes are usually already here.
+                match self.rbuf.try_fill(sock, max_len) {
+                    Ok(Some(n)) => break n,
+                    Ok(None) => match self.wait_sock(sock, deadline, Interrupt::Busy) {
+                        Ok(Waited::Ready) => {}
+                        Ok(Waited::Deadline) if self.rbuf.is_empty() => return Err(HeadEnd::Quiet),
+                        Ok(Waited::Deadline) => return Err(HeadEnd::Timeout),
+                        Ok(_) => return Err(HeadEnd::Exit),
+                        Err(e) => return Err(HeadEnd::Io(e)),
+                    },
+                    Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                        return Err(HeadEnd::Bad(ferrocorn_http::Error::HeadersTooLarge(
+                            "request head too large",
+                        )));
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(HeadEnd::Io(e)),
-                },
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                    return Err(HeadEnd::Bad(ferrocorn_http::Error::HeadersTooLarge(
-                        "request head too large",
-                    )));
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(HeadEnd::Io(e)),
             };
             if got == 0 {
                 return Err(if self.rbuf.is_empty() {
@@ -429,10 +435,6 @@ impl<'r> Worker<'r> {
                 } else {
                     HeadEnd::Io(io::ErrorKind::UnexpectedEof.into())
                 });
-            }
-            if Instant::now() >= deadline {
-                // A client trickling bytes never lets a wait time out; check the clock too.
-                return Err(HeadEnd::Timeout);
             }
         }
     }
@@ -452,7 +454,8 @@ impl<'r> Worker<'r> {
         let last = self.max_reached();
         let control = self.control;
         let stopping = move || control.state() != WorkerState::Running;
-        let keep_alive = head.keep_alive() && !last;
+        // With no keep-alive time a persistent connection would be closed at once anyway: say so.
+        let keep_alive = head.keep_alive() && !last && !self.config.keepalive.is_zero();
         let mut res = Response::new(
             conn,
             &mut self.wbuf,
@@ -578,6 +581,8 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     format!("the application panicked: {msg}")
 }
 
+/// Errors that concern one connection, not the listener (accept(2) on Linux passes a new
+/// connection's pending network error up as its own).
 fn is_transient_accept_error(e: &io::Error) -> bool {
     matches!(
         e.kind(),

@@ -551,17 +551,7 @@ fn max_requests_makes_run_return() {
 
 #[test]
 fn stopping_finishes_the_request_in_hand_then_returns() {
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let app = fn_app(move |req, res| {
-        entered_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-        let mut body = Vec::new();
-        req.read_body_to_end(&mut body)?;
-        res.start(200, "OK", vec![])?;
-        res.write(b"finished ")?;
-        res.write(&body)
-    });
+    let (app, entered, release) = common::gated_app();
     let server = Server::start(app, config());
     let mut c = server.connect();
     c.send(&post("/slow", b"payload"));

@@ -3,12 +3,11 @@
 
 mod common;
 
-use std::sync::mpsc;
 use std::time::Duration;
 
 use common::{config, tcp_listener, Client};
 use ferrocorn_signals::{MasterSignals, WorkerSignals};
-use ferrocorn_worker::{fn_app, run, Exit, WorkerState};
+use ferrocorn_worker::{run, Exit, WorkerState};
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
@@ -16,17 +15,7 @@ use nix::unistd::Pid;
 fn sigterm_finishes_the_request_in_hand_then_run_returns() {
     let signals = WorkerSignals::install_replacing(MasterSignals::install().unwrap()).unwrap();
     let (listener, addr) = tcp_listener();
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    let mut app = fn_app(move |req, res| {
-        entered_tx.send(()).unwrap();
-        release_rx.recv().unwrap();
-        let mut body = Vec::new();
-        req.read_body_to_end(&mut body)?;
-        res.start(200, "OK", vec![])?;
-        res.write(b"finished ")?;
-        res.write(&body)
-    });
+    let (mut app, entered, release) = common::gated_app();
     let cfg = config();
     std::thread::scope(|s| {
         let signals = &signals;

@@ -13,7 +13,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ferrocorn_listener::{bind, BindSpec, ListenOptions, Listener};
-use ferrocorn_worker::{run_with, App, Control, Exit, WorkerConfig, WorkerState};
+use ferrocorn_worker::{fn_app, run_with, App, Control, Exit, WorkerConfig, WorkerState};
 
 /// A stop trigger standing in for the signal handlers: a state plus a socketpair as wake fd.
 #[derive(Debug)]
@@ -61,6 +61,23 @@ impl Control for TestControl {
         let mut buf = [0u8; 64];
         while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
     }
+}
+
+/// An app that reports each call on `entered` and then waits for a `release` before it reads the
+/// body and answers `finished BODY`: a request held "in hand" while a test acts.
+pub fn gated_app() -> (impl App + Send, mpsc::Receiver<()>, mpsc::Sender<()>) {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    let app = fn_app(move |req, res| {
+        entered_tx.send(()).unwrap();
+        release_rx.recv().unwrap();
+        let mut body = Vec::new();
+        req.read_body_to_end(&mut body)?;
+        res.start(200, "OK", vec![])?;
+        res.write(b"finished ")?;
+        res.write(&body)
+    });
+    (app, entered, release)
 }
 
 pub fn tcp_listener() -> (Listener, SocketAddr) {

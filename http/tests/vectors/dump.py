@@ -108,4 +108,5 @@ def main(root):
             print("END")
 
 
-main(sys.argv[1])
+if __name__ == "__main__":
+    main(sys.argv[1])

@@ -121,6 +121,43 @@ fn reap_and_collect(master: &mut MasterSignals, pid: libc::pid_t) -> (c_int, Vec
     (wait_status(pid), commands)
 }
 
+/// Fork a worker: the child replaces the master's handlers and runs `body`, which calls `ready`
+/// when the parent may start signalling it. Returns once it did, with the master back.
+fn fork_worker(
+    master: MasterSignals,
+    body: impl FnOnce(WorkerSignals, &mut dyn FnMut()),
+) -> (libc::pid_t, MasterSignals) {
+    let (mut ready_r, mut ready_w) = UnixStream::pair().unwrap();
+    let pid = fork();
+    if pid == 0 {
+        child(|| {
+            drop(ready_r);
+            let worker = WorkerSignals::install_replacing(master).unwrap();
+            body(worker, &mut || ready_w.write_all(b"r").unwrap());
+        });
+    }
+    drop(ready_w);
+    ready_r
+        .read_exact(&mut [0u8])
+        .expect("the worker died before it was ready");
+    (pid, master)
+}
+
+/// The worker exited with status 0 and the master queued nothing but its SIGCHLD.
+fn assert_worker_ok_master_untouched(master: &mut MasterSignals, pid: libc::pid_t) {
+    let (status, commands) = reap_and_collect(master, pid);
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "worker failed: {status:#x}"
+    );
+    assert_eq!(
+        commands,
+        vec![Command::ChildExited],
+        "the worker's signals must not reach the master's queue"
+    );
+    assert_eq!(master.pending(), vec![]);
+}
+
 fn queue_keeps_arrival_order() {
     let mut master = MasterSignals::install().unwrap();
     assert_eq!(master.pending(), vec![]);
@@ -215,94 +252,61 @@ fn wake_interrupts_wait() {
 }
 
 fn worker_term_sets_stopping_not_master_pipe() {
-    let mut master = MasterSignals::install().unwrap();
+    let master = MasterSignals::install().unwrap();
     let master_fd = master.fd();
-    let (mut ready_r, mut ready_w) = UnixStream::pair().unwrap();
-    let pid = fork();
-    if pid == 0 {
-        child(|| {
-            drop(ready_r);
-            let worker = WorkerSignals::install_replacing(master).unwrap();
-            assert_eq!(worker.state(), WorkerState::Running);
-            assert!(
-                !fd_is_open(master_fd),
-                "the master's pipe must be closed in the worker"
-            );
-            assert_eq!(disposition(libc::SIGHUP), libc::SIG_DFL);
-            assert_eq!(disposition(libc::SIGCHLD), libc::SIG_DFL);
-            assert_eq!(disposition(libc::SIGUSR2), libc::SIG_DFL);
-            assert_eq!(disposition(libc::SIGWINCH), libc::SIG_IGN);
-            assert_eq!(disposition(libc::SIGTTIN), libc::SIG_IGN);
-            assert_eq!(disposition(libc::SIGTTOU), libc::SIG_IGN);
-            assert!(!readable_now(worker.wake_fd()));
-            ready_w.write_all(b"r").unwrap();
-            assert!(worker.wait_wake(PATIENCE), "no wake-up for SIGTERM");
-            assert_eq!(worker.state(), WorkerState::Stopping);
-            worker.clear_wake();
-            assert!(!readable_now(worker.wake_fd()));
-            // USR1 wakes too and asks for reopened logs, without changing the state.
-            raise(libc::SIGUSR1);
-            assert!(readable_now(worker.wake_fd()));
-            assert!(worker.take_reopen_logs());
-            assert!(!worker.take_reopen_logs());
-            assert_eq!(worker.state(), WorkerState::Stopping);
-            // QUIT escalates; a later TERM does not step back.
-            raise(libc::SIGQUIT);
-            raise(libc::SIGTERM);
-            assert_eq!(worker.state(), WorkerState::Exit);
-        });
-    }
-    drop(ready_w);
-    let mut b = [0u8];
-    ready_r.read_exact(&mut b).unwrap();
+    let (pid, mut master) = fork_worker(master, |worker, ready| {
+        assert_eq!(worker.state(), WorkerState::Running);
+        assert!(
+            !fd_is_open(master_fd),
+            "the master's pipe must be closed in the worker"
+        );
+        assert_eq!(disposition(libc::SIGHUP), libc::SIG_DFL);
+        assert_eq!(disposition(libc::SIGCHLD), libc::SIG_DFL);
+        assert_eq!(disposition(libc::SIGUSR2), libc::SIG_DFL);
+        assert_eq!(disposition(libc::SIGWINCH), libc::SIG_IGN);
+        assert_eq!(disposition(libc::SIGTTIN), libc::SIG_IGN);
+        assert_eq!(disposition(libc::SIGTTOU), libc::SIG_IGN);
+        assert!(!readable_now(worker.wake_fd()));
+        ready();
+        assert!(worker.wait_wake(PATIENCE), "no wake-up for SIGTERM");
+        assert_eq!(worker.state(), WorkerState::Stopping);
+        worker.clear_wake();
+        assert!(!readable_now(worker.wake_fd()));
+        // USR1 wakes too and asks for reopened logs, without changing the state.
+        raise(libc::SIGUSR1);
+        assert!(readable_now(worker.wake_fd()));
+        assert!(worker.take_reopen_logs());
+        assert!(!worker.take_reopen_logs());
+        assert_eq!(worker.state(), WorkerState::Stopping);
+        // QUIT escalates; a later TERM does not step back.
+        raise(libc::SIGQUIT);
+        raise(libc::SIGTERM);
+        assert_eq!(worker.state(), WorkerState::Exit);
+    });
     kill(pid, libc::SIGTERM);
-    let (status, commands) = reap_and_collect(&mut master, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "worker failed: {status:#x}"
-    );
-    assert_eq!(
-        commands,
-        vec![Command::ChildExited],
-        "the worker's signals must not reach the master's queue"
-    );
-    assert_eq!(master.pending(), vec![]);
+    assert_worker_ok_master_untouched(&mut master, pid);
 }
 
 fn worker_quit_interrupts_a_blocking_read() {
-    let mut master = MasterSignals::install().unwrap();
-    let (mut ready_r, mut ready_w) = UnixStream::pair().unwrap();
+    let master = MasterSignals::install().unwrap();
     let (idle_r, idle_w) = UnixStream::pair().unwrap();
-    let pid = fork();
-    if pid == 0 {
-        child(|| {
-            drop(ready_r);
-            let worker = WorkerSignals::install_replacing(master).unwrap();
-            ready_w.write_all(b"r").unwrap();
-            // Nobody writes to this pipe (the parent keeps the write end open): only a signal that
-            // interrupts the call (no SA_RESTART) gets us out.
-            let mut b = [0u8];
-            // SAFETY: reading into a live one-byte buffer.
-            let n = unsafe { libc::read(idle_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
-            assert_eq!(n, -1);
-            assert_eq!(
-                std::io::Error::last_os_error().kind(),
-                std::io::ErrorKind::Interrupted
-            );
-            assert_eq!(worker.state(), WorkerState::Exit);
-        });
-    }
-    drop(ready_w);
-    let mut b = [0u8];
-    ready_r.read_exact(&mut b).unwrap();
+    let (pid, mut master) = fork_worker(master, |worker, ready| {
+        ready();
+        // Nobody writes to this socket (the parent keeps the other end open): only a signal that
+        // interrupts the call (no SA_RESTART) gets us out.
+        let mut b = [0u8];
+        // SAFETY: reading into a live one-byte buffer.
+        let n = unsafe { libc::read(idle_r.as_raw_fd(), b.as_mut_ptr().cast(), 1) };
+        assert_eq!(n, -1);
+        assert_eq!(
+            std::io::Error::last_os_error().kind(),
+            std::io::ErrorKind::Interrupted
+        );
+        assert_eq!(worker.state(), WorkerState::Exit);
+    });
     kill(pid, libc::SIGQUIT);
-    let (status, commands) = reap_and_collect(&mut master, pid);
+    assert_worker_ok_master_untouched(&mut master, pid);
     drop(idle_w);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "worker failed: {status:#x}"
-    );
-    assert_eq!(commands, vec![Command::ChildExited]);
 }
 
 fn signal_between_fork_and_install_is_replayed() {
@@ -322,33 +326,19 @@ fn signal_between_fork_and_install_is_replayed() {
             );
         });
     }
-    let (status, commands) = reap_and_collect(&mut master, pid);
-    assert!(
-        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
-        "worker failed: {status:#x}"
-    );
-    assert_eq!(commands, vec![Command::ChildExited]);
+    assert_worker_ok_master_untouched(&mut master, pid);
 }
 
 fn worker_dies_of_sighup_like_gunicorns() {
-    let mut master = MasterSignals::install().unwrap();
-    let (mut ready_r, mut ready_w) = UnixStream::pair().unwrap();
-    let pid = fork();
-    if pid == 0 {
-        child(|| {
-            drop(ready_r);
-            let worker = WorkerSignals::install_replacing(master).unwrap();
-            ready_w.write_all(b"r").unwrap();
-            // TTIN is ignored (no wake-up, not stopped); HUP then kills us before PATIENCE ends.
-            while worker.state() == WorkerState::Running && worker.wait_wake(PATIENCE) {
-                worker.clear_wake();
-            }
-            panic!("still alive");
-        });
-    }
-    drop(ready_w);
-    let mut b = [0u8];
-    ready_r.read_exact(&mut b).unwrap();
+    let master = MasterSignals::install().unwrap();
+    let (pid, mut master) = fork_worker(master, |worker, ready| {
+        ready();
+        // TTIN is ignored (no wake-up, not stopped); HUP then kills us before PATIENCE ends.
+        while worker.state() == WorkerState::Running && worker.wait_wake(PATIENCE) {
+            worker.clear_wake();
+        }
+        panic!("still alive");
+    });
     kill(pid, libc::SIGTTIN);
     kill(pid, libc::SIGHUP);
     let (status, commands) = reap_and_collect(&mut master, pid);

@@ -49,8 +49,9 @@ pub struct Response<'a> {
     pub(crate) head_request: bool,
     /// Whether the worker would keep the connection (client allows it, not the last request).
     pub(crate) keep_alive: bool,
-    /// Asked at head time: a stop signal that arrived meanwhile makes the head say `close`.
-    pub(crate) stopping: &'a dyn Fn() -> bool,
+    /// Asked at head time: true makes the head say `close` (a stop signal arrived meanwhile, or
+    /// new clients are waiting for this worker).
+    pub(crate) must_close: &'a dyn Fn() -> bool,
     pub(crate) server_header: &'a str,
     started: Option<Started>,
     body: Option<BodyOut>,
@@ -92,7 +93,7 @@ impl<'a> Response<'a> {
         version: Version,
         head_request: bool,
         keep_alive: bool,
-        stopping: &'a dyn Fn() -> bool,
+        must_close: &'a dyn Fn() -> bool,
         server_header: &'a str,
     ) -> Response<'a> {
         wbuf.clear();
@@ -102,7 +103,7 @@ impl<'a> Response<'a> {
             version,
             head_request,
             keep_alive,
-            stopping,
+            must_close,
             server_header,
             started: None,
             body: None,
@@ -152,7 +153,7 @@ impl<'a> Response<'a> {
             keep_alive: self.keep_alive
                 && !asks_close(headers)
                 && !self.conn.awaiting_continue.get()
-                && !(self.stopping)(),
+                && !(self.must_close)(),
             server: self.server_header,
         };
         write_response_head(&spec, self.wbuf).map_err(|e| {

@@ -13,7 +13,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::request::{BodyState, Conn};
-use crate::sock::{self, ReadBuf, Sock, Waited};
+use crate::sock::{self, ReadBuf, Sock, Waited, READ_CHUNK};
 use crate::{App, AppError, Control, Exit, Request, Response, ServerAddr, WorkerConfig};
 
 /// Most unread request body the worker reads and discards to keep a connection alive.
@@ -23,6 +23,10 @@ const DRAIN_BUDGET: u64 = 64 * 1024;
 /// our response instead of a reset (lingering close).
 const LINGER_TIME: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1024 * 1024;
+
+/// How long a new connection may stay silent before a waiting client may take its place (a
+/// client sends its request right after connecting; browsers' speculative preconnects do not).
+const SILENT_GRACE: Duration = Duration::from_secs(1);
 
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -269,14 +273,34 @@ impl<'r> Worker<'r> {
         loop {
             // When the next request's first byte is here, its whole head must follow within the
             // header timeout; the first request's clock starts at accept.
-            let start = if first || !self.rbuf.is_empty() {
-                if first {
-                    accepted
-                } else {
-                    Instant::now()
+            let start = if !self.rbuf.is_empty() {
+                Instant::now()
+            } else if first {
+                // Fast path: a client usually sends its request right after connecting.
+                match self.rbuf.try_fill(&conn.sock, READ_CHUNK) {
+                    Ok(Some(0)) | Err(_) => return None,
+                    Ok(Some(_)) => accepted,
+                    // Silent so far (a browser's preconnect, say): wait, but not so long that
+                    // clients queued behind it wait for the whole header timeout.
+                    Ok(None) => {
+                        let until = accepted + self.config.header_timeout;
+                        match self.wait_idle(&conn.sock, listeners, until, accepted + SILENT_GRACE)
+                        {
+                            Idle::Request => accepted,
+                            Idle::Close => return None,
+                            Idle::Handoff(next) => {
+                                log::debug!(
+                                    "closing a silent connection from {peer:?} for a new one"
+                                );
+                                conn.sock.shutdown_write();
+                                return Some(next);
+                            }
+                        }
+                    }
                 }
             } else {
-                match self.wait_idle(&conn.sock, listeners) {
+                let now = Instant::now();
+                match self.wait_idle(&conn.sock, listeners, now + self.config.keepalive, now) {
                     Idle::Request => Instant::now(),
                     Idle::Close => return None,
                     Idle::Handoff(next) => {
@@ -310,7 +334,7 @@ impl<'r> Worker<'r> {
             if self.max_reached() {
                 log::info!("Autorestarting worker after current request.");
             }
-            let persist = self.serve_request(&conn, &head, peer, server);
+            let persist = self.serve_request(&conn, &head, peer, server, listeners);
             (self.heartbeat)();
             if !persist || self.control.state() != WorkerState::Running {
                 return None;
@@ -319,21 +343,31 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Wait for the next request on an idle keep-alive connection, for at most the keep-alive time.
-    /// A new connection on a listener meanwhile wins: a sync worker must not leave new clients
-    /// queued behind an idle one. It is accepted first, so only the worker that gets it gives up
-    /// its idle connection.
-    fn wait_idle(&mut self, sock: &Sock, listeners: &[Listener]) -> Idle {
-        let until = Instant::now() + self.config.keepalive;
+    /// Wait for the first byte of a request on a connection between requests, until `until`.
+    /// From `handoff_from` on, a new connection on a listener wins: a sync worker must not leave
+    /// new clients queued behind an idle one. It is accepted first, so only the worker that gets
+    /// it gives up its idle connection. A stop request also ends the wait.
+    fn wait_idle(
+        &mut self,
+        sock: &Sock,
+        listeners: &[Listener],
+        until: Instant,
+        handoff_from: Instant,
+    ) -> Idle {
         let mut watch_listeners = true;
         loop {
             let now = Instant::now();
             if now >= until {
                 return Idle::Close;
             }
+            let handoff = watch_listeners && now >= handoff_from;
+            let mut left = (until - now).min(sock::TICK);
+            if !handoff && watch_listeners && handoff_from > now {
+                left = left.min(handoff_from - now);
+            }
             let wake = self.wake_fd();
             let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
-            if watch_listeners {
+            if handoff {
                 fds.extend(
                     listeners
                         .iter()
@@ -341,7 +375,6 @@ impl<'r> Worker<'r> {
                 );
             }
             fds.push(PollFd::new(wake, PollFlags::POLLIN));
-            let left = (until - now).min(sock::TICK);
             match poll(&mut fds, sock::poll_timeout(left)) {
                 Ok(0) => {
                     (self.heartbeat)();
@@ -354,7 +387,7 @@ impl<'r> Worker<'r> {
                     return Idle::Close;
                 }
             }
-            // The client's next request (or its close) comes first.
+            // The client's request (or its close) comes first.
             if fds[0].any().unwrap_or(false) {
                 return Idle::Request;
             }
@@ -364,23 +397,24 @@ impl<'r> Worker<'r> {
                     return Idle::Close;
                 }
             }
-            let ready: Vec<usize> = (0..if watch_listeners { listeners.len() } else { 0 })
+            let ready: Vec<usize> = (0..if handoff { listeners.len() } else { 0 })
                 .filter(|&i| fds[1 + i].any().unwrap_or(false))
                 .collect();
             drop(fds);
             for i in ready {
                 match listeners[i].accept() {
                     Ok((stream, peer)) => {
+                        let at = Instant::now();
                         return Idle::Handoff(Accepted {
                             index: i,
                             stream,
                             peer,
-                            at: Instant::now(),
+                            at,
                         });
                     }
                     Err(e) if is_transient_accept_error(&e) => {}
                     Err(e) => {
-                        // Do not spin on a listener we cannot accept from; the idle wait goes on.
+                        // Do not spin on a listener we cannot accept from; the wait goes on.
                         log::error!("accept on {} failed: {e}", listeners[i].describe());
                         watch_listeners = false;
                     }
@@ -447,13 +481,18 @@ impl<'r> Worker<'r> {
         head: &RequestHead,
         peer: &PeerAddr,
         server: &ServerAddr,
+        listeners: &[Listener],
     ) -> bool {
         let mut body = BodyState::new(head, &self.config.limits);
         conn.awaiting_continue
             .set(head.expects_continue() && !body.is_done());
         let last = self.max_reached();
         let control = self.control;
-        let stopping = move || control.state() != WorkerState::Running;
+        // A sync worker serves one connection at a time, so a keep-alive client that keeps sending
+        // would starve clients waiting in the accept queue: when one is waiting, this response
+        // ends the connection (gracefully, with `Connection: close`) and the worker moves on.
+        let must_close =
+            move || control.state() != WorkerState::Running || accept_pending(listeners);
         // With no keep-alive time a persistent connection would be closed at once anyway: say so.
         let keep_alive = head.keep_alive() && !last && !self.config.keepalive.is_zero();
         let mut res = Response::new(
@@ -462,7 +501,7 @@ impl<'r> Worker<'r> {
             head.version(),
             head.method() == "HEAD",
             keep_alive,
-            &stopping,
+            &must_close,
             &self.config.server_header,
         );
         let app = &mut *self.app;
@@ -579,6 +618,15 @@ fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
         .or_else(|| panic.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "(non-string panic payload)".to_string());
     format!("the application panicked: {msg}")
+}
+
+/// Whether a connection is waiting on any listener (a zero-timeout poll).
+fn accept_pending(listeners: &[Listener]) -> bool {
+    let mut fds: Vec<PollFd<'_>> = listeners
+        .iter()
+        .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
+        .collect();
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0)
 }
 
 /// Errors that concern one connection, not the listener (accept(2) on Linux passes a new

@@ -535,6 +535,42 @@ fn a_new_client_is_not_queued_behind_an_idle_keep_alive_one() {
 }
 
 #[test]
+fn a_silent_connection_gives_way_to_a_waiting_client() {
+    let mut cfg = config();
+    // Far longer than the client's read timeout: only the handoff can serve the second client.
+    cfg.header_timeout = Duration::from_secs(300);
+    let server = Server::start(test_app(), cfg);
+    // A preconnect: connected, accepted, never sends anything.
+    let mut silent = server.connect();
+    let mut waiting = server.connect();
+    assert_eq!(waiting.request(&get("/echo?served")).text(), "served:");
+    assert!(silent.at_eof());
+}
+
+#[test]
+fn a_busy_keep_alive_connection_yields_to_a_waiting_client() {
+    let (app, entered, release) = common::gated_app();
+    let server = Server::start(app, config());
+    let mut busy = server.connect();
+    busy.send(&post("/a", b"1"));
+    entered.recv().unwrap();
+    // Connected (queued in the kernel) while the worker is busy with the first client.
+    let mut waiting = server.connect();
+    waiting.send(&post("/b", b"2"));
+    release.send(()).unwrap();
+    let r = busy.read_response();
+    assert_eq!(r.text(), "finished 1");
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(busy.at_eof());
+    entered.recv().unwrap();
+    release.send(()).unwrap();
+    let r = waiting.read_response();
+    assert_eq!(r.text(), "finished 2");
+    // Nobody else waits now: this one may stay.
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+}
+
+#[test]
 fn max_requests_makes_run_return() {
     let mut cfg = config();
     cfg.max_requests = 2;

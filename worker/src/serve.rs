@@ -292,7 +292,6 @@ impl<'r> Worker<'r> {
                                 log::debug!(
                                     "closing a silent connection from {peer:?} for a new one"
                                 );
-                                conn.sock.shutdown_write();
                                 return Some(next);
                             }
                         }
@@ -303,10 +302,7 @@ impl<'r> Worker<'r> {
                 match self.wait_idle(&conn.sock, listeners, now + self.config.keepalive, now) {
                     Idle::Request => Instant::now(),
                     Idle::Close => return None,
-                    Idle::Handoff(next) => {
-                        conn.sock.shutdown_write();
-                        return Some(next);
-                    }
+                    Idle::Handoff(next) => return Some(next),
                 }
             };
             first = false;
@@ -569,10 +565,11 @@ impl<'r> Worker<'r> {
     /// closing with unread data makes the kernel send a reset that can destroy the response before
     /// the client reads it.
     fn close(&mut self, conn: &Conn, linger: bool) {
-        conn.sock.shutdown_write();
         if !linger {
+            // Dropping the socket closes it; nothing more to wait for.
             return;
         }
+        conn.sock.shutdown_write();
         let deadline = Instant::now() + LINGER_TIME;
         let mut discarded = 0usize;
         let mut buf = [0u8; 8192];

@@ -117,7 +117,13 @@ pub fn run_with(
     control: &dyn Control,
     heartbeat: &mut dyn FnMut(),
 ) -> io::Result<Exit> {
-    serve::Worker::new(app, config, control, heartbeat).run(listeners)
+    // The sockets of a connection beat too (while moving bytes), so the worker shares it.
+    let heartbeat = std::cell::RefCell::new(heartbeat);
+    let beat = || {
+        let mut hb = heartbeat.borrow_mut();
+        (*hb)()
+    };
+    serve::Worker::new(app, config, control, &beat).run(listeners)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

@@ -19,8 +19,8 @@ const MAX_BODY_BUFFER: usize = 4 * READ_CHUNK;
 
 /// What one connection's request and response share.
 #[derive(Debug)]
-pub(crate) struct Conn {
-    pub(crate) sock: Sock,
+pub(crate) struct Conn<'b> {
+    pub(crate) sock: Sock<'b>,
     pub(crate) io_timeout: Duration,
     /// The final response head is on the wire: no `100 Continue` may follow it.
     pub(crate) head_sent: Cell<bool>,
@@ -93,7 +93,7 @@ impl BodyState {
     }
 
     /// Read body bytes into `buf`, sending `100 Continue` first when the client waits for it.
-    fn read(&mut self, conn: &Conn, rbuf: &mut ReadBuf, buf: &mut [u8]) -> io::Result<usize> {
+    fn read(&mut self, conn: &Conn<'_>, rbuf: &mut ReadBuf, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(e) = self.failed() {
             return Err(e);
         }
@@ -123,7 +123,12 @@ impl BodyState {
         }
     }
 
-    fn read_inner(&mut self, conn: &Conn, rbuf: &mut ReadBuf, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_inner(
+        &mut self,
+        conn: &Conn<'_>,
+        rbuf: &mut ReadBuf,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         // Once a request is under way each wait gets the full I/O timeout.
         let deadline = || Instant::now() + conn.io_timeout;
         match &mut self.framing {
@@ -194,7 +199,7 @@ impl BodyState {
 
     /// After the response: consume what the app left unread so the connection can carry the next
     /// request. Reads at most `budget` raw bytes; false when the connection must be closed instead.
-    pub(crate) fn drain(&mut self, conn: &Conn, rbuf: &mut ReadBuf, budget: u64) -> bool {
+    pub(crate) fn drain(&mut self, conn: &Conn<'_>, rbuf: &mut ReadBuf, budget: u64) -> bool {
         if self.failed().is_some() {
             return false;
         }
@@ -254,7 +259,7 @@ pub struct Request<'a> {
     pub head: &'a RequestHead,
     pub peer: &'a PeerAddr,
     pub server: &'a ServerAddr,
-    pub(crate) conn: &'a Conn,
+    pub(crate) conn: &'a Conn<'a>,
     pub(crate) rbuf: &'a mut ReadBuf,
     pub(crate) body: &'a mut BodyState,
 }

@@ -42,7 +42,7 @@ enum BodyOut {
 
 /// The response being written. The head is sent with the first non-empty body write (or at the end).
 pub struct Response<'a> {
-    pub(crate) conn: &'a Conn,
+    pub(crate) conn: &'a Conn<'a>,
     /// Holds the serialized head until it is sent, then framed body pieces on their way out.
     pub(crate) wbuf: &'a mut Vec<u8>,
     pub(crate) version: Version,
@@ -88,7 +88,7 @@ fn asks_close(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
 
 impl<'a> Response<'a> {
     pub(crate) fn new(
-        conn: &'a Conn,
+        conn: &'a Conn<'a>,
         wbuf: &'a mut Vec<u8>,
         version: Version,
         head_request: bool,

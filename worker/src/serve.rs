@@ -35,7 +35,7 @@ pub(crate) struct Worker<'r> {
     pub(crate) app: &'r mut dyn App,
     pub(crate) config: &'r WorkerConfig,
     pub(crate) control: &'r dyn Control,
-    pub(crate) heartbeat: &'r mut dyn FnMut(),
+    pub(crate) heartbeat: &'r dyn Fn(),
     served: u64,
     rbuf: ReadBuf,
     wbuf: Vec<u8>,
@@ -87,7 +87,7 @@ impl<'r> Worker<'r> {
         app: &'r mut dyn App,
         config: &'r WorkerConfig,
         control: &'r dyn Control,
-        heartbeat: &'r mut dyn FnMut(),
+        heartbeat: &'r dyn Fn(),
     ) -> Self {
         Worker {
             app,
@@ -215,7 +215,7 @@ impl<'r> Worker<'r> {
     /// stop waiting (per `interrupt`).
     fn wait_sock(
         &mut self,
-        sock: &Sock,
+        sock: &Sock<'_>,
         deadline: Instant,
         interrupt: Interrupt,
     ) -> io::Result<Waited> {
@@ -255,7 +255,7 @@ impl<'r> Worker<'r> {
             ..
         } = accepted;
         let peer = &peer;
-        let sock = match Sock::new(stream) {
+        let sock = match Sock::new(stream, self.heartbeat) {
             Ok(s) => s,
             Err(e) => {
                 log::debug!("setting up a connection from {peer:?} failed: {e}");
@@ -345,7 +345,7 @@ impl<'r> Worker<'r> {
     /// it gives up its idle connection. A stop request also ends the wait.
     fn wait_idle(
         &mut self,
-        sock: &Sock,
+        sock: &Sock<'_>,
         listeners: &[Listener],
         until: Instant,
         handoff_from: Instant,
@@ -420,7 +420,7 @@ impl<'r> Worker<'r> {
     }
 
     /// Read until a complete head is buffered (it is removed from the buffer).
-    fn read_head(&mut self, sock: &Sock, deadline: Instant) -> Result<RequestHead, HeadEnd> {
+    fn read_head(&mut self, sock: &Sock<'_>, deadline: Instant) -> Result<RequestHead, HeadEnd> {
         let limits = &self.config.limits;
         let max_len = max_head_len(limits);
         let mut parser = HeadParser::new();
@@ -473,7 +473,7 @@ impl<'r> Worker<'r> {
     /// may carry another request.
     fn serve_request(
         &mut self,
-        conn: &Conn,
+        conn: &Conn<'_>,
         head: &RequestHead,
         peer: &PeerAddr,
         server: &ServerAddr,
@@ -552,7 +552,7 @@ impl<'r> Worker<'r> {
     }
 
     /// Send an error response (it says `Connection: close`) and close.
-    fn close_with_response(&mut self, conn: &Conn, bytes: &[u8], linger: bool) {
+    fn close_with_response(&mut self, conn: &Conn<'_>, bytes: &[u8], linger: bool) {
         if let Err(e) = conn.sock.write_all(bytes, conn.io_timeout, false) {
             log::debug!("sending an error response failed: {e}");
             return;
@@ -564,7 +564,7 @@ impl<'r> Worker<'r> {
     /// requests, an error answered early), half-close and discard what comes for a short while:
     /// closing with unread data makes the kernel send a reset that can destroy the response before
     /// the client reads it.
-    fn close(&mut self, conn: &Conn, linger: bool) {
+    fn close(&mut self, conn: &Conn<'_>, linger: bool) {
         if !linger {
             // Dropping the socket closes it; nothing more to wait for.
             return;

@@ -75,15 +75,24 @@ pub(crate) fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
 }
 
-/// An accepted connection in non-blocking mode.
-#[derive(Debug)]
-pub(crate) struct Sock {
+/// An accepted connection in non-blocking mode. Its waits call `beat` every second: a worker
+/// moving a big body over a slow link is busy, not hung, and each wait is bounded anyway.
+pub(crate) struct Sock<'b> {
     stream: Stream,
     tcp: bool,
+    beat: &'b dyn Fn(),
 }
 
-impl Sock {
-    pub(crate) fn new(stream: Stream) -> io::Result<Sock> {
+impl std::fmt::Debug for Sock<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sock")
+            .field("stream", &self.stream)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'b> Sock<'b> {
+    pub(crate) fn new(stream: Stream, beat: &'b dyn Fn()) -> io::Result<Sock<'b>> {
         let tcp = match &stream {
             Stream::Tcp(s) => {
                 s.set_nonblocking(true)?;
@@ -96,7 +105,7 @@ impl Sock {
                 false
             }
         };
-        Ok(Sock { stream, tcp })
+        Ok(Sock { stream, tcp, beat })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -126,9 +135,8 @@ impl Sock {
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
             }
-            if wait(self.fd(), PollFlags::POLLIN, deadline, None, false)? == Waited::Deadline {
-                return Err(timed_out("reading from the client"));
-            }
+            self.wait_ticking(PollFlags::POLLIN, deadline)
+                .map_err(|_| timed_out("reading from the client"))?;
         }
     }
 
@@ -158,15 +166,19 @@ impl Sock {
     }
 
     pub(crate) fn wait_writable(&self, timeout: Duration) -> io::Result<()> {
-        match wait(
-            self.fd(),
-            PollFlags::POLLOUT,
-            Instant::now() + timeout,
-            None,
-            false,
-        )? {
-            Waited::Deadline => Err(timed_out("writing to the client")),
-            _ => Ok(()),
+        self.wait_ticking(PollFlags::POLLOUT, Instant::now() + timeout)
+            .map_err(|_| timed_out("writing to the client"))
+    }
+
+    /// Wait for `events` until `deadline`, beating every second. `Err(())` at the deadline;
+    /// a failing `poll` counts as ready so the next I/O call reports the error.
+    fn wait_ticking(&self, events: PollFlags, deadline: Instant) -> Result<(), ()> {
+        loop {
+            match wait(self.fd(), events, deadline, None, true) {
+                Ok(Waited::Tick) => (self.beat)(),
+                Ok(Waited::Deadline) => return Err(()),
+                Ok(_) | Err(_) => return Ok(()),
+            }
         }
     }
 

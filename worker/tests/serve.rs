@@ -634,6 +634,40 @@ fn heartbeat_is_called_while_idle() {
     }
 }
 
+#[test]
+fn heartbeat_goes_on_while_a_slow_client_is_being_written_to() {
+    let (done_tx, done) = mpsc::channel();
+    let (started_tx, started) = mpsc::channel();
+    let app = fn_app(move |_req, res| {
+        let mb = vec![b'z'; 1 << 20];
+        res.start(200, "OK", vec![h("Content-Length", 64 << 20)])?;
+        started_tx.send(()).unwrap();
+        for _ in 0..64 {
+            res.write(&mb)?;
+        }
+        done_tx.send(()).unwrap();
+        Ok(())
+    });
+    let server = Server::start(app, config());
+    let mut c = server.connect();
+    c.send(&get("/big"));
+    started.recv().unwrap();
+    // The client reads nothing yet: the worker blocks in a write far larger than the socket
+    // buffers, and must keep beating there.
+    while server.beats.try_recv().is_ok() {}
+    server
+        .beats
+        .recv_timeout(Duration::from_secs(10))
+        .expect("no heartbeat during the write");
+    assert!(
+        done.try_recv().is_err(),
+        "the write did not block; the test proves nothing"
+    );
+    let r = c.read_response();
+    assert_eq!(r.body.len(), 64 << 20);
+    done.recv().unwrap();
+}
+
 fn test_file(name: &str, len: usize) -> (std::path::PathBuf, Vec<u8>) {
     let data: Vec<u8> = (0..len).map(|i| (i * 7 % 256) as u8).collect();
     let path = std::env::temp_dir().join(format!("ferrocorn-worker-{}-{name}", std::process::id()));

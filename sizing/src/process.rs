@@ -1,0 +1,197 @@
+//! Per-process memory from `/proc/PID/smaps_rollup`, and sums over a process tree.
+
+use std::collections::HashMap;
+use std::io;
+use std::ops::{Add, AddAssign};
+use std::path::PathBuf;
+
+use crate::Error;
+
+/// Memory of one process (or a sum over several), in bytes.
+///
+/// For pre-forked workers, `uss` is what one more worker costs: its private pages. `pss` splits
+/// shared (copy-on-write) pages between the processes sharing them, so PSS summed over the master
+/// and all workers is the memory the whole server really uses. `rss` counts shared pages in full
+/// in every process and overstates a pre-fork server.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessMemory {
+    /// Resident set size.
+    pub rss: u64,
+    /// Proportional set size.
+    pub pss: u64,
+    /// Unique set size: `Private_Clean + Private_Dirty`.
+    pub uss: u64,
+    /// Swapped-out anonymous memory.
+    pub swap: u64,
+}
+
+impl Add for ProcessMemory {
+    type Output = ProcessMemory;
+    fn add(self, o: ProcessMemory) -> ProcessMemory {
+        ProcessMemory {
+            rss: self.rss + o.rss,
+            pss: self.pss + o.pss,
+            uss: self.uss + o.uss,
+            swap: self.swap + o.swap,
+        }
+    }
+}
+
+impl AddAssign for ProcessMemory {
+    fn add_assign(&mut self, o: ProcessMemory) {
+        *self = *self + o;
+    }
+}
+
+impl std::iter::Sum for ProcessMemory {
+    fn sum<I: Iterator<Item = ProcessMemory>>(iter: I) -> ProcessMemory {
+        iter.fold(ProcessMemory::default(), Add::add)
+    }
+}
+
+/// Parse `/proc/PID/smaps_rollup` (or a whole `/proc/PID/smaps`: every mapping is summed).
+/// An empty text (a zombie or kernel thread has no mappings) is all zeros.
+pub fn parse_smaps_rollup(text: &str) -> Result<ProcessMemory, Error> {
+    let (mut rss, mut pss, mut clean, mut dirty, mut swap) = (None, None, None, None, None);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        let slot = match key {
+            "Rss" => &mut rss,
+            "Pss" => &mut pss,
+            "Private_Clean" => &mut clean,
+            "Private_Dirty" => &mut dirty,
+            "Swap" => &mut swap,
+            _ => continue,
+        };
+        let kb = value
+            .trim()
+            .strip_suffix("kB")
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .ok_or_else(|| Error::parse("smaps_rollup", format!("bad value in line {line:?}")))?;
+        *slot = Some(slot.unwrap_or(0) + kb * 1024);
+    }
+    match (rss, pss, clean, dirty) {
+        (None, None, None, None) if text.lines().all(|l| !l.contains(':')) => {
+            Ok(ProcessMemory::default())
+        }
+        (Some(rss), Some(pss), Some(clean), Some(dirty)) => Ok(ProcessMemory {
+            rss,
+            pss,
+            uss: clean + dirty,
+            swap: swap.unwrap_or(0),
+        }),
+        _ => Err(Error::parse(
+            "smaps_rollup",
+            "missing Rss, Pss, Private_Clean or Private_Dirty",
+        )),
+    }
+}
+
+/// RSS, PSS, USS and swap of one process, from `/proc/PID/smaps_rollup` (`smaps` on kernels
+/// older than 4.14). Reading another user's process needs the right to ptrace it.
+pub fn process_memory(pid: i32) -> Result<ProcessMemory, Error> {
+    let rollup = PathBuf::from(format!("/proc/{pid}/smaps_rollup"));
+    let (path, text) = match std::fs::read_to_string(&rollup) {
+        Ok(t) => (rollup, t),
+        Err(e)
+            if e.kind() == io::ErrorKind::NotFound
+                && PathBuf::from(format!("/proc/{pid}")).exists() =>
+        {
+            let smaps = PathBuf::from(format!("/proc/{pid}/smaps"));
+            let t = std::fs::read_to_string(&smaps).map_err(|source| Error::Read {
+                path: smaps.clone(),
+                source,
+            })?;
+            (smaps, t)
+        }
+        Err(source) => {
+            return Err(Error::Read {
+                path: rollup,
+                source,
+            })
+        }
+    };
+    parse_smaps_rollup(&text).map_err(|e| e.in_file(&path))
+}
+
+/// The parent pid from the text of `/proc/PID/stat`. The command name may hold spaces and
+/// parentheses, so fields are counted after its last `)`.
+pub fn parse_stat_ppid(text: &str) -> Result<i32, Error> {
+    let after = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| Error::parse("stat", "no ')'"))?;
+    // After the name: state, ppid, ...
+    let ppid = after
+        .split_whitespace()
+        .nth(1)
+        .ok_or_else(|| Error::parse("stat", "too few fields"))?;
+    ppid.parse()
+        .map_err(|_| Error::parse("stat", format!("bad ppid {ppid:?}")))
+}
+
+/// `pid` and all its descendants, parents before children. Processes that exit during the scan
+/// are left out.
+pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
+    let dir = std::fs::read_dir("/proc").map_err(|source| Error::Read {
+        path: "/proc".into(),
+        source,
+    })?;
+    let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
+    for entry in dir.flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        children
+            .entry(parse_stat_ppid(&stat)?)
+            .or_default()
+            .push(child);
+    }
+    let mut tree = vec![pid];
+    let mut i = 0;
+    while i < tree.len() {
+        if let Some(kids) = children.get(&tree[i]) {
+            tree.extend(kids.iter().copied());
+        }
+        i += 1;
+    }
+    Ok(tree)
+}
+
+/// Memory of a process tree: each member and the sum.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TreeMemory {
+    pub total: ProcessMemory,
+    /// (pid, memory), the root first.
+    pub processes: Vec<(i32, ProcessMemory)>,
+}
+
+/// Sum [`process_memory`] over `pid` and its descendants (e.g. the master and its workers).
+/// The sum of PSS is the server's real footprint; the sum of RSS counts shared pages many times.
+pub fn tree_memory(pid: i32) -> Result<TreeMemory, Error> {
+    let mut out = TreeMemory::default();
+    for p in process_tree(pid)? {
+        match process_memory(p) {
+            Ok(m) => {
+                out.total += m;
+                out.processes.push((p, m));
+            }
+            // A descendant that exited since the scan (gone: ENOENT; exiting: ESRCH).
+            Err(Error::Read { ref source, .. })
+                if p != pid
+                    && (source.kind() == io::ErrorKind::NotFound
+                        || source.raw_os_error() == Some(libc::ESRCH)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(out)
+}

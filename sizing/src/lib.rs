@@ -25,7 +25,9 @@ pub use process::{
     parse_smaps_rollup, parse_stat_ppid, process_memory, process_tree, tree_memory, ProcessMemory,
     TreeMemory,
 };
-pub use recommend::{recommend, recommend_with_headroom, Recommendation, DEFAULT_HEADROOM};
+pub use recommend::{
+    recommend, recommend_now, recommend_with_headroom, Recommendation, DEFAULT_HEADROOM,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

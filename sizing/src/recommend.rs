@@ -99,3 +99,13 @@ pub fn recommend_with_headroom(
         reason,
     }
 }
+
+/// Measure this machine and the running processes, then [`recommend`]: `master` is the master's
+/// pid, `worker` one worker's pid (if one runs yet).
+pub fn recommend_now(master: i32, worker: Option<i32>) -> Result<Recommendation, crate::Error> {
+    let cpu = crate::cpu_budget()?;
+    let memory = crate::memory_budget()?;
+    let master = crate::process_memory(master)?;
+    let worker = worker.map(crate::process_memory).transpose()?;
+    Ok(recommend(&cpu, &memory, &master, worker.as_ref()))
+}

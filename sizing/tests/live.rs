@@ -188,3 +188,25 @@ fn recommendation_for_this_machine_explains_itself() {
     );
     eprintln!("{}", r.reason);
 }
+
+#[test]
+fn recommend_now_measures_a_real_worker() {
+    let mut worker = Command::new("sh")
+        .arg("-c")
+        .arg("read line")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = recommend_now(me(), Some(worker.id() as i32)).unwrap();
+    assert!(
+        r.memory_workers.is_some(),
+        "a measured worker gives a memory cap: {r:?}"
+    );
+    assert!(r.reason.contains("USS per worker"), "{}", r.reason);
+    let unmeasured = recommend_now(me(), None).unwrap();
+    assert_eq!(unmeasured.memory_workers, None);
+    worker.stdin.take().unwrap().write_all(b"\n").unwrap();
+    assert!(worker.wait().unwrap().success());
+    // The worker is gone now: measuring it is an error, not a guess.
+    assert!(recommend_now(me(), Some(worker.id() as i32)).is_err());
+}

@@ -103,7 +103,10 @@ impl BodyState {
         if self.expects_continue && !self.continue_sent && !conn.head_sent.get() {
             self.continue_sent = true;
             conn.awaiting_continue.set(false);
-            conn.sock.write_all(CONTINUE, conn.io_timeout, false)?;
+            if let Err(e) = conn.sock.write_all(CONTINUE, conn.io_timeout, false) {
+                self.io_failed = true;
+                return Err(e);
+            }
         }
         let result = self.read_inner(conn, rbuf, buf);
         if let Err(e) = &result {

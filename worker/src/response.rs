@@ -25,6 +25,8 @@ struct Started {
     status: u16,
     reason: String,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The keep-alive wish the head in the write buffer was serialized with.
+    keep_alive: bool,
     out: ResponseHeadOut,
 }
 
@@ -127,14 +129,23 @@ impl<'a> Response<'a> {
         }
         self.started = None;
         self.wbuf.clear();
-        let out = self.serialize(status, reason, &headers)?;
+        // Serialized now to reject bad headers at the call; the keep-alive decision is taken
+        // again when the head actually leaves (see `commit_head`).
+        let keep_alive = self.wants_keep_alive(&headers);
+        let out = self.serialize(status, reason, &headers, keep_alive)?;
         self.started = Some(Started {
             status,
             reason: reason.to_string(),
             headers,
+            keep_alive,
             out,
         });
         Ok(())
+    }
+
+    /// Whether the connection may persist as far as this request and these headers go.
+    fn wants_keep_alive(&self, headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
+        self.keep_alive && !asks_close(headers) && !self.conn.awaiting_continue.get()
     }
 
     /// Serialize a head into the (empty) write buffer.
@@ -143,6 +154,7 @@ impl<'a> Response<'a> {
         status: u16,
         reason: &str,
         headers: &[(Vec<u8>, Vec<u8>)],
+        keep_alive: bool,
     ) -> Result<ResponseHeadOut, AppError> {
         let spec = ResponseSpec {
             status,
@@ -150,10 +162,7 @@ impl<'a> Response<'a> {
             headers,
             version: self.version,
             head_request: self.head_request,
-            keep_alive: self.keep_alive
-                && !asks_close(headers)
-                && !self.conn.awaiting_continue.get()
-                && !(self.must_close)(),
+            keep_alive,
             server: self.server_header,
         };
         write_response_head(&spec, self.wbuf).map_err(|e| {
@@ -176,23 +185,69 @@ impl<'a> Response<'a> {
     }
 
     /// The head is (about to be) sent: from here on the framing is fixed. The head bytes stay in
-    /// the write buffer so they leave in one write with the first body bytes.
-    fn commit_head(&mut self) -> Result<(), AppError> {
+    /// the write buffer so they leave in one write with the first body bytes. `empty` means the
+    /// app returned without writing anything.
+    fn commit_head(&mut self, empty: bool) -> Result<(), AppError> {
         if self.body.is_some() {
             return Ok(());
         }
-        let Some(started) = &self.started else {
+        let Some(started) = self.started.take() else {
             return Err(AppError::BadResponse(
                 "body written before start() was called".to_string(),
             ));
         };
-        self.body = Some(match started.out.framing {
+        let Started {
+            status,
+            reason,
+            mut headers,
+            keep_alive: serialized_with,
+            mut out,
+        } = started;
+        // No body at all: an HTTP/1.1 head would otherwise promise a chunked body (or a 1.0 one a
+        // close-delimited one); an explicit empty length is clearer and keeps the connection
+        // reusable.
+        let add_length = empty
+            && matches!(
+                out.framing,
+                ResponseFraming::Chunked | ResponseFraming::UntilClose
+            );
+        if add_length {
+            headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
+        }
+        // Decided now, as late as possible: a stop signal or a client queueing up for this worker
+        // while the app ran makes this the connection's last response.
+        let keep_alive = self.wants_keep_alive(&headers) && !(self.must_close)();
+        let mut used = serialized_with;
+        if add_length || keep_alive != serialized_with {
+            let saved = std::mem::take(self.wbuf);
+            match self.serialize(status, &reason, &headers, keep_alive) {
+                Ok(new) => {
+                    out = new;
+                    used = keep_alive;
+                }
+                // Cannot happen (the same headers passed before); keep the head we had.
+                Err(_) => {
+                    *self.wbuf = saved;
+                    if add_length {
+                        headers.pop();
+                    }
+                }
+            }
+        }
+        self.body = Some(match out.framing {
             ResponseFraming::NoBody => BodyOut::NoBody,
             ResponseFraming::Length(n) => BodyOut::Length { remaining: n },
             ResponseFraming::Chunked => {
                 BodyOut::Chunked(BodyEncoder::new(ResponseFraming::Chunked))
             }
             ResponseFraming::UntilClose => BodyOut::UntilClose,
+        });
+        self.started = Some(Started {
+            status,
+            reason,
+            headers,
+            keep_alive: used,
+            out,
         });
         self.conn.head_sent.set(true);
         Ok(())
@@ -228,7 +283,7 @@ impl<'a> Response<'a> {
         if data.is_empty() {
             return Ok(());
         }
-        self.commit_head()?;
+        self.commit_head(false)?;
         let mut rest = data;
         loop {
             let (piece, tail) = rest.split_at(rest.len().min(PIECE));
@@ -275,7 +330,7 @@ impl<'a> Response<'a> {
         if count == Some(0) {
             return Ok(());
         }
-        self.commit_head()?;
+        self.commit_head(false)?;
         let cap = match self.body.as_ref() {
             Some(BodyOut::Length { remaining }) => Some(*remaining),
             Some(BodyOut::NoBody) | None => Some(0),
@@ -382,37 +437,15 @@ impl<'a> Response<'a> {
     /// declared length sent, chunked body terminated), i.e. the connection may carry another
     /// request as far as framing goes.
     pub(crate) fn finish(&mut self) -> Result<bool, AppError> {
-        let Some(started) = &self.started else {
+        if self.started.is_none() {
             return Err(AppError::BadResponse(
                 "the application returned without starting a response".to_string(),
             ));
-        };
+        }
         if self.broken {
             return Ok(false);
         }
-        if self.body.is_none() {
-            // No body at all: an HTTP/1.1 head would otherwise promise a chunked body (or a 1.0
-            // one a close-delimited one); an explicit empty length is clearer and keeps the
-            // connection reusable.
-            if matches!(
-                started.out.framing,
-                ResponseFraming::Chunked | ResponseFraming::UntilClose
-            ) {
-                let mut headers = started.headers.clone();
-                headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
-                let (status, reason) = (started.status, started.reason.clone());
-                let saved = std::mem::take(self.wbuf);
-                match self.serialize(status, &reason, &headers) {
-                    Ok(out) => {
-                        let started = self.started.as_mut().expect("started");
-                        started.out = out;
-                        started.headers = headers;
-                    }
-                    Err(_) => *self.wbuf = saved,
-                }
-            }
-            self.commit_head()?;
-        }
+        self.commit_head(true)?;
         let complete = match self.body.as_mut() {
             Some(BodyOut::Length { remaining }) => *remaining == 0,
             Some(BodyOut::Chunked(enc)) => enc.finish(self.wbuf),

@@ -69,11 +69,13 @@ pub fn gated_app() -> (impl App + Send, mpsc::Receiver<()>, mpsc::Sender<()>) {
     let (entered_tx, entered) = mpsc::channel();
     let (release, release_rx) = mpsc::channel::<()>();
     let app = fn_app(move |req, res| {
+        // Started before the wait: whether the connection persists must still be decided when
+        // the head leaves, after whatever the test did meanwhile.
+        res.start(200, "OK", vec![])?;
         entered_tx.send(()).unwrap();
         release_rx.recv().unwrap();
         let mut body = Vec::new();
         req.read_body_to_end(&mut body)?;
-        res.start(200, "OK", vec![])?;
         res.write(b"finished ")?;
         res.write(&body)
     });

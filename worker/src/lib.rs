@@ -9,6 +9,12 @@
 //! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
 //! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
 //! fd: a stop request ends an idle keep-alive wait at once.
+//!
+//! Because one worker holds one connection at a time, a connection never keeps queued clients
+//! waiting for long: an idle keep-alive connection (or a new one that stays silent past a second,
+//! like a browser's preconnect) is closed as soon as another client is waiting, and a busy
+//! keep-alive connection gets `Connection: close` on its next response. The worker keeps beating
+//! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout.
 
 mod request;
 mod response;
@@ -34,7 +40,8 @@ pub trait App {
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError>;
 }
 
-/// Why an app call failed. The app has already logged details (e.g. a Python traceback).
+/// Why an app call failed. The app has already logged details (e.g. a Python traceback), so the
+/// worker logs `Failed` only at debug level; `BadResponse` and panics it logs as errors.
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
     /// The app raised / panicked / returned an error.

@@ -510,8 +510,14 @@ impl<'r> Worker<'r> {
                 rbuf: &mut self.rbuf,
                 body: &mut body,
             };
-            catch_unwind(AssertUnwindSafe(|| app.call(&mut req, &mut res)))
-                .unwrap_or_else(|panic| Err(AppError::Failed(panic_message(&panic))))
+            catch_unwind(AssertUnwindSafe(|| app.call(&mut req, &mut res))).unwrap_or_else(
+                |panic| {
+                    // Nobody logged this one (the panic message went to stderr only).
+                    let msg = panic_message(&panic);
+                    log::error!("Error handling request {}: {msg}", head.target());
+                    Err(AppError::Failed(msg))
+                },
+            )
         };
         let result = result.and_then(|()| res.finish());
         match result {
@@ -604,7 +610,9 @@ fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
             head.method(),
             head.target()
         ),
-        _ => log::error!("Error handling request {}: {err}", head.target()),
+        // The app logged it already (a Python traceback, say): once is enough.
+        AppError::Failed(_) => log::debug!("Error handling request {}: {err}", head.target()),
+        AppError::BadResponse(_) => log::error!("Error handling request {}: {err}", head.target()),
     }
 }
 

@@ -522,7 +522,11 @@ impl<'r> Worker<'r> {
         let result = result.and_then(|()| res.finish());
         match result {
             Ok(complete) => {
-                let persists = complete && res.persists() && !last;
+                // A stop that came after the head left still ends the connection here.
+                let persists = complete
+                    && res.persists()
+                    && !last
+                    && self.control.state() == WorkerState::Running;
                 drop(res);
                 if !persists {
                     self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());

@@ -56,6 +56,18 @@ fn test_app() -> impl App + Send {
                 }
                 Ok(())
             }
+            "/trailers" => {
+                let mut body = Vec::new();
+                req.read_body_to_end(&mut body)?;
+                let list: Vec<String> = req
+                    .trailers()
+                    .iter()
+                    .map(|(n, v)| format!("{n}={}", String::from_utf8_lossy(v)))
+                    .collect();
+                let out = list.join(",");
+                res.start(200, "OK", vec![h("Content-Length", out.len())])?;
+                res.write(out.as_bytes())
+            }
             "/noread" => {
                 res.start(200, "OK", vec![h("Content-Length", 2)])?;
                 res.write(b"ok")
@@ -192,6 +204,18 @@ fn chunked_request_body_is_decoded_and_chunked_response_streamed() {
 
     // Still usable after a chunked request and a chunked response.
     assert_eq!(c.request(&get("/echo?again")).text(), "again:");
+}
+
+#[test]
+fn chunked_trailers_reach_the_app() {
+    let server = Server::start(test_app(), config());
+    let mut c = server.connect();
+    let r = c.request(
+        b"POST /trailers HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n\
+          3\r\nabc\r\n0\r\nX-Checksum: 42\r\n\r\n",
+    );
+    assert_eq!(r.text(), "X-Checksum=42");
+    assert_eq!(c.request(&get("/echo?after")).text(), "after:");
 }
 
 #[test]
@@ -402,7 +426,9 @@ fn bad_requests_get_an_error_status_and_a_close() {
     };
     let server = Server::start(test_app(), cfg);
 
-    let cases: [(&[u8], u16); 4] = [
+    let long_line = format!("GET /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
+    let cases: [(&[u8], u16); 5] = [
+        (long_line.as_bytes(), 414),
         (b"GARBAGE\r\n\r\n", 400),
         (
             b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 11\r\n\r\n",

@@ -35,7 +35,7 @@ pub mod venv;
 
 pub use environ::RequestInfo;
 pub use interp::ensure_initialized;
-pub use response::{parse_status, ResponseSink};
+pub use response::{parse_status, Headers, ResponseSink};
 
 /// Exit code of a worker (and then of the master) whose app could not be loaded (gunicorn's).
 pub const APP_LOAD_ERROR: i32 = 4;
@@ -98,8 +98,10 @@ static LOADED: Mutex<Vec<(WsgiConfig, WsgiApp)>> = Mutex::new(Vec::new());
 /// app. Returns the already loaded app when this config was loaded before in this process.
 pub fn load(config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
     interp::ensure_initialized(config.virtualenv.as_deref())?;
+    // Locked before taking the GIL: importing releases the GIL now and then, and a thread
+    // holding the GIL must never wait for this lock.
+    let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
     Python::attach(|py| {
-        let mut loaded = LOADED.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((_, app)) = loaded.iter().find(|(c, _)| c == config) {
             return Ok(app.clone_ref_with(py));
         }
@@ -162,6 +164,23 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
 }
 
 impl WsgiApp {
+    /// Wrap an already loaded WSGI callable (Python must be running), with no `SCRIPT_NAME`.
+    pub fn from_object(app: Py<PyAny>) -> Result<WsgiApp, LoadError> {
+        Python::attach(|py| {
+            let base = environ::base_environ(py).map_err(init_err(py))?;
+            Ok(WsgiApp {
+                app,
+                base: base.unbind(),
+                script_name: String::new(),
+            })
+        })
+    }
+
+    /// The Python callable.
+    pub fn object(&self) -> &Py<PyAny> {
+        &self.app
+    }
+
     /// Another handle to the same Python app (for a preloaded app used after fork, or threads).
     pub fn clone_ref(&self) -> WsgiApp {
         Python::attach(|py| self.clone_ref_with(py))

@@ -146,6 +146,7 @@ impl InputStream {
     }
 
     fn read_bytes(&mut self, py: Python<'_>, size: Option<usize>) -> PyResult<Vec<u8>> {
+        self.reader()?;
         let avail = self.avail();
         let mut out = self.take(size.map_or(avail, |s| s.min(avail)));
         match size {
@@ -163,6 +164,7 @@ impl InputStream {
     }
 
     fn readline_bytes(&mut self, py: Python<'_>, limit: Option<usize>) -> PyResult<Vec<u8>> {
+        self.reader()?;
         let mut scanned = 0;
         loop {
             let pending = &self.buf[self.pos..];

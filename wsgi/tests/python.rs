@@ -14,7 +14,7 @@ use pyo3::types::PyDict;
 use ferrocorn_worker::{AppError, PeerAddr, ServerAddr};
 use ferrocorn_wsgi::environ::{base_environ, build_environ, header_key, latin1, percent_decode};
 use ferrocorn_wsgi::{
-    load, parse_status, LoadError, RequestInfo, ResponseSink, WsgiApp, WsgiConfig,
+    load, parse_status, Headers, LoadError, RequestInfo, ResponseSink, WsgiApp, WsgiConfig,
 };
 
 fn apps_dir() -> PathBuf {

@@ -391,6 +391,7 @@ impl<'a> Response<'a> {
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
         let sock = &self.conn.sock;
         let mut sent = 0u64;
+        sock.before_send(true);
         while sent < count {
             let n = (count - sent).min(SENDFILE_MAX) as usize;
             match nix::sys::sendfile::sendfile64(sock.fd(), file.as_fd(), Some(&mut off), n) {

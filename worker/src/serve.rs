@@ -28,6 +28,9 @@ const LINGER_BYTES: usize = 1024 * 1024;
 /// client sends its request right after connecting; browsers' speculative preconnects do not).
 const SILENT_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a poll that found no client queued stands in for a new one (see `accept_pending`).
+const QUIET_FRESH: Duration = Duration::from_millis(2);
+
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -39,6 +42,8 @@ pub(crate) struct Worker<'r> {
     served: u64,
     rbuf: ReadBuf,
     wbuf: Vec<u8>,
+    /// When a poll that covered the listeners last found none of them ready.
+    listeners_quiet_at: Option<Instant>,
 }
 
 /// A connection just accepted from `listeners[index]`.
@@ -97,6 +102,7 @@ impl<'r> Worker<'r> {
             served: 0,
             rbuf: ReadBuf::new(),
             wbuf: Vec::new(),
+            listeners_quiet_at: None,
         }
     }
 
@@ -143,31 +149,35 @@ impl<'r> Worker<'r> {
                 if !ready[i] {
                     continue;
                 }
-                let mut next = match listener.accept() {
-                    Ok((stream, peer)) => Some(Accepted {
-                        index: i,
-                        stream,
-                        peer,
-                        at: Instant::now(),
-                    }),
-                    // Another worker took it, or the client gave up while queued.
-                    Err(e) if is_transient_accept_error(&e) => None,
-                    Err(e) => {
-                        log::error!("accept on {} failed: {e}", listener.describe());
-                        self.pause(ACCEPT_BACKOFF)?;
-                        None
-                    }
-                };
-                // A connection may hand over to one that arrived while it sat idle.
-                while let Some(a) = next.take() {
-                    let server = &servers[a.index];
-                    next = self.serve_connection(a, listeners, server);
-                    (self.heartbeat)();
-                    if self.max_reached() {
-                        return Ok(Exit::MaxRequests);
-                    }
-                    if self.control.state() != WorkerState::Running {
-                        return Ok(Exit::Stopped);
+                // Accept again straight after each connection: under load more are queued,
+                // and an accept that finds none costs no more than the poll it saves.
+                loop {
+                    let mut next = match listener.accept() {
+                        Ok((stream, peer)) => Some(Accepted {
+                            index: i,
+                            stream,
+                            peer,
+                            at: Instant::now(),
+                        }),
+                        // None left, another worker took it, or the client gave up while queued.
+                        Err(e) if is_transient_accept_error(&e) => break,
+                        Err(e) => {
+                            log::error!("accept on {} failed: {e}", listener.describe());
+                            self.pause(ACCEPT_BACKOFF)?;
+                            break;
+                        }
+                    };
+                    // A connection may hand over to one that arrived while it sat idle.
+                    while let Some(a) = next.take() {
+                        let server = &servers[a.index];
+                        next = self.serve_connection(a, listeners, server);
+                        (self.heartbeat)();
+                        if self.max_reached() {
+                            return Ok(Exit::MaxRequests);
+                        }
+                        if self.control.state() != WorkerState::Running {
+                            return Ok(Exit::Stopped);
+                        }
                     }
                 }
             }
@@ -385,6 +395,13 @@ impl<'r> Worker<'r> {
             }
             // The client's request (or its close) comes first.
             if fds[0].any().unwrap_or(false) {
+                if handoff
+                    && !fds[1..=listeners.len()]
+                        .iter()
+                        .any(|f| f.any().unwrap_or(false))
+                {
+                    self.listeners_quiet_at = Some(Instant::now());
+                }
                 return Idle::Request;
             }
             if fds[fds.len() - 1].any().unwrap_or(false) {
@@ -487,8 +504,14 @@ impl<'r> Worker<'r> {
         // A sync worker serves one connection at a time, so a keep-alive client that keeps sending
         // would starve clients waiting in the accept queue: when one is waiting, this response
         // ends the connection (gracefully, with `Connection: close`) and the worker moves on.
-        let must_close =
-            move || control.state() != WorkerState::Running || accept_pending(listeners);
+        // The idle wait that brought this request polled the listeners too; if that was a moment
+        // ago, it answers the question without another poll.
+        let quiet_at = self.listeners_quiet_at.take();
+        let must_close = move || {
+            control.state() != WorkerState::Running
+                || (quiet_at.is_none_or(|t| t.elapsed() >= QUIET_FRESH)
+                    && accept_pending(listeners))
+        };
         // With no keep-alive time a persistent connection would be closed at once anyway: say so.
         let keep_alive = head.keep_alive() && !last && !self.config.keepalive.is_zero();
         let mut res = Response::new(

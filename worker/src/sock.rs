@@ -1,6 +1,7 @@
 //! Non-blocking socket I/O with deadlines: every wait is a `poll(2)` bounded by a deadline, so one
 //! mechanism gives both the per-operation I/O timeout and the whole-head timeout.
 
+use std::cell::Cell;
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -81,6 +82,9 @@ pub(crate) struct Sock<'b> {
     stream: Stream,
     tcp: bool,
     beat: &'b dyn Fn(),
+    /// Sends since the client last sent us something, and whether TCP_NODELAY is on yet.
+    sends_since_read: Cell<u32>,
+    nodelay: Cell<bool>,
 }
 
 impl std::fmt::Debug for Sock<'_> {
@@ -96,8 +100,6 @@ impl<'b> Sock<'b> {
         let tcp = match &stream {
             Stream::Tcp(s) => {
                 s.set_nonblocking(true)?;
-                // Heads and bodies are already coalesced in our buffers; Nagle would only delay.
-                s.set_nodelay(true)?;
                 true
             }
             Stream::Unix(s) => {
@@ -105,7 +107,13 @@ impl<'b> Sock<'b> {
                 false
             }
         };
-        Ok(Sock { stream, tcp, beat })
+        Ok(Sock {
+            stream,
+            tcp,
+            beat,
+            sends_since_read: Cell::new(0),
+            nodelay: Cell::new(false),
+        })
     }
 
     pub(crate) fn fd(&self) -> BorrowedFd<'_> {
@@ -114,7 +122,7 @@ impl<'b> Sock<'b> {
 
     /// One non-blocking read attempt.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        match &self.stream {
+        let n = match &self.stream {
             Stream::Tcp(s) => {
                 let mut r = s;
                 r.read(buf)
@@ -122,6 +130,29 @@ impl<'b> Sock<'b> {
             Stream::Unix(s) => {
                 let mut r = s;
                 r.read(buf)
+            }
+        }?;
+        if n > 0 {
+            self.sends_since_read.set(0);
+        }
+        Ok(n)
+    }
+
+    /// Call before each send. Our sends are already coalesced in buffers, so Nagle's algorithm
+    /// only ever delays a send that follows another one the client has not acknowledged yet
+    /// (a streamed body, the last chunk, pipelined responses): up to a delayed-ACK timeout, 40 ms.
+    /// Then TCP_NODELAY is switched on; the common one-send response never pays the syscall.
+    /// A send with MSG_MORE is not counted: it leaves together with the next one.
+    pub(crate) fn before_send(&self, counts: bool) {
+        let sends = self.sends_since_read.get();
+        if counts {
+            self.sends_since_read.set(sends.saturating_add(1));
+        }
+        if sends > 0 && self.tcp && !self.nodelay.get() {
+            self.nodelay.set(true);
+            if let Stream::Tcp(s) = &self.stream {
+                // Only latency is at stake; a failure here is not worth failing the response.
+                let _ = s.set_nodelay(true);
             }
         }
     }
@@ -153,6 +184,7 @@ impl<'b> Sock<'b> {
         if more && self.tcp {
             flags |= MsgFlags::from_bits_retain(libc::MSG_MORE);
         }
+        self.before_send(!more);
         while !data.is_empty() {
             match send(self.stream.as_raw_fd(), data, flags) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),

@@ -244,6 +244,12 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
             }
         }
     })?;
+    // Workers each held a copy of the listeners, so only the master, last, removes socket files.
+    for listener in &listeners {
+        if let Err(e) = listener.remove_socket_file() {
+            error!("cannot remove {}: {e}", listener.describe());
+        }
+    }
     if let Some(path) = &pidfile {
         let _ = std::fs::remove_file(path);
     }

@@ -80,12 +80,12 @@ fn a_killed_worker_is_replaced_and_requests_keep_succeeding() {
 
     let victim = before[0];
     signal(victim, libc::SIGKILL);
-    let replacement = server.wait_for_workers(1)[0];
-    assert!(!before.contains(&replacement));
     server.wait_for_log(
         &format!("Worker (pid:{victim}) was sent SIGKILL"),
         BOOT_TIMEOUT,
     );
+    let replacement = server.wait_for_workers(1)[0];
+    assert!(!before.contains(&replacement));
     let after = server.wait_worker_count(2, BOOT_TIMEOUT);
     assert!(!after.contains(&victim), "{after:?}");
     assert!(after.contains(&replacement), "{after:?}");
@@ -388,5 +388,37 @@ fn usr1_reopens_the_log_file_and_pid_file_is_written() {
         "old lines went to the new file: {fresh}"
     );
     assert!(!pid_path.exists(), "the pid file is removed at exit");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn serves_on_a_unix_socket_and_removes_it_at_exit() {
+    let dir = std::env::temp_dir().join(format!("ferrocorn-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = dir.join("app.sock");
+    let bind = format!("unix:{}", sock.display());
+    let mut server = Server::spawn(
+        &["-b", &bind, "--chdir", "examples", "hello:app"],
+        &repo_root(),
+        &[],
+    );
+    server.wait_for_log(&format!("Listening at: {bind}"), BOOT_TIMEOUT);
+    let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut stream, &mut bytes).unwrap();
+    let (resp, _) = parse_response(&bytes, false).unwrap();
+    assert_eq!(
+        (resp.status, resp.body.as_slice()),
+        (200, &b"Hello, World!\n"[..])
+    );
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
+    assert!(
+        !sock.exists(),
+        "the socket file is removed when the master exits"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }

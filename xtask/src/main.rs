@@ -9,28 +9,36 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod bench;
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let root = repo_root();
     std::env::set_current_dir(&root)?;
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
+        Some("bench") => bench::bench(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci|fuzz [SECONDS]>");
+            eprintln!("usage: cargo xtask <ci | bench [--quick] | fuzz [SECONDS]>");
             std::process::exit(2);
         }
     }
 }
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 /// Run a command, echoing it; fail with its name if it fails.
 fn run(cmd: &mut Command) -> Result<()> {
     eprintln!("$ {cmd:?}");
-    let status = cmd.status().with_context(|| format!("cannot run {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -51,7 +59,14 @@ fn python() -> String {
 fn ci(root: &Path) -> Result<()> {
     run(Command::new(root.join("scripts/python-env.sh")).arg(root.join(".venv")))?;
     run(cargo().args(["fmt", "--all", "--check"]))?;
-    run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
     // Unit, property and end-to-end tests (cli/tests run the real binary).
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
@@ -62,11 +77,17 @@ fn ci(root: &Path) -> Result<()> {
 fn fuzz(root: &Path, args: &[String]) -> Result<()> {
     let seconds = args.first().map(String::as_str).unwrap_or("60");
     let fuzz_dir = root.join("fuzz");
-    let installed = Command::new("cargo").args(["fuzz", "--version"]).output().is_ok_and(|o| o.status.success());
+    let installed = Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .is_ok_and(|o| o.status.success());
     if !installed {
         run(cargo().args(["install", "cargo-fuzz", "--locked"]))?;
     }
-    let list = cargo().current_dir(&fuzz_dir).args(["fuzz", "list"]).output()?;
+    let list = cargo()
+        .current_dir(&fuzz_dir)
+        .args(["fuzz", "list"])
+        .output()?;
     let targets = String::from_utf8(list.stdout)?;
     for target in targets.lines().filter(|t| !t.trim().is_empty()) {
         run(cargo().current_dir(root).args([

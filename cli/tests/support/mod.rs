@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 pub fn ferrocorn_bin() -> PathBuf {
@@ -24,8 +27,15 @@ pub fn ferrocorn_bin() -> PathBuf {
 /// the tests. Running one test target alone (`--test NAME`) does not: build it first with
 /// `cargo build --example rust_hello`.
 pub fn rust_example_bin() -> PathBuf {
-    let bin = ferrocorn_bin().parent().unwrap().join("examples/rust_hello");
-    assert!(bin.exists(), "{} is missing: run `cargo build --example rust_hello`", bin.display());
+    let bin = ferrocorn_bin()
+        .parent()
+        .unwrap()
+        .join("examples/rust_hello");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --example rust_hello`",
+        bin.display()
+    );
     bin
 }
 
@@ -80,7 +90,12 @@ impl Server {
                 }
             });
         }
-        Server { child, addr: None, lines: rx, log }
+        Server {
+            child,
+            addr: None,
+            lines: rx,
+            log,
+        }
     }
 
     /// Start on an ephemeral TCP port and wait until it says where it listens.
@@ -121,10 +136,16 @@ impl Server {
                 Ok(line) if line.contains(needle) => return line,
                 Ok(_) => {}
                 Err(RecvTimeoutError::Timeout) => {
-                    panic!("no log line with {needle:?} within {timeout:?}; log:\n{}", self.log_text())
+                    panic!(
+                        "no log line with {needle:?} within {timeout:?}; log:\n{}",
+                        self.log_text()
+                    )
                 }
                 Err(RecvTimeoutError::Disconnected) => {
-                    panic!("ferrocorn closed its output before {needle:?}; log:\n{}", self.log_text())
+                    panic!(
+                        "ferrocorn closed its output before {needle:?}; log:\n{}",
+                        self.log_text()
+                    )
                 }
             }
         }
@@ -157,7 +178,10 @@ impl Server {
                 return status;
             }
             if Instant::now() > deadline {
-                panic!("ferrocorn did not exit within {timeout:?}; log:\n{}", self.log_text());
+                panic!(
+                    "ferrocorn did not exit within {timeout:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -177,7 +201,10 @@ impl Server {
                 return pids;
             }
             if Instant::now() > deadline {
-                panic!("expected {n} workers, have {pids:?}; log:\n{}", self.log_text());
+                panic!(
+                    "expected {n} workers, have {pids:?}; log:\n{}",
+                    self.log_text()
+                );
             }
             std::thread::sleep(Duration::from_millis(20));
         }
@@ -206,7 +233,12 @@ pub fn signal(pid: i32, sig: libc::c_int) {
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has /proc/PID; count it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'),
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
         Err(_) => false,
     }
 }
@@ -215,8 +247,12 @@ pub fn pid_alive(pid: i32) -> bool {
 pub fn children_of(ppid: i32) -> Vec<i32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
-        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { continue };
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+            continue;
+        };
         let after = stat.rsplit(')').next().unwrap_or("");
         let fields: Vec<&str> = after.split_whitespace().collect();
         if fields.len() > 2 && fields[0] != "Z" && fields[1].parse::<i32>() == Ok(ppid) {
@@ -273,7 +309,10 @@ pub fn request(addr: SocketAddr, request: &[u8]) -> Resp {
 }
 
 pub fn get(addr: SocketAddr, path: &str) -> Resp {
-    request(addr, format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes())
+    request(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
 }
 
 pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Resp {
@@ -304,7 +343,10 @@ pub fn parse_response(bytes: &[u8], head_request: bool) -> Option<(Resp, usize)>
         })
         .collect();
     let find = |name: &str| {
-        headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.clone())
+        headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
     };
     let rest = &bytes[end..];
     let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
@@ -344,14 +386,24 @@ pub fn parse_response(bytes: &[u8], head_request: bool) -> Option<(Resp, usize)>
     } else {
         (rest.to_vec(), rest.len())
     };
-    Some((Resp { status, reason, headers, body }, end + used))
+    Some((
+        Resp {
+            status,
+            reason,
+            headers,
+            body,
+        },
+        end + used,
+    ))
 }
 
 /// Parse every response in `bytes` (pipelining / keep-alive), in order.
 pub fn parse_all_responses(mut bytes: &[u8]) -> Vec<Resp> {
     let mut out = Vec::new();
     while !bytes.is_empty() {
-        let Some((resp, used)) = parse_response(bytes, false) else { break };
+        let Some((resp, used)) = parse_response(bytes, false) else {
+            break;
+        };
         out.push(resp);
         bytes = &bytes[used..];
     }

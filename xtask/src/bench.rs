@@ -1,0 +1,548 @@
+//! `cargo xtask bench`: ferrocorn side by side with gunicorn, uWSGI and Granian, measured in the
+//! same run on the same machine, plus the http crate's criterion benchmarks.
+//!
+//! Targets are ratios against gunicorn (the server our users replace), never absolute numbers:
+//! - throughput: ferrocorn serves at least as many requests/s as gunicorn with the same workers;
+//! - memory: a ferrocorn worker's USS is no larger than a gunicorn worker's;
+//! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS.
+//!
+//! The load generator is built in (one thread per connection, `Connection: close` per request, as
+//! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
+//! installed into `.venv-bench` by `scripts/bench-env.sh`.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use ferrocorn_sizing::{process_tree, ProcessMemory};
+
+use crate::{cargo, run};
+
+#[derive(Debug, Clone)]
+struct Settings {
+    duration: Duration,
+    connections: usize,
+    workers: usize,
+    criterion: bool,
+}
+
+impl Settings {
+    fn parse(args: &[String]) -> Result<Self> {
+        let mut s = Settings {
+            duration: Duration::from_secs(10),
+            connections: 8,
+            workers: 2,
+            criterion: true,
+        };
+        let mut it = args.iter();
+        while let Some(arg) = it.next() {
+            let mut value = || it.next().context("missing value").cloned();
+            match arg.as_str() {
+                "--duration" => s.duration = Duration::from_secs_f64(value()?.parse()?),
+                "--connections" => s.connections = value()?.parse()?,
+                "--workers" => s.workers = value()?.parse()?,
+                "--no-criterion" => s.criterion = false,
+                "--quick" => {
+                    s.duration = Duration::from_secs(3);
+                    s.criterion = false;
+                }
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --quick)"),
+            }
+        }
+        Ok(s)
+    }
+}
+
+/// A server under test: how to start it serving `module:app` from `dir` on `port`.
+struct ServerKind {
+    name: &'static str,
+    command: fn(&Env, &Target, u16, usize, bool) -> Command,
+}
+
+struct Env {
+    root: PathBuf,
+    venv: PathBuf,
+    ferrocorn: PathBuf,
+}
+
+/// An app to serve: a directory, an app spec and a path to request.
+struct Target {
+    dir: PathBuf,
+    spec: &'static str,
+    path: &'static str,
+}
+
+fn ferrocorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
+    let mut cmd = Command::new(&env.ferrocorn);
+    cmd.args([
+        "-w",
+        &workers.to_string(),
+        "-b",
+        &format!("127.0.0.1:{port}"),
+        "--log-level",
+        "warning",
+    ])
+    .arg("--chdir")
+    .arg(&t.dir)
+    .arg("--virtualenv")
+    .arg(&env.venv);
+    if preload {
+        cmd.arg("--preload");
+    }
+    cmd.arg(t.spec);
+    cmd
+}
+
+fn gunicorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
+    let mut cmd = Command::new(env.venv.join("bin/gunicorn"));
+    cmd.args([
+        "-w",
+        &workers.to_string(),
+        "-b",
+        &format!("127.0.0.1:{port}"),
+        "--log-level",
+        "warning",
+    ])
+    .arg("--chdir")
+    .arg(&t.dir);
+    if preload {
+        cmd.arg("--preload");
+    }
+    cmd.arg(t.spec);
+    cmd
+}
+
+fn uwsgi_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
+    let (module, callable) = t.spec.split_once(':').unwrap_or((t.spec, "application"));
+    let mut cmd = Command::new(env.venv.join("bin/uwsgi"));
+    cmd.args([
+        "--http-socket",
+        &format!("127.0.0.1:{port}"),
+        "--master",
+        "--processes",
+        &workers.to_string(),
+    ])
+    .args([
+        "--module",
+        module,
+        "--callable",
+        callable,
+        "--disable-logging",
+        "--die-on-term",
+    ])
+    .arg("--chdir")
+    .arg(&t.dir)
+    .arg("--virtualenv")
+    .arg(&env.venv);
+    if !preload {
+        cmd.arg("--lazy-apps");
+    }
+    cmd
+}
+
+fn granian_cmd(env: &Env, t: &Target, port: u16, workers: usize, _preload: bool) -> Command {
+    let mut cmd = Command::new(env.venv.join("bin/granian"));
+    cmd.args([
+        "--interface",
+        "wsgi",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        &port.to_string(),
+    ])
+    .args([
+        "--workers",
+        &workers.to_string(),
+        "--blocking-threads",
+        "1",
+        "--no-ws",
+    ])
+    .args(["--log-level", "warning"])
+    .arg("--working-dir")
+    .arg(&t.dir)
+    .arg(t.spec);
+    cmd
+}
+
+const SERVERS: &[ServerKind] = &[
+    ServerKind {
+        name: "ferrocorn",
+        command: ferrocorn_cmd,
+    },
+    ServerKind {
+        name: "gunicorn",
+        command: gunicorn_cmd,
+    },
+    ServerKind {
+        name: "uwsgi",
+        command: uwsgi_cmd,
+    },
+    ServerKind {
+        name: "granian",
+        command: granian_cmd,
+    },
+];
+
+fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+/// A started server; killed (whole process group) on drop.
+struct Running {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let pgid = self.child.id() as i32;
+        // Every server here stops gracefully on TERM; SIGKILL the group if it lingers.
+        let _ = Command::new("kill")
+            .args(["-TERM", &format!("-{pgid}")])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = Command::new("kill")
+            .args(["-KILL", &format!("-{pgid}")])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(
+    kind: &ServerKind,
+    env: &Env,
+    target: &Target,
+    workers: usize,
+    preload: bool,
+) -> Result<Running> {
+    let port = free_port()?;
+    let mut cmd = (kind.command)(env, target, port, workers, preload);
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd.env("VIRTUAL_ENV", &env.venv)
+        .env_remove("WEB_CONCURRENCY");
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", kind.name))?;
+    let mut running = Running {
+        child,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+    };
+    // Ready when every worker has answered: keep asking until `workers` distinct workers were seen,
+    // or at least until requests succeed.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = running.child.try_wait()? {
+            bail!("{} exited during start-up with {status}", kind.name);
+        }
+        if let Ok(200) = one_request(running.addr, target.path).map(|(status, _)| status) {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("{} did not answer within 60 s", kind.name);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // Workers boot lazily in some servers; wait for the process tree to have them all.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while workers_of(running.child.id() as i32).len() < workers && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(running)
+}
+
+fn one_request(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
+    )?;
+    let mut buf = Vec::with_capacity(1024);
+    s.read_to_end(&mut buf)?;
+    let status = buf
+        .get(9..12)
+        .and_then(|s| std::str::from_utf8(s).ok())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    Ok((status, buf.len()))
+}
+
+#[derive(Debug, Default, Clone)]
+struct Load {
+    requests: u64,
+    errors: u64,
+    rps: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Load {
+    let stop = Arc::new(AtomicBool::new(false));
+    let started = Instant::now();
+    let threads: Vec<_> = (0..connections)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut latencies = Vec::new();
+                let mut errors = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let t = Instant::now();
+                    match one_request(addr, path) {
+                        Ok((200, _)) => latencies.push(t.elapsed()),
+                        _ => errors += 1,
+                    }
+                }
+                (latencies, errors)
+            })
+        })
+        .collect();
+    std::thread::sleep(duration);
+    stop.store(true, Ordering::Relaxed);
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for t in threads {
+        let (lat, err) = t.join().unwrap();
+        all.extend(lat);
+        errors += err;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    all.sort();
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .map(|d| d.as_secs_f64() * 1000.0)
+            .unwrap_or(f64::NAN)
+    };
+    Load {
+        requests: all.len() as u64,
+        errors,
+        rps: all.len() as f64 / elapsed,
+        p50_ms: pct(0.5),
+        p99_ms: pct(0.99),
+    }
+}
+
+/// Descendants of `pid` (the workers, and any helper processes a server starts).
+fn workers_of(pid: i32) -> Vec<i32> {
+    process_tree(pid)
+        .map(|tree| tree.into_iter().filter(|p| *p != pid).collect())
+        .unwrap_or_default()
+}
+
+/// Memory of the master (the spawned process) and of each descendant.
+struct TreeMemory {
+    master: ProcessMemory,
+    workers: Vec<ProcessMemory>,
+}
+
+fn tree_memory(root_pid: i32) -> Result<TreeMemory> {
+    let tree = ferrocorn_sizing::tree_memory(root_pid)?;
+    let mut master = ProcessMemory::default();
+    let mut workers = Vec::new();
+    for (pid, memory) in tree.processes {
+        if pid == root_pid {
+            master = memory;
+        } else {
+            workers.push(memory);
+        }
+    }
+    Ok(TreeMemory { master, workers })
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1024.0 * 1024.0)
+}
+
+fn mean(values: impl Iterator<Item = u64>) -> f64 {
+    let v: Vec<u64> = values.collect();
+    if v.is_empty() {
+        return f64::NAN;
+    }
+    v.iter().sum::<u64>() as f64 / v.len() as f64
+}
+
+struct Row {
+    server: &'static str,
+    load: Load,
+    worker_uss: f64,
+    worker_pss: f64,
+    total_pss: f64,
+}
+
+pub fn bench(root: &Path, args: &[String]) -> Result<()> {
+    let settings = Settings::parse(args)?;
+    let venv = root.join(".venv-bench");
+    run(Command::new(root.join("scripts/bench-env.sh")).arg(&venv))?;
+    run(cargo().args(["build", "--release", "-p", "ferrocorn-cli"]))?;
+    if settings.criterion {
+        run(cargo().args(["bench", "-p", "ferrocorn-http"]))?;
+    }
+    let env = Env {
+        root: root.to_path_buf(),
+        venv,
+        ferrocorn: root.join("target/release/ferrocorn"),
+    };
+
+    let hello = Target {
+        dir: env.root.join("examples"),
+        spec: "hello:app",
+        path: "/",
+    };
+    println!(
+        "\n## Throughput: examples/hello.py, {} workers, {} connections, {:.0} s, Connection: close\n",
+        settings.workers,
+        settings.connections,
+        settings.duration.as_secs_f64()
+    );
+    let mut rows = Vec::new();
+    for kind in SERVERS {
+        let server = match start(kind, &env, &hello, settings.workers, false) {
+            Ok(s) => s,
+            Err(e) => {
+                println!("{}: skipped: {e:#}", kind.name);
+                continue;
+            }
+        };
+        load(
+            server.addr,
+            hello.path,
+            settings.connections,
+            Duration::from_secs(1),
+        ); // warm-up
+        let result = load(
+            server.addr,
+            hello.path,
+            settings.connections,
+            settings.duration,
+        );
+        let mem = tree_memory(server.child.id() as i32)?;
+        rows.push(Row {
+            server: kind.name,
+            load: result,
+            worker_uss: mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
+            worker_pss: mib(mean(mem.workers.iter().map(|m| m.pss)) as u64),
+            total_pss: mib(mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>()),
+        });
+    }
+    println!("| server | requests | req/s | p50 ms | p99 ms | errors | worker USS MiB | worker PSS MiB | total PSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    for r in &rows {
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
+            r.server,
+            r.load.requests,
+            r.load.rps,
+            r.load.p50_ms,
+            r.load.p99_ms,
+            r.load.errors,
+            r.worker_uss,
+            r.worker_pss,
+            r.total_pss
+        );
+    }
+
+    let mut failures = Vec::new();
+    let find = |name: &str| rows.iter().find(|r| r.server == name);
+    if let (Some(f), Some(g)) = (find("ferrocorn"), find("gunicorn")) {
+        let rps_ratio = f.load.rps / g.load.rps;
+        let uss_ratio = f.worker_uss / g.worker_uss;
+        println!("\nferrocorn/gunicorn: throughput ×{rps_ratio:.2} (target ≥ 1.00), worker USS ×{uss_ratio:.2} (target ≤ 1.00)");
+        if rps_ratio < 1.0 {
+            failures.push(format!("throughput ratio {rps_ratio:.2} < 1.00"));
+        }
+        if uss_ratio > 1.0 {
+            failures.push(format!("worker USS ratio {uss_ratio:.2} > 1.00"));
+        }
+        if f.load.errors > 0 {
+            failures.push(format!("ferrocorn had {} failed requests", f.load.errors));
+        }
+    } else {
+        failures.push("ferrocorn and gunicorn must both run for the ratios".into());
+    }
+
+    failures.extend(preload_memory(&env)?);
+    if failures.is_empty() {
+        println!("\nbench: every target met");
+        Ok(())
+    } else {
+        bail!("bench targets missed: {}", failures.join("; "))
+    }
+}
+
+/// Per-worker memory of the Django test project with and without `--preload`, for ferrocorn and
+/// gunicorn, 3 workers each, after every worker has served requests.
+fn preload_memory(env: &Env) -> Result<Vec<String>> {
+    let django = Target {
+        dir: env.root.join("tests/apps/django_project"),
+        spec: "mysite.wsgi:application",
+        path: "/",
+    };
+    if !django.dir.exists() {
+        return Ok(vec![format!("{} is missing", django.dir.display())]);
+    }
+    println!("\n## Preload: Django project, 3 workers, per-worker memory after 300 requests\n");
+    println!(
+        "| server | preload | worker USS MiB | worker PSS MiB | master PSS MiB | total PSS MiB |"
+    );
+    println!("| --- | --- | ---: | ---: | ---: | ---: |");
+    let mut pss = std::collections::HashMap::new();
+    for kind in SERVERS
+        .iter()
+        .filter(|k| matches!(k.name, "ferrocorn" | "gunicorn"))
+    {
+        for preload in [false, true] {
+            let server = match start(kind, env, &django, 3, preload) {
+                Ok(s) => s,
+                Err(e) => {
+                    println!("| {} | {preload} | skipped: {e:#} | | | |", kind.name);
+                    continue;
+                }
+            };
+            // Enough requests over several connections that every worker has rendered the view.
+            load(server.addr, django.path, 6, Duration::from_secs(2));
+            let mem = tree_memory(server.child.id() as i32)?;
+            let worker_pss = mean(mem.workers.iter().map(|m| m.pss));
+            let total = mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>();
+            println!(
+                "| {} | {preload} | {:.1} | {:.1} | {:.1} | {:.1} |",
+                kind.name,
+                mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
+                mib(worker_pss as u64),
+                mib(mem.master.pss),
+                mib(total)
+            );
+            pss.insert((kind.name, preload), worker_pss);
+        }
+    }
+    let mut failures = Vec::new();
+    match (
+        pss.get(&("ferrocorn", true)),
+        pss.get(&("ferrocorn", false)),
+    ) {
+        (Some(with), Some(without)) if with < without => {
+            println!(
+                "\nferrocorn --preload: worker PSS ×{:.2} of without (target < 1.00)",
+                with / without
+            )
+        }
+        (Some(with), Some(without)) => failures.push(format!(
+            "--preload did not lower worker PSS ({:.1} MiB vs {:.1} MiB)",
+            mib(*with as u64),
+            mib(*without as u64)
+        )),
+        _ => failures.push("ferrocorn preload comparison did not run".into()),
+    }
+    Ok(failures)
+}

@@ -10,12 +10,16 @@ import io
 import json
 import os
 import sys
+import threading
 import time
 import warnings
 from urllib.parse import parse_qs
 from wsgiref.validate import validator
 
 warnings.simplefilter("error")
+
+# The process that imported this module: the master with --preload, else the worker.
+IMPORT_PID = os.getpid()
 
 # How many response iterables this process has closed (PEP 3333: close() is always called).
 CLOSED = {"count": 0}
@@ -192,7 +196,18 @@ def closing(environ, start_response):
 
 
 def pid(environ, start_response):
-    return text(start_response, b"%d\n" % os.getpid())
+    """Answers "WORKER_PID IMPORT_PID"; ?sleep=S holds the worker first (to spread requests over workers)."""
+    time.sleep(float(query(environ).get("sleep", "0")))
+    return text(start_response, b"%d %d\n" % (os.getpid(), IMPORT_PID))
+
+
+def thread(environ, start_response):
+    """Start and join a Python thread: needs the GIL free and threading sane after fork."""
+    out = []
+    t = threading.Thread(target=lambda: out.append(sum(range(1000))))
+    t.start()
+    t.join(timeout=10)
+    return text(start_response, b"thread result %d\n" % out[0])
 
 
 # Deliberately broken responses: not validated (the validator would object first); the server
@@ -232,6 +247,7 @@ ROUTES = {
     "/closed": closed,
     "/closing": closing,
     "/pid": pid,
+    "/thread": thread,
 }
 ROUTES = {path: validator(func) for path, func in ROUTES.items()}
 ROUTES.update(

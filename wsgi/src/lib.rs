@@ -226,7 +226,12 @@ impl App for WsgiApp {
 /// The traceback of `err` as Python prints it.
 pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
     let formatted = py.import("traceback").and_then(|tb| {
-        let lines = tb.call_method1("format_exception", (err.value(py),))?;
+        // The traceback travels beside the exception until Python code catches it, so pass it
+        // explicitly (value.__traceback__ may not be set yet).
+        let lines = tb.call_method1(
+            "format_exception",
+            (err.get_type(py), err.value(py), err.traceback(py)),
+        )?;
         let joined = pyo3::types::PyString::new(py, "").call_method1("join", (lines,))?;
         joined.extract::<String>()
     });

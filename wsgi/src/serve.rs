@@ -94,8 +94,9 @@ fn failed(py: Python<'_>, info: &RequestInfo<'_>, e: &PyErr) -> AppError {
 }
 
 fn bad_response(info: &RequestInfo<'_>, reason: String) -> AppError {
-    log::error!(
-        "Invalid response from the application for {}: {reason}",
+    // The worker logs BadResponse as an error (the app's fault) with the request; once is enough.
+    log::debug!(
+        "invalid response from the application for {}: {reason}",
         info.target
     );
     AppError::BadResponse(reason)

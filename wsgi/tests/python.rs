@@ -30,7 +30,41 @@ fn config(spec: &str) -> WsgiConfig {
 }
 
 fn battery() -> WsgiApp {
+    init_logger();
     load(&config("battery:app")).expect("load battery:app")
+}
+
+/// Log records, captured to check what the adapter logs (tracebacks).
+static LOG: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        LOG.lock()
+            .unwrap()
+            .push(format!("{} {}", record.level(), record.args()));
+    }
+    fn flush(&self) {}
+}
+
+fn init_logger() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Debug);
+    });
+}
+
+fn logged(needle: &str) -> Option<String> {
+    LOG.lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains(needle))
+        .cloned()
 }
 
 /// A response sink that records everything; sendfile copies the file range into the body.
@@ -547,6 +581,14 @@ fn app_exception_is_failed() {
         other => panic!("{other:?}"),
     }
     assert!(s.starts.is_empty());
+    // The whole traceback is logged as an error, with the request and the raising function.
+    let line = logged("battery /error always raises").expect("traceback logged");
+    assert!(
+        line.starts_with("ERROR Error handling request /error"),
+        "{line}"
+    );
+    assert!(line.contains("Traceback (most recent call last)"), "{line}");
+    assert!(line.contains("in error"), "{line}");
 }
 
 #[test]

@@ -78,6 +78,27 @@ enum HeadEnd {
     Exit,
 }
 
+/// How to close a connection the client may still be sending on.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Linger {
+    /// Nothing more can come: just close.
+    No,
+    /// Half-close and discard what has already arrived, without waiting.
+    Brief,
+    /// Half-close and discard for up to `LINGER_TIME`.
+    Full,
+}
+
+impl Linger {
+    fn when(unread_may_follow: bool) -> Linger {
+        if unread_may_follow {
+            Linger::Full
+        } else {
+            Linger::No
+        }
+    }
+}
+
 /// Whether an I/O wait may be cut short by a signal.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Interrupt {
@@ -321,13 +342,13 @@ impl<'r> Worker<'r> {
                 Err(HeadEnd::Quiet | HeadEnd::Exit) => return None,
                 Err(HeadEnd::Bad(e)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    self.close_with_response(&conn, &e.response(), true);
+                    self.close_with_response(&conn, &e.response(), Linger::Full);
                     return None;
                 }
                 Err(HeadEnd::Timeout) => {
                     log::debug!("request head from {peer:?} did not arrive in time");
-                    // No lingering for a client this slow: the worker has waited long enough.
-                    self.close_with_response(&conn, &error_response(408), false);
+                    // No waiting on a client this slow: the worker has waited long enough.
+                    self.close_with_response(&conn, &error_response(408), Linger::Brief);
                     return None;
                 }
                 Err(HeadEnd::Io(e)) => {
@@ -552,11 +573,14 @@ impl<'r> Worker<'r> {
                     && self.control.state() == WorkerState::Running;
                 drop(res);
                 if !persists {
-                    self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());
+                    self.close(
+                        conn,
+                        Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
+                    );
                     return false;
                 }
                 if !body.drain(conn, &mut self.rbuf, DRAIN_BUDGET) {
-                    self.close(conn, true);
+                    self.close(conn, Linger::Full);
                     return false;
                 }
                 true
@@ -574,10 +598,13 @@ impl<'r> Worker<'r> {
                         }
                         _ => error_response(500),
                     };
-                    let linger = body.unread_may_follow() || !self.rbuf.is_empty();
+                    let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
                 } else {
-                    self.close(conn, body.unread_may_follow() || !self.rbuf.is_empty());
+                    self.close(
+                        conn,
+                        Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
+                    );
                 }
                 false
             }
@@ -585,7 +612,7 @@ impl<'r> Worker<'r> {
     }
 
     /// Send an error response (it says `Connection: close`) and close.
-    fn close_with_response(&mut self, conn: &Conn<'_>, bytes: &[u8], linger: bool) {
+    fn close_with_response(&mut self, conn: &Conn<'_>, bytes: &[u8], linger: Linger) {
         if let Err(e) = conn.sock.write_all(bytes, conn.io_timeout, false) {
             log::debug!("sending an error response failed: {e}");
             return;
@@ -597,13 +624,15 @@ impl<'r> Worker<'r> {
     /// requests, an error answered early), half-close and discard what comes for a short while:
     /// closing with unread data makes the kernel send a reset that can destroy the response before
     /// the client reads it.
-    fn close(&mut self, conn: &Conn<'_>, linger: bool) {
-        if !linger {
+    fn close(&mut self, conn: &Conn<'_>, linger: Linger) {
+        let deadline = match linger {
             // Dropping the socket closes it; nothing more to wait for.
-            return;
-        }
+            Linger::No => return,
+            // Only what is already here: no waiting.
+            Linger::Brief => Instant::now(),
+            Linger::Full => Instant::now() + LINGER_TIME,
+        };
         conn.sock.shutdown_write();
-        let deadline = Instant::now() + LINGER_TIME;
         let mut discarded = 0usize;
         let mut buf = [0u8; 8192];
         while discarded < LINGER_BYTES {

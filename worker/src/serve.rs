@@ -31,6 +31,9 @@ const SILENT_GRACE: Duration = Duration::from_secs(1);
 /// How long a poll that found no client queued stands in for a new one (see `accept_pending`).
 const QUIET_FRESH: Duration = Duration::from_millis(2);
 
+/// Largest write buffer kept between responses.
+const WBUF_KEEP: usize = 64 * 1024;
+
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
@@ -363,6 +366,10 @@ impl<'r> Worker<'r> {
             }
             let persist = self.serve_request(&conn, &head, peer, server, listeners);
             (self.heartbeat)();
+            // One big streamed response should not pin its buffer for the worker's lifetime.
+            if self.wbuf.capacity() > WBUF_KEEP {
+                self.wbuf = Vec::new();
+            }
             if !persist || self.control.state() != WorkerState::Running {
                 return None;
             }

@@ -73,6 +73,12 @@ fn test_app() -> impl App + Send {
                 res.write(b"ok")
             }
             "/empty" => res.start(200, "OK", vec![h("X-Empty", "yes")]),
+            // Statuses that cannot have a body: whatever the app writes is dropped.
+            "/204" | "/304" => {
+                let status = path[1..].parse().unwrap();
+                res.start(status, "No Body", vec![h("X-Status", status)])?;
+                res.write(b"must not be sent")
+            }
             "/fail" => Err(AppError::Failed("boom".to_string())),
             "/fail-after" => {
                 res.start(200, "OK", vec![])?;
@@ -347,6 +353,46 @@ fn empty_body_gets_content_length_zero() {
     assert_eq!(r.header("X-Empty"), Some("yes"));
     assert_eq!(r.header("Transfer-Encoding"), None);
     assert_eq!(c.request(&get("/echo?next")).text(), "next:");
+}
+
+#[test]
+fn no_body_statuses_send_no_body() {
+    let server = Server::start(test_app(), config());
+    let mut c = server.connect();
+    for status in [204u16, 304] {
+        let r = c.request(&get(&format!("/{status}")));
+        assert_eq!((r.status, r.framing), (status, "none"));
+        assert_eq!(r.header("Transfer-Encoding"), None);
+    }
+    // Stray body bytes would make this response unparsable.
+    assert_eq!(c.request(&get("/echo?next")).text(), "next:");
+}
+
+#[test]
+fn a_stalled_body_times_out_and_the_worker_moves_on() {
+    let (tx, rx) = mpsc::channel();
+    let app = fn_app(move |req, res| {
+        let mut body = Vec::new();
+        let result = req.read_body_to_end(&mut body);
+        tx.send(result.as_ref().map_err(|e| e.kind()).copied())
+            .unwrap();
+        result?;
+        res.start(200, "OK", vec![h("Content-Length", 2)])?;
+        res.write(b"ok")
+    });
+    let mut cfg = config();
+    cfg.io_timeout = Duration::from_secs(1);
+    let server = Server::start(app, cfg);
+    let mut c = server.connect();
+    // Three of ten promised bytes, then nothing (the connection stays open).
+    c.send(b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    assert_eq!(rx.recv().unwrap(), Err(std::io::ErrorKind::TimedOut));
+    assert!(c.at_eof());
+    assert_eq!(
+        server.connect().request(&post("/x", b"0123456789")).text(),
+        "ok"
+    );
+    assert_eq!(rx.recv().unwrap(), Ok(10));
 }
 
 #[test]

@@ -1,0 +1,471 @@
+//! PEP 3333 end to end: the real binary serving the test battery (`tests/apps/battery.py`, every
+//! route inside `wsgiref.validate.validator` with warnings as errors) over real sockets.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::Shutdown;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+fn apps_dir() -> std::path::PathBuf {
+    repo_root().join("tests/apps")
+}
+
+/// `ferrocorn --pythonpath tests/apps ARGS battery:app`.
+fn start_battery(args: &[&str], env: &[(&str, &str)]) -> Server {
+    let apps = apps_dir();
+    let mut all = vec!["--pythonpath", apps.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.push("battery:app");
+    let mut server = Server::start_in(&all, &repo_root(), env);
+    server.wait_for_workers(1);
+    server
+}
+
+fn ok(resp: &Resp) -> &Resp {
+    assert_eq!(resp.status, 200, "{resp:?}");
+    resp
+}
+
+/// Value of `"KEY": "value"` in the /environ JSON (values there are plain strings).
+fn json_str(json: &str, key: &str) -> Option<String> {
+    let needle = format!("\"{key}\": \"");
+    let start = json.find(&needle)? + needle.len();
+    let end = start + json[start..].find('"')?;
+    Some(json[start..end].to_string())
+}
+
+fn worker_pid(server: &Server) -> i32 {
+    let pids = server.wait_worker_count(1, BOOT_TIMEOUT);
+    pids[0]
+}
+
+/// "VmHWM" (peak RSS) of a process, in KiB.
+fn vm_hwm_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .expect("VmHWM");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[test]
+fn validated_routes_answer_exactly() {
+    let server = start_battery(&[], &[]);
+    let addr = server.addr();
+
+    assert_eq!(ok(&get(addr, "/")).body, b"Hello, World!\n");
+
+    // A generator without Content-Length: chunked on HTTP/1.1, each chunk as produced.
+    let resp = get(addr, "/stream?n=4");
+    assert_eq!(ok(&resp).text(), "chunk 0\nchunk 1\nchunk 2\nchunk 3\n");
+    assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+
+    assert_eq!(
+        ok(&get(addr, "/write")).text(),
+        "written 1\nwritten 2\nreturned\n"
+    );
+
+    for kind in ["list", "empties"] {
+        let resp = get(addr, &format!("/empty?kind={kind}"));
+        assert!(ok(&resp).body.is_empty());
+        assert_eq!(resp.header("content-length"), Some("0"));
+    }
+    let resp = get(addr, "/empty?kind=204");
+    assert_eq!(resp.status, 204);
+    assert!(resp.body.is_empty());
+
+    // HEAD: the app's headers, no body.
+    let bytes = raw_exchange(
+        addr,
+        b"HEAD /head HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let (resp, used) = parse_response(&bytes, true).expect("a response");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.header("content-length"), Some("31"));
+    assert_eq!(
+        used,
+        bytes.len(),
+        "HEAD response carried a body: {:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+
+    // start_response(exc_info) before the head: the new status wins.
+    let resp = get(addr, "/exc_info/early");
+    assert_eq!(resp.status, 500);
+    assert_eq!(resp.text(), "recovered from ValueError\n");
+
+    let resp = get(addr, "/thread");
+    assert_eq!(ok(&resp).text(), "thread result 499500\n");
+}
+
+#[test]
+fn exc_info_after_the_head_cuts_the_response_short() {
+    let mut server = start_battery(&[], &[]);
+    let bytes = raw_exchange(
+        server.addr(),
+        b"GET /exc_info/late HTTP/1.1\r\nHost: t\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("partial body\n"), "{text}");
+    // The connection was closed without the last chunk: the client sees a truncated body.
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    assert!(!text.contains("never sent"), "{text}");
+    server.wait_for_log("something broke mid-body", BOOT_TIMEOUT);
+}
+
+#[test]
+fn environ_seen_by_the_app() {
+    let server = start_battery(&[], &[]);
+    let addr = server.addr();
+    let req =
+        b"GET /environ?q=%20x HTTP/1.1\r\nHost: example.com:8080\r\nAccept: a\r\nAccept: b\r\n\
+                X_Sneaky: 1\r\nX-Latin: \xe9t\xe9\r\nConnection: close\r\n\r\n";
+    let resp = request(addr, req);
+    let json = ok(&resp).text();
+    assert_eq!(json_str(&json, "REQUEST_METHOD").as_deref(), Some("GET"));
+    assert_eq!(json_str(&json, "PATH_INFO").as_deref(), Some("/environ"));
+    assert_eq!(json_str(&json, "QUERY_STRING").as_deref(), Some("q=%20x"));
+    assert_eq!(json_str(&json, "SCRIPT_NAME").as_deref(), Some(""));
+    assert_eq!(
+        json_str(&json, "HTTP_HOST").as_deref(),
+        Some("example.com:8080")
+    );
+    assert_eq!(json_str(&json, "HTTP_ACCEPT").as_deref(), Some("a,b"));
+    assert_eq!(
+        json_str(&json, "HTTP_X_LATIN").as_deref(),
+        Some("\\u00e9t\\u00e9")
+    );
+    assert!(!json.contains("HTTP_X_SNEAKY"), "{json}");
+    assert!(!json.contains("CONTENT_LENGTH"), "{json}");
+    assert_eq!(
+        json_str(&json, "SERVER_PROTOCOL").as_deref(),
+        Some("HTTP/1.1")
+    );
+    assert_eq!(json_str(&json, "REMOTE_ADDR").as_deref(), Some("127.0.0.1"));
+    assert_eq!(
+        json_str(&json, "SERVER_PORT"),
+        Some(addr.port().to_string())
+    );
+    assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("http"));
+    assert!(json.contains("\"wsgi.multiprocess\": true"), "{json}");
+    assert!(json.contains("\"wsgi.version\": [1, 0]"), "{json}");
+
+    // Percent-decoded PATH_INFO (a 404 from the router proves the decoded path reached it).
+    let resp = get(addr, "/%65nviron");
+    assert_eq!(ok(&resp).header("content-type"), Some("application/json"));
+}
+
+#[test]
+fn script_name_from_the_environment_mounts_the_app() {
+    let server = start_battery(&[], &[("SCRIPT_NAME", "/mount")]);
+    let json = ok(&get(server.addr(), "/mount/environ")).text();
+    assert_eq!(json_str(&json, "SCRIPT_NAME").as_deref(), Some("/mount"));
+    assert_eq!(json_str(&json, "PATH_INFO").as_deref(), Some("/environ"));
+    // Outside the mount point: a server-side error, not the app's routing.
+    assert_eq!(get(server.addr(), "/elsewhere").status, 500);
+}
+
+#[test]
+fn post_bodies_reach_wsgi_input() {
+    let server = start_battery(&["--chdir", "tests/apps"], &[]);
+    let addr = server.addr();
+    for how in ["iter", "readline", "readlines"] {
+        let resp = post(
+            addr,
+            &format!("/lines?how={how}"),
+            "text/plain",
+            b"one\ntwo\n\nthree",
+        );
+        assert_eq!(
+            ok(&resp).text(),
+            r#"["one\n", "two\n", "\n", "three"]"#,
+            "{how}"
+        );
+    }
+    // Chunked request body: no CONTENT_LENGTH, the stream still ends where the body ends.
+    let req = b"POST /lines?how=iter HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+                4\r\nab\nc\r\n3\r\nd\nE\r\n0\r\n\r\n";
+    assert_eq!(ok(&request(addr, req)).text(), r#"["ab\n", "cd\n", "E"]"#);
+}
+
+#[test]
+fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
+    let server = start_battery(&[], &[]);
+    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-file-{}.bin", std::process::id()));
+    let data: Vec<u8> = (0..6_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    std::fs::write(&path, &data).unwrap();
+    let p = path.to_str().unwrap();
+    // /sendfile returns the wrapper itself (sendfile(2)); /file goes through the validator
+    // (iteration); nolength=1 makes the body chunked.
+    for (route, extra) in [
+        ("sendfile", ""),
+        ("sendfile", "&nolength=1"),
+        ("file", ""),
+        ("sendfile", "&offset=12345"),
+    ] {
+        let resp = get(server.addr(), &format!("/{route}?path={p}{extra}"));
+        let offset = if extra.contains("offset") { 12345 } else { 0 };
+        assert_eq!(ok(&resp).body.len(), data.len() - offset, "{route}{extra}");
+        assert!(
+            resp.body == data[offset..],
+            "{route}{extra}: different bytes"
+        );
+        if extra.contains("nolength") {
+            assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
+        }
+    }
+    // A file-like object without a descriptor is iterated.
+    let resp = get(server.addr(), "/file?mem=1&repeat=1000");
+    assert_eq!(ok(&resp).text(), "in-memory file\n".repeat(1000));
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn a_100_mb_upload_streams_through_with_bounded_memory() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    let pid = worker_pid(&server);
+    ok(&post(
+        addr,
+        "/upload",
+        "application/octet-stream",
+        b"warm-up",
+    ));
+    let before = vm_hwm_kib(pid);
+
+    // Hash the same bytes locally with sha256sum while sending them.
+    let mut hasher = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut hasher_in = hasher.stdin.take().unwrap();
+    let mut s = connect(addr);
+    write!(
+        s,
+        "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {SIZE}\r\n\r\n"
+    )
+    .unwrap();
+    let mut block = vec![0u8; 1 << 20];
+    for i in 0..SIZE / block.len() {
+        for (j, b) in block.iter_mut().enumerate() {
+            *b = (i * 31 + j * 7) as u8;
+        }
+        s.write_all(&block).unwrap();
+        hasher_in.write_all(&block).unwrap();
+    }
+    drop(hasher_in);
+    let _ = s.shutdown(Shutdown::Write);
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let (resp, _) = parse_response(&out, false).expect("a response");
+    let expected_hash = String::from_utf8(hasher.wait_with_output().unwrap().stdout).unwrap();
+    let expected_hash = expected_hash.split_whitespace().next().unwrap();
+    assert_eq!(ok(&resp).text(), format!("{SIZE} {expected_hash}\n"));
+
+    let growth_kib = vm_hwm_kib(pid).saturating_sub(before);
+    eprintln!("worker peak RSS grew by {growth_kib} KiB for a {SIZE}-byte upload");
+    assert!(
+        growth_kib < 64 * 1024,
+        "peak RSS grew by {growth_kib} KiB: the body was buffered"
+    );
+    assert_eq!(worker_pid(&server), pid);
+}
+
+#[test]
+fn an_app_exception_is_a_500_and_the_same_worker_answers_next() {
+    let mut server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    let pid_line = ok(&get(addr, "/pid")).text();
+    let resp = get(addr, "/error");
+    assert_eq!(resp.status, 500);
+    server.wait_for_log("Error handling request /error", BOOT_TIMEOUT);
+    server.wait_for_log("Traceback (most recent call last)", BOOT_TIMEOUT);
+    server.wait_for_log("RuntimeError: battery /error always raises", BOOT_TIMEOUT);
+    assert_eq!(
+        ok(&get(addr, "/pid")).text(),
+        pid_line,
+        "a different worker answered"
+    );
+}
+
+#[test]
+fn broken_responses_are_500_and_logged_as_the_apps_fault() {
+    let mut server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    for (route, needle) in [
+        ("/broken/status", "invalid status line \"OK\""),
+        ("/broken/header", "is not latin-1"),
+        ("/broken/no_start", "before start_response was called"),
+        ("/broken/str_body", "yielded str, not bytes"),
+    ] {
+        let resp = get(addr, route);
+        assert_eq!(resp.status, 500, "{route}: {resp:?}");
+        let line = server.wait_for_log(needle, BOOT_TIMEOUT);
+        assert!(line.contains("ERROR") && line.contains(route), "{line}");
+    }
+    ok(&get(addr, "/"));
+}
+
+/// Run ferrocorn on an app that cannot load; it must exit 4 with a log line holding `needles`.
+fn load_failure(spec: &str, extra: &[&str], needles: &[&str]) {
+    let apps = apps_dir();
+    let mut args = vec!["-b", "127.0.0.1:0", "--pythonpath", apps.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    args.push(spec);
+    let mut server = Server::spawn(&args, &repo_root(), &[]);
+    let status = server.wait_exit(BOOT_TIMEOUT);
+    for needle in needles {
+        server.wait_for_log(needle, Duration::from_secs(5));
+    }
+    assert_eq!(
+        status.code(),
+        Some(4),
+        "{spec}: log:\n{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn load_failures_exit_4_naming_module_and_reason() {
+    load_failure(
+        "import_error:app",
+        &[],
+        &[
+            "error importing application module \"import_error\"",
+            "Traceback",
+            "fails on purpose",
+        ],
+    );
+    load_failure(
+        "broken_dep:app",
+        &[],
+        &[
+            "\"broken_dep\"",
+            "No module named 'ferrocorn_no_such_dependency'",
+        ],
+    );
+    load_failure(
+        "ferrocorn_nowhere:app",
+        &[],
+        &["failed to find application module \"ferrocorn_nowhere\""],
+    );
+    load_failure(
+        "battery:nope",
+        &[],
+        &["failed to find attribute \"nope\" in \"battery\""],
+    );
+    load_failure(
+        "battery:not_callable",
+        &[],
+        &["\"battery:not_callable\" is not callable"],
+    );
+    load_failure(
+        "battery:factory(open('/etc/passwd'))",
+        &[],
+        &["must be Python literals"],
+    );
+    // --preload: the master itself fails to load.
+    load_failure("import_error:app", &["--preload"], &["fails on purpose"]);
+}
+
+#[test]
+fn a_virtualenv_of_another_python_is_refused_naming_both_versions() {
+    let venv = std::env::temp_dir().join(format!("ferrocorn-fake-venv-{}", std::process::id()));
+    std::fs::create_dir_all(venv.join("bin")).unwrap();
+    std::fs::write(
+        venv.join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.12.4\n",
+    )
+    .unwrap();
+    let v = venv.to_str().unwrap();
+    load_failure(
+        "battery:app",
+        &["--virtualenv", v],
+        &["uses Python 3.12 but ferrocorn was built with Python 3.11"],
+    );
+    // The same through $VIRTUAL_ENV.
+    let apps = apps_dir();
+    let mut server = Server::spawn(
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--pythonpath",
+            apps.to_str().unwrap(),
+            "battery:app",
+        ],
+        &repo_root(),
+        &[("VIRTUAL_ENV", v)],
+    );
+    let status = server.wait_exit(BOOT_TIMEOUT);
+    server.wait_for_log(
+        &format!("virtualenv {v} uses Python 3.12"),
+        Duration::from_secs(5),
+    );
+    assert_eq!(status.code(), Some(4));
+    std::fs::remove_dir_all(&venv).unwrap();
+}
+
+#[test]
+fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
+    let server = start_battery(&["--preload", "-w", "3"], &[]);
+    let master = server.pid();
+    let workers = server.wait_worker_count(3, BOOT_TIMEOUT);
+    let addr = server.addr();
+    // Three concurrent slow requests keep three workers busy at once; repeat until each worker
+    // has answered (a worker still starting up may miss a round).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut seen = std::collections::BTreeSet::new();
+    while seen.len() < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "only workers {seen:?} of {workers:?} answered"
+        );
+        let round: Vec<_> = (0..3)
+            .map(|_| std::thread::spawn(move || ok(&get(addr, "/pid?sleep=0.3")).text()))
+            .collect();
+        for handle in round {
+            let text = handle.join().unwrap();
+            let mut parts = text.split_whitespace().map(|p| p.parse::<i32>().unwrap());
+            let (worker, importer) = (parts.next().unwrap(), parts.next().unwrap());
+            assert_eq!(
+                importer, master,
+                "the app was imported in {importer}, not the master"
+            );
+            assert!(
+                workers.contains(&worker),
+                "{worker} is not one of {workers:?}"
+            );
+            seen.insert(worker);
+        }
+    }
+    // Python threads work in the forked children (PyOS_AfterFork_Child ran).
+    for _ in 0..3 {
+        assert_eq!(ok(&get(addr, "/thread")).text(), "thread result 499500\n");
+    }
+}
+
+#[test]
+fn without_preload_each_worker_imports_the_app() {
+    let server = start_battery(&["-w", "1"], &[]);
+    let text = ok(&get(server.addr(), "/pid")).text();
+    let pids: Vec<i32> = text
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(
+        pids[0], pids[1],
+        "imported in {} but served by {}",
+        pids[1], pids[0]
+    );
+    assert_ne!(pids[0], server.pid());
+}

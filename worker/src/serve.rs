@@ -31,6 +31,9 @@ const SILENT_GRACE: Duration = Duration::from_secs(1);
 /// How long a poll that found no client queued stands in for a new one (see `accept_pending`).
 const QUIET_FRESH: Duration = Duration::from_millis(2);
 
+/// Least time between two logged accept failures.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Largest write buffer kept between responses.
 const WBUF_KEEP: usize = 64 * 1024;
 
@@ -47,6 +50,9 @@ pub(crate) struct Worker<'r> {
     wbuf: Vec<u8>,
     /// When a poll that covered the listeners last found none of them ready.
     listeners_quiet_at: Option<Instant>,
+    /// Accept failures since the last one logged, and when that was.
+    accept_errors: u64,
+    accept_error_logged: Option<Instant>,
 }
 
 /// A connection just accepted from `listeners[index]`.
@@ -127,6 +133,8 @@ impl<'r> Worker<'r> {
             rbuf: ReadBuf::new(),
             wbuf: Vec::new(),
             listeners_quiet_at: None,
+            accept_errors: 0,
+            accept_error_logged: None,
         }
     }
 
@@ -186,7 +194,7 @@ impl<'r> Worker<'r> {
                         // None left, another worker took it, or the client gave up while queued.
                         Err(e) if is_transient_accept_error(&e) => break,
                         Err(e) => {
-                            log::error!("accept on {} failed: {e}", listener.describe());
+                            self.log_accept_error(listener, &e);
                             self.pause(ACCEPT_BACKOFF)?;
                             break;
                         }
@@ -231,6 +239,25 @@ impl<'r> Worker<'r> {
             }
         }
         Ok(ready)
+    }
+
+    /// Log an accept failure (EMFILE, say), at most once every few seconds: it repeats ten times a
+    /// second for as long as the cause lasts.
+    fn log_accept_error(&mut self, listener: &Listener, e: &io::Error) {
+        self.accept_errors += 1;
+        if self
+            .accept_error_logged
+            .is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_EVERY)
+        {
+            return;
+        }
+        log::error!(
+            "accept on {} failed: {e} ({} time(s) since the last report)",
+            listener.describe(),
+            self.accept_errors
+        );
+        self.accept_errors = 0;
+        self.accept_error_logged = Some(Instant::now());
     }
 
     /// Sleep for `d` unless a signal arrives.
@@ -456,7 +483,7 @@ impl<'r> Worker<'r> {
                     Err(e) if is_transient_accept_error(&e) => {}
                     Err(e) => {
                         // Do not spin on a listener we cannot accept from; the wait goes on.
-                        log::error!("accept on {} failed: {e}", listeners[i].describe());
+                        self.log_accept_error(&listeners[i], &e);
                         watch_listeners = false;
                     }
                 }

@@ -409,3 +409,28 @@ pub fn parse_all_responses(mut bytes: &[u8]) -> Vec<Resp> {
     }
     out
 }
+
+/// The test virtualenv `<repo>/.venv` with Flask and Django (requirements/test.txt), made or
+/// refreshed by `scripts/python-env.sh` (idempotent and quick when up to date; once per test binary).
+pub fn test_venv() -> PathBuf {
+    static READY: std::sync::OnceLock<Result<PathBuf, String>> = std::sync::OnceLock::new();
+    READY
+        .get_or_init(|| {
+            let venv = repo_root().join(".venv");
+            let out = Command::new("bash")
+                .arg(repo_root().join("scripts/python-env.sh"))
+                .arg(&venv)
+                .output()
+                .map_err(|e| format!("running scripts/python-env.sh: {e}"))?;
+            if !out.status.success() {
+                return Err(format!(
+                    "scripts/python-env.sh failed ({}):\n{}",
+                    out.status,
+                    String::from_utf8_lossy(&out.stderr)
+                ));
+            }
+            Ok(venv)
+        })
+        .clone()
+        .unwrap_or_else(|e| panic!("{e}"))
+}

@@ -1,0 +1,32 @@
+from django.db import connection
+from django.http import HttpResponse, JsonResponse
+from django.shortcuts import render
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_POST
+
+from .models import Note
+
+
+def index(request):
+    notes = Note.objects.order_by("id")
+    return render(request, "notes/index.html", {"notes": notes, "vendor": connection.vendor})
+
+
+@csrf_exempt
+@require_POST
+def add(request):
+    text = request.POST.get("text", "").strip()
+    if not text:
+        return HttpResponse("missing form field 'text'\n", status=400)
+    note = Note.objects.create(text=text)
+    return HttpResponse(f"created note {note.id}: {note.text}\n", status=201)
+
+
+def count(request):
+    return JsonResponse({"count": Note.objects.count()})
+
+
+@require_POST
+def protected(request):
+    # Not csrf_exempt: without a CSRF token Django's middleware answers 403 first.
+    return HttpResponse("unreachable without a CSRF token\n")

@@ -9,11 +9,12 @@ POST /upload      multipart file `file`: its size and sha256 (werkzeug parses ws
 import hashlib
 import os
 import sqlite3
+import tempfile
 
 from flask import Flask, jsonify, render_template, request
 
 app = Flask(__name__)
-DB = os.environ.get("FLASK_DEMO_DB", os.path.join(os.path.dirname(__file__), "demo.sqlite3"))
+DB = os.environ.get("FLASK_DEMO_DB", os.path.join(tempfile.gettempdir(), "ferrocorn-flask-demo.sqlite3"))
 
 
 def db():

@@ -1,6 +1,7 @@
 """Settings of the Django project ferrocorn's tests serve (`--chdir tests/apps/django_demo mysite.wsgi`)."""
 
 import os
+import tempfile
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -31,7 +32,9 @@ TEMPLATES = [
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": os.environ.get("DJANGO_DEMO_DB", str(BASE_DIR / "db.sqlite3")),
+        "NAME": os.environ.get(
+            "DJANGO_DEMO_DB", os.path.join(tempfile.gettempdir(), "ferrocorn-django-demo.sqlite3")
+        ),
     }
 }
 

@@ -501,3 +501,120 @@ pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, Error> {
             .ok_or(Error::BadRequest("Content-Length overflows"))
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Each call looks only at bytes it has not seen: after every partial call the scan position
+    /// is at the end of the buffer (or on a final CR whose LF has not arrived).
+    #[test]
+    fn scanning_resumes_where_it_stopped() {
+        let raw = b"GET /x HTTP/1.1\r\nHost: a\r\nX-Long: 0123456789\r\n\r\n";
+        let limits = Limits::default();
+        let mut p = HeadParser::new();
+        let mut last = 0;
+        for end in 1..raw.len() {
+            assert_eq!(p.parse(&raw[..end], &limits).unwrap(), Parsed::Partial);
+            let expect = if raw[end - 1] == b'\r' { end - 1 } else { end };
+            assert_eq!(p.scanned, expect, "at {end}");
+            assert!(p.scanned >= last);
+            last = p.scanned;
+        }
+        assert!(matches!(p.parse(raw, &limits).unwrap(), Parsed::Complete(_, n) if n == raw.len()));
+    }
+
+    fn parse_all(raw: &[u8], limits: &Limits, map: HeaderMap) -> Result<RequestHead, Error> {
+        match HeadParser::with_header_map(map).parse(raw, limits)? {
+            Parsed::Complete(h, _) => Ok(h),
+            Parsed::Partial => panic!("partial"),
+        }
+    }
+
+    #[test]
+    fn limits_are_exact() {
+        let limits = Limits {
+            request_line: 20,
+            fields: 2,
+            field_size: 10,
+            body: None,
+        };
+        // "GET /123456 HTTP/1.0" is 20 bytes.
+        assert!(parse_all(b"GET /123456 HTTP/1.0\r\n\r\n", &limits, HeaderMap::Drop).is_ok());
+        let e = parse_all(b"GET /1234567 HTTP/1.0\r\n\r\n", &limits, HeaderMap::Drop);
+        assert_eq!(e.unwrap_err(), Error::UriTooLong);
+        // "A: 123456" + CRLF is 11 bytes, one over.
+        let ok = b"GET / HTTP/1.0\r\nA: 12345\r\nB: 1\r\n\r\n";
+        assert!(parse_all(ok, &limits, HeaderMap::Drop).is_ok());
+        let e = parse_all(
+            b"GET / HTTP/1.0\r\nA: 123456\r\n\r\n",
+            &limits,
+            HeaderMap::Drop,
+        );
+        assert_eq!(e.unwrap_err().status(), 431);
+        let e = parse_all(
+            b"GET / HTTP/1.0\r\nA: 1\r\nB: 1\r\nC: 1\r\n\r\n",
+            &limits,
+            HeaderMap::Drop,
+        );
+        assert_eq!(e.unwrap_err().status(), 431);
+        // 0 means gunicorn's maxima, never unbounded.
+        let zero = Limits {
+            request_line: 0,
+            fields: 0,
+            field_size: 0,
+            body: None,
+        };
+        let long = format!("GET /{} HTTP/1.0\r\n\r\n", "a".repeat(9000));
+        assert_eq!(
+            parse_all(long.as_bytes(), &zero, HeaderMap::Drop).unwrap_err(),
+            Error::UriTooLong
+        );
+    }
+
+    #[test]
+    fn leading_empty_lines_are_tolerated_but_bounded() {
+        let limits = Limits::default();
+        let (h, n) = match HeadParser::new().parse(b"\r\n\r\nGET / HTTP/1.0\r\n\r\n", &limits) {
+            Ok(Parsed::Complete(h, n)) => (h, n),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!((h.method(), n), ("GET", 22));
+        let many = b"\r\n\r\n\r\n\r\n\r\nGET / HTTP/1.0\r\n\r\n";
+        assert!(HeadParser::new().parse(many, &limits).is_err());
+    }
+
+    #[test]
+    fn header_map_policies() {
+        let raw = b"GET / HTTP/1.0\r\nContent_Length: 5\r\nX-A: 1\r\n\r\n";
+        let l = Limits::default();
+        let names = |h: RequestHead| h.headers().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
+        assert_eq!(names(parse_all(raw, &l, HeaderMap::Drop).unwrap()), ["X-A"]);
+        assert_eq!(
+            names(parse_all(raw, &l, HeaderMap::Dangerous).unwrap()),
+            ["Content_Length", "X-A"]
+        );
+        assert_eq!(
+            parse_all(raw, &l, HeaderMap::Refuse).unwrap_err().status(),
+            400
+        );
+        // Dangerous keeps the name, but it never counts as Content-Length.
+        let h = parse_all(raw, &l, HeaderMap::Dangerous).unwrap();
+        assert_eq!(h.framing(), BodyFraming::Empty);
+    }
+
+    #[test]
+    fn a_bad_request_line_is_refused_before_the_head_ends() {
+        let limits = Limits::default();
+        for raw in [
+            &b"GET / FTP/1.1\r\n"[..],
+            b"GE T / HTTP/1.1\r\n",
+            b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n",
+        ] {
+            assert_eq!(
+                HeadParser::new().parse(raw, &limits).unwrap_err().status(),
+                400
+            );
+        }
+    }
+}

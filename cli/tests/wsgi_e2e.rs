@@ -452,6 +452,9 @@ fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
     for _ in 0..3 {
         assert_eq!(ok(&get(addr, "/thread")).text(), "thread result 499500\n");
     }
+    // gc.freeze() ran before the fork: the preloaded objects sit in the permanent generation.
+    let frozen: u64 = ok(&get(addr, "/gc_frozen")).text().trim().parse().unwrap();
+    assert!(frozen > 1000, "only {frozen} objects frozen");
 }
 
 #[test]
@@ -468,4 +471,6 @@ fn without_preload_each_worker_imports_the_app() {
         pids[1], pids[0]
     );
     assert_ne!(pids[0], server.pid());
+    let frozen = ok(&get(server.addr(), "/gc_frozen")).text();
+    assert_eq!(frozen, "0\n", "gc.freeze() without --preload");
 }

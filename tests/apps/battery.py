@@ -5,6 +5,7 @@ Every app except the deliberately broken ones (/broken/...) runs inside
 server (or the app) fails the request with a 500 and a traceback in the log.
 """
 
+import gc
 import hashlib
 import io
 import json
@@ -201,6 +202,11 @@ def pid(environ, start_response):
     return text(start_response, b"%d %d\n" % (os.getpid(), IMPORT_PID))
 
 
+def gc_frozen(environ, start_response):
+    """Objects moved to the permanent generation by gc.freeze() (done before fork with --preload)."""
+    return text(start_response, b"%d\n" % gc.get_freeze_count())
+
+
 def thread(environ, start_response):
     """Start and join a Python thread: needs the GIL free and threading sane after fork."""
     out = []
@@ -248,6 +254,7 @@ ROUTES = {
     "/closing": closing,
     "/pid": pid,
     "/thread": thread,
+    "/gc_frozen": gc_frozen,
 }
 ROUTES = {path: validator(func) for path, func in ROUTES.items()}
 ROUTES.update(

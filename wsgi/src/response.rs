@@ -300,7 +300,6 @@ impl Responder {
         headers: &Bound<'py, PyAny>,
         exc_info: Option<&Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let py = slf.py();
         {
             let mut this = slf.borrow_mut();
             this.sink()?;
@@ -355,7 +354,6 @@ impl Responder {
             this.headers = headers;
             this.content_length = content_length;
         }
-        let _ = py;
         slf.getattr("write")
     }
 

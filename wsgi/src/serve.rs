@@ -58,25 +58,22 @@ pub fn serve(
         r.detach();
         (r.bad.take(), r.failed.take())
     };
+    let Err(outcome) = outcome else { return Ok(()) };
+    // The connection failed under the app: nobody to answer, and not the app's fault.
+    if let Some(e) = sink_failure {
+        return Err(e);
+    }
+    if let Some(e) = input_error {
+        log::debug!("reading the body of {} failed: {e}", info.target);
+        return Err(AppError::Io(e));
+    }
     match outcome {
-        Ok(()) => Ok(()),
-        // The connection failed under the app: nobody to answer, not the app's fault.
-        Err(_) if sink_failure.is_some() => {
-            Err(sink_failure.unwrap_or(AppError::Failed(String::new())))
-        }
-        Err(_) if input_error.is_some() => {
-            let e = input_error.expect("checked");
-            log::debug!("reading the body of {} failed: {e}", info.target);
-            Err(AppError::Io(e))
-        }
-        Err(Outcome::App(AppError::BadResponse(m))) => Err(bad_response(info, bad.unwrap_or(m))),
-        Err(Outcome::App(AppError::Io(e))) => {
-            log::debug!("writing the response to {} failed: {e}", info.target);
-            Err(AppError::Io(e))
-        }
-        Err(Outcome::App(e)) => Err(e),
-        Err(Outcome::Python(_)) if bad.is_some() => Err(bad_response(info, bad.expect("checked"))),
-        Err(Outcome::Python(e)) => Err(failed(py, info, &e)),
+        Outcome::App(AppError::BadResponse(m)) => Err(bad_response(info, bad.unwrap_or(m))),
+        Outcome::App(e) => Err(e),
+        // The app raised because its response was invalid (our TypeError/ValueError), or the
+        // app swallowed that error and raised something else: the response is at fault.
+        Outcome::Python(_) if bad.is_some() => Err(bad_response(info, bad.unwrap_or_default())),
+        Outcome::Python(e) => Err(failed(py, info, &e)),
     }
 }
 

@@ -156,7 +156,7 @@ fn environ_seen_by_the_app() {
     assert!(json.contains("\"wsgi.multiprocess\": true"), "{json}");
     assert!(json.contains("\"wsgi.version\": [1, 0]"), "{json}");
 
-    // Percent-decoded PATH_INFO (a 404 from the router proves the decoded path reached it).
+    // PATH_INFO is percent-decoded: "/%65nviron" reaches the app's "/environ" route.
     let resp = get(addr, "/%65nviron");
     assert_eq!(ok(&resp).header("content-type"), Some("application/json"));
 }
@@ -473,4 +473,51 @@ fn without_preload_each_worker_imports_the_app() {
     assert_ne!(pids[0], server.pid());
     let frozen = ok(&get(server.addr(), "/gc_frozen")).text();
     assert_eq!(frozen, "0\n", "gc.freeze() without --preload");
+}
+
+#[test]
+fn close_is_called_when_the_client_disconnects_mid_stream() {
+    let mut server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    let before: u64 = ok(&get(addr, "/closed")).text().trim().parse().unwrap();
+    {
+        let mut s = connect(addr);
+        s.write_all(b"GET /stream?n=2000&delay=0.002 HTTP/1.1\r\nHost: t\r\n\r\n")
+            .unwrap();
+        let mut first = [0u8; 64];
+        let n = s.read(&mut first).unwrap();
+        assert!(
+            n > 0 && first.starts_with(b"HTTP/1.1 200 OK"),
+            "{:?}",
+            &first[..n]
+        );
+        // Dropped here: the worker's next writes fail.
+    }
+    server.wait_for_log("connection error during GET /stream", BOOT_TIMEOUT);
+    // The same (only) worker answers, after it finished with the broken stream.
+    let after: u64 = ok(&get(addr, "/closed")).text().trim().parse().unwrap();
+    assert_eq!(after, before + 1, "the generator was not closed");
+}
+
+#[test]
+fn keep_alive_requests_share_a_connection_even_when_the_app_skips_the_body() {
+    let server = start_battery(&["-w", "1"], &[]);
+    // "/" never reads wsgi.input: the server must skip the body to find the next request.
+    let bytes = raw_exchange(
+        server.addr(),
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 12\r\n\r\nignored bodyGET /write HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /sendfile?mem=1 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    let text = String::from_utf8_lossy(&bytes);
+    let responses = parse_all_responses(&bytes);
+    assert!(responses.len() >= 2, "{text}");
+    assert_eq!(responses[0].body, b"Hello, World!\n", "{text}");
+    assert_eq!(
+        responses[1].text(),
+        "written 1\nwritten 2\nreturned\n",
+        "{text}"
+    );
+    // The HEAD response ends the stream without a body.
+    assert!(text.ends_with("\r\n\r\n"), "{text}");
+    assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
 }

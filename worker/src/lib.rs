@@ -67,11 +67,13 @@ pub struct ServerAddr {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub limits: Limits,
-    /// `--keep-alive`: how long an idle keep-alive connection may wait for its next request.
+    /// `--keep-alive`: how long an idle keep-alive connection may wait for its next request
+    /// (zero: every response says `Connection: close`).
     pub keepalive: Duration,
-    /// `--header-timeout`: the whole request head must arrive within this.
+    /// `--header-timeout`: the whole request head must arrive within this, counted from the
+    /// connection's start or, on a kept-alive connection, from the request's first byte.
     pub header_timeout: Duration,
-    /// Per read/write timeout once a request is under way.
+    /// Longest wait for a single read or write once a request is under way.
     pub io_timeout: Duration,
     /// `--max-requests` (0 = never): exit after this many requests so the arbiter replaces us.
     pub max_requests: u64,
@@ -95,7 +97,8 @@ impl Default for WorkerConfig {
 /// Why the worker loop returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Exit {
-    /// Asked to stop (signal) and finished the request in hand.
+    /// Asked to stop: gracefully (SIGTERM, after the request in hand) or at once (SIGINT/SIGQUIT,
+    /// between requests).
     Stopped,
     /// Served `max_requests`.
     MaxRequests,
@@ -137,7 +140,8 @@ pub fn run_with(
 /// real one (SIGTERM → `Stopping`, SIGINT/SIGQUIT → `Exit`).
 pub trait Control {
     fn state(&self) -> WorkerState;
-    /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets.
+    /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets. It
+    /// must stay open for as long as the worker loop runs.
     fn wake_fd(&self) -> RawFd;
     /// Drain the wake fd after it was reported readable.
     fn clear_wake(&self);

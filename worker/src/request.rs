@@ -241,7 +241,8 @@ impl BodyState {
         self.is_done()
     }
 
-    /// Whether reading was ever attempted past a 100-continue wait: bytes may still be in flight.
+    /// Whether the client may still be sending body bytes we will not read (so closing should
+    /// linger rather than reset the connection).
     pub(crate) fn unread_may_follow(&self) -> bool {
         !self.is_done() || self.failed().is_some()
     }

@@ -272,8 +272,8 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Wait for `sock` until `deadline`, heartbeating every second. `Ok(false)`: a signal asked to
-    /// stop waiting (per `interrupt`).
+    /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: a signal asked
+    /// to stop waiting (which ones, per `interrupt`).
     fn wait_sock(
         &mut self,
         sock: &Sock<'_>,

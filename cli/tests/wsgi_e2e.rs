@@ -521,3 +521,33 @@ fn keep_alive_requests_share_a_connection_even_when_the_app_skips_the_body() {
     assert!(text.ends_with("\r\n\r\n"), "{text}");
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 3, "{text}");
 }
+
+#[test]
+fn python_threads_run_while_the_worker_waits_for_connections() {
+    let apps = apps_dir();
+    let mut server = Server::start_in(
+        &["--chdir", apps.to_str().unwrap(), "ticker:app"],
+        &repo_root(),
+        &[],
+    );
+    server.wait_for_workers(1);
+    // No request at all: the ticker thread only runs if the worker released the GIL.
+    server.wait_for_log("ticker tick 5", BOOT_TIMEOUT);
+    assert_eq!(get(server.addr(), "/").text(), "ok\n");
+    let seen = server.wait_for_log("ticker tick", BOOT_TIMEOUT);
+    let n: u32 = seen.rsplit(' ').next().unwrap().parse().unwrap();
+    assert!(n > 5, "{seen}");
+}
+
+#[test]
+fn chdir_and_comma_separated_pythonpath_find_modules() {
+    // --chdir alone puts the directory first on sys.path.
+    let server = Server::start_in(&["--chdir", "tests/apps", "battery:app"], &repo_root(), &[]);
+    assert_eq!(get(server.addr(), "/").text(), "Hello, World!\n");
+    drop(server);
+    // Both entries of a comma-separated --pythonpath are searched.
+    let flask_dir = repo_root().join("tests/apps/flask_demo");
+    let paths = format!("{},{}", flask_dir.display(), apps_dir().display());
+    let server = Server::start_in(&["--pythonpath", &paths, "ticker:app"], &repo_root(), &[]);
+    assert_eq!(get(server.addr(), "/").text(), "ok\n");
+}

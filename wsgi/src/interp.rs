@@ -99,6 +99,9 @@ fn start(executable: Option<&Path>) -> Result<(), LoadError> {
     // The worker and arbiter handle signals themselves.
     config.0.install_signal_handlers = 0;
     config.0.parse_argv = 0;
+    // Like PYTHONUNBUFFERED: app output reaches the log at once, and none is left in a buffer
+    // when a worker exits without finalizing Python.
+    config.0.buffered_stdio = 0;
     if let Some(exe) = executable {
         let exe = CString::new(exe.as_os_str().as_bytes())
             .map_err(|_| LoadError::Init(format!("{} contains a NUL byte", exe.display())))?;
@@ -185,4 +188,27 @@ pub fn after_fork_child() {
         ffi::PyOS_AfterFork_Child();
         ffi::PyGILState_Release(state);
     }
+}
+
+/// See [`crate::before_exit`].
+pub fn before_exit() {
+    if STARTED.lock().unwrap_or_else(|e| e.into_inner()).is_none() || !is_initialized() {
+        return;
+    }
+    Python::attach(|py| {
+        // Python is never finalized (the process just exits), so run what finalization would.
+        let run = py
+            .import("atexit")
+            .and_then(|m| m.call_method0("_run_exitfuncs"));
+        if let Err(e) = run {
+            log::error!("atexit callbacks failed: {e}");
+        }
+        if let Ok(sys) = py.import("sys") {
+            for name in ["stdout", "stderr"] {
+                if let Ok(stream) = sys.getattr(name) {
+                    let _ = stream.call_method0("flush");
+                }
+            }
+        }
+    });
 }

@@ -254,3 +254,10 @@ pub fn after_fork_parent() {
 pub fn after_fork_child() {
     interp::after_fork_child()
 }
+
+/// Run Python's `atexit` callbacks and flush `sys.stdout`/`sys.stderr`: call once in a process
+/// that loaded an app (a worker, or a master with `--preload`) just before it exits, since the
+/// interpreter is never finalized. No-op if Python was never initialized here.
+pub fn before_exit() {
+    interp::before_exit()
+}

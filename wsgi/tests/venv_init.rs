@@ -46,7 +46,10 @@ fn interpreter_uses_the_virtualenv() {
         assert_eq!(PathBuf::from(&prefix), venv, "sys.prefix is the venv");
         assert_ne!(prefix, base_prefix, "base_prefix is the real installation");
         let path: Vec<String> = sys.getattr("path").unwrap().extract().unwrap();
-        assert!(path.iter().any(|p| std::path::Path::new(p) == site), "{path:?}");
+        assert!(
+            path.iter().any(|p| std::path::Path::new(p) == site),
+            "{path:?}"
+        );
         // The stdlib still comes from the base installation.
         py.import("json").unwrap();
     });

@@ -117,17 +117,19 @@ pub fn parse_status(status: &str) -> Result<(u16, String), String> {
     Ok((code, reason.to_string()))
 }
 
+/// The Python type name of `obj`, for messages.
+pub(crate) fn type_name(obj: &Bound<'_, PyAny>) -> String {
+    obj.get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_default()
+}
+
 /// A native string as latin-1 bytes, or why it is not one.
 fn latin1_bytes(s: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u8>, String> {
-    let s = s.cast::<PyString>().map_err(|_| {
-        format!(
-            "{what} must be str, not {}",
-            s.get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
-        )
-    })?;
+    let s = s
+        .cast::<PyString>()
+        .map_err(|_| format!("{what} must be str, not {}", type_name(s)))?;
     let s = s.to_cow().map_err(|e| format!("{what}: {e}"))?;
     s.chars()
         .map(|c| u8::try_from(u32::from(c)).map_err(|_| format!("{what} {s:?} is not latin-1")))
@@ -143,11 +145,7 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> Result<Headers, String> {
     if !headers.is_instance_of::<pyo3::types::PyList>() {
         return Err(format!(
             "response headers must be a list, not {}",
-            headers
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default()
+            type_name(headers)
         ));
     }
     let mut out = Vec::new();
@@ -319,14 +317,7 @@ impl Responder {
             let status = match status.cast::<PyString>() {
                 Ok(s) => s.to_cow()?.into_owned(),
                 Err(_) => {
-                    let msg = format!(
-                        "status must be str, not {}",
-                        status
-                            .get_type()
-                            .name()
-                            .map(|n| n.to_string())
-                            .unwrap_or_default()
-                    );
+                    let msg = format!("status must be str, not {}", type_name(status));
                     this.bad.get_or_insert(msg.clone());
                     return Err(PyTypeError::new_err(msg));
                 }
@@ -360,13 +351,7 @@ impl Responder {
     /// The `write()` callable: send bytes now.
     fn write(&mut self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
         let bytes = data.cast::<PyBytes>().map_err(|_| {
-            let msg = format!(
-                "write() takes bytes, not {}",
-                data.get_type()
-                    .name()
-                    .map(|n| n.to_string())
-                    .unwrap_or_default()
-            );
+            let msg = format!("write() takes bytes, not {}", type_name(data));
             self.bad.get_or_insert(msg.clone());
             PyTypeError::new_err(msg)
         })?;

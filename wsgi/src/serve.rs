@@ -13,7 +13,7 @@ use ferrocorn_worker::AppError;
 
 use crate::environ::{build_environ, RequestInfo};
 use crate::format_traceback;
-use crate::response::{FileWrapper, Responder, ResponseSink, SinkPtr};
+use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
 
 /// Serve one request with `app`. Logs what went wrong (tracebacks, invalid responses) itself.
@@ -131,11 +131,7 @@ fn send_result(
     for item in result.try_iter().map_err(Outcome::Python)? {
         let item = item.map_err(Outcome::Python)?;
         let Ok(bytes) = item.cast::<PyBytes>() else {
-            let kind = item
-                .get_type()
-                .name()
-                .map(|n| n.to_string())
-                .unwrap_or_default();
+            let kind = type_name(&item);
             return Err(Outcome::App(AppError::BadResponse(format!(
                 "the response iterable yielded {kind}, not bytes"
             ))));

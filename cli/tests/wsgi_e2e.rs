@@ -551,3 +551,15 @@ fn chdir_and_comma_separated_pythonpath_find_modules() {
     let server = Server::start_in(&["--pythonpath", &paths, "ticker:app"], &repo_root(), &[]);
     assert_eq!(get(server.addr(), "/").text(), "ok\n");
 }
+
+#[test]
+fn a_declared_content_length_is_never_exceeded() {
+    let server = start_battery(&[], &[]);
+    let bytes = raw_exchange(server.addr(), b"GET /overlong HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let responses = parse_all_responses(&bytes);
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(responses.len(), 2, "{text}");
+    assert_eq!(responses[0].body, b"01234", "{text}");
+    assert!(!text.contains("56789"), "{text}");
+    assert_eq!(responses[1].body, b"Hello, World!\n", "{text}");
+}

@@ -202,6 +202,12 @@ def pid(environ, start_response):
     return text(start_response, b"%d %d\n" % (os.getpid(), IMPORT_PID))
 
 
+def overlong(environ, start_response):
+    """Declares 5 bytes but returns 10: only the declared 5 may be sent."""
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "5")])
+    return [b"01234", b"56789"]
+
+
 def gc_frozen(environ, start_response):
     """Objects moved to the permanent generation by gc.freeze() (done before fork with --preload)."""
     return text(start_response, b"%d\n" % gc.get_freeze_count())
@@ -255,6 +261,7 @@ ROUTES = {
     "/pid": pid,
     "/thread": thread,
     "/gc_frozen": gc_frozen,
+    "/overlong": overlong,
 }
 ROUTES = {path: validator(func) for path, func in ROUTES.items()}
 ROUTES.update(

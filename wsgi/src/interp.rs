@@ -90,6 +90,23 @@ fn status_error(what: &str, status: ffi::PyStatus) -> LoadError {
     LoadError::Init(format!("{what}: {msg}"))
 }
 
+/// `sys.argv` = this process's command line, as gunicorn's apps see gunicorn's (not parsed).
+fn set_argv(config: &mut Config) -> Result<(), LoadError> {
+    let args: Vec<CString> = std::env::args_os()
+        .filter_map(|a| CString::new(a.as_bytes()).ok())
+        .collect();
+    let mut ptrs: Vec<*const std::ffi::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    let len = ffi::Py_ssize_t::try_from(ptrs.len()).unwrap_or(0);
+    // SAFETY: the config is initialized; ptrs holds `len` NUL-terminated strings that outlive
+    // the call (Python copies them).
+    let status = unsafe { ffi::PyConfig_SetBytesArgv(&mut *config.0, len, ptrs.as_mut_ptr()) };
+    // SAFETY: plain inspection of a status value.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
+        return Err(status_error("setting sys.argv", status));
+    }
+    Ok(())
+}
+
 fn start(executable: Option<&Path>) -> Result<(), LoadError> {
     // SAFETY: PyConfig is a plain C struct; all-zero is a valid value for
     // PyConfig_InitPythonConfig to overwrite.
@@ -102,6 +119,7 @@ fn start(executable: Option<&Path>) -> Result<(), LoadError> {
     // Like PYTHONUNBUFFERED: app output reaches the log at once, and none is left in a buffer
     // when a worker exits without finalizing Python.
     config.0.buffered_stdio = 0;
+    set_argv(&mut config)?;
     if let Some(exe) = executable {
         let exe = CString::new(exe.as_os_str().as_bytes())
             .map_err(|_| LoadError::Init(format!("{} contains a NUL byte", exe.display())))?;

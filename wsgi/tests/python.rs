@@ -743,3 +743,18 @@ fn wsgi_errors_accepts_text() {
             .is_err());
     });
 }
+
+#[test]
+fn sys_argv_is_the_process_command_line() {
+    battery();
+    let argv: Vec<String> = Python::attach(|py| {
+        py.import("sys")
+            .unwrap()
+            .getattr("argv")
+            .unwrap()
+            .extract()
+            .unwrap()
+    });
+    let ours: Vec<String> = std::env::args().collect();
+    assert_eq!(argv, ours);
+}

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # Create or refresh the test virtualenv (default <repo>/.venv) with the Python ferrocorn is built
 # against and the packages in requirements/test.txt. Idempotent and quick when up to date: the
-# requirements' hash is recorded in the venv. Usage: scripts/python-env.sh [VENV_DIR]
+# requirements' hash is recorded in the venv.
+# Usage: scripts/python-env.sh [VENV_DIR [REQUIREMENTS_FILE]]  (defaults: .venv, requirements/test.txt)
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 venv="${1:-$root/.venv}"
-req="$root/requirements/test.txt"
+req="${2:-$root/requirements/test.txt}"
 python="${PYO3_PYTHON:-python3.11}"
 stamp="$venv/.requirements.sha256"
-want="$( (sha256sum "$req"; "$python" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)"
+want="$( (sha256sum < "$req"; "$python" -c 'import sys; print(sys.version)') | sha256sum | cut -d' ' -f1)"
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     exit 0
 fi

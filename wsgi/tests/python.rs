@@ -758,3 +758,38 @@ fn sys_argv_is_the_process_command_line() {
     let ours: Vec<String> = std::env::args().collect();
     assert_eq!(argv, ours);
 }
+
+#[test]
+fn a_body_cut_short_is_an_io_error_not_the_apps_fault() {
+    /// Gives some bytes, then fails like a client that went away mid-body.
+    struct CutShort(usize);
+    impl Read for CutShort {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0 == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "client closed mid-body",
+                ));
+            }
+            let n = buf.len().min(self.0);
+            buf[..n].fill(b'x');
+            self.0 -= n;
+            Ok(n)
+        }
+    }
+    let req = Req {
+        method: "POST",
+        target: "/upload",
+        headers: vec![("Content-Length", b"1000000")],
+    };
+    let mut sink = Recorder::default();
+    let r = run_with(&battery(), req, &mut CutShort(100_000), &mut sink);
+    match r {
+        Err(AppError::Io(e)) => assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof, "{e}"),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        sink.starts.is_empty(),
+        "nothing may be answered to a broken request"
+    );
+}

@@ -212,6 +212,31 @@ proptest! {
     }
 
     #[test]
+    fn split_and_whole_agree_on_near_misses(
+        s in spec(),
+        edits in prop::collection::vec((any::<usize>(), any::<u8>()), 0..3),
+        cut in any::<usize>(),
+    ) {
+        // Valid or not, a head fed in two pieces is judged exactly as when fed at once.
+        let mut data = serialize(&s);
+        for (at, b) in edits {
+            let at = at % data.len();
+            data[at] = b;
+        }
+        let limits = Limits::default();
+        let cut = cut % (data.len() + 1);
+        let mut p = HeadParser::new();
+        let first = p.parse(&data[..cut], &limits);
+        let whole = HeadParser::new().parse(&data, &limits);
+        match first {
+            Ok(Parsed::Partial) => prop_assert_eq!(p.parse(&data, &limits), whole),
+            // Refused early: the whole input is refused for the same reason.
+            Err(e) => prop_assert_eq!(whole, Err(e)),
+            Ok(complete) => prop_assert_eq!(Ok(complete), whole),
+        }
+    }
+
+    #[test]
     fn chunked_decoder_never_panics(data in prop::collection::vec(any::<u8>(), 0..600), cuts in prop::collection::vec(any::<usize>(), 0..6)) {
         let limits = Limits { body: Some(1000), ..Limits::default() };
         let mut d = BodyDecoder::new(BodyFraming::Chunked, &limits);

@@ -163,8 +163,12 @@ fn try_sendfile(
     else {
         return Ok(false);
     };
-    // SAFETY: `fd` is open: the file object that owns it is alive (we hold a reference) for the
-    // whole use below, and ManuallyDrop keeps this File from closing it.
+    if fd < 0 {
+        return Ok(false);
+    }
+    // SAFETY: `fd` is the descriptor of the file object, which stays alive (we hold a reference)
+    // for the whole use below, and ManuallyDrop keeps this File from closing it. Should the
+    // object lie about its descriptor, we only fstat and read it, and EBADF ends that.
     let file = ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
     let Ok(meta) = file.metadata() else {
         return Ok(false);

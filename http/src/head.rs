@@ -12,7 +12,7 @@ use crate::uri::{check_host_header, parse_target};
 
 /// Empty lines tolerated before a request line (RFC 9112 §2.2 says "at least one"; a client
 /// that sends more is broken or probing).
-const MAX_LEADING_EMPTY_LINES: usize = 4;
+pub(crate) const MAX_LEADING_EMPTY_LINES: usize = 4;
 
 /// What to do with header fields whose name contains `_`: under CGI/WSGI naming
 /// `Content_Length` and `Content-Length` would collide, which is a smuggling vector.
@@ -570,6 +570,31 @@ mod tests {
             parse_all(long.as_bytes(), &zero, HeaderMap::Drop).unwrap_err(),
             Error::UriTooLong
         );
+    }
+
+    #[test]
+    fn max_head_len_bounds_what_the_parser_accepts() {
+        let zero = Limits {
+            request_line: 0,
+            fields: 0,
+            field_size: 0,
+            body: None,
+        };
+        assert_eq!(zero.max_head_len(), 8 + 8190 + 2 + 32768 * 8190 + 2);
+        let l = Limits {
+            request_line: 30,
+            fields: 2,
+            field_size: 12,
+            body: None,
+        };
+        assert_eq!(l.max_head_len(), 8 + 30 + 2 + 2 * 12 + 2);
+        // The largest head these limits accept is exactly that long.
+        let head = format!(
+            "\r\n\r\n\r\n\r\nGET /{} HTTP/1.0\r\nA: 1234567\r\nB: 1234567\r\n\r\n",
+            "a".repeat(30 - 14)
+        );
+        assert_eq!(head.len(), l.max_head_len());
+        assert!(parse_all(head.as_bytes(), &l, HeaderMap::Drop).is_ok());
     }
 
     #[test]

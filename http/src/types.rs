@@ -34,6 +34,15 @@ impl Default for Limits {
 }
 
 impl Limits {
+    /// The most bytes a head can take under these limits (tolerated empty lines, request line,
+    /// every field line, the blank line): a reader never needs to buffer more than this before
+    /// the parser has either completed the head or refused it.
+    pub fn max_head_len(&self) -> usize {
+        let leading = 2 * crate::head::MAX_LEADING_EMPTY_LINES;
+        let fields = self.fields().saturating_mul(self.field_size());
+        leading + self.request_line() + 2 + fields + 2
+    }
+
     pub(crate) fn request_line(&self) -> usize {
         if self.request_line == 0 || self.request_line > MAX_REQUEST_LINE {
             MAX_REQUEST_LINE

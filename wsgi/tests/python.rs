@@ -793,3 +793,48 @@ fn a_body_cut_short_is_an_io_error_not_the_apps_fault() {
         "nothing may be answered to a broken request"
     );
 }
+
+#[test]
+fn other_threads_cannot_touch_the_request() {
+    battery();
+    let app = Python::attach(|py| {
+        let code = c"
+import threading
+
+def app(environ, start_response):
+    errors = []
+    def poke():
+        for call in (lambda: environ['wsgi.input'].read(1),
+                     lambda: start_response('200 OK', [])):
+            try:
+                call()
+                errors.append('allowed')
+            except RuntimeError as e:
+                errors.append(str(e))
+    t = threading.Thread(target=poke)
+    t.start()
+    t.join()
+    start_response('200 OK', [('Content-Type', 'text/plain')])
+    return ['\\n'.join(errors).encode()]
+";
+        let m = pyo3::types::PyModule::from_code(py, code, c"threads.py", c"threads").unwrap();
+        m.getattr("app").unwrap().unbind()
+    });
+    let app = WsgiApp::from_object(app).unwrap();
+    let req = Req {
+        method: "POST",
+        target: "/",
+        headers: vec![("Content-Length", b"3")],
+    };
+    let (r, s) = run(&app, req, b"abc");
+    r.unwrap();
+    let text = s.text();
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(
+        lines
+            .iter()
+            .all(|l| l.contains("outside the thread serving the request")),
+        "{text}"
+    );
+}

@@ -13,6 +13,9 @@
 //! it, or call [`load`] again with the same config, which returns the already loaded app instead
 //! of importing anew.
 //!
+//! Python is never finalized (processes just exit): call [`before_exit`] in a process that loaded
+//! an app before it exits, to run `atexit` callbacks.
+//!
 //! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
 //! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
 

@@ -517,7 +517,8 @@ fn an_idle_keep_alive_connection_is_closed_after_keep_alive_seconds() {
 struct Vector {
     name: String,
     data: Vec<u8>,
-    has_cfg: bool,
+    /// gunicorn settings the `.py` makes (`cfg.set(key, value)`).
+    cfg: Vec<(String, String)>,
     requests: Vec<(String, String, String, Vec<u8>)>,
 }
 
@@ -549,11 +550,15 @@ fn load_vectors() -> Vec<Vector> {
             "VECTOR" => all.push(Vector {
                 name: format!("{}/{}", f[1], f[2]),
                 data: Vec::new(),
-                has_cfg: false,
+                cfg: Vec::new(),
                 requests: Vec::new(),
             }),
             "DATA" => all.last_mut().unwrap().data = h(f[1]),
-            "CFG" => all.last_mut().unwrap().has_cfg = true,
+            "CFG" => all
+                .last_mut()
+                .unwrap()
+                .cfg
+                .push((f[1].to_string(), String::from_utf8(h(f[2])).unwrap())),
             "REQUEST" => all.last_mut().unwrap().requests.push(Default::default()),
             "METHOD" => {
                 all.last_mut().unwrap().requests.last_mut().unwrap().0 =
@@ -572,8 +577,7 @@ fn load_vectors() -> Vec<Vector> {
 }
 
 /// What our parser makes of a vector, request by request, like a connection would.
-fn parser_outcome(data: &[u8]) -> (usize, Option<u16>) {
-    let limits = Limits::default();
+fn parser_outcome(data: &[u8], limits: &Limits) -> (usize, Option<u16>) {
     let mut rest = data;
     let mut ok = 0;
     loop {
@@ -583,13 +587,13 @@ fn parser_outcome(data: &[u8]) -> (usize, Option<u16>) {
         if rest.is_empty() {
             return (ok, None);
         }
-        let (head, n) = match HeadParser::new().parse(rest, &limits) {
+        let (head, n) = match HeadParser::new().parse(rest, limits) {
             Ok(Parsed::Complete(h, n)) => (h, n),
             Ok(Parsed::Partial) => return (ok, Some(0)),
             Err(e) => return (ok, Some(e.status())),
         };
         rest = &rest[n..];
-        let mut d = BodyDecoder::new(head.framing(), &limits);
+        let mut d = BodyDecoder::new(head.framing(), limits);
         match d.decode(rest, &mut Vec::new()) {
             Ok(used) if d.is_done() => rest = &rest[used..],
             Ok(_) => return (ok, Some(0)),
@@ -621,50 +625,86 @@ fn percent_decode(s: &str) -> Vec<u8> {
     out
 }
 
+/// Send one vector to the server and check it is answered as our parser judges it.
+fn check_through_server(addr: SocketAddr, v: &Vector, limits: &Limits) {
+    let (parsed, refusal) = parser_outcome(&v.data, limits);
+    let responses = exchange(addr, &v.data);
+    assert!(
+        responses.len() >= parsed,
+        "{}: {} responses for {parsed} requests",
+        v.name,
+        responses.len()
+    );
+    // Every request the parser accepts reaches the app exactly as gunicorn's .py describes.
+    if v.name.starts_with("valid/") {
+        for (resp, (method, path, query, body)) in responses.iter().zip(&v.requests).take(parsed) {
+            let e = echo(resp);
+            assert_eq!(e.method, *method, "{}", v.name);
+            if method != "CONNECT" && !path.is_empty() && path != "*" {
+                assert_eq!(e.path, percent_decode(path), "{}", v.name);
+                assert_eq!(e.query, query.as_bytes(), "{}", v.name);
+            }
+            assert_eq!(e.body, *body, "{}", v.name);
+        }
+    }
+    // Where it refuses, the server answers with the same status (or, for a request cut short by
+    // EOF, with no success) and answers nothing after it.
+    match refusal {
+        Some(0) => assert!(
+            responses[parsed..].iter().all(|r| r.status >= 400),
+            "{}: {responses:?}",
+            v.name
+        ),
+        Some(status) => {
+            assert_eq!(responses.len(), parsed + 1, "{}: {responses:?}", v.name);
+            assert_eq!(responses[parsed].status, status, "{}", v.name);
+        }
+        None => assert_eq!(responses.len(), parsed, "{}", v.name),
+    }
+}
+
 #[test]
 fn gunicorn_vectors_through_the_real_server() {
     let s = EchoServer::start(&[]);
     let addr = s.addr();
     let mut checked = 0;
-    for v in load_vectors().iter().filter(|v| !v.has_cfg) {
-        let (parsed, refusal) = parser_outcome(&v.data);
-        let responses = exchange(addr, &v.data);
-        assert!(
-            responses.len() >= parsed,
-            "{}: {} responses for {parsed} requests",
-            v.name,
-            responses.len()
-        );
-        // Every request the parser accepts reaches the app exactly as gunicorn's .py describes.
-        if v.name.starts_with("valid/") {
-            for (resp, (method, path, query, body)) in
-                responses.iter().zip(&v.requests).take(parsed)
-            {
-                let e = echo(resp);
-                assert_eq!(e.method, *method, "{}", v.name);
-                if method != "CONNECT" && !path.is_empty() && path != "*" {
-                    assert_eq!(e.path, percent_decode(path), "{}", v.name);
-                    assert_eq!(e.query, query.as_bytes(), "{}", v.name);
-                }
-                assert_eq!(e.body, *body, "{}", v.name);
-            }
-        }
-        // Where it refuses, the server answers with the same status (or, for a request cut
-        // short by EOF, with no success) and answers nothing after it.
-        match refusal {
-            Some(0) => assert!(
-                responses[parsed..].iter().all(|r| r.status >= 400),
-                "{}: {responses:?}",
-                v.name
-            ),
-            Some(status) => {
-                assert_eq!(responses.len(), parsed + 1, "{}: {responses:?}", v.name);
-                assert_eq!(responses[parsed].status, status, "{}", v.name);
-            }
-            None => assert_eq!(responses.len(), parsed, "{}", v.name),
-        }
+    for v in load_vectors().iter().filter(|v| v.cfg.is_empty()) {
+        check_through_server(addr, v, &Limits::default());
         checked += 1;
     }
     assert!(checked > 80, "only {checked} vectors checked");
     eprintln!("{checked} gunicorn vectors through the server");
+}
+
+/// The vectors that set gunicorn's limit options, through a server started with the same flags.
+#[test]
+fn gunicorn_limit_vectors_through_the_real_server_with_their_flags() {
+    let mut checked = 0;
+    for v in load_vectors() {
+        if v.cfg.is_empty() || !v.cfg.iter().all(|(k, _)| k.starts_with("limit_request_")) {
+            continue;
+        }
+        let mut limits = Limits::default();
+        let mut flags = Vec::new();
+        for (key, value) in &v.cfg {
+            let n: usize = value.parse().unwrap();
+            match key.as_str() {
+                "limit_request_line" => limits.request_line = n,
+                "limit_request_fields" => limits.fields = n,
+                "limit_request_field_size" => limits.field_size = n,
+                other => panic!("{}: {other}", v.name),
+            }
+            flags.push(format!(
+                "--{}",
+                key.replace('_', "-").replace("field-size", "field_size")
+            ));
+            flags.push(value.clone());
+        }
+        let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+        let s = EchoServer::start(&flags);
+        check_through_server(s.addr(), &v, &limits);
+        checked += 1;
+    }
+    assert!(checked >= 5, "only {checked} limit vectors");
+    eprintln!("{checked} limit vectors through servers started with their flags");
 }

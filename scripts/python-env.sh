@@ -13,6 +13,13 @@ want="$( (sha256sum < "$req"; "$python" -c 'import sys; print(sys.version)') | s
 if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
     exit 0
 fi
+# Tests run in parallel processes may all get here: one builds, the others wait and then see it.
+mkdir -p "$(dirname "$venv")"
+exec 9>"$venv.lock"
+flock 9
+if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
+    exit 0
+fi
 echo "python-env: setting up $venv with $("$python" --version) and $req" >&2
 "$python" -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check -r "$req"

@@ -247,6 +247,15 @@ fn chunked_errors() {
         let r = decode_all(BodyFraming::Chunked, bad, &limits);
         assert!(r.is_err(), "{:?} -> {r:?}", String::from_utf8_lossy(bad));
     }
+    // Extensions are bounded per line and per body.
+    let long_ext = format!("1;{}\r\nx\r\n", "e".repeat(5000));
+    assert!(decode_all(BodyFraming::Chunked, long_ext.as_bytes(), &limits).is_err());
+    let padded = format!("1;{}\r\nx\r\n", "e".repeat(3000)).repeat(30);
+    let r = decode_all(BodyFraming::Chunked, padded.as_bytes(), &limits);
+    assert_eq!(
+        r.unwrap_err(),
+        Error::BadRequest("too many chunk extension bytes")
+    );
     let small = Limits {
         body: Some(8),
         ..Limits::default()

@@ -222,6 +222,17 @@ fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
             assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
         }
     }
+    // HEAD: the file's length, none of its bytes.
+    let head = format!("HEAD /sendfile?path={p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let bytes = raw_exchange(server.addr(), head.as_bytes());
+    let (resp, used) = parse_response(&bytes, true).expect("a response");
+    assert_eq!(resp.header("content-length"), Some("6000000"));
+    assert_eq!(
+        used,
+        bytes.len(),
+        "HEAD sent {} body bytes",
+        bytes.len() - used
+    );
     // A file-like object without a descriptor is iterated.
     let resp = get(server.addr(), "/file?mem=1&repeat=1000");
     assert_eq!(ok(&resp).text(), "in-memory file\n".repeat(1000));

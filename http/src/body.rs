@@ -11,10 +11,10 @@ use crate::types::{BodyFraming, Limits};
 /// Longest chunk-size line (size plus extensions) we buffer.
 const MAX_CHUNK_LINE: usize = 4096;
 
-/// Chunk-extension bytes allowed over a whole body. Size lines otherwise cost at most ~20 bytes
-/// per chunk, and every chunk but the last carries data, so this keeps the framing overhead
-/// proportional to the body (and its limit) instead of letting extensions pad it without end.
-const MAX_EXTENSION_BYTES: usize = 64 * 1024;
+/// Size-line bytes beyond the first 16 (extensions, leading zeros) allowed over a whole body.
+/// Every chunk but the last carries data, so with this the framing overhead stays proportional
+/// to the body (and its limit) instead of being padded without end.
+const MAX_SIZE_LINE_PADDING: usize = 64 * 1024;
 
 /// Fields that must not be sent in a trailer (RFC 9110 §6.5.1): framing, routing, request
 /// modifiers, authentication, cookies and connection options. Trailers are never merged into the
@@ -72,8 +72,8 @@ pub struct BodyDecoder {
     /// The body limit (413 once the decoded size would pass it).
     max: Option<u64>,
     decoded: u64,
-    /// Chunk-extension bytes seen so far.
-    extension_bytes: usize,
+    /// Size-line bytes beyond 16 per line seen so far.
+    padding: usize,
     /// The unterminated size or trailer line so far.
     line: Vec<u8>,
     trailers: Vec<(String, Vec<u8>)>,
@@ -92,7 +92,7 @@ impl BodyDecoder {
             state,
             max: limits.body,
             decoded: 0,
-            extension_bytes: 0,
+            padding: 0,
             line: Vec::new(),
             trailers: Vec::new(),
             trailer_line_max: limits.field_size(),
@@ -232,12 +232,11 @@ impl BodyDecoder {
                 .and_then(|s| s.checked_add(u64::from(v)))
                 .ok_or(Error::BadRequest("chunk size overflows"))?;
         }
-        let extensions = &line[digits..];
-        self.extension_bytes += extensions.len();
-        if self.extension_bytes > MAX_EXTENSION_BYTES {
+        self.padding += line.len().saturating_sub(16);
+        if self.padding > MAX_SIZE_LINE_PADDING {
             return Err(Error::BadRequest("too many chunk extension bytes"));
         }
-        check_extensions(extensions)?;
+        check_extensions(&line[digits..])?;
         if size == 0 {
             self.state = State::Trailer;
         } else {

@@ -256,6 +256,12 @@ fn chunked_errors() {
         r.unwrap_err(),
         Error::BadRequest("too many chunk extension bytes")
     );
+    let zeros = format!("{}1\r\nx\r\n", "0".repeat(3000)).repeat(30);
+    let r = decode_all(BodyFraming::Chunked, zeros.as_bytes(), &limits);
+    assert_eq!(
+        r.unwrap_err(),
+        Error::BadRequest("too many chunk extension bytes")
+    );
     let small = Limits {
         body: Some(8),
         ..Limits::default()

@@ -234,7 +234,9 @@ impl BodyDecoder {
         }
         self.padding += line.len().saturating_sub(16);
         if self.padding > MAX_SIZE_LINE_PADDING {
-            return Err(Error::BadRequest("too many chunk extension bytes"));
+            return Err(Error::BadRequest(
+                "chunk size lines too long in total (extensions or padding)",
+            ));
         }
         check_extensions(&line[digits..])?;
         if size == 0 {

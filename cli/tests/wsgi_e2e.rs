@@ -43,6 +43,17 @@ fn worker_pid(server: &Server) -> i32 {
     pids[0]
 }
 
+/// (`wchar`, `syscw`) from /proc/PID/io: bytes and calls of write-like syscalls (write, writev,
+/// sendfile; not send on a socket).
+fn proc_io(pid: i32) -> (u64, u64) {
+    let io = std::fs::read_to_string(format!("/proc/{pid}/io")).unwrap();
+    let field = |name: &str| -> u64 {
+        let line = io.lines().find(|l| l.starts_with(name)).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    (field("wchar:"), field("syscw:"))
+}
+
 /// "VmHWM" (peak RSS) of a process, in KiB.
 fn vm_hwm_kib(pid: i32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -222,6 +233,22 @@ fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
             assert_eq!(resp.header("transfer-encoding"), Some("chunked"));
         }
     }
+    // sendfile(2) is seen in the worker's I/O accounting: it counts in wchar/syscw (send(2) on a
+    // socket does not), and sends the 6 MB in a few calls, where writes of 64 KiB blocks would
+    // take about a hundred.
+    let pid = worker_pid(&server);
+    let before = proc_io(pid);
+    ok(&get(server.addr(), &format!("/sendfile?path={p}")));
+    let after = proc_io(pid);
+    let (wchar, syscw) = (after.0 - before.0, after.1 - before.1);
+    assert!(
+        wchar >= data.len() as u64,
+        "wchar grew by {wchar}: no sendfile?"
+    );
+    assert!(
+        (1..10).contains(&syscw),
+        "{syscw} write-like calls for one sendfile response"
+    );
     // HEAD: the file's length, none of its bytes.
     let head = format!("HEAD /sendfile?path={p} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     let bytes = raw_exchange(server.addr(), head.as_bytes());

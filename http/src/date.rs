@@ -3,6 +3,12 @@
 use std::cell::RefCell;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+#[cfg(test)]
+thread_local! {
+    /// How often this thread formatted a date (to test the cache).
+    static FORMATTED: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
 thread_local! {
     /// (unix second, its formatted date). Per thread: workers are single-threaded and a lock
     /// would cost more than the formatting it saves.
@@ -23,6 +29,8 @@ pub(crate) fn with_http_date<R>(f: impl FnOnce(&str) -> R) -> R {
         let mut cache = cache.borrow_mut();
         if cache.0 != now {
             *cache = (now, format_http_date(now));
+            #[cfg(test)]
+            FORMATTED.with(|n| n.set(n.get() + 1));
         }
         f(&cache.1)
     })
@@ -81,6 +89,28 @@ mod tests {
         assert_eq!(
             format_http_date(4_102_444_799),
             "Thu, 31 Dec 2099 23:59:59 GMT"
+        );
+    }
+
+    #[test]
+    fn formatted_at_most_once_a_second() {
+        let secs = || {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+        };
+        let (start, before) = (secs(), FORMATTED.with(|n| n.get()));
+        for _ in 0..10_000 {
+            http_date();
+        }
+        let (end, after) = (secs(), FORMATTED.with(|n| n.get()));
+        // One format per distinct second seen, however many calls.
+        assert!(
+            after - before <= end - start + 1,
+            "{} formats in {} s",
+            after - before,
+            end - start
         );
     }
 

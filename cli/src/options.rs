@@ -21,6 +21,13 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
+    match parse_seconds(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be more than 0 seconds")),
+        d => Ok(d),
+    }
+}
+
 fn parse_env(s: &str) -> Result<(String, String), String> {
     match s.split_once('=') {
         Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
@@ -92,7 +99,7 @@ pub struct Options {
     pub keep_alive: Duration,
 
     /// Seconds within which a request's whole head must arrive.
-    #[arg(long = "header-timeout", default_value = "10", value_name = "SECONDS", value_parser = parse_seconds)]
+    #[arg(long = "header-timeout", default_value = "10", value_name = "SECONDS", value_parser = parse_positive_seconds)]
     pub header_timeout: Duration,
 
     /// Restart a worker after this many requests (0 = never).
@@ -103,7 +110,7 @@ pub struct Options {
     #[arg(long = "max-requests-jitter", default_value_t = 0, value_name = "INT")]
     pub max_requests_jitter: u64,
 
-    /// Maximum size of the request line in bytes (0 = unlimited).
+    /// Maximum size of the request line in bytes (0 or over 8190 means 8190, as in gunicorn).
     #[arg(
         long = "limit-request-line",
         default_value_t = 4094,
@@ -111,7 +118,7 @@ pub struct Options {
     )]
     pub limit_request_line: usize,
 
-    /// Maximum number of header fields.
+    /// Maximum number of header fields (0 means 32768, as in gunicorn).
     #[arg(
         long = "limit-request-fields",
         default_value_t = 100,
@@ -119,7 +126,7 @@ pub struct Options {
     )]
     pub limit_request_fields: usize,
 
-    /// Maximum size of one header field in bytes (0 = unlimited).
+    /// Maximum size of one header field in bytes (0 means 8190, as in gunicorn).
     #[arg(
         long = "limit-request-field_size",
         alias = "limit-request-field-size",

@@ -57,6 +57,33 @@ pub fn format_http_date(secs: u64) -> String {
     )
 }
 
+/// A UTC calendar time, for log lines that want another format than HTTP's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UtcTime {
+    pub year: i64,
+    pub month: u32,
+    pub day: u32,
+    pub hour: u32,
+    pub minute: u32,
+    pub second: u32,
+}
+
+impl UtcTime {
+    /// Unix seconds to the UTC calendar.
+    pub fn from_unix(secs: u64) -> Self {
+        let (year, month, day) = civil_from_days((secs / 86_400) as i64);
+        let rem = (secs % 86_400) as u32;
+        UtcTime {
+            year,
+            month,
+            day,
+            hour: rem / 3600,
+            minute: rem % 3600 / 60,
+            second: rem % 60,
+        }
+    }
+}
+
 /// Days since 1970-01-01 to (year, month, day), Howard Hinnant's `civil_from_days`.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;

@@ -22,7 +22,7 @@ mod types;
 mod uri;
 
 pub use body::BodyDecoder;
-pub use date::{format_http_date, http_date};
+pub use date::{format_http_date, http_date, UtcTime};
 pub use error::Error;
 pub use head::{HeadParser, HeaderMap, RequestHead};
 pub use response::{

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ferrocorn_http::{error_response, HeadParser, Limits, Parsed, RequestHead};
+use ferrocorn_http::{error_response, HeadParser, Parsed, RequestHead};
 use ferrocorn_listener::{Listener, PeerAddr, Stream};
 use ferrocorn_signals::WorkerState;
 use nix::errno::Errno;
@@ -494,7 +494,7 @@ impl<'r> Worker<'r> {
     /// Read until a complete head is buffered (it is removed from the buffer).
     fn read_head(&mut self, sock: &Sock<'_>, deadline: Instant) -> Result<RequestHead, HeadEnd> {
         let limits = &self.config.limits;
-        let max_len = max_head_len(limits);
+        let max_len = limits.max_head_len();
         let mut parser = HeadParser::new();
         loop {
             if !self.rbuf.is_empty() {
@@ -731,16 +731,4 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
     ) || e.raw_os_error() == Some(libc::EPROTO)
-}
-
-/// The most bytes a head within `limits` can take, so a client cannot make the buffer grow
-/// without bound even if a limit were not checked before the end of a line.
-fn max_head_len(limits: &Limits) -> usize {
-    const UNLIMITED_CAP: usize = 16 * 1024 * 1024;
-    if limits.request_line == 0 || limits.field_size == 0 {
-        return UNLIMITED_CAP;
-    }
-    // Request line, each field with CRLF, the final CRLF, and room for leading empty lines.
-    (limits.request_line + 2 + limits.fields.saturating_mul(limits.field_size + 2) + 2 + 1024)
-        .min(UNLIMITED_CAP)
 }

@@ -601,3 +601,26 @@ fn a_declared_content_length_is_never_exceeded() {
     assert!(!text.contains("56789"), "{text}");
     assert_eq!(responses[1].body, b"Hello, World!\n", "{text}");
 }
+
+#[test]
+fn environ_over_a_unix_socket() {
+    let sock = std::env::temp_dir().join(format!("ferrocorn-wsgi-{}.sock", std::process::id()));
+    let bind = format!("unix:{}", sock.display());
+    let server = start_battery(&["-b", &bind], &[]);
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /environ HTTP/1.1\r\nHost: local\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let (resp, _) = parse_response(&bytes, false).expect("a response");
+    let json = ok(&resp).text();
+    // gunicorn's values for a unix socket: the path as SERVER_NAME, no port, an empty client.
+    assert_eq!(
+        json_str(&json, "SERVER_NAME"),
+        Some(sock.display().to_string())
+    );
+    assert_eq!(json_str(&json, "SERVER_PORT").as_deref(), Some(""));
+    assert_eq!(json_str(&json, "REMOTE_ADDR").as_deref(), Some(""));
+    assert!(!json.contains("REMOTE_PORT"), "{json}");
+    drop(server);
+}

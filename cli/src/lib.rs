@@ -227,13 +227,16 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         let mut app = make_app();
         worker_config.max_requests = jittered(worker_config.max_requests, jitter);
         let heartbeat = ctx.heartbeat;
-        match ferrocorn_worker::run(
+        let served = ferrocorn_worker::run(
             &mut *app,
             &listeners,
             &worker_config,
             &ctx.signals,
             &mut || heartbeat.beat(),
-        ) {
+        );
+        // The interpreter is never finalized; give the app's atexit callbacks their turn.
+        ferrocorn_wsgi::before_exit();
+        match served {
             Ok(exit) => {
                 info!("Worker exiting ({exit:?})");
                 0
@@ -244,6 +247,8 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
             }
         }
     })?;
+    // With --preload the master imported the app: its atexit callbacks run too.
+    ferrocorn_wsgi::before_exit();
     // Workers each held a copy of the listeners, so only the master, last, removes socket files.
     for listener in &listeners {
         if let Err(e) = listener.remove_socket_file() {

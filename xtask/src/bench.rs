@@ -202,9 +202,7 @@ impl Drop for Running {
     fn drop(&mut self) {
         let pgid = self.child.id() as i32;
         // Every server here stops gracefully on TERM; SIGKILL the group if it lingers.
-        let _ = Command::new("kill")
-            .args(["-TERM", &format!("-{pgid}")])
-            .status();
+        kill_group(pgid, libc::SIGTERM);
         let deadline = Instant::now() + Duration::from_secs(10);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
@@ -212,11 +210,14 @@ impl Drop for Running {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{pgid}")])
-            .status();
+        kill_group(pgid, libc::SIGKILL);
         let _ = self.child.wait();
     }
+}
+
+fn kill_group(pgid: i32, signal: libc::c_int) {
+    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the process group.
+    unsafe { libc::kill(-pgid, signal) };
 }
 
 fn start(
@@ -485,7 +486,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
 /// gunicorn, 3 workers each, after every worker has served requests.
 fn preload_memory(env: &Env) -> Result<Vec<String>> {
     let django = Target {
-        dir: env.root.join("tests/apps/django_project"),
+        dir: env.root.join("tests/apps/django_demo"),
         spec: "mysite.wsgi:application",
         path: "/",
     };

@@ -192,6 +192,24 @@ impl Server {
         children_of(self.pid())
     }
 
+    /// Poll /proc until the live workers are exactly `pids` (sorted); returns them.
+    pub fn wait_until_workers(&self, pids: &[i32], timeout: Duration) -> Vec<i32> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let now = self.worker_pids();
+            if now == pids {
+                return now;
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "expected workers {pids:?}, have {now:?}; log:\n{}",
+                    self.log_text()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Poll /proc until the number of workers is `n` (the arbiter's forks/reaps are asynchronous).
     pub fn wait_worker_count(&self, n: usize, timeout: Duration) -> Vec<i32> {
         let deadline = Instant::now() + timeout;

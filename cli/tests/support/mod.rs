@@ -23,20 +23,9 @@ pub fn ferrocorn_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn"))
 }
 
-/// The `rust_hello` example (a Rust app on the ferrocorn crates), which `cargo test` builds with
-/// the tests. Running one test target alone (`--test NAME`) does not: build it first with
-/// `cargo build --example rust_hello`.
+/// The Rust example app (`cli/src/bin/rust_hello.rs`), a server built on the ferrocorn crates.
 pub fn rust_example_bin() -> PathBuf {
-    let bin = ferrocorn_bin()
-        .parent()
-        .unwrap()
-        .join("examples/rust_hello");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --example rust_hello`",
-        bin.display()
-    );
-    bin
+    PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn-rust-hello"))
 }
 
 /// A running `ferrocorn` master whose stderr log we follow line by line.

@@ -2,7 +2,7 @@
 //! `ferrocorn` command, no Python involved.
 //!
 //! ```text
-//! cargo run --example rust_hello -- -w 2 -b 127.0.0.1:8000
+//! cargo run --bin ferrocorn-rust-hello -- -w 2 -b 127.0.0.1:8000
 //! curl localhost:8000/            # Hello from Rust!
 //! curl -d hi localhost:8000/echo  # hi
 //! ```

@@ -213,6 +213,7 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
     let mut worker_config = worker_config(&options);
     let mut arbiter = Arbiter::new(arbiter_config, signals, hooks)?;
     let reopen = log_file.clone();
+    let worker_log_file = log_file.clone();
     arbiter.on_reopen_logs(move || {
         if let Err(e) = reopen.open() {
             error!("{e:#}");
@@ -227,13 +228,20 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         let mut app = make_app();
         worker_config.max_requests = jittered(worker_config.max_requests, jitter);
         let heartbeat = ctx.heartbeat;
-        let served = ferrocorn_worker::run(
-            &mut *app,
-            &listeners,
-            &worker_config,
-            &ctx.signals,
-            &mut || heartbeat.beat(),
-        );
+        let signals = &ctx.signals;
+        // The worker loop calls this at least once a second: besides beating, it is where a
+        // worker notices SIGUSR1 and moves its fd 2 to the new log file, as the master does.
+        let mut tick = || {
+            heartbeat.beat();
+            if signals.take_reopen_logs() {
+                match worker_log_file.open() {
+                    Ok(()) => info!("Worker reopened its log file"),
+                    Err(e) => error!("{e:#}"),
+                }
+            }
+        };
+        let served =
+            ferrocorn_worker::run(&mut *app, &listeners, &worker_config, signals, &mut tick);
         // The interpreter is never finalized; give the app's atexit callbacks their turn.
         ferrocorn_wsgi::before_exit();
         match served {

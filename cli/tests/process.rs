@@ -380,6 +380,19 @@ fn usr1_reopens_the_log_file_and_pid_file_is_written() {
     std::fs::rename(&log_path, &rotated).unwrap();
     server.signal(libc::SIGUSR1);
     wait_for_file_line(&rotated, "Handling signal: usr1");
+    // Workers reopen too: an app exception's traceback lands in the new file.
+    let addr = {
+        let text = std::fs::read_to_string(&rotated).unwrap();
+        let rest = text
+            .split("Listening at: http://")
+            .nth(1)
+            .unwrap()
+            .to_string();
+        rest.split_whitespace().next().unwrap().parse().unwrap()
+    };
+    wait_for_file_line(&log_path, "Worker reopened its log file");
+    assert_eq!(get(addr, "/error").status, 500);
+    wait_for_file_line(&log_path, "Traceback (most recent call last)");
     server.signal(libc::SIGTERM);
     assert_eq!(server.wait_exit(Duration::from_secs(10)).code(), Some(0));
     let fresh = wait_for_file_line(&log_path, "Shutting down: Master");

@@ -320,6 +320,59 @@ fn a_100_mb_upload_streams_through_with_bounded_memory() {
 }
 
 #[test]
+fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
+    const SIZE: usize = 100 * 1024 * 1024;
+    let server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    let pid = worker_pid(&server);
+    ok(&post(addr, "/echo", "application/octet-stream", b"warm-up"));
+    let before = vm_hwm_kib(pid);
+
+    let block_of = |i: usize| -> Vec<u8> { (0..1 << 20).map(|j| (i * 31 + j * 7) as u8).collect() };
+    let mut s = connect(addr);
+    let mut writer = s.try_clone().unwrap();
+    // The app answers while the upload is still arriving, so send and receive at the same time.
+    let sender = std::thread::spawn(move || {
+        write!(
+            writer,
+            "POST /echo HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {SIZE}\r\n\r\n"
+        )
+        .unwrap();
+        for i in 0..SIZE >> 20 {
+            writer.write_all(&block_of(i)).unwrap();
+        }
+    });
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        s.read_exact(&mut byte).unwrap();
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8(head).unwrap();
+    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
+    assert!(head.contains(&format!("Content-Length: {SIZE}")), "{head}");
+    let mut received = vec![0u8; 1 << 20];
+    for i in 0..SIZE >> 20 {
+        s.read_exact(&mut received).unwrap();
+        assert!(received == block_of(i), "echoed block {i} differs");
+    }
+    sender.join().unwrap();
+    assert_eq!(
+        s.read(&mut byte).unwrap(),
+        0,
+        "nothing after the declared length"
+    );
+
+    let growth_kib = vm_hwm_kib(pid).saturating_sub(before);
+    eprintln!("worker peak RSS grew by {growth_kib} KiB echoing {SIZE} bytes");
+    assert!(
+        growth_kib < 64 * 1024,
+        "peak RSS grew by {growth_kib} KiB: the body was buffered"
+    );
+    assert_eq!(worker_pid(&server), pid);
+}
+
+#[test]
 fn an_app_exception_is_a_500_and_the_same_worker_answers_next() {
     let mut server = start_battery(&["-w", "1"], &[]);
     let addr = server.addr();

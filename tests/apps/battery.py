@@ -134,6 +134,22 @@ def upload(environ, start_response):
     return text(start_response, b"%d %s\n" % (total, h.hexdigest().encode()))
 
 
+def echo(environ, start_response):
+    """Stream the body back as it arrives: one 64 KiB block in, one block out."""
+    stream = environ["wsgi.input"]
+    length = environ.get("CONTENT_LENGTH") or "0"
+    start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", length)])
+
+    def blocks():
+        while True:
+            chunk = stream.read(65536)
+            if not chunk:
+                return
+            yield chunk
+
+    return blocks()
+
+
 def lines(environ, start_response):
     """Body lines via readline(), readlines() or iteration, reported as JSON."""
     how = query(environ).get("how", "iter")
@@ -252,6 +268,7 @@ ROUTES = {
     "/environ": environ_json,
     "/file": file,
     "/upload": upload,
+    "/echo": echo,
     "/lines": lines,
     "/exc_info/early": exc_info_early,
     "/exc_info/late": exc_info_late,

@@ -12,7 +12,7 @@ use crate::types::Version;
 /// How the response body will be delimited on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseFraming {
-    /// No body may be sent (HEAD, 1xx, 204, 304).
+    /// No body may be sent (HEAD, 204, 304).
     NoBody,
     Length(u64),
     Chunked,
@@ -67,6 +67,13 @@ pub fn write_response_head(
     if !(100..=999).contains(&spec.status) {
         return Err(Error::InvalidResponse("status code is not three digits"));
     }
+    // An app answers with its final response; a 1xx would leave the client waiting for another
+    // response, which the next request's answer would then be taken for.
+    if spec.status < 200 {
+        return Err(Error::InvalidResponse(
+            "1xx status as a final response (interim responses are the server's)",
+        ));
+    }
     if !spec.reason.bytes().all(is_field_vchar) {
         return Err(Error::InvalidResponse("control character in reason phrase"));
     }
@@ -92,9 +99,9 @@ pub fn write_response_head(
     }
 
     let status = spec.status;
-    // RFC 9110 §8.6: no Content-Length in 1xx and 204 responses.
-    let forbid_length = status < 200 || status == 204;
-    let framing = if spec.head_request || status < 200 || status == 204 || status == 304 {
+    // RFC 9110 §8.6: no Content-Length in a 204 response.
+    let forbid_length = status == 204;
+    let framing = if spec.head_request || status == 204 || status == 304 {
         ResponseFraming::NoBody
     } else if let Some(n) = length {
         ResponseFraming::Length(n)

@@ -340,7 +340,18 @@ fn response_head_framing() {
     assert_eq!(framing, ResponseFraming::NoBody);
     assert!(!text.contains("Content-Length"));
     assert_eq!(head(&spec(304, &[])).1, ResponseFraming::NoBody);
-    assert_eq!(head(&spec(101, &[])).1, ResponseFraming::NoBody);
+}
+
+#[test]
+fn an_interim_status_is_not_a_final_response() {
+    for status in [100, 101, 103, 199] {
+        let mut out = b"keep".to_vec();
+        let hs = [h("Upgrade", "websocket")];
+        let e = write_response_head(&spec(status, &hs), &mut out).unwrap_err();
+        assert_eq!(e.status(), 500, "{status}");
+        assert_eq!(out, b"keep");
+    }
+    assert_eq!(head(&spec(200, &[])).1, ResponseFraming::Chunked);
 }
 
 #[test]

@@ -13,6 +13,14 @@ use crate::ServerAddr;
 
 const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 
+/// The slowest a client may send a request body, on average over the time the worker spends
+/// waiting for it (on top of one I/O timeout of grace). The per-read timeout alone lets a client
+/// hold a worker for the I/O timeout times the body's length by sending a byte just before each
+/// read would time out; with this floor, a body that trickles in is cut off after about one I/O
+/// timeout, while a slow but real upload (anything above this rate) is unaffected. The time the
+/// app itself spends between reads is not counted.
+pub(crate) const MIN_BODY_RATE: u64 = 1024;
+
 /// Most bytes a chunked body's framing (size lines, extensions, trailers) may need buffered at
 /// once before the decoder makes progress; the decoder enforces its own limits well below this.
 const MAX_BODY_BUFFER: usize = 4 * READ_CHUNK;
@@ -27,6 +35,9 @@ pub(crate) struct Conn<'b> {
     /// The client sent `Expect: 100-continue` and has had no `100 Continue`: until it does, we cannot
     /// know whether the body will come, so a response sent now must close the connection.
     pub(crate) awaiting_continue: Cell<bool>,
+    /// Reading this request's body failed (malformed, too large, cut short, too slow): the
+    /// connection is closed after the response, so the response must say so.
+    pub(crate) body_failed: Cell<bool>,
 }
 
 #[derive(Debug)]
@@ -41,11 +52,41 @@ enum Framing {
     },
 }
 
+/// How long the worker has waited for body bytes, against what their number allows.
+#[derive(Debug, Default)]
+struct Pace {
+    waited: Duration,
+    received: u64,
+}
+
+impl Pace {
+    /// The deadline for the next wait: one I/O timeout, or less once the waits so far have used
+    /// up what the bytes received allow at [`MIN_BODY_RATE`].
+    fn deadline(&self, io_timeout: Duration) -> io::Result<Instant> {
+        let earned = Duration::from_secs_f64(self.received as f64 / MIN_BODY_RATE as f64);
+        let left = (io_timeout + earned).saturating_sub(self.waited);
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("the request body arrives slower than {MIN_BODY_RATE} bytes per second"),
+            ));
+        }
+        Ok(Instant::now() + left.min(io_timeout))
+    }
+
+    /// Account for one read that began at `start` and returned `n` bytes.
+    fn record(&mut self, start: Instant, n: usize) {
+        self.waited += start.elapsed();
+        self.received += n as u64;
+    }
+}
+
 /// Progress through one request body; owned by the connection loop so it can drain what the app
 /// left unread.
 #[derive(Debug)]
 pub(crate) struct BodyState {
     framing: Framing,
+    pace: Pace,
     expects_continue: bool,
     continue_sent: bool,
     /// The client sent a malformed or too large body; the response status to use.
@@ -67,6 +108,7 @@ impl BodyState {
         };
         BodyState {
             framing,
+            pace: Pace::default(),
             expects_continue: head.expects_continue(),
             continue_sent: false,
             http_error: None,
@@ -115,6 +157,7 @@ impl BodyState {
             } else {
                 self.io_failed = true;
             }
+            conn.body_failed.set(true);
         }
         result
     }
@@ -132,8 +175,8 @@ impl BodyState {
         rbuf: &mut ReadBuf,
         buf: &mut [u8],
     ) -> io::Result<usize> {
-        // Once a request is under way each wait gets the full I/O timeout.
-        let deadline = || Instant::now() + conn.io_timeout;
+        // Once a request is under way each wait gets the I/O timeout, within the rate floor.
+        let pace = &mut self.pace;
         match &mut self.framing {
             Framing::Length { remaining } => {
                 let want = buf
@@ -146,7 +189,11 @@ impl BodyState {
                     n
                 } else {
                     // Straight into the app's buffer: large uploads are copied once.
-                    let n = conn.sock.read_before(&mut buf[..want], deadline())?;
+                    let start = Instant::now();
+                    let n = conn
+                        .sock
+                        .read_before(&mut buf[..want], pace.deadline(conn.io_timeout)?)?;
+                    pace.record(start, n);
                     if n == 0 {
                         return Err(cut_short(*remaining));
                     }
@@ -185,7 +232,13 @@ impl BodyState {
                         continue;
                     }
                 }
-                match rbuf.fill_before(&conn.sock, deadline(), MAX_BODY_BUFFER) {
+                let start = Instant::now();
+                let filled =
+                    rbuf.fill_before(&conn.sock, pace.deadline(conn.io_timeout)?, MAX_BODY_BUFFER);
+                if let Ok(n) = filled {
+                    pace.record(start, n);
+                }
+                match filled {
                     Ok(0) => return Err(cut_short(0)),
                     Ok(_) => {}
                     Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {

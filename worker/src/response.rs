@@ -145,7 +145,10 @@ impl<'a> Response<'a> {
 
     /// Whether the connection may persist as far as this request and these headers go.
     fn wants_keep_alive(&self, headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        self.keep_alive && !asks_close(headers) && !self.conn.awaiting_continue.get()
+        self.keep_alive
+            && !asks_close(headers)
+            && !self.conn.awaiting_continue.get()
+            && !self.conn.body_failed.get()
     }
 
     /// Serialize a head into the (empty) write buffer.

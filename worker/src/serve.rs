@@ -328,6 +328,7 @@ impl<'r> Worker<'r> {
             io_timeout: self.config.io_timeout,
             head_sent: Cell::new(false),
             awaiting_continue: Cell::new(false),
+            body_failed: Cell::new(false),
         };
         self.rbuf.clear();
         let mut first = true;
@@ -401,6 +402,7 @@ impl<'r> Worker<'r> {
                 return None;
             }
             conn.head_sent.set(false);
+            conn.body_failed.set(false);
         }
     }
 

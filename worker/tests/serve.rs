@@ -87,6 +87,18 @@ fn test_app() -> impl App + Send {
             }
             "/panic" => panic!("test app panics on purpose"),
             "/no-start" => Ok(()),
+            // An interim status is not a final response: refused at start(), so the app fails.
+            "/interim" => {
+                res.start(101, "Switching Protocols", vec![h("Upgrade", "websocket")])?;
+                Ok(())
+            }
+            // Reads the body, ignores a failure to, and answers anyway.
+            "/swallow" => {
+                let mut body = Vec::new();
+                let _ = req.read_body_to_end(&mut body);
+                res.start(200, "OK", vec![h("Content-Length", 2)])?;
+                res.write(b"ok")
+            }
             "/bad-header" => {
                 let err = res.start(200, "OK", vec![h("X-Bad", "a\r\nInjected: yes")]);
                 assert!(matches!(err, Err(AppError::BadResponse(_))), "{err:?}");
@@ -287,7 +299,7 @@ fn continue_is_sent_only_when_the_app_reads_the_body() {
 #[test]
 fn app_error_before_head_gives_500_and_serving_goes_on() {
     let server = Server::start(test_app(), config());
-    for path in ["/fail", "/panic", "/no-start", "/bad-header"] {
+    for path in ["/fail", "/panic", "/no-start", "/bad-header", "/interim"] {
         let mut c = server.connect();
         let r = c.request(&get(path));
         assert_eq!(r.status, 500, "{path}");
@@ -856,4 +868,116 @@ fn unix_socket_listener_is_served() {
     assert!(out.ends_with("\r\n\r\nu:hi"), "{out}");
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_body_error_the_app_swallows_still_closes_the_connection() {
+    let server = Server::start(test_app(), config());
+    let mut c = server.connect();
+    // A malformed chunk size, then a pipelined request that must never be answered.
+    let mut bytes =
+        b"POST /swallow HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n".to_vec();
+    bytes.extend(get("/echo?smuggled"));
+    c.send(&bytes);
+    let r = c.read_response();
+    assert_eq!(r.text(), "ok");
+    // The head must not promise a connection that the server is about to close.
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.at_eof());
+
+    // A body cut short by a stall likewise.
+    let mut cfg = config();
+    cfg.io_timeout = Duration::from_secs(1);
+    let server = Server::start(test_app(), cfg);
+    let mut c = server.connect();
+    c.send(b"POST /swallow HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
+    let r = c.read_response();
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.at_eof());
+}
+
+/// Send `head` at once, then `body_len` body bytes one at a time with `gap` between them, until
+/// the server stops taking them. The flag is set only if every byte went out.
+fn trickle_body(
+    c: &common::Client,
+    head: &[u8],
+    body_len: usize,
+    gap: Duration,
+) -> (std::thread::JoinHandle<()>, Arc<AtomicBool>) {
+    let mut s = c.stream.try_clone().unwrap();
+    s.write_all(head).unwrap();
+    let finished = Arc::new(AtomicBool::new(false));
+    let flag = Arc::clone(&finished);
+    let handle = std::thread::spawn(move || {
+        for _ in 0..body_len {
+            std::thread::sleep(gap);
+            if s.write_all(b"x").is_err() {
+                return;
+            }
+        }
+        flag.store(true, Ordering::SeqCst);
+    });
+    (handle, finished)
+}
+
+#[test]
+fn a_body_trickled_in_is_cut_off_even_though_each_read_is_in_time() {
+    let (tx, rx) = mpsc::channel();
+    let app = fn_app(move |req, res| {
+        let mut body = Vec::new();
+        let result = req.read_body_to_end(&mut body);
+        tx.send(result.as_ref().map_err(|e| e.kind()).copied())
+            .unwrap();
+        result?;
+        res.start(200, "OK", vec![h("Content-Length", 2)])?;
+        res.write(b"ok")
+    });
+    let mut cfg = config();
+    cfg.io_timeout = Duration::from_secs(1);
+    let server = Server::start(app, cfg);
+    let c = server.connect();
+    // A byte every 50 ms never lets one read wait its second, but 200 of them take ten.
+    let (trickler, finished) = trickle_body(
+        &c,
+        b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 200\r\n\r\n",
+        200,
+        Duration::from_millis(50),
+    );
+    assert_eq!(rx.recv().unwrap(), Err(std::io::ErrorKind::TimedOut));
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the whole trickled body was read"
+    );
+    // The worker is free again.
+    assert_eq!(
+        server.connect().request(&post("/y", b"0123456789")).text(),
+        "ok"
+    );
+    assert_eq!(rx.recv().unwrap(), Ok(10));
+    drop(c);
+    trickler.join().unwrap();
+}
+
+#[test]
+fn an_unread_body_trickled_in_is_not_drained_for_long() {
+    let mut cfg = config();
+    cfg.io_timeout = Duration::from_secs(1);
+    let server = Server::start(test_app(), cfg);
+    let mut c = server.connect();
+    // Small enough to drain, but sent so slowly that draining it would hold the worker 10 s.
+    let (trickler, finished) = trickle_body(
+        &c,
+        b"POST /noread HTTP/1.1\r\nHost: t\r\nContent-Length: 200\r\n\r\n",
+        200,
+        Duration::from_millis(50),
+    );
+    assert_eq!(c.read_response().text(), "ok");
+    assert!(c.at_eof());
+    assert!(
+        !finished.load(Ordering::SeqCst),
+        "the connection was kept until the whole body was drained"
+    );
+    assert_eq!(server.connect().request(&get("/echo?free")).text(), "free:");
+    drop(c);
+    trickler.join().unwrap();
 }

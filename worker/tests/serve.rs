@@ -380,8 +380,11 @@ fn no_body_statuses_send_no_body() {
     assert_eq!(c.request(&get("/echo?next")).text(), "next:");
 }
 
-#[test]
-fn a_stalled_body_times_out_and_the_worker_moves_on() {
+/// Reads the whole body, reports how that went (length or error kind), answers `ok` if it went well.
+fn body_reporting_app() -> (
+    impl App + Send,
+    mpsc::Receiver<Result<usize, std::io::ErrorKind>>,
+) {
     let (tx, rx) = mpsc::channel();
     let app = fn_app(move |req, res| {
         let mut body = Vec::new();
@@ -392,6 +395,12 @@ fn a_stalled_body_times_out_and_the_worker_moves_on() {
         res.start(200, "OK", vec![h("Content-Length", 2)])?;
         res.write(b"ok")
     });
+    (app, rx)
+}
+
+#[test]
+fn a_stalled_body_times_out_and_the_worker_moves_on() {
+    let (app, rx) = body_reporting_app();
     let mut cfg = config();
     cfg.io_timeout = Duration::from_secs(1);
     let server = Server::start(app, cfg);
@@ -922,16 +931,7 @@ fn trickle_body(
 
 #[test]
 fn a_body_trickled_in_is_cut_off_even_though_each_read_is_in_time() {
-    let (tx, rx) = mpsc::channel();
-    let app = fn_app(move |req, res| {
-        let mut body = Vec::new();
-        let result = req.read_body_to_end(&mut body);
-        tx.send(result.as_ref().map_err(|e| e.kind()).copied())
-            .unwrap();
-        result?;
-        res.start(200, "OK", vec![h("Content-Length", 2)])?;
-        res.write(b"ok")
-    });
+    let (app, rx) = body_reporting_app();
     let mut cfg = config();
     cfg.io_timeout = Duration::from_secs(1);
     let server = Server::start(app, cfg);

@@ -39,6 +39,18 @@ def app(environ, start_response):
     if path == "/badheader":
         start_response("200 OK", [("X-Bad", "a\r\nInjected: yes"), ("Content-Length", "1")])
         return [b"x"]
+    if path == "/interim":
+        # Not a final response: the server must refuse it.
+        start_response("101 Switching Protocols", [("Upgrade", "websocket")])
+        return []
+    if path == "/swallow":
+        # Ignores a body it cannot read and answers anyway.
+        try:
+            environ["wsgi.input"].read()
+        except Exception:
+            pass
+        start_response("200 OK", [("Content-Length", "2")])
+        return [b"ok"]
     if path == "/nocontent":
         start_response("204 No Content", [("Content-Length", "4")])
         return [b"oops"]
@@ -449,6 +461,49 @@ fn expect_100_continue_gets_an_interim_response() {
         echo(&parse_response(&rest, false).unwrap().0).body,
         b"hello"
     );
+}
+
+#[test]
+fn expect_100_continue_is_not_answered_when_the_app_does_not_read_the_body() {
+    let s = EchoServer::start(&[]);
+    let mut c = connect(s.addr());
+    // The body is never sent: the client waits for 100 Continue, which must not come.
+    c.write_all(
+        b"POST /lie HTTP/1.1\r\nHost: a\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n",
+    )
+    .unwrap();
+    // The server answers and closes by itself (the read times out otherwise).
+    let mut raw = Vec::new();
+    c.read_to_end(&mut raw).unwrap();
+    let all = parse_all_responses(&raw);
+    assert_eq!(all.len(), 1, "{:?}", String::from_utf8_lossy(&raw));
+    assert_eq!(
+        (all[0].status, all[0].body.as_slice()),
+        (200, &b"01234"[..])
+    );
+    // Whether the body follows is unknowable now, so the connection cannot be reused.
+    assert_eq!(all[0].header("connection"), Some("close"));
+}
+
+#[test]
+fn an_interim_status_from_the_app_is_refused_with_500() {
+    let s = EchoServer::start(&[]);
+    assert_refused(s.addr(), b"GET /interim HTTP/1.1\r\nHost: a\r\n\r\n", 500);
+    assert_eq!(echo(&get(s.addr(), "/still-up")).path, b"/still-up");
+}
+
+#[test]
+fn a_body_error_the_app_ignores_still_ends_the_connection() {
+    let s = EchoServer::start(&[]);
+    let raw = raw_exchange(
+        s.addr(),
+        b"POST /swallow HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n\
+GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
+    );
+    let all = parse_all_responses(&raw);
+    assert_eq!(all.len(), 1, "{:?}", String::from_utf8_lossy(&raw));
+    assert_eq!(all[0].body, b"ok");
+    assert_eq!(all[0].header("connection"), Some("close"));
 }
 
 #[test]

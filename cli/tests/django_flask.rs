@@ -10,6 +10,7 @@ fn temp_db(name: &str) -> String {
     let path =
         std::env::temp_dir().join(format!("ferrocorn-{name}-{}.sqlite3", std::process::id()));
     let _ = std::fs::remove_file(&path);
+    let _ = std::fs::remove_file(format!("{}.migrate-lock", path.display()));
     path.to_str().unwrap().to_string()
 }
 
@@ -154,4 +155,120 @@ fn django_project_from_virtual_env() {
     // CommonMiddleware's APPEND_SLASH redirect and a 404 from the URL resolver.
     assert_eq!(get(addr, "/nowhere").status, 404);
     let _ = std::fs::remove_file(&db);
+}
+
+/// How many of `pids` have a file whose path contains one of `names` open (from /proc/PID/fd).
+fn holding_any(pids: &[i32], names: &[&str]) -> usize {
+    pids.iter()
+        .filter(|pid| {
+            let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+                return false;
+            };
+            dir.flatten().any(|fd| {
+                std::fs::read_link(fd.path()).is_ok_and(|target| {
+                    let target = target.to_string_lossy();
+                    names.iter().any(|n| target.contains(n))
+                })
+            })
+        })
+        .count()
+}
+
+#[test]
+fn django_workers_creating_the_tables_at_once_all_boot() {
+    // mysite/wsgi.py runs `migrate` at import; workers importing together on a fresh sqlite file
+    // raced to create the same table ("table already exists") and the master exited 4. To line
+    // the workers up at the race, a Python process holds an exclusive sqlite lock until all four
+    // are inside the import with the database (or the demo's migrate lock) open; then it lets go
+    // and every worker must answer. Each round starts on a new file.
+    let venv = test_venv();
+    for round in 0..3 {
+        let db = temp_db(&format!("django-race{round}"));
+        let mut holder = std::process::Command::new(venv.join("bin/python"))
+            .args([
+                "-c",
+                "import sqlite3, sys\n\
+                 c = sqlite3.connect(sys.argv[1], isolation_level=None)\n\
+                 c.execute('BEGIN EXCLUSIVE')\n\
+                 print('held', flush=True)\n\
+                 sys.stdin.readline()\n\
+                 c.execute('ROLLBACK')",
+                &db,
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut held = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(holder.stdout.take().unwrap()),
+            &mut held,
+        )
+        .unwrap();
+        assert_eq!(held, "held\n");
+        let mut server = Server::start_in(
+            &[
+                "--chdir",
+                "tests/apps/django_demo",
+                "-w",
+                "4",
+                "mysite.wsgi",
+            ],
+            &repo_root(),
+            &[
+                ("VIRTUAL_ENV", venv.to_str().unwrap()),
+                ("DJANGO_DEMO_DB", &db),
+            ],
+        );
+        let workers = server.wait_for_workers(4);
+        let lock = format!("{db}.migrate-lock");
+        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+        while holding_any(&workers, &[&db]) < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: workers never reached the database; log:\n{}",
+                server.log_text()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        // Released: the waiting workers all go at once.
+        drop(holder.stdin.take());
+        holder.wait().unwrap();
+        let addr = server.addr();
+        let mut seen = std::collections::BTreeSet::new();
+        while seen.len() < 4 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "round {round}: only workers {seen:?} answered; log:\n{}",
+                server.log_text()
+            );
+            let batch: Vec<_> = (0..4)
+                .map(|_| std::thread::spawn(move || get(addr, "/pid?sleep=0.2")))
+                .collect();
+            for handle in batch {
+                let resp = handle.join().unwrap_or_else(|_| {
+                    panic!(
+                        "round {round}: a request failed; log:\n{}",
+                        server.log_text()
+                    )
+                });
+                assert_eq!(
+                    resp.status,
+                    200,
+                    "round {round}: {resp:?}\n{}",
+                    server.log_text()
+                );
+                seen.insert(resp.text());
+            }
+        }
+        assert!(
+            server.child.try_wait().unwrap().is_none(),
+            "round {round}: the master exited; log:\n{}",
+            server.log_text()
+        );
+        assert_eq!(get(addr, "/notes/count").text(), r#"{"count": 0}"#);
+        drop(server);
+        let _ = std::fs::remove_file(&db);
+        let _ = std::fs::remove_file(&lock);
+    }
 }

@@ -7,4 +7,5 @@ urlpatterns = [
     path("notes/add", views.add),
     path("notes/count", views.count),
     path("protected", views.protected),
+    path("pid", views.pid),
 ]

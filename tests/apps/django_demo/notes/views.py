@@ -1,3 +1,6 @@
+import os
+import time
+
 from django.db import connection
 from django.http import HttpResponse, JsonResponse
 from django.shortcuts import render
@@ -30,3 +33,9 @@ def count(request):
 def protected(request):
     # Not csrf_exempt: without a CSRF token Django's middleware answers 403 first.
     return HttpResponse("unreachable without a CSRF token\n")
+
+
+def pid(request):
+    """The serving process's pid after an optional ?sleep=S, so concurrent requests reach every worker."""
+    time.sleep(float(request.GET.get("sleep", "0")))
+    return HttpResponse(f"{os.getpid()}\n")

@@ -626,7 +626,7 @@ impl<'r> Worker<'r> {
                 drop(res);
                 log_app_error(head, &err, &body);
                 if !head_sent {
-                    let bytes = match (&body.http_error, &err) {
+                    let mut bytes = match (&body.http_error, &err) {
                         (Some(e), _) => e.response(),
                         // The client vanished or stalled: nobody to answer.
                         (None, AppError::Io(_)) if body.io_failed => {
@@ -634,6 +634,10 @@ impl<'r> Worker<'r> {
                         }
                         _ => error_response(500),
                     };
+                    if head.method() == "HEAD" {
+                        // A response to HEAD never has a body, errors included.
+                        bytes.truncate(head_len(&bytes));
+                    }
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
                 } else {
@@ -686,6 +690,14 @@ impl<'r> Worker<'r> {
             }
         }
     }
+}
+
+/// Where a serialized response's head ends (after its blank line).
+fn head_len(response: &[u8]) -> usize {
+    response
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(response.len(), |i| i + 4)
 }
 
 fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {

@@ -315,6 +315,20 @@ fn app_error_before_head_gives_500_and_serving_goes_on() {
 }
 
 #[test]
+fn an_error_response_to_head_has_no_body() {
+    let server = Server::start(test_app(), config());
+    for path in ["/fail", "/interim"] {
+        let mut c = server.connect();
+        c.send(format!("HEAD {path} HTTP/1.1\r\nHost: t\r\n\r\n").as_bytes());
+        let r = c.read_response_for(true).unwrap();
+        assert_eq!(r.status, 500, "{path}");
+        assert_eq!(r.header("Connection"), Some("close"), "{path}");
+        // Nothing after the head: no error text where no body may be.
+        assert!(c.at_eof(), "{path}");
+    }
+}
+
+#[test]
 fn app_error_after_head_closes_the_connection() {
     let server = Server::start(test_app(), config());
     let mut c = server.connect();

@@ -12,6 +12,10 @@ use nix::time::{clock_gettime, ClockId};
 /// How many workers can be alive at once (TTIN beyond this is refused).
 pub(crate) const MAX_SLOTS: usize = 1024;
 
+/// High bit of a slot: armed for a new worker that has not beaten yet. Milliseconds of uptime
+/// never reach it.
+const NOT_BOOTED: u64 = 1 << 63;
+
 /// Milliseconds on CLOCK_MONOTONIC, which is the same clock in every process of the machine.
 pub(crate) fn monotonic_ms() -> u64 {
     let ts = clock_gettime(ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC is always available");
@@ -48,15 +52,23 @@ impl HeartbeatTable {
         unsafe { &*self.slots.as_ptr().add(index) }
     }
 
-    /// Reset a slot for a new worker: it counts as having just beaten.
+    /// Reset a slot for a new worker: it counts as having just beaten, but not as booted until
+    /// its own first beat (which clears [`NOT_BOOTED`]).
     pub(crate) fn arm(&self, index: usize) {
-        self.slot(index).store(monotonic_ms(), Ordering::Relaxed);
+        self.slot(index)
+            .store(monotonic_ms() | NOT_BOOTED, Ordering::Relaxed);
     }
 
-    /// Time since the worker in `index` last beat.
+    /// Time since the worker in `index` last beat (or was armed).
     pub(crate) fn silence(&self, index: usize) -> Duration {
-        let last = self.slot(index).load(Ordering::Relaxed);
+        let last = self.slot(index).load(Ordering::Relaxed) & !NOT_BOOTED;
         Duration::from_millis(monotonic_ms().saturating_sub(last))
+    }
+
+    /// Whether the worker in `index` has beaten at least once since it was armed, i.e. it got as
+    /// far as its serving loop.
+    pub(crate) fn booted(&self, index: usize) -> bool {
+        self.slot(index).load(Ordering::Relaxed) & NOT_BOOTED == 0
     }
 
     pub(crate) fn handle(&self, index: usize) -> Heartbeat {
@@ -114,5 +126,22 @@ mod tests {
             table.silence(4) > Duration::from_secs(1),
             "other slots untouched"
         );
+    }
+
+    #[test]
+    fn an_armed_slot_is_fresh_but_not_booted_until_the_first_beat() {
+        let table = HeartbeatTable::new().unwrap();
+        table.slot(5).store(0, Ordering::Relaxed);
+        table.arm(5);
+        assert!(!table.booted(5));
+        assert!(
+            table.silence(5) < Duration::from_secs(5),
+            "arming counts as a beat"
+        );
+        table.handle(5).beat();
+        assert!(table.booted(5));
+        assert!(table.silence(5) < Duration::from_secs(5));
+        table.arm(5);
+        assert!(!table.booted(5), "re-arming for the next worker resets it");
     }
 }

@@ -4,8 +4,8 @@ use std::collections::BTreeMap;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ferrocorn_signals::{Command, MasterSignals, WorkerSignals};
-use log::{error, info, warn};
+use ferrocorn_signals::{signal_name, Command, MasterSignals, WorkerSignals};
+use log::{debug, error, info, warn};
 use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -17,6 +17,17 @@ use crate::{Heartbeat, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 const TICK: Duration = Duration::from_secs(1);
 /// After SIGABRT for a timeout, how long a worker gets before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// How long workers get after SIGQUIT (a quick stop: INT/QUIT, or either one during a graceful
+/// stop) before SIGKILL. gunicorn's workers leave the request in hand at once (SystemExit from
+/// their handler, then gunicorn allows 2 s); ours only notice between requests, so an app call
+/// that goes on is cut short here.
+const QUICK_STOP_GRACE: Duration = Duration::from_secs(2);
+/// First delay before forking again after a worker died before it booted; doubles with every
+/// further round of such deaths, up to [`BACKOFF_MAX`]. gunicorn forks again at once, which turns
+/// a worker that crashes at start-up (a segfaulting extension, `os._exit` at import) into a loop
+/// that forks as fast as the machine allows.
+const BACKOFF_START: Duration = Duration::from_millis(100);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
 #[derive(Debug, Clone)]
 pub struct ArbiterConfig {
@@ -88,6 +99,8 @@ struct WorkerInfo {
     retiring: bool,
     /// When it was sent SIGABRT for a timeout.
     aborted_at: Option<Instant>,
+    /// We sent it SIGKILL (timeout, or the end of a stop), so its death by SIGKILL is no news.
+    killed: bool,
 }
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
@@ -101,6 +114,13 @@ pub struct Arbiter {
     target: usize,
     next_age: u64,
     on_reopen_logs: Option<Box<dyn FnMut()>>,
+    /// Current fork back-off after workers died before booting (zero: none).
+    backoff: Duration,
+    /// No worker is forked before this (back-off in progress).
+    respawn_at: Option<Instant>,
+    /// Workers of this age or younger were forked after the last back-off began: the first of them
+    /// to boot ends the back-off.
+    backoff_age: u64,
 }
 
 impl std::fmt::Debug for Arbiter {
@@ -129,6 +149,9 @@ impl Arbiter {
             target,
             next_age: 1,
             on_reopen_logs: None,
+            backoff: Duration::ZERO,
+            respawn_at: None,
+            backoff_age: 0,
         })
     }
 
@@ -147,24 +170,35 @@ impl Arbiter {
     pub fn run(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<i32, Error> {
         self.manage_workers(worker_main)?;
         loop {
-            let commands = self.signals_mut().wait(TICK);
-            for command in commands {
+            let wait = match self.respawn_at {
+                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
+                None => TICK,
+            };
+            let received = self.signals_mut().wait_signals(wait);
+            for sig in received {
+                let Some(command) = Command::from_signal(sig) else {
+                    continue;
+                };
+                let name = signal_name(sig);
+                // As gunicorn: every signal is logged, SIGCHLD (frequent) only at debug level.
+                if command == Command::ChildExited {
+                    debug!("Handling signal: {name}");
+                } else {
+                    info!("Handling signal: {name}");
+                }
                 match command {
                     Command::ChildExited => {}
                     Command::GracefulStop => {
-                        info!("Handling signal: term");
                         self.stop(true);
                         info!("Shutting down: Master");
                         return Ok(0);
                     }
                     Command::QuickStop => {
-                        info!("Handling signal: int/quit");
                         self.stop(false);
                         info!("Shutting down: Master");
                         return Ok(0);
                     }
                     Command::IncrementWorkers => {
-                        info!("Handling signal: ttin");
                         if self.target < MAX_SLOTS {
                             self.target += 1;
                         } else {
@@ -172,27 +206,24 @@ impl Arbiter {
                         }
                     }
                     Command::DecrementWorkers => {
-                        info!("Handling signal: ttou");
                         // Like gunicorn, never scale below one worker.
                         self.target = self.target.saturating_sub(1).max(1);
                     }
                     Command::Reload => {
-                        info!("Handling signal: hup");
                         info!("Hang up: Master");
                         self.reload(worker_main)?;
                     }
                     Command::ReopenLogs => {
-                        info!("Handling signal: usr1");
                         if let Some(reopen) = &mut self.on_reopen_logs {
                             reopen();
                         }
                         self.signal_workers(Signal::SIGUSR1, false);
                     }
                     Command::Reexec => {
-                        warn!("Handling signal: usr2: re-exec is not supported yet; ignoring");
+                        warn!("USR2 signal ignored: re-exec is not supported");
                     }
                     Command::StopWorkers => {
-                        info!("Handling signal: winch: ignored when not daemonized");
+                        debug!("SIGWINCH ignored. Not daemonized");
                     }
                 }
             }
@@ -208,6 +239,7 @@ impl Arbiter {
                 return Ok(code);
             }
             self.murder_workers();
+            self.end_backoff_once_booted();
             self.manage_workers(worker_main)?;
         }
     }
@@ -238,26 +270,69 @@ impl Arbiter {
                 _ => continue,
             };
             let Some(info) = self.workers.remove(&pid) else {
+                debug!("Reaped unknown child process (pid:{pid})");
                 continue;
             };
+            // gunicorn's wording and levels.
             match (code, signal) {
                 (Some(0), _) => info!("Worker exiting (pid: {pid})"),
                 (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
-                    error!("Worker (pid:{pid}) exited with code {code}");
+                    error!("Worker (pid:{pid}) exited with code {code}.");
                     boot_failure = Some(code);
                 }
-                (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}"),
-                (None, Some(Signal::SIGKILL)) if info.aborted_at.is_none() && !info.retiring => {
+                (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}."),
+                (None, Some(Signal::SIGKILL)) if !info.killed => {
                     error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
                 }
-                (None, Some(sig)) if info.retiring && sig == Signal::SIGTERM => {
-                    info!("Worker exiting (pid: {pid})")
-                }
-                (None, Some(sig)) => error!("Worker (pid:{pid}) was sent {sig}!"),
+                (None, Some(Signal::SIGTERM)) => info!("Worker (pid:{pid}) was sent SIGTERM!"),
+                (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
                 (None, None) => {}
+            }
+            let died_unbooted = code != Some(0)
+                && !info.retiring
+                && info.aborted_at.is_none()
+                && !self.table.booted(info.slot);
+            if died_unbooted && boot_failure.is_none() {
+                self.back_off(pid);
             }
         }
         boot_failure
+    }
+
+    /// A worker died before it booted: delay the next fork, longer each round.
+    fn back_off(&mut self, pid: Pid) {
+        let now = Instant::now();
+        if self.respawn_at.is_some_and(|at| now < at) {
+            // Its siblings of the same round died too: one round, one step.
+            return;
+        }
+        self.backoff = if self.backoff.is_zero() {
+            BACKOFF_START
+        } else {
+            (self.backoff * 2).min(BACKOFF_MAX)
+        };
+        self.respawn_at = Some(now + self.backoff);
+        self.backoff_age = self.next_age;
+        warn!(
+            "Worker (pid:{pid}) died before it booted; backing off {:.1}s before the next fork",
+            self.backoff.as_secs_f64()
+        );
+    }
+
+    /// The back-off ends once a worker forked after it began gets to serve.
+    fn end_backoff_once_booted(&mut self) {
+        if self.backoff.is_zero() {
+            return;
+        }
+        let booted = self
+            .workers
+            .values()
+            .any(|w| w.age >= self.backoff_age && self.table.booted(w.slot));
+        if booted {
+            info!("Worker booted; fork back-off cleared");
+            self.backoff = Duration::ZERO;
+            self.respawn_at = None;
+        }
     }
 
     /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
@@ -273,6 +348,7 @@ impl Arbiter {
                     info.aborted_at = Some(Instant::now());
                 }
                 Some(at) if at.elapsed() > ABORT_GRACE => {
+                    info.killed = true;
                     let _ = kill(*pid, Signal::SIGKILL);
                 }
                 _ => {}
@@ -289,7 +365,11 @@ impl Arbiter {
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
     ) -> Result<(), Error> {
-        while self.active_count() < self.target {
+        if self.respawn_at.is_some_and(|at| Instant::now() >= at) {
+            self.respawn_at = None;
+        }
+        // While backing off, forking waits (scaling down does not).
+        while self.respawn_at.is_none() && self.active_count() < self.target {
             self.spawn_worker(worker_main)?;
         }
         let excess = self.active_count().saturating_sub(self.target);
@@ -317,6 +397,9 @@ impl Arbiter {
 
     /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
     fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+        // A reload is the operator's fresh start (often a fixed deploy): no back-off.
+        self.backoff = Duration::ZERO;
+        self.respawn_at = None;
         let old: Vec<Pid> = self
             .workers
             .iter()
@@ -366,6 +449,7 @@ impl Arbiter {
                         age,
                         retiring: false,
                         aborted_at: None,
+                        killed: false,
                     },
                 );
                 Ok(())
@@ -414,41 +498,56 @@ impl Arbiter {
         }
     }
 
-    /// Stop every worker: TERM (graceful) or QUIT (quick), up to `--graceful-timeout`, then SIGKILL.
+    /// Stop every worker: TERM (graceful, up to `--graceful-timeout`) or QUIT (quick, up to
+    /// [`QUICK_STOP_GRACE`]), then SIGKILL whatever is left. INT or QUIT during a graceful stop
+    /// turns it into a quick one.
     fn stop(&mut self, graceful: bool) {
-        let sig = if graceful {
-            Signal::SIGTERM
+        let (sig, grace) = if graceful {
+            (Signal::SIGTERM, self.config.graceful_timeout)
         } else {
-            Signal::SIGQUIT
+            (
+                Signal::SIGQUIT,
+                QUICK_STOP_GRACE.min(self.config.graceful_timeout),
+            )
         };
         self.signal_workers(sig, true);
-        let deadline = Instant::now() + self.config.graceful_timeout;
-        let mut escalated = !graceful;
-        while !self.workers.is_empty() && Instant::now() < deadline {
-            let wait = deadline
-                .saturating_duration_since(Instant::now())
-                .min(Duration::from_millis(100));
-            let commands = self.signals_mut().wait(wait);
-            if !escalated && commands.contains(&Command::QuickStop) {
-                // A second, impatient signal during a graceful stop: stop now.
-                escalated = true;
-                self.signal_workers(Signal::SIGQUIT, true);
-            }
+        let started = Instant::now();
+        let mut deadline = started + grace;
+        let mut quick = !graceful;
+        loop {
             self.reap();
-        }
-        if !self.workers.is_empty() {
-            self.signal_workers(Signal::SIGKILL, true);
-            while !self.workers.is_empty() {
-                match waitpid(None, None) {
-                    Ok(status) => {
-                        if let Some(pid) = status.pid() {
-                            self.workers.remove(&pid);
-                        }
-                    }
-                    Err(nix::errno::Errno::EINTR) => {}
-                    Err(_) => break,
-                }
+            let now = Instant::now();
+            if self.workers.is_empty() || now >= deadline {
+                break;
             }
+            let wait = (deadline - now).min(Duration::from_millis(100));
+            let received = self.signals_mut().wait_signals(wait);
+            if let Some(sig) = received
+                .into_iter()
+                .find(|s| !quick && matches!(*s, libc::SIGINT | libc::SIGQUIT))
+            {
+                info!("Handling signal: {}", signal_name(sig));
+                info!("Quick shutdown requested");
+                quick = true;
+                self.signal_workers(Signal::SIGQUIT, true);
+                deadline = deadline.min(Instant::now() + QUICK_STOP_GRACE);
+            }
+        }
+        if self.workers.is_empty() {
+            return;
+        }
+        for (pid, info) in &mut self.workers {
+            warn!(
+                "Worker (pid:{pid}) still running {:.1}s after the stop request; killing it",
+                started.elapsed().as_secs_f64()
+            );
+            info.killed = true;
+            let _ = kill(*pid, Signal::SIGKILL);
+        }
+        // SIGKILL cannot be caught: each one ends with a SIGCHLD soon.
+        while !self.workers.is_empty() {
+            self.signals_mut().wait_signals(Duration::from_millis(100));
+            self.reap();
         }
     }
 }

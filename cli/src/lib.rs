@@ -104,10 +104,16 @@ fn bind(options: &Options) -> Result<Vec<Listener>> {
     };
     let listen = ListenOptions {
         backlog: options.backlog,
-        unix_mode: None,
+        unix_mode: Some(unix_socket_mode(options.umask)),
         reuse_port: options.reuse_port,
     };
     Ok(ferrocorn_listener::bind_all(&specs, &listen)?)
+}
+
+/// gunicorn binds unix sockets under `--umask` (default 0) and nothing else: the socket file is
+/// `0o777 & !umask` whatever the process umask, so e.g. nginx as another user can connect.
+fn unix_socket_mode(umask: Option<u32>) -> u32 {
+    0o777 & !umask.unwrap_or(0)
 }
 
 fn wsgi_config(options: &Options) -> ferrocorn_wsgi::WsgiConfig {
@@ -134,21 +140,24 @@ fn worker_config(options: &Options) -> WorkerConfig {
     }
 }
 
-/// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different times.
+/// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different
+/// times: `max_requests + [0, jitter]`, like gunicorn's `randint(0, jitter)`.
 fn jittered(max_requests: u64, jitter: u64) -> u64 {
+    jittered_for(std::process::id(), max_requests, jitter)
+}
+
+fn jittered_for(pid: u32, max_requests: u64, jitter: u64) -> u64 {
     if max_requests == 0 || jitter == 0 {
         return max_requests;
     }
-    max_requests + u64::from(std::process::id()).wrapping_mul(2_654_435_761) % (jitter + 1)
+    // Knuth's multiplicative hash: consecutive pids land far apart.
+    max_requests + u64::from(pid).wrapping_mul(2_654_435_761) % (jitter + 1)
 }
 
 fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<i32> {
     check_options(&options, &source)?;
     let log_file = logging::LogFile::new(options.log_file.as_deref());
     log_file.open()?;
-    if let Some(umask) = options.umask {
-        nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(umask));
-    }
     for (key, value) in &options.env {
         // SAFETY: single-threaded here (no worker forked, no thread started), so no one reads the
         // environment concurrently.
@@ -158,6 +167,15 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
 
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind(&options)?;
+    for listener in &listeners {
+        if let ferrocorn_listener::Listener::Unix {
+            path: Some(path), ..
+        } = listener
+        {
+            // As gunicorn: the socket belongs to the workers' user and group.
+            owner.chown(path)?;
+        }
+    }
     for listener in &listeners {
         info!(
             "Listening at: {} ({})",
@@ -267,4 +285,29 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         let _ = std::fs::remove_file(path);
     }
     Ok(code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_spreads_workers() {
+        let limits: std::collections::BTreeSet<u64> =
+            (1000..1100).map(|pid| jittered_for(pid, 50, 10)).collect();
+        assert!(limits.iter().all(|n| (50..=60).contains(n)), "{limits:?}");
+        assert!(
+            limits.len() >= 8,
+            "consecutive pids get different limits: {limits:?}"
+        );
+        assert_eq!(jittered_for(1234, 50, 0), 50);
+        assert_eq!(jittered_for(1234, 0, 10), 0, "no --max-requests, no limit");
+    }
+
+    #[test]
+    fn unix_socket_mode_follows_umask_like_gunicorn() {
+        assert_eq!(unix_socket_mode(None), 0o777);
+        assert_eq!(unix_socket_mode(Some(0o007)), 0o770);
+        assert_eq!(unix_socket_mode(Some(0o077)), 0o700);
+    }
 }

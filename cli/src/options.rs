@@ -167,7 +167,8 @@ pub struct Options {
     #[arg(short = 'g', long, value_name = "GROUP")]
     pub group: Option<String>,
 
-    /// Process umask (octal), applied before binding: it sets the mode of unix socket files.
+    /// Umask (octal) for unix socket files, as gunicorn: the socket's mode is 0o777 minus these
+    /// bits (default 0: anyone may connect). The process umask is left alone.
     #[arg(short = 'm', long, value_name = "MODE", value_parser = parse_octal)]
     pub umask: Option<u32>,
 

@@ -42,6 +42,15 @@ impl Owner {
         })
     }
 
+    /// Give a file (a unix socket we bound) to the configured user and group, if any.
+    pub fn chown(&self, path: &std::path::Path) -> Result<()> {
+        if self.uid.is_none() && self.gid.is_none() {
+            return Ok(());
+        }
+        nix::unistd::chown(path, self.uid, self.gid)
+            .with_context(|| format!("cannot change the owner of {}", path.display()))
+    }
+
     /// Switch this (worker) process to the configured user and group.
     pub fn apply(&self) -> Result<()> {
         if let Some(gid) = self.gid {

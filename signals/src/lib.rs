@@ -94,6 +94,25 @@ impl Command {
     }
 }
 
+/// A signal's name as gunicorn logs it: lower case, no `SIG` prefix (`"term"`, `"ttin"`).
+pub fn signal_name(sig: c_int) -> &'static str {
+    match sig {
+        libc::SIGHUP => "hup",
+        libc::SIGTERM => "term",
+        libc::SIGINT => "int",
+        libc::SIGQUIT => "quit",
+        libc::SIGTTIN => "ttin",
+        libc::SIGTTOU => "ttou",
+        libc::SIGUSR1 => "usr1",
+        libc::SIGUSR2 => "usr2",
+        libc::SIGWINCH => "winch",
+        libc::SIGCHLD => "chld",
+        libc::SIGKILL => "kill",
+        libc::SIGABRT => "abrt",
+        _ => "unknown",
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("installing signal handlers: {0}")]
@@ -269,13 +288,23 @@ impl MasterSignals {
 
     /// Block until a command arrives or `timeout` passes; returns everything queued (maybe empty).
     pub fn wait(&mut self, timeout: Duration) -> Vec<Command> {
+        self.wait_signals(timeout)
+            .into_iter()
+            .filter_map(Command::from_signal)
+            .collect()
+    }
+
+    /// Like [`wait`](Self::wait), but the signal numbers themselves (one of [`MASTER_SIGNALS`] each),
+    /// for callers that tell SIGINT from SIGQUIT, e.g. to log which one arrived.
+    pub fn wait_signals(&mut self, timeout: Duration) -> Vec<c_int> {
         let mut bytes = drain(self.read.as_raw_fd());
         if bytes.is_empty() && poll_readable(self.read.as_raw_fd(), timeout) {
             bytes = drain(self.read.as_raw_fd());
         }
         bytes
             .into_iter()
-            .filter_map(|b| Command::from_signal(b as c_int))
+            .map(c_int::from)
+            .filter(|sig| Command::from_signal(*sig).is_some())
             .collect()
     }
 
@@ -477,6 +506,15 @@ mod tests {
         assert_eq!(Command::from_signal(libc::SIGINT), Some(Command::QuickStop));
         assert_eq!(Command::from_signal(libc::SIGALRM), None);
         assert_eq!(Command::from_signal(WAKE_BYTE as c_int), None);
+    }
+
+    #[test]
+    fn master_signals_have_gunicorns_names() {
+        let names: Vec<&str> = MASTER_SIGNALS.iter().map(|s| signal_name(*s)).collect();
+        assert_eq!(
+            names,
+            ["hup", "term", "int", "quit", "ttin", "ttou", "usr1", "usr2", "winch", "chld"]
+        );
     }
 
     #[test]

@@ -201,6 +201,20 @@ fn queue_keeps_arrival_order() {
     );
 }
 
+fn wait_signals_tells_int_from_quit() {
+    let mut master = MasterSignals::install().unwrap();
+    for sig in [libc::SIGQUIT, libc::SIGINT, libc::SIGTERM] {
+        raise(sig);
+    }
+    // A wake-up is no signal.
+    master.wake();
+    assert_eq!(
+        master.wait_signals(Duration::ZERO),
+        vec![libc::SIGQUIT, libc::SIGINT, libc::SIGTERM]
+    );
+    assert_eq!(master.wait_signals(Duration::ZERO), vec![]);
+}
+
 fn signals_from_another_process_do_not_kill_the_master() {
     let mut master = MasterSignals::install().unwrap();
     let me = std::process::id() as libc::pid_t;
@@ -370,7 +384,7 @@ fn worker_dies_of_sighup_like_gunicorns() {
 }
 
 fn main() {
-    let cases: [(&str, fn()); 7] = [
+    let cases: [(&str, fn()); 8] = [
         ("queue_keeps_arrival_order", queue_keeps_arrival_order),
         (
             "signals_from_another_process_do_not_kill_the_master",
@@ -392,6 +406,10 @@ fn main() {
         (
             "worker_dies_of_sighup_like_gunicorns",
             worker_dies_of_sighup_like_gunicorns,
+        ),
+        (
+            "wait_signals_tells_int_from_quit",
+            wait_signals_tells_int_from_quit,
         ),
     ];
     let filter: Vec<String> = std::env::args()

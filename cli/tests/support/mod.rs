@@ -441,3 +441,85 @@ pub fn test_venv() -> PathBuf {
         .clone()
         .unwrap_or_else(|e| panic!("{e}"))
 }
+
+impl Server {
+    /// Start a prepared command (e.g. with inherited sockets, or wrapped in `sh -c`), following its
+    /// log like [`Server::spawn`]. The command's stdout/stderr are taken over; its pid is the
+    /// master's only if the command execs it.
+    pub fn spawn_command(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .env_remove("WEB_CONCURRENCY")
+            .env_remove("PORT")
+            .env_remove("VIRTUAL_ENV");
+        let mut child = cmd.spawn().expect("spawn ferrocorn");
+        let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        for pipe in [
+            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
+            Box::new(child.stdout.take().unwrap()),
+        ] {
+            let tx = tx.clone();
+            let log = log.clone();
+            std::thread::spawn(move || {
+                for line in BufReader::new(pipe).lines() {
+                    let Ok(line) = line else { break };
+                    if std::env::var_os("FERROCORN_TEST_ECHO").is_some() {
+                        eprintln!("ferrocorn| {line}");
+                    }
+                    log.lock().unwrap().push(line.clone());
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        Server {
+            child,
+            addr: None,
+            lines: rx,
+            log,
+        }
+    }
+
+    /// Wait for the next "Listening at: http://ADDR" line and return ADDR (also kept as `addr`
+    /// when none was known yet).
+    pub fn wait_listening_tcp(&mut self) -> SocketAddr {
+        let line = self.wait_for_log("Listening at: http://", BOOT_TIMEOUT);
+        let rest = line.split("Listening at: http://").nth(1).unwrap();
+        let addr: SocketAddr = rest
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .parse()
+            .expect("listen address");
+        self.addr.get_or_insert(addr);
+        addr
+    }
+
+    /// Log lines seen so far that contain `needle`.
+    pub fn count_log(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
+    }
+}
+
+/// A field of /proc/PID/status (e.g. "Uid", "Threads"), its value without the name.
+pub fn proc_status(pid: i32, field: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .map(|v| v.trim().to_string())
+}
+
+/// A TCP port that was free a moment ago (bind port 0, note it, close it).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

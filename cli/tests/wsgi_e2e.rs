@@ -667,13 +667,89 @@ fn environ_over_a_unix_socket() {
     s.read_to_end(&mut bytes).unwrap();
     let (resp, _) = parse_response(&bytes, false).expect("a response");
     let json = ok(&resp).text();
-    // gunicorn's values for a unix socket: the path as SERVER_NAME, no port, an empty client.
+    // gunicorn's values for a unix socket: SERVER_* from the Host header (port 80 by default),
+    // an empty client address and no client port.
+    assert_eq!(json_str(&json, "SERVER_NAME").as_deref(), Some("local"));
+    assert_eq!(json_str(&json, "SERVER_PORT").as_deref(), Some("80"));
+    assert_eq!(json_str(&json, "REMOTE_ADDR").as_deref(), Some(""));
+    assert!(!json.contains("REMOTE_PORT"), "{json}");
+    // Without a Host header (HTTP/1.0): the socket's path and no port.
+    let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    s.write_all(b"GET /environ HTTP/1.0\r\n\r\n").unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let (resp, _) = parse_response(&bytes, false).expect("a response");
+    let json = ok(&resp).text();
     assert_eq!(
         json_str(&json, "SERVER_NAME"),
         Some(sock.display().to_string())
     );
     assert_eq!(json_str(&json, "SERVER_PORT").as_deref(), Some(""));
-    assert_eq!(json_str(&json, "REMOTE_ADDR").as_deref(), Some(""));
-    assert!(!json.contains("REMOTE_PORT"), "{json}");
     drop(server);
+}
+
+#[test]
+fn environ_client_port_raw_path_and_body_headers() {
+    let server = start_battery(&[], &[]);
+    let addr = server.addr();
+    let mut s = connect(addr);
+    let client_port = s.local_addr().unwrap().port();
+    s.write_all(
+        b"POST /environ/caf%C3%A9/a%2Fb?x=%C3%A9&y HTTP/1.1\r\nHost: h\r\nContent-Type: text/plain\r\n\
+          Content-Length: 3\r\nConnection: close\r\n\r\nabc",
+    )
+    .unwrap();
+    let mut bytes = Vec::new();
+    s.read_to_end(&mut bytes).unwrap();
+    let (resp, _) = parse_response(&bytes, false).expect("a response");
+    let json = ok(&resp).text();
+    assert_eq!(
+        json_str(&json, "REMOTE_PORT"),
+        Some(client_port.to_string())
+    );
+    assert_eq!(json_str(&json, "SERVER_NAME").as_deref(), Some("127.0.0.1"));
+    // Percent-decoded to bytes, each byte one code point: UTF-8 "é" arrives as "Ã©", and an
+    // encoded "/" is indistinguishable from a real one (as in every WSGI server).
+    assert_eq!(
+        json_str(&json, "PATH_INFO").as_deref(),
+        Some("/environ/caf\\u00c3\\u00a9/a/b")
+    );
+    // The query string is left as sent.
+    assert_eq!(
+        json_str(&json, "QUERY_STRING").as_deref(),
+        Some("x=%C3%A9&y")
+    );
+    assert_eq!(
+        json_str(&json, "CONTENT_TYPE").as_deref(),
+        Some("text/plain")
+    );
+    assert_eq!(json_str(&json, "CONTENT_LENGTH").as_deref(), Some("3"));
+    assert!(!json.contains("HTTP_CONTENT_"), "{json}");
+}
+
+#[test]
+fn trusted_proxy_scheme_headers_set_the_url_scheme() {
+    let proxied = b"GET /environ HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\n\
+                    Connection: close\r\n\r\n";
+    // From 127.0.0.1, trusted by default (gunicorn's forwarded_allow_ips).
+    let server = start_battery(&[], &[]);
+    let json = ok(&request(server.addr(), proxied)).text();
+    assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("https"));
+    // Secure-scheme headers that disagree: 400, and the worker goes on.
+    let resp = request(
+        server.addr(),
+        b"GET / HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n\
+          Connection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(ok(&get(server.addr(), "/")).text(), "Hello, World!\n");
+    drop(server);
+    // $FORWARDED_ALLOW_IPS not naming 127.0.0.1: the header is the client's own, ignored.
+    let server = start_battery(&[], &[("FORWARDED_ALLOW_IPS", "192.0.2.1")]);
+    let json = ok(&request(server.addr(), proxied)).text();
+    assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("http"));
+    assert_eq!(
+        json_str(&json, "HTTP_X_FORWARDED_PROTO").as_deref(),
+        Some("https")
+    );
 }

@@ -295,7 +295,9 @@ ROUTES.update(
 
 
 def app(environ, start_response):
-    route = ROUTES.get(environ["PATH_INFO"])
+    path = environ["PATH_INFO"]
+    # /environ/ANYTHING shows the environ too (to see how odd paths arrive in PATH_INFO).
+    route = ROUTES.get("/environ" if path.startswith("/environ/") else path)
     if route is None:
         return text(start_response, b"no such route\n", status="404 Not Found")
     return route(environ, start_response)

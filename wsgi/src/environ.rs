@@ -6,6 +6,8 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
 use ferrocorn_worker::{PeerAddr, Request, ServerAddr};
 
 /// What the environ is built from: the parts of a request, without the body.
@@ -41,6 +43,77 @@ impl<'a> RequestInfo<'a> {
             server: req.server,
         }
     }
+}
+
+/// Peers whose proxy headers are believed (gunicorn's `forwarded_allow_ips`): a `SCRIPT_NAME`
+/// header and the secure-scheme headers (`X-Forwarded-Proto: https`, `X-Forwarded-Protocol: ssl`,
+/// `X-Forwarded-Ssl: on`) count only from these. Clients on a unix socket are always trusted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TrustedPeers {
+    /// `*`: every peer.
+    All,
+    /// These addresses (IPv4-mapped IPv6 peers match their IPv4 form).
+    Ips(Vec<IpAddr>),
+}
+
+impl Default for TrustedPeers {
+    /// gunicorn's default: the local host only.
+    fn default() -> TrustedPeers {
+        TrustedPeers::Ips(vec![
+            IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        ])
+    }
+}
+
+impl TrustedPeers {
+    /// Parse `$FORWARDED_ALLOW_IPS`: `*`, or comma-separated IP addresses.
+    pub fn parse(list: &str) -> Result<TrustedPeers, String> {
+        let mut ips = Vec::new();
+        for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            if item == "*" {
+                return Ok(TrustedPeers::All);
+            }
+            ips.push(item.parse::<IpAddr>().map_err(|_| {
+                format!("FORWARDED_ALLOW_IPS: {item:?} is not an IP address (or '*')")
+            })?);
+        }
+        Ok(TrustedPeers::Ips(ips))
+    }
+
+    /// Whether proxy headers from `peer` are believed.
+    pub fn trusts(&self, peer: &PeerAddr) -> bool {
+        match (self, peer) {
+            (_, PeerAddr::Unix) | (TrustedPeers::All, _) => true,
+            (TrustedPeers::Ips(ips), PeerAddr::Tcp(addr)) => {
+                let ip = addr.ip().to_canonical();
+                ips.iter().any(|t| t.to_canonical() == ip)
+            }
+        }
+    }
+}
+
+/// Per-app settings of the environ that come from the server's environment, not the request.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EnvironConfig {
+    /// `$SCRIPT_NAME` (without a trailing `/`): the prefix the app is mounted under, stripped from
+    /// `PATH_INFO`. A trusted peer's `SCRIPT_NAME` header field in [`RequestInfo::headers`]
+    /// replaces it for its request (as in gunicorn; note that ferrocorn's HTTP parser currently
+    /// drops every field name containing `_` before it gets here).
+    pub script_name: String,
+    /// `$FORWARDED_ALLOW_IPS`.
+    pub trusted: TrustedPeers,
+}
+
+/// Why no environ could be built for a request.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvironError {
+    /// The request path is outside `SCRIPT_NAME`: a deployment error (answered 500).
+    #[error(transparent)]
+    ScriptName(#[from] ScriptNameMismatch),
+    /// A trusted proxy sent secure-scheme headers that disagree (answered 400, as gunicorn does).
+    #[error("contradictory scheme headers from the proxy")]
+    ContradictoryScheme,
 }
 
 /// The request path does not fall under the configured `SCRIPT_NAME` (a deployment error).
@@ -124,39 +197,104 @@ pub fn base_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
     Ok(env)
 }
 
+/// The scheme a trusted proxy's secure-scheme headers claim (`None`: none sent), as gunicorn
+/// reads them: each present header says "https" only with its exact value, and they must agree.
+fn forwarded_scheme(headers: &[(&str, &[u8])]) -> Result<Option<&'static str>, EnvironError> {
+    const SECURE: [(&str, &[u8]); 3] = [
+        ("x-forwarded-protocol", b"ssl"),
+        ("x-forwarded-proto", b"https"),
+        ("x-forwarded-ssl", b"on"),
+    ];
+    let mut scheme = None;
+    for (name, value) in headers {
+        let Some((_, secure)) = SECURE.iter().find(|(n, _)| name.eq_ignore_ascii_case(n)) else {
+            continue;
+        };
+        let this = if value.trim_ascii() == *secure {
+            "https"
+        } else {
+            "http"
+        };
+        match scheme {
+            Some(seen) if seen != this => return Err(EnvironError::ContradictoryScheme),
+            _ => scheme = Some(this),
+        }
+    }
+    Ok(scheme)
+}
+
+/// `SERVER_NAME`/`SERVER_PORT` from a `Host` header, for unix sockets (gunicorn's way: WSGI has
+/// no notion of them); the scheme's default port when the header names none.
+fn server_from_host(host: &str, scheme: &str) -> (String, String) {
+    if let Some((name, port)) = host.rsplit_once(':') {
+        if !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()) {
+            return (name.to_string(), port.to_string());
+        }
+    }
+    let port = if scheme == "https" { "443" } else { "80" };
+    (host.to_string(), port.to_string())
+}
+
 /// A copy of `base` with this request's keys (everything but `wsgi.input`).
 pub fn build_environ<'py>(
     py: Python<'py>,
     base: &Bound<'py, PyDict>,
     info: &RequestInfo<'_>,
-    script_name: &str,
-) -> PyResult<Result<Bound<'py, PyDict>, ScriptNameMismatch>> {
+    config: &EnvironConfig,
+) -> PyResult<Result<Bound<'py, PyDict>, EnvironError>> {
+    let trusted = config.trusted.trusts(info.peer);
+    let mut script_name = config.script_name.clone();
+    let mut scheme = info.server.scheme;
+    if trusted {
+        if let Some((_, value)) = info
+            .headers
+            .iter()
+            .rev()
+            .find(|(n, _)| n.eq_ignore_ascii_case("script_name"))
+        {
+            script_name = latin1(value).trim().trim_end_matches('/').to_string();
+        }
+        match forwarded_scheme(&info.headers) {
+            Ok(Some(s)) => scheme = s,
+            Ok(None) => {}
+            Err(e) => return Ok(Err(e)),
+        }
+    }
     let mut path = latin1(&percent_decode(info.path));
     if !script_name.is_empty() {
         let under = path
-            .strip_prefix(script_name)
+            .strip_prefix(script_name.as_str())
             .filter(|rest| rest.is_empty() || rest.starts_with('/'));
         match under {
             Some(rest) => path = rest.to_string(),
-            None => {
-                return Ok(Err(ScriptNameMismatch {
-                    path,
-                    script_name: script_name.to_string(),
-                }))
-            }
+            None => return Ok(Err(ScriptNameMismatch { path, script_name }.into())),
         }
     }
     let env = base.copy()?;
     let set = |k: &str, v: &str| env.set_item(k, PyString::new(py, v));
     set("REQUEST_METHOD", info.method)?;
-    set("SCRIPT_NAME", script_name)?;
+    set("SCRIPT_NAME", &script_name)?;
     set("PATH_INFO", &path)?;
     set("QUERY_STRING", &latin1(info.query.as_bytes()))?;
     set("RAW_URI", &latin1(info.target.as_bytes()))?;
     set("SERVER_PROTOCOL", info.protocol)?;
-    set("SERVER_NAME", &info.server.name)?;
-    set("SERVER_PORT", &info.server.port)?;
-    set("wsgi.url_scheme", info.server.scheme)?;
+    let host = info
+        .headers
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+        .map(|(_, v)| latin1(v));
+    match (info.peer, host) {
+        (PeerAddr::Unix, Some(host)) => {
+            let (name, port) = server_from_host(host.trim(), scheme);
+            set("SERVER_NAME", &name)?;
+            set("SERVER_PORT", &port)?;
+        }
+        _ => {
+            set("SERVER_NAME", &info.server.name)?;
+            set("SERVER_PORT", &info.server.port)?;
+        }
+    }
+    set("wsgi.url_scheme", scheme)?;
     match info.peer {
         PeerAddr::Tcp(addr) => {
             set("REMOTE_ADDR", &addr.ip().to_string())?;

@@ -89,8 +89,8 @@ pub struct WsgiApp {
     app: Py<PyAny>,
     /// The environ keys that never change, copied per request.
     base: Py<PyDict>,
-    /// `SCRIPT_NAME` from the environment at load time (gunicorn's way to mount under a prefix).
-    script_name: String,
+    /// `$SCRIPT_NAME` and `$FORWARDED_ALLOW_IPS` as they were at load time.
+    env_config: environ::EnvironConfig,
 }
 
 /// Apps loaded in this process, so a second `load` of the same config (a preloaded app, in the
@@ -154,27 +154,38 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
     }
     let app = spec::import_app(py, &config.app)?;
     let base = environ::base_environ(py).map_err(init_err(py))?;
-    let script_name = environ
-        .call_method1("get", ("SCRIPT_NAME", ""))
-        .and_then(|s| s.extract::<String>())
-        .map_err(init_err(py))?;
-    let script_name = script_name.trim_end_matches('/').to_string();
+    let var = |name: &str, default: &str| {
+        environ
+            .call_method1("get", (name, default))
+            .and_then(|s| s.extract::<String>())
+            .map_err(init_err(py))
+    };
+    let script_name = var("SCRIPT_NAME", "")?.trim_end_matches('/').to_string();
+    // gunicorn's default for --forwarded-allow-ips is this variable, else the local host.
+    let trusted = match var("FORWARDED_ALLOW_IPS", "")? {
+        list if list.trim().is_empty() => environ::TrustedPeers::default(),
+        list => environ::TrustedPeers::parse(&list).map_err(LoadError::Init)?,
+    };
     Ok(WsgiApp {
         app: app.unbind(),
         base: base.unbind(),
-        script_name,
+        env_config: environ::EnvironConfig {
+            script_name,
+            trusted,
+        },
     })
 }
 
 impl WsgiApp {
-    /// Wrap an already loaded WSGI callable (Python must be running), with no `SCRIPT_NAME`.
+    /// Wrap an already loaded WSGI callable (Python must be running), with no `SCRIPT_NAME` and
+    /// gunicorn's default trusted proxies (the local host).
     pub fn from_object(app: Py<PyAny>) -> Result<WsgiApp, LoadError> {
         Python::attach(|py| {
             let base = environ::base_environ(py).map_err(init_err(py))?;
             Ok(WsgiApp {
                 app,
                 base: base.unbind(),
-                script_name: String::new(),
+                env_config: environ::EnvironConfig::default(),
             })
         })
     }
@@ -193,7 +204,7 @@ impl WsgiApp {
         WsgiApp {
             app: self.app.clone_ref(py),
             base: self.base.clone_ref(py),
-            script_name: self.script_name.clone(),
+            env_config: self.env_config.clone(),
         }
     }
 
@@ -210,7 +221,7 @@ impl WsgiApp {
                 py,
                 self.app.bind(py),
                 self.base.bind(py),
-                &self.script_name,
+                &self.env_config,
                 info,
                 body,
                 sink,

@@ -11,7 +11,7 @@ use pyo3::types::{PyBytes, PyDict};
 
 use ferrocorn_worker::AppError;
 
-use crate::environ::{build_environ, RequestInfo};
+use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
 use crate::format_traceback;
 use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
@@ -21,14 +21,32 @@ pub fn serve(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
     base: &Bound<'_, PyDict>,
-    script_name: &str,
+    env_config: &EnvironConfig,
     info: &RequestInfo<'_>,
     body: &mut dyn Read,
     sink: &mut dyn ResponseSink,
 ) -> Result<(), AppError> {
-    let environ = match build_environ(py, base, info, script_name) {
+    let environ = match build_environ(py, base, info, env_config) {
         Ok(Ok(env)) => env,
-        Ok(Err(mismatch)) => {
+        Ok(Err(EnvironError::ContradictoryScheme)) => {
+            // The request's fault (its proxy's), not the app's or the deployment's.
+            log::warn!(
+                "Bad request {}: {}",
+                info.target,
+                EnvironError::ContradictoryScheme
+            );
+            let body = b"Contradictory scheme headers\n";
+            let headers = vec![
+                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
+                (
+                    b"Content-Length".to_vec(),
+                    body.len().to_string().into_bytes(),
+                ),
+            ];
+            sink.start(400, "Bad Request", headers)?;
+            return sink.write(body);
+        }
+        Ok(Err(EnvironError::ScriptName(mismatch))) => {
             log::error!("Error handling request {}: {mismatch}", info.target);
             return Err(AppError::Failed(mismatch.to_string()));
         }

@@ -12,7 +12,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use ferrocorn_worker::{AppError, PeerAddr, ServerAddr};
-use ferrocorn_wsgi::environ::{base_environ, build_environ, header_key, latin1, percent_decode};
+use ferrocorn_wsgi::environ::{
+    base_environ, build_environ, header_key, latin1, percent_decode, EnvironConfig, EnvironError,
+    TrustedPeers,
+};
 use ferrocorn_wsgi::{
     load, parse_status, Headers, LoadError, RequestInfo, ResponseSink, WsgiApp, WsgiConfig,
 };
@@ -231,13 +234,28 @@ fn status_lines() {
 
 // ---- environ ---------------------------------------------------------------------------------
 
+fn mounted(script_name: &str) -> EnvironConfig {
+    EnvironConfig {
+        script_name: script_name.into(),
+        ..EnvironConfig::default()
+    }
+}
+
 /// Build an environ and check it with wsgiref.validate.check_environ, warnings as errors.
 fn environ_for<'py>(py: Python<'py>, req: &Req<'_>, script_name: &str) -> Bound<'py, PyDict> {
-    let (peer, server) = (peer(), server());
+    environ_from(py, req, &peer(), &mounted(script_name)).unwrap()
+}
+
+/// [`environ_for`] from another peer and with another config; the error when there is no environ.
+fn environ_from<'py>(
+    py: Python<'py>,
+    req: &Req<'_>,
+    peer: &PeerAddr,
+    config: &EnvironConfig,
+) -> Result<Bound<'py, PyDict>, EnvironError> {
+    let server = server();
     let base = base_environ(py).unwrap();
-    let env = build_environ(py, &base, &info(req, &peer, &server), script_name)
-        .unwrap()
-        .unwrap();
+    let env = build_environ(py, &base, &info(req, peer, &server), config).unwrap()?;
     env.set_item(
         "wsgi.input",
         py.eval(c"__import__('io').BytesIO()", None, None).unwrap(),
@@ -251,7 +269,7 @@ fn environ_for<'py>(py: Python<'py>, req: &Req<'_>, script_name: &str) -> Bound<
     // check_environ wants wsgi.input/errors with the right methods: ours are checked for real in
     // the served tests; here the BytesIO stands in.
     check.unwrap().call1((&env,)).expect("check_environ");
-    env
+    Ok(env)
 }
 
 fn item(env: &Bound<'_, PyDict>, key: &str) -> Option<String> {
@@ -338,7 +356,7 @@ fn script_name_is_stripped_from_path_info() {
             py,
             &base,
             &info(&get("/mountain"), &peer, &server),
-            "/mount",
+            &mounted("/mount"),
         )
         .unwrap();
         let msg = r.unwrap_err().to_string();
@@ -346,6 +364,121 @@ fn script_name_is_stripped_from_path_info() {
             msg.contains("/mountain") && msg.contains("SCRIPT_NAME"),
             "{msg}"
         );
+    });
+}
+
+#[test]
+fn trusted_proxies_set_script_name_and_scheme() {
+    battery();
+    Python::attach(|py| {
+        let behind_proxy = Req {
+            method: "GET",
+            target: "/app/x",
+            headers: vec![
+                ("Host", b"example.com"),
+                ("SCRIPT_NAME", b"/app/"),
+                ("X-Forwarded-Proto", b"https"),
+            ],
+        };
+        // From the local host (gunicorn's default forwarded_allow_ips) the headers count.
+        let env = environ_from(py, &behind_proxy, &peer(), &mounted("")).unwrap();
+        assert_eq!(item(&env, "SCRIPT_NAME").as_deref(), Some("/app"));
+        assert_eq!(item(&env, "PATH_INFO").as_deref(), Some("/x"));
+        assert_eq!(item(&env, "wsgi.url_scheme").as_deref(), Some("https"));
+        // The header wins over $SCRIPT_NAME.
+        let env = environ_from(py, &behind_proxy, &peer(), &mounted("/elsewhere")).unwrap();
+        assert_eq!(item(&env, "SCRIPT_NAME").as_deref(), Some("/app"));
+        // Unix-socket clients are trusted too.
+        let env = environ_from(py, &behind_proxy, &PeerAddr::Unix, &mounted("")).unwrap();
+        assert_eq!(item(&env, "wsgi.url_scheme").as_deref(), Some("https"));
+        // Another client's headers are ignored: no mount, plain http.
+        let stranger = PeerAddr::Tcp("203.0.113.9:4000".parse::<SocketAddr>().unwrap());
+        let env = environ_from(py, &behind_proxy, &stranger, &mounted("")).unwrap();
+        assert_eq!(item(&env, "SCRIPT_NAME").as_deref(), Some(""));
+        assert_eq!(item(&env, "PATH_INFO").as_deref(), Some("/app/x"));
+        assert_eq!(item(&env, "wsgi.url_scheme").as_deref(), Some("http"));
+        assert_eq!(
+            item(&env, "HTTP_X_FORWARDED_PROTO").as_deref(),
+            Some("https")
+        );
+        // ... unless it is listed (or everyone is).
+        for list in ["203.0.113.9", "10.0.0.1, 203.0.113.9", "*"] {
+            let config = EnvironConfig {
+                script_name: String::new(),
+                trusted: TrustedPeers::parse(list).unwrap(),
+            };
+            let env = environ_from(py, &behind_proxy, &stranger, &config).unwrap();
+            assert_eq!(
+                item(&env, "wsgi.url_scheme").as_deref(),
+                Some("https"),
+                "{list}"
+            );
+        }
+        // Each secure-scheme header with gunicorn's values; others say http.
+        for (name, value, scheme) in [
+            ("X-Forwarded-Protocol", &b"ssl"[..], "https"),
+            ("X-Forwarded-Ssl", b"on", "https"),
+            ("X-Forwarded-Proto", b"http", "http"),
+            ("X-Forwarded-Proto", b"HTTPS", "http"),
+        ] {
+            let req = Req {
+                method: "GET",
+                target: "/",
+                headers: vec![("Host", b"h"), (name, value)],
+            };
+            let env = environ_from(py, &req, &peer(), &mounted("")).unwrap();
+            assert_eq!(
+                item(&env, "wsgi.url_scheme").as_deref(),
+                Some(scheme),
+                "{name}"
+            );
+        }
+        // Headers that disagree are refused.
+        let req = Req {
+            method: "GET",
+            target: "/",
+            headers: vec![("X-Forwarded-Proto", b"https"), ("X-Forwarded-Ssl", b"off")],
+        };
+        let err = environ_from(py, &req, &peer(), &mounted("")).unwrap_err();
+        assert!(matches!(err, EnvironError::ContradictoryScheme), "{err:?}");
+    });
+    assert!(TrustedPeers::parse("127.0.0.1,not-an-ip")
+        .unwrap_err()
+        .contains("not-an-ip"));
+}
+
+#[test]
+fn unix_socket_server_name_comes_from_host() {
+    battery();
+    Python::attach(|py| {
+        for (host, name, port) in [
+            (&b"example.com"[..], "example.com", "80"),
+            (b"example.com:8443", "example.com", "8443"),
+            (b"[::1]:9000", "[::1]", "9000"),
+        ] {
+            let req = Req {
+                method: "GET",
+                target: "/",
+                headers: vec![("Host", host)],
+            };
+            let env = environ_from(py, &req, &PeerAddr::Unix, &mounted("")).unwrap();
+            assert_eq!(item(&env, "SERVER_NAME").as_deref(), Some(name));
+            assert_eq!(item(&env, "SERVER_PORT").as_deref(), Some(port));
+            assert_eq!(item(&env, "REMOTE_ADDR").as_deref(), Some(""));
+            assert_eq!(item(&env, "REMOTE_PORT"), None);
+        }
+        // https by a trusted header: its default port.
+        let req = Req {
+            method: "GET",
+            target: "/",
+            headers: vec![("Host", b"example.com"), ("X-Forwarded-Proto", b"https")],
+        };
+        let env = environ_from(py, &req, &PeerAddr::Unix, &mounted("")).unwrap();
+        assert_eq!(item(&env, "SERVER_PORT").as_deref(), Some("443"));
+        // Over TCP the listening address stays, whatever Host says.
+        let env = environ_for(py, &get("/"), "");
+        assert_eq!(item(&env, "SERVER_NAME").as_deref(), Some("localhost"));
+        assert_eq!(item(&env, "SERVER_PORT").as_deref(), Some("8000"));
     });
 }
 

@@ -179,6 +179,8 @@ fn smuggling_shapes_are_refused_and_nothing_behind_them_runs() {
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4\r\nContent-Length: 4\r\n\r\nabcd", 400),
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 4, 4\r\n\r\nabcd", 400),
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: +4\r\n\r\nabcd", 400),
+        // One past u64::MAX: an overflow, not a wrap to 0 that would make "abcd" a request.
+        (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 18446744073709551616\r\n\r\nabcd", 400),
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length:  0x4\r\n\r\nabcd", 400),
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length : 4\r\n\r\nabcd", 400),
         (b"POST /echo HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n", 400),

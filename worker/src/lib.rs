@@ -14,7 +14,9 @@
 //! waiting for long: an idle keep-alive connection (or a new one that stays silent past a second,
 //! like a browser's preconnect) is closed as soon as another client is waiting, and a busy
 //! keep-alive connection gets `Connection: close` on its next response. The worker keeps beating
-//! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout.
+//! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout
+//! and a request body must also arrive at a minimum average rate (a body trickled in a byte just
+//! before each read would time out is cut off, and so is the draining of an unread one).
 
 mod request;
 mod response;
@@ -73,7 +75,9 @@ pub struct WorkerConfig {
     /// `--header-timeout`: the whole request head must arrive within this, counted from the
     /// connection's start or, on a kept-alive connection, from the request's first byte.
     pub header_timeout: Duration,
-    /// Longest wait for a single read or write once a request is under way.
+    /// Longest wait for a single read or write once a request is under way. A request body must
+    /// also keep up an average of 1 KiB/s over the time spent waiting for it, after this much
+    /// grace, so a body trickled in a byte at a time cannot hold the worker either.
     pub io_timeout: Duration,
     /// `--max-requests` (0 = never): exit after this many requests so the arbiter replaces us.
     pub max_requests: u64,

@@ -19,7 +19,7 @@ const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 /// read would time out; with this floor, a body that trickles in is cut off after about one I/O
 /// timeout, while a slow but real upload (anything above this rate) is unaffected. The time the
 /// app itself spends between reads is not counted.
-pub(crate) const MIN_BODY_RATE: u64 = 1024;
+const MIN_BODY_RATE: u64 = 1024;
 
 /// Most bytes a chunked body's framing (size lines, extensions, trailers) may need buffered at
 /// once before the decoder makes progress; the decoder enforces its own limits well below this.
@@ -64,7 +64,9 @@ impl Pace {
     /// up what the bytes received allow at [`MIN_BODY_RATE`].
     fn deadline(&self, io_timeout: Duration) -> io::Result<Instant> {
         let earned = Duration::from_secs_f64(self.received as f64 / MIN_BODY_RATE as f64);
-        let left = (io_timeout + earned).saturating_sub(self.waited);
+        let left = io_timeout
+            .saturating_add(earned)
+            .saturating_sub(self.waited);
         if left.is_zero() {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,

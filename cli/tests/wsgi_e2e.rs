@@ -398,6 +398,8 @@ fn broken_responses_are_500_and_logged_as_the_apps_fault() {
         ("/broken/header", "is not latin-1"),
         ("/broken/no_start", "before start_response was called"),
         ("/broken/str_body", "yielded str, not bytes"),
+        ("/broken/never_started", "did not call start_response"),
+        ("/status_only?s=2000", "invalid status line \"2000\""),
     ] {
         let resp = get(addr, route);
         assert_eq!(resp.status, 500, "{route}: {resp:?}");
@@ -752,4 +754,217 @@ fn trusted_proxy_scheme_headers_set_the_url_scheme() {
         json_str(&json, "HTTP_X_FORWARDED_PROTO").as_deref(),
         Some("https")
     );
+}
+
+#[test]
+fn file_wrapper_never_sends_past_a_shorter_declared_length() {
+    let server = start_battery(&[], &[]);
+    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-short-{}.bin", std::process::id()));
+    let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
+    std::fs::write(&path, &data).unwrap();
+    // sendfile(2) of a real file, and iteration of a file-like without a descriptor; each
+    // followed on the same connection by another request, which must parse cleanly.
+    let cases = [
+        (
+            format!("/sendfile?path={}&length=1000", path.display()),
+            data[..1000].to_vec(),
+        ),
+        (
+            format!("/sendfile?path={}&offset=500&length=70000", path.display()),
+            data[500..70_500].to_vec(),
+        ),
+        (
+            "/sendfile?mem=1&repeat=100&length=20".to_string(),
+            b"in-memory file\nin-me".to_vec(),
+        ),
+    ];
+    for (target, expected) in cases {
+        let req = format!(
+            "GET {target} HTTP/1.1\r\nHost: t\r\n\r\nGET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+        );
+        let bytes = raw_exchange(server.addr(), req.as_bytes());
+        let responses = parse_all_responses(&bytes);
+        assert_eq!(
+            responses.len(),
+            2,
+            "{target}: {:?}",
+            String::from_utf8_lossy(&bytes)
+        );
+        assert_eq!(responses[0].body.len(), expected.len(), "{target}");
+        assert!(responses[0].body == expected, "{target}: other bytes");
+        assert_eq!(responses[1].body, b"Hello, World!\n", "{target}");
+    }
+    std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn close_is_called_when_the_iterable_raises() {
+    let mut server = start_battery(&["-w", "1"], &[]);
+    let addr = server.addr();
+    let before: u64 = ok(&get(addr, "/closed")).text().trim().parse().unwrap();
+    let bytes = raw_exchange(addr, b"GET /iter_error HTTP/1.1\r\nHost: t\r\n\r\n");
+    let text = String::from_utf8_lossy(&bytes);
+    assert!(text.starts_with("HTTP/1.1 200 OK\r\n"), "{text}");
+    assert!(text.contains("before the error\n"), "{text}");
+    // Cut short: no terminating chunk, so the client knows the body is incomplete.
+    assert!(!text.ends_with("0\r\n\r\n"), "{text}");
+    server.wait_for_log("Error handling request /iter_error", BOOT_TIMEOUT);
+    server.wait_for_log(
+        "RuntimeError: battery iterable raised mid-body",
+        BOOT_TIMEOUT,
+    );
+    let after: u64 = ok(&get(addr, "/closed")).text().trim().parse().unwrap();
+    assert_eq!(after, before + 1, "close() was not called");
+}
+
+#[test]
+fn bare_status_codes_are_sent_with_that_code() {
+    let server = start_battery(&[], &[]);
+    for code in [204u16, 404, 503] {
+        let resp = get(server.addr(), &format!("/status_only?s={code}"));
+        assert_eq!(resp.status, code, "{resp:?}");
+        assert!(resp.body.is_empty());
+    }
+    let resp = get(server.addr(), "/status_only?s=201%20Made%20It");
+    assert_eq!((resp.status, resp.reason.as_str()), (201, "Made It"));
+}
+
+#[test]
+fn wsgi_errors_lines_reach_the_error_log() {
+    let mut server = start_battery(&[], &[]);
+    assert_eq!(ok(&get(server.addr(), "/errors")).text(), "logged\n");
+    server.wait_for_log("battery wsgi.errors write", BOOT_TIMEOUT);
+    server.wait_for_log("battery wsgi.errors line 1", BOOT_TIMEOUT);
+    server.wait_for_log("battery wsgi.errors line 2", BOOT_TIMEOUT);
+}
+
+#[test]
+fn every_read_form_stops_at_the_end_of_the_body() {
+    let server = start_battery(&["-w", "1"], &[]);
+    let body = b"ab\ncd\nef";
+    let chunked = b"3\r\nab\n\r\n5\r\ncd\nef\r\n0\r\n\r\n";
+    for (how, expected) in [
+        ("all", "ab\ncd\nef##"),
+        ("none", "ab\ncd\nef##"),
+        ("neg", "ab\ncd\nef##"),
+        ("3", "ab\n#cd\nef#"),
+        ("100", "ab\ncd\nef##"),
+        ("hint4", "ab\n|cd\n#ef#"),
+        ("hint0", "ab\n|cd\n|ef##"),
+    ] {
+        // With Content-Length, and chunked; a pipelined request follows on the same connection,
+        // so any read past the body would eat into it.
+        let mut sized =
+            format!("POST /read?how={how} HTTP/1.1\r\nHost: t\r\nContent-Length: 8\r\n\r\n")
+                .into_bytes();
+        sized.extend_from_slice(body);
+        let mut framed = format!(
+            "POST /read?how={how} HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n"
+        )
+        .into_bytes();
+        framed.extend_from_slice(chunked);
+        for mut req in [sized, framed] {
+            req.extend_from_slice(b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+            let bytes = raw_exchange(server.addr(), &req);
+            let responses = parse_all_responses(&bytes);
+            let text = String::from_utf8_lossy(&bytes);
+            assert_eq!(responses.len(), 2, "{how}: {text}");
+            assert_eq!(responses[0].text(), expected, "{how}: {text}");
+            assert_eq!(responses[1].body, b"Hello, World!\n", "{how}: {text}");
+        }
+    }
+}
+
+#[test]
+fn hup_with_preload_forks_new_workers_from_the_preloaded_master() {
+    let mut server = start_battery(&["--preload", "-w", "2"], &[]);
+    server.wait_for_workers(1);
+    let master = server.pid();
+    let addr = server.addr();
+    let mut old = server.wait_worker_count(2, BOOT_TIMEOUT);
+    for round in 0..2 {
+        server.signal(libc::SIGHUP);
+        let mut new = server.wait_for_workers(2);
+        new.sort();
+        let now = server.wait_until_workers(&new, BOOT_TIMEOUT);
+        assert!(
+            old.iter().all(|p| !now.contains(p)),
+            "round {round}: {old:?} vs {now:?}"
+        );
+        for _ in 0..4 {
+            let text = ok(&get(addr, "/pid")).text();
+            let pids: Vec<i32> = text
+                .split_whitespace()
+                .map(|p| p.parse().unwrap())
+                .collect();
+            assert!(
+                now.contains(&pids[0]),
+                "round {round}: served by {}",
+                pids[0]
+            );
+            assert_eq!(pids[1], master, "round {round}: the app was imported again");
+            assert_eq!(ok(&get(addr, "/thread")).text(), "thread result 499500\n");
+        }
+        old = now;
+    }
+    assert!(
+        server.child.try_wait().unwrap().is_none(),
+        "{}",
+        server.log_text()
+    );
+}
+
+#[test]
+fn python_threads_run_while_the_worker_waits_for_a_slow_body() {
+    let apps = apps_dir();
+    let mut server = Server::start_in(
+        &["-w", "1", "--chdir", apps.to_str().unwrap(), "ticker:app"],
+        &repo_root(),
+        &[],
+    );
+    server.wait_for_workers(1);
+    let mut s = connect(server.addr());
+    s.write_all(
+        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhalf.",
+    )
+    .unwrap();
+    server.wait_for_log("ticker reading the body", BOOT_TIMEOUT);
+    // The app now blocks in wsgi.input.read(); the ticker thread must keep going meanwhile.
+    let line = server.wait_for_log("ticker tick", BOOT_TIMEOUT);
+    let first: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    server.wait_for_log(&format!("ticker tick {}", first + 5), BOOT_TIMEOUT);
+    s.write_all(b"rest!").unwrap();
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let (resp, _) = parse_response(&out, false).expect("a response");
+    assert_eq!(ok(&resp).text(), "read 10\n");
+}
+
+#[test]
+fn the_virtualenv_flag_wins_over_virtual_env() {
+    // $VIRTUAL_ENV names a venv ferrocorn must refuse; --virtualenv names a usable one.
+    let bad = std::env::temp_dir().join(format!("ferrocorn-bad-venv-{}", std::process::id()));
+    std::fs::create_dir_all(bad.join("bin")).unwrap();
+    std::fs::write(
+        bad.join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.12.4\n",
+    )
+    .unwrap();
+    let good = test_venv();
+    let apps = apps_dir();
+    let server = Server::start_in(
+        &[
+            "--virtualenv",
+            good.to_str().unwrap(),
+            "--pythonpath",
+            apps.to_str().unwrap(),
+            "battery:app",
+        ],
+        &repo_root(),
+        &[("VIRTUAL_ENV", bad.to_str().unwrap())],
+    );
+    // Started at all: with $VIRTUAL_ENV alone the master exits 4 (see the test above).
+    assert_eq!(ok(&get(server.addr(), "/")).text(), "Hello, World!\n");
+    drop(server);
+    std::fs::remove_dir_all(&bad).unwrap();
 }

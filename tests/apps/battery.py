@@ -114,7 +114,10 @@ def file(environ, start_response):
     offset = int(q.get("offset", "0"))
     f.seek(offset)
     headers = [("Content-Type", "application/octet-stream")]
-    if not q.get("nolength"):
+    if q.get("length"):
+        # A declared length shorter than the file: only that many bytes may be sent.
+        headers.append(("Content-Length", q["length"]))
+    elif not q.get("nolength"):
         headers.append(("Content-Length", str(size - offset)))
     start_response("200 OK", headers)
     return environ["wsgi.file_wrapper"](f, 65536)
@@ -199,6 +202,45 @@ def exc_info_late(environ, start_response):
     return gen()
 
 
+def read(environ, start_response):
+    """The body through one call: read() / read(None) / read(-1) / read(N) / readlines(hint)."""
+    how = query(environ).get("how", "all")
+    stream = environ["wsgi.input"]
+    if how == "none":
+        body = stream.read(None)
+    elif how == "neg":
+        body = stream.read(-1)
+    elif how.isdigit():
+        body = stream.read(int(how))
+    elif how.startswith("hint"):
+        body = b"|".join(stream.readlines(int(how[4:])))
+    else:
+        body = stream.read()
+    # Whatever is left is still readable, and then the stream is at its end.
+    rest = stream.read()
+    return text(start_response, body + b"#" + rest + b"#" + stream.read(1))
+
+
+def iter_error(environ, start_response):
+    """The response iterable raises after the head went out; close() must still be called."""
+    start_response("200 OK", [("Content-Type", "text/plain")])
+
+    def gen():
+        yield b"before the error\n"
+        raise RuntimeError("battery iterable raised mid-body")
+
+    return Closing(gen())
+
+
+def errors(environ, start_response):
+    """Writes to wsgi.errors: the lines must reach the server's error log."""
+    stream = environ["wsgi.errors"]
+    stream.write("battery wsgi.errors write\n")
+    stream.writelines(["battery wsgi.errors line 1\n", "battery wsgi.errors line 2\n"])
+    stream.flush()
+    return text(start_response, b"logged\n")
+
+
 def error(environ, start_response):
     raise RuntimeError("battery /error always raises")
 
@@ -254,6 +296,16 @@ def broken_no_start(environ, start_response):
     return [b"no start_response"]
 
 
+def broken_never_started(environ, start_response):
+    return []
+
+
+def status_only(environ, start_response):
+    """PEP 3333 wants "200 OK", but a bare code ("204", "404") is what some apps send."""
+    start_response(query(environ)["s"], [("Content-Type", "text/plain"), ("Content-Length", "0")])
+    return []
+
+
 def broken_str_body(environ, start_response):
     start_response("200 OK", [("Content-Type", "text/plain")])
     return ["a str, not bytes"]
@@ -273,6 +325,8 @@ ROUTES = {
     "/exc_info/early": exc_info_early,
     "/exc_info/late": exc_info_late,
     "/error": error,
+    "/iter_error": iter_error,
+    "/errors": errors,
     "/closed": closed,
     "/closing": closing,
     "/pid": pid,
@@ -287,6 +341,11 @@ ROUTES.update(
         "/broken/header": broken_header,
         "/broken/no_start": broken_no_start,
         "/broken/str_body": broken_str_body,
+        "/broken/never_started": broken_never_started,
+        "/status_only": status_only,
+        # read() and read(-1) without the size PEP 3333 asks for (the validator refuses those
+        # calls, but apps make them and servers must answer them).
+        "/read": read,
         # The validator wraps the response iterable, hiding the file wrapper from the server:
         # this route returns the wrapper itself so the server can use sendfile(2).
         "/sendfile": file,

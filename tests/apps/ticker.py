@@ -1,7 +1,7 @@
 """An app whose import starts a Python thread that logs a tick every 50 ms to stderr.
 
-The ticks keep coming while the worker waits for connections only if the worker does not hold
-the GIL between requests.
+The ticks keep coming while the worker waits for connections, or while a POST waits for its body,
+only if the worker does not hold the GIL while it waits on the socket.
 """
 
 import sys
@@ -22,5 +22,12 @@ threading.Thread(target=_tick, name="ticker", daemon=True).start()
 
 
 def app(environ, start_response):
-    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "3")])
-    return [b"ok\n"]
+    if environ["REQUEST_METHOD"] == "POST":
+        # The ticks must go on while this waits for a slow client's body.
+        sys.stderr.write("ticker reading the body\n")
+        body = environ["wsgi.input"].read()
+        reply = b"read %d\n" % len(body)
+    else:
+        reply = b"ok\n"
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])
+    return [reply]

@@ -80,6 +80,8 @@ fn validated_routes_answer_exactly() {
         ok(&get(addr, "/write")).text(),
         "written 1\nwritten 2\nreturned\n"
     );
+    // start_response called inside the generator, before its first non-empty item.
+    assert_eq!(ok(&get(addr, "/lazy")).text(), "started lazily\n");
 
     for kind in ["list", "empties"] {
         let resp = get(addr, &format!("/empty?kind={kind}"));
@@ -399,6 +401,10 @@ fn broken_responses_are_500_and_logged_as_the_apps_fault() {
         ("/broken/no_start", "before start_response was called"),
         ("/broken/str_body", "yielded str, not bytes"),
         ("/broken/never_started", "did not call start_response"),
+        (
+            "/broken/two_lengths",
+            "conflicting Content-Length headers (5 and 7)",
+        ),
         ("/status_only?s=2000", "invalid status line \"2000\""),
     ] {
         let resp = get(addr, route);

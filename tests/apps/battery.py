@@ -70,6 +70,17 @@ def stream(environ, start_response):
     return gen()
 
 
+def lazy(environ, start_response):
+    """start_response called from inside the generator, before its first item (PEP 3333 allows it)."""
+
+    def gen():
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        yield b""
+        yield b"started lazily\n"
+
+    return gen()
+
+
 def write_callable(environ, start_response):
     write = start_response("200 OK", [("Content-Type", "text/plain")])
     write(b"written 1\n")
@@ -296,6 +307,11 @@ def broken_no_start(environ, start_response):
     return [b"no start_response"]
 
 
+def broken_two_lengths(environ, start_response):
+    start_response("200 OK", [("Content-Length", "5"), ("Content-Length", "7")])
+    return [b"hello"]
+
+
 def broken_never_started(environ, start_response):
     return []
 
@@ -315,6 +331,7 @@ ROUTES = {
     "/": hello,
     "/stream": stream,
     "/write": write_callable,
+    "/lazy": lazy,
     "/empty": empty,
     "/head": head,
     "/environ": environ_json,
@@ -342,6 +359,7 @@ ROUTES.update(
         "/broken/no_start": broken_no_start,
         "/broken/str_body": broken_str_body,
         "/broken/never_started": broken_never_started,
+        "/broken/two_lengths": broken_two_lengths,
         "/status_only": status_only,
         # read() and read(-1) without the size PEP 3333 asks for (the validator refuses those
         # calls, but apps make them and servers must answer them).

@@ -331,6 +331,12 @@ impl Responder {
                         .ok()
                         .and_then(|v| v.parse::<u64>().ok());
                     match parsed {
+                        Some(n) if content_length.is_some_and(|seen| seen != n) => {
+                            return Err(this.mark_bad(format!(
+                                "conflicting Content-Length headers ({} and {n})",
+                                content_length.unwrap_or_default()
+                            )))
+                        }
                         Some(n) => content_length = Some(n),
                         None => {
                             return Err(this.mark_bad(format!(

@@ -633,6 +633,13 @@ fn close_is_called_when_the_client_goes_away() {
 }
 
 #[test]
+fn start_response_called_inside_the_generator() {
+    let (r, s) = run(&battery(), get("/lazy"), b"");
+    r.unwrap();
+    assert_eq!((s.status(), s.text().as_str()), (200, "started lazily\n"));
+}
+
+#[test]
 fn write_callable() {
     let (r, s) = run(&battery(), get("/write"), b"");
     r.unwrap();
@@ -731,6 +738,11 @@ fn broken_responses_are_bad_response() {
         ("/broken/header", "not latin-1"),
         ("/broken/no_start", "start_response"),
         ("/broken/str_body", "yielded str"),
+        ("/broken/never_started", "did not call start_response"),
+        (
+            "/broken/two_lengths",
+            "conflicting Content-Length headers (5 and 7)",
+        ),
     ] {
         let (r, _) = run(&battery(), get(route), b"");
         match r {

@@ -114,6 +114,13 @@ pub struct Arbiter {
     target: usize,
     next_age: u64,
     on_reopen_logs: Option<Box<dyn FnMut()>>,
+    /// USR2: starts a new master (this binary, re-executed, on our listeners); its pid.
+    on_reexec: Option<Box<dyn FnMut() -> Option<i32>>>,
+    /// The new master started by USR2, while it lives.
+    reexec_pid: Option<Pid>,
+    /// The master that re-executed us, until it exits (then we are "promoted").
+    parent_master: Option<i32>,
+    on_promoted: Option<Box<dyn FnMut()>>,
     /// Current fork back-off after workers died before booting (zero: none).
     backoff: Duration,
     /// No worker is forked before this (back-off in progress).
@@ -149,6 +156,10 @@ impl Arbiter {
             target,
             next_age: 1,
             on_reopen_logs: None,
+            on_reexec: None,
+            reexec_pid: None,
+            parent_master: None,
+            on_promoted: None,
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
@@ -158,6 +169,32 @@ impl Arbiter {
     /// Called on SIGUSR1 (before the signal is passed on to the workers).
     pub fn on_reopen_logs(&mut self, f: impl FnMut() + 'static) {
         self.on_reopen_logs = Some(Box::new(f));
+    }
+
+    /// Called on SIGUSR2: start a new master process (a re-exec of this binary that inherits the
+    /// listeners) and return its pid, or `None` if it could not be started (log why). The new
+    /// master runs beside this one until this one is stopped, as in gunicorn.
+    pub fn on_reexec(&mut self, f: impl FnMut() -> Option<i32> + 'static) {
+        self.on_reexec = Some(Box::new(f));
+    }
+
+    /// This master was started by USR2 in master `parent`: while that one lives, USR2 is refused;
+    /// once it exits, `f` runs (e.g. to take over the pid file) and this master is the master.
+    pub fn set_parent_master(&mut self, parent: i32, f: impl FnMut() + 'static) {
+        self.parent_master = Some(parent);
+        self.on_promoted = Some(Box::new(f));
+    }
+
+    /// Whether a master started by USR2 is still running (it uses our listeners: leave its unix
+    /// socket files in place when we exit).
+    pub fn has_successor(&self) -> bool {
+        self.reexec_pid.is_some()
+    }
+
+    /// Whether the master that started this one by USR2 still runs (it owns the socket files).
+    pub fn has_parent_master(&self) -> bool {
+        self.parent_master
+            .is_some_and(|parent| nix::unistd::getppid().as_raw() == parent)
     }
 
     /// Live worker pids (including ones that are finishing after TERM).
@@ -219,9 +256,7 @@ impl Arbiter {
                         }
                         self.signal_workers(Signal::SIGUSR1, false);
                     }
-                    Command::Reexec => {
-                        warn!("USR2 signal ignored: re-exec is not supported");
-                    }
+                    Command::Reexec => self.reexec(),
                     Command::StopWorkers => {
                         debug!("SIGWINCH ignored. Not daemonized");
                     }
@@ -239,6 +274,7 @@ impl Arbiter {
                 return Ok(code);
             }
             self.murder_workers();
+            self.check_promotion();
             self.end_backoff_once_booted();
             self.manage_workers(worker_main)?;
         }
@@ -269,6 +305,18 @@ impl Arbiter {
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
                 _ => continue,
             };
+            if Some(pid) == self.reexec_pid {
+                self.reexec_pid = None;
+                match (code, signal) {
+                    (Some(0), _) => info!("Re-executed master (pid:{pid}) exited"),
+                    (Some(code), _) => {
+                        error!("Re-executed master (pid:{pid}) exited with code {code}.")
+                    }
+                    (_, Some(sig)) => warn!("Re-executed master (pid:{pid}) was sent {sig}!"),
+                    (None, None) => {}
+                }
+                continue;
+            }
             let Some(info) = self.workers.remove(&pid) else {
                 debug!("Reaped unknown child process (pid:{pid})");
                 continue;
@@ -297,6 +345,39 @@ impl Arbiter {
             }
         }
         boot_failure
+    }
+
+    /// USR2, gunicorn's rules: one new master at a time, and not from a master whose parent
+    /// master still runs.
+    fn reexec(&mut self) {
+        if self.reexec_pid.is_some() {
+            warn!("USR2 signal ignored. Child exists.");
+            return;
+        }
+        if self.parent_master.is_some() {
+            warn!("USR2 signal ignored. Parent exists.");
+            return;
+        }
+        let Some(start) = &mut self.on_reexec else {
+            warn!("USR2 signal ignored: re-exec is not supported here");
+            return;
+        };
+        self.reexec_pid = start().map(Pid::from_raw);
+    }
+
+    /// A master started by USR2 becomes the master once the one that started it is gone.
+    fn check_promotion(&mut self) {
+        let Some(parent) = self.parent_master else {
+            return;
+        };
+        if nix::unistd::getppid().as_raw() == parent {
+            return;
+        }
+        info!("Master has been promoted.");
+        self.parent_master = None;
+        if let Some(promoted) = &mut self.on_promoted {
+            promoted();
+        }
     }
 
     /// A worker died before it booted: delay the next fork, longer each round.

@@ -90,7 +90,64 @@ impl Options {
     }
 }
 
+/// Listening fds a re-executing master (USR2) passes on, comma-separated (gunicorn: GUNICORN_FD).
+const REEXEC_FDS_ENV: &str = "FERROCORN_FD";
+/// The pid of the master that re-executed us (gunicorn: GUNICORN_PID).
+const REEXEC_PARENT_ENV: &str = "FERROCORN_PID";
+
+/// Take a variable out of the environment, so neither workers nor apps see it.
+fn take_env(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    // Still single-threaded (called before any fork or thread), so no concurrent reader exists.
+    std::env::remove_var(name);
+    value
+}
+
+/// The listeners of the master that re-executed us, if we were started by USR2.
+fn reexec_listeners(options: &Options) -> Result<Option<Vec<Listener>>> {
+    let Some(list) = take_env(REEXEC_FDS_ENV) else {
+        return Ok(None);
+    };
+    let listen = listen_options(options);
+    let listeners = list
+        .split(',')
+        .map(|fd| {
+            let spec: BindSpec = format!("fd://{fd}")
+                .parse()
+                .with_context(|| format!("{REEXEC_FDS_ENV}={list:?}"))?;
+            let listener = ferrocorn_listener::bind(&spec, &listen)
+                .with_context(|| format!("{REEXEC_FDS_ENV}={list:?}"))?;
+            // The unix socket files are ours to remove at exit, as they were the old master's.
+            Ok(match listener {
+                Listener::Unix {
+                    listener,
+                    path: None,
+                } => {
+                    let path = listener
+                        .local_addr()
+                        .ok()
+                        .and_then(|a| a.as_pathname().map(std::path::Path::to_path_buf));
+                    Listener::Unix { listener, path }
+                }
+                other => other,
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(listeners))
+}
+
+fn listen_options(options: &Options) -> ListenOptions {
+    ListenOptions {
+        backlog: options.backlog,
+        unix_mode: Some(unix_socket_mode(options.umask)),
+        reuse_port: options.reuse_port,
+    }
+}
+
 fn bind(options: &Options) -> Result<Vec<Listener>> {
+    if let Some(listeners) = reexec_listeners(options)? {
+        return Ok(listeners);
+    }
     let systemd = ferrocorn_listener::systemd_listeners()?;
     if !systemd.is_empty() {
         return Ok(systemd);
@@ -102,12 +159,10 @@ fn bind(options: &Options) -> Result<Vec<Listener>> {
     } else {
         options.bind.clone()
     };
-    let listen = ListenOptions {
-        backlog: options.backlog,
-        unix_mode: Some(unix_socket_mode(options.umask)),
-        reuse_port: options.reuse_port,
-    };
-    Ok(ferrocorn_listener::bind_all(&specs, &listen)?)
+    Ok(ferrocorn_listener::bind_all(
+        &specs,
+        &listen_options(options),
+    )?)
 }
 
 /// gunicorn binds unix sockets under `--umask` (default 0) and nothing else: the socket file is
@@ -154,8 +209,75 @@ fn jittered_for(pid: u32, max_requests: u64, jitter: u64) -> u64 {
     max_requests + u64::from(pid).wrapping_mul(2_654_435_761) % (jitter + 1)
 }
 
+/// What USR2 needs to start this server again: gunicorn's START_CTX.
+struct StartContext {
+    argv: Vec<std::ffi::OsString>,
+    cwd: std::path::PathBuf,
+    env: Vec<(std::ffi::OsString, std::ffi::OsString)>,
+}
+
+impl StartContext {
+    fn capture() -> Result<Self> {
+        Ok(StartContext {
+            argv: std::env::args_os().collect(),
+            cwd: std::env::current_dir().context("reading the working directory")?,
+            env: std::env::vars_os()
+                .filter(|(k, _)| {
+                    !["LISTEN_PID", "LISTEN_FDS", "LISTEN_FDNAMES"]
+                        .iter()
+                        .any(|name| k == name)
+                })
+                .collect(),
+        })
+    }
+
+    /// Start the same command line in a new process that adopts `listeners` (USR2). Returns the
+    /// new master's pid.
+    fn reexec(&self, listeners: &[Listener]) -> Option<i32> {
+        let set = |inheritable: bool| {
+            listeners
+                .iter()
+                .try_for_each(|l| l.set_inheritable(inheritable))
+        };
+        if let Err(e) = set(true) {
+            error!("USR2: cannot pass the listeners on: {e}");
+            let _ = set(false);
+            return None;
+        }
+        let fds: Vec<String> = listeners
+            .iter()
+            .map(|l| std::os::fd::AsRawFd::as_raw_fd(l).to_string())
+            .collect();
+        let spawned = std::process::Command::new(&self.argv[0])
+            .args(&self.argv[1..])
+            .current_dir(&self.cwd)
+            .env_clear()
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .env(REEXEC_FDS_ENV, fds.join(","))
+            .env(REEXEC_PARENT_ENV, std::process::id().to_string())
+            .spawn();
+        // Only the new master may inherit them; our own later children (workers are forked,
+        // not exec'ed) never need it.
+        if let Err(e) = set(false) {
+            error!("USR2: cannot restore close-on-exec on the listeners: {e}");
+        }
+        match spawned {
+            Ok(child) => {
+                info!("Re-executing: new master (pid: {})", child.id());
+                Some(child.id() as i32)
+            }
+            Err(e) => {
+                error!("USR2: cannot start {:?}: {e}", self.argv[0]);
+                None
+            }
+        }
+    }
+}
+
 fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<i32> {
     check_options(&options, &source)?;
+    let start = StartContext::capture()?;
+    let parent_master = take_env(REEXEC_PARENT_ENV).and_then(|pid| pid.parse::<i32>().ok());
     let log_file = logging::LogFile::new(options.log_file.as_deref());
     log_file.open()?;
     for (key, value) in &options.env {
@@ -184,8 +306,17 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         );
     }
     info!("Using worker: sync");
-    let pidfile = options.pidfile.clone();
-    if let Some(path) = &pidfile {
+    // A master started by USR2 writes PIDFILE.2 until the old master is gone, as gunicorn.
+    let pidfile = std::rc::Rc::new(std::cell::RefCell::new(options.pidfile.clone().map(|p| {
+        if parent_master.is_some() {
+            let mut name = p.into_os_string();
+            name.push(".2");
+            std::path::PathBuf::from(name)
+        } else {
+            p
+        }
+    })));
+    if let Some(path) = &*pidfile.borrow() {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write pid file {}", path.display()))?;
     }
@@ -237,6 +368,25 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
             error!("{e:#}");
         }
     });
+    let reexec_listeners = listeners
+        .iter()
+        .map(Listener::try_clone)
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating the listeners for USR2")?;
+    arbiter.on_reexec(move || start.reexec(&reexec_listeners));
+    if let Some(parent) = parent_master {
+        let pidfile = pidfile.clone();
+        let final_path = options.pidfile.clone();
+        arbiter.set_parent_master(parent, move || {
+            let mut current = pidfile.borrow_mut();
+            if let (Some(from), Some(to)) = (current.as_ref(), final_path.as_ref()) {
+                match std::fs::rename(from, to) {
+                    Ok(()) => *current = Some(to.clone()),
+                    Err(e) => error!("cannot rename {} to {}: {e}", from.display(), to.display()),
+                }
+            }
+        });
+    }
     let jitter = options.max_requests_jitter;
     let code = arbiter.run(&mut |ctx: WorkerContext| {
         if let Err(e) = owner.apply() {
@@ -275,13 +425,15 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
     })?;
     // With --preload the master imported the app: its atexit callbacks run too.
     ferrocorn_wsgi::before_exit();
-    // Workers each held a copy of the listeners, so only the master, last, removes socket files.
-    for listener in &listeners {
+    // Workers each held a copy of the listeners, so only the master, last, removes socket files
+    // (unless a master started by USR2 still serves on them).
+    let keep_sockets = arbiter.has_successor() || arbiter.has_parent_master();
+    for listener in listeners.iter().filter(|_| !keep_sockets) {
         if let Err(e) = listener.remove_socket_file() {
             error!("cannot remove {}: {e}", listener.describe());
         }
     }
-    if let Some(path) = &pidfile {
+    if let Some(path) = &*pidfile.borrow() {
         let _ = std::fs::remove_file(path);
     }
     Ok(code)

@@ -672,3 +672,111 @@ fn umask_sets_the_unix_socket_mode_and_leaves_the_process_umask_alone() {
         assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
     }
 }
+
+/// SIGKILLs a process and its children when dropped: a master that outlived the one the test
+/// started must not outlive a failing test.
+struct KillOnDrop(i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if pid_alive(self.0) {
+            for pid in children_of(self.0) {
+                signal(pid, libc::SIGKILL);
+            }
+            signal(self.0, libc::SIGKILL);
+        }
+    }
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
+    let dir = TempDir::new("usr2");
+    let sock = dir.path().join("app.sock");
+    let pidfile = dir.path().join("app.pid");
+    let pidfile2 = dir.path().join("app.pid.2");
+    let unix = format!("unix:{}", sock.display());
+    let mut server = start_hello(&["-w", "1", "-b", &unix, "--pid", pidfile.to_str().unwrap()]);
+    let old_worker = server.wait_for_workers(1)[0];
+    let addr = server.addr();
+
+    server.signal(libc::SIGUSR2);
+    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+    let new_master: i32 = line
+        .rsplit("(pid: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(new_master);
+    // Same sockets (inherited, not bound again: a second bind of the port would fail).
+    server.wait_for_log(
+        &format!("Listening at: http://{addr} ({new_master})"),
+        BOOT_TIMEOUT,
+    );
+    server.wait_for_log(
+        &format!("Listening at: {unix} ({new_master})"),
+        BOOT_TIMEOUT,
+    );
+    let new_worker = server.wait_for_workers(1)[0];
+    assert_eq!(children_of(new_master), vec![new_worker]);
+    assert!(children_of(server.pid()).contains(&old_worker));
+    let read_pid = |path: &Path| {
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+    };
+    assert_eq!(read_pid(&pidfile), Some(server.pid().to_string()));
+    wait_until("the new master writes PIDFILE.2", || {
+        read_pid(&pidfile2) == Some(new_master.to_string())
+    });
+
+    // One new master at a time, and none from a master whose parent master still runs.
+    server.signal(libc::SIGUSR2);
+    server.wait_for_log("USR2 signal ignored. Child exists.", BOOT_TIMEOUT);
+    signal(new_master, libc::SIGUSR2);
+    server.wait_for_log("USR2 signal ignored. Parent exists.", BOOT_TIMEOUT);
+
+    // The old master stops; the new one serves on, with the socket file and the pid file.
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+    assert!(!pid_alive(old_worker));
+    assert!(
+        sock.exists(),
+        "the old master leaves the socket to the new one"
+    );
+    server.wait_for_log("Master has been promoted.", BOOT_TIMEOUT);
+    wait_until("the promoted master takes the pid file", || {
+        read_pid(&pidfile) == Some(new_master.to_string()) && !pidfile2.exists()
+    });
+    assert_eq!(get(addr, "/").status, 200);
+    let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).unwrap();
+    assert_eq!(parse_response(&bytes, false).unwrap().0.status, 200);
+
+    // And it stops like any master, cleaning up after itself.
+    signal(new_master, libc::SIGTERM);
+    server.wait_for_log(
+        &format!("[{new_master}] [INFO] Shutting down: Master"),
+        STOP_PATIENCE,
+    );
+    wait_until("the new master exits", || !pid_alive(new_master));
+    assert!(!pid_alive(new_worker));
+    assert!(
+        !sock.exists(),
+        "the promoted master removes the socket file"
+    );
+    assert!(!pidfile.exists());
+}

@@ -313,6 +313,18 @@ impl Listener {
         }
     }
 
+    /// A second descriptor for the same socket (close-on-exec, like the first). A clone never
+    /// removes the unix socket file: the original's owner does.
+    pub fn try_clone(&self) -> io::Result<Listener> {
+        Ok(match self {
+            Listener::Tcp(l) => Listener::Tcp(l.try_clone()?),
+            Listener::Unix { listener, .. } => Listener::Unix {
+                listener: listener.try_clone()?,
+                path: None,
+            },
+        })
+    }
+
     /// Clear (`true`) or set (`false`) close-on-exec, e.g. before re-exec'ing on SIGUSR2.
     pub fn set_inheritable(&self, inheritable: bool) -> io::Result<()> {
         SockRef::from(self).set_cloexec(!inheritable)

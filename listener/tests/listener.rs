@@ -450,3 +450,29 @@ fn systemd_env_validation() {
     assert!(err(Some("42"), "two").contains("LISTEN_FDS=\"two\" is not a number"));
     assert!(err(Some("42"), "-1").contains("out of range"));
 }
+
+#[test]
+fn a_clone_accepts_on_the_same_socket_and_never_removes_the_file() {
+    let dir = TempDir::new("clone");
+    let path = dir.0.join("app.sock");
+    let l = bind_one(&BindSpec::Unix(path.clone()), &ListenOptions::default());
+    let c = l.try_clone().unwrap();
+    assert_ne!(c.as_raw_fd(), l.as_raw_fd());
+    assert!(cloexec(c.as_raw_fd()));
+    assert_eq!(c.describe(), l.describe());
+    assert_eq!(
+        round_trip(&c, UnixStream::connect(&path).unwrap()),
+        PeerAddr::Unix
+    );
+    c.remove_socket_file().unwrap();
+    assert!(path.exists(), "only the original removes the file");
+    drop(c);
+    assert_eq!(
+        round_trip(&l, UnixStream::connect(&path).unwrap()),
+        PeerAddr::Unix
+    );
+
+    let t = bind_one(&tcp("127.0.0.1", 0), &ListenOptions::default());
+    let tc = t.try_clone().unwrap();
+    assert_eq!(tc.local_addr(), t.local_addr());
+}

@@ -150,6 +150,16 @@ fn django_project_from_virtual_env() {
     );
     assert_eq!(get(addr, "/notes/count").text(), r#"{"count": 2}"#);
 
+    // A FileResponse goes out through wsgi.file_wrapper, exactly and with its length.
+    let source = std::fs::read(repo_root().join("tests/apps/django_demo/notes/views.py")).unwrap();
+    let resp = get(addr, "/source");
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert_eq!(
+        resp.header("content-length"),
+        Some(source.len().to_string().as_str())
+    );
+    assert!(resp.body == source, "{}", resp.text());
+
     // Django's CSRF middleware runs: a POST without a token is refused.
     assert_eq!(form(addr, "/protected", "x=1").status, 403);
     // CommonMiddleware's APPEND_SLASH redirect and a 404 from the URL resolver.

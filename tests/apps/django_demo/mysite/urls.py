@@ -8,4 +8,5 @@ urlpatterns = [
     path("notes/count", views.count),
     path("protected", views.protected),
     path("pid", views.pid),
+    path("source", views.source),
 ]

@@ -2,7 +2,7 @@ import os
 import time
 
 from django.db import connection
-from django.http import HttpResponse, JsonResponse
+from django.http import FileResponse, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_POST
@@ -39,3 +39,8 @@ def pid(request):
     """The serving process's pid after an optional ?sleep=S, so concurrent requests reach every worker."""
     time.sleep(float(request.GET.get("sleep", "0")))
     return HttpResponse(f"{os.getpid()}\n")
+
+
+def source(request):
+    """This file, as a FileResponse: Django hands it to the server's wsgi.file_wrapper."""
+    return FileResponse(open(__file__, "rb"), content_type="text/x-python")

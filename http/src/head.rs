@@ -154,6 +154,8 @@ pub struct HeadParser {
     /// Field lines seen so far.
     field_lines: usize,
     header_map: HeaderMap,
+    /// The request line, once seen, asked for HEAD.
+    head_method: bool,
 }
 
 impl HeadParser {
@@ -179,6 +181,7 @@ impl HeadParser {
             // One pass finds line ends and proves there is no bare CR or LF before them.
             let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[self.scanned..]) else {
                 self.scanned = buf.len();
+                self.note_head_method(buf);
                 self.check_partial_line(line_max, field_max)?;
                 return Ok(Parsed::Partial);
             };
@@ -190,6 +193,7 @@ impl HeadParser {
                 None => {
                     // The LF may be in the next read; look at this CR again then.
                     self.scanned = cr;
+                    self.note_head_method(buf);
                     self.check_partial_line(line_max, field_max)?;
                     return Ok(Parsed::Partial);
                 }
@@ -206,6 +210,7 @@ impl HeadParser {
                     self.start = next;
                 }
                 None => {
+                    self.note_head_method(buf);
                     if line.len() > line_max {
                         return Err(Error::UriTooLong);
                     }
@@ -230,6 +235,20 @@ impl HeadParser {
                 }
             }
             self.line_start = next;
+        }
+    }
+
+    /// Whether the request line, as far as it has been read, asks for HEAD: a response to it, an
+    /// error response included, must not have a body. Meaningful after an error too.
+    pub fn is_head_request(&self) -> bool {
+        self.head_method
+    }
+
+    /// While the request line is being read, remember whether it asks for HEAD (so that even a
+    /// line refused before it ends, as too long, is answered without a body).
+    fn note_head_method(&mut self, buf: &[u8]) {
+        if self.fields_start.is_none() {
+            self.head_method = buf[self.line_start..].starts_with(b"HEAD ");
         }
     }
 
@@ -626,6 +645,35 @@ mod tests {
         // Dangerous keeps the name, but it never counts as Content-Length.
         let h = parse_all(raw, &l, HeaderMap::Dangerous).unwrap();
         assert_eq!(h.framing(), BodyFraming::Empty);
+    }
+
+    #[test]
+    fn a_refused_head_request_is_known_as_one() {
+        let limits = Limits::default();
+        for (raw, head) in [
+            (&b"HEAD / HTTP/1.1\r\nHost: a\r\nX: a\x01\r\n\r\n"[..], true),
+            (b"HEAD / HTTP/1.1\r\n\r\n", true),
+            (b"HEAD / HTTP/3.0\r\n", true),
+            (
+                format!("HEAD /{} HTTP/1.1", "a".repeat(5000)).as_bytes(),
+                true,
+            ),
+            (
+                format!("HEAD /{} HTTP/1.1\r\n", "a".repeat(5000)).as_bytes(),
+                true,
+            ),
+            (b"GET / HTTP/1.1\r\n\r\n", false),
+            (b"HEADER / HTTP/1.1\r\n\r\n", false),
+        ] {
+            let mut p = HeadParser::new();
+            assert!(p.parse(raw, &limits).is_err());
+            assert_eq!(
+                p.is_head_request(),
+                head,
+                "{:?}",
+                String::from_utf8_lossy(raw)
+            );
+        }
     }
 
     #[test]

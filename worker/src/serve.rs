@@ -77,8 +77,9 @@ enum Idle {
 enum HeadEnd {
     /// The client closed (or went idle past its time) before sending anything: close quietly.
     Quiet,
-    /// Malformed or over a limit: answer with this error's status.
-    Bad(ferrocorn_http::Error),
+    /// Malformed or over a limit: answer with this error's status (and no body if the request
+    /// line asked for HEAD).
+    Bad(ferrocorn_http::Error, bool),
     /// Part of a head arrived but not the rest in time.
     Timeout,
     /// The connection failed mid-head.
@@ -371,9 +372,13 @@ impl<'r> Worker<'r> {
             let head = match self.read_head(&conn.sock, start + self.config.header_timeout) {
                 Ok(head) => head,
                 Err(HeadEnd::Quiet | HeadEnd::Exit) => return None,
-                Err(HeadEnd::Bad(e)) => {
+                Err(HeadEnd::Bad(e, head_request)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    self.close_with_response(&conn, &e.response(), Linger::Full);
+                    let mut bytes = e.response();
+                    if head_request {
+                        bytes.truncate(head_len(&bytes));
+                    }
+                    self.close_with_response(&conn, &bytes, Linger::Full);
                     return None;
                 }
                 Err(HeadEnd::Timeout) => {
@@ -510,7 +515,7 @@ impl<'r> Worker<'r> {
                         return Err(HeadEnd::Timeout)
                     }
                     Ok(Parsed::Partial) => {}
-                    Err(e) => return Err(HeadEnd::Bad(e)),
+                    Err(e) => return Err(HeadEnd::Bad(e, parser.is_head_request())),
                 }
             }
             let got = loop {
@@ -525,9 +530,10 @@ impl<'r> Worker<'r> {
                         Err(e) => return Err(HeadEnd::Io(e)),
                     },
                     Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                        return Err(HeadEnd::Bad(ferrocorn_http::Error::HeadersTooLarge(
-                            "request head too large",
-                        )));
+                        return Err(HeadEnd::Bad(
+                            ferrocorn_http::Error::HeadersTooLarge("request head too large"),
+                            parser.is_head_request(),
+                        ));
                     }
                     Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                     Err(e) => return Err(HeadEnd::Io(e)),

@@ -326,6 +326,17 @@ fn an_error_response_to_head_has_no_body() {
         // Nothing after the head: no error text where no body may be.
         assert!(c.at_eof(), "{path}");
     }
+    // Refused while its head is read, a HEAD request still gets no body.
+    let long = format!("HEAD /{} HTTP/1.1\r\nHost: t\r\n\r\n", "a".repeat(5000));
+    let bad_field = b"HEAD / HTTP/1.1\r\nHost: t\r\nX: a\x01b\r\n\r\n";
+    for (raw, status) in [(long.as_bytes(), 414), (&bad_field[..], 400)] {
+        let mut c = server.connect();
+        c.send(raw);
+        let r = c.read_response_for(true).unwrap();
+        assert_eq!(r.status, status);
+        assert_eq!(r.header("Connection"), Some("close"));
+        assert!(c.at_eof(), "{status}");
+    }
 }
 
 #[test]

@@ -79,6 +79,28 @@ pub struct WorkerContext {
     pub heartbeat: Heartbeat,
     /// 1 for the first worker ever forked, then counting up (respawns and reloads included).
     pub age: u64,
+    /// The master's pid.
+    pub master_pid: i32,
+}
+
+impl WorkerContext {
+    /// Have the kernel send this worker SIGTERM (a graceful stop) if the master dies, e.g. killed
+    /// by the OOM killer: otherwise orphaned workers would serve on, unsupervised, and hold the
+    /// port against the next server (gunicorn's workers compare their parent pid every loop for
+    /// the same reason). Already done before `worker_main` runs, but changing user or group
+    /// (`--user/--group`) clears it, so call it again after. False if the master is already gone.
+    pub fn stop_with_master(&self) -> bool {
+        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a signal number and changes no memory of ours.
+        let r = unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM as libc::c_ulong) };
+        if r != 0 {
+            warn!(
+                "cannot ask to be stopped with the master: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+        // The master may have died before the request took effect.
+        nix::unistd::getppid().as_raw() == self.master_pid
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +135,8 @@ pub struct Arbiter {
     workers: BTreeMap<Pid, WorkerInfo>,
     target: usize,
     next_age: u64,
+    /// Our own pid (the workers' parent).
+    pid: i32,
     on_reopen_logs: Option<Box<dyn FnMut()>>,
     /// USR2: starts a new master (this binary, re-executed, on our listeners); its pid.
     on_reexec: Option<Box<dyn FnMut() -> Option<i32>>>,
@@ -155,6 +179,7 @@ impl Arbiter {
             workers: BTreeMap::new(),
             target,
             next_age: 1,
+            pid: std::process::id() as i32,
             on_reopen_logs: None,
             on_reexec: None,
             reexec_pid: None,
@@ -560,7 +585,12 @@ impl Arbiter {
             signals,
             heartbeat: self.table.handle(slot),
             age,
+            master_pid: self.pid,
         };
+        if !ctx.stop_with_master() {
+            info!("Parent changed, shutting down");
+            return 0;
+        }
         match catch_unwind(AssertUnwindSafe(|| worker_main(ctx))) {
             Ok(code) => code,
             Err(_) => {

@@ -393,6 +393,11 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
             error!("{e:#}");
             return ferrocorn_arbiter::WORKER_BOOT_ERROR;
         }
+        // Dropping privileges cleared the kernel's parent-death signal: ask again.
+        if owner.changes_credentials() && !ctx.stop_with_master() {
+            info!("Parent changed, shutting down");
+            return 0;
+        }
         let mut app = make_app();
         worker_config.max_requests = jittered(worker_config.max_requests, jitter);
         let heartbeat = ctx.heartbeat;

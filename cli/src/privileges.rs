@@ -42,6 +42,11 @@ impl Owner {
         })
     }
 
+    /// Whether [`apply`](Self::apply) switches user or group.
+    pub fn changes_credentials(&self) -> bool {
+        self.uid.is_some() || self.gid.is_some()
+    }
+
     /// Give a file (a unix socket we bound) to the configured user and group, if any.
     pub fn chown(&self, path: &std::path::Path) -> Result<()> {
         if self.uid.is_none() && self.gid.is_none() {

@@ -780,3 +780,34 @@ fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
     );
     assert!(!pidfile.exists());
 }
+
+#[test]
+fn workers_stop_when_the_master_is_killed() {
+    let mut servers = vec![start_hello(&["-w", "2"])];
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        // Changing credentials clears the kernel's parent-death signal: it must be set again.
+        servers.push(Server::start_bin(
+            &rust_example_bin(),
+            &["-w", "2", "--user", "nobody"],
+            &repo_root(),
+            &[],
+        ));
+    }
+    for mut server in servers {
+        server.wait_for_workers(2);
+        let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
+        let _cleanup: Vec<KillOnDrop> = workers.iter().map(|pid| KillOnDrop(*pid)).collect();
+        assert_eq!(get(server.addr(), "/").status, 200);
+        // The OOM killer's way: no chance for the master to stop anything.
+        server.signal(libc::SIGKILL);
+        server.wait_exit(STOP_PATIENCE);
+        for pid in &workers {
+            wait_until(&format!("orphaned worker {pid} exits"), || !pid_alive(*pid));
+        }
+        assert!(
+            std::net::TcpStream::connect(server.addr()).is_err(),
+            "nobody holds the port any more"
+        );
+    }
+}

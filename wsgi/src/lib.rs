@@ -16,6 +16,14 @@
 //! Python is never finalized (processes just exit): call [`before_exit`] in a process that loaded
 //! an app before it exits, to run `atexit` callbacks.
 //!
+//! # Environment variables read at load time (as gunicorn reads them)
+//! - `SCRIPT_NAME`: the prefix the app is mounted under; stripped from `PATH_INFO`, and a request
+//!   outside it is answered 500.
+//! - `FORWARDED_ALLOW_IPS` (default `127.0.0.1,::1`, `*` for all): the proxies whose
+//!   `X-Forwarded-Proto: https` / `X-Forwarded-Protocol: ssl` / `X-Forwarded-Ssl: on` set
+//!   `wsgi.url_scheme` (headers that disagree get a 400) and whose `SCRIPT_NAME` field replaces
+//!   `$SCRIPT_NAME`. Unix-socket clients are always trusted.
+//!
 //! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
 //! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
 

@@ -145,6 +145,7 @@ pub struct Arbiter {
     /// The master that re-executed us, until it exits (then we are "promoted").
     parent_master: Option<i32>,
     on_promoted: Option<Box<dyn FnMut()>>,
+    on_stop: Option<Box<dyn FnMut(bool)>>,
     /// Current fork back-off after workers died before booting (zero: none).
     backoff: Duration,
     /// No worker is forked before this (back-off in progress).
@@ -185,6 +186,7 @@ impl Arbiter {
             reexec_pid: None,
             parent_master: None,
             on_promoted: None,
+            on_stop: None,
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
@@ -208,6 +210,14 @@ impl Arbiter {
     pub fn set_parent_master(&mut self, parent: i32, f: impl FnMut() + 'static) {
         self.parent_master = Some(parent);
         self.on_promoted = Some(Box::new(f));
+    }
+
+    /// Called when a stop begins, before the workers are told: `f(shared)`, where `shared` says
+    /// another master (started by USR2, or the one that started us) serves on the same sockets.
+    /// gunicorn closes and unlinks its unix sockets here, so new clients fail at once instead of
+    /// waiting in the backlog for a server that is going away.
+    pub fn on_stop(&mut self, f: impl FnMut(bool) + 'static) {
+        self.on_stop = Some(Box::new(f));
     }
 
     /// Whether a master started by USR2 is still running (it uses our listeners: leave its unix
@@ -613,6 +623,10 @@ impl Arbiter {
     /// [`QUICK_STOP_GRACE`]), then SIGKILL whatever is left. INT or QUIT during a graceful stop
     /// turns it into a quick one.
     fn stop(&mut self, graceful: bool) {
+        let shared = self.has_successor() || self.has_parent_master();
+        if let Some(stopping) = &mut self.on_stop {
+            stopping(shared);
+        }
         let (sig, grace) = if graceful {
             (Signal::SIGTERM, self.config.graceful_timeout)
         } else {

@@ -387,6 +387,28 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
             }
         });
     }
+    let socket_files: Vec<std::path::PathBuf> = listeners
+        .iter()
+        .filter_map(|l| match l {
+            Listener::Unix {
+                path: Some(path), ..
+            } => Some(path.clone()),
+            _ => None,
+        })
+        .collect();
+    arbiter.on_stop(move |shared| {
+        if shared {
+            return;
+        }
+        for path in &socket_files {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    error!("cannot remove {}: {e}", path.display())
+                }
+                _ => {}
+            }
+        }
+    });
     let jitter = options.max_requests_jitter;
     let code = arbiter.run(&mut |ctx: WorkerContext| {
         if let Err(e) = owner.apply() {

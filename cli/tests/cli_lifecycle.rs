@@ -811,3 +811,26 @@ fn workers_stop_when_the_master_is_killed() {
         );
     }
 }
+
+#[test]
+fn a_stopping_master_unlinks_its_unix_socket_first() {
+    let dir = TempDir::new("unlink");
+    let sock = dir.path().join("app.sock");
+    let unix = format!("unix:{}", sock.display());
+    let mut server = start_hello(&["-w", "1", "-b", &unix, "--graceful-timeout", "5"]);
+    server.wait_for_workers(1);
+    let _slow = request_in_app(&mut server, 60);
+    assert!(sock.exists());
+    server.signal(libc::SIGTERM);
+    // As gunicorn: gone while the master still waits for the busy worker, so a proxy's new
+    // connections fail at once instead of queueing for a server that is going away.
+    wait_until("the socket file is unlinked", || !sock.exists());
+    assert!(pid_alive(server.pid()), "{}", server.log_text());
+    assert_eq!(
+        std::os::unix::net::UnixStream::connect(&sock)
+            .unwrap_err()
+            .kind(),
+        std::io::ErrorKind::NotFound
+    );
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+}

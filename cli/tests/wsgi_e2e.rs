@@ -760,6 +760,33 @@ fn trusted_proxy_scheme_headers_set_the_url_scheme() {
         json_str(&json, "HTTP_X_FORWARDED_PROTO").as_deref(),
         Some("https")
     );
+    drop(server);
+    // A network that holds 127.0.0.1 trusts it again.
+    let server = start_battery(&[], &[("FORWARDED_ALLOW_IPS", "10.0.0.1,127.0.0.0/8")]);
+    let json = ok(&request(server.addr(), proxied)).text();
+    assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("https"));
+}
+
+#[test]
+fn an_invalid_forwarded_allow_ips_stops_the_load() {
+    let apps = apps_dir();
+    let mut server = Server::spawn(
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--pythonpath",
+            apps.to_str().unwrap(),
+            "battery:app",
+        ],
+        &repo_root(),
+        &[("FORWARDED_ALLOW_IPS", "127.0.0.1,proxy.local")],
+    );
+    let status = server.wait_exit(BOOT_TIMEOUT);
+    server.wait_for_log(
+        "\"proxy.local\" is not an IP address",
+        Duration::from_secs(5),
+    );
+    assert_eq!(status.code(), Some(4), "{}", server.log_text());
 }
 
 #[test]

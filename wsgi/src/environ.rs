@@ -52,42 +52,88 @@ impl<'a> RequestInfo<'a> {
 pub enum TrustedPeers {
     /// `*`: every peer.
     All,
-    /// These addresses (IPv4-mapped IPv6 peers match their IPv4 form).
-    Ips(Vec<IpAddr>),
+    /// These networks (a plain address is a /32 or /128; IPv4-mapped IPv6 peers match their
+    /// IPv4 form).
+    Nets(Vec<Net>),
+}
+
+/// An address with a prefix length: `10.0.0.0/8`, `::1/128`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Net {
+    pub addr: IpAddr,
+    pub prefix: u8,
+}
+
+impl Net {
+    fn parse(item: &str) -> Option<Net> {
+        let (addr, prefix) = match item.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (item, None),
+        };
+        let addr = addr.parse::<IpAddr>().ok()?.to_canonical();
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            Some(p) => p.parse::<u8>().ok().filter(|&p| p <= max)?,
+            None => max,
+        };
+        Some(Net { addr, prefix })
+    }
+
+    fn contains(&self, ip: IpAddr) -> bool {
+        let bits = |a: IpAddr| -> (u128, u32) {
+            match a {
+                IpAddr::V4(v4) => (u128::from(u32::from(v4)) << 96, 32),
+                IpAddr::V6(v6) => (u128::from(v6), 128),
+            }
+        };
+        let ((net, width), (ip, ip_width)) = (bits(self.addr), bits(ip.to_canonical()));
+        if width != ip_width {
+            return false;
+        }
+        let mask = u128::MAX
+            .checked_shl(128 - u32::from(self.prefix))
+            .unwrap_or(0);
+        net & mask == ip & mask
+    }
 }
 
 impl Default for TrustedPeers {
     /// gunicorn's default: the local host only.
     fn default() -> TrustedPeers {
-        TrustedPeers::Ips(vec![
-            IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(Ipv6Addr::LOCALHOST),
+        TrustedPeers::Nets(vec![
+            Net {
+                addr: IpAddr::V4(Ipv4Addr::LOCALHOST),
+                prefix: 32,
+            },
+            Net {
+                addr: IpAddr::V6(Ipv6Addr::LOCALHOST),
+                prefix: 128,
+            },
         ])
     }
 }
 
 impl TrustedPeers {
-    /// Parse `$FORWARDED_ALLOW_IPS`: `*`, or comma-separated IP addresses.
+    /// Parse `$FORWARDED_ALLOW_IPS`: `*`, or comma-separated addresses and networks (`10.0.0.0/8`).
     pub fn parse(list: &str) -> Result<TrustedPeers, String> {
-        let mut ips = Vec::new();
+        let mut nets = Vec::new();
         for item in list.split(',').map(str::trim).filter(|i| !i.is_empty()) {
             if item == "*" {
                 return Ok(TrustedPeers::All);
             }
-            ips.push(item.parse::<IpAddr>().map_err(|_| {
-                format!("FORWARDED_ALLOW_IPS: {item:?} is not an IP address (or '*')")
+            nets.push(Net::parse(item).ok_or_else(|| {
+                format!("FORWARDED_ALLOW_IPS: {item:?} is not an IP address or network (or '*')")
             })?);
         }
-        Ok(TrustedPeers::Ips(ips))
+        Ok(TrustedPeers::Nets(nets))
     }
 
     /// Whether proxy headers from `peer` are believed.
     pub fn trusts(&self, peer: &PeerAddr) -> bool {
         match (self, peer) {
             (_, PeerAddr::Unix) | (TrustedPeers::All, _) => true,
-            (TrustedPeers::Ips(ips), PeerAddr::Tcp(addr)) => {
-                let ip = addr.ip().to_canonical();
-                ips.iter().any(|t| t.to_canonical() == ip)
+            (TrustedPeers::Nets(nets), PeerAddr::Tcp(addr)) => {
+                nets.iter().any(|n| n.contains(addr.ip()))
             }
         }
     }

@@ -19,10 +19,11 @@
 //! # Environment variables read at load time (as gunicorn reads them)
 //! - `SCRIPT_NAME`: the prefix the app is mounted under; stripped from `PATH_INFO`, and a request
 //!   outside it is answered 500.
-//! - `FORWARDED_ALLOW_IPS` (default `127.0.0.1,::1`, `*` for all): the proxies whose
-//!   `X-Forwarded-Proto: https` / `X-Forwarded-Protocol: ssl` / `X-Forwarded-Ssl: on` set
-//!   `wsgi.url_scheme` (headers that disagree get a 400) and whose `SCRIPT_NAME` field replaces
-//!   `$SCRIPT_NAME`. Unix-socket clients are always trusted.
+//! - `FORWARDED_ALLOW_IPS` (addresses and networks; `*` for all; unset: `127.0.0.1,::1`): the
+//!   proxies whose `X-Forwarded-Proto: https` / `X-Forwarded-Protocol: ssl` /
+//!   `X-Forwarded-Ssl: on` set `wsgi.url_scheme` (headers that disagree get a 400) and whose
+//!   `SCRIPT_NAME` field replaces `$SCRIPT_NAME`. Unix-socket clients are always trusted. An
+//!   invalid entry stops the load (exit 4) with a message naming it.
 //!
 //! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
 //! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
@@ -89,6 +90,9 @@ pub enum LoadError {
     },
     #[error("initializing Python: {0}")]
     Init(String),
+    /// A setting from the environment (`FORWARDED_ALLOW_IPS`) is invalid.
+    #[error("{0}")]
+    Setting(String),
 }
 
 /// A loaded WSGI callable.
@@ -170,9 +174,12 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
     };
     let script_name = var("SCRIPT_NAME", "")?.trim_end_matches('/').to_string();
     // gunicorn's default for --forwarded-allow-ips is this variable, else the local host.
-    let trusted = match var("FORWARDED_ALLOW_IPS", "")? {
-        list if list.trim().is_empty() => environ::TrustedPeers::default(),
-        list => environ::TrustedPeers::parse(&list).map_err(LoadError::Init)?,
+    // Unset means the default; set but empty means no proxy is trusted (as in gunicorn).
+    let trusted = match std::env::var_os("FORWARDED_ALLOW_IPS") {
+        Some(list) => {
+            environ::TrustedPeers::parse(&list.to_string_lossy()).map_err(LoadError::Setting)?
+        }
+        None => environ::TrustedPeers::default(),
     };
     Ok(WsgiApp {
         app: app.unbind(),

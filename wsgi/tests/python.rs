@@ -402,7 +402,14 @@ fn trusted_proxies_set_script_name_and_scheme() {
             Some("https")
         );
         // ... unless it is listed (or everyone is).
-        for list in ["203.0.113.9", "10.0.0.1, 203.0.113.9", "*"] {
+        for list in [
+            "203.0.113.9",
+            "10.0.0.1, 203.0.113.9",
+            "203.0.113.0/24",
+            "::ffff:203.0.113.9",
+            "0.0.0.0/0",
+            "*",
+        ] {
             let config = EnvironConfig {
                 script_name: String::new(),
                 trusted: TrustedPeers::parse(list).unwrap(),
@@ -442,9 +449,27 @@ fn trusted_proxies_set_script_name_and_scheme() {
         let err = environ_from(py, &req, &peer(), &mounted("")).unwrap_err();
         assert!(matches!(err, EnvironError::ContradictoryScheme), "{err:?}");
     });
-    assert!(TrustedPeers::parse("127.0.0.1,not-an-ip")
-        .unwrap_err()
-        .contains("not-an-ip"));
+    for bad in [
+        "127.0.0.1,not-an-ip",
+        "10.0.0.0/33",
+        "::1/129",
+        "10.0.0.0/x",
+    ] {
+        let err = TrustedPeers::parse(bad).unwrap_err();
+        assert!(err.contains("FORWARDED_ALLOW_IPS"), "{bad}: {err}");
+    }
+    // Networks hold exactly their addresses.
+    let peer = |a: &str| PeerAddr::Tcp(a.parse::<SocketAddr>().unwrap());
+    let nets = TrustedPeers::parse("10.1.0.0/16, fd00::/8").unwrap();
+    assert!(nets.trusts(&peer("10.1.200.3:1")));
+    assert!(!nets.trusts(&peer("10.2.0.1:1")));
+    assert!(nets.trusts(&peer("[fd12::1]:1")));
+    assert!(!nets.trusts(&peer("[fe80::1]:1")));
+    assert!(nets.trusts(&peer("[::ffff:10.1.0.9]:1")));
+    assert!(!TrustedPeers::parse("")
+        .unwrap()
+        .trusts(&peer("127.0.0.1:1")));
+    assert!(TrustedPeers::default().trusts(&peer("[::1]:1")));
 }
 
 #[test]

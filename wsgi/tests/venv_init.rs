@@ -50,6 +50,16 @@ fn interpreter_uses_the_virtualenv() {
             path.iter().any(|p| std::path::Path::new(p) == site),
             "{path:?}"
         );
+        // Isolated like the venv's own python: no other installation's packages.
+        assert!(
+            path.iter()
+                .filter(|p| p.ends_with("-packages"))
+                .all(|p| std::path::Path::new(p).starts_with(&venv)),
+            "{path:?}"
+        );
+        // The venv's python is the interpreter's executable (what subprocesses of the app run).
+        let executable: String = sys.getattr("executable").unwrap().extract().unwrap();
+        assert_eq!(PathBuf::from(executable), venv.join("bin/python"));
         // The stdlib still comes from the base installation.
         py.import("json").unwrap();
     });

@@ -1001,3 +1001,41 @@ fn the_virtualenv_flag_wins_over_virtual_env() {
     drop(server);
     std::fs::remove_dir_all(&bad).unwrap();
 }
+
+/// The number in the next "ticker tick N" log line.
+fn next_tick(server: &mut Server) -> u32 {
+    let line = server.wait_for_log("ticker tick", BOOT_TIMEOUT);
+    line.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+#[test]
+fn a_preloaded_masters_python_threads_run_on_across_forks() {
+    // With --preload the ticker thread starts in the master (fork copies no threads, so every
+    // tick comes from there). It must keep ticking after the forks: the master releases the GIL
+    // it held across fork (PyOS_AfterFork_Parent), also for the workers a HUP forks.
+    let apps = apps_dir();
+    let mut server = Server::start_in(
+        &[
+            "--preload",
+            "-w",
+            "2",
+            "--chdir",
+            apps.to_str().unwrap(),
+            "ticker:app",
+        ],
+        &repo_root(),
+        &[],
+    );
+    let workers = server.wait_for_workers(2);
+    let first = next_tick(&mut server);
+    server.wait_for_log(&format!("ticker tick {}", first + 5), BOOT_TIMEOUT);
+    assert_eq!(ok(&get(server.addr(), "/")).text(), "ok\n");
+    server.signal(libc::SIGHUP);
+    let mut new = server.wait_for_workers(2);
+    new.sort();
+    server.wait_until_workers(&new, BOOT_TIMEOUT);
+    assert!(workers.iter().all(|w| !new.contains(w)));
+    let after = next_tick(&mut server);
+    server.wait_for_log(&format!("ticker tick {}", after + 5), BOOT_TIMEOUT);
+    assert_eq!(ok(&get(server.addr(), "/")).text(), "ok\n");
+}

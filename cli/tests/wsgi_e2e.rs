@@ -974,6 +974,32 @@ fn python_threads_run_while_the_worker_waits_for_a_slow_body() {
 }
 
 #[test]
+fn python_threads_run_while_the_worker_waits_to_write_to_a_slow_reader() {
+    const MB: usize = 64;
+    let apps = apps_dir();
+    let mut server = Server::start_in(
+        &["-w", "1", "--chdir", apps.to_str().unwrap(), "ticker:app"],
+        &repo_root(),
+        &[],
+    );
+    server.wait_for_workers(1);
+    let mut s = connect(server.addr());
+    write!(
+        s,
+        "GET /?mb={MB} HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    server.wait_for_log("ticker sending megabytes", BOOT_TIMEOUT);
+    // Nothing is read yet: the socket buffers fill and the worker blocks writing.
+    let first = next_tick(&mut server);
+    server.wait_for_log(&format!("ticker tick {}", first + 5), BOOT_TIMEOUT);
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).unwrap();
+    let (resp, _) = parse_response(&out, false).expect("a response");
+    assert_eq!(ok(&resp).body.len(), MB << 20);
+}
+
+#[test]
 fn the_virtualenv_flag_wins_over_virtual_env() {
     // $VIRTUAL_ENV names a venv ferrocorn must refuse; --virtualenv names a usable one.
     let bad = std::env::temp_dir().join(format!("ferrocorn-bad-venv-{}", std::process::id()));

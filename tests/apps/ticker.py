@@ -27,6 +27,12 @@ def app(environ, start_response):
         sys.stderr.write("ticker reading the body\n")
         body = environ["wsgi.input"].read()
         reply = b"read %d\n" % len(body)
+    elif environ["QUERY_STRING"].startswith("mb="):
+        # A big response: the ticks must go on while the worker waits to write to a slow reader.
+        mb = int(environ["QUERY_STRING"][3:])
+        start_response("200 OK", [("Content-Type", "application/octet-stream"), ("Content-Length", str(mb << 20))])
+        sys.stderr.write("ticker sending megabytes\n")
+        return (b"x" * (1 << 20) for _ in range(mb))
     else:
         reply = b"ok\n"
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(reply)))])

@@ -1065,3 +1065,24 @@ fn a_preloaded_masters_python_threads_run_on_across_forks() {
     server.wait_for_log(&format!("ticker tick {}", after + 5), BOOT_TIMEOUT);
     assert_eq!(ok(&get(server.addr(), "/")).text(), "ok\n");
 }
+
+#[test]
+fn app_spec_forms_through_the_command_line() {
+    let apps = apps_dir();
+    for (spec, expected) in [
+        (
+            "battery:factory('Hi', times=2, tag={'k': (1, None)})",
+            "Hi Hi tag={'k': (1, None)}\n",
+        ),
+        ("battery:factory()", "Hello\n"),
+        ("battery:ns.inner.app", "Hello, World!\n"),
+        ("battery", "Hello, World!\n"),
+    ] {
+        let server = Server::start_in(
+            &["--pythonpath", apps.to_str().unwrap(), spec],
+            &repo_root(),
+            &[],
+        );
+        assert_eq!(ok(&get(server.addr(), "/")).text(), expected, "{spec}");
+    }
+}

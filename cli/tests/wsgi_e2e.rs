@@ -395,6 +395,7 @@ fn an_app_exception_is_a_500_and_the_same_worker_answers_next() {
 fn broken_responses_are_500_and_logged_as_the_apps_fault() {
     let mut server = start_battery(&["-w", "1"], &[]);
     let addr = server.addr();
+    let pid_line = ok(&get(addr, "/pid")).text();
     for (route, needle) in [
         ("/broken/status", "invalid status line \"OK\""),
         ("/broken/header", "is not latin-1"),
@@ -412,7 +413,8 @@ fn broken_responses_are_500_and_logged_as_the_apps_fault() {
         let line = server.wait_for_log(needle, BOOT_TIMEOUT);
         assert!(line.contains("ERROR") && line.contains(route), "{line}");
     }
-    ok(&get(addr, "/"));
+    // The same worker answers after all of them.
+    assert_eq!(ok(&get(addr, "/pid")).text(), pid_line);
 }
 
 /// Run ferrocorn on an app that cannot load; it must exit 4 with a log line holding `needles`.

@@ -156,6 +156,7 @@ fn environ_seen_by_the_app() {
     );
     assert!(!json.contains("HTTP_X_SNEAKY"), "{json}");
     assert!(!json.contains("CONTENT_LENGTH"), "{json}");
+    assert!(!json.contains("CONTENT_TYPE"), "{json}");
     assert_eq!(
         json_str(&json, "SERVER_PROTOCOL").as_deref(),
         Some("HTTP/1.1")

@@ -489,8 +489,11 @@ fn expect_100_continue_is_not_answered_when_the_app_does_not_read_the_body() {
 
 #[test]
 fn an_interim_status_from_the_app_is_refused_with_500() {
-    let s = EchoServer::start(&[]);
+    let mut s = EchoServer::start(&[]);
     assert_refused(s.addr(), b"GET /interim HTTP/1.1\r\nHost: a\r\n\r\n", 500);
+    // Logged once as the app's fault, the reason stated once.
+    let line = s.server.wait_for_log("Error handling request /interim", BOOT_TIMEOUT);
+    assert_eq!(line.matches("invalid response from application").count(), 1, "{line}");
     assert_eq!(echo(&get(s.addr(), "/still-up")).path, b"/still-up");
 }
 

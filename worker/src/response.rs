@@ -170,7 +170,11 @@ impl<'a> Response<'a> {
         };
         write_response_head(&spec, self.wbuf).map_err(|e| {
             self.wbuf.clear();
-            AppError::BadResponse(e.to_string())
+            // AppError::BadResponse adds its own "invalid response" prefix: pass the bare reason.
+            AppError::BadResponse(match e {
+                ferrocorn_http::Error::InvalidResponse(reason) => reason.to_string(),
+                other => other.to_string(),
+            })
         })
     }
 

@@ -247,7 +247,7 @@ impl Arbiter {
                 None => TICK,
             };
             let received = self.signals_mut().wait_signals(wait);
-            for sig in received {
+            for (i, &sig) in received.iter().enumerate() {
                 let Some(command) = Command::from_signal(sig) else {
                     continue;
                 };
@@ -261,7 +261,16 @@ impl Arbiter {
                 match command {
                     Command::ChildExited => {}
                     Command::GracefulStop => {
-                        self.stop(true);
+                        // INT/QUIT queued behind the TERM: the impatient second signal wins, as
+                        // it would had it arrived during the stop.
+                        let impatient = received[i + 1..]
+                            .iter()
+                            .find(|s| matches!(**s, libc::SIGINT | libc::SIGQUIT));
+                        if let Some(&quick) = impatient {
+                            info!("Handling signal: {}", signal_name(quick));
+                            info!("Quick shutdown requested");
+                        }
+                        self.stop(impatient.is_none());
                         info!("Shutting down: Master");
                         return Ok(0);
                     }

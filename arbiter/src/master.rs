@@ -137,6 +137,8 @@ pub struct Arbiter {
     next_age: u64,
     /// Our own pid (the workers' parent).
     pid: i32,
+    /// Already warned that the master has threads when it forks.
+    warned_threads: bool,
     on_reopen_logs: Option<Box<dyn FnMut()>>,
     /// USR2: starts a new master (this binary, re-executed, on our listeners); its pid.
     on_reexec: Option<Box<dyn FnMut() -> Option<i32>>>,
@@ -181,6 +183,7 @@ impl Arbiter {
             target,
             next_age: 1,
             pid: std::process::id() as i32,
+            warned_threads: false,
             on_reopen_logs: None,
             on_reexec: None,
             reexec_pid: None,
@@ -557,6 +560,7 @@ impl Arbiter {
         self.table.arm(slot);
         let age = self.next_age;
         self.next_age += 1;
+        self.warn_if_threaded();
         call(&self.hooks.before_fork);
         match fork_process().map_err(Error::Fork)? {
             ForkResult::Child => {
@@ -616,6 +620,24 @@ impl Arbiter {
                 error!("Worker panicked; exiting");
                 1
             }
+        }
+    }
+
+    /// The master never starts threads, but a preloaded app may (an SDK's background thread):
+    /// only the forking thread exists in a worker, and a lock another thread held at fork time
+    /// stays locked there for ever. Say so once.
+    fn warn_if_threaded(&mut self) {
+        if self.warned_threads {
+            return;
+        }
+        let threads = std::fs::read_dir("/proc/self/task").map_or(1, |d| d.count());
+        if threads > 1 {
+            self.warned_threads = true;
+            warn!(
+                "The master has {threads} threads when forking workers (started by the preloaded \
+                 app?); they do not exist in the workers, and a lock one of them holds at fork \
+                 time can deadlock a worker"
+            );
         }
     }
 

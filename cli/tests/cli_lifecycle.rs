@@ -834,3 +834,33 @@ fn a_stopping_master_unlinks_its_unix_socket_first() {
     );
     assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
 }
+
+#[test]
+fn a_preloaded_app_that_starts_threads_is_warned_about_at_fork() {
+    let dir = TempDir::new("threads");
+    std::fs::write(
+        dir.path().join("threaded.py"),
+        "import threading, time\n\
+         threading.Thread(target=time.sleep, args=(3600,), daemon=True).start()\n\
+         def app(environ, start_response):\n    \
+             start_response('200 OK', [('Content-Length', '2')])\n    \
+             return [b'ok']\n",
+    )
+    .unwrap();
+    let mut server = Server::start(&["--preload", "-w", "2", "--chdir", dir.str(), "threaded:app"]);
+    server.wait_for_log(
+        "The master has 2 threads when forking workers",
+        BOOT_TIMEOUT,
+    );
+    server.wait_for_workers(2);
+    assert_eq!(get(server.addr(), "/").text(), "ok");
+    assert_eq!(server.count_log("threads when forking"), 1, "said once");
+
+    // Without --preload the thread starts in each worker: nothing to say.
+    let mut server = Server::start(&["-w", "2", "--chdir", dir.str(), "threaded:app"]);
+    server.wait_for_workers(2);
+    assert_eq!(get(server.addr(), "/").text(), "ok");
+    signal(server.worker_pids()[0], libc::SIGKILL);
+    server.wait_for_workers(1);
+    assert_eq!(server.count_log("threads when forking"), 0);
+}

@@ -316,7 +316,8 @@ impl Arbiter {
                     "Worker failed to boot."
                 };
                 self.stop(false);
-                info!("Shutting down: Master");
+                // As gunicorn: a failed exit is logged at ERROR, both lines.
+                error!("Shutting down: Master");
                 error!("Reason: {reason}");
                 return Ok(code);
             }

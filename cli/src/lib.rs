@@ -331,6 +331,7 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
                     Ok(app) => app,
                     Err(e) => {
                         error!("{e}");
+                        error!("Shutting down: Master");
                         error!("Reason: App failed to load.");
                         return Ok(APP_LOAD_ERROR);
                     }

@@ -166,6 +166,12 @@ fn an_app_that_raises_on_import_stops_the_master_with_its_error() {
     assert_eq!(status.code(), Some(4), "log:\n{log}");
     assert!(log.contains("broken_app refuses to import"), "log:\n{log}");
     assert!(log.contains("RuntimeError"), "log:\n{log}");
+    // gunicorn's closing lines for a failed start, both at ERROR.
+    assert!(
+        log.contains("[ERROR] Shutting down: Master")
+            && log.contains("[ERROR] Reason: App failed to load."),
+        "log:\n{log}"
+    );
     // Three workers at most were forked: no fork loop.
     let boots = log.matches("Booting worker with pid:").count();
     assert!((1..=3).contains(&boots), "{boots} boots; log:\n{log}");

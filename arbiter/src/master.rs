@@ -389,7 +389,7 @@ impl Arbiter {
                 && info.aborted_at.is_none()
                 && !self.table.booted(info.slot);
             if died_unbooted && boot_failure.is_none() {
-                self.back_off(pid);
+                self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
         }
         boot_failure
@@ -428,8 +428,9 @@ impl Arbiter {
         }
     }
 
-    /// A worker died before it booted: delay the next fork, longer each round.
-    fn back_off(&mut self, pid: Pid) {
+    /// A worker died before it booted, or fork failed (`what` says which): delay the next fork,
+    /// longer each round.
+    fn back_off(&mut self, what: &str) {
         let now = Instant::now();
         if self.respawn_at.is_some_and(|at| now < at) {
             // Its siblings of the same round died too: one round, one step.
@@ -443,7 +444,7 @@ impl Arbiter {
         self.respawn_at = Some(now + self.backoff);
         self.backoff_age = self.next_age;
         warn!(
-            "Worker (pid:{pid}) died before it booted; backing off {:.1}s before the next fork",
+            "{what}; backing off {:.1}s before the next fork",
             self.backoff.as_secs_f64()
         );
     }
@@ -499,7 +500,9 @@ impl Arbiter {
         }
         // While backing off, forking waits (scaling down does not).
         while self.respawn_at.is_none() && self.active_count() < self.target {
-            self.spawn_worker(worker_main)?;
+            if !self.try_spawn(worker_main) {
+                break;
+            }
         }
         let excess = self.active_count().saturating_sub(self.target);
         if excess > 0 {
@@ -535,13 +538,35 @@ impl Arbiter {
             .filter(|(_, w)| !w.retiring)
             .map(|(p, _)| *p)
             .collect();
-        for _ in 0..self.target {
-            self.spawn_worker(worker_main)?;
+        let mut spawned = 0;
+        while spawned < self.target && self.try_spawn(worker_main) {
+            spawned += 1;
         }
-        for pid in old {
+        // Retire as many old workers as were replaced (oldest first); if forks failed, the rest
+        // serve on until manage_workers has forked their replacements.
+        let mut old: Vec<(u64, Pid)> = old
+            .into_iter()
+            .map(|pid| (self.workers[&pid].age, pid))
+            .collect();
+        old.sort();
+        for (_, pid) in old.into_iter().take(spawned) {
             self.retire(pid);
         }
         Ok(())
+    }
+
+    /// Fork one worker. A failed fork (EAGAIN at a process limit, ENOMEM) is logged and retried
+    /// after a back-off instead of ending the server; gunicorn would exit here, taking the
+    /// workers that still serve with it. False if none was forked.
+    fn try_spawn(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> bool {
+        match self.spawn_worker(worker_main) {
+            Ok(forked) => forked,
+            Err(e) => {
+                error!("{e}");
+                self.back_off(&format!("Cannot fork a worker ({e})"));
+                false
+            }
+        }
     }
 
     fn free_slot(&self) -> Option<usize> {
@@ -550,13 +575,14 @@ impl Arbiter {
         (0..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
+    /// Fork one worker; `Ok(false)` if no heartbeat slot is free.
     fn spawn_worker(
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
-    ) -> Result<(), Error> {
+    ) -> Result<bool, Error> {
         let Some(slot) = self.free_slot() else {
             warn!("No heartbeat slot left; not spawning another worker");
-            return Ok(());
+            return Ok(false);
         };
         self.table.arm(slot);
         let age = self.next_age;
@@ -582,7 +608,7 @@ impl Arbiter {
                         killed: false,
                     },
                 );
-                Ok(())
+                Ok(true)
             }
         }
     }

@@ -41,11 +41,84 @@ fn term_then_quit_in_one_batch_is_a_quick_stop() {
     assert!(arbiter.worker_pids().is_empty());
 }
 
+/// Set the soft process limit (`None`: up to the hard limit), which needs no privilege.
+fn set_nproc_soft_limit(soft: Option<libc::rlim_t>) {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes into a live rlimit struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) }, 0);
+    limit.rlim_cur = soft.unwrap_or(limit.rlim_max);
+    // SAFETY: setrlimit reads a live rlimit struct.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &limit) }, 0);
+}
+
+fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        println!("skipped: needs root to become another user");
+        return;
+    }
+    // As `nobody` with a soft limit of one process, this process alone reaches the limit:
+    // fork fails with EAGAIN (root would be exempt).
+    set_nproc_soft_limit(Some(1));
+    // SAFETY: setgid/setuid change this (forked, single-threaded) case process's credentials.
+    assert_eq!(unsafe { libc::setgid(65534) }, 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::setuid(65534) }, 0);
+    // SAFETY: fork in a single-threaded process; the child only calls _exit.
+    let probe = unsafe { libc::fork() };
+    if probe == 0 {
+        // SAFETY: ends the probe child at once.
+        unsafe { libc::_exit(0) };
+    }
+    assert_eq!(probe, -1, "fork must fail under the limit");
+
+    let attempts = std::rc::Rc::new(std::cell::Cell::new(0u32));
+    let counted = attempts.clone();
+    let hooks = ForkHooks {
+        before_fork: Some(Box::new(move || {
+            counted.set(counted.get() + 1);
+            if counted.get() == 3 {
+                // The limit goes away (a process elsewhere exited): the third try works.
+                set_nproc_soft_limit(None);
+            }
+        })),
+        ..ForkHooks::default()
+    };
+    let config = ArbiterConfig {
+        workers: 1,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+    };
+    let signals = MasterSignals::install().unwrap();
+    let mut arbiter = Arbiter::new(config, signals, hooks).unwrap();
+    let code = arbiter
+        .run(&mut |_ctx| {
+            // SAFETY: alarm arms a timer; kill signals our parent, the master, to stop.
+            unsafe {
+                libc::alarm(PATIENCE_SECS);
+                libc::kill(libc::getppid(), libc::SIGTERM);
+            }
+            0
+        })
+        .expect("a failed fork must not end the master");
+    assert_eq!(code, 0);
+    assert_eq!(attempts.get(), 3, "two failed forks, then one that worked");
+}
+
 fn main() {
-    let cases: [(&str, fn()); 1] = [(
-        "term_then_quit_in_one_batch_is_a_quick_stop",
-        term_then_quit_in_one_batch_is_a_quick_stop,
-    )];
+    let cases: [(&str, fn()); 2] = [
+        (
+            "term_then_quit_in_one_batch_is_a_quick_stop",
+            term_then_quit_in_one_batch_is_a_quick_stop,
+        ),
+        (
+            "a_failing_fork_is_retried_after_a_back_off_not_fatal",
+            a_failing_fork_is_retried_after_a_back_off_not_fatal,
+        ),
+    ];
     let filter: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))

@@ -16,7 +16,7 @@ use ferrocorn_arbiter::{Arbiter, ArbiterConfig, ForkHooks, WorkerContext, APP_LO
 use ferrocorn_listener::{BindSpec, ListenOptions, Listener};
 use ferrocorn_signals::MasterSignals;
 use ferrocorn_worker::{App, WorkerConfig};
-use log::{error, info};
+use log::{error, info, warn};
 
 pub use options::Options;
 
@@ -306,6 +306,10 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
         );
     }
     info!("Using worker: sync");
+    // `Type=notify` units wait for this (gunicorn sends it at the same point).
+    if let Err(e) = ferrocorn_listener::sd_notify("READY=1\nSTATUS=ferrocorn arbiter booted") {
+        warn!("{e}");
+    }
     // A master started by USR2 writes PIDFILE.2 until the old master is gone, as gunicorn.
     let pidfile = std::rc::Rc::new(std::cell::RefCell::new(options.pidfile.clone().map(|p| {
         if parent_master.is_some() {

@@ -864,3 +864,31 @@ fn a_preloaded_app_that_starts_threads_is_warned_about_at_fork() {
     server.wait_for_workers(1);
     assert_eq!(server.count_log("threads when forking"), 0);
 }
+
+#[test]
+fn type_notify_units_are_told_ready_once_the_sockets_are_bound() {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+
+    let dir = TempDir::new("notify");
+    let path = dir.path().join("notify.sock");
+    let abstract_name = format!("ferrocorn-test-notify-{}", std::process::id());
+    let by_path = UnixDatagram::bind(&path).unwrap();
+    let by_name =
+        UnixDatagram::bind_addr(&UnixAddr::from_abstract_name(abstract_name.as_bytes()).unwrap())
+            .unwrap();
+    let at_name = format!("@{abstract_name}");
+    for (sock, env) in [
+        (by_path, path.to_str().unwrap()),
+        (by_name, at_name.as_str()),
+    ] {
+        sock.set_read_timeout(Some(BOOT_TIMEOUT)).unwrap();
+        let server = Server::start_in(&hello_args(&[]), &repo_root(), &[("NOTIFY_SOCKET", env)]);
+        let mut buf = [0u8; 256];
+        let n = sock.recv(&mut buf).expect("a notification");
+        let message = String::from_utf8_lossy(&buf[..n]);
+        assert!(message.split('\n').any(|l| l == "READY=1"), "{message:?}");
+        // Ready means bound: connections are accepted (and served once a worker is up).
+        assert_eq!(get(server.addr(), "/").status, 200);
+    }
+}

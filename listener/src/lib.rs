@@ -643,3 +643,26 @@ impl IntoRawFd for Listener {
         OwnedFd::from(self).into_raw_fd()
     }
 }
+
+/// systemd's `sd_notify`: send `state` (e.g. `"READY=1"`) to the datagram socket named by
+/// `$NOTIFY_SOCKET` (a path, or `@name` for an abstract socket), as a `Type=notify` unit expects
+/// (gunicorn's own unit examples use it). `Ok(false)` when not started that way.
+pub fn sd_notify(state: &str) -> Result<bool, Error> {
+    use std::os::linux::net::SocketAddrExt;
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::{SocketAddr as UnixAddr, UnixDatagram};
+
+    let Some(name) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(false);
+    };
+    let fail = |e: io::Error| Error::Systemd(format!("NOTIFY_SOCKET={name:?}: {e}"));
+    let bytes = name.as_bytes();
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(abstract_name) => UnixAddr::from_abstract_name(abstract_name),
+        None => UnixAddr::from_pathname(Path::new(&name)),
+    }
+    .map_err(fail)?;
+    let sock = UnixDatagram::unbound().map_err(fail)?;
+    sock.send_to_addr(state.as_bytes(), &addr).map_err(fail)?;
+    Ok(true)
+}

@@ -280,6 +280,17 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
     let parent_master = take_env(REEXEC_PARENT_ENV).and_then(|pid| pid.parse::<i32>().ok());
     let log_file = logging::LogFile::new(options.log_file.as_deref());
     log_file.open()?;
+    if let Some(ips) = &options.forwarded_allow_ips {
+        // The wsgi crate reads gunicorn's environment variable; the flag wins over it, as in
+        // gunicorn. SAFETY: single-threaded here, as for --env below.
+        unsafe { std::env::set_var("FORWARDED_ALLOW_IPS", ips) };
+    }
+    if let Some(dir) = &options.worker_tmp_dir {
+        log::debug!(
+            "--worker-tmp-dir {} is not needed: heartbeats use shared memory",
+            dir.display()
+        );
+    }
     for (key, value) in &options.env {
         // SAFETY: single-threaded here (no worker forked, no thread started), so no one reads the
         // environment concurrently.

@@ -189,6 +189,20 @@ pub struct Options {
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 
+    /// Proxies whose X-Forwarded-* / SCRIPT_NAME headers are trusted: comma-separated addresses
+    /// or networks, or `*` (default 127.0.0.1, or $FORWARDED_ALLOW_IPS).
+    #[arg(long = "forwarded-allow-ips", value_name = "ADDRESSES")]
+    pub forwarded_allow_ips: Option<String>,
+
+    /// Accepted for gunicorn command lines; unused: heartbeats live in shared memory, not in
+    /// temporary files (the reason for `--worker-tmp-dir /dev/shm` in gunicorn).
+    #[arg(long = "worker-tmp-dir", value_name = "DIR")]
+    pub worker_tmp_dir: Option<PathBuf>,
+
+    /// Accepted for gunicorn command lines; like gunicorn's sync worker, ours ignores it.
+    #[arg(long = "worker-connections", value_name = "INT")]
+    pub worker_connections: Option<u32>,
+
     /// A name for the server in log lines (accepted for gunicorn compatibility).
     #[arg(short = 'n', long, value_name = "STRING")]
     pub name: Option<String>,

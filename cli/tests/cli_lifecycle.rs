@@ -892,3 +892,35 @@ fn type_notify_units_are_told_ready_once_the_sockets_are_bound() {
         assert_eq!(get(server.addr(), "/").status, 200);
     }
 }
+
+#[test]
+fn common_gunicorn_flags_are_accepted_and_forwarded_allow_ips_wins_over_the_environment() {
+    let apps = repo_root().join("tests/apps");
+    let server = Server::start_in(
+        &[
+            "--pythonpath",
+            apps.to_str().unwrap(),
+            "--worker-tmp-dir",
+            "/dev/shm",
+            "--worker-connections",
+            "1000",
+            "--forwarded-allow-ips",
+            "192.0.2.1",
+            "battery:app",
+        ],
+        &repo_root(),
+        // Would trust this test's 127.0.0.1; the flag says only 192.0.2.1.
+        &[("FORWARDED_ALLOW_IPS", "127.0.0.1")],
+    );
+    let resp = request(
+        server.addr(),
+        b"GET /environ HTTP/1.1\r\nHost: h\r\nX-Forwarded-Proto: https\r\nConnection: close\r\n\r\n",
+    );
+    assert_eq!(resp.status, 200, "{resp:?}");
+    let json = resp.text();
+    assert!(json.contains("\"wsgi.url_scheme\": \"http\""), "{json}");
+    assert!(
+        json.contains("\"HTTP_X_FORWARDED_PROTO\": \"https\""),
+        "{json}"
+    );
+}

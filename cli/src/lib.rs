@@ -278,7 +278,7 @@ fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<
     check_options(&options, &source)?;
     let start = StartContext::capture()?;
     let parent_master = take_env(REEXEC_PARENT_ENV).and_then(|pid| pid.parse::<i32>().ok());
-    let log_file = logging::LogFile::new(options.log_file.as_deref());
+    let log_file = logging::LogFile::new(options.log_file.as_deref(), options.capture_output);
     log_file.open()?;
     if let Some(ips) = &options.forwarded_allow_ips {
         // The wsgi crate reads gunicorn's environment variable; the flag wins over it, as in

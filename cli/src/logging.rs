@@ -64,19 +64,28 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
-/// Where the error log goes: `None` = stderr as inherited.
+/// Where the error log goes: `None` = stderr as inherited. With `capture_output`, stdout (an
+/// app's `print`) goes there too, as gunicorn's `--capture-output`.
 #[derive(Debug, Clone)]
-pub struct LogFile(Option<PathBuf>);
+pub struct LogFile {
+    path: Option<PathBuf>,
+    capture_output: bool,
+}
 
 impl LogFile {
     /// `-` means stderr, as in gunicorn.
-    pub fn new(path: Option<&Path>) -> Self {
-        LogFile(path.filter(|p| *p != Path::new("-")).map(Path::to_path_buf))
+    pub fn new(path: Option<&Path>, capture_output: bool) -> Self {
+        LogFile {
+            path: path.filter(|p| *p != Path::new("-")).map(Path::to_path_buf),
+            capture_output,
+        }
     }
 
     /// (Re)open the file in append mode and make it fd 2.
     pub fn open(&self) -> Result<()> {
-        let Some(path) = &self.0 else { return Ok(()) };
+        let Some(path) = &self.path else {
+            return Ok(());
+        };
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -84,6 +93,10 @@ impl LogFile {
             .with_context(|| format!("cannot open log file {}", path.display()))?;
         nix::unistd::dup2_stderr(&file)
             .with_context(|| format!("cannot redirect stderr to {}", path.display()))?;
+        if self.capture_output {
+            nix::unistd::dup2_stdout(&file)
+                .with_context(|| format!("cannot redirect stdout to {}", path.display()))?;
+        }
         debug_assert!(file.as_raw_fd() != 2);
         Ok(())
     }

@@ -181,6 +181,10 @@ pub struct Options {
     #[arg(long = "log-file", alias = "error-logfile", value_name = "FILE")]
     pub log_file: Option<PathBuf>,
 
+    /// Send stdout (e.g. the app's `print`) to the --log-file too.
+    #[arg(long = "capture-output")]
+    pub capture_output: bool,
+
     /// debug, info, warning, error or critical.
     #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = crate::logging::parse_level)]
     pub log_level: log::LevelFilter,

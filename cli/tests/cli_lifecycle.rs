@@ -924,3 +924,51 @@ fn common_gunicorn_flags_are_accepted_and_forwarded_allow_ips_wins_over_the_envi
         "{json}"
     );
 }
+
+#[test]
+fn capture_output_sends_the_apps_prints_to_the_log_file() {
+    let dir = TempDir::new("capture");
+    std::fs::write(
+        dir.path().join("printer.py"),
+        "print('printed at import', flush=True)\n\
+         def app(environ, start_response):\n    \
+             print('printed in a request', flush=True)\n    \
+             start_response('200 OK', [('Content-Length', '2')])\n    \
+             return [b'ok']\n",
+    )
+    .unwrap();
+    let log = dir.path().join("error.log");
+    let mut server = Server::spawn(
+        &[
+            "-b",
+            "127.0.0.1:0",
+            "--chdir",
+            dir.str(),
+            "--log-file",
+            log.to_str().unwrap(),
+            "--capture-output",
+            "printer:app",
+        ],
+        &repo_root(),
+        &[],
+    );
+    let text = || std::fs::read_to_string(&log).unwrap_or_default();
+    wait_until("the listen line reaches the log file", || {
+        text().contains("Listening at: http://")
+    });
+    let addr: std::net::SocketAddr = text()
+        .split("Listening at: http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert_eq!(get(addr, "/").text(), "ok");
+    wait_until("both prints reach the log file", || {
+        let t = text();
+        t.contains("printed at import") && t.contains("printed in a request")
+    });
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+    assert!(!server.log_text().contains("printed"), "nothing on stdout");
+}

@@ -274,9 +274,19 @@ impl StartContext {
     }
 }
 
-fn serve(options: Options, source: AppSource, signals: MasterSignals) -> Result<i32> {
+fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Result<i32> {
     check_options(&options, &source)?;
+    // Before --chdir: a re-exec (USR2) repeats the command line from where it was typed.
     let start = StartContext::capture()?;
+    if let Some(dir) = &options.chdir {
+        // As gunicorn, the master itself moves first, so relative unix socket, --pid and
+        // --log-file paths are inside --chdir. Absolute, so the app loader's own chdir in each
+        // worker lands in the same place rather than one more relative step down.
+        let absolute = std::fs::canonicalize(dir)
+            .and_then(|abs| std::env::set_current_dir(&abs).map(|()| abs))
+            .with_context(|| format!("cannot change directory to {}", dir.display()))?;
+        options.chdir = Some(absolute);
+    }
     let parent_master = take_env(REEXEC_PARENT_ENV).and_then(|pid| pid.parse::<i32>().ok());
     let log_file = logging::LogFile::new(options.log_file.as_deref(), options.capture_output);
     log_file.open()?;

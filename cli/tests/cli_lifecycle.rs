@@ -972,3 +972,66 @@ fn capture_output_sends_the_apps_prints_to_the_log_file() {
     assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
     assert!(!server.log_text().contains("printed"), "nothing on stdout");
 }
+
+#[test]
+fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
+    let dir = TempDir::new("chdir");
+    std::fs::copy(
+        repo_root().join("examples/hello.py"),
+        dir.path().join("hello.py"),
+    )
+    .unwrap();
+    // Started from the repository root; every relative path is meant inside --chdir.
+    let mut server = Server::spawn(
+        &[
+            "--chdir",
+            dir.str(),
+            "-b",
+            "unix:app.sock",
+            "--pid",
+            "app.pid",
+            "--log-file",
+            "app.log",
+            "hello:app",
+        ],
+        &repo_root(),
+        &[],
+    );
+    let sock = dir.path().join("app.sock");
+    wait_until("the socket appears inside --chdir", || sock.exists());
+    let pid = std::fs::read_to_string(dir.path().join("app.pid")).unwrap();
+    assert_eq!(pid.trim(), server.pid().to_string());
+    let log = dir.path().join("app.log");
+    wait_until("a worker boots", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Booting worker"))
+    });
+    let mut stream = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+    stream
+        .write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut bytes = Vec::new();
+    stream.read_to_end(&mut bytes).unwrap();
+    assert_eq!(
+        parse_response(&bytes, false).unwrap().0.body,
+        b"Hello, World!\n"
+    );
+    // USR1 in a worker reopens the same file, not one relative to another directory.
+    server.signal(libc::SIGUSR1);
+    wait_until("the worker reopens app.log", || {
+        std::fs::read_to_string(&log).is_ok_and(|t| t.contains("Worker reopened its log file"))
+    });
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+    assert!(!repo_root().join("app.sock").exists() && !repo_root().join("app.log").exists());
+
+    let out = Command::new(ferrocorn_bin())
+        .args(["--chdir", "/nonexistent/ferrocorn-test", "hello:app"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("cannot change directory to /nonexistent/ferrocorn-test"),
+        "{err}"
+    );
+}

@@ -306,7 +306,11 @@ fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Res
         // environment concurrently.
         unsafe { std::env::set_var(key, value) };
     }
-    let owner = privileges::Owner::resolve(options.user.as_deref(), options.group.as_deref())?;
+    let owner = privileges::Owner::resolve(
+        options.user.as_deref(),
+        options.group.as_deref(),
+        options.initgroups,
+    )?;
 
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind(&options)?;

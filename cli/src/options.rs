@@ -164,6 +164,11 @@ pub struct Options {
     #[arg(short = 'u', long, value_name = "USER")]
     pub user: Option<String>,
 
+    /// With --user: give workers the user's supplementary groups from the group database
+    /// (otherwise they keep the --group / primary group only).
+    #[arg(long)]
+    pub initgroups: bool,
+
     /// Switch worker processes to this group (name or gid).
     #[arg(short = 'g', long, value_name = "GROUP")]
     pub group: Option<String>,

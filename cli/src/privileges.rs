@@ -1,17 +1,19 @@
 //! `--user` / `--group`: workers drop to an unprivileged account after fork, as gunicorn's do.
 
 use anyhow::{anyhow, Context, Result};
-use nix::unistd::{setgid, setgroups, setuid, Gid, Group, Uid, User};
+use nix::unistd::{initgroups, setgid, setgroups, setuid, Gid, Group, Uid, User};
 
 #[derive(Debug, Clone, Default)]
 pub struct Owner {
     uid: Option<Uid>,
     gid: Option<Gid>,
+    /// `--initgroups`: the user's name, for its supplementary groups from the group database.
+    initgroups: Option<std::ffi::CString>,
 }
 
 impl Owner {
     /// Look the names up once in the master, so a typo fails at start-up, not in every worker.
-    pub fn resolve(user: Option<&str>, group: Option<&str>) -> Result<Self> {
+    pub fn resolve(user: Option<&str>, group: Option<&str>, initgroups: bool) -> Result<Self> {
         let user = user
             .map(|name| {
                 let found = match name.parse::<u32>() {
@@ -36,9 +38,18 @@ impl Owner {
             // Like gunicorn: the user's primary group when only --user is given.
             None => user.as_ref().map(|u| u.gid),
         };
+        let initgroups = match (&user, initgroups) {
+            (Some(user), true) => Some(
+                std::ffi::CString::new(user.name.as_str())
+                    .context("a user name with a NUL byte")?,
+            ),
+            (None, true) => anyhow::bail!("--initgroups needs --user"),
+            _ => None,
+        };
         Ok(Owner {
             uid: user.map(|u| u.uid),
             gid,
+            initgroups,
         })
     }
 
@@ -60,7 +71,14 @@ impl Owner {
     pub fn apply(&self) -> Result<()> {
         if let Some(gid) = self.gid {
             if Uid::effective().is_root() {
-                setgroups(&[gid]).context("setgroups")?;
+                match &self.initgroups {
+                    // The user's groups as listed in the group database, plus `gid`.
+                    Some(name) => {
+                        initgroups(name, gid).with_context(|| format!("initgroups for {name:?}"))?
+                    }
+                    // Only `gid`: nothing of root's groups stays behind.
+                    None => setgroups(&[gid]).context("setgroups")?,
+                }
             }
             setgid(gid).with_context(|| format!("cannot switch to group {gid}"))?;
         }

@@ -1035,3 +1035,74 @@ fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
         "{err}"
     );
 }
+
+#[test]
+fn initgroups_gives_workers_the_users_supplementary_groups() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: --user needs root");
+        return;
+    }
+    // A user that /etc/group lists as a member of some group (e.g. postgres in ssl-cert).
+    let group_db = std::fs::read_to_string("/etc/group").unwrap_or_default();
+    let memberships: Vec<(String, u32)> = group_db
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            let gid = f.get(2)?.parse().ok()?;
+            Some(
+                f.get(3)?
+                    .split(',')
+                    .filter(|m| !m.is_empty())
+                    .map(move |m| (m.to_string(), gid))
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .flatten()
+        .collect();
+    let Some((user, (uid, gid))) = memberships
+        .iter()
+        .find_map(|(user, _)| Some((user.clone(), passwd_ids(user)?)))
+    else {
+        eprintln!("skipped: no user with supplementary groups here");
+        return;
+    };
+    let mut supplementary: Vec<u32> = memberships
+        .iter()
+        .filter(|(member, _)| *member == user)
+        .map(|(_, gid)| *gid)
+        .chain([gid])
+        .collect();
+    supplementary.sort();
+    supplementary.dedup();
+
+    for (initgroups, expected) in [(true, supplementary), (false, vec![gid])] {
+        let mut args = vec!["-w", "1", "--user", user.as_str()];
+        if initgroups {
+            args.push("--initgroups");
+        }
+        let mut server = Server::start_bin(&rust_example_bin(), &args, &repo_root(), &[]);
+        let worker = server.wait_for_workers(1)[0];
+        assert_eq!(get(server.addr(), "/").status, 200);
+        let field = |name| proc_status(worker, name).unwrap();
+        let mut groups: Vec<u32> = field("Groups")
+            .split_whitespace()
+            .map(|g| g.parse().unwrap())
+            .collect();
+        groups.sort();
+        assert_eq!(groups, expected, "--initgroups {initgroups} for {user}");
+        assert!(field("Uid")
+            .split_whitespace()
+            .all(|u| u == uid.to_string()));
+        assert!(field("Gid")
+            .split_whitespace()
+            .all(|g| g == gid.to_string()));
+    }
+
+    let out = Command::new(ferrocorn_bin())
+        .args(["--initgroups", "hello:app"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--initgroups needs --user"));
+}

@@ -492,8 +492,14 @@ fn an_interim_status_from_the_app_is_refused_with_500() {
     let mut s = EchoServer::start(&[]);
     assert_refused(s.addr(), b"GET /interim HTTP/1.1\r\nHost: a\r\n\r\n", 500);
     // Logged once as the app's fault, the reason stated once.
-    let line = s.server.wait_for_log("Error handling request /interim", BOOT_TIMEOUT);
-    assert_eq!(line.matches("invalid response from application").count(), 1, "{line}");
+    let line = s
+        .server
+        .wait_for_log("Error handling request /interim", BOOT_TIMEOUT);
+    assert_eq!(
+        line.matches("invalid response from application").count(),
+        1,
+        "{line}"
+    );
     assert_eq!(echo(&get(s.addr(), "/still-up")).path, b"/still-up");
 }
 

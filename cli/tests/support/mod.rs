@@ -48,43 +48,11 @@ impl Server {
     /// Like [`Server::spawn`] for another binary built on the ferrocorn crates (the Rust example).
     pub fn spawn_bin(bin: &Path, args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
         let mut cmd = Command::new(bin);
-        cmd.args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("WEB_CONCURRENCY")
-            .env_remove("PORT")
-            .env_remove("VIRTUAL_ENV");
+        cmd.args(args).current_dir(cwd);
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("spawn ferrocorn");
-        let (tx, rx) = mpsc::channel();
-        let log = Arc::new(Mutex::new(Vec::new()));
-        for pipe in [
-            Box::new(child.stderr.take().unwrap()) as Box<dyn Read + Send>,
-            Box::new(child.stdout.take().unwrap()),
-        ] {
-            let tx = tx.clone();
-            let log = log.clone();
-            std::thread::spawn(move || {
-                for line in BufReader::new(pipe).lines() {
-                    let Ok(line) = line else { break };
-                    if std::env::var_os("FERROCORN_TEST_ECHO").is_some() {
-                        eprintln!("ferrocorn| {line}");
-                    }
-                    log.lock().unwrap().push(line.clone());
-                    let _ = tx.send(line);
-                }
-            });
-        }
-        Server {
-            child,
-            addr: None,
-            lines: rx,
-            log,
-        }
+        Server::spawn_command(cmd)
     }
 
     /// Start on an ephemeral TCP port and wait until it says where it listens.
@@ -449,10 +417,13 @@ impl Server {
     pub fn spawn_command(mut cmd: Command) -> Server {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .env_remove("WEB_CONCURRENCY")
-            .env_remove("PORT")
-            .env_remove("VIRTUAL_ENV");
+            .stderr(Stdio::piped());
+        // The test runner's own environment must not pick defaults; values the test set stay.
+        for var in ["WEB_CONCURRENCY", "PORT", "VIRTUAL_ENV"] {
+            if !cmd.get_envs().any(|(k, _)| k == var) {
+                cmd.env_remove(var);
+            }
+        }
         let mut child = cmd.spawn().expect("spawn ferrocorn");
         let (tx, rx) = mpsc::channel();
         let log = Arc::new(Mutex::new(Vec::new()));

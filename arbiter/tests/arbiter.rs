@@ -48,10 +48,8 @@ fn set_nproc_soft_limit(soft: Option<libc::rlim_t>) {
         rlim_max: 0,
     };
     // SAFETY: getrlimit writes into a live rlimit struct.
-    assert_eq!(
-        unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) },
-        0
-    );
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut limit) };
+    assert_eq!(rc, 0);
     limit.rlim_cur = soft.unwrap_or(limit.rlim_max);
     // SAFETY: setrlimit reads a live rlimit struct.
     assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_NPROC, &limit) }, 0);

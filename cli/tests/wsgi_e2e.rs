@@ -269,6 +269,23 @@ fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
     std::fs::remove_file(&path).unwrap();
 }
 
+/// Block `i` (1 MiB) of the large uploads: varied bytes, so a misplaced block is noticed.
+fn upload_block(i: usize) -> Vec<u8> {
+    (0..1 << 20).map(|j| (i * 31 + j * 7) as u8).collect()
+}
+
+/// The worker's peak RSS grew by far less than the body (it was streamed, not buffered), and the
+/// same worker is still there.
+fn assert_body_was_streamed(server: &Server, pid: i32, before_kib: u64) {
+    let growth_kib = vm_hwm_kib(pid).saturating_sub(before_kib);
+    eprintln!("worker peak RSS grew by {growth_kib} KiB for a 100 MB body");
+    assert!(
+        growth_kib < 64 * 1024,
+        "peak RSS grew by {growth_kib} KiB: the body was buffered"
+    );
+    assert_eq!(worker_pid(server), pid);
+}
+
 #[test]
 fn a_100_mb_upload_streams_through_with_bounded_memory() {
     const SIZE: usize = 100 * 1024 * 1024;
@@ -281,7 +298,7 @@ fn a_100_mb_upload_streams_through_with_bounded_memory() {
         "application/octet-stream",
         b"warm-up",
     ));
-    let before = vm_hwm_kib(pid);
+    let before_kib = vm_hwm_kib(pid);
 
     // Hash the same bytes locally with sha256sum while sending them.
     let mut hasher = Command::new("sha256sum")
@@ -296,11 +313,8 @@ fn a_100_mb_upload_streams_through_with_bounded_memory() {
         "POST /upload HTTP/1.1\r\nHost: t\r\nConnection: close\r\nContent-Length: {SIZE}\r\n\r\n"
     )
     .unwrap();
-    let mut block = vec![0u8; 1 << 20];
-    for i in 0..SIZE / block.len() {
-        for (j, b) in block.iter_mut().enumerate() {
-            *b = (i * 31 + j * 7) as u8;
-        }
+    for i in 0..SIZE >> 20 {
+        let block = upload_block(i);
         s.write_all(&block).unwrap();
         hasher_in.write_all(&block).unwrap();
     }
@@ -313,13 +327,7 @@ fn a_100_mb_upload_streams_through_with_bounded_memory() {
     let expected_hash = expected_hash.split_whitespace().next().unwrap();
     assert_eq!(ok(&resp).text(), format!("{SIZE} {expected_hash}\n"));
 
-    let growth_kib = vm_hwm_kib(pid).saturating_sub(before);
-    eprintln!("worker peak RSS grew by {growth_kib} KiB for a {SIZE}-byte upload");
-    assert!(
-        growth_kib < 64 * 1024,
-        "peak RSS grew by {growth_kib} KiB: the body was buffered"
-    );
-    assert_eq!(worker_pid(&server), pid);
+    assert_body_was_streamed(&server, pid, before_kib);
 }
 
 #[test]
@@ -329,9 +337,8 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
     let addr = server.addr();
     let pid = worker_pid(&server);
     ok(&post(addr, "/echo", "application/octet-stream", b"warm-up"));
-    let before = vm_hwm_kib(pid);
+    let before_kib = vm_hwm_kib(pid);
 
-    let block_of = |i: usize| -> Vec<u8> { (0..1 << 20).map(|j| (i * 31 + j * 7) as u8).collect() };
     let mut s = connect(addr);
     let mut writer = s.try_clone().unwrap();
     // The app answers while the upload is still arriving, so send and receive at the same time.
@@ -342,7 +349,7 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
         )
         .unwrap();
         for i in 0..SIZE >> 20 {
-            writer.write_all(&block_of(i)).unwrap();
+            writer.write_all(&upload_block(i)).unwrap();
         }
     });
     let mut head = Vec::new();
@@ -357,7 +364,7 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
     let mut received = vec![0u8; 1 << 20];
     for i in 0..SIZE >> 20 {
         s.read_exact(&mut received).unwrap();
-        assert!(received == block_of(i), "echoed block {i} differs");
+        assert!(received == upload_block(i), "echoed block {i} differs");
     }
     sender.join().unwrap();
     assert_eq!(
@@ -366,13 +373,7 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
         "nothing after the declared length"
     );
 
-    let growth_kib = vm_hwm_kib(pid).saturating_sub(before);
-    eprintln!("worker peak RSS grew by {growth_kib} KiB echoing {SIZE} bytes");
-    assert!(
-        growth_kib < 64 * 1024,
-        "peak RSS grew by {growth_kib} KiB: the body was buffered"
-    );
-    assert_eq!(worker_pid(&server), pid);
+    assert_body_was_streamed(&server, pid, before_kib);
 }
 
 #[test]

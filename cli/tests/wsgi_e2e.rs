@@ -25,6 +25,19 @@ fn start_battery(args: &[&str], env: &[(&str, &str)]) -> Server {
     server
 }
 
+/// Spawn the battery app expecting it not to come up (e.g. a bad venv or setting): no readiness wait.
+fn spawn_battery_failing(env: &[(&str, &str)]) -> Server {
+    let apps = apps_dir();
+    let args = [
+        "-b",
+        "127.0.0.1:0",
+        "--pythonpath",
+        apps.to_str().unwrap(),
+        "battery:app",
+    ];
+    Server::spawn(&args, &repo_root(), env)
+}
+
 fn ok(resp: &Resp) -> &Resp {
     assert_eq!(resp.status, 200, "{resp:?}");
     resp
@@ -497,18 +510,7 @@ fn a_virtualenv_of_another_python_is_refused_naming_both_versions() {
         &["uses Python 3.12 but ferrocorn was built with Python 3.11"],
     );
     // The same through $VIRTUAL_ENV.
-    let apps = apps_dir();
-    let mut server = Server::spawn(
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "--pythonpath",
-            apps.to_str().unwrap(),
-            "battery:app",
-        ],
-        &repo_root(),
-        &[("VIRTUAL_ENV", v)],
-    );
+    let mut server = spawn_battery_failing(&[("VIRTUAL_ENV", v)]);
     let status = server.wait_exit(BOOT_TIMEOUT);
     server.wait_for_log(
         &format!("virtualenv {v} uses Python 3.12"),
@@ -773,18 +775,7 @@ fn trusted_proxy_scheme_headers_set_the_url_scheme() {
 
 #[test]
 fn an_invalid_forwarded_allow_ips_stops_the_load() {
-    let apps = apps_dir();
-    let mut server = Server::spawn(
-        &[
-            "-b",
-            "127.0.0.1:0",
-            "--pythonpath",
-            apps.to_str().unwrap(),
-            "battery:app",
-        ],
-        &repo_root(),
-        &[("FORWARDED_ALLOW_IPS", "127.0.0.1,proxy.local")],
-    );
+    let mut server = spawn_battery_failing(&[("FORWARDED_ALLOW_IPS", "127.0.0.1,proxy.local")]);
     let status = server.wait_exit(BOOT_TIMEOUT);
     server.wait_for_log(
         "\"proxy.local\" is not an IP address",

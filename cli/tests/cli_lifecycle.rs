@@ -32,34 +32,6 @@ fn hello_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     all
 }
 
-/// A scratch directory, removed at the end of the test.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ferrocorn-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        // Workers running as `nobody` must get in.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self) -> &Path {
-        &self.0
-    }
-
-    fn str(&self) -> &str {
-        self.0.to_str().unwrap()
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Start a request that sleeps `secs` inside the app and wait until the app is in it.
 fn request_in_app(server: &mut Server, secs: u32) -> std::net::TcpStream {
     // The app is imported lazily per worker: load it first so the sleep starts at once.

@@ -140,14 +140,13 @@ fn ttin_and_ttou_scale_workers_up_and_down() {
 
 #[test]
 fn an_app_that_raises_on_import_stops_the_master_with_its_error() {
-    let dir = std::env::temp_dir().join(format!("ferrocorn-broken-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = TempDir::new("broken");
     std::fs::write(
-        dir.join("broken_app.py"),
+        dir.path().join("broken_app.py"),
         "raise RuntimeError('broken_app refuses to import')\napp = None\n",
     )
     .unwrap();
-    let dir_arg = dir.to_str().unwrap();
+    let dir_arg = dir.str();
     let mut server = Server::spawn(
         &[
             "-b",
@@ -175,7 +174,6 @@ fn an_app_that_raises_on_import_stops_the_master_with_its_error() {
     // Three workers at most were forked: no fork loop.
     let boots = log.matches("Booting worker with pid:").count();
     assert!((1..=3).contains(&boots), "{boots} boots; log:\n{log}");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
@@ -341,10 +339,9 @@ fn hup_replaces_every_worker() {
 
 #[test]
 fn usr1_reopens_the_log_file_and_pid_file_is_written() {
-    let dir = std::env::temp_dir().join(format!("ferrocorn-usr1-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let log_path = dir.join("app.log");
-    let pid_path = dir.join("app.pid");
+    let dir = TempDir::new("usr1");
+    let log_path = dir.path().join("app.log");
+    let pid_path = dir.path().join("app.pid");
     let mut server = Server::spawn(
         &[
             "-b",
@@ -382,7 +379,7 @@ fn usr1_reopens_the_log_file_and_pid_file_is_written() {
     );
 
     // logrotate: move the file away, then USR1 makes the master write to a fresh file.
-    let rotated = dir.join("app.log.1");
+    let rotated = dir.path().join("app.log.1");
     std::fs::rename(&log_path, &rotated).unwrap();
     server.signal(libc::SIGUSR1);
     wait_for_file_line(&rotated, "Handling signal: usr1");
@@ -407,14 +404,12 @@ fn usr1_reopens_the_log_file_and_pid_file_is_written() {
         "old lines went to the new file: {fresh}"
     );
     assert!(!pid_path.exists(), "the pid file is removed at exit");
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[test]
 fn serves_on_a_unix_socket_and_removes_it_at_exit() {
-    let dir = std::env::temp_dir().join(format!("ferrocorn-unix-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let sock = dir.join("app.sock");
+    let dir = TempDir::new("unix");
+    let sock = dir.path().join("app.sock");
     let bind = format!("unix:{}", sock.display());
     let mut server = Server::spawn(
         &["-b", &bind, "--chdir", "examples", "hello:app"],
@@ -439,5 +434,4 @@ fn serves_on_a_unix_socket_and_removes_it_at_exit() {
         !sock.exists(),
         "the socket file is removed when the master exits"
     );
-    let _ = std::fs::remove_dir_all(&dir);
 }

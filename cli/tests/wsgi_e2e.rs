@@ -38,6 +38,18 @@ fn spawn_battery_failing(env: &[(&str, &str)]) -> Server {
     Server::spawn(&args, &repo_root(), env)
 }
 
+/// A virtualenv whose pyvenv.cfg says Python 3.12, which a 3.11 build must refuse.
+fn venv_of_python_3_12(name: &str) -> TempDir {
+    let venv = TempDir::new(name);
+    std::fs::create_dir_all(venv.path().join("bin")).unwrap();
+    std::fs::write(
+        venv.path().join("pyvenv.cfg"),
+        "home = /usr/bin\nversion = 3.12.4\n",
+    )
+    .unwrap();
+    venv
+}
+
 fn ok(resp: &Resp) -> &Resp {
     assert_eq!(resp.status, 200, "{resp:?}");
     resp
@@ -496,14 +508,8 @@ fn load_failures_exit_4_naming_module_and_reason() {
 
 #[test]
 fn a_virtualenv_of_another_python_is_refused_naming_both_versions() {
-    let venv = std::env::temp_dir().join(format!("ferrocorn-fake-venv-{}", std::process::id()));
-    std::fs::create_dir_all(venv.join("bin")).unwrap();
-    std::fs::write(
-        venv.join("pyvenv.cfg"),
-        "home = /usr/bin\nversion = 3.12.4\n",
-    )
-    .unwrap();
-    let v = venv.to_str().unwrap();
+    let venv = venv_of_python_3_12("fake-venv");
+    let v = venv.str();
     load_failure(
         "battery:app",
         &["--virtualenv", v],
@@ -517,7 +523,6 @@ fn a_virtualenv_of_another_python_is_refused_naming_both_versions() {
         Duration::from_secs(5),
     );
     assert_eq!(status.code(), Some(4));
-    std::fs::remove_dir_all(&venv).unwrap();
 }
 
 #[test]
@@ -997,13 +1002,7 @@ fn python_threads_run_while_the_worker_waits_to_write_to_a_slow_reader() {
 #[test]
 fn the_virtualenv_flag_wins_over_virtual_env() {
     // $VIRTUAL_ENV names a venv ferrocorn must refuse; --virtualenv names a usable one.
-    let bad = std::env::temp_dir().join(format!("ferrocorn-bad-venv-{}", std::process::id()));
-    std::fs::create_dir_all(bad.join("bin")).unwrap();
-    std::fs::write(
-        bad.join("pyvenv.cfg"),
-        "home = /usr/bin\nversion = 3.12.4\n",
-    )
-    .unwrap();
+    let bad = venv_of_python_3_12("bad-venv");
     let good = test_venv();
     let apps = apps_dir();
     let server = Server::start_in(
@@ -1015,12 +1014,11 @@ fn the_virtualenv_flag_wins_over_virtual_env() {
             "battery:app",
         ],
         &repo_root(),
-        &[("VIRTUAL_ENV", bad.to_str().unwrap())],
+        &[("VIRTUAL_ENV", bad.str())],
     );
     // Started at all: with $VIRTUAL_ENV alone the master exits 4 (see the test above).
     assert_eq!(ok(&get(server.addr(), "/")).text(), "Hello, World!\n");
     drop(server);
-    std::fs::remove_dir_all(&bad).unwrap();
 }
 
 /// The number in the next "ticker tick N" log line.

@@ -233,6 +233,26 @@ impl Responder {
         if data.is_empty() {
             return Ok(());
         }
+        self.send_body(py, move |sink| sink.write(data))
+    }
+
+    /// Send part of a regular file with sendfile(2), without the GIL.
+    pub(crate) fn send_file(
+        &mut self,
+        py: Python<'_>,
+        file: &File,
+        offset: u64,
+        len: u64,
+    ) -> Result<(), AppError> {
+        self.send_body(py, move |sink| sink.sendfile(file, offset, Some(len)))
+    }
+
+    /// Send the head if it has not gone yet, then run `send` on the sink without the GIL.
+    fn send_body(
+        &mut self,
+        py: Python<'_>,
+        send: impl FnOnce(&mut dyn ResponseSink) -> Result<(), AppError> + Send,
+    ) -> Result<(), AppError> {
         let ptr = self.sink().map_err(|e| AppError::Failed(e.to_string()))?;
         // SAFETY: sink() checked the thread and that the request is still being served; this
         // &mut self borrow is the only user of the sink while it lasts.
@@ -244,29 +264,7 @@ impl Responder {
         py.detach(move || {
             // SAFETY: as above; moved into this call, which runs on the same thread.
             let sink = unsafe { ptr.get() };
-            sink.write(data)
-        })
-    }
-
-    /// Send part of a regular file with sendfile(2), without the GIL.
-    pub(crate) fn send_file(
-        &mut self,
-        py: Python<'_>,
-        file: &File,
-        offset: u64,
-        len: u64,
-    ) -> Result<(), AppError> {
-        let ptr = self.sink().map_err(|e| AppError::Failed(e.to_string()))?;
-        // SAFETY: as in send().
-        let sink = unsafe { ptr.get() };
-        if !self.head_sent {
-            self.start_sink(sink)?;
-        }
-        self.head_sent = true;
-        py.detach(move || {
-            // SAFETY: as in send().
-            let sink = unsafe { ptr.get() };
-            sink.sendfile(file, offset, Some(len))
+            send(sink)
         })
     }
 

@@ -9,11 +9,11 @@
 //! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] stops the whole server with that
 //! exit code instead of being respawned forever.
 
-mod heartbeat;
 mod master;
+mod scoreboard;
 
-pub use heartbeat::Heartbeat;
 pub use master::{Arbiter, ArbiterConfig, Error, ForkHooks, WorkerContext};
+pub use scoreboard::{Scoreboard, SlotSnapshot, SlotState, WorkerSlot, REQUEST_TEXT_MAX};
 
 /// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).
 pub const WORKER_BOOT_ERROR: i32 = 3;

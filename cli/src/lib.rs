@@ -209,6 +209,41 @@ fn jittered_for(pid: u32, max_requests: u64, jitter: u64) -> u64 {
     max_requests + u64::from(pid).wrapping_mul(2_654_435_761) % (jitter + 1)
 }
 
+#[derive(Clone, Copy)]
+enum SourceKind {
+    Wsgi,
+    Rust,
+}
+
+/// The worker's progress, written to its scoreboard slot for the arbiter.
+struct WorkerMonitor<'a> {
+    slot: &'a ferrocorn_arbiter::WorkerSlot,
+    signals: &'a ferrocorn_signals::WorkerSignals,
+    log_file: &'a logging::LogFile,
+}
+
+impl ferrocorn_worker::Monitor for WorkerMonitor<'_> {
+    /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
+    /// and moves its fd 2 to the new log file, as the master does.
+    fn beat(&mut self) {
+        self.slot.beat();
+        if self.signals.take_reopen_logs() {
+            match self.log_file.open() {
+                Ok(()) => info!("Worker reopened its log file"),
+                Err(e) => error!("{e:#}"),
+            }
+        }
+    }
+
+    fn request_started(&mut self, head: &ferrocorn_worker::RequestHead) {
+        self.slot.request_started(head.method(), head.path());
+    }
+
+    fn request_finished(&mut self) {
+        self.slot.request_finished();
+    }
+}
+
 /// What USR2 needs to start this server again: gunicorn's START_CTX.
 struct StartContext {
     argv: Vec<std::ffi::OsString>,
@@ -351,6 +386,10 @@ fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Res
     }
 
     let mut hooks = ForkHooks::default();
+    let source_kind = match source {
+        AppSource::Wsgi => SourceKind::Wsgi,
+        AppSource::Rust(_) => SourceKind::Rust,
+    };
     let mut make_app: AppFactory = match source {
         AppSource::Rust(factory) => factory,
         AppSource::Wsgi => {
@@ -452,21 +491,24 @@ fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Res
         }
         let mut app = make_app();
         worker_config.max_requests = jittered(worker_config.max_requests, jitter);
-        let heartbeat = ctx.heartbeat;
-        let signals = &ctx.signals;
-        // The worker loop calls this at least once a second: besides beating, it is where a
-        // worker notices SIGUSR1 and moves its fd 2 to the new log file, as the master does.
-        let mut tick = || {
-            heartbeat.beat();
-            if signals.take_reopen_logs() {
-                match worker_log_file.open() {
-                    Ok(()) => info!("Worker reopened its log file"),
-                    Err(e) => error!("{e:#}"),
-                }
+        if matches!(source_kind, SourceKind::Wsgi) {
+            // Only here, in the worker: with --preload the master's Python must not own SIGABRT.
+            if let Err(e) = ferrocorn_wsgi::install_abort_handler() {
+                warn!("{e}; a timed-out request will not get its traceback logged");
             }
+        }
+        let mut monitor = WorkerMonitor {
+            slot: &ctx.slot,
+            signals: &ctx.signals,
+            log_file: &worker_log_file,
         };
-        let served =
-            ferrocorn_worker::run(&mut *app, &listeners, &worker_config, signals, &mut tick);
+        let served = ferrocorn_worker::run(
+            &mut *app,
+            &listeners,
+            &worker_config,
+            &ctx.signals,
+            &mut monitor,
+        );
         // The interpreter is never finalized; give the app's atexit callbacks their turn.
         ferrocorn_wsgi::before_exit();
         match served {

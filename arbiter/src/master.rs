@@ -110,8 +110,8 @@ pub enum Error {
     Signals(#[from] ferrocorn_signals::Error),
     #[error("fork failed: {0}")]
     Fork(nix::Error),
-    #[error("shared heartbeat memory: {0}")]
-    Heartbeat(std::io::Error),
+    #[error("shared scoreboard memory: {0}")]
+    Scoreboard(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -179,7 +179,7 @@ impl Arbiter {
             config,
             signals: Some(signals),
             hooks,
-            table: Scoreboard::new().map_err(Error::Heartbeat)?,
+            table: Scoreboard::new().map_err(Error::Scoreboard)?,
             workers: BTreeMap::new(),
             target,
             next_age: 1,
@@ -584,13 +584,13 @@ impl Arbiter {
         (0..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
-    /// Fork one worker; `Ok(false)` if no heartbeat slot is free.
+    /// Fork one worker; `Ok(false)` if no scoreboard slot is free.
     fn spawn_worker(
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
     ) -> Result<bool, Error> {
         let Some(slot) = self.free_slot() else {
-            warn!("No heartbeat slot left; not spawning another worker");
+            warn!("No scoreboard slot left; not spawning another worker");
             return Ok(false);
         };
         self.table.arm(slot);

@@ -64,16 +64,24 @@ fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
     bytes
 }
 
-/// The worker was replaced by a new one that serves.
-fn assert_replaced_and_serving(server: &mut Server, first: i32) {
+/// The worker was replaced by a new one that serves; returns its pid.
+fn assert_replaced_and_serving(server: &mut Server, first: i32) -> i32 {
     let replacement = server.wait_for_workers(1)[0];
     assert_ne!(replacement, first);
     assert_eq!(get(server.addr(), "/").status, 200, "{}", server.log_text());
+    replacement
+}
+
+/// Whether process `pid` has a handler for SIGABRT (its `SigCgt` mask in /proc).
+fn catches_sigabrt(pid: i32) -> bool {
+    let mask = proc_status(pid, "SigCgt").expect("process alive");
+    let mask = u64::from_str_radix(mask.trim(), 16).unwrap();
+    mask & (1 << (libc::SIGABRT - 1)) != 0
 }
 
 /// The stuck request got gunicorn's 500, with `Connection: close`, and the log holds the
 /// traceback (the app's sleeping line) and the request's method and path.
-fn assert_sleeping_request_answered(server: &mut Server, dir: &TempDir) {
+fn assert_sleeping_request_answered(server: &mut Server, dir: &TempDir) -> i32 {
     let first = server.wait_for_workers(1)[0];
     let mut conn = stuck_request(server, "/slow?x=1", "going to sleep");
     server.wait_for_log(
@@ -86,7 +94,7 @@ fn assert_sleeping_request_answered(server: &mut Server, dir: &TempDir) {
     assert_eq!(resp.status, 500, "{}", server.log_text());
     assert_eq!(resp.header("connection"), Some("close"));
     server.wait_for_log("aborted after the worker timed out", BOOT_TIMEOUT);
-    assert_replaced_and_serving(server, first);
+    let replacement = assert_replaced_and_serving(server, first);
     let log = server.log_text();
     assert!(
         log.contains(&format!(
@@ -109,6 +117,7 @@ fn assert_sleeping_request_answered(server: &mut Server, dir: &TempDir) {
         !log.contains(&format!("Worker (pid:{first}) was sent")),
         "it exited by itself: {log}"
     );
+    replacement
 }
 
 #[test]
@@ -122,8 +131,13 @@ fn a_request_stuck_in_python_past_the_timeout_gets_a_500_and_its_traceback_is_lo
 fn with_preload_the_worker_still_answers_500_and_logs_the_traceback() {
     let dir = TempDir::new("timeout-preload");
     let mut server = start_stuck_app(&dir, &["--preload"]);
-    assert_sleeping_request_answered(&mut server, &dir);
-    // The master's own Python must not have caught anything: it still serves and stops cleanly.
+    let worker = assert_sleeping_request_answered(&mut server, &dir);
+    // Only workers handle SIGABRT, though the master runs Python too.
+    assert!(catches_sigabrt(worker));
+    assert!(
+        !catches_sigabrt(server.pid()),
+        "the master must not own SIGABRT"
+    );
     server.signal(libc::SIGTERM);
     assert!(
         server.wait_exit(BOOT_TIMEOUT).success(),

@@ -224,7 +224,8 @@ fn truncated(s: &str, max: usize) -> &str {
 
 /// The single writer's half of the sequence lock.
 fn write_request(slot: &RawSlot, method: &str, path: &str) {
-    let method = truncated(method, 255.min(REQUEST_TEXT_MAX));
+    // The method's length must fit the low byte of `lens`.
+    let method = truncated(method, REQUEST_TEXT_MAX.min(255));
     let path = truncated(path, REQUEST_TEXT_MAX - method.len());
     let mut bytes = [0u8; REQUEST_TEXT_MAX];
     bytes[..method.len()].copy_from_slice(method.as_bytes());
@@ -263,11 +264,10 @@ fn read_request(slot: &RawSlot) -> (String, String) {
         if slot.seq.load(Ordering::Relaxed) != before {
             continue;
         }
-        let method_len = (lens & 0xff) as usize;
-        let path_len =
-            ((lens >> 8) as usize).min(REQUEST_TEXT_MAX - method_len.min(REQUEST_TEXT_MAX));
-        let method = &bytes[..method_len.min(REQUEST_TEXT_MAX)];
-        let path = &bytes[method.len()..method.len() + path_len];
+        let method_len = ((lens & 0xff) as usize).min(REQUEST_TEXT_MAX);
+        let path_len = ((lens >> 8) as usize).min(REQUEST_TEXT_MAX - method_len);
+        let method = &bytes[..method_len];
+        let path = &bytes[method_len..method_len + path_len];
         return (
             String::from_utf8_lossy(method).into_owned(),
             String::from_utf8_lossy(path).into_owned(),

@@ -4,6 +4,7 @@
 //! parses gunicorn's flags, binds sockets, then hands over to the arbiter; each forked worker loads
 //! its app ([`AppSource`]) and runs the sync worker loop.
 
+mod config_cmd;
 mod logging;
 mod options;
 mod privileges;
@@ -11,7 +12,6 @@ mod privileges;
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::Parser;
 use ferrocorn_arbiter::{Arbiter, ArbiterConfig, ForkHooks, WorkerContext, APP_LOAD_ERROR};
 use ferrocorn_listener::{BindSpec, ListenOptions, Listener};
 use ferrocorn_signals::MasterSignals;
@@ -50,9 +50,17 @@ pub fn main(source: AppSource) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let options = Options::parse();
-    logging::init(options.log_level);
-    match serve(options, source, signals) {
+    let mut source = source;
+    let loaded = match config_cmd::load() {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
+    };
+    logging::init(loaded.options.log_level);
+    loaded.warn_unsupported();
+    if let Some(code) = loaded.run_checks(&mut source) {
+        return code;
+    }
+    match serve(loaded.options, source, signals) {
         Ok(code) => ExitCode::from(code as u8),
         Err(e) => {
             error!("{e:#}");

@@ -1,0 +1,391 @@
+//! Where settings come from, as gunicorn: defaults (with `$WEB_CONCURRENCY`, `$PORT`) < config
+//! file < `$GUNICORN_CMD_ARGS` < `$FERROCORN_CMD_ARGS` < command line. Each source is parsed
+//! alone with the same flags; per flag the highest source that sets it wins whole (a `bind` list
+//! from the command line replaces the config file's), then the winners are parsed once more into
+//! [`Options`]. Also `--print-config` and `--check-config`.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::fmt;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::parser::ValueSource;
+use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
+use ferrocorn_config::{Location, Translated};
+
+use crate::{AppSource, Options};
+
+const GUNICORN_CMD_ARGS: &str = "GUNICORN_CMD_ARGS";
+const FERROCORN_CMD_ARGS: &str = "FERROCORN_CMD_ARGS";
+/// Exit code for a config file that cannot be read or asks for what ferrocorn refuses.
+const CONFIG_ERROR: u8 = 1;
+/// clap's exit code for bad flags.
+const USAGE_ERROR: u8 = 2;
+
+/// Where one setting's value came from, lowest first.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Source {
+    Default,
+    Env(String),
+    ConfigFile(String),
+    GunicornCmdArgs,
+    FerrocornCmdArgs,
+    CommandLine,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => f.write_str("default"),
+            Source::Env(var) => write!(f, "env {var}"),
+            Source::ConfigFile(path) => write!(f, "config file {path}"),
+            Source::GunicornCmdArgs => f.write_str(GUNICORN_CMD_ARGS),
+            Source::FerrocornCmdArgs => f.write_str(FERROCORN_CMD_ARGS),
+            Source::CommandLine => f.write_str("command line"),
+        }
+    }
+}
+
+/// The effective options and what `--print-config` needs to explain them.
+#[derive(Debug)]
+pub(crate) struct Loaded {
+    pub options: Options,
+    matches: ArgMatches,
+    sources: BTreeMap<String, Source>,
+    config: Option<(Location, Translated)>,
+}
+
+/// Read every source. Bad flags exit 2 (clap's usage error, naming the source); a config file
+/// that raises or is refused exits 1 with the reason.
+pub(crate) fn load() -> Result<Loaded, ExitCode> {
+    let command_line = parse_source(&Source::CommandLine, std::env::args_os().skip(1).collect())?;
+    let gunicorn = parse_env_source(GUNICORN_CMD_ARGS, Source::GunicornCmdArgs)?;
+    let ferrocorn = parse_env_source(FERROCORN_CMD_ARGS, Source::FerrocornCmdArgs)?;
+    let flag_sources = [
+        gunicorn,
+        ferrocorn,
+        Some((Source::CommandLine, command_line)),
+    ];
+    let flag_sources: Vec<(Source, ArgMatches)> = flag_sources.into_iter().flatten().collect();
+    let config = read_config_file(&flag_sources)?;
+    let mut sources = Vec::new();
+    if let Some((location, translated)) = &config {
+        let tokens = translated.tokens.iter().map(OsString::from).collect();
+        let source = Source::ConfigFile(location.to_string());
+        let matches = parse_source(&source, tokens)?;
+        sources.push((source, matches));
+    }
+    sources.extend(flag_sources);
+    let config_app = config.as_ref().and_then(|(location, t)| {
+        let app = t.app.clone()?;
+        Some((Source::ConfigFile(location.to_string()), app))
+    });
+    merge(sources, config_app, config)
+}
+
+/// Parse one source's tokens alone. Only what the source itself says counts later (clap's
+/// env fallbacks and defaults are applied once, at the end).
+fn parse_source(source: &Source, tokens: Vec<OsString>) -> Result<ArgMatches, ExitCode> {
+    let argv = std::iter::once(OsString::from("ferrocorn")).chain(tokens);
+    match Options::command().try_get_matches_from(argv) {
+        Ok(matches) => Ok(matches),
+        Err(e) if *source == Source::CommandLine => e.exit(),
+        Err(e) => {
+            eprintln!("Error in {source}: {}", e.render().to_string().trim_end());
+            Err(ExitCode::from(USAGE_ERROR))
+        }
+    }
+}
+
+fn parse_env_source(
+    var: &'static str,
+    source: Source,
+) -> Result<Option<(Source, ArgMatches)>, ExitCode> {
+    let Ok(text) = std::env::var(var) else {
+        return Ok(None);
+    };
+    let tokens = ferrocorn_config::split_cmd_args(var, &text).map_err(|e| {
+        eprintln!("Error: {e}");
+        ExitCode::from(USAGE_ERROR)
+    })?;
+    let matches = parse_source(&source, tokens.into_iter().map(OsString::from).collect())?;
+    Ok(Some((source, matches)))
+}
+
+/// The value a flag source (highest first) gives `id`, if any.
+fn explicit(flag_sources: &[(Source, ArgMatches)], id: &str) -> Option<String> {
+    flag_sources
+        .iter()
+        .rev()
+        .filter(|(_, m)| m.value_source(id) == Some(ValueSource::CommandLine))
+        .find_map(|(_, m)| raw_values(m, id).pop())
+        .map(|v| v.to_string_lossy().into_owned())
+}
+
+/// Find and evaluate the config file (`-c` from the highest flag source, else
+/// `./gunicorn.conf.py`), in a child Python.
+fn read_config_file(
+    flag_sources: &[(Source, ArgMatches)],
+) -> Result<Option<(Location, Translated)>, ExitCode> {
+    let cwd = std::env::current_dir().unwrap_or_else(|_| PathBuf::from("."));
+    let Some(location) = Location::find(explicit(flag_sources, "config").as_deref(), &cwd) else {
+        return Ok(None);
+    };
+    let python = config_python(flag_sources);
+    let fail = |e: ferrocorn_config::Error| {
+        eprintln!("Error: {e}");
+        ExitCode::from(CONFIG_ERROR)
+    };
+    let namespace = ferrocorn_config::evaluate(&location, &python).map_err(fail)?;
+    eprint!("{}", namespace.output);
+    let translated = ferrocorn_config::translate(&namespace, &location).map_err(fail)?;
+    Ok(Some((location, translated)))
+}
+
+/// The interpreter for config files: the virtualenv's (`--virtualenv`, `$VIRTUAL_ENV`), so the
+/// file can import what the app can, else the Python ferrocorn was built against.
+fn config_python(flag_sources: &[(Source, ArgMatches)]) -> PathBuf {
+    let venv = explicit(flag_sources, "virtualenv")
+        .or_else(|| std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty()));
+    match venv {
+        Some(dir) => PathBuf::from(dir).join("bin").join("python"),
+        None => PathBuf::from(env!("FERROCORN_BUILD_PYTHON")),
+    }
+}
+
+/// Per flag, the highest source wins whole; parse the winners' tokens into the options.
+fn merge(
+    sources: Vec<(Source, ArgMatches)>,
+    config_app: Option<(Source, String)>,
+    config: Option<(Location, Translated)>,
+) -> Result<Loaded, ExitCode> {
+    let command = Options::command();
+    let mut winners: BTreeMap<String, (Source, Vec<OsString>)> = BTreeMap::new();
+    if let Some((source, app)) = config_app {
+        winners.insert("app".into(), (source, vec![app.into()]));
+    }
+    for (source, matches) in &sources {
+        for arg in command.get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches.value_source(id) == Some(ValueSource::CommandLine) {
+                winners.insert(id.to_string(), (source.clone(), tokens_of(arg, matches)));
+            }
+        }
+    }
+    // Every flag token is `--long[=value]`, so the app can go first without a `--`.
+    let mut argv: Vec<OsString> = winners
+        .get("app")
+        .into_iter()
+        .flat_map(|(_, t)| t.iter().cloned())
+        .collect();
+    for (id, (_, tokens)) in &winners {
+        if id != "app" {
+            argv.extend(tokens.iter().cloned());
+        }
+    }
+    let matches = parse_source(&Source::CommandLine, argv)?;
+    let options = Options::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let sources = winners
+        .into_iter()
+        .map(|(id, (source, _))| (id, source))
+        .collect();
+    Ok(Loaded {
+        options,
+        matches,
+        sources,
+        config,
+    })
+}
+
+/// The tokens that say again what `matches` says for `arg`.
+fn tokens_of(arg: &clap::Arg, matches: &ArgMatches) -> Vec<OsString> {
+    let id = arg.get_id().as_str();
+    if arg.is_positional() {
+        return raw_values(matches, id);
+    }
+    let long = arg.get_long().expect("every flag has a long name");
+    if matches!(arg.get_action(), ArgAction::SetTrue) {
+        return vec![format!("--{long}").into()];
+    }
+    raw_values(matches, id)
+        .into_iter()
+        .map(|value| {
+            let mut token = OsString::from(format!("--{long}="));
+            token.push(value);
+            token
+        })
+        .collect()
+}
+
+fn raw_values(matches: &ArgMatches, id: &str) -> Vec<OsString> {
+    matches
+        .get_raw(id)
+        .into_iter()
+        .flatten()
+        .map(OsString::from)
+        .collect()
+}
+
+impl Loaded {
+    /// Log, by name, every setting from the config file that is not in force.
+    pub fn warn_unsupported(&self) {
+        for warning in self.config.iter().flat_map(|(_, t)| &t.warnings) {
+            log::warn!("{warning}");
+        }
+    }
+
+    /// `--print-config` and `--check-config`: the exit code when one was asked for.
+    pub fn run_checks(&self, source: &mut AppSource) -> Option<ExitCode> {
+        if !self.options.print_config && !self.options.check_config {
+            return None;
+        }
+        if self.options.print_config {
+            print!("{}", self.describe());
+        }
+        Some(match crate::check_options(&self.options, source) {
+            Ok(()) => load_app_in_child(&self.options, source),
+            Err(e) => {
+                log::error!("{e:#}");
+                ExitCode::from(CONFIG_ERROR)
+            }
+        })
+    }
+
+    /// Every effective setting, its value and where it came from, one per line, sorted by name.
+    fn describe(&self) -> String {
+        let mut lines: BTreeMap<String, (String, String)> = BTreeMap::new();
+        for arg in Options::command().get_arguments() {
+            let id = arg.get_id().as_str();
+            if matches!(id, "help" | "version") {
+                continue;
+            }
+            lines.insert(
+                setting_name(arg),
+                (self.value_of(arg), self.source_of(arg).to_string()),
+            );
+        }
+        if let Some((location, translated)) = &self.config {
+            for (name, value) in &translated.unsupported {
+                let note = format!("config file {location}; not supported, no effect");
+                lines.insert(name.to_string(), (value.clone(), note));
+            }
+            for (name, qualname) in &translated.hooks {
+                let note = format!("config file {location}; hook not run yet");
+                lines.insert(name.to_string(), (format!("<{qualname}()>"), note));
+            }
+        }
+        let width = lines.keys().map(String::len).max().unwrap_or(0);
+        lines
+            .iter()
+            .map(|(name, (value, source))| format!("{name:width$} = {value}  ({source})\n"))
+            .collect()
+    }
+
+    fn value_of(&self, arg: &clap::Arg) -> String {
+        let id = arg.get_id().as_str();
+        if matches!(arg.get_action(), ArgAction::SetTrue) {
+            return if self.matches.get_flag(id) {
+                "True"
+            } else {
+                "False"
+            }
+            .into();
+        }
+        let mut values: Vec<String> = raw_values(&self.matches, id)
+            .iter()
+            .map(|v| v.to_string_lossy().into_owned())
+            .collect();
+        match id {
+            "bind" if values.is_empty() => values = vec![default_bind()],
+            "config" if values.is_empty() => {
+                values.extend(self.config.iter().map(|(location, _)| location.to_string()))
+            }
+            _ => {}
+        }
+        if matches!(arg.get_action(), ArgAction::Append) {
+            let quoted: Vec<String> = values.iter().map(|v| format!("'{v}'")).collect();
+            return format!("[{}]", quoted.join(", "));
+        }
+        values.pop().unwrap_or_else(|| "None".into())
+    }
+
+    fn source_of(&self, arg: &clap::Arg) -> Source {
+        let id = arg.get_id().as_str();
+        if let Some(source) = self.sources.get(id) {
+            return source.clone();
+        }
+        if self.matches.value_source(id) == Some(ValueSource::EnvVariable) {
+            let var = arg.get_env().map(|v| v.to_string_lossy().into_owned());
+            return Source::Env(var.unwrap_or_default());
+        }
+        match id {
+            "bind" if std::env::var_os("PORT").is_some() => Source::Env("PORT".into()),
+            _ => Source::Default,
+        }
+    }
+}
+
+/// The gunicorn name of the setting behind a flag, or the flag's own name for ferrocorn's.
+fn setting_name(arg: &clap::Arg) -> String {
+    if arg.is_positional() {
+        return "wsgi_app".into();
+    }
+    let long = arg.get_long().unwrap_or_default();
+    match ferrocorn_config::by_flag(long) {
+        Some(setting) => setting.name.to_string(),
+        None => arg.get_id().as_str().to_string(),
+    }
+}
+
+fn default_bind() -> String {
+    let port = std::env::var("PORT").ok();
+    match ferrocorn_listener::BindSpec::default_for(port.as_deref()) {
+        Ok(spec) => spec.to_string(),
+        Err(e) => e.to_string(),
+    }
+}
+
+/// Load the app as a worker would, in a forked child so the master stays free of Python: exit
+/// code 0 when it loads, 1 with the reason when not (as gunicorn's `--check-config`).
+fn load_app_in_child(options: &Options, source: &mut AppSource) -> ExitCode {
+    use nix::sys::wait::{waitpid, WaitStatus};
+    use nix::unistd::ForkResult;
+    // SAFETY: the master is single-threaded here (no worker, no thread started yet), so the
+    // child may run any code, Python included.
+    match unsafe { nix::unistd::fork() } {
+        Ok(ForkResult::Child) => std::process::exit(load_app(options, source)),
+        Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, 0)) => ExitCode::SUCCESS,
+            status => {
+                let reason = match status {
+                    Ok(WaitStatus::Exited(_, code)) => format!("exit status {code}"),
+                    Ok(other) => format!("{other:?}"),
+                    Err(e) => e.to_string(),
+                };
+                log::error!("Error while loading the application: {reason}");
+                ExitCode::from(CONFIG_ERROR)
+            }
+        },
+        Err(e) => {
+            log::error!("cannot fork to load the application: {e}");
+            ExitCode::from(CONFIG_ERROR)
+        }
+    }
+}
+
+fn load_app(options: &Options, source: &mut AppSource) -> i32 {
+    match source {
+        AppSource::Rust(factory) => {
+            drop(factory());
+            0
+        }
+        AppSource::Wsgi => match ferrocorn_wsgi::load(&crate::wsgi_config(options)) {
+            Ok(_) => 0,
+            Err(e) => {
+                log::error!("{e}");
+                1
+            }
+        },
+    }
+}

@@ -70,15 +70,17 @@ pub fn main(source: AppSource) -> ExitCode {
 }
 
 fn check_options(options: &Options, source: &AppSource) -> Result<()> {
-    if options.worker_class != "sync" {
+    if !is_sync_worker(&options.worker_class) {
         bail!(
-            "worker class {:?} is not supported: ferrocorn has only the sync worker",
-            options.worker_class
+            "worker class {:?} is not supported: ferrocorn has only the sync worker{}",
+            options.worker_class,
+            instead_of(&options.worker_class)
         );
     }
     if options.threads != 1 {
         bail!(
-            "--threads {} is not supported: the sync worker runs one request at a time",
+            "--threads {} is not supported: the sync worker runs one request at a time; raise \
+             --workers instead",
             options.threads
         );
     }
@@ -87,6 +89,42 @@ fn check_options(options: &Options, source: &AppSource) -> Result<()> {
         Options::command_error("the following required arguments were not provided: <APP>");
     }
     Ok(())
+}
+
+/// gunicorn's spellings of its sync worker.
+fn is_sync_worker(class: &str) -> bool {
+    matches!(
+        class,
+        "sync" | "egg:gunicorn#sync" | "gunicorn.workers.sync.SyncWorker"
+    )
+}
+
+/// What to use instead of an async or threaded worker class.
+fn instead_of(class: &str) -> &'static str {
+    let name = class
+        .rsplit(['#', '.'])
+        .next()
+        .unwrap_or(class)
+        .to_ascii_lowercase();
+    if [
+        "gevent",
+        "eventlet",
+        "tornado",
+        "geventworker",
+        "eventletworker",
+        "tornadoworker",
+    ]
+    .contains(&name.as_str())
+    {
+        "; for many slow or idle connections put nginx in front (it buffers them) and raise \
+         --workers; ferrocorn has no green threads"
+    } else if name.contains("thread") {
+        "; raise --workers instead of threads"
+    } else if name.contains("uvicorn") || name.contains("asgi") {
+        "; ferrocorn serves WSGI apps, not ASGI"
+    } else {
+        ""
+    }
 }
 
 impl Options {

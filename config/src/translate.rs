@@ -14,7 +14,8 @@ pub struct Translated {
     pub app: Option<String>,
     /// Supported settings the file sets, by gunicorn name.
     pub set: Vec<&'static str>,
-    /// Settings ferrocorn does not have, set to a value that matters: name and Python-ish value.
+    /// Settings ferrocorn does not have, set to a value that matters: name and value as Python's
+    /// `str()` shows it (as gunicorn's `--print-config` does).
     pub unsupported: Vec<(&'static str, String)>,
     /// Server hooks the file defines: name and the callable's qualified name.
     pub hooks: Vec<(&'static str, String)>,
@@ -120,7 +121,7 @@ impl Translated {
                     "config file {location}: {} = {value} is not supported and has no effect: {why}",
                     setting.name
                 ));
-                self.unsupported.push((setting.name, value));
+                self.unsupported.push((setting.name, global.display_str()));
             }
         }
         Ok(())
@@ -186,6 +187,14 @@ impl Global<'_> {
         harmless
             .iter()
             .any(|text| serde_json::from_str::<Value>(text).is_ok_and(|h| h == **value))
+    }
+
+    /// The value as Python's `str()` shows it: strings bare, the rest as `repr`.
+    fn display_str(&self) -> String {
+        match self {
+            Global::Data(Value::String(s)) => s.clone(),
+            _ => self.display(),
+        }
     }
 
     /// The value as a Python user would write it.
@@ -296,7 +305,7 @@ mod tests {
             "{:?}",
             t.warnings
         );
-        assert_eq!(t.unsupported, [("accesslog", "'-'".to_string())]);
+        assert_eq!(t.unsupported, [("accesslog", "-".to_string())]);
         assert!(t.tokens.is_empty());
     }
 

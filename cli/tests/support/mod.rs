@@ -420,7 +420,13 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // The test runner's own environment must not pick defaults; values the test set stay.
-        for var in ["WEB_CONCURRENCY", "PORT", "VIRTUAL_ENV"] {
+        for var in [
+            "WEB_CONCURRENCY",
+            "PORT",
+            "VIRTUAL_ENV",
+            "GUNICORN_CMD_ARGS",
+            "FERROCORN_CMD_ARGS",
+        ] {
             if !cmd.get_envs().any(|(k, _)| k == var) {
                 cmd.env_remove(var);
             }
@@ -451,6 +457,22 @@ impl Server {
             lines: rx,
             log,
         }
+    }
+
+    /// Wait until the process exits and its output pipes close; the exit status and every line
+    /// it wrote (stderr and stdout).
+    pub fn wait_exit_and_output(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self.wait_exit(timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("output pipes still open after exit"),
+            }
+        }
+        (status, self.log_text())
     }
 
     /// Wait for the next "Listening at: http://ADDR" line and return ADDR (also kept as `addr`

@@ -24,7 +24,7 @@ const CONFIG_ERROR: u8 = 1;
 const USAGE_ERROR: u8 = 2;
 
 /// Where one setting's value came from, lowest first.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Source {
     Default,
     Env(String),
@@ -77,11 +77,7 @@ pub(crate) fn load() -> Result<Loaded, ExitCode> {
         sources.push((source, matches));
     }
     sources.extend(flag_sources);
-    let config_app = config.as_ref().and_then(|(location, t)| {
-        let app = t.app.clone()?;
-        Some((Source::ConfigFile(location.to_string()), app))
-    });
-    merge(sources, config_app, config)
+    merge(sources, config)
 }
 
 /// Parse one source's tokens alone. Only what the source itself says counts later (clap's
@@ -157,12 +153,13 @@ fn config_python(flag_sources: &[(Source, ArgMatches)]) -> PathBuf {
 /// Per flag, the highest source wins whole; parse the winners' tokens into the options.
 fn merge(
     sources: Vec<(Source, ArgMatches)>,
-    config_app: Option<(Source, String)>,
     config: Option<(Location, Translated)>,
 ) -> Result<Loaded, ExitCode> {
     let command = Options::command();
     let mut winners: BTreeMap<String, (Source, Vec<OsString>)> = BTreeMap::new();
-    if let Some((source, app)) = config_app {
+    // `wsgi_app` is no flag: the config file's app goes in first, below every flag source.
+    if let Some((location, Translated { app: Some(app), .. })) = &config {
+        let source = Source::ConfigFile(location.to_string());
         winners.insert("app".into(), (source, vec![app.into()]));
     }
     for (source, matches) in &sources {

@@ -386,3 +386,103 @@ fn load_app(options: &Options, source: &mut AppSource) -> i32 {
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn source(source: Source, tokens: &[&str]) -> (Source, ArgMatches) {
+        let tokens = tokens.iter().map(OsString::from).collect();
+        let matches = parse_source(&source, tokens).expect("valid flags");
+        (source, matches)
+    }
+
+    fn file() -> Source {
+        Source::ConfigFile("g.py".into())
+    }
+
+    #[test]
+    fn the_highest_source_wins_each_flag_whole() {
+        let loaded = merge(
+            vec![
+                source(
+                    file(),
+                    &[
+                        "--bind=127.0.0.1:1",
+                        "--bind=127.0.0.1:2",
+                        "--workers=4",
+                        "--preload",
+                    ],
+                ),
+                source(
+                    Source::GunicornCmdArgs,
+                    &["--bind=127.0.0.1:3", "--timeout=5"],
+                ),
+                source(Source::FerrocornCmdArgs, &["--timeout=6", "-e", "A=1"]),
+                source(Source::CommandLine, &["-e", "B=2", "hello:app"]),
+            ],
+            None,
+        )
+        .unwrap();
+        let options = &loaded.options;
+        let binds: Vec<String> = options.bind.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            binds,
+            ["127.0.0.1:3"],
+            "a higher bind list replaces the lower one"
+        );
+        assert_eq!(options.workers, 4);
+        assert!(options.preload);
+        assert_eq!(options.timeout, std::time::Duration::from_secs(6));
+        assert_eq!(options.env, [("B".to_string(), "2".to_string())]);
+        assert_eq!(options.app.as_deref(), Some("hello:app"));
+        assert_eq!(loaded.sources["bind"], Source::GunicornCmdArgs);
+        assert_eq!(loaded.sources["workers"], file());
+        assert_eq!(loaded.sources["env"], Source::CommandLine);
+    }
+
+    #[test]
+    fn the_config_files_app_is_used_only_when_no_flag_source_names_one() {
+        let config = |app: &str| {
+            let translated = Translated {
+                app: Some(app.into()),
+                ..Translated::default()
+            };
+            Some((Location::File("g.py".into()), translated))
+        };
+        let loaded = merge(vec![source(Source::CommandLine, &[])], config("file:app")).unwrap();
+        assert_eq!(loaded.options.app.as_deref(), Some("file:app"));
+        let loaded = merge(
+            vec![source(Source::CommandLine, &["cli:app"])],
+            config("file:app"),
+        )
+        .unwrap();
+        assert_eq!(loaded.options.app.as_deref(), Some("cli:app"));
+        assert_eq!(loaded.sources["app"], Source::CommandLine);
+    }
+
+    #[test]
+    fn values_are_printed_with_their_sources() {
+        let loaded = merge(
+            vec![
+                source(file(), &["--workers=4"]),
+                source(Source::CommandLine, &["--reuse-port", "hello:app"]),
+            ],
+            None,
+        )
+        .unwrap();
+        let text = loaded.describe();
+        let line = |name: &str| {
+            text.lines()
+                .find(|l| l.split_whitespace().next() == Some(name))
+                .unwrap_or_else(|| panic!("{name} missing:\n{text}"))
+                .split_whitespace()
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        assert_eq!(line("workers"), "workers = 4 (config file g.py)");
+        assert_eq!(line("reuse_port"), "reuse_port = True (command line)");
+        assert_eq!(line("wsgi_app"), "wsgi_app = hello:app (command line)");
+        assert_eq!(line("backlog"), "backlog = 2048 (default)");
+    }
+}

@@ -151,10 +151,15 @@ fn flag_tokens(long: &str, shape: Shape, global: &Global) -> Option<Vec<String>>
         }
         _ => return None,
     };
-    let values = match (shape, value) {
-        (_, Value::Null) | (Shape::Switch, Value::Bool(false)) => vec![],
+    if shape == Shape::Switch {
         // Switches take no value on the command line.
-        (Shape::Switch, Value::Bool(true)) => return Some(vec![format!("--{long}")]),
+        return Some(match switch_value(value)? {
+            true => vec![format!("--{long}")],
+            false => vec![],
+        });
+    }
+    let values = match (shape, value) {
+        (_, Value::Null) => vec![],
         (Shape::Octal, Value::Number(n)) => vec![format!("0o{:o}", n.as_u64()?)],
         (Shape::Octal | Shape::Scalar | Shape::List | Shape::Commas, Value::String(s)) => {
             vec![s.clone()]
@@ -170,6 +175,20 @@ fn flag_tokens(long: &str, shape: Shape, global: &Global) -> Option<Vec<String>>
             .map(|v| format!("--{long}={v}"))
             .collect(),
     )
+}
+
+/// gunicorn's booleans: True/False, None (the default, off) or the strings "true"/"false".
+fn switch_value(value: &Value) -> Option<bool> {
+    match value {
+        Value::Bool(b) => Some(*b),
+        Value::Null => Some(false),
+        Value::String(s) => match s.trim().to_ascii_lowercase().as_str() {
+            "true" => Some(true),
+            "false" => Some(false),
+            _ => None,
+        },
+        _ => None,
+    }
 }
 
 fn strings(items: &[Value]) -> Option<Vec<String>> {
@@ -250,6 +269,7 @@ mod tests {
         let ns = namespace(json!({
             "bind": ["127.0.0.1:1", "unix:/tmp/s"], "workers": 5, "timeout": 12.5,
             "preload_app": true, "reuse_port": false, "umask": 7, "keepalive": 4,
+            "capture_output": "False", "initgroups": " TRUE ",
             "forwarded_allow_ips": ["10.0.0.1", "10.0.0.2"], "pidfile": null,
             "wsgi_app": "hello:app",
         }));
@@ -260,6 +280,7 @@ mod tests {
                 "--bind=127.0.0.1:1",
                 "--bind=unix:/tmp/s",
                 "--forwarded-allow-ips=10.0.0.1,10.0.0.2",
+                "--initgroups",
                 "--keep-alive=4",
                 "--preload",
                 "--timeout=12.5",

@@ -54,20 +54,28 @@ pub(crate) struct Loaded {
     matches: ArgMatches,
     sources: BTreeMap<String, Source>,
     config: Option<(Location, Translated)>,
+    /// gunicorn flags for settings ferrocorn lacks, per flag source, lowest first.
+    unsupported_flags: Vec<(Source, Translated)>,
 }
 
 /// Read every source. Bad flags exit 2 (clap's usage error, naming the source); a config file
 /// that raises or is refused exits 1 with the reason.
 pub(crate) fn load() -> Result<Loaded, ExitCode> {
-    let command_line = parse_source(&Source::CommandLine, std::env::args_os().skip(1).collect())?;
-    let gunicorn = parse_env_source(GUNICORN_CMD_ARGS, Source::GunicornCmdArgs)?;
-    let ferrocorn = parse_env_source(FERROCORN_CMD_ARGS, Source::FerrocornCmdArgs)?;
-    let flag_sources = [
-        gunicorn,
-        ferrocorn,
-        Some((Source::CommandLine, command_line)),
-    ];
-    let flag_sources: Vec<(Source, ArgMatches)> = flag_sources.into_iter().flatten().collect();
+    let mut unsupported_flags = Vec::new();
+    let mut flag_sources = Vec::new();
+    let command_line = Some(std::env::args_os().skip(1).collect());
+    let gunicorn = env_tokens(GUNICORN_CMD_ARGS)?;
+    let ferrocorn = env_tokens(FERROCORN_CMD_ARGS)?;
+    for (source, tokens) in [
+        (Source::GunicornCmdArgs, gunicorn),
+        (Source::FerrocornCmdArgs, ferrocorn),
+        (Source::CommandLine, command_line),
+    ] {
+        let Some(tokens) = tokens else { continue };
+        let (tokens, taken) = take_unsupported_flags(&source, tokens)?;
+        flag_sources.push((source.clone(), parse_source(&source, tokens)?));
+        unsupported_flags.push((source, taken));
+    }
     let config = read_config_file(&flag_sources)?;
     let mut sources = Vec::new();
     if let Some((location, translated)) = &config {
@@ -77,7 +85,31 @@ pub(crate) fn load() -> Result<Loaded, ExitCode> {
         sources.push((source, matches));
     }
     sources.extend(flag_sources);
-    merge(sources, config)
+    let mut loaded = merge(sources, config)?;
+    loaded.unsupported_flags = unsupported_flags;
+    Ok(loaded)
+}
+
+/// gunicorn's flags for settings ferrocorn lacks, taken out of one source's tokens: refused
+/// (exit 2) or kept to warn about by name. Tokens that are not UTF-8 are no gunicorn flag.
+fn take_unsupported_flags(
+    source: &Source,
+    tokens: Vec<OsString>,
+) -> Result<(Vec<OsString>, Translated), ExitCode> {
+    let Some(strings) = tokens
+        .iter()
+        .map(|t| t.to_str().map(str::to_string))
+        .collect::<Option<Vec<String>>>()
+    else {
+        return Ok((tokens, Translated::default()));
+    };
+    match ferrocorn_config::take_unsupported_flags(strings, &source.to_string()) {
+        Ok((kept, taken)) => Ok((kept.into_iter().map(OsString::from).collect(), taken)),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            Err(ExitCode::from(USAGE_ERROR))
+        }
+    }
 }
 
 /// Parse one source's tokens alone. Only what the source itself says counts later (clap's
@@ -94,19 +126,18 @@ fn parse_source(source: &Source, tokens: Vec<OsString>) -> Result<ArgMatches, Ex
     }
 }
 
-fn parse_env_source(
-    var: &'static str,
-    source: Source,
-) -> Result<Option<(Source, ArgMatches)>, ExitCode> {
+/// The flags in an environment variable such as `GUNICORN_CMD_ARGS`, split like a shell would.
+fn env_tokens(var: &'static str) -> Result<Option<Vec<OsString>>, ExitCode> {
     let Ok(text) = std::env::var(var) else {
         return Ok(None);
     };
-    let tokens = ferrocorn_config::split_cmd_args(var, &text).map_err(|e| {
-        eprintln!("Error: {e}");
-        ExitCode::from(USAGE_ERROR)
-    })?;
-    let matches = parse_source(&source, tokens.into_iter().map(OsString::from).collect())?;
-    Ok(Some((source, matches)))
+    match ferrocorn_config::split_cmd_args(var, &text) {
+        Ok(tokens) => Ok(Some(tokens.into_iter().map(OsString::from).collect())),
+        Err(e) => {
+            eprintln!("Error: {e}");
+            Err(ExitCode::from(USAGE_ERROR))
+        }
+    }
 }
 
 /// The value a flag source (highest first) gives `id`, if any.
@@ -192,6 +223,7 @@ fn merge(
         matches,
         sources,
         config,
+        unsupported_flags: Vec::new(),
     })
 }
 
@@ -225,9 +257,16 @@ fn raw_values(matches: &ArgMatches, id: &str) -> Vec<OsString> {
 }
 
 impl Loaded {
-    /// Log, by name, every setting from the config file that is not in force.
+    /// Log, by name, every setting from the config file or a gunicorn flag that is not in force.
     pub fn warn_unsupported(&self) {
-        for warning in self.config.iter().flat_map(|(_, t)| &t.warnings) {
+        let from_flags = self.unsupported_flags.iter().map(|(_, t)| t);
+        for warning in self
+            .config
+            .iter()
+            .map(|(_, t)| t)
+            .chain(from_flags)
+            .flat_map(|t| &t.warnings)
+        {
             log::warn!("{warning}");
         }
     }
@@ -270,6 +309,12 @@ impl Loaded {
             for (name, qualname) in &translated.hooks {
                 let note = format!("config file {location}; hook not run yet");
                 lines.insert(name.to_string(), (format!("<{qualname}()>"), note));
+            }
+        }
+        for (source, translated) in &self.unsupported_flags {
+            for (name, value) in &translated.unsupported {
+                let note = format!("{source}; not supported, no effect");
+                lines.insert(name.to_string(), (value.clone(), note));
             }
         }
         let width = lines.keys().map(String::len).max().unwrap_or(0);

@@ -368,3 +368,35 @@ fn bad_flags_in_gunicorn_cmd_args_are_errors_naming_the_variable() {
     assert_eq!(status.code(), Some(2), "{output}");
     assert!(output.contains("unbalanced quotes"), "{output}");
 }
+
+#[test]
+fn gunicorn_flags_for_missing_settings_are_warned_about_or_refused_by_name() {
+    let dir = app_dir("config-gunicorn-flags");
+    let env = [("GUNICORN_CMD_ARGS", "--statsd-host=localhost:8125")];
+    let args = ["--access-logfile", "-", "hello:app"];
+    let mut server = Server::start_in(&args, dir.path(), &env);
+    assert_eq!(get(server.addr(), "/").status, 200);
+    let log = server.log_text();
+    assert!(
+        log.contains("command line: accesslog = '-' is not supported"),
+        "{log}"
+    );
+    assert!(
+        log.contains("GUNICORN_CMD_ARGS: statsd_host = 'localhost:8125' is not supported"),
+        "{log}"
+    );
+    server.signal(libc::SIGTERM);
+    server.wait_exit(EXIT_TIMEOUT);
+
+    let env = [(
+        "GUNICORN_CMD_ARGS",
+        "--certfile=/etc/ssl/cert.pem --keyfile=/etc/ssl/key.pem",
+    )];
+    let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &env);
+    assert_eq!(status.code(), Some(2), "{output}");
+    assert!(
+        output.contains("GUNICORN_CMD_ARGS: certfile = '/etc/ssl/cert.pem' is not supported"),
+        "{output}"
+    );
+    assert!(!output.contains("Listening at"), "{output}");
+}

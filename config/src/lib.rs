@@ -6,6 +6,7 @@
 //! precedence (defaults < config file < `GUNICORN_CMD_ARGS` < `FERROCORN_CMD_ARGS` < command line).
 
 mod evaluate;
+mod flags;
 mod settings;
 mod translate;
 
@@ -13,6 +14,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use evaluate::{evaluate, Namespace};
+pub use flags::take_unsupported_flags;
 pub use settings::{by_flag, lookup, Setting, Shape, Status, SETTINGS};
 pub use translate::{translate, Translated};
 
@@ -37,16 +39,16 @@ pub enum Error {
         python: PathBuf,
         reason: String,
     },
-    #[error("config file {location}: invalid value for {setting}: {value} ({expected})")]
+    #[error("{origin}: invalid value for {setting}: {value} ({expected})")]
     InvalidValue {
-        location: Location,
+        origin: String,
         setting: &'static str,
         value: String,
         expected: &'static str,
     },
-    #[error("config file {location}: {setting} = {value} is not supported: {why}")]
+    #[error("{origin}: {setting} = {value} is not supported: {why}")]
     Refused {
-        location: Location,
+        origin: String,
         setting: &'static str,
         value: String,
         why: &'static str,

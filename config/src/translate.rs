@@ -24,7 +24,7 @@ pub struct Translated {
 }
 
 /// One global of the config file, whatever Python type it had.
-enum Global<'a> {
+pub(crate) enum Global<'a> {
     Data(&'a Value),
     Callable(&'a str),
     Other(&'a str),
@@ -33,6 +33,7 @@ enum Global<'a> {
 /// Map every global of `namespace` that names a setting. Unknown data names are warned about
 /// (a typo must not pass silently); unknown functions and classes are the file's own helpers.
 pub fn translate(namespace: &Namespace, location: &Location) -> Result<Translated, Error> {
+    let origin = format!("config file {location}");
     let mut out = Translated::default();
     let globals = namespace
         .values
@@ -47,17 +48,17 @@ pub fn translate(namespace: &Namespace, location: &Location) -> Result<Translate
         .chain(namespace.others.iter().map(|(k, v)| (k, Global::Other(v))));
     for (name, global) in globals {
         match lookup(name) {
-            Some(setting) => out.add(setting, &global, location)?,
+            Some(setting) => out.add(setting, &global, &origin)?,
             None if matches!(global, Global::Callable(_)) => {}
             None => out.warnings.push(format!(
-                "config file {location}: {name:?} is not a gunicorn setting; ignored"
+                "{origin}: {name:?} is not a gunicorn setting; ignored"
             )),
         }
     }
     if !out.hooks.is_empty() {
         let names: Vec<&str> = out.hooks.iter().map(|(name, _)| *name).collect();
         out.warnings.push(format!(
-            "config file {location}: server hooks are not run yet: {} defined but not called",
+            "{origin}: server hooks are not run yet: {} defined but not called",
             names.join(", ")
         ));
     }
@@ -65,14 +66,14 @@ pub fn translate(namespace: &Namespace, location: &Location) -> Result<Translate
 }
 
 impl Translated {
-    fn add(
+    pub(crate) fn add(
         &mut self,
         setting: &'static Setting,
         global: &Global,
-        location: &Location,
+        origin: &str,
     ) -> Result<(), Error> {
         let invalid = |expected: &'static str| Error::InvalidValue {
-            location: location.clone(),
+            origin: origin.to_string(),
             setting: setting.name,
             value: global.display(),
             expected,
@@ -111,14 +112,14 @@ impl Translated {
                 let value = global.display();
                 if refuse {
                     return Err(Error::Refused {
-                        location: location.clone(),
+                        origin: origin.to_string(),
                         setting: setting.name,
                         value,
                         why,
                     });
                 }
                 self.warnings.push(format!(
-                    "config file {location}: {} = {value} is not supported and has no effect: {why}",
+                    "{origin}: {} = {value} is not supported and has no effect: {why}",
                     setting.name
                 ));
                 self.unsupported.push((setting.name, global.display_str()));

@@ -4,9 +4,7 @@
 //! parses gunicorn's flags, binds sockets, then hands over to the arbiter; each forked worker loads
 //! its app ([`AppSource`]) and runs the sync worker loop.
 
-mod logging;
-mod options;
-mod privileges;
+use ferrocorn_server::{logging, privileges};
 
 use std::process::ExitCode;
 
@@ -18,7 +16,7 @@ use ferrocorn_signals::MasterSignals;
 use ferrocorn_worker::{App, WorkerConfig};
 use log::{error, info, warn};
 
-pub use options::Options;
+pub use ferrocorn_flags::Options;
 
 /// Builds a Rust app inside each worker process.
 pub type AppFactory = Box<dyn FnMut() -> Box<dyn App>>;
@@ -76,18 +74,16 @@ fn check_options(options: &Options, source: &AppSource) -> Result<()> {
     }
     if matches!(source, AppSource::Wsgi) && options.app.is_none() {
         // clap's own wording and exit code for a missing argument.
-        Options::command_error("the following required arguments were not provided: <APP>");
+        command_error("the following required arguments were not provided: <APP>");
     }
     Ok(())
 }
 
-impl Options {
-    fn command_error(message: &str) -> ! {
-        use clap::CommandFactory;
-        Options::command()
-            .error(clap::error::ErrorKind::MissingRequiredArgument, message)
-            .exit()
-    }
+fn command_error(message: &str) -> ! {
+    use clap::CommandFactory;
+    Options::command()
+        .error(clap::error::ErrorKind::MissingRequiredArgument, message)
+        .exit()
 }
 
 /// Listening fds a re-executing master (USR2) passes on, comma-separated (gunicorn: GUNICORN_FD).

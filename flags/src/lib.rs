@@ -1,0 +1,5 @@
+//! gunicorn's flag set.
+
+mod options;
+
+pub use options::Options;

@@ -1,0 +1,4 @@
+//! The ferrocorn server as a library.
+
+pub mod logging;
+pub mod privileges;

@@ -211,51 +211,8 @@ impl<H: Hooks> Arbiter<H> {
                 } else {
                     info!("Handling signal: {name}");
                 }
-                match command {
-                    Command::ChildExited => {}
-                    Command::GracefulStop => {
-                        // INT/QUIT queued behind the TERM: the impatient second signal wins, as
-                        // it would had it arrived during the stop.
-                        let impatient = received[i + 1..]
-                            .iter()
-                            .find(|s| matches!(**s, libc::SIGINT | libc::SIGQUIT));
-                        if let Some(&quick) = impatient {
-                            info!("Handling signal: {}", signal_name(quick));
-                            info!("Quick shutdown requested");
-                        }
-                        self.stop(impatient.is_none());
-                        return Exit::Stopped;
-                    }
-                    Command::QuickStop => {
-                        self.stop(false);
-                        return Exit::Stopped;
-                    }
-                    Command::IncrementWorkers => {
-                        if self.target < MAX_SLOTS {
-                            self.target += 1;
-                            self.hooks.worker_count_changed(self.target);
-                        } else {
-                            warn!("Already at the maximum of {MAX_SLOTS} workers");
-                        }
-                    }
-                    Command::DecrementWorkers => {
-                        // Like gunicorn, never scale below one worker.
-                        self.target = self.target.saturating_sub(1).max(1);
-                        self.hooks.worker_count_changed(self.target);
-                    }
-                    Command::Reload => {
-                        info!("Hang up: Master");
-                        self.hooks.reload();
-                        self.reload(worker_main);
-                    }
-                    Command::ReopenLogs => {
-                        self.hooks.reopen_logs();
-                        self.signal_workers(Signal::SIGUSR1, false);
-                    }
-                    Command::Reexec => self.reexec(),
-                    Command::StopWorkers => {
-                        debug!("SIGWINCH ignored. Not daemonized");
-                    }
+                if let Some(exit) = self.handle(command, &received[i + 1..], worker_main) {
+                    return exit;
                 }
             }
             if let Some(code) = self.reap() {
@@ -271,6 +228,63 @@ impl<H: Hooks> Arbiter<H> {
             self.end_backoff_once_booted();
             self.manage_workers(worker_main);
         }
+    }
+
+    /// Act on one command; `later` are the signals received after it in the same batch. `Some`
+    /// when the server stops.
+    fn handle(
+        &mut self,
+        command: Command,
+        later: &[i32],
+        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
+    ) -> Option<Exit> {
+        match command {
+            Command::ChildExited => {}
+            Command::GracefulStop => {
+                // INT/QUIT queued behind the TERM: the impatient second signal wins, as
+                // it would had it arrived during the stop.
+                let impatient = later
+                    .iter()
+                    .find(|s| matches!(**s, libc::SIGINT | libc::SIGQUIT));
+                if let Some(&quick) = impatient {
+                    info!("Handling signal: {}", signal_name(quick));
+                    info!("Quick shutdown requested");
+                }
+                self.stop(impatient.is_none());
+                return Some(Exit::Stopped);
+            }
+            Command::QuickStop => {
+                self.stop(false);
+                return Some(Exit::Stopped);
+            }
+            Command::IncrementWorkers => {
+                if self.target < MAX_SLOTS {
+                    self.target += 1;
+                    self.hooks.worker_count_changed(self.target);
+                } else {
+                    warn!("Already at the maximum of {MAX_SLOTS} workers");
+                }
+            }
+            Command::DecrementWorkers => {
+                // Like gunicorn, never scale below one worker.
+                self.target = self.target.saturating_sub(1).max(1);
+                self.hooks.worker_count_changed(self.target);
+            }
+            Command::Reload => {
+                info!("Hang up: Master");
+                self.hooks.reload();
+                self.reload(worker_main);
+            }
+            Command::ReopenLogs => {
+                self.hooks.reopen_logs();
+                self.signal_workers(Signal::SIGUSR1, false);
+            }
+            Command::Reexec => self.reexec(),
+            Command::StopWorkers => {
+                debug!("SIGWINCH ignored. Not daemonized");
+            }
+        }
+        None
     }
 
     fn signals_mut(&mut self) -> &mut MasterSignals {

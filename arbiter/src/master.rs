@@ -82,10 +82,9 @@ impl WorkerContext {
     }
 }
 
+/// Why [`Arbiter::new`] failed ([`Arbiter::run`] cannot: a failed fork is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("fork failed: {0}")]
-    Fork(nix::Error),
     #[error("shared heartbeat memory: {0}")]
     Heartbeat(std::io::Error),
 }
@@ -512,6 +511,7 @@ impl<H: Hooks> Arbiter<H> {
         match self.spawn_worker(worker_main) {
             Ok(forked) => forked,
             Err(e) => {
+                let e = format!("fork failed: {e}");
                 error!("{e}");
                 self.back_off(&format!("Cannot fork a worker ({e})"));
                 false
@@ -529,7 +529,7 @@ impl<H: Hooks> Arbiter<H> {
     fn spawn_worker(
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
-    ) -> Result<bool, Error> {
+    ) -> nix::Result<bool> {
         let Some(slot) = self.free_slot() else {
             warn!("No heartbeat slot left; not spawning another worker");
             return Ok(false);
@@ -539,7 +539,7 @@ impl<H: Hooks> Arbiter<H> {
         self.next_age += 1;
         self.warn_if_threaded();
         self.hooks.before_fork();
-        match fork_process().map_err(Error::Fork)? {
+        match fork_process()? {
             ForkResult::Child => {
                 self.hooks.after_fork_child();
                 let code = self.worker_process(slot, age, worker_main);

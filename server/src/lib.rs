@@ -222,6 +222,38 @@ impl Builder {
         self
     }
 
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.graceful_timeout = timeout;
+        self
+    }
+
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.settings.keep_alive = keep_alive;
+        self
+    }
+
+    pub fn max_requests(mut self, max_requests: u64) -> Self {
+        self.settings.max_requests = max_requests;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.settings.limits = limits;
+        self
+    }
+
+    /// Workers switch to this user (name or uid) and its primary group.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.settings.user = Some(user.into());
+        self
+    }
+
+    /// Workers switch to this group (name or gid).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.settings.group = Some(group.into());
+        self
+    }
+
     pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.pidfile = Some(path.into());
         self

@@ -71,6 +71,9 @@ fn user_drops_the_workers_privileges_and_owns_the_unix_socket() {
                 .map(|v| v.parse::<u32>().unwrap())
                 .collect::<Vec<_>>()
         };
+        // "Booting worker" is logged at fork, before the worker switches user: wait for the
+        // switch (the request above proves it for only one of the two workers).
+        wait_until(&format!("worker {pid} leaves root"), || ids("Uid")[0] != 0);
         assert_eq!(ids("Uid"), [uid; 4], "real, effective, saved, fs uid");
         assert_eq!(ids("Gid"), [gid; 4]);
         assert_eq!(

@@ -31,7 +31,6 @@ use std::time::Duration;
 
 use ferrocorn_arbiter::{Arbiter, ArbiterConfig, Exit};
 use ferrocorn_listener::Listener;
-use ferrocorn_signals::MasterSignals;
 use ferrocorn_worker::WorkerConfig;
 use log::{error, info};
 
@@ -39,6 +38,7 @@ pub use error::{Error, Result};
 pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
+pub use ferrocorn_signals::MasterSignals;
 pub use ferrocorn_worker::{App, AppError, Request, Response};
 pub use log::LevelFilter;
 pub use pidfile::PidFile;

@@ -312,6 +312,12 @@ fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Res
         options.initgroups,
     )?;
 
+    let worker_logs = logging::WorkerLogs::new(
+        owner.clone(),
+        log_file.path().map(std::path::Path::to_path_buf),
+    );
+    worker_logs.hand_over()?;
+
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind(&options)?;
     for listener in &listeners {
@@ -393,8 +399,9 @@ fn serve(mut options: Options, source: AppSource, signals: MasterSignals) -> Res
     let mut arbiter = Arbiter::new(arbiter_config, signals, hooks)?;
     let reopen = log_file.clone();
     let worker_log_file = log_file.clone();
+    // Runs before the master passes SIGUSR1 on, so workers find files they may open.
     arbiter.on_reopen_logs(move || {
-        if let Err(e) = reopen.open() {
+        if let Err(e) = reopen.open().and_then(|()| worker_logs.hand_over()) {
             error!("{e:#}");
         }
     });

@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `ci`: everything CI runs — the Python test environment, fmt, clippy, every test.
+//! - `ci`: everything CI runs — the Python test environment, fmt, clippy, every test (the
+//!   root-only ones too, when run as root).
 //! - `bench`: side-by-side benchmarks (see `bench.rs`).
 //! - `fuzz`: run the cargo-fuzz targets for a while.
 
@@ -70,7 +71,58 @@ fn ci(root: &Path) -> Result<()> {
     // Unit, property and end-to-end tests (cli/tests run the real binary).
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    root_only_tests()?;
     eprintln!("ci: all checks passed");
+    Ok(())
+}
+
+/// End-to-end tests that need root (`--user`, chown), marked `#[ignore = "needs root: ..."]` so
+/// a run as another user lists them as ignored rather than passing them silently.
+const ROOT_ONLY_TESTS: &[(&str, &str)] = &[
+    (
+        "cli_lifecycle",
+        "user_drops_the_workers_privileges_and_owns_the_unix_socket",
+    ),
+    (
+        "cli_lifecycle",
+        "workers_running_as_user_stop_when_the_master_is_killed",
+    ),
+    (
+        "cli_lifecycle",
+        "initgroups_gives_workers_the_users_supplementary_groups",
+    ),
+    (
+        "logs",
+        "after_logrotate_workers_running_as_user_write_to_the_new_log_file",
+    ),
+];
+
+/// CI runs as root: there, run the ignored root-only tests by name; elsewhere say they were not.
+fn root_only_tests() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!(
+            "ci: NOT RUN: {} root-only tests (run `cargo xtask ci` as root)",
+            ROOT_ONLY_TESTS.len()
+        );
+        return Ok(());
+    }
+    for (suite, test) in ROOT_ONLY_TESTS {
+        let mut cmd = cargo();
+        cmd.args(["test", "-p", "ferrocorn-cli", "--test", suite, "--"])
+            .args(["--ignored", "--exact", test]);
+        eprintln!("$ {cmd:?}");
+        let out = cmd
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .with_context(|| format!("cannot run {cmd:?}"))?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        print!("{stdout}");
+        // A renamed test would match nothing and "pass": demand that exactly this one ran.
+        if !out.status.success() || !stdout.contains("test result: ok. 1 passed") {
+            bail!("root-only test {suite}::{test} failed or did not run");
+        }
+    }
     Ok(())
 }
 

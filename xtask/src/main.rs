@@ -3,6 +3,7 @@
 //! - `ci`: everything CI runs — the Python test environment, fmt, clippy, every test (the
 //!   root-only ones too, when run as root).
 //! - `bench`: side-by-side benchmarks (see `bench.rs`).
+//! - `soak`: failed requests across reloads, scaling, stops and re-execs (see `soak.rs`).
 //! - `fuzz`: run the cargo-fuzz targets for a while.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +12,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod servers;
+mod soak;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -19,9 +22,12 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
+        Some("soak") => soak::soak(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] | fuzz [SECONDS]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [--quick] | soak [--seconds S] | fuzz [SECONDS]>"
+            );
             std::process::exit(2);
         }
     }

@@ -7,13 +7,15 @@ use ferrocorn_arbiter::Hooks;
 use ferrocorn_listener::Listener;
 use log::error;
 
-use crate::logging::LogFile;
+use crate::logging::{LogFile, WorkerLogs};
 use crate::pidfile::PidFile;
 use crate::reexec::StartContext;
 use crate::ForkObserver;
 
 pub(crate) struct MasterHooks {
     pub(crate) log_file: LogFile,
+    /// Files the workers reopen: handed to their user each time the master re-creates them.
+    pub(crate) worker_logs: WorkerLogs,
     pub(crate) start: StartContext,
     /// Duplicates of the listeners, passed on by USR2.
     pub(crate) reexec_listeners: Vec<Listener>,
@@ -53,8 +55,13 @@ impl Hooks for MasterHooks {
         }
     }
 
+    /// Runs before the master passes SIGUSR1 on, so workers find files they may open.
     fn reopen_logs(&mut self) {
-        if let Err(e) = self.log_file.open() {
+        if let Err(e) = self
+            .log_file
+            .open()
+            .and_then(|()| self.worker_logs.hand_over())
+        {
             error!("{e:#}");
         }
     }

@@ -44,7 +44,7 @@ pub use log::LevelFilter;
 pub use pidfile::PidFile;
 
 use crate::error::Context;
-use crate::logging::LogFile;
+use crate::logging::{LogFile, WorkerLogs};
 use crate::privileges::Owner;
 
 /// Everything the server is told, with gunicorn's defaults.
@@ -310,6 +310,7 @@ struct Started {
     start: reexec::StartContext,
     parent_master: Option<i32>,
     log_file: LogFile,
+    worker_logs: WorkerLogs,
     owner: Owner,
     listeners: Vec<Listener>,
     pidfile: PidFile,
@@ -340,6 +341,8 @@ fn start(mut settings: Settings) -> Result<Started> {
         settings.group.as_deref(),
         settings.initgroups,
     )?;
+    let worker_logs = WorkerLogs::new(owner.clone(), log_file.path().map(Path::to_path_buf));
+    worker_logs.hand_over()?;
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
@@ -352,6 +355,7 @@ fn start(mut settings: Settings) -> Result<Started> {
         start,
         parent_master,
         log_file,
+        worker_logs,
         owner,
         listeners,
         pidfile,
@@ -371,6 +375,7 @@ impl Started {
             start,
             parent_master,
             log_file,
+            worker_logs,
             owner,
             listeners,
             pidfile,
@@ -382,6 +387,7 @@ impl Started {
         };
         let hooks = hooks::MasterHooks {
             log_file: log_file.clone(),
+            worker_logs,
             start,
             reexec_listeners: listeners
                 .iter()

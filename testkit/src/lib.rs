@@ -606,3 +606,22 @@ pub fn ldd(bin: &Path) -> String {
 pub fn links_libpython(bin: &Path) -> bool {
     ldd(bin).lines().any(|line| line.contains("libpython"))
 }
+
+/// Poll a log file (`--log-file`, where the harness cannot follow the output) until a line holds
+/// `needle`; panics with the file's text on timeout.
+pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no line with {needle:?} in {} within {timeout:?}; it holds:\n{text}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

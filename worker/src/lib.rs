@@ -54,7 +54,15 @@ pub enum AppError {
     BadResponse(String),
     /// Reading the request or writing the response failed (client went away, timeout).
     #[error("connection error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+}
+
+/// By hand rather than `#[from]`, which would also expose the error as `source()`: the message
+/// names it already, and a chain printer (anyhow's `{:#}`) would repeat it.
+impl From<io::Error> for AppError {
+    fn from(e: io::Error) -> Self {
+        AppError::Io(e)
+    }
 }
 
 /// Where the request arrived, for SERVER_NAME / SERVER_PORT / wsgi.url_scheme.

@@ -191,6 +191,7 @@ fn worker_config(options: &Options) -> WorkerConfig {
         keepalive: options.keep_alive,
         header_timeout: options.header_timeout,
         max_requests: options.max_requests,
+        graceful_timeout: options.graceful_timeout,
         ..WorkerConfig::default()
     }
 }

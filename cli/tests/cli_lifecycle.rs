@@ -645,21 +645,6 @@ fn umask_sets_the_unix_socket_mode_and_leaves_the_process_umask_alone() {
     }
 }
 
-/// SIGKILLs a process and its children when dropped: a master that outlived the one the test
-/// started must not outlive a failing test.
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if pid_alive(self.0) {
-            for pid in children_of(self.0) {
-                signal(pid, libc::SIGKILL);
-            }
-            signal(self.0, libc::SIGKILL);
-        }
-    }
-}
-
 fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + BOOT_TIMEOUT;
     while !done() {

@@ -31,10 +31,10 @@ const SILENT_GRACE: Duration = Duration::from_secs(1);
 /// How long a poll that found no client queued stands in for a new one (see `accept_pending`).
 const QUIET_FRESH: Duration = Duration::from_millis(2);
 
-/// How long a stopping worker keeps an idle keep-alive connection open for a request the client
-/// may already be sending: one that follows its previous response at once is answered (with
-/// `Connection: close`) rather than lost to a close that crossed it on the wire.
-const STOP_IDLE_GRACE: Duration = Duration::from_millis(100);
+/// How long an idle keep-alive connection is kept after its response before the worker gives it
+/// up (for a new client, or because it stops): a request that follows the response at once, as
+/// a busy client's does, is answered rather than lost to a close that crossed it on the wire.
+const KEPT_ALIVE_GRACE: Duration = Duration::from_millis(50);
 
 /// A stopping worker gives up on a silent connection this long before the graceful timeout ends,
 /// so it closes it and exits itself rather than being killed by the master.
@@ -113,7 +113,7 @@ enum Pending {
     /// goes on (up to the header timeout, within the graceful timeout).
     New,
     /// Kept alive after a response: a graceful stop closes it unless a request follows within
-    /// [`STOP_IDLE_GRACE`].
+    /// [`KEPT_ALIVE_GRACE`] of the response.
     KeptAlive,
 }
 
@@ -483,7 +483,7 @@ impl<'r> Worker<'r> {
             },
             Pending::KeptAlive => {
                 let now = Instant::now();
-                (now + self.config.keepalive, now)
+                (now + self.config.keepalive, now + KEPT_ALIVE_GRACE)
             }
         };
         match self.wait_idle(sock, listeners, until, handoff_from, pending) {
@@ -530,7 +530,8 @@ impl<'r> Worker<'r> {
                     if stop_until.is_none() {
                         stop_until = Some(match pending {
                             Pending::New => self.stop_deadline(),
-                            Pending::KeptAlive => Instant::now() + STOP_IDLE_GRACE,
+                            // Given up like for a new client (`handoff_from` is when).
+                            Pending::KeptAlive => handoff_from,
                         });
                     }
                 }

@@ -423,6 +423,7 @@ fn worker_config(settings: &Settings) -> WorkerConfig {
         keepalive: settings.keep_alive,
         header_timeout: settings.header_timeout,
         max_requests: settings.max_requests,
+        graceful_timeout: settings.graceful_timeout,
         ..WorkerConfig::default()
     }
 }

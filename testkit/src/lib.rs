@@ -544,11 +544,14 @@ pub struct KillOnDrop(pub i32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
-        if pid_alive(self.0) {
-            for pid in children_of(self.0) {
-                signal(pid, libc::SIGKILL);
-            }
-            signal(self.0, libc::SIGKILL);
+        if !pid_alive(self.0) {
+            return;
+        }
+        // Each may exit on its own meanwhile (a worker with its master): a failed kill is no news,
+        // and a panic here, during a failing test's unwinding, would abort the whole test binary.
+        for pid in children_of(self.0).into_iter().chain([self.0]) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
         }
     }
 }
@@ -623,5 +626,34 @@ pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> Strin
             );
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Clients connected to the TCP listener on `addr` and not accepted yet: the accept queue of the
+/// listening socket, which /proc/net/tcp shows as its rx_queue.
+pub fn accept_queue_len(addr: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!(":{:04X}", addr.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // fields: sl, local_address, rem_address, st, tx_queue:rx_queue, ...; 0A is LISTEN.
+        if fields.len() > 4 && fields[1].ends_with(&port) && fields[3] == "0A" {
+            u32::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Poll /proc until no client is queued on `addr` (every connection made so far was accepted by
+/// a worker); panics after `timeout`.
+pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while accept_queue_len(addr) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "connections to {addr} still queued after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }

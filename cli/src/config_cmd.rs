@@ -14,7 +14,7 @@ use clap::parser::ValueSource;
 use clap::{ArgAction, ArgMatches, CommandFactory, FromArgMatches};
 use ferrocorn_config::{Location, Translated};
 
-use crate::{AppSource, Options};
+use ferrocorn_flags::{AppArgument, Options};
 
 const GUNICORN_CMD_ARGS: &str = "GUNICORN_CMD_ARGS";
 const FERROCORN_CMD_ARGS: &str = "FERROCORN_CMD_ARGS";
@@ -272,20 +272,22 @@ impl Loaded {
     }
 
     /// `--print-config` and `--check-config`: the exit code when one was asked for.
-    pub fn run_checks(&self, source: &mut AppSource) -> Option<ExitCode> {
+    pub fn run_checks(&self) -> Option<ExitCode> {
         if !self.options.print_config && !self.options.check_config {
             return None;
         }
         if self.options.print_config {
             print!("{}", self.describe());
         }
-        Some(match crate::check_options(&self.options, source) {
-            Ok(()) => load_app_in_child(&self.options, source),
-            Err(e) => {
-                log::error!("{e:#}");
-                ExitCode::from(CONFIG_ERROR)
-            }
-        })
+        Some(
+            match ferrocorn_flags::check_options(&self.options, AppArgument::Required) {
+                Ok(()) => load_app_in_child(&self.options),
+                Err(e) => {
+                    log::error!("{e}");
+                    ExitCode::from(CONFIG_ERROR)
+                }
+            },
+        )
     }
 
     /// Every effective setting, its value and where it came from, one per line, sorted by name.
@@ -390,13 +392,13 @@ fn default_bind() -> String {
 
 /// Load the app as a worker would, in a forked child so the master stays free of Python: exit
 /// code 0 when it loads, 1 with the reason when not (as gunicorn's `--check-config`).
-fn load_app_in_child(options: &Options, source: &mut AppSource) -> ExitCode {
+fn load_app_in_child(options: &Options) -> ExitCode {
     use nix::sys::wait::{waitpid, WaitStatus};
     use nix::unistd::ForkResult;
     // SAFETY: the master is single-threaded here (no worker, no thread started yet), so the
     // child may run any code, Python included.
     match unsafe { nix::unistd::fork() } {
-        Ok(ForkResult::Child) => std::process::exit(load_app(options, source)),
+        Ok(ForkResult::Child) => std::process::exit(load_app(options)),
         Ok(ForkResult::Parent { child }) => match waitpid(child, None) {
             Ok(WaitStatus::Exited(_, 0)) => ExitCode::SUCCESS,
             status => {
@@ -416,19 +418,13 @@ fn load_app_in_child(options: &Options, source: &mut AppSource) -> ExitCode {
     }
 }
 
-fn load_app(options: &Options, source: &mut AppSource) -> i32 {
-    match source {
-        AppSource::Rust(factory) => {
-            drop(factory());
-            0
+fn load_app(options: &Options) -> i32 {
+    match ferrocorn_wsgi::load(&crate::wsgi_config(options)) {
+        Ok(_) => 0,
+        Err(e) => {
+            log::error!("{e}");
+            1
         }
-        AppSource::Wsgi => match ferrocorn_wsgi::load(&crate::wsgi_config(options)) {
-            Ok(_) => 0,
-            Err(e) => {
-                log::error!("{e}");
-                1
-            }
-        },
     }
 }
 

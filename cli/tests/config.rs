@@ -3,14 +3,12 @@
 //! `--print-config` / `--check-config`, seen from the real binary: the port it binds, the workers
 //! it forks, what it prints and how it exits.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::ExitStatus;
 use std::time::Duration;
 
-use support::*;
+use ferrocorn_testkit::*;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 

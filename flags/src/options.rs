@@ -205,7 +205,7 @@ pub struct Options {
     pub capture_output: bool,
 
     /// debug, info, warning, error or critical.
-    #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = crate::logging::parse_level)]
+    #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = ferrocorn_server::logging::parse_level)]
     pub log_level: log::LevelFilter,
 
     /// Write the master's pid to this file.

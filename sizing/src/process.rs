@@ -100,16 +100,16 @@ pub fn process_memory(pid: i32) -> Result<ProcessMemory, Error> {
                 && PathBuf::from(format!("/proc/{pid}")).exists() =>
         {
             let smaps = PathBuf::from(format!("/proc/{pid}/smaps"));
-            let t = std::fs::read_to_string(&smaps).map_err(|source| Error::Read {
+            let t = std::fs::read_to_string(&smaps).map_err(|cause| Error::Read {
                 path: smaps.clone(),
-                source,
+                cause,
             })?;
             (smaps, t)
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(Error::Read {
                 path: rollup,
-                source,
+                cause,
             })
         }
     };
@@ -135,9 +135,9 @@ pub fn parse_stat_ppid(text: &str) -> Result<i32, Error> {
 /// `pid` and all its descendants, parents before children. Processes that exit during the scan
 /// are left out.
 pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
-    let dir = std::fs::read_dir("/proc").map_err(|source| Error::Read {
+    let dir = std::fs::read_dir("/proc").map_err(|cause| Error::Read {
         path: "/proc".into(),
-        source,
+        cause,
     })?;
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in dir.flatten() {
@@ -186,10 +186,10 @@ pub fn tree_memory(pid: i32) -> Result<TreeMemory, Error> {
                 out.processes.push((p, m));
             }
             // A descendant that exited since the scan (gone: ENOENT; exiting: ESRCH).
-            Err(Error::Read { ref source, .. })
+            Err(Error::Read { ref cause, .. })
                 if p != pid
-                    && (source.kind() == io::ErrorKind::NotFound
-                        || source.raw_os_error() == Some(libc::ESRCH)) => {}
+                    && (cause.kind() == io::ErrorKind::NotFound
+                        || cause.raw_os_error() == Some(libc::ESRCH)) => {}
             Err(e) => return Err(e),
         }
     }

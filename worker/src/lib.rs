@@ -8,7 +8,10 @@
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
 //! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
 //! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
-//! fd: a stop request ends an idle keep-alive wait at once.
+//! fd. A graceful stop (SIGTERM) ends accepting at once, but every connection already accepted is
+//! served: a new one's first request is waited for (up to the header timeout, within the graceful
+//! timeout) and answered with `Connection: close`, and an idle keep-alive one is closed unless a
+//! request follows its last response at once. A quick stop (SIGINT/SIGQUIT) ends any idle wait.
 //!
 //! Because one worker holds one connection at a time, a connection never keeps queued clients
 //! waiting for long: an idle keep-alive connection (or a new one that stays silent past a second,
@@ -54,11 +57,19 @@ pub enum AppError {
     BadResponse(String),
     /// Reading the request or writing the response failed (client went away, timeout).
     #[error("connection error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
     /// The app was interrupted because the worker timed out (the arbiter's SIGABRT); the app has
     /// logged where it was. The client gets a 500 and the worker exits ([`Exit::Aborted`]).
     #[error("aborted: {0}")]
     Aborted(String),
+}
+
+/// By hand rather than `#[from]`, which would also expose the error as `source()`: the message
+/// names it already, and a chain printer (anyhow's `{:#}`) would repeat it.
+impl From<io::Error> for AppError {
+    fn from(e: io::Error) -> Self {
+        AppError::Io(e)
+    }
 }
 
 /// Where the request arrived, for SERVER_NAME / SERVER_PORT / wsgi.url_scheme.
@@ -85,6 +96,9 @@ pub struct WorkerConfig {
     pub io_timeout: Duration,
     /// `--max-requests` (0 = never): exit after this many requests so the arbiter replaces us.
     pub max_requests: u64,
+    /// `--graceful-timeout`: after a graceful stop, the longest the worker waits for the first
+    /// request of a connection it has already accepted (the arbiter kills it after this long).
+    pub graceful_timeout: Duration,
     /// `Server` header value.
     pub server_header: String,
 }
@@ -97,6 +111,7 @@ impl Default for WorkerConfig {
             header_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             max_requests: 0,
+            graceful_timeout: Duration::from_secs(30),
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }

@@ -50,9 +50,6 @@ pub use environ::RequestInfo;
 pub use interp::ensure_initialized;
 pub use response::{parse_status, Headers, ResponseSink};
 
-/// Exit code of a worker (and then of the master) whose app could not be loaded (gunicorn's).
-pub const APP_LOAD_ERROR: i32 = 4;
-
 /// How to find and load the app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WsgiConfig {

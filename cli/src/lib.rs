@@ -18,6 +18,8 @@ use log::error;
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
 /// codes as [`ferrocorn_flags`]).
 pub fn main() -> ExitCode {
+    // Before anything may set an environment variable or start Python.
+    ferrocorn_server::proctitle::init();
     let signals = match ferrocorn_flags::install_signals() {
         Ok(signals) => signals,
         Err(code) => return code,

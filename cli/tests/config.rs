@@ -101,18 +101,13 @@ fn docs_example_config_gives_the_values_gunicorn_prints() {
     let settings = print_config(&["-c", "example.conf.py"], dir.path(), &[]);
     let from_file = "config file example.conf.py";
     // What `gunicorn -c example.conf.py --print-config hello:app` (gunicorn 26/27) prints for
-    // these settings; `accesslog` and the hook are listed, marked as not in force.
+    // these settings; the hook is listed, marked as not in force.
     let workers = (cpu_count() * 2 + 1).to_string();
     assert_eq!(value(&settings, "bind"), ("['127.0.0.1:8000']", from_file));
     assert_eq!(value(&settings, "workers"), (workers.as_str(), from_file));
     assert_eq!(value(&settings, "timeout"), ("120", from_file));
     assert_eq!(value(&settings, "preload_app"), ("True", from_file));
-    let (accesslog, note) = value(&settings, "accesslog");
-    assert_eq!(accesslog, "-");
-    assert!(
-        note.contains(from_file) && note.contains("not supported"),
-        "{note}"
-    );
+    assert_eq!(value(&settings, "accesslog"), ("-", from_file));
     let (hook, note) = value(&settings, "post_fork");
     assert_eq!(hook, "<post_fork()>");
     assert!(note.contains("hook not run yet"), "{note}");
@@ -224,7 +219,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
         &dir,
         "gunicorn.conf.py",
         &format!(
-            "bind = '127.0.0.1:{port}'\nwrokers = 3\naccesslog = '-'\n\
+            "bind = '127.0.0.1:{port}'\nwrokers = 3\nsyslog_prefix = '-'\n\
              def post_fork(server, worker):\n    pass\n"
         ),
     );
@@ -236,7 +231,10 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
         log.contains("\"wrokers\" is not a gunicorn setting"),
         "{log}"
     );
-    assert!(log.contains("accesslog = '-' is not supported"), "{log}");
+    assert!(
+        log.contains("syslog_prefix = '-' is not supported"),
+        "{log}"
+    );
     assert!(
         log.contains("server hooks are not run yet: post_fork"),
         "{log}"
@@ -370,17 +368,17 @@ fn bad_flags_in_gunicorn_cmd_args_are_errors_naming_the_variable() {
 #[test]
 fn gunicorn_flags_for_missing_settings_are_warned_about_or_refused_by_name() {
     let dir = app_dir("config-gunicorn-flags");
-    let env = [("GUNICORN_CMD_ARGS", "--statsd-host=localhost:8125")];
-    let args = ["--access-logfile", "-", "hello:app"];
+    let env = [("GUNICORN_CMD_ARGS", "--log-syslog-to=udp://localhost:514")];
+    let args = ["--log-syslog-prefix", "-", "hello:app"];
     let mut server = Server::start_in(&args, dir.path(), &env);
     assert_eq!(get(server.addr(), "/").status, 200);
     let log = server.log_text();
     assert!(
-        log.contains("command line: accesslog = '-' is not supported"),
+        log.contains("command line: syslog_prefix = '-' is not supported"),
         "{log}"
     );
     assert!(
-        log.contains("GUNICORN_CMD_ARGS: statsd_host = 'localhost:8125' is not supported"),
+        log.contains("GUNICORN_CMD_ARGS: syslog_addr = 'udp://localhost:514' is not supported"),
         "{log}"
     );
     server.signal(libc::SIGTERM);

@@ -1,6 +1,6 @@
 //! gunicorn flags for settings ferrocorn lacks, on a command line or in `GUNICORN_CMD_ARGS`:
 //! taken out before the flag parser sees them, then refused or warned about by name exactly as
-//! the same setting in a config file (`--access-logfile -` warns, `--certfile X` refuses).
+//! the same setting in a config file (`--log-syslog` warns, `--certfile X` refuses).
 
 use serde_json::Value;
 
@@ -30,13 +30,11 @@ static FLAGS: &[(&str, &str, Takes)] = &[
     ("--no-sendfile", "sendfile", Switch(false)),
     ("-D", "daemon", Switch(true)),
     ("--daemon", "daemon", Switch(true)),
-    ("--access-logfile", "accesslog", V),
     (
         "--disable-redirect-access-to-syslog",
         "disable_redirect_access_to_syslog",
         Switch(true),
     ),
-    ("--access-logformat", "access_log_format", V),
     ("--logger-class", "logger_class", V),
     ("--log-config", "logconfig", V),
     ("--log-config-json", "logconfig_json", V),
@@ -50,9 +48,6 @@ static FLAGS: &[(&str, &str, Takes)] = &[
         "enable_stdio_inheritance",
         Switch(true),
     ),
-    ("--statsd-host", "statsd_host", V),
-    ("--dogstatsd-tags", "dogstatsd_tags", V),
-    ("--statsd-prefix", "statsd_prefix", V),
     (
         "--enable-backlog-metric",
         "enable_backlog_metric",
@@ -220,18 +215,18 @@ mod tests {
         let (kept, taken) = take(&[
             "-w",
             "2",
-            "--access-logfile",
+            "--log-syslog-prefix",
             "-",
-            "--statsd-host=h:1",
+            "--log-syslog-to=udp://h:1",
             "--reload",
             "app:app",
         ])
         .unwrap();
         assert_eq!(kept, ["-w", "2", "app:app"]);
         let names: Vec<&str> = taken.unsupported.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["accesslog", "statsd_host", "reload"]);
+        assert_eq!(names, ["syslog_prefix", "syslog_addr", "reload"]);
         assert!(
-            taken.warnings[0].starts_with("command line: accesslog = '-' is not supported"),
+            taken.warnings[0].starts_with("command line: syslog_prefix = '-' is not supported"),
             "{:?}",
             taken.warnings
         );
@@ -262,6 +257,6 @@ mod tests {
         }
         let (kept, _) = take(&["--", "--certfile"]).unwrap();
         assert_eq!(kept, ["--", "--certfile"]);
-        assert!(take(&["--access-logfile"]).is_err(), "a value is needed");
+        assert!(take(&["--log-syslog-to"]).is_err(), "a value is needed");
     }
 }

@@ -89,7 +89,7 @@ use Shape::{Commas, List, Octal, Scalar, Switch};
 const NO_TLS: &str = "ferrocorn does not speak TLS: terminate TLS in the proxy in front of it";
 const ONLY_TLS: &str = "only used with TLS, which ferrocorn does not speak";
 const NO_LOG_CONFIG: &str = "ferrocorn logs to --log-file only";
-const NO_STATSD: &str = "ferrocorn sends no metrics";
+const NO_STATSD: &str = "ferrocorn sends no backlog metric";
 const NO_SYSLOG: &str = "ferrocorn does not log to syslog";
 const NO_RELOAD: &str = "code reloading is not supported yet: restart or send HUP";
 const NO_HTTP2: &str = "ferrocorn speaks HTTP/1.1 only";
@@ -165,17 +165,9 @@ pub static SETTINGS: &[Setting] = &[
         "ferrocorn trusts gunicorn's default secure scheme headers only",
     ),
     flag("forwarded_allow_ips", "forwarded-allow-ips", Commas),
-    warned(
-        "accesslog",
-        &["null"],
-        "the access log is not supported yet",
-    ),
+    flag("accesslog", "access-logfile", Scalar),
     warned("disable_redirect_access_to_syslog", &["false"], NO_SYSLOG),
-    warned(
-        "access_log_format",
-        &[],
-        "the access log is not supported yet",
-    ),
+    flag("access_log_format", "access-logformat", Scalar),
     flag("errorlog", "log-file", Scalar),
     flag("loglevel", "log-level", Scalar),
     flag("capture_output", "capture-output", Switch),
@@ -196,15 +188,15 @@ pub static SETTINGS: &[Setting] = &[
         &["false"],
         "ferrocorn never daemonizes, so stdio is always inherited",
     ),
-    warned("statsd_host", &["null"], NO_STATSD),
-    warned("dogstatsd_tags", &["\"\""], NO_STATSD),
-    warned("statsd_prefix", &["\"\""], NO_STATSD),
+    flag("statsd_host", "statsd-host", Scalar),
+    flag("dogstatsd_tags", "dogstatsd-tags", Scalar),
+    flag("statsd_prefix", "statsd-prefix", Scalar),
     warned("enable_backlog_metric", &["false"], NO_STATSD),
     flag("proc_name", "name", Scalar),
     warned(
         "default_proc_name",
         &["\"gunicorn\""],
-        "ferrocorn does not rename its processes",
+        "ferrocorn's process titles say ferrocorn: set --name for the rest",
     ),
     flag("pythonpath", "pythonpath", Commas),
     refused(

@@ -314,11 +314,11 @@ mod tests {
 
     #[test]
     fn observe_only_settings_and_unknown_names_are_warned_about() {
-        let ns = namespace(json!({"accesslog": "-", "wrokers": 3, "statsd_host": null}));
+        let ns = namespace(json!({"syslog_prefix": "-", "wrokers": 3, "syslog": false}));
         let t = translate(&ns, &file()).unwrap();
         assert_eq!(t.warnings.len(), 2, "{:?}", t.warnings);
         assert!(
-            t.warnings[0].contains("accesslog = '-' is not supported"),
+            t.warnings[0].contains("syslog_prefix = '-' is not supported"),
             "{:?}",
             t.warnings
         );
@@ -327,7 +327,7 @@ mod tests {
             "{:?}",
             t.warnings
         );
-        assert_eq!(t.unsupported, [("accesslog", "-".to_string())]);
+        assert_eq!(t.unsupported, [("syslog_prefix", "-".to_string())]);
         assert!(t.tokens.is_empty());
     }
 

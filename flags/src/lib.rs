@@ -44,6 +44,7 @@ pub fn main(factory: impl FnMut() -> Box<dyn App> + 'static) -> ExitCode {
 /// parse the command line, then run the server `build` makes for the flags (its settings come
 /// from the flags).
 pub fn run(app: AppArgument, build: impl FnOnce(&Options) -> Builder) -> ExitCode {
+    ferrocorn_server::proctitle::init();
     let signals = match install_signals() {
         Ok(signals) => signals,
         Err(code) => return code,
@@ -200,6 +201,12 @@ pub fn settings(options: &Options) -> Settings {
         log_file: options.log_file.clone(),
         capture_output: options.capture_output,
         pidfile: options.pidfile.clone(),
+        access_log: options.access_logfile.clone(),
+        access_log_format: options.access_logformat.clone(),
+        statsd_host: options.statsd_host.clone(),
+        statsd_prefix: options.statsd_prefix.clone(),
+        dogstatsd_tags: options.dogstatsd_tags.clone(),
+        proc_name: options.name.clone().or_else(|| options.app.clone()),
     }
 }
 

@@ -51,6 +51,7 @@ fn parse_workers(s: &str) -> Result<usize, String> {
 #[command(
     name = "ferrocorn",
     version,
+    disable_version_flag = true,
     about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \
@@ -208,6 +209,35 @@ pub struct Options {
     #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = ferrocorn_server::logging::parse_level)]
     pub log_level: log::LevelFilter,
 
+    /// The access log file (`-` = stdout); none by default.
+    #[arg(long = "access-logfile", value_name = "FILE")]
+    pub access_logfile: Option<PathBuf>,
+
+    /// The access log format, with gunicorn's atoms (default
+    /// `%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"`).
+    #[arg(long = "access-logformat", value_name = "STRING")]
+    pub access_logformat: Option<String>,
+
+    /// Send gunicorn's metrics to this statsd server (HOST:PORT, UDP).
+    #[arg(long = "statsd-host", value_name = "STATSD_ADDR")]
+    pub statsd_host: Option<String>,
+
+    /// Prefix for the statsd metric names.
+    #[arg(
+        long = "statsd-prefix",
+        value_name = "STATSD_PREFIX",
+        default_value = ""
+    )]
+    pub statsd_prefix: String,
+
+    /// Comma-separated DogStatsD tags (`key:value,...`) added to every metric.
+    #[arg(
+        long = "dogstatsd-tags",
+        value_name = "DOGSTATSD_TAGS",
+        default_value = ""
+    )]
+    pub dogstatsd_tags: String,
+
     /// Write the master's pid to this file.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
@@ -226,7 +256,11 @@ pub struct Options {
     #[arg(long = "worker-connections", value_name = "INT")]
     pub worker_connections: Option<u32>,
 
-    /// A name for the server in log lines (accepted for gunicorn compatibility).
+    /// The name in process titles (`ferrocorn: master [NAME]`); default the app.
     #[arg(short = 'n', long, value_name = "STRING")]
     pub name: Option<String>,
+
+    /// Print the version and exit.
+    #[arg(short = 'v', long = "version")]
+    pub version: bool,
 }

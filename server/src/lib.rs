@@ -17,13 +17,16 @@
 //! # Ok::<(), ferrocorn_server::Error>(())
 //! ```
 
+pub mod access_log;
 mod bind;
 mod error;
 mod hooks;
 pub mod logging;
 mod pidfile;
 mod privileges;
+pub mod proctitle;
 mod reexec;
+pub mod statsd;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -43,9 +46,11 @@ pub use ferrocorn_worker::{App, AppError, Request, Response};
 pub use log::LevelFilter;
 pub use pidfile::PidFile;
 
+use crate::access_log::{AccessFormat, AccessLog};
 use crate::error::Context;
 use crate::logging::{LogFile, WorkerLogs};
 use crate::privileges::Owner;
+use crate::statsd::Statsd;
 
 /// Everything the server is told, with gunicorn's defaults.
 #[derive(Debug, Clone)]
@@ -90,6 +95,19 @@ pub struct Settings {
     pub capture_output: bool,
     /// File the master's pid is written to.
     pub pidfile: Option<PathBuf>,
+    /// Access log file (`-` = stdout); none by default, as in gunicorn.
+    pub access_log: Option<PathBuf>,
+    /// The access log's format (gunicorn's atoms); `None`: gunicorn's default.
+    pub access_log_format: Option<String>,
+    /// statsd server (`HOST:PORT`) for gunicorn's metrics.
+    pub statsd_host: Option<String>,
+    /// Prefix of the metric names.
+    pub statsd_prefix: String,
+    /// DogStatsD tags added to every metric (`key:value,...`).
+    pub dogstatsd_tags: String,
+    /// NAME in the process titles `ferrocorn: master [NAME]` / `ferrocorn: worker [NAME]`
+    /// (default: the program's name).
+    pub proc_name: Option<String>,
 }
 
 impl Default for Settings {
@@ -117,6 +135,12 @@ impl Default for Settings {
             log_file: None,
             capture_output: false,
             pidfile: None,
+            access_log: None,
+            access_log_format: None,
+            statsd_host: None,
+            statsd_prefix: String::new(),
+            dogstatsd_tags: String::new(),
+            proc_name: None,
         }
     }
 }
@@ -310,6 +334,8 @@ struct Started {
     start: reexec::StartContext,
     parent_master: Option<i32>,
     log_file: LogFile,
+    access_log: Option<AccessLog>,
+    statsd: Option<Statsd>,
     worker_logs: WorkerLogs,
     owner: Owner,
     listeners: Vec<Listener>,
@@ -329,6 +355,8 @@ fn start(mut settings: Settings) -> Result<Started> {
         settings.chdir = Some(absolute);
     }
     let parent_master = reexec::take_parent_master();
+    let name = proc_name(&settings);
+    proctitle::set(&format!("ferrocorn: master [{name}]"));
     let log_file = LogFile::new(settings.log_file.as_deref(), settings.capture_output);
     log_file.open()?;
     for (key, value) in &settings.env {
@@ -341,7 +369,23 @@ fn start(mut settings: Settings) -> Result<Started> {
         settings.group.as_deref(),
         settings.initgroups,
     )?;
-    let worker_logs = WorkerLogs::new(owner.clone(), log_file.path().map(Path::to_path_buf));
+    let statsd = settings
+        .statsd_host
+        .as_deref()
+        .map(|host| Statsd::connect(host, &settings.statsd_prefix, &settings.dogstatsd_tags))
+        .transpose()?;
+    let access_log = access_log(&settings);
+    if let Some(log) = &access_log {
+        log.create()?;
+    }
+    let worker_logs = WorkerLogs::new(
+        owner.clone(),
+        log_file
+            .path()
+            .into_iter()
+            .chain(access_log.as_ref().and_then(AccessLog::path))
+            .map(Path::to_path_buf),
+    );
     worker_logs.hand_over()?;
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind::bind(&settings)?;
@@ -355,11 +399,33 @@ fn start(mut settings: Settings) -> Result<Started> {
         start,
         parent_master,
         log_file,
+        access_log,
+        statsd,
         worker_logs,
         owner,
         listeners,
         pidfile,
     })
+}
+
+/// `--name`, else the program's file name.
+fn proc_name(settings: &Settings) -> String {
+    settings.proc_name.clone().unwrap_or_else(|| {
+        std::env::args_os()
+            .next()
+            .map(PathBuf::from)
+            .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+            .unwrap_or_else(|| "ferrocorn".to_string())
+    })
+}
+
+fn access_log(settings: &Settings) -> Option<AccessLog> {
+    let path = settings.access_log.as_deref()?;
+    let format = settings
+        .access_log_format
+        .as_deref()
+        .unwrap_or(access_log::DEFAULT_FORMAT);
+    Some(AccessLog::new(path, AccessFormat::parse(format)))
 }
 
 impl Started {
@@ -375,6 +441,8 @@ impl Started {
             start,
             parent_master,
             log_file,
+            access_log,
+            statsd,
             worker_logs,
             owner,
             listeners,
@@ -385,8 +453,14 @@ impl Started {
             timeout: settings.timeout.filter(|t| !t.is_zero()),
             graceful_timeout: settings.graceful_timeout,
         };
+        let name = proc_name(&settings);
         let hooks = hooks::MasterHooks {
+            name: name.clone(),
             log_file: log_file.clone(),
+            access_log_path: access_log
+                .as_ref()
+                .and_then(AccessLog::path)
+                .map(Path::to_path_buf),
             worker_logs,
             start,
             reexec_listeners: listeners
@@ -397,6 +471,8 @@ impl Started {
             pidfile,
             socket_files: bind::socket_files(&listeners),
             observer,
+            statsd: statsd.as_ref().map(Statsd::try_clone).transpose()?,
+            workers_running: 0,
         };
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
         if let Some(parent) = parent_master {
@@ -409,6 +485,9 @@ impl Started {
             config: worker_config(&settings),
             max_requests_jitter: settings.max_requests_jitter,
             log_file: &log_file,
+            access_log,
+            statsd: statsd.as_ref(),
+            title: format!("ferrocorn: worker [{name}]"),
         };
         let exit = arbiter.run(&mut |ctx| worker.run(ctx));
         let code = shut_down(exit);

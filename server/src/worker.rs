@@ -3,8 +3,11 @@
 use ferrocorn_arbiter::{WorkerContext, WorkerSlot};
 use ferrocorn_listener::Listener;
 use ferrocorn_signals::WorkerSignals;
-use ferrocorn_worker::{Monitor, RequestHead, WorkerConfig};
-use log::{error, info};
+use ferrocorn_worker::{Completed, Monitor, RequestHead, WorkerConfig};
+use log::{debug, error, info};
+
+use crate::access_log::AccessLog;
+use crate::statsd::Statsd;
 
 use crate::logging::LogFile;
 use crate::privileges::Owner;
@@ -17,11 +20,16 @@ pub(crate) struct Worker<'a> {
     pub(crate) config: WorkerConfig,
     pub(crate) max_requests_jitter: u64,
     pub(crate) log_file: &'a LogFile,
+    pub(crate) access_log: Option<AccessLog>,
+    pub(crate) statsd: Option<&'a Statsd>,
+    /// This process's title once forked.
+    pub(crate) title: String,
 }
 
 impl Worker<'_> {
     /// The forked child's life; returns its exit code.
     pub(crate) fn run(&mut self, ctx: WorkerContext) -> i32 {
+        crate::proctitle::set(&self.title);
         if let Err(e) = self.owner.apply() {
             error!("{e:#}");
             return ferrocorn_arbiter::WORKER_BOOT_ERROR;
@@ -31,6 +39,13 @@ impl Worker<'_> {
             info!("Parent changed, shutting down");
             return 0;
         }
+        let mut access_log = self.access_log.take();
+        if let Some(log) = &mut access_log {
+            if let Err(e) = log.open() {
+                error!("{e:#}");
+                return ferrocorn_arbiter::WORKER_BOOT_ERROR;
+            }
+        }
         let mut app = self.loader.load();
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
@@ -38,6 +53,8 @@ impl Worker<'_> {
             slot: &ctx.slot,
             signals: &ctx.signals,
             log_file: self.log_file,
+            access_log,
+            statsd: self.statsd,
         };
         let served = ferrocorn_worker::run(
             &mut *app,
@@ -65,6 +82,8 @@ struct WorkerMonitor<'a> {
     slot: &'a WorkerSlot,
     signals: &'a WorkerSignals,
     log_file: &'a LogFile,
+    access_log: Option<AccessLog>,
+    statsd: Option<&'a Statsd>,
 }
 
 impl Monitor for WorkerMonitor<'_> {
@@ -77,15 +96,26 @@ impl Monitor for WorkerMonitor<'_> {
                 Ok(()) => info!("Worker reopened its log file"),
                 Err(e) => error!("{e:#}"),
             }
+            if let Some(Err(e)) = self.access_log.as_mut().map(AccessLog::open) {
+                error!("{e:#}");
+            }
         }
     }
 
     fn request_started(&mut self, head: &RequestHead) {
         self.slot.request_started(head.method(), head.path());
+        // gunicorn's default `pre_request` hook.
+        debug!("{} {}", head.method(), head.path());
     }
 
-    fn request_finished(&mut self) {
+    fn request_finished(&mut self, done: &Completed<'_>) {
         self.slot.request_finished();
+        if let Some(log) = &mut self.access_log {
+            log.log(done);
+        }
+        if let Some(statsd) = self.statsd {
+            statsd.request(done);
+        }
     }
 }
 

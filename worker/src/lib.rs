@@ -43,6 +43,47 @@ pub trait App {
     /// [`Response::sendfile`]). Returning `Err` before the head was sent makes the worker answer 500;
     /// after, it closes the connection. The worker keeps serving either way.
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError>;
+
+    /// A value of the request just served that only the app knows, by name (a WSGI app's environ
+    /// variable, for the access log's `%({NAME}e)s`). `None` by default.
+    fn log_var(&self, _name: &str) -> Option<String> {
+        None
+    }
+}
+
+/// What a finished request was, for the access log and metrics: the request head, the response's
+/// status, headers and body size, and timing.
+pub struct Completed<'a> {
+    pub head: &'a RequestHead,
+    pub peer: &'a PeerAddr,
+    /// The status sent (`None` when nothing was: the client went away first).
+    pub status: Option<u16>,
+    /// The app's response headers as it gave them.
+    pub response_headers: &'a [(Vec<u8>, Vec<u8>)],
+    /// Body bytes sent (without framing).
+    pub body_bytes: u64,
+    /// Wall-clock time the request head was complete.
+    pub started_at: std::time::SystemTime,
+    pub duration: Duration,
+    pub(crate) app: &'a dyn App,
+}
+
+impl Completed<'_> {
+    /// See [`App::log_var`].
+    pub fn log_var(&self, name: &str) -> Option<String> {
+        self.app.log_var(name)
+    }
+}
+
+impl std::fmt::Debug for Completed<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Completed")
+            .field("target", &self.head.target())
+            .field("status", &self.status)
+            .field("body_bytes", &self.body_bytes)
+            .field("duration", &self.duration)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why an app call failed. The app has already logged details (e.g. a Python traceback), so the
@@ -141,7 +182,7 @@ pub trait Monitor {
         self.beat();
     }
     /// The request started last is over (answered, failed or abandoned).
-    fn request_finished(&mut self) {
+    fn request_finished(&mut self, _done: &Completed<'_>) {
         self.beat();
     }
 }

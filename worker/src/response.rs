@@ -59,6 +59,16 @@ pub struct Response<'a> {
     body: Option<BodyOut>,
     /// A write failed: the connection is unusable and every later write fails at once.
     broken: bool,
+    /// Body bytes sent so far (for the access log).
+    body_bytes: u64,
+}
+
+/// What a response sent, for [`crate::Completed`].
+#[derive(Debug, Default)]
+pub(crate) struct Sent {
+    pub(crate) status: Option<u16>,
+    pub(crate) headers: Vec<(Vec<u8>, Vec<u8>)>,
+    pub(crate) body_bytes: u64,
 }
 
 impl fmt::Debug for Response<'_> {
@@ -110,6 +120,7 @@ impl<'a> Response<'a> {
             started: None,
             body: None,
             broken: false,
+            body_bytes: 0,
         }
     }
 
@@ -294,21 +305,27 @@ impl<'a> Response<'a> {
         let mut rest = data;
         loop {
             let (piece, tail) = rest.split_at(rest.len().min(PIECE));
-            match self.body.as_mut() {
+            let queued = match self.body.as_mut() {
                 Some(BodyOut::Length { remaining }) => {
                     let n = piece
                         .len()
                         .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
                     self.wbuf.extend_from_slice(&piece[..n]);
                     *remaining -= n as u64;
+                    n
                 }
                 Some(BodyOut::Chunked(enc)) => {
                     enc.encode(piece, self.wbuf);
+                    piece.len()
                 }
-                Some(BodyOut::UntilClose) => self.wbuf.extend_from_slice(piece),
-                Some(BodyOut::NoBody) | None => {}
-            }
+                Some(BodyOut::UntilClose) => {
+                    self.wbuf.extend_from_slice(piece);
+                    piece.len()
+                }
+                Some(BodyOut::NoBody) | None => 0,
+            };
             self.flush(false)?;
+            self.body_bytes += queued as u64;
             if tail.is_empty() || matches!(self.body, Some(BodyOut::Length { remaining: 0 })) {
                 return Ok(());
             }
@@ -374,6 +391,7 @@ impl<'a> Response<'a> {
                 if let Some(BodyOut::Length { remaining }) = self.body.as_mut() {
                     *remaining -= sent;
                 }
+                self.body_bytes += sent;
                 if sent < count && chunked {
                     // The chunk size promised more than the file gave: the stream is corrupt.
                     self.broken = true;
@@ -461,6 +479,19 @@ impl<'a> Response<'a> {
         };
         self.flush(false)?;
         Ok(complete)
+    }
+
+    /// What was sent once the response is over (its headers move out).
+    pub(crate) fn take_sent(&mut self) -> Sent {
+        let head_sent = self.head_sent();
+        match self.started.as_mut() {
+            Some(started) if head_sent => Sent {
+                status: Some(started.status),
+                headers: std::mem::take(&mut started.headers),
+                body_bytes: self.body_bytes,
+            },
+            _ => Sent::default(),
+        }
     }
 
     /// Whether the head sent lets the connection persist.

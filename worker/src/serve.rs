@@ -4,7 +4,7 @@ use std::cell::Cell;
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use ferrocorn_http::{error_response, HeadParser, Parsed, RequestHead};
 use ferrocorn_listener::{Listener, PeerAddr, Stream};
@@ -13,8 +13,11 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::request::{BodyState, Conn};
+use crate::response::Sent;
 use crate::sock::{self, ReadBuf, Sock, Waited, READ_CHUNK};
-use crate::{App, AppError, Control, Exit, Monitor, Request, Response, ServerAddr, WorkerConfig};
+use crate::{
+    App, AppError, Completed, Control, Exit, Monitor, Request, Response, ServerAddr, WorkerConfig,
+};
 
 /// Most unread request body the worker reads and discards to keep a connection alive.
 const DRAIN_BUDGET: u64 = 64 * 1024;
@@ -52,20 +55,20 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Where the start and end of each request are told (the [`Monitor`], shared with the beat).
 pub(crate) trait RequestEvents {
     fn started(&self, head: &RequestHead);
-    fn finished(&self);
+    fn finished(&self, done: &Completed<'_>);
 }
 
 impl RequestEvents for () {
     fn started(&self, _head: &RequestHead) {}
-    fn finished(&self) {}
+    fn finished(&self, _done: &Completed<'_>) {}
 }
 
 impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
     fn started(&self, head: &RequestHead) {
         self.borrow_mut().request_started(head)
     }
-    fn finished(&self) {
-        self.borrow_mut().request_finished()
+    fn finished(&self, done: &Completed<'_>) {
+        self.borrow_mut().request_finished(done)
     }
 }
 
@@ -469,8 +472,18 @@ impl<'r> Worker<'r> {
                 log::info!("Autorestarting worker after current request.");
             }
             self.events.started(&head);
-            let persist = self.serve_request(&conn, &head, peer, server, listeners);
-            self.events.finished();
+            let (started_at, clock) = (SystemTime::now(), Instant::now());
+            let (persist, sent) = self.serve_request(&conn, &head, peer, server, listeners);
+            self.events.finished(&Completed {
+                head: &head,
+                peer,
+                status: sent.status,
+                response_headers: &sent.headers,
+                body_bytes: sent.body_bytes,
+                started_at,
+                duration: clock.elapsed(),
+                app: &*self.app,
+            });
             // One big streamed response should not pin its buffer for the worker's lifetime.
             if self.wbuf.capacity() > WBUF_KEEP {
                 self.wbuf = Vec::new();
@@ -743,7 +756,7 @@ impl<'r> Worker<'r> {
     }
 
     /// Call the app for one request and complete the response. Returns whether the connection
-    /// may carry another request.
+    /// may carry another request, and what was sent.
     fn serve_request(
         &mut self,
         conn: &Conn<'_>,
@@ -751,7 +764,7 @@ impl<'r> Worker<'r> {
         peer: &PeerAddr,
         server: &ServerAddr,
         listeners: &[Listener],
-    ) -> bool {
+    ) -> (bool, Sent) {
         let mut body = BodyState::new(head, &self.config.limits);
         conn.awaiting_continue
             .set(head.expects_continue() && !body.is_done());
@@ -804,22 +817,24 @@ impl<'r> Worker<'r> {
                 // A stop that came after a keep-alive head left is dealt with by the wait for
                 // the next request (which answers one already on its way).
                 let persists = complete && res.persists() && !last;
+                let sent = res.take_sent();
                 drop(res);
                 if !persists {
                     self.close(
                         conn,
                         Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
                     );
-                    return false;
+                    return (false, sent);
                 }
                 if !body.drain(conn, &mut self.rbuf, DRAIN_BUDGET) {
                     self.close(conn, Linger::Full);
-                    return false;
+                    return (false, sent);
                 }
-                true
+                (true, sent)
             }
             Err(err) => {
                 let head_sent = res.head_sent();
+                let sent = res.take_sent();
                 drop(res);
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
@@ -828,7 +843,7 @@ impl<'r> Worker<'r> {
                         (Some(e), _) => e.response(),
                         // The client vanished or stalled: nobody to answer.
                         (None, AppError::Io(_)) if body.io_failed => {
-                            return false;
+                            return (false, sent);
                         }
                         _ => error_response(500),
                     };
@@ -838,13 +853,13 @@ impl<'r> Worker<'r> {
                     }
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
-                } else {
-                    self.close(
-                        conn,
-                        Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
-                    );
+                    return (false, error_sent(&bytes));
                 }
-                false
+                self.close(
+                    conn,
+                    Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
+                );
+                (false, sent)
             }
         }
     }
@@ -887,6 +902,19 @@ impl<'r> Worker<'r> {
                 Err(_) => return,
             }
         }
+    }
+}
+
+/// What an error response of the worker's own sent (`HTTP/1.1 NNN ...`).
+fn error_sent(response: &[u8]) -> Sent {
+    let status = response
+        .get(9..12)
+        .and_then(|code| std::str::from_utf8(code).ok())
+        .and_then(|code| code.parse().ok());
+    Sent {
+        status,
+        headers: Vec::new(),
+        body_bytes: (response.len() - head_len(response)) as u64,
     }
 }
 

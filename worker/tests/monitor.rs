@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::{config, tcp_listener, Client, TestControl};
-use ferrocorn_worker::{fn_app, run_with, AppError, Exit, Monitor, RequestHead};
+use ferrocorn_worker::{fn_app, run_with, AppError, Completed, Exit, Monitor, RequestHead};
 
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
@@ -28,7 +28,7 @@ impl Monitor for Recorder {
             head.target()
         )));
     }
-    fn request_finished(&mut self) {
+    fn request_finished(&mut self, _done: &Completed<'_>) {
         let _ = self.0.send(Event::Finished);
     }
 }

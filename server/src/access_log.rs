@@ -1,0 +1,403 @@
+//! gunicorn's access log: `--access-logfile FILE|-` and `--access-logformat`, with gunicorn's
+//! atoms (`h l u t r m U q H s B b f a T M D L p`, `{header}i`, `{header}o`, `{var}e`), default
+//! format and escaping (`"` in a value becomes `\"`; an unknown atom is `-`).
+//!
+//! The format is compiled once; each worker opens the file itself (`O_APPEND`) and writes each
+//! line with one `write`, so lines of several workers never interleave and none is buffered when
+//! a worker stops. SIGUSR1 reopens it (the master re-creates it and hands it to `--user` first).
+
+use std::fmt::Write as _;
+use std::fs::{File, OpenOptions};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use ferrocorn_worker::{Completed, PeerAddr};
+
+use crate::error::{Context, Result};
+
+/// gunicorn's default `access_log_format`.
+pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+/// One piece of a compiled format.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Piece {
+    Text(String),
+    /// A one-letter (or unknown) atom, by name.
+    Atom(String),
+    /// `{name}i`, name lowercased.
+    RequestHeader(String),
+    /// `{name}o`, name lowercased.
+    ResponseHeader(String),
+    /// `{name}e`, as given (environ keys are upper case).
+    Environ(String),
+}
+
+/// A parsed `--access-logformat` (Python `%`-formatting with named atoms).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessFormat {
+    pieces: Vec<Piece>,
+}
+
+impl AccessFormat {
+    /// Parse gunicorn's format: `%(NAME)s` atoms (other conversion letters and widths are
+    /// accepted and print the value as text), `%%` for `%`, anything else literal.
+    pub fn parse(format: &str) -> AccessFormat {
+        let mut pieces = Vec::new();
+        let mut text = String::new();
+        let mut rest = format;
+        while let Some(at) = rest.find('%') {
+            text.push_str(&rest[..at]);
+            let after = &rest[at + 1..];
+            if let Some(tail) = after.strip_prefix('%') {
+                text.push('%');
+                rest = tail;
+                continue;
+            }
+            match named_atom(after) {
+                Some((name, tail)) => {
+                    if !text.is_empty() {
+                        pieces.push(Piece::Text(std::mem::take(&mut text)));
+                    }
+                    pieces.push(piece_for(name));
+                    rest = tail;
+                }
+                None => {
+                    text.push('%');
+                    rest = after;
+                }
+            }
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            pieces.push(Piece::Text(text));
+        }
+        AccessFormat { pieces }
+    }
+
+    /// Whether the format needs values only the app knows (`{var}e`).
+    pub fn uses_environ(&self) -> bool {
+        self.pieces.iter().any(|p| matches!(p, Piece::Environ(_)))
+    }
+
+    /// The log line for `done` (with its newline), as gunicorn would write it.
+    pub fn line(&self, done: &Completed<'_>, pid: u32) -> String {
+        let mut out = String::with_capacity(160);
+        for piece in &self.pieces {
+            match piece {
+                Piece::Text(t) => out.push_str(t),
+                Piece::Atom(name) => push_escaped(&mut out, &atom(name, done, pid)),
+                Piece::RequestHeader(name) => {
+                    let value = last_header(done.head.headers(), name);
+                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
+                }
+                Piece::ResponseHeader(name) => {
+                    let headers = done
+                        .response_headers
+                        .iter()
+                        .map(|(n, v)| (latin1(n), v.as_slice()));
+                    let value = last_header(headers, name);
+                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
+                }
+                Piece::Environ(name) => {
+                    let value = environ(name, done);
+                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
+                }
+            }
+        }
+        out.push('\n');
+        out
+    }
+}
+
+/// `(NAME)` and a conversion (`s`, `d`, with optional flags and width) at the start of `s`;
+/// returns the name and what follows.
+fn named_atom(s: &str) -> Option<(&str, &str)> {
+    let inner = s.strip_prefix('(')?;
+    let close = inner.find(')')?;
+    let name = &inner[..close];
+    let spec = &inner[close + 1..];
+    let conv = spec.find(|c: char| !matches!(c, '-' | '+' | ' ' | '#' | '.' | '0'..='9'))?;
+    let letter = spec[conv..].chars().next()?;
+    letter
+        .is_ascii_alphabetic()
+        .then(|| (name, &spec[conv + letter.len_utf8()..]))
+}
+
+fn piece_for(name: &str) -> Piece {
+    let braced = |suffix: char| {
+        name.strip_prefix('{')
+            .and_then(|n| n.strip_suffix(suffix))
+            .and_then(|n| n.strip_suffix('}'))
+    };
+    if let Some(header) = braced('i') {
+        Piece::RequestHeader(header.to_ascii_lowercase())
+    } else if let Some(header) = braced('o') {
+        Piece::ResponseHeader(header.to_ascii_lowercase())
+    } else if let Some(var) = braced('e') {
+        Piece::Environ(var.to_string())
+    } else {
+        Piece::Atom(name.to_string())
+    }
+}
+
+/// A one-letter atom's value; `-` for an unknown one, as gunicorn's.
+fn atom(name: &str, done: &Completed<'_>, pid: u32) -> String {
+    let head = done.head;
+    let micros = done.duration.as_micros();
+    let header = |n: &str| last_header(head.headers(), n).unwrap_or_else(|| "-".to_string());
+    match name {
+        "h" => remote_addr(done.peer),
+        "l" => "-".to_string(),
+        "u" => basic_auth_user(done).unwrap_or_else(|| "-".to_string()),
+        "t" => clf_time(done.started_at),
+        "r" => format!(
+            "{} {} {}",
+            head.method(),
+            head.target(),
+            head.version().as_str()
+        ),
+        "s" => done
+            .status
+            .map_or_else(|| "-".to_string(), |s| s.to_string()),
+        "m" => head.method().to_string(),
+        "U" => done
+            .log_var("PATH_INFO")
+            .unwrap_or_else(|| head.path().to_string()),
+        "q" => head.query().to_string(),
+        "H" => head.version().as_str().to_string(),
+        "b" | "B" => done.body_bytes.to_string(),
+        "f" => header("referer"),
+        "a" => header("user-agent"),
+        "T" => (micros / 1_000_000).to_string(),
+        "D" => micros.to_string(),
+        "M" => (micros / 1000).to_string(),
+        "L" => format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000),
+        "p" => format!("<{pid}>"),
+        _ => "-".to_string(),
+    }
+}
+
+/// gunicorn's `REMOTE_ADDR`: the peer's IP, empty for a unix socket.
+fn remote_addr(peer: &PeerAddr) -> String {
+    match peer {
+        PeerAddr::Tcp(addr) => addr.ip().to_string(),
+        PeerAddr::Unix => String::new(),
+    }
+}
+
+/// A `{var}e` value: the app's own (a WSGI environ), else the CGI variables any request has.
+fn environ(name: &str, done: &Completed<'_>) -> Option<String> {
+    if let Some(value) = done.log_var(name) {
+        return Some(value);
+    }
+    let head = done.head;
+    Some(match name {
+        "REQUEST_METHOD" => head.method().to_string(),
+        "RAW_URI" => head.target().to_string(),
+        "QUERY_STRING" => head.query().to_string(),
+        "SERVER_PROTOCOL" => head.version().as_str().to_string(),
+        "REMOTE_ADDR" => remote_addr(done.peer),
+        _ => return None,
+    })
+}
+
+/// The last value of header `name` (lowercase), as gunicorn's dict of atoms keeps the last.
+fn last_header<'h, N: AsRef<str>>(
+    headers: impl Iterator<Item = (N, &'h [u8])>,
+    name: &str,
+) -> Option<String> {
+    headers
+        .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+        .last()
+        .map(|(_, v)| latin1(v))
+}
+
+/// Header bytes as text the way WSGI sees them (latin-1).
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// The user name of `Authorization: Basic ...`, like gunicorn's `u` atom.
+fn basic_auth_user(done: &Completed<'_>) -> Option<String> {
+    let auth = last_header(done.head.headers(), "authorization")?;
+    if !auth.to_ascii_lowercase().starts_with("basic") {
+        return None;
+    }
+    let (_, encoded) = auth.split_once(' ')?;
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let user = decoded.split(|&b| b == b':').next()?;
+    String::from_utf8(user.to_vec()).ok()
+}
+
+fn push_escaped(out: &mut String, value: &str) {
+    for c in value.chars() {
+        if c == '"' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+}
+
+const MONTHS: [&str; 12] = [
+    "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+];
+
+/// Apache's common log format time, `[10/Oct/2000:13:55:36 -0700]`, in local time as gunicorn's
+/// `time.strftime`.
+pub fn clf_time(at: SystemTime) -> String {
+    let secs = at
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let (t, offset) = local_time(secs);
+    let sign = if offset < 0 { '-' } else { '+' };
+    let offset = offset.unsigned_abs() / 60;
+    let mut out = String::with_capacity(28);
+    let _ = write!(
+        out,
+        "[{:02}/{}/{:04}:{:02}:{:02}:{:02} {sign}{:02}{:02}]",
+        t.tm_mday,
+        MONTHS[t.tm_mon.clamp(0, 11) as usize],
+        t.tm_year + 1900,
+        t.tm_hour,
+        t.tm_min,
+        t.tm_sec,
+        offset / 60,
+        offset % 60
+    );
+    out
+}
+
+/// The broken-down local time of `secs` and its offset from UTC in seconds.
+fn local_time(secs: i64) -> (libc::tm, i64) {
+    let time: libc::time_t = secs;
+    // SAFETY: `tm` is plain data, fully written by localtime_r (all-zero is a valid value in case
+    // it fails); both pointers are valid for the call and localtime_r keeps neither.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&time, &mut tm);
+        tm
+    };
+    let offset = tm.tm_gmtoff;
+    (tm, offset)
+}
+
+/// Where the lines go: `-` is stdout, as in gunicorn.
+#[derive(Debug)]
+pub struct AccessLog {
+    format: AccessFormat,
+    path: Option<PathBuf>,
+    file: Option<File>,
+}
+
+impl AccessLog {
+    /// Opens nothing yet: each worker calls [`AccessLog::open`] after dropping privileges.
+    pub fn new(path: &Path, format: AccessFormat) -> AccessLog {
+        AccessLog {
+            format,
+            path: (path != Path::new("-")).then(|| path.to_path_buf()),
+            file: None,
+        }
+    }
+
+    /// The file, unless the log goes to stdout.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// Create the file if it is missing (in the master, before it is handed to `--user`).
+    pub fn create(&self) -> Result<()> {
+        match &self.path {
+            Some(path) => create(path),
+            None => Ok(()),
+        }
+    }
+
+    /// (Re)open the file for appending.
+    pub fn open(&mut self) -> Result<()> {
+        if let Some(path) = &self.path {
+            self.file = Some(open_append(path)?);
+        }
+        Ok(())
+    }
+
+    /// Write `done`'s line, in one `write`.
+    pub fn log(&mut self, done: &Completed<'_>) {
+        let line = self.format.line(done, std::process::id());
+        let written = match &mut self.file {
+            Some(file) => file.write_all(line.as_bytes()),
+            None if self.path.is_none() => std::io::stdout().lock().write_all(line.as_bytes()),
+            None => Ok(()),
+        };
+        if let Err(e) = written {
+            log::error!("cannot write the access log: {e}");
+        }
+    }
+}
+
+/// Create the access log file at `path` if it is missing.
+pub(crate) fn create(path: &Path) -> Result<()> {
+    open_append(path).map(drop)
+}
+
+fn open_append(path: &Path) -> Result<File> {
+    OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .with_context(|| format!("cannot open access log file {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_format_compiles_to_gunicorns_atoms() {
+        let f = AccessFormat::parse(DEFAULT_FORMAT);
+        let atoms: Vec<&Piece> = f
+            .pieces
+            .iter()
+            .filter(|p| !matches!(p, Piece::Text(_)))
+            .collect();
+        assert_eq!(atoms.len(), 9);
+        assert_eq!(f.pieces[0], Piece::Atom("h".into()));
+        assert_eq!(f.pieces[1], Piece::Text(" ".into()));
+    }
+
+    #[test]
+    fn braced_atoms_percent_signs_and_stray_percents() {
+        let f = AccessFormat::parse(
+            "%(X-Real)s %({X-Forwarded-For}i)s %({Server}o)s %({REMOTE_USER}e)s 100%% %z %(D)d",
+        );
+        assert_eq!(
+            f.pieces,
+            [
+                Piece::Atom("X-Real".into()),
+                Piece::Text(" ".into()),
+                Piece::RequestHeader("x-forwarded-for".into()),
+                Piece::Text(" ".into()),
+                Piece::ResponseHeader("server".into()),
+                Piece::Text(" ".into()),
+                Piece::Environ("REMOTE_USER".into()),
+                Piece::Text(" 100% %z ".into()),
+                Piece::Atom("D".into()),
+            ]
+        );
+        assert!(f.uses_environ());
+    }
+
+    #[test]
+    fn clf_time_in_utc() {
+        // localtime_r follows the machine's zone: only the shape is asserted here (the e2e test
+        // compares with the local time).
+        let t = UNIX_EPOCH + std::time::Duration::from_secs(1_709_210_096);
+        let s = clf_time(t);
+        assert_eq!(s.len(), 28, "{s}");
+        assert!(s.starts_with('[') && s.ends_with(']'), "{s}");
+        assert!(s.contains("/Feb/2024:") || s.contains("/Mar/2024:"), "{s}");
+    }
+}

@@ -9,6 +9,7 @@ mod config_cmd;
 use std::process::ExitCode;
 
 use ferrocorn_flags::{AppArgument, Options};
+use ferrocorn_server::access_log::AccessFormat;
 use ferrocorn_server::{
     App, AppLoader, Builder, ForkObserver, PreloadError, Server, APP_LOAD_ERROR,
 };
@@ -28,6 +29,10 @@ pub fn main() -> ExitCode {
         Ok(loaded) => loaded,
         Err(code) => return code,
     };
+    if loaded.options.version {
+        print_version();
+        return ExitCode::SUCCESS;
+    }
     ferrocorn_server::logging::init(loaded.options.log_level);
     loaded.warn_unsupported();
     if let Some(code) = loaded.run_checks() {
@@ -36,13 +41,43 @@ pub fn main() -> ExitCode {
     ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, wsgi_server)
 }
 
+/// `ferrocorn -v`: the version and the Python it embeds.
+fn print_version() {
+    let (python, library) = ferrocorn_wsgi::python_build();
+    println!("ferrocorn {}", env!("CARGO_PKG_VERSION"));
+    let library = library.map_or_else(|| "statically linked".to_string(), |p| p.display().to_string());
+    println!("Python {python} ({library})");
+}
+
 fn wsgi_server(options: &Options) -> Builder {
     let config = wsgi_config(options);
+    // Only an access log that prints environ values needs each request's environ kept.
+    let keep_environ = options.access_logfile.is_some()
+        && options
+            .access_logformat
+            .as_deref()
+            .is_some_and(|f| AccessFormat::parse(f).uses_environ());
     if options.preload {
-        Server::with_loader(Box::new(Preloaded { config, app: None }))
-            .fork_observer(Box::new(PythonForkHooks))
+        Server::with_loader(Box::new(Preloaded {
+            config,
+            keep_environ,
+            app: None,
+        }))
+        .fork_observer(Box::new(PythonForkHooks))
     } else {
-        Server::with_loader(Box::new(PerWorker(config)))
+        Server::with_loader(Box::new(PerWorker {
+            config,
+            keep_environ,
+        }))
+    }
+}
+
+/// The app as the access log needs it.
+fn for_log(app: WsgiApp, keep_environ: bool) -> WsgiApp {
+    if keep_environ {
+        app.keeping_environ()
+    } else {
+        app
     }
 }
 
@@ -56,14 +91,17 @@ fn wsgi_config(options: &Options) -> WsgiConfig {
 }
 
 /// Each worker imports the app after fork; one that cannot stops the server.
-struct PerWorker(WsgiConfig);
+struct PerWorker {
+    config: WsgiConfig,
+    keep_environ: bool,
+}
 
 impl AppLoader for PerWorker {
     fn load(&mut self) -> Box<dyn App> {
-        match ferrocorn_wsgi::load(&self.0) {
+        match ferrocorn_wsgi::load(&self.config) {
             Ok(app) => {
                 install_abort_handler();
-                Box::new(app)
+                Box::new(for_log(app, self.keep_environ))
             }
             Err(e) => {
                 error!("{e}");
@@ -81,6 +119,7 @@ impl AppLoader for PerWorker {
 /// `--preload`: the master imports the app; each worker gets the inherited copy.
 struct Preloaded {
     config: WsgiConfig,
+    keep_environ: bool,
     app: Option<WsgiApp>,
 }
 
@@ -93,7 +132,8 @@ impl AppLoader for Preloaded {
 
     fn load(&mut self) -> Box<dyn App> {
         install_abort_handler();
-        Box::new(self.app.take().expect("each worker builds its app once"))
+        let app = self.app.take().expect("each worker builds its app once");
+        Box::new(for_log(app, self.keep_environ))
     }
 
     /// The master and each worker ran the app: its atexit callbacks run in both.

@@ -50,6 +50,10 @@ pub fn run(app: AppArgument, build: impl FnOnce(&Options) -> Builder) -> ExitCod
         Err(code) => return code,
     };
     let options = Options::parse();
+    if options.version {
+        println!("ferrocorn {}", env!("CARGO_PKG_VERSION"));
+        return ExitCode::SUCCESS;
+    }
     logging::init(options.log_level);
     run_parsed(options, app, signals, build)
 }

@@ -50,6 +50,23 @@ pub use environ::RequestInfo;
 pub use interp::ensure_initialized;
 pub use response::{parse_status, Headers, ResponseSink};
 
+/// The embedded Python's version line (`3.11.2 (main, ...) [GCC ...]`) and the libpython file
+/// this process mapped, for `ferrocorn --version`. Needs no initialized interpreter.
+pub fn python_build() -> (String, Option<PathBuf>) {
+    // SAFETY: Py_GetVersion returns a static NUL-terminated string and may be called before
+    // the interpreter is initialized.
+    let version = unsafe { std::ffi::CStr::from_ptr(pyo3::ffi::Py_GetVersion()) };
+    let library = std::fs::read_to_string("/proc/self/maps")
+        .ok()
+        .and_then(|maps| {
+            maps.lines()
+                .filter_map(|line| line.split_whitespace().nth(5))
+                .find(|path| path.contains("libpython"))
+                .map(PathBuf::from)
+        });
+    (version.to_string_lossy().into_owned(), library)
+}
+
 /// How to find and load the app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct WsgiConfig {
@@ -101,6 +118,8 @@ pub struct WsgiApp {
     base: Py<PyDict>,
     /// `$SCRIPT_NAME` and `$FORWARDED_ALLOW_IPS` as they were at load time.
     env_config: environ::EnvironConfig,
+    /// The last request's environ, kept (only when asked) for the access log's `{var}e`.
+    last_environ: Option<std::cell::RefCell<Option<Py<PyDict>>>>,
 }
 
 /// Apps loaded in this process, so a second `load` of the same config (a preloaded app, in the
@@ -186,6 +205,7 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
             script_name,
             trusted,
         },
+        last_environ: None,
     })
 }
 
@@ -199,8 +219,16 @@ impl WsgiApp {
                 app,
                 base: base.unbind(),
                 env_config: environ::EnvironConfig::default(),
+                last_environ: None,
             })
         })
+    }
+
+    /// Keep each request's environ until the next one, for [`App::log_var`] (the access log's
+    /// `%({NAME}e)s` atoms); otherwise it is released when the request is over.
+    pub fn keeping_environ(mut self) -> WsgiApp {
+        self.last_environ = Some(Default::default());
+        self
     }
 
     /// The Python callable.
@@ -218,6 +246,7 @@ impl WsgiApp {
             app: self.app.clone_ref(py),
             base: self.base.clone_ref(py),
             env_config: self.env_config.clone(),
+            last_environ: self.last_environ.as_ref().map(|_| Default::default()),
         }
     }
 
@@ -240,6 +269,7 @@ impl WsgiApp {
                 info,
                 body,
                 sink,
+                self.last_environ.as_ref(),
             )?;
             abort::check_pending(py)
         });
@@ -252,6 +282,16 @@ impl App for WsgiApp {
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
         let info = RequestInfo::from_request(req);
         self.serve(&info, req, res)
+    }
+
+    /// The last request's environ value `name`, as `str()` gives it.
+    fn log_var(&self, name: &str) -> Option<String> {
+        let kept = self.last_environ.as_ref()?.borrow();
+        let environ = kept.as_ref()?;
+        Python::attach(|py| {
+            let value = environ.bind(py).get_item(name).ok()??;
+            value.str().ok().map(|s| s.to_string())
+        })
     }
 }
 

@@ -12,6 +12,8 @@ use pyo3::types::{PyBytes, PyDict};
 use ferrocorn_worker::AppError;
 
 use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
+use std::cell::RefCell;
+
 use crate::format_traceback;
 use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
@@ -25,6 +27,7 @@ pub fn serve(
     info: &RequestInfo<'_>,
     body: &mut dyn Read,
     sink: &mut dyn ResponseSink,
+    keep_environ: Option<&RefCell<Option<Py<PyDict>>>>,
 ) -> Result<(), AppError> {
     let environ = match build_environ(py, base, info, env_config) {
         Ok(Ok(env)) => env,
@@ -52,6 +55,9 @@ pub fn serve(
         }
         Err(e) => return Err(failed(py, info, &e)),
     };
+    if let Some(kept) = keep_environ {
+        *kept.borrow_mut() = Some(environ.clone().unbind());
+    }
     let input =
         Py::new(py, InputStream::new(BodyPtr::new(body))).map_err(|e| failed(py, info, &e))?;
     let responder = match Py::new(py, Responder::new(SinkPtr::new(sink))) {

@@ -45,7 +45,10 @@ pub fn main() -> ExitCode {
 fn print_version() {
     let (python, library) = ferrocorn_wsgi::python_build();
     println!("ferrocorn {}", env!("CARGO_PKG_VERSION"));
-    let library = library.map_or_else(|| "statically linked".to_string(), |p| p.display().to_string());
+    let library = library.map_or_else(
+        || "statically linked".to_string(),
+        |p| p.display().to_string(),
+    );
     println!("Python {python} ({library})");
 }
 

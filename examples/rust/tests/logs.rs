@@ -84,3 +84,78 @@ fn after_logrotate_workers_running_as_user_write_to_the_new_log_file() {
         "the same workers, none restarted"
     );
 }
+
+/// The access log, like the error log, belongs to the workers' user: after logrotate moved it
+/// and USR1, the master re-creates it, hands it over, and the workers (as `nobody`) write on.
+#[test]
+#[ignore = "needs root: chown to --user"]
+fn after_logrotate_workers_running_as_user_write_to_the_new_access_log() {
+    let (uid, gid) = passwd_ids("nobody").expect("a user nobody");
+    let dir = TempDir::new("access-logrotate");
+    // `nobody` must be able to reach the directory to open the file in it.
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let log = dir.path().join("access.log");
+    let rotated = dir.path().join("access.log.1");
+    let mut server = Server::start_bin(
+        &rust_example_bin(),
+        &[
+            "-w",
+            "2",
+            "--user",
+            "nobody",
+            "--access-logfile",
+            log.to_str().unwrap(),
+        ],
+        &repo_root(),
+        &[],
+    );
+    let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
+    let addr = server.addr();
+    assert_eq!(get(addr, "/").status, 200);
+    wait_for_file_line(&log, "\"GET / HTTP/1.1\" 200", BOOT_TIMEOUT);
+    let owner = |path: &std::path::Path| {
+        let meta = std::fs::metadata(path).unwrap();
+        (meta.uid(), meta.gid())
+    };
+    assert_eq!(
+        owner(&log),
+        (uid, gid),
+        "the workers' user owns the access log"
+    );
+
+    std::fs::rename(&log, &rotated).unwrap();
+    server.signal(libc::SIGUSR1);
+    let reopened: Vec<String> = (0..2)
+        .map(|_| server.wait_for_log("Worker reopened its log file", BOOT_TIMEOUT))
+        .collect();
+    for pid in &workers {
+        assert!(
+            reopened.iter().any(|l| l.contains(&format!("[{pid}]"))),
+            "{reopened:?}"
+        );
+    }
+    assert_eq!(
+        owner(&log),
+        (uid, gid),
+        "the re-created access log is handed over too"
+    );
+    for _ in 0..4 {
+        assert_eq!(get(addr, "/").status, 200);
+    }
+    let lines = |path: &std::path::Path| std::fs::read_to_string(path).unwrap().lines().count();
+    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
+    while lines(&log) < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert_eq!(lines(&log), 4, "every later request in the new file");
+    assert_eq!(lines(&rotated), 1, "none in the moved one");
+    assert!(
+        !server.log_text().contains("Permission denied"),
+        "{}",
+        server.log_text()
+    );
+}

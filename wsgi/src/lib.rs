@@ -119,7 +119,7 @@ pub struct WsgiApp {
     /// `$SCRIPT_NAME` and `$FORWARDED_ALLOW_IPS` as they were at load time.
     env_config: environ::EnvironConfig,
     /// The last request's environ, kept (only when asked) for the access log's `{var}e`.
-    last_environ: Option<std::cell::RefCell<Option<Py<PyDict>>>>,
+    last_environ: Option<std::sync::Mutex<Option<Py<PyDict>>>>,
 }
 
 /// Apps loaded in this process, so a second `load` of the same config (a preloaded app, in the
@@ -261,16 +261,12 @@ impl WsgiApp {
         abort::set_current(info.method, info.path);
         let result = Python::attach(|py| {
             abort::check_pending(py)?;
-            serve::serve(
-                py,
-                self.app.bind(py),
-                self.base.bind(py),
-                &self.env_config,
-                info,
-                body,
-                sink,
-                self.last_environ.as_ref(),
-            )?;
+            let source = serve::EnvironSource {
+                base: self.base.bind(py),
+                config: &self.env_config,
+                keep: self.last_environ.as_ref(),
+            };
+            serve::serve(py, self.app.bind(py), &source, info, body, sink)?;
             abort::check_pending(py)
         });
         abort::clear_current();
@@ -286,7 +282,7 @@ impl App for WsgiApp {
 
     /// The last request's environ value `name`, as `str()` gives it.
     fn log_var(&self, name: &str) -> Option<String> {
-        let kept = self.last_environ.as_ref()?.borrow();
+        let kept = self.last_environ.as_ref()?.lock().ok()?;
         let environ = kept.as_ref()?;
         Python::attach(|py| {
             let value = environ.bind(py).get_item(name).ok()??;

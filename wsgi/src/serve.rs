@@ -12,24 +12,30 @@ use pyo3::types::{PyBytes, PyDict};
 use ferrocorn_worker::AppError;
 
 use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
-use std::cell::RefCell;
+use std::sync::Mutex;
 
 use crate::format_traceback;
 use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
 
+/// What each request's environ is made from, and where it is kept after the request (when the
+/// access log asks for environ values).
+pub struct EnvironSource<'a, 'py> {
+    pub base: &'a Bound<'py, PyDict>,
+    pub config: &'a EnvironConfig,
+    pub keep: Option<&'a Mutex<Option<Py<PyDict>>>>,
+}
+
 /// Serve one request with `app`. Logs what went wrong (tracebacks, invalid responses) itself.
 pub fn serve(
     py: Python<'_>,
     app: &Bound<'_, PyAny>,
-    base: &Bound<'_, PyDict>,
-    env_config: &EnvironConfig,
+    source: &EnvironSource<'_, '_>,
     info: &RequestInfo<'_>,
     body: &mut dyn Read,
     sink: &mut dyn ResponseSink,
-    keep_environ: Option<&RefCell<Option<Py<PyDict>>>>,
 ) -> Result<(), AppError> {
-    let environ = match build_environ(py, base, info, env_config) {
+    let environ = match build_environ(py, source.base, info, source.config) {
         Ok(Ok(env)) => env,
         Ok(Err(EnvironError::ContradictoryScheme)) => {
             // The request's fault (its proxy's), not the app's or the deployment's.
@@ -55,8 +61,8 @@ pub fn serve(
         }
         Err(e) => return Err(failed(py, info, &e)),
     };
-    if let Some(kept) = keep_environ {
-        *kept.borrow_mut() = Some(environ.clone().unbind());
+    if let Some(kept) = source.keep {
+        *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(environ.clone().unbind());
     }
     let input =
         Py::new(py, InputStream::new(BodyPtr::new(body))).map_err(|e| failed(py, info, &e))?;

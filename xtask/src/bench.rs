@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ferrocorn_sizing::ProcessMemory;
 
-use crate::servers::{one_request, prepare, start, Env, Target, SERVERS};
+use crate::servers::{one_request, prepare, start, start_with, Env, Target, SERVERS};
 use crate::{cargo, run};
 
 #[derive(Debug, Clone)]
@@ -29,6 +29,7 @@ struct Settings {
     workers: usize,
     criterion: bool,
     throughput: bool,
+    preload: bool,
 }
 
 impl Settings {
@@ -39,6 +40,7 @@ impl Settings {
             workers: 2,
             criterion: true,
             throughput: true,
+            preload: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -52,11 +54,16 @@ impl Settings {
                     s.criterion = false;
                     s.throughput = false;
                 }
+                "--logging-only" => {
+                    s.criterion = false;
+                    s.throughput = false;
+                    s.preload = false;
+                }
                 "--quick" => {
                     s.duration = Duration::from_secs(3);
                     s.criterion = false;
                 }
-                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --quick)"),
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --logging-only, --quick)"),
             }
         }
         Ok(s)
@@ -168,7 +175,10 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if settings.throughput {
         failures.extend(throughput(&env, &settings)?);
     }
-    failures.extend(preload_memory(&env)?);
+    failures.extend(logging_overhead(&env, &settings)?);
+    if settings.preload {
+        failures.extend(preload_memory(&env)?);
+    }
     if failures.is_empty() {
         println!("\nbench: every target met");
         Ok(())
@@ -268,6 +278,86 @@ fn throughput(env: &Env, settings: &Settings) -> Result<Vec<String>> {
         failures.push("ferrocorn and gunicorn must both run for the ratios".into());
     }
 
+    Ok(failures)
+}
+
+/// ferrocorn's throughput on hello.py with the access log (to a file) and statsd (to a local UDP
+/// socket nobody reads) on, against without: observability must cost little (target ≥ 0.95).
+fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
+    let hello = Target {
+        dir: env.root.join("examples"),
+        spec: "hello:app",
+        path: "/",
+    };
+    let ferrocorn = SERVERS
+        .iter()
+        .find(|k| k.name == "ferrocorn")
+        .context("no ferrocorn in SERVERS")?;
+    let log_dir = env.root.join("target/bench-logs");
+    std::fs::create_dir_all(&log_dir)?;
+    let access_log = log_dir.join("access.log");
+    let _ = std::fs::remove_file(&access_log);
+    let statsd = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    let variants: [(&str, Vec<String>); 3] = [
+        ("without", vec![]),
+        (
+            "--access-logfile",
+            vec!["--access-logfile".into(), access_log.display().to_string()],
+        ),
+        (
+            "--access-logfile --statsd-host",
+            vec![
+                "--access-logfile".into(),
+                access_log.display().to_string(),
+                "--statsd-host".into(),
+                statsd.local_addr()?.to_string(),
+            ],
+        ),
+    ];
+    println!(
+        "\n## Logging overhead: ferrocorn, examples/hello.py, {} workers, {} connections, {:.0} s\n",
+        settings.workers,
+        settings.connections,
+        settings.duration.as_secs_f64()
+    );
+    println!("| flags | req/s | p99 ms | errors | ×without |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    let mut failures = Vec::new();
+    let mut base = None;
+    for (name, args) in variants {
+        let log_name = format!("ferrocorn-logging-{}", name.replace(' ', "_"));
+        let server = start_with(
+            ferrocorn,
+            env,
+            &hello,
+            settings.workers,
+            false,
+            &args,
+            &log_name,
+        )?;
+        load(
+            server.addr,
+            hello.path,
+            settings.connections,
+            Duration::from_secs(1),
+        );
+        let result = load(
+            server.addr,
+            hello.path,
+            settings.connections,
+            settings.duration,
+        );
+        let ratio = result.rps / *base.get_or_insert(result.rps);
+        println!(
+            "| {name} | {:.0} | {:.2} | {} | {ratio:.2} |",
+            result.rps, result.p99_ms, result.errors
+        );
+        if ratio < 0.95 {
+            failures.push(format!(
+                "throughput with {name} ×{ratio:.2} of without (target ≥ 0.95)"
+            ));
+        }
+    }
     Ok(failures)
 }
 

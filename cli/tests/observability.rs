@@ -363,3 +363,31 @@ fn version_names_ferrocorn_and_the_embedded_python() {
         assert!(python.contains("libpython3"), "{text}");
     }
 }
+
+#[test]
+fn during_a_usr2_upgrade_the_old_master_says_so_and_the_new_one_repeats_the_command_line() {
+    let dir = app_dir("titles-usr2");
+    let mut server = Server::start_in(&["hello:app"], dir.path(), &[]);
+    server.wait_worker_count(1, BOOT_TIMEOUT);
+    server.signal(libc::SIGUSR2);
+    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+    let new_master: i32 = line
+        .rsplit("(pid: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(new_master);
+    // The re-exec used the real command line although the title replaced it in argv's place.
+    server.wait_for_log(&format!("({new_master})"), BOOT_TIMEOUT);
+    assert_eq!(cmdline(server.pid()), "ferrocorn: old master [hello:app]");
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while cmdline(new_master) != "ferrocorn: master [hello:app]" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(cmdline(new_master), "ferrocorn: master [hello:app]");
+    signal(new_master, libc::SIGTERM);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(STOP_PATIENCE);
+}

@@ -391,3 +391,24 @@ fn during_a_usr2_upgrade_the_old_master_says_so_and_the_new_one_repeats_the_comm
     server.signal(libc::SIGTERM);
     server.wait_exit(STOP_PATIENCE);
 }
+
+#[test]
+fn a_gunicorn_config_file_sets_the_access_log_its_format_and_the_process_name() {
+    let dir = app_dir("access-config");
+    std::fs::write(
+        dir.path().join("gunicorn.conf.py"),
+        "accesslog = 'access.log'\naccess_log_format = '%(m)s %(U)s %(s)s'\nproc_name = 'shop'\n",
+    )
+    .unwrap();
+    let mut server = Server::start_in(&["hello:app"], dir.path(), &[]);
+    assert!(
+        !server.log_text().contains("not supported"),
+        "{}",
+        server.log_text()
+    );
+    assert_eq!(cmdline(server.pid()), "ferrocorn: master [shop]");
+    assert_eq!(get(server.addr(), "/").status, 200);
+    assert_eq!(wait_lines(&dir.path().join("access.log"), 1), ["GET / 200"]);
+    server.signal(libc::SIGTERM);
+    server.wait_exit(STOP_PATIENCE);
+}

@@ -13,7 +13,8 @@ use ferrocorn_worker::{fn_app, run_with, AppError, Completed, Exit, Monitor, Req
 #[derive(Debug, PartialEq, Eq)]
 enum Event {
     Started(String),
-    Finished,
+    /// Status, body bytes and the app's response headers, as the access log gets them.
+    Finished(Option<u16>, u64, Vec<String>),
 }
 
 /// Records request events (beats are many and not asserted here).
@@ -28,8 +29,21 @@ impl Monitor for Recorder {
             head.target()
         )));
     }
-    fn request_finished(&mut self, _done: &Completed<'_>) {
-        let _ = self.0.send(Event::Finished);
+    fn request_finished(&mut self, done: &Completed<'_>) {
+        let headers = done
+            .response_headers
+            .iter()
+            .map(|(n, v)| {
+                format!(
+                    "{}: {}",
+                    String::from_utf8_lossy(n),
+                    String::from_utf8_lossy(v)
+                )
+            })
+            .collect();
+        let _ = self
+            .0
+            .send(Event::Finished(done.status, done.body_bytes, headers));
     }
 }
 
@@ -60,7 +74,10 @@ fn each_request_is_reported_started_then_finished_and_an_aborted_one_ends_the_lo
     client.send(b"GET /fine?a=1 HTTP/1.1\r\nHost: t\r\n\r\n");
     assert_eq!(client.read_response().status, 200);
     assert_eq!(next(&events), Event::Started("GET /fine?a=1".into()));
-    assert_eq!(next(&events), Event::Finished);
+    assert_eq!(
+        next(&events),
+        Event::Finished(Some(200), 2, vec!["Content-Length: 2".into()])
+    );
 
     client.send(b"GET /stuck HTTP/1.1\r\nHost: t\r\n\r\n");
     let resp = client.read_response();
@@ -68,7 +85,11 @@ fn each_request_is_reported_started_then_finished_and_an_aborted_one_ends_the_lo
     assert_eq!(resp.header("Connection"), Some("close"));
     assert!(client.at_eof());
     assert_eq!(next(&events), Event::Started("GET /stuck".into()));
-    assert_eq!(next(&events), Event::Finished);
+    // The worker's own 500 page: its status and body size.
+    match next(&events) {
+        Event::Finished(Some(500), bytes, headers) if bytes > 0 && headers.is_empty() => {}
+        other => panic!("{other:?}"),
+    }
     // The worker leaves its loop by itself: the arbiter is replacing it.
     assert_eq!(worker.join().unwrap().unwrap(), Exit::Aborted);
 }

@@ -243,7 +243,7 @@ fn access_log_dash_is_stdout_and_debug_level_logs_method_and_path() {
     server.wait_exit(STOP_PATIENCE);
 }
 
-/// Datagrams received until `want` all arrived (or the deadline).
+/// Metric lines received until `want` all arrived (or the deadline).
 fn receive_until(sock: &UdpSocket, want: &[&str]) -> Vec<String> {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -258,7 +258,9 @@ fn receive_until(sock: &UdpSocket, want: &[&str]) -> Vec<String> {
             break;
         }
         if let Ok(n) = sock.recv(&mut buf) {
-            got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            // A packet may carry several metrics, one per line.
+            let packet = String::from_utf8_lossy(&buf[..n]).into_owned();
+            got.extend(packet.lines().map(str::to_string));
         }
     }
     got

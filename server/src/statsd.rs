@@ -1,8 +1,10 @@
 //! gunicorn's statsd metrics (`--statsd-host`, `--statsd-prefix`, `--dogstatsd-tags`), same
 //! names and wire format, so existing dashboards work: per request `gunicorn.request.duration`
 //! (ms), `gunicorn.requests` and `gunicorn.request.status.NNN`, from each worker; the
-//! `gunicorn.workers` gauge from the master. One UDP datagram per metric; a lost one is lost.
+//! `gunicorn.workers` gauge from the master. A request's metrics share one UDP datagram
+//! (newline-separated, which statsd agents accept); a lost one is lost.
 
+use std::fmt::Write as _;
 use std::net::UdpSocket;
 
 use ferrocorn_worker::Completed;
@@ -57,32 +59,47 @@ impl Statsd {
         })
     }
 
-    /// The metrics of one finished request.
+    /// The metrics of one finished request, in one datagram (statsd and DogStatsD agents take
+    /// several newline-separated metrics per packet): one `send` per request, not three.
     pub fn request(&self, done: &Completed<'_>) {
         let ms = done.duration.as_secs_f64() * 1000.0;
-        self.send(&format!(
-            "gunicorn.request.duration:{}|ms",
-            python_float(ms)
-        ));
-        self.send("gunicorn.requests:1|c|@1.0");
+        let mut packet = String::with_capacity(200);
+        self.push(
+            &mut packet,
+            format_args!("gunicorn.request.duration:{}|ms", python_float(ms)),
+        );
+        self.push(&mut packet, format_args!("gunicorn.requests:1|c|@1.0"));
         if let Some(status) = done.status {
-            self.send(&format!("gunicorn.request.status.{status}:1|c|@1.0"));
+            self.push(
+                &mut packet,
+                format_args!("gunicorn.request.status.{status}:1|c|@1.0"),
+            );
         }
+        self.send(&packet);
     }
 
     /// The number of workers running.
     pub fn workers(&self, count: usize) {
-        self.send(&format!("gunicorn.workers:{count}|g"));
+        let mut packet = String::new();
+        self.push(&mut packet, format_args!("gunicorn.workers:{count}|g"));
+        self.send(&packet);
     }
 
-    fn send(&self, metric: &str) {
-        let mut line = format!("{}{metric}", self.prefix);
-        if !self.tags.is_empty() {
-            line.push_str("|#");
-            line.push_str(&self.tags);
+    /// Append one metric line (prefix, metric, tags) to `packet`.
+    fn push(&self, packet: &mut String, metric: std::fmt::Arguments<'_>) {
+        if !packet.is_empty() {
+            packet.push('\n');
         }
-        // A full socket buffer or an absent listener loses a metric, as UDP does in gunicorn.
-        let _ = self.sock.send(line.as_bytes());
+        let _ = write!(packet, "{}{metric}", self.prefix);
+        if !self.tags.is_empty() {
+            packet.push_str("|#");
+            packet.push_str(&self.tags);
+        }
+    }
+
+    fn send(&self, packet: &str) {
+        // A full socket buffer or an absent listener loses metrics, as UDP does in gunicorn.
+        let _ = self.sock.send(packet.as_bytes());
     }
 }
 

@@ -76,29 +76,35 @@ impl AccessFormat {
         AccessFormat { pieces }
     }
 
-    /// Whether the format needs values only the app knows (`{var}e`).
+    /// Whether the format needs values only the app knows (`{var}e`, and `U`: a WSGI app's
+    /// `PATH_INFO`, decoded and without `SCRIPT_NAME`).
     pub fn uses_environ(&self) -> bool {
-        self.pieces.iter().any(|p| matches!(p, Piece::Environ(_)))
+        self.pieces
+            .iter()
+            .any(|p| matches!(p, Piece::Environ(_)) || *p == Piece::Atom("U".into()))
     }
 
-    /// The log line for `done` (with its newline), as gunicorn would write it.
-    pub fn line(&self, done: &Completed<'_>, pid: u32) -> String {
+    /// The log line for `done` (with its newline), as gunicorn would write it; `time` is the
+    /// request's `[...]` time ([`clf_time`]).
+    pub fn line(&self, done: &Completed<'_>, pid: u32, time: &str) -> String {
         let mut out = String::with_capacity(160);
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Atom(name) => push_escaped(&mut out, &atom(name, done, pid)),
-                Piece::RequestHeader(name) => {
-                    let value = last_header(done.head.headers(), name);
-                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
-                }
+                Piece::Atom(name) => push_atom(&mut out, name, done, pid, time),
+                Piece::RequestHeader(name) => match last_header(done.head.headers(), name) {
+                    Some(value) => push_latin1_escaped(&mut out, value),
+                    None => out.push('-'),
+                },
                 Piece::ResponseHeader(name) => {
                     let headers = done
                         .response_headers
                         .iter()
-                        .map(|(n, v)| (latin1(n), v.as_slice()));
-                    let value = last_header(headers, name);
-                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
+                        .map(|(n, v)| (n.as_slice(), v.as_slice()));
+                    match last_header(headers, name) {
+                        Some(value) => push_latin1_escaped(&mut out, value),
+                        None => out.push('-'),
+                    }
                 }
                 Piece::Environ(name) => {
                     let value = environ(name, done);
@@ -142,41 +148,60 @@ fn piece_for(name: &str) -> Piece {
     }
 }
 
-/// A one-letter atom's value; `-` for an unknown one, as gunicorn's.
-fn atom(name: &str, done: &Completed<'_>, pid: u32) -> String {
+/// Write a one-letter atom's value; `-` for an unknown one, as gunicorn's. Values that cannot
+/// hold a `"` (numbers, the method, the version, an address) are written as they are.
+fn push_atom(out: &mut String, name: &str, done: &Completed<'_>, pid: u32, time: &str) {
     let head = done.head;
-    let micros = done.duration.as_micros();
-    let header = |n: &str| last_header(head.headers(), n).unwrap_or_else(|| "-".to_string());
     match name {
-        "h" => remote_addr(done.peer),
-        "l" => "-".to_string(),
-        "u" => basic_auth_user(done).unwrap_or_else(|| "-".to_string()),
-        "t" => clf_time(done.started_at),
-        "r" => format!(
-            "{} {} {}",
-            head.method(),
-            head.target(),
-            head.version().as_str()
-        ),
-        "s" => done
-            .status
-            .map_or_else(|| "-".to_string(), |s| s.to_string()),
-        "m" => head.method().to_string(),
-        "U" => done
-            .log_var("PATH_INFO")
-            .unwrap_or_else(|| head.path().to_string()),
-        "q" => head.query().to_string(),
-        "H" => head.version().as_str().to_string(),
-        "b" | "B" => done.body_bytes.to_string(),
-        "f" => header("referer"),
-        "a" => header("user-agent"),
-        "T" => (micros / 1_000_000).to_string(),
-        "D" => micros.to_string(),
-        "M" => (micros / 1000).to_string(),
-        "L" => format!("{}.{:06}", micros / 1_000_000, micros % 1_000_000),
-        "p" => format!("<{pid}>"),
-        _ => "-".to_string(),
+        "h" => out.push_str(&remote_addr(done.peer)),
+        "u" => push_escaped(out, basic_auth_user(done).as_deref().unwrap_or("-")),
+        "t" => out.push_str(time),
+        "r" => {
+            out.push_str(head.method());
+            out.push(' ');
+            push_escaped(out, head.target());
+            out.push(' ');
+            out.push_str(head.version().as_str());
+        }
+        "s" => match done.status {
+            Some(status) => push_number(out, u128::from(status)),
+            None => out.push('-'),
+        },
+        "m" => out.push_str(head.method()),
+        "U" => match done.log_var("PATH_INFO") {
+            Some(path) => push_escaped(out, &path),
+            None => push_escaped(out, head.path()),
+        },
+        "q" => push_escaped(out, head.query()),
+        "H" => out.push_str(head.version().as_str()),
+        "b" | "B" => push_number(out, u128::from(done.body_bytes)),
+        "f" | "a" => {
+            let header = if name == "f" { "referer" } else { "user-agent" };
+            match last_header(head.headers(), header) {
+                Some(value) => push_latin1_escaped(out, value),
+                None => out.push('-'),
+            }
+        }
+        "T" | "D" | "M" | "L" | "p" => push_timing(out, name, done, pid),
+        _ => out.push('-'),
     }
+}
+
+/// The request time atoms (`T` seconds, `D` microseconds, `M` milliseconds, `L` decimal
+/// seconds) and `p`, the worker's pid.
+fn push_timing(out: &mut String, name: &str, done: &Completed<'_>, pid: u32) {
+    let micros = done.duration.as_micros();
+    let _ = match name {
+        "T" => write!(out, "{}", micros / 1_000_000),
+        "D" => write!(out, "{micros}"),
+        "M" => write!(out, "{}", micros / 1000),
+        "L" => write!(out, "{}.{:06}", micros / 1_000_000, micros % 1_000_000),
+        _ => write!(out, "<{pid}>"),
+    };
+}
+
+fn push_number(out: &mut String, n: u128) {
+    let _ = write!(out, "{n}");
 }
 
 /// gunicorn's `REMOTE_ADDR`: the peer's IP, empty for a unix socket.
@@ -204,14 +229,24 @@ fn environ(name: &str, done: &Completed<'_>) -> Option<String> {
 }
 
 /// The last value of header `name` (lowercase), as gunicorn's dict of atoms keeps the last.
-fn last_header<'h, N: AsRef<str>>(
+fn last_header<'h, N: AsRef<[u8]>>(
     headers: impl Iterator<Item = (N, &'h [u8])>,
     name: &str,
-) -> Option<String> {
+) -> Option<&'h [u8]> {
     headers
-        .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name))
+        .filter(|(n, _)| n.as_ref().eq_ignore_ascii_case(name.as_bytes()))
         .last()
-        .map(|(_, v)| latin1(v))
+        .map(|(_, v)| v)
+}
+
+/// Header bytes as WSGI sees them (latin-1), escaped.
+fn push_latin1_escaped(out: &mut String, value: &[u8]) {
+    for &b in value {
+        if b == b'"' {
+            out.push('\\');
+        }
+        out.push(b as char);
+    }
 }
 
 /// Header bytes as text the way WSGI sees them (latin-1).
@@ -221,7 +256,7 @@ fn latin1(bytes: &[u8]) -> String {
 
 /// The user name of `Authorization: Basic ...`, like gunicorn's `u` atom.
 fn basic_auth_user(done: &Completed<'_>) -> Option<String> {
-    let auth = last_header(done.head.headers(), "authorization")?;
+    let auth = latin1(last_header(done.head.headers(), "authorization")?);
     if !auth.to_ascii_lowercase().starts_with("basic") {
         return None;
     }
@@ -245,6 +280,24 @@ fn push_escaped(out: &mut String, value: &str) {
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
 ];
+
+/// [`clf_time`] made once a second.
+#[derive(Debug, Default)]
+struct ClfClock {
+    second: u64,
+    text: String,
+}
+
+impl ClfClock {
+    fn format(&mut self, at: SystemTime) -> &str {
+        let second = at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+        if second != self.second || self.text.is_empty() {
+            self.second = second;
+            self.text = clf_time(at);
+        }
+        &self.text
+    }
+}
 
 /// Apache's common log format time, `[10/Oct/2000:13:55:36 -0700]`, in local time as gunicorn's
 /// `time.strftime`.
@@ -289,6 +342,7 @@ fn local_time(secs: i64) -> (libc::tm, i64) {
 #[derive(Debug)]
 pub struct AccessLog {
     format: AccessFormat,
+    clock: ClfClock,
     path: Option<PathBuf>,
     file: Option<File>,
 }
@@ -298,6 +352,7 @@ impl AccessLog {
     pub fn new(path: &Path, format: AccessFormat) -> AccessLog {
         AccessLog {
             format,
+            clock: ClfClock::default(),
             path: (path != Path::new("-")).then(|| path.to_path_buf()),
             file: None,
         }
@@ -326,7 +381,8 @@ impl AccessLog {
 
     /// Write `done`'s line, in one `write`.
     pub fn log(&mut self, done: &Completed<'_>) {
-        let line = self.format.line(done, std::process::id());
+        let time = self.clock.format(done.started_at);
+        let line = self.format.line(done, std::process::id(), time);
         let written = match &mut self.file {
             Some(file) => file.write_all(line.as_bytes()),
             None if self.path.is_none() => std::io::stdout().lock().write_all(line.as_bytes()),

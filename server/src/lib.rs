@@ -374,19 +374,7 @@ fn start(mut settings: Settings) -> Result<Started> {
         .as_deref()
         .map(|host| Statsd::connect(host, &settings.statsd_prefix, &settings.dogstatsd_tags))
         .transpose()?;
-    let access_log = access_log(&settings);
-    if let Some(log) = &access_log {
-        log.create()?;
-    }
-    let worker_logs = WorkerLogs::new(
-        owner.clone(),
-        log_file
-            .path()
-            .into_iter()
-            .chain(access_log.as_ref().and_then(AccessLog::path))
-            .map(Path::to_path_buf),
-    );
-    worker_logs.hand_over()?;
+    let (access_log, worker_logs) = open_logs(&settings, &log_file, &owner)?;
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
@@ -417,6 +405,29 @@ fn proc_name(settings: &Settings) -> String {
             .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
             .unwrap_or_else(|| "ferrocorn".to_string())
     })
+}
+
+/// The access log (created now, as the user the master runs as) and the files the workers
+/// reopen, handed to their user.
+fn open_logs(
+    settings: &Settings,
+    log_file: &LogFile,
+    owner: &Owner,
+) -> Result<(Option<AccessLog>, WorkerLogs)> {
+    let access_log = access_log(settings);
+    if let Some(log) = &access_log {
+        log.create()?;
+    }
+    let worker_logs = WorkerLogs::new(
+        owner.clone(),
+        log_file
+            .path()
+            .into_iter()
+            .chain(access_log.as_ref().and_then(AccessLog::path))
+            .map(Path::to_path_buf),
+    );
+    worker_logs.hand_over()?;
+    Ok((access_log, worker_logs))
 }
 
 fn access_log(settings: &Settings) -> Option<AccessLog> {

@@ -210,9 +210,10 @@ fn version_and_help() {
         .output()
         .unwrap();
     assert!(out.status.success());
+    // Then the embedded Python (see observability.rs).
     assert_eq!(
-        String::from_utf8_lossy(&out.stdout).trim(),
-        format!("ferrocorn {}", env!("CARGO_PKG_VERSION"))
+        String::from_utf8_lossy(&out.stdout).lines().next(),
+        Some(format!("ferrocorn {}", env!("CARGO_PKG_VERSION")).as_str())
     );
     let out = std::process::Command::new(ferrocorn_bin())
         .arg("--help")

@@ -62,7 +62,7 @@ impl Statsd {
     /// The metrics of one finished request, in one datagram (statsd and DogStatsD agents take
     /// several newline-separated metrics per packet): one `send` per request, not three.
     pub fn request(&self, done: &Completed<'_>) {
-        let ms = done.duration.as_secs_f64() * 1000.0;
+        let ms = millis(done.duration);
         let mut packet = String::with_capacity(200);
         self.push(
             &mut packet,
@@ -113,6 +113,11 @@ fn metric_prefix(prefix: &str) -> String {
     }
 }
 
+/// gunicorn's arithmetic (whole microseconds), so the value prints as its does.
+fn millis(d: std::time::Duration) -> f64 {
+    d.as_secs() as f64 * 1000.0 + f64::from(d.subsec_micros()) / 1000.0
+}
+
 /// A float as Python's `str` writes it (`12.0`, `0.125`).
 fn python_float(x: f64) -> String {
     let text = x.to_string();
@@ -138,5 +143,9 @@ mod tests {
     fn floats_print_like_python() {
         assert_eq!(python_float(12.0), "12.0");
         assert_eq!(python_float(0.125), "0.125");
+        // Python: 0 * 1000 + float(746183) / 10**3, and 1 * 1000 + 5000 / 10**3
+        let micros = std::time::Duration::from_micros;
+        assert_eq!(python_float(millis(micros(746_183))), "746.183");
+        assert_eq!(python_float(millis(micros(1_005_000))), "1005.0");
     }
 }

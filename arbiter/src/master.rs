@@ -99,6 +99,9 @@ struct WorkerInfo {
     aborted_at: Option<Instant>,
     /// We sent it SIGKILL (timeout, or the end of a stop), so its death by SIGKILL is no news.
     killed: bool,
+    /// Replaced by a reload (HUP) but still serving: it gets TERM once a replacement has booted,
+    /// so a reload whose new workers cannot load the app leaves it serving.
+    superseded: bool,
 }
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
@@ -126,6 +129,11 @@ pub struct Arbiter<H> {
     /// Workers of this age or younger were forked after the last back-off began: the first of them
     /// to boot ends the back-off.
     backoff_age: u64,
+    /// Some worker has booted: from then on a worker that cannot load the app (a bad edit before
+    /// a reload) is backed off and retried while the others serve, instead of stopping the server.
+    ever_booted: bool,
+    /// Daemonized (`--daemon`): WINCH stops the workers, as gunicorn's.
+    daemonized: bool,
 }
 
 impl<H> std::fmt::Debug for Arbiter<H> {
@@ -156,6 +164,8 @@ impl<H: Hooks> Arbiter<H> {
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
+            ever_booted: false,
+            daemonized: false,
         })
     }
 
@@ -164,6 +174,12 @@ impl<H: Hooks> Arbiter<H> {
     /// the master.
     pub fn set_parent_master(&mut self, parent: i32) {
         self.parent_master = Some(parent);
+    }
+
+    /// The master runs detached from a terminal (`--daemon`): WINCH then stops every worker
+    /// (TTIN starts them again); otherwise WINCH, sent when a terminal is resized, is ignored.
+    pub fn set_daemonized(&mut self) {
+        self.daemonized = true;
     }
 
     /// The hooks given to [`Arbiter::new`], e.g. to read their state once [`Arbiter::run`] returns.
@@ -224,7 +240,9 @@ impl<H: Hooks> Arbiter<H> {
             }
             self.murder_workers();
             self.check_promotion();
+            self.note_booted();
             self.end_backoff_once_booted();
+            self.retire_superseded();
             self.manage_workers(worker_main);
         }
     }
@@ -279,6 +297,11 @@ impl<H: Hooks> Arbiter<H> {
                 self.signal_workers(Signal::SIGUSR1, false);
             }
             Command::Reexec => self.reexec(),
+            Command::StopWorkers if self.daemonized => {
+                info!("graceful stop of workers");
+                self.target = 0;
+                self.hooks.worker_count_changed(self.target);
+            }
             Command::StopWorkers => {
                 debug!("SIGWINCH ignored. Not daemonized");
             }
@@ -292,8 +315,10 @@ impl<H: Hooks> Arbiter<H> {
             .expect("master signals are only taken in forked children")
     }
 
-    /// Reap every exited child. Returns an exit code if a worker failed to boot, which must stop
-    /// the server rather than respawn it forever.
+    /// Reap every exited child. Returns an exit code if a worker failed to boot before any other
+    /// had, which must stop the server rather than respawn it forever; later (a reload whose code
+    /// does not load) the workers still serving carry on and the failed one is retried after a
+    /// back-off.
     fn reap(&mut self) -> Option<i32> {
         let mut boot_failure = None;
         loop {
@@ -342,17 +367,28 @@ impl<H: Hooks> Arbiter<H> {
                 (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
                 (None, None) => {}
             }
-            let died_unbooted = code != Some(0)
-                && !info.retiring
-                && info.aborted_at.is_none()
-                && !self.table.booted(info.slot);
-            if died_unbooted && boot_failure.is_none() {
+            let booted = self.table.booted(info.slot);
+            self.ever_booted |= booted;
+            let died_unbooted =
+                code != Some(0) && !info.retiring && info.aborted_at.is_none() && !booted;
+            if died_unbooted && (boot_failure.is_none() || self.ever_booted) {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
             self.hooks
                 .worker_exited(pid.as_raw(), exit_cause(&info, code, signal));
         }
+        if boot_failure.is_some() && self.ever_booted {
+            error!("A new worker could not load the app; the workers already running keep serving");
+            return None;
+        }
         boot_failure
+    }
+
+    /// Whether any worker got to serve (its first heartbeat comes after loading the app).
+    fn note_booted(&mut self) {
+        if !self.ever_booted {
+            self.ever_booted = self.workers.values().any(|w| self.table.booted(w.slot));
+        }
     }
 
     /// USR2, gunicorn's rules: one new master at a time, and not from a master whose parent
@@ -441,7 +477,10 @@ impl<H: Hooks> Arbiter<H> {
     }
 
     fn active_count(&self) -> usize {
-        self.workers.values().filter(|w| !w.retiring).count()
+        self.workers
+            .values()
+            .filter(|w| !w.retiring && !w.superseded)
+            .count()
     }
 
     /// Fork or retire workers until `target` of them are active. The oldest are retired first.
@@ -460,7 +499,7 @@ impl<H: Hooks> Arbiter<H> {
             let mut active: Vec<(u64, Pid)> = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring)
+                .filter(|(_, w)| !w.retiring && !w.superseded)
                 .map(|(pid, w)| (w.age, *pid))
                 .collect();
             active.sort();
@@ -477,29 +516,37 @@ impl<H: Hooks> Arbiter<H> {
         }
     }
 
-    /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
+    /// HUP: start a fresh set of workers (they load the app anew). The old ones serve on until
+    /// their replacements have booted ([`Arbiter::retire_superseded`]), so code that no longer
+    /// loads leaves the old workers serving.
     fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) {
         // A reload is the operator's fresh start (often a fixed deploy): no back-off.
         self.backoff = Duration::ZERO;
         self.respawn_at = None;
-        let old: Vec<Pid> = self
+        for info in self.workers.values_mut().filter(|w| !w.retiring) {
+            info.superseded = true;
+        }
+        self.manage_workers(worker_main);
+    }
+
+    /// Retire superseded workers as their replacements boot: as many keep serving as the target
+    /// is short of booted new workers. Those that never booted go first, then the oldest.
+    fn retire_superseded(&mut self) {
+        let booted_new = self
+            .workers
+            .values()
+            .filter(|w| !w.retiring && !w.superseded && self.table.booted(w.slot))
+            .count();
+        let mut superseded: Vec<(bool, u64, Pid)> = self
             .workers
             .iter()
-            .filter(|(_, w)| !w.retiring)
-            .map(|(p, _)| *p)
+            .filter(|(_, w)| w.superseded && !w.retiring)
+            .map(|(pid, w)| (self.table.booted(w.slot), w.age, *pid))
             .collect();
-        let mut spawned = 0;
-        while spawned < self.target && self.try_spawn(worker_main) {
-            spawned += 1;
-        }
-        // Retire as many old workers as were replaced (oldest first); if forks failed, the rest
-        // serve on until manage_workers has forked their replacements.
-        let mut old: Vec<(u64, Pid)> = old
-            .into_iter()
-            .map(|pid| (self.workers[&pid].age, pid))
-            .collect();
-        old.sort();
-        for (_, pid) in old.into_iter().take(spawned) {
+        let keep = self.target.saturating_sub(booted_new);
+        let excess = superseded.len().saturating_sub(keep);
+        superseded.sort();
+        for (_, _, pid) in superseded.into_iter().take(excess) {
             self.retire(pid);
         }
     }
@@ -556,6 +603,7 @@ impl<H: Hooks> Arbiter<H> {
                         retiring: false,
                         aborted_at: None,
                         killed: false,
+                        superseded: false,
                     },
                 );
                 Ok(true)

@@ -67,6 +67,10 @@ impl AppLoader for PerWorker {
         }
     }
 
+    fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
+        ferrocorn_wsgi::imported_files()
+    }
+
     /// The interpreter is never finalized; give the app's atexit callbacks their turn.
     fn before_exit(&mut self) {
         ferrocorn_wsgi::before_exit();
@@ -88,6 +92,10 @@ impl AppLoader for Preloaded {
 
     fn load(&mut self) -> Box<dyn App> {
         Box::new(self.app.take().expect("each worker builds its app once"))
+    }
+
+    fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
+        ferrocorn_wsgi::imported_files()
     }
 
     /// The master and each worker ran the app: its atexit callbacks run in both.

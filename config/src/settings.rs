@@ -91,7 +91,6 @@ const ONLY_TLS: &str = "only used with TLS, which ferrocorn does not speak";
 const NO_LOG_CONFIG: &str = "ferrocorn logs to --log-file only";
 const NO_STATSD: &str = "ferrocorn sends no metrics";
 const NO_SYSLOG: &str = "ferrocorn does not log to syslog";
-const NO_RELOAD: &str = "code reloading is not supported yet: restart or send HUP";
 const NO_HTTP2: &str = "ferrocorn speaks HTTP/1.1 only";
 const NO_ASGI: &str = "ferrocorn serves WSGI apps only";
 const NO_DIRTY: &str = "ferrocorn has no dirty arbiters";
@@ -126,9 +125,9 @@ pub static SETTINGS: &[Setting] = &[
         "limit-request-field_size",
         Scalar,
     ),
-    warned("reload", &["false"], NO_RELOAD),
-    warned("reload_engine", &["\"auto\""], NO_RELOAD),
-    warned("reload_extra_files", &["[]"], NO_RELOAD),
+    flag("reload", "reload", Switch),
+    flag("reload_engine", "reload-engine", Scalar),
+    flag("reload_extra_files", "reload-extra-file", List),
     warned("spew", &["false"], "ferrocorn has no trace function"),
     flag("check_config", "check-config", Switch),
     flag("print_config", "print-config", Switch),
@@ -140,11 +139,7 @@ pub static SETTINGS: &[Setting] = &[
     ),
     flag("reuse_port", "reuse-port", Switch),
     flag("chdir", "chdir", Scalar),
-    refused(
-        "daemon",
-        &["false"],
-        "daemon mode is not supported yet: run in the foreground under systemd or a supervisor",
-    ),
+    flag("daemon", "daemon", Switch),
     flag("raw_env", "env", List),
     flag("pidfile", "pid", Scalar),
     flag("worker_tmp_dir", "worker-tmp-dir", Scalar),
@@ -194,7 +189,7 @@ pub static SETTINGS: &[Setting] = &[
     warned(
         "enable_stdio_inheritance",
         &["false"],
-        "ferrocorn never daemonizes, so stdio is always inherited",
+        "a daemon's std streams always go to /dev/null: log with --log-file",
     ),
     warned("statsd_host", &["null"], NO_STATSD),
     warned("dogstatsd_tags", &["\"\""], NO_STATSD),

@@ -200,6 +200,9 @@ pub fn settings(options: &Options) -> Settings {
         log_file: options.log_file.clone(),
         capture_output: options.capture_output,
         pidfile: options.pidfile.clone(),
+        daemon: options.daemon,
+        reload: options.reload,
+        reload_extra_files: options.reload_extra_files.clone(),
     }
 }
 

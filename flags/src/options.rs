@@ -208,6 +208,23 @@ pub struct Options {
     #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = ferrocorn_server::logging::parse_level)]
     pub log_level: log::LevelFilter,
 
+    /// Detach from the terminal and run in the background (std streams go to /dev/null unless
+    /// --log-file says otherwise). WINCH then stops the workers.
+    #[arg(short = 'D', long)]
+    pub daemon: bool,
+
+    /// Restart the workers when a file of the app's modules changes (development only).
+    #[arg(long)]
+    pub reload: bool,
+
+    /// How --reload watches files: `auto` or `inotify` (both inotify).
+    #[arg(long = "reload-engine", default_value = "auto", value_name = "STRING", value_parser = ["auto", "inotify"])]
+    pub reload_engine: String,
+
+    /// With --reload: also watch this file. Repeatable.
+    #[arg(long = "reload-extra-file", value_name = "FILE")]
+    pub reload_extra_files: Vec<PathBuf>,
+
     /// Write the master's pid to this file.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,

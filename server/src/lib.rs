@@ -18,12 +18,14 @@
 //! ```
 
 mod bind;
+mod daemon;
 mod error;
 mod hooks;
 pub mod logging;
 mod pidfile;
 mod privileges;
 mod reexec;
+mod reload;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +92,12 @@ pub struct Settings {
     pub capture_output: bool,
     /// File the master's pid is written to.
     pub pidfile: Option<PathBuf>,
+    /// Detach from the terminal first (`--daemon`).
+    pub daemon: bool,
+    /// Reload the workers when a file the app imported changes (`--reload`).
+    pub reload: bool,
+    /// With `reload`: more files to watch (`--reload-extra-file`).
+    pub reload_extra_files: Vec<PathBuf>,
 }
 
 impl Default for Settings {
@@ -117,6 +125,9 @@ impl Default for Settings {
             log_file: None,
             capture_output: false,
             pidfile: None,
+            daemon: false,
+            reload: false,
+            reload_extra_files: Vec::new(),
         }
     }
 }
@@ -133,8 +144,14 @@ pub trait AppLoader {
         Ok(())
     }
     /// In each worker, after privileges are dropped: the app it serves. A worker that cannot
-    /// load it exits with [`APP_LOAD_ERROR`], which stops the server.
+    /// load it exits with [`APP_LOAD_ERROR`], which stops the server at first start (later, on
+    /// a reload, the workers already serving go on).
     fn load(&mut self) -> Box<dyn App>;
+    /// In each worker, after [`AppLoader::load`]: the files the app was loaded from (a Python
+    /// app's modules), which `--reload` watches. None by default.
+    fn imported_files(&mut self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// Before a process that ran the app exits: each worker after serving, and the master at
     /// the end (e.g. a Python app's `atexit` callbacks).
     fn before_exit(&mut self) {}
@@ -281,7 +298,14 @@ impl Builder {
     /// [`WORKER_BOOT_ERROR`] when a worker cannot boot, [`APP_LOAD_ERROR`] when the app cannot
     /// be loaded; errors are start-up failures.
     pub fn run(self) -> Result<i32> {
-        let signals = match self.signals {
+        let mut signals = self.signals;
+        if self.settings.daemon && !reexec::is_reexec() {
+            // The handlers write to the master's pipe only in the process that installed them:
+            // the daemon installs its own.
+            drop(signals.take());
+            daemon::daemonize()?;
+        }
+        let signals = match signals {
             Some(signals) => signals,
             None => MasterSignals::install()?,
         };
@@ -314,6 +338,8 @@ struct Started {
     owner: Owner,
     listeners: Vec<Listener>,
     pidfile: PidFile,
+    /// With `--reload`: where workers list the files their app imported.
+    file_lists: Option<reload::FileLists>,
 }
 
 /// Everything before the first fork, in gunicorn's order.
@@ -344,6 +370,8 @@ fn start(mut settings: Settings) -> Result<Started> {
     let worker_logs = WorkerLogs::new(owner.clone(), log_file.path().map(Path::to_path_buf));
     worker_logs.hand_over()?;
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
+    // Forked before binding, so the reloader holds no listening socket.
+    let file_lists = start_reloader(&settings, &owner)?;
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
     let pidfile = match parent_master {
@@ -359,7 +387,18 @@ fn start(mut settings: Settings) -> Result<Started> {
         owner,
         listeners,
         pidfile,
+        file_lists,
     })
+}
+
+/// `--reload`: the directory for the workers' file lists, and the reloader watching them.
+fn start_reloader(settings: &Settings, owner: &Owner) -> Result<Option<reload::FileLists>> {
+    if !settings.reload {
+        return Ok(None);
+    }
+    let lists = reload::FileLists::create(owner)?;
+    reload::spawn_reloader(&lists, &settings.reload_extra_files)?;
+    Ok(Some(lists))
 }
 
 impl Started {
@@ -379,6 +418,7 @@ impl Started {
             owner,
             listeners,
             pidfile,
+            file_lists,
         } = self;
         let config = ArbiterConfig {
             workers: settings.workers,
@@ -402,6 +442,9 @@ impl Started {
         if let Some(parent) = parent_master {
             arbiter.set_parent_master(parent);
         }
+        if settings.daemon {
+            arbiter.set_daemonized();
+        }
         let mut worker = worker::Worker {
             owner: &owner,
             loader,
@@ -409,10 +452,14 @@ impl Started {
             config: worker_config(&settings),
             max_requests_jitter: settings.max_requests_jitter,
             log_file: &log_file,
+            file_lists: file_lists.as_ref(),
         };
         let exit = arbiter.run(&mut |ctx| worker.run(ctx));
         let code = shut_down(exit);
         arbiter.hooks_mut().pidfile.remove();
+        if let Some(lists) = &file_lists {
+            lists.remove();
+        }
         Ok(code)
     }
 }

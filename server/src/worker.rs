@@ -7,6 +7,7 @@ use log::{error, info};
 
 use crate::logging::LogFile;
 use crate::privileges::Owner;
+use crate::reload::FileLists;
 use crate::AppLoader;
 
 pub(crate) struct Worker<'a> {
@@ -16,6 +17,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) config: WorkerConfig,
     pub(crate) max_requests_jitter: u64,
     pub(crate) log_file: &'a LogFile,
+    /// With `--reload`: where to record the files the app was loaded from.
+    pub(crate) file_lists: Option<&'a FileLists>,
 }
 
 impl Worker<'_> {
@@ -31,6 +34,9 @@ impl Worker<'_> {
             return 0;
         }
         let mut app = self.loader.load();
+        if let Some(lists) = self.file_lists {
+            lists.write(&self.loader.imported_files());
+        }
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
         let heartbeat = ctx.heartbeat;

@@ -38,6 +38,7 @@ use pyo3::types::PyDict;
 use ferrocorn_worker::{App, AppError, Request, Response};
 
 pub mod environ;
+mod imported;
 mod interp;
 mod response;
 mod serve;
@@ -46,6 +47,7 @@ mod stream;
 pub mod venv;
 
 pub use environ::RequestInfo;
+pub use imported::imported_files;
 pub use interp::ensure_initialized;
 pub use response::{parse_status, Headers, ResponseSink};
 

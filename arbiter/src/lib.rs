@@ -6,8 +6,10 @@
 //! [`Arbiter::run`]; anything that must happen around `fork` (CPython's fork hooks with `--preload`)
 //! or on the master's other events (reopen logs, re-exec, stop) is a [`Hooks`] implementation.
 //!
-//! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] stops the whole server with that
-//! exit code instead of being respawned forever.
+//! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] before any worker booted stops
+//! the whole server with that exit code instead of being respawned forever. Later (a reload whose
+//! code does not load) it is retried after a back-off while the old workers serve on: a reload
+//! (HUP) retires old workers only as their replacements boot.
 
 mod heartbeat;
 mod hooks;

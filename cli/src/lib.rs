@@ -5,6 +5,7 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod venv;
 
 use std::process::ExitCode;
 
@@ -36,6 +37,11 @@ pub fn main() -> ExitCode {
 
 fn wsgi_server(options: &Options) -> Builder {
     let config = wsgi_config(options);
+    if options.reload && options.preload {
+        log::warn!(
+            "--reload with --preload: workers are forked from the app the master loaded at start,              so a reload does not pick up code changes; drop --preload while developing"
+        );
+    }
     if options.preload {
         Server::with_loader(Box::new(Preloaded { config, app: None }))
             .fork_observer(Box::new(PythonForkHooks))

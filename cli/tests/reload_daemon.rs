@@ -340,3 +340,114 @@ fn winch_stops_a_daemons_workers_and_ttin_starts_one_again() {
     signal(pid, libc::SIGTERM);
     wait_until("the daemon exits on TERM", || !pid_alive(pid));
 }
+
+/// A virtualenv at `dir` made from the test one: its pyvenv.cfg, its packages (`with_packages`,
+/// linked in) or none, and `bin/ferrocorn` a symlink to the binary under test.
+fn make_venv(dir: &Path, with_packages: bool) {
+    let test_venv = test_venv();
+    let site = Path::new("lib/python3.11/site-packages");
+    std::fs::create_dir_all(dir.join("bin")).unwrap();
+    std::fs::create_dir_all(dir.join(site).parent().unwrap()).unwrap();
+    std::fs::copy(test_venv.join("pyvenv.cfg"), dir.join("pyvenv.cfg")).unwrap();
+    let python = std::fs::canonicalize(test_venv.join("bin/python")).unwrap();
+    std::os::unix::fs::symlink(python, dir.join("bin/python")).unwrap();
+    if with_packages {
+        std::os::unix::fs::symlink(test_venv.join(site), dir.join(site)).unwrap();
+    } else {
+        std::fs::create_dir_all(dir.join(site)).unwrap();
+    }
+    std::os::unix::fs::symlink(ferrocorn_bin(), dir.join("bin/ferrocorn")).unwrap();
+}
+
+/// In `dir`: `venv` with the test packages, and `other`, without Django (the one activated).
+fn two_venvs(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let venv = dir.join("venv");
+    make_venv(&venv, true);
+    let other = dir.join("other");
+    make_venv(&other, false);
+    (venv, other)
+}
+
+fn serve_django_from(bin: &Path, env: &[(&str, &str)], db_dir: &Path) {
+    let db = db_dir.join("django.sqlite3");
+    let db_env = ("DJANGO_DEMO_DB", db.to_str().unwrap());
+    let env: Vec<(&str, &str)> = env.iter().copied().chain([db_env]).collect();
+    let mut server = Server::start_bin(
+        bin,
+        &["--chdir", "tests/apps/django_demo", "mysite.wsgi"],
+        &repo_root(),
+        &env,
+    );
+    server.wait_for_workers(1);
+    let resp = get(server.addr(), "/");
+    assert_eq!(resp.status, 200, "{resp:?}\n{}", server.log_text());
+    assert!(resp.text().contains("notes in sqlite"), "{}", resp.text());
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+}
+
+#[test]
+fn a_venvs_bin_ferrocorn_serves_django_from_that_venv_without_activation() {
+    let dir = TempDir::new("venv-installed");
+    let (venv, other) = two_venvs(dir.path());
+    let bin = venv.join("bin/ferrocorn");
+    serve_django_from(&bin, &[], dir.path());
+    serve_django_from(
+        &bin,
+        &[("VIRTUAL_ENV", other.to_str().unwrap())],
+        dir.path(),
+    );
+}
+
+/// `--print-config`'s `virtualenv` line, spaces squeezed.
+fn printed_virtualenv(bin: &Path, args: &[&str], env: &[(&str, &str)]) -> String {
+    let mut cmd = std::process::Command::new(bin);
+    cmd.args(["--print-config", "--chdir", "tests/apps/django_demo"])
+        .args(args)
+        .arg("mysite.wsgi")
+        .current_dir(repo_root())
+        .env_remove("VIRTUAL_ENV")
+        .env_remove("GUNICORN_CMD_ARGS")
+        .env_remove("FERROCORN_CMD_ARGS");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let line = text
+        .lines()
+        .find(|l| l.split_whitespace().next() == Some("virtualenv"))
+        .unwrap_or_else(|| panic!("no virtualenv line:\n{text}"));
+    line.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+#[test]
+fn print_config_names_the_virtualenv_used_and_why() {
+    let dir = TempDir::new("venv-print");
+    let (venv, other) = two_venvs(dir.path());
+    let bin = venv.join("bin/ferrocorn");
+    let activated = [("VIRTUAL_ENV", other.to_str().unwrap())];
+    let line = printed_virtualenv(&bin, &[], &activated);
+    assert_eq!(
+        line,
+        format!(
+            "virtualenv = {} (ferrocorn is installed in it (its bin/ferrocorn was run))",
+            venv.display()
+        )
+    );
+    let flag = test_venv();
+    let line = printed_virtualenv(&bin, &["--virtualenv", flag.to_str().unwrap()], &activated);
+    assert_eq!(
+        line,
+        format!("virtualenv = {} (command line)", flag.display())
+    );
+    // The binary outside any venv: the activated one.
+    let line = printed_virtualenv(&ferrocorn_bin(), &[], &activated);
+    assert_eq!(
+        line,
+        format!(
+            "virtualenv = {} (env VIRTUAL_ENV, the activated virtualenv)",
+            other.display()
+        )
+    );
+}

@@ -249,7 +249,7 @@ fn settings_whose_absence_matters_are_refused_by_name() {
     for (setting, text) in [
         ("certfile", "certfile = '/etc/ssl/cert.pem'\n"),
         ("proxy_protocol", "proxy_protocol = True\n"),
-        ("daemon", "daemon = True\n"),
+        ("paste", "paste = 'development.ini'\n"),
     ] {
         write(&dir, "gunicorn.conf.py", text);
         let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);

@@ -245,25 +245,20 @@ fn listening_addr(log: &Path) -> std::net::SocketAddr {
 }
 
 #[test]
-fn a_daemon_serves_writes_its_pid_file_and_stops_on_term() {
+fn a_daemon_from_the_config_file_serves_writes_its_pid_file_and_stops_on_term() {
     let dir = TempDir::new("daemon");
     write_app(dir.path(), "", "daemon");
     let pidfile = dir.path().join("ferrocorn.pid");
     let log = dir.path().join("error.log");
+    // gunicorn's spelling in a config file.
+    std::fs::write(
+        dir.path().join("gunicorn.conf.py"),
+        format!("daemon = True\npidfile = {pidfile:?}\nerrorlog = {log:?}\n"),
+    )
+    .unwrap();
     let mut launcher = Server::spawn(
-        &[
-            "--daemon",
-            "-b",
-            "127.0.0.1:0",
-            "--pid",
-            pidfile.to_str().unwrap(),
-            "--log-file",
-            log.to_str().unwrap(),
-            "--chdir",
-            dir.str(),
-            "app:app",
-        ],
-        &repo_root(),
+        &["-b", "127.0.0.1:0", "--chdir", dir.str(), "app:app"],
+        dir.path(),
         &[NO_PYC],
     );
     // The process started returns at once; the daemon lives on.

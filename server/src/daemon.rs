@@ -10,6 +10,10 @@ use crate::error::{Context, Result};
 /// leaving only the grandchild to return; then std streams read and write `/dev/null` (a
 /// `--log-file` takes fd 2 over later). The process that was started exits 0 at once.
 pub(crate) fn daemonize() -> Result<()> {
+    if std::env::var_os("NOTIFY_SOCKET").is_some() {
+        // As gunicorn: systemd (Type=notify) expects its main process to stay.
+        log::warn!("--daemon under systemd: use Type=notify without --daemon instead");
+    }
     leave_parent()?;
     setsid().context("setsid")?;
     leave_parent()?;

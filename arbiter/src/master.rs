@@ -320,6 +320,8 @@ impl<H: Hooks> Arbiter<H> {
     /// does not load) the workers still serving carry on and the failed one is retried after a
     /// back-off.
     fn reap(&mut self) -> Option<i32> {
+        // A worker may have booted since the last tick: that decides what a failure means.
+        self.note_booted();
         let mut boot_failure = None;
         loop {
             let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {

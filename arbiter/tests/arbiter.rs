@@ -11,6 +11,15 @@ use ferrocorn_signals::{Command, MasterSignals, WorkerState};
 /// Seconds after which a hanging case is killed.
 const PATIENCE_SECS: u32 = 30;
 
+/// `workers` workers, no timeout, 5 s to stop.
+fn quick_config(workers: usize) -> ArbiterConfig {
+    ArbiterConfig {
+        workers,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+    }
+}
+
 fn term_then_quit_in_one_batch_is_a_quick_stop() {
     let signals = MasterSignals::install().unwrap();
     // Queued before the loop first looks: it reads both at once, TERM first.
@@ -91,13 +100,8 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
     let attempts = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let counted = attempts.clone();
     let hooks = CountForks(counted);
-    let config = ArbiterConfig {
-        workers: 1,
-        timeout: None,
-        graceful_timeout: Duration::from_secs(5),
-    };
-    let signals = MasterSignals::install().unwrap();
-    let mut arbiter = Arbiter::new(config, signals, hooks).unwrap();
+    let mut arbiter =
+        Arbiter::new(quick_config(1), MasterSignals::install().unwrap(), hooks).unwrap();
     let code = arbiter
         .run(&mut |_ctx| {
             // SAFETY: alarm arms a timer; kill signals our parent, the master, to stop.
@@ -113,8 +117,75 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
     assert_eq!(attempts.get(), 3, "two failed forks, then one that worked");
 }
 
+/// A file shared by a case's workers (they cannot talk to the master, the case's own process).
+fn case_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ferrocorn-arbiter-{name}-{}", std::process::id()))
+}
+
+fn a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker() {
+    let old_pid_file = case_file("old-pid");
+    let verdict_file = case_file("verdict");
+    let mut arbiter =
+        Arbiter::new(quick_config(1), MasterSignals::install().unwrap(), NoHooks).unwrap();
+    let (old, verdict) = (old_pid_file.clone(), verdict_file.clone());
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm arms a timer; getpid/getppid read ids; kill signals our master.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            let me = std::process::id() as i32;
+            match ctx.age {
+                // The first worker boots (its first beat), then asks for a reload and serves on.
+                1 => {
+                    ctx.heartbeat.beat();
+                    std::fs::write(&old, me.to_string()).unwrap();
+                    // SAFETY: kill signals our master.
+                    unsafe { libc::kill(libc::getppid(), libc::SIGHUP) };
+                    while ctx.signals.state() != WorkerState::Exit {
+                        ctx.heartbeat.beat();
+                        ctx.signals.wait_wake(Duration::from_millis(100));
+                        ctx.signals.clear_wake();
+                    }
+                    0
+                }
+                // Its replacement cannot load the app.
+                2 => ferrocorn_arbiter::APP_LOAD_ERROR,
+                // Retried after the back-off: the old worker must still be there; then stop.
+                _ => {
+                    let old: i32 = std::fs::read_to_string(&old).unwrap().parse().unwrap();
+                    // SAFETY: kill with signal 0 only checks that the process exists.
+                    let alive = unsafe { libc::kill(old, 0) } == 0;
+                    std::fs::write(&verdict, if alive { "alive" } else { "gone" }).unwrap();
+                    // SAFETY: kill signals our master.
+                    unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                    ferrocorn_arbiter::APP_LOAD_ERROR
+                }
+            }
+        })
+        .code();
+    let verdict = std::fs::read_to_string(&verdict_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&old_pid_file);
+    let _ = std::fs::remove_file(&verdict_file);
+    assert_eq!(
+        code, 0,
+        "a load failure during a reload does not stop the server"
+    );
+    assert_eq!(
+        verdict, "alive",
+        "the old worker serves while the new ones fail"
+    );
+}
+
+fn a_load_failure_at_first_start_stops_the_server() {
+    let mut arbiter =
+        Arbiter::new(quick_config(2), MasterSignals::install().unwrap(), NoHooks).unwrap();
+    let code = arbiter
+        .run(&mut |_ctx| ferrocorn_arbiter::APP_LOAD_ERROR)
+        .code();
+    assert_eq!(code, ferrocorn_arbiter::APP_LOAD_ERROR);
+}
+
 fn main() {
-    let cases: [(&str, fn()); 2] = [
+    let cases: [(&str, fn()); 4] = [
         (
             "term_then_quit_in_one_batch_is_a_quick_stop",
             term_then_quit_in_one_batch_is_a_quick_stop,
@@ -122,6 +193,14 @@ fn main() {
         (
             "a_failing_fork_is_retried_after_a_back_off_not_fatal",
             a_failing_fork_is_retried_after_a_back_off_not_fatal,
+        ),
+        (
+            "a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker",
+            a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker,
+        ),
+        (
+            "a_load_failure_at_first_start_stops_the_server",
+            a_load_failure_at_first_start_stops_the_server,
         ),
     ];
     let filter: Vec<String> = std::env::args()

@@ -54,7 +54,8 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \
-                  same sockets (upgrade on the fly; then TERM the old one)."
+                  same sockets (upgrade on the fly; then TERM the old one), WINCH (with --daemon) stop \
+                  the workers."
 )]
 pub struct Options {
     /// The config file: a Python file (PATH or file:PATH) or python:MODULE.NAME, as gunicorn's.

@@ -121,25 +121,33 @@ pub(crate) fn spawn_reloader(lists: &FileLists, extra: &[PathBuf]) -> Result<()>
     }
 }
 
-/// The reloader inherited the master's signal handlers: it wants the default actions, so that
-/// the master's death (PR_SET_PDEATHSIG) or a stray signal simply ends it.
+/// The reloader inherited the master's signal handlers. Stop signals (and the master's death,
+/// through PR_SET_PDEATHSIG) end it; the master's other signals, which a `pkill -HUP ferrocorn`
+/// also delivers here, are ignored rather than fatal.
 fn reloader_signals() {
     use nix::sys::signal::{signal, SigHandler};
-    for sig in [
+    let ending = [
         Signal::SIGTERM,
         Signal::SIGINT,
         Signal::SIGQUIT,
+        Signal::SIGCHLD,
+    ];
+    let ignored = [
         Signal::SIGHUP,
         Signal::SIGUSR1,
         Signal::SIGUSR2,
         Signal::SIGTTIN,
         Signal::SIGTTOU,
         Signal::SIGWINCH,
-        Signal::SIGCHLD,
-    ] {
-        // SAFETY: restoring a default disposition installs no handler of ours; the process is
+    ];
+    let actions = ending
+        .map(|sig| (sig, SigHandler::SigDfl))
+        .into_iter()
+        .chain(ignored.map(|sig| (sig, SigHandler::SigIgn)));
+    for (sig, action) in actions {
+        // SAFETY: a default or ignore disposition runs no code of ours; the process is
         // single-threaded here.
-        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+        let _ = unsafe { signal(sig, action) };
     }
     if let Err(e) = nix::sys::prctl::set_pdeathsig(Signal::SIGTERM) {
         warn!("reloader: cannot ask to be stopped with the master: {e}");

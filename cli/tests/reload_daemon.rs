@@ -131,6 +131,14 @@ fn reload_extra_file_changes_reload_the_workers() {
     server.wait_for_log("Booting worker with pid: ", BOOT_TIMEOUT);
     wait_until_retired(&server, &first);
     assert_body(&server, "v1");
+    server.signal(libc::SIGTERM);
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+    assert!(
+        !std::env::temp_dir()
+            .join(format!("ferrocorn-reload-{}", server.pid()))
+            .exists(),
+        "the master removes its file lists"
+    );
 }
 
 /// The reloader's pid, from the master's log line announcing it.

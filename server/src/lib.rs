@@ -313,6 +313,9 @@ impl Builder {
         let mut loader = self.loader;
         if let Err(PreloadError(e)) = loader.preload() {
             error!("{e}");
+            if let Some(lists) = &started.file_lists {
+                lists.remove();
+            }
             return Ok(shut_down(Exit::AppLoadError));
         }
         let code = started.serve(signals, &mut *loader, self.observer)?;

@@ -7,6 +7,7 @@
 mod logging;
 mod options;
 mod privileges;
+mod sizing_cmd;
 
 use std::process::ExitCode;
 
@@ -43,6 +44,11 @@ impl std::fmt::Debug for AppSource {
 /// Run the server with the process's command line. Exit codes: 0 after a stop, 1 on a startup
 /// error, 2 for bad flags, 3 when a worker cannot boot, 4 when the app cannot be loaded.
 pub fn main(source: AppSource) -> ExitCode {
+    // `ferrocorn sizing ...` is the advisor; an app module named `sizing` is `sizing:application`.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sizing") {
+        return sizing_cmd::main(args.collect());
+    }
     let signals = match MasterSignals::install() {
         Ok(signals) => signals,
         Err(e) => {

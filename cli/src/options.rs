@@ -54,7 +54,9 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \
-                  same sockets (upgrade on the fly; then TERM the old one)."
+                  same sockets (upgrade on the fly; then TERM the old one).\n\n\
+                  `ferrocorn sizing [FLAGS] APP` measures the app and recommends a worker count \
+                  (see `ferrocorn sizing --help`)."
 )]
 pub struct Options {
     /// The WSGI application: `module:callable`, `module:factory(args)` or `module`.

@@ -334,6 +334,7 @@ fn sweep_config(advisor: &AdvisorArgs, options: &Options, budget: &Budget) -> Sw
     let window = (advisor.duration / 25).clamp(Duration::from_millis(400), Duration::from_secs(3));
     SweepConfig {
         memory_budget: budget.effective,
+        cpus: budget.cpu.cpus,
         // Keep a little for the report and for stopping the last server.
         time: advisor.duration.mul_f64(0.95),
         max_workers: MAX_WORKERS,
@@ -468,6 +469,7 @@ fn json_report(
         "sweep": sweep.by_workers().into_iter().map(step_json).collect::<Vec<_>>(),
         "preload": {
             "saving_mib": advice.preload_saving.map(|s| (s as f64 / MIB * 10.0).round() / 10.0),
+            "workers_that_would_fit": preload_fit(sweep, budget.effective),
             "other_mode": other,
         },
     })
@@ -524,8 +526,11 @@ fn memory_text(sweep: &Sweep) -> Option<String> {
     ))
 }
 
-fn preload_text(sweep: &Sweep, advice: &Advice) -> String {
-    match (&sweep.other_mode, advice.preload_saving) {
+fn preload_text(sweep: &Sweep, advice: &Advice, budget: u64) -> String {
+    let fit = preload_fit(sweep, budget)
+        .map(|n| format!("; with it about {n} workers fit the budget (not measured)"))
+        .unwrap_or_default();
+    let text = match (&sweep.other_mode, advice.preload_saving) {
         (Some(Ok(step)), Some(saving)) => format!(
             "--preload saves {} at {} workers ({})",
             if saving >= 0 {
@@ -543,7 +548,23 @@ fn preload_text(sweep: &Sweep, advice: &Advice) -> String {
         (Some(Ok(step)), None) => format!("the other mode failed at {} workers", step.workers),
         (Some(Err(e)), _) => format!("not compared: {e}"),
         (None, _) => "not compared".to_string(),
-    }
+    };
+    text + &fit
+}
+
+/// When memory ended the sweep and `--preload` was measured to save, how many workers would
+/// fit with it (projected from its measured step).
+fn preload_fit(sweep: &Sweep, budget: u64) -> Option<usize> {
+    let Some(Ok(other)) = &sweep.other_mode else {
+        return None;
+    };
+    let saves = sweep
+        .steps
+        .iter()
+        .find(|s| s.workers == other.workers)
+        .is_some_and(|s| other.preload && other.total_pss() < s.total_pss());
+    (sweep.stop == advisor::StopReason::MemoryBudget && saves)
+        .then(|| advisor::workers_that_fit(other, budget))
 }
 
 fn print_report(
@@ -572,7 +593,10 @@ fn print_report(
     if let Some(memory) = memory_text(sweep) {
         println!("Memory:      {memory}");
     }
-    println!("Preload:     {}", preload_text(sweep, advice));
+    println!(
+        "Preload:     {}",
+        preload_text(sweep, advice, budget.effective)
+    );
     println!("Stopped:     {}", stop_text(&sweep.stop));
     println!();
     println!(

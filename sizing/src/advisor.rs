@@ -146,10 +146,13 @@ impl StepResult {
     }
 
     /// How much a worker's USS grew per 1000 requests it served during the window, in bytes.
+    /// USS also shrinks when another process starts mapping the same file pages (libpython);
+    /// that counts as no growth.
     pub fn uss_growth_per_1000(&self) -> Option<f64> {
         let per_worker = self.requests as f64 / self.worker_memory.len().max(1) as f64;
         (per_worker >= 1.0 && self.worker_uss_before > 0).then(|| {
-            (self.mean_worker_uss() as f64 - self.worker_uss_before as f64) * 1000.0 / per_worker
+            let grown = self.mean_worker_uss() as f64 - self.worker_uss_before as f64;
+            grown.max(0.0) * 1000.0 / per_worker
         })
     }
 
@@ -206,6 +209,10 @@ pub trait Bench {
     fn interrupted(&self) -> bool {
         false
     }
+    /// Whether the run's time is up (a step that failed for that is not the app's fault).
+    fn out_of_time(&self) -> bool {
+        false
+    }
 }
 
 /// What the sweep may use.
@@ -213,6 +220,8 @@ pub trait Bench {
 pub struct SweepConfig {
     /// Total PSS (master and workers) allowed, in bytes.
     pub memory_budget: u64,
+    /// Effective CPUs (quota and affinity applied).
+    pub cpus: f64,
     /// Wall time for all steps, the preload comparison included.
     pub time: Duration,
     pub max_workers: usize,
@@ -266,12 +275,13 @@ impl<B: Bench> Engine<'_, B> {
         }
     }
 
-    /// A step's likely wall time: the last one's, a little more for more workers to start.
+    /// A step's likely wall time: the last one's, more for more workers to start.
     fn estimate(&self, workers: usize) -> Duration {
         match self.steps.last() {
             Some(last) if last.workers > 0 => {
+                // Booting the workers grows with their number, the load window does not.
                 let more = (workers as f64 / last.workers as f64).max(1.0);
-                last.elapsed.mul_f64(1.0 + 0.15 * more.log2())
+                last.elapsed.mul_f64(more.sqrt())
             }
             _ => self.config.warmup + self.config.window,
         }
@@ -288,11 +298,18 @@ impl<B: Bench> Engine<'_, B> {
         Ok(result)
     }
 
+    /// The step with the most throughput (the fewest workers among equals), among those that
+    /// fit the budget and did not collapse.
     fn best(&self) -> Option<&StepResult> {
         self.steps
             .iter()
             .filter(|s| !s.collapsed() && s.total_pss() <= self.config.memory_budget)
-            .max_by(|a, b| a.rps().total_cmp(&b.rps()))
+            .fold(None, |best: Option<&StepResult>, s| match best {
+                Some(b) if b.rps() > s.rps() || (b.rps() == s.rps() && b.workers < s.workers) => {
+                    Some(b)
+                }
+                _ => Some(s),
+            })
     }
 
     /// Time kept for the preload comparison at the end.
@@ -316,13 +333,26 @@ impl<B: Bench> Engine<'_, B> {
             return Err(StopReason::MaxWorkers);
         }
         let fit = workers_that_fit(last, self.config.memory_budget);
-        let next = next_count(last.workers)
-            .min(fit)
-            .min(self.config.max_workers);
+        let mut next = next_count(last.workers);
+        if self.scales_linearly() {
+            // Far from the knee: skip a step (refinement comes back if it overshoots).
+            next = next_count(next);
+        }
+        let next = next.min(fit).min(self.config.max_workers);
         if next <= last.workers {
             return Err(StopReason::MemoryBudget);
         }
         Ok(next)
+    }
+
+    /// Whether the last two steps (from 4 workers up) gained throughput in proportion to the
+    /// workers added: the knee is still far.
+    fn scales_linearly(&self) -> bool {
+        let [.., prev, last] = self.steps.as_slice() else {
+            return false;
+        };
+        let added = last.workers as f64 / prev.workers as f64;
+        prev.workers >= 4 && added > 1.0 && last.rps() >= prev.rps() * (1.0 + 0.9 * (added - 1.0))
     }
 
     /// Judge the step just run against the ones before it: `Some` when it did not gain.
@@ -358,6 +388,7 @@ impl<B: Bench> Engine<'_, B> {
             }
             let result = match self.run(workers, self.config.preload) {
                 Ok(r) => r,
+                Err(_) if self.bench.out_of_time() => return StopReason::TimeLimit,
                 Err(message) => {
                     return StopReason::Failed {
                         at: workers,
@@ -386,35 +417,60 @@ impl<B: Bench> Engine<'_, B> {
         }
     }
 
-    /// Between the best count and the first that did not gain, bisect while time allows.
+    /// When the count above the best failed or fell, bisect between them while time allows:
+    /// the most workers that still work well.
+    fn refine_up(&mut self) {
+        while !self.bench.interrupted() {
+            let Some((lo, best_rps)) = self.best().map(|b| (b.workers, b.rps())) else {
+                return;
+            };
+            let worse = self
+                .steps
+                .iter()
+                .filter(|s| s.workers > lo)
+                .min_by_key(|s| s.workers)
+                .filter(|s| s.collapsed() || s.rps() < best_rps * (1.0 - NEAR_BEST));
+            let Some(hi) = worse.map(|s| s.workers) else {
+                return;
+            };
+            if hi <= lo + 1 || !self.fits_in_time(lo + (hi - lo) / 2, self.reserve()) {
+                return;
+            }
+            match self.run(lo + (hi - lo) / 2, self.config.preload) {
+                Ok(result) => self.steps.push(result),
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Bisect between the most workers measured below [`NEAR_BEST`] of the best throughput and
+    /// the fewest measured within it, while time allows: where the knee really is.
     fn refine(&mut self) {
-        let Some(mut lo) = self.best().map(|b| b.workers) else {
-            return;
-        };
-        let Some(mut hi) = self
-            .steps
-            .iter()
-            .map(|s| s.workers)
-            .filter(|&w| w > lo)
-            .min()
-        else {
-            return;
-        };
-        while hi > lo + 1 && !self.bench.interrupted() {
+        while !self.bench.interrupted() {
+            let Some(best) = self.best().map(StepResult::rps) else {
+                return;
+            };
+            let good = |s: &&StepResult| !s.collapsed() && s.rps() >= best * (1.0 - NEAR_BEST);
+            let Some(hi) = self.steps.iter().filter(good).map(|s| s.workers).min() else {
+                return;
+            };
+            let lo = self
+                .steps
+                .iter()
+                .filter(|s| s.workers < hi)
+                .map(|s| s.workers)
+                .max()
+                .unwrap_or(hi);
+            if hi <= lo + 1 {
+                return;
+            }
             let mid = lo + (hi - lo) / 2;
             if !self.fits_in_time(mid, self.reserve()) {
                 return;
             }
-            let best_rps = self.best().map_or(0.0, StepResult::rps);
-            let Ok(result) = self.run(mid, self.config.preload) else {
-                return;
-            };
-            let gained = !result.collapsed() && result.rps() >= best_rps * (1.0 + PLATEAU_GAIN);
-            self.steps.push(result);
-            if gained {
-                lo = mid;
-            } else {
-                hi = mid;
+            match self.run(mid, self.config.preload) {
+                Ok(result) => self.steps.push(result),
+                Err(_) => return,
             }
         }
     }
@@ -458,11 +514,17 @@ pub fn sweep<B: Bench>(bench: &mut B, config: &SweepConfig) -> Result<Sweep, Str
         stop,
         StopReason::Plateau { .. } | StopReason::Collapse { .. }
     ) {
+        engine.refine_up();
         engine.refine();
     }
     let other_mode = if config.compare_preload && stop != StopReason::Interrupted {
-        let recommended =
-            pick(&engine.steps, config.memory_budget, config.concurrency).map_or(1, |s| s.workers);
+        let recommended = pick(
+            &engine.steps,
+            config.memory_budget,
+            config.concurrency,
+            config.cpus,
+        )
+        .map_or(1, |s| s.workers);
         Some(engine.other_mode(recommended))
     } else {
         None
@@ -480,17 +542,39 @@ pub fn pick(
     steps: &[StepResult],
     memory_budget: u64,
     concurrency: Option<usize>,
+    cpus: f64,
 ) -> Option<&StepResult> {
     let eligible: Vec<&StepResult> = steps
         .iter()
         .filter(|s| !s.collapsed() && s.total_pss() <= memory_budget)
         .filter(|s| concurrency.is_none_or(|c| s.slots() <= c.max(1)))
         .collect();
-    let best = eligible.iter().map(|s| s.rps()).fold(0.0, f64::max);
-    eligible
+    // A "gain" far past what can keep the CPUs busy is the machine's noise, not the app's.
+    let cap = useful_slots(steps, cpus).unwrap_or(usize::MAX);
+    let credible: Vec<&StepResult> = match eligible.iter().any(|s| s.slots() <= cap) {
+        true => eligible.into_iter().filter(|s| s.slots() <= cap).collect(),
+        false => eligible,
+    };
+    let best = credible.iter().map(|s| s.rps()).fold(0.0, f64::max);
+    credible
         .into_iter()
         .filter(|s| s.rps() >= best * (1.0 - NEAR_BEST))
         .min_by_key(|s| s.workers)
+}
+
+/// The most worker slots that can still add throughput, by Little's law: requests that spend a
+/// share `io` of their time off the CPU keep `cpus / (1 - io)` slots' worth of CPUs busy; twice
+/// that allows for error in the measured share (its median over the steps). `None` when no
+/// step measured it.
+pub fn useful_slots(steps: &[StepResult], cpus: f64) -> Option<usize> {
+    let mut shares: Vec<f64> = steps.iter().filter_map(StepResult::io_share).collect();
+    if shares.is_empty() {
+        return None;
+    }
+    shares.sort_by(f64::total_cmp);
+    let io = shares[shares.len() / 2];
+    let bound = 2.0 * cpus.max(1.0) / (1.0 - io).max(0.01);
+    Some(bound.ceil() as usize)
 }
 
 /// `1 worker`, `3 workers`.
@@ -600,7 +684,7 @@ pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
         human_bytes(ctx.memory_budget),
         ctx.budget_source
     );
-    let Some(rec) = pick(&sweep.steps, ctx.memory_budget, ctx.concurrency) else {
+    let Some(rec) = pick(&sweep.steps, ctx.memory_budget, ctx.concurrency, ctx.cpus) else {
         let first = sweep.steps.iter().min_by_key(|s| s.workers);
         let reason = match first {
             Some(s) if s.collapsed() => format!(

@@ -302,6 +302,7 @@ impl Bench for ProcessBench {
         let running = self.start(plan).map_err(|e| format!("{e:#}"))?;
         let ready = started.elapsed();
         let measured = self.measure(&running, plan);
+        let loaded = started.elapsed();
         let tail = running.log_tail();
         running.stop();
         if self.progress {
@@ -314,12 +315,13 @@ impl Bench for ProcessBench {
                 Err(_) => "failed".to_string(),
             };
             eprintln!(
-                "  {} worker{}{}: {outcome} (started in {:.1} s, step {:.1} s)",
+                "  {} worker{}{}: {outcome} (start {:.1} s, load {:.1} s, stop {:.1} s)",
                 plan.workers,
                 if plan.workers == 1 { "" } else { "s" },
                 if plan.preload { " with --preload" } else { "" },
                 ready.as_secs_f64(),
-                started.elapsed().as_secs_f64()
+                (loaded - ready).as_secs_f64(),
+                (started.elapsed() - loaded).as_secs_f64()
             );
         }
         let mut result = measured.map_err(|e| {
@@ -335,5 +337,9 @@ impl Bench for ProcessBench {
 
     fn interrupted(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    fn out_of_time(&self) -> bool {
+        self.left().is_zero()
     }
 }

@@ -523,3 +523,74 @@ impl Drop for TempDir {
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
+
+/// What a command that ran to its end printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `ferrocorn ARGS` in the repository root to its end (killed, and the test failed, if it
+/// takes longer than `timeout`), with stdout and stderr apart (e.g. `--json` on stdout).
+pub fn run_ferrocorn(args: &[&str], timeout: Duration) -> Finished {
+    let mut child = Command::new(ferrocorn_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("PORT")
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrocorn");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ferrocorn {args:?} did not finish within {timeout:?}; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Pids of live processes whose environment holds `KEY=VALUE` (a marker set with `--env`, which
+/// the master and its workers carry).
+pub fn processes_with_env(marker: &str) -> Vec<i32> {
+    let needle = marker.as_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == needle) && pid_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

@@ -85,16 +85,24 @@ struct AdvisorArgs {
 }
 
 fn command() -> clap::Command {
-    let cmd = clap::Command::new("ferrocorn sizing")
-        .about(
-            "Measure what a worker of APP costs and recommend how many to run: starts APP as \
-             `ferrocorn APP` would, on a private loopback port, and sweeps the worker count \
-             under load. An app whose module is named `sizing` is written `sizing:application`.",
-        )
-        .override_usage("ferrocorn sizing [ADVISOR FLAGS] [SERVE FLAGS] APP");
-    Options::augment_args(AdvisorArgs::augment_args(cmd))
-        .name("ferrocorn sizing")
-        .bin_name("ferrocorn sizing")
+    // Options brings its own name, about and after_help: ours are set after it.
+    Options::augment_args(AdvisorArgs::augment_args(clap::Command::new(
+        "ferrocorn sizing",
+    )))
+    .name("ferrocorn sizing")
+    .bin_name("ferrocorn sizing")
+    .about(
+        "Measure what a worker of APP costs and recommend how many to run: starts APP as \
+             `ferrocorn APP` would (same flags), on a private loopback port, and sweeps the worker \
+             count under load until throughput stops rising, latency collapses, or memory or \
+             --duration runs out.",
+    )
+    .after_help(
+        "-w/--workers, -b/--bind, --preload, --pid and --log-level are the advisor's to set \
+             for each step; the rest are passed on. An app whose module is named `sizing` is \
+             written `sizing:application`.",
+    )
+    .override_usage("ferrocorn sizing [ADVISOR FLAGS] [SERVE FLAGS] APP")
 }
 
 /// Serve flags the advisor sets itself for each step: removed from what is passed on.
@@ -240,6 +248,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => e.exit(),
     };
     crate::logging::init(log::LevelFilter::Warn);
+    warn_overridden(&matches);
     match run(&advisor, &options, &args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) if e.downcast_ref::<Interrupted>().is_some() => {
@@ -249,6 +258,33 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Err(e) => {
             eprintln!("ferrocorn sizing: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// Serve flags given on the command line that each step sets itself: said, not silently dropped.
+fn warn_overridden(matches: &clap::ArgMatches) {
+    let overridden = [
+        (
+            "workers",
+            "-w/--workers",
+            "the advisor sweeps the worker count",
+        ),
+        (
+            "bind",
+            "-b/--bind",
+            "each step listens on a private loopback port",
+        ),
+        ("pidfile", "--pid", "the advisor follows its servers itself"),
+        (
+            "log_level",
+            "--log-level",
+            "the advisor reads its servers' info log",
+        ),
+    ];
+    for (id, flag, why) in overridden {
+        if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
+            eprintln!("ferrocorn sizing: {flag} is not used: {why}");
         }
     }
 }

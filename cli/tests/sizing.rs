@@ -163,7 +163,12 @@ fn cpu_bound_app_gets_about_the_cpu_count_and_io_bound_app_gets_more() {
 
     let svg = std::fs::read(&plot).expect("--plot wrote the file");
     let text = String::from_utf8_lossy(&svg);
-    for label in ["requests per second", "total PSS (MiB)", "workers", "recommended: "] {
+    for label in [
+        "requests per second",
+        "total PSS (MiB)",
+        "workers",
+        "recommended: ",
+    ] {
         assert!(text.contains(label), "no {label:?} in the plot");
     }
     let inked = rasterize(&svg);
@@ -334,4 +339,52 @@ fn ctrl_c_stops_every_server_it_started() {
     assert!(advisor.log_text().contains("interrupted"));
     let left = processes_with_env(&marker);
     assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+#[test]
+fn a_django_project_is_measured_with_its_virtualenv_chdir_and_env() {
+    let venv = test_venv();
+    let dir = TempDir::new("sizing-django");
+    let db = dir.path().join("notes.sqlite3");
+    let env = format!("DJANGO_DEMO_DB={}", db.display());
+    let _one = one_sweep();
+    let args = [
+        "sizing",
+        "--json",
+        "--duration",
+        "15",
+        "--virtualenv",
+        venv.to_str().unwrap(),
+        "--chdir",
+        "tests/apps/django_demo",
+        "--env",
+        &env,
+        "--url",
+        "/notes/count",
+        "--url",
+        "GET /",
+        "mysite.wsgi",
+    ];
+    let run = run_ferrocorn(&args, RUN_TIMEOUT);
+    assert!(run.status.success(), "{}", run.stderr);
+    let report: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    check_report_shape(&report);
+    assert_eq!(
+        report["load"]["urls"],
+        serde_json::json!(["GET /notes/count", "GET /"])
+    );
+    let command = report["recommended"]["command"].as_str().unwrap();
+    for part in [
+        "--virtualenv",
+        "--chdir tests/apps/django_demo",
+        "mysite.wsgi",
+    ] {
+        assert!(command.contains(part), "{command}");
+    }
+    assert!(command.contains(&env), "{command}");
+    // The app ran with the --env it was given: its database is where that said.
+    assert!(db.exists(), "no database at {}", db.display());
+    // Django costs a worker more than a bare WSGI function.
+    let uss = sweep_row(&report, 1)["worker_uss_mib"].as_f64().unwrap();
+    assert!(uss > 5.0, "a Django worker's USS is {uss} MiB");
 }

@@ -166,7 +166,7 @@ impl ProcessBench {
         }
     }
 
-    /// Wait for "Listening at:" and for `workers` workers to exist.
+    /// Wait for "Listening at:" and for `workers` workers to have booted.
     fn wait_ready(
         &self,
         running: &mut Running,
@@ -184,7 +184,9 @@ impl ProcessBench {
                 addr = rx.try_recv().ok();
             }
             if let Some(addr) = addr {
-                if running.workers().len() >= workers {
+                let pids = running.workers();
+                // Forked is not ready: without --preload each worker imports the app first.
+                if pids.len() >= workers && pids.iter().all(|&pid| waiting_in_poll(pid)) {
                     return Ok(addr);
                 }
             }
@@ -267,6 +269,25 @@ impl ProcessBench {
 
 /// Seconds on a CPU and waiting for one, summed over `pids`: from schedstat (nanoseconds),
 /// else from stat's clock ticks with no wait known.
+/// The poll(2) system calls, in which a booted sync worker waits for connections.
+#[cfg(target_arch = "x86_64")]
+const POLL_SYSCALLS: &[libc::c_long] = &[libc::SYS_poll, libc::SYS_ppoll];
+#[cfg(not(target_arch = "x86_64"))]
+const POLL_SYSCALLS: &[libc::c_long] = &[libc::SYS_ppoll];
+
+/// Whether `pid` is blocked in poll(2), from `/proc/PID/syscall`: before any load is sent, that
+/// is a worker done loading its app and waiting for connections. When the file cannot be read
+/// (no permission, kernel without it), the worker is taken as ready.
+fn waiting_in_poll(pid: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
+        return true;
+    };
+    text.split_whitespace()
+        .next()
+        .and_then(|nr| nr.parse::<libc::c_long>().ok())
+        .is_some_and(|nr| POLL_SYSCALLS.contains(&nr))
+}
+
 fn cpu_seconds(pids: &[i32]) -> (f64, f64) {
     pids.iter()
         .filter_map(|&pid| {

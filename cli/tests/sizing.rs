@@ -265,6 +265,68 @@ fn an_error_answer_to_the_warm_up_stops_the_run_with_status_and_body() {
 }
 
 #[test]
+fn urls_from_a_file_are_checked_in_order() {
+    let dir = TempDir::new("sizing-urls");
+    let urls = dir.path().join("urls.txt");
+    std::fs::write(&urls, "# the pages people hit\n/\n\nPOST /form\n").unwrap();
+    let run = run_ferrocorn(
+        &[
+            "sizing",
+            "--duration",
+            "10",
+            "--urls",
+            urls.to_str().unwrap(),
+            "--chdir",
+            "tests/apps",
+            "sizing_apps:error_app",
+        ],
+        RUN_TIMEOUT,
+    );
+    assert!(!run.status.success());
+    // The first URL of the file is the first checked.
+    assert!(run.stderr.contains("GET / answered 400"), "{}", run.stderr);
+}
+
+#[test]
+fn a_stated_concurrency_is_the_load_and_caps_the_workers() {
+    let _one = one_sweep();
+    let report = sizing_json("io_app", 12, &["--concurrency", "3"]);
+    check_report_shape(&report);
+    assert_eq!(report["load"]["concurrency"], 3);
+    assert!(report["load"]["assumed"]
+        .as_str()
+        .unwrap()
+        .contains("3 simultaneous requests"));
+    for row in report["sweep"].as_array().unwrap() {
+        assert_eq!(row["connections"], 3, "{row}");
+    }
+    let n = recommended_workers(&report);
+    assert!(
+        (1..=3).contains(&n),
+        "{n} workers for 3 simultaneous requests"
+    );
+}
+
+#[test]
+fn an_app_module_named_sizing_is_served_as_sizing_application() {
+    let dir = TempDir::new("sizing-module");
+    std::fs::write(
+        dir.path().join("sizing.py"),
+        "def application(environ, start_response):\n    \
+         start_response('200 OK', [('Content-Length', '6')])\n    return [b'served']\n",
+    )
+    .unwrap();
+    let server = Server::start_in(
+        &["--chdir", dir.str(), "sizing:application"],
+        &repo_root(),
+        &[],
+    );
+    let resp = get(server.addr(), "/");
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.text(), "served");
+}
+
+#[test]
 fn an_app_that_fails_to_load_is_reported_with_the_reason() {
     for preload in [false, true] {
         let mut args = vec!["sizing", "--duration", "10", "--chdir", "tests/apps"];

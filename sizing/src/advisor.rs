@@ -16,6 +16,8 @@ pub const PLATEAU_GAIN: f64 = 0.05;
 pub const NEAR_BEST: f64 = 0.05;
 /// More failed requests than this share means the server collapsed at that count.
 pub const MAX_ERROR_RATE: f64 = 0.01;
+/// Steps run before time is kept for the preload comparison.
+pub const MIN_STEPS_BEFORE_RESERVE: usize = 3;
 /// Steps in a row without a gain that end the sweep.
 pub const PATIENCE: usize = 2;
 /// Throughput falling below this share of the best means the server thrashes.
@@ -312,9 +314,10 @@ impl<B: Bench> Engine<'_, B> {
             })
     }
 
-    /// Time kept for the preload comparison at the end.
+    /// Time kept for the preload comparison at the end, once the sweep has its first few
+    /// points (a sweep of one step would tell nothing).
     fn reserve(&self) -> Duration {
-        if self.config.compare_preload {
+        if self.config.compare_preload && self.steps.len() >= MIN_STEPS_BEFORE_RESERVE {
             self.estimate(self.steps.last().map_or(1, |s| s.workers))
         } else {
             Duration::ZERO

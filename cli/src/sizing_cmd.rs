@@ -503,6 +503,8 @@ fn json_report(
         "workload": advisor::workload_kind(&sweep.steps),
         "stop": stop_text(&sweep.stop),
         "sweep": sweep.by_workers().into_iter().map(step_json).collect::<Vec<_>>(),
+        "preload_sweep": sweep.preload_steps.iter().map(step_json).collect::<Vec<_>>(),
+        "preload_stop": sweep.preload_stop.as_ref().map(stop_text),
         "preload": {
             "saving_mib": advice.preload_saving.map(|s| (s as f64 / MIB * 10.0).round() / 10.0),
             "workers_that_would_fit": preload_fit(sweep, budget.effective),
@@ -525,8 +527,14 @@ fn print_table(sweep: &Sweep, recommended: usize) {
         "worker USS",
         "total PSS"
     );
-    for s in sweep.by_workers() {
-        let mark = if s.workers == recommended { " <-" } else { "" };
+    let mut rows = sweep.by_workers();
+    rows.extend(sweep.preload_steps.iter().skip(1));
+    for s in rows {
+        let mark = match (s.workers == recommended, s.preload) {
+            (true, _) => " <-",
+            (false, true) => " (preload)",
+            _ => "",
+        };
         println!(
             "{:>8} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>5.0}% {:>5.0}% {:>10} {:>10}{mark}",
             s.workers,
@@ -563,9 +571,18 @@ fn memory_text(sweep: &Sweep) -> Option<String> {
 }
 
 fn preload_text(sweep: &Sweep, advice: &Advice, budget: u64) -> String {
-    let fit = preload_fit(sweep, budget)
-        .map(|n| format!("; with it about {n} workers fit the budget (not measured)"))
-        .unwrap_or_default();
+    let fit = match (
+        sweep.preload_steps.iter().map(|s| s.workers).max(),
+        &sweep.preload_stop,
+    ) {
+        (Some(most), Some(stop)) => format!(
+            "; the sweep went on with it up to {most} workers ({})",
+            stop_text(stop)
+        ),
+        _ => preload_fit(sweep, budget)
+            .map(|n| format!("; with it about {n} workers fit the budget (not measured)"))
+            .unwrap_or_default(),
+    };
     let text = match (&sweep.other_mode, advice.preload_saving) {
         (Some(Ok(step)), Some(saving)) => format!(
             "--preload saves {} at {} workers ({})",

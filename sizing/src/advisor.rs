@@ -246,6 +246,10 @@ pub struct Sweep {
     pub stop: StopReason,
     /// The recommended count in the other preload mode, or why it was not measured.
     pub other_mode: Option<Result<StepResult, String>>,
+    /// When memory ended the sweep and `--preload` saves: the sweep went on with it from the
+    /// recommended count (that step first).
+    pub preload_steps: Vec<StepResult>,
+    pub preload_stop: Option<StopReason>,
 }
 
 impl Sweep {
@@ -260,6 +264,8 @@ impl Sweep {
 struct Engine<'a, B: Bench> {
     bench: &'a mut B,
     config: &'a SweepConfig,
+    /// The mode of the steps being run.
+    preload: bool,
     steps: Vec<StepResult>,
     spent: Duration,
 }
@@ -382,14 +388,14 @@ impl<B: Bench> Engine<'_, B> {
     /// Grow the worker count until a stop condition; the reason it stopped. A step that fails
     /// its requests stops at once; throughput must fail to rise [`PATIENCE`] steps in a row (one
     /// flat step on a busy machine is often noise).
-    fn climb(&mut self) -> StopReason {
-        let mut workers = 1;
+    fn climb(&mut self, first: usize) -> StopReason {
+        let mut workers = first;
         let mut misses = 0;
         loop {
             if self.bench.interrupted() {
                 return StopReason::Interrupted;
             }
-            let result = match self.run(workers, self.config.preload) {
+            let result = match self.run(workers, self.preload) {
                 Ok(r) => r,
                 Err(_) if self.bench.out_of_time() => return StopReason::TimeLimit,
                 Err(message) => {
@@ -439,7 +445,7 @@ impl<B: Bench> Engine<'_, B> {
             if hi <= lo + 1 || !self.fits_in_time(lo + (hi - lo) / 2, self.reserve()) {
                 return;
             }
-            match self.run(lo + (hi - lo) / 2, self.config.preload) {
+            match self.run(lo + (hi - lo) / 2, self.preload) {
                 Ok(result) => self.steps.push(result),
                 Err(_) => return,
             }
@@ -471,7 +477,7 @@ impl<B: Bench> Engine<'_, B> {
             if !self.fits_in_time(mid, self.reserve()) {
                 return;
             }
-            match self.run(mid, self.config.preload) {
+            match self.run(mid, self.preload) {
                 Ok(result) => self.steps.push(result),
                 Err(_) => return,
             }
@@ -506,10 +512,11 @@ pub fn sweep<B: Bench>(bench: &mut B, config: &SweepConfig) -> Result<Sweep, Str
     let mut engine = Engine {
         bench,
         config,
+        preload: config.preload,
         steps: Vec::new(),
         spent: Duration::ZERO,
     };
-    let stop = engine.climb();
+    let stop = engine.climb(1);
     if let (StopReason::Failed { message, .. }, true) = (&stop, engine.steps.is_empty()) {
         return Err(message.clone());
     }
@@ -532,11 +539,48 @@ pub fn sweep<B: Bench>(bench: &mut B, config: &SweepConfig) -> Result<Sweep, Str
     } else {
         None
     };
+    let (preload_steps, preload_stop) = match &other_mode {
+        Some(Ok(other))
+            if stop == StopReason::MemoryBudget && preload_fits_more(&engine.steps, other) =>
+        {
+            engine.climb_with_preload(other.clone())
+        }
+        _ => (Vec::new(), None),
+    };
     Ok(Sweep {
         steps: engine.steps,
         stop,
         other_mode,
+        preload_steps,
+        preload_stop,
     })
+}
+
+/// Whether `other`, measured with `--preload`, takes clearly less memory than the same count
+/// without: then more workers fit a budget that stopped the sweep.
+fn preload_fits_more(steps: &[StepResult], other: &StepResult) -> bool {
+    other.preload
+        && !other.collapsed()
+        && steps
+            .iter()
+            .find(|s| s.workers == other.workers)
+            .is_some_and(|s| (other.total_pss() as f64) < 0.95 * s.total_pss() as f64)
+}
+
+impl<B: Bench> Engine<'_, B> {
+    /// Go on climbing with `--preload` from its measured step `first`; the steps and the reason
+    /// that climb stopped. The sweep's own steps are left as they were.
+    fn climb_with_preload(&mut self, first: StepResult) -> (Vec<StepResult>, Option<StopReason>) {
+        let own = std::mem::replace(&mut self.steps, vec![first.clone()]);
+        self.preload = true;
+        let stop = match self.next(&first) {
+            Ok(n) if self.fits_in_time(n, Duration::ZERO) => self.climb(n),
+            Ok(_) => StopReason::TimeLimit,
+            Err(stop) => stop,
+        };
+        self.preload = self.config.preload;
+        (std::mem::replace(&mut self.steps, own), Some(stop))
+    }
 }
 
 /// The fewest workers within [`NEAR_BEST`] of the best throughput, among the steps that fit
@@ -680,6 +724,49 @@ fn throughput_reason(sweep: &Sweep, rec: &StepResult, ctx: &AdviceContext) -> St
     }
 }
 
+/// When the sweep went on with `--preload` (memory-bound) and that found clearly more
+/// throughput within the budget: that recommendation.
+fn preload_advice(
+    sweep: &Sweep,
+    rec: &StepResult,
+    ctx: &AdviceContext,
+    budget: &str,
+) -> Option<Advice> {
+    let pre = pick(
+        &sweep.preload_steps,
+        ctx.memory_budget,
+        ctx.concurrency,
+        ctx.cpus,
+    )?;
+    if pre.rps() < rec.rps() * (1.0 + PLATEAU_GAIN) {
+        return None;
+    }
+    let reason = format!(
+        "{} with --preload: sharing the app's pages, {} fit the {budget} where {} fit without \
+         ({:.0} vs {:.0} req/s, {}); {} x {} ({} PSS with the master)",
+        workers_text(pre.workers),
+        pre.workers,
+        rec.workers,
+        pre.rps(),
+        rec.rps(),
+        workload_kind(&sweep.steps),
+        pre.workers,
+        human_bytes(pre.mean_worker_pss()),
+        human_bytes(pre.total_pss()),
+    );
+    let preload_saving = match &sweep.other_mode {
+        Some(Ok(other)) => Some(rec.total_pss() as i64 - other.total_pss() as i64),
+        _ => None,
+    };
+    Some(Advice {
+        workers: pre.workers,
+        threads: pre.threads.max(1),
+        preload: true,
+        reason,
+        preload_saving,
+    })
+}
+
 /// The recommendation and its reason from a finished sweep.
 pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
     let budget = format!(
@@ -708,6 +795,9 @@ pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
             preload_saving: None,
         };
     };
+    if let Some(advice) = preload_advice(sweep, rec, ctx, &budget) {
+        return advice;
+    }
     let why = throughput_reason(sweep, rec, ctx);
     let other = match &sweep.other_mode {
         Some(Ok(other)) if !other.collapsed() && other.workers == rec.workers => Some(other),

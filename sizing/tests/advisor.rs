@@ -221,6 +221,35 @@ fn the_memory_budget_is_never_exceeded() {
 }
 
 #[test]
+fn under_a_memory_budget_the_sweep_goes_on_with_preload_when_it_saves() {
+    let mut config = config();
+    config.memory_budget = 60 * MIB;
+    config.compare_preload = true;
+    let mut model = Model::bound(2.0, 0.001, 0.049);
+    // Forked from a loaded master, a worker's PSS is 2.5 MiB instead of 10.
+    model.preload_worker_pss = 5 * MIB / 2;
+    let result = sweep(&mut model, &config).unwrap();
+    assert_eq!(result.stop, StopReason::MemoryBudget);
+    assert_eq!(result.preload_stop, Some(StopReason::MemoryBudget));
+    // 5 fit without; with --preload 5 MiB + n x 2.5 MiB fits 22.
+    let most = result.preload_steps.iter().map(|s| s.workers).max();
+    assert_eq!(most, Some(22), "{:?}", model.counts());
+    assert!(result
+        .preload_steps
+        .iter()
+        .all(|s| s.preload && s.total_pss() <= 60 * MIB));
+    let advice = advise(&result, &context(&config, 2.0), false);
+    assert!(advice.preload);
+    assert_eq!(advice.workers, 22);
+    assert!(
+        advice.reason.contains("22 fit the 60 MiB budget")
+            && advice.reason.contains("where 5 fit without"),
+        "{}",
+        advice.reason
+    );
+}
+
+#[test]
 fn when_even_one_worker_does_not_fit_it_says_so() {
     let mut config = config();
     config.memory_budget = 8 * MIB;

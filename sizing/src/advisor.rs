@@ -767,6 +767,36 @@ fn preload_advice(
     })
 }
 
+/// Switch preload modes only for a clear saving (5% of the footprint) at no throughput cost.
+fn worth_switching(rec: &StepResult, other: &StepResult, memory_budget: u64) -> bool {
+    (other.total_pss() as f64) < 0.95 * rec.total_pss() as f64
+        && other.rps() >= rec.rps() * (1.0 - 2.0 * NEAR_BEST)
+        && other.total_pss() <= memory_budget
+}
+
+/// No step fits the budget or works: 1 worker, and why that is not enough.
+fn nothing_fits(sweep: &Sweep, budget: &str, preload: bool) -> Advice {
+    let first = sweep.steps.iter().min_by_key(|s| s.workers);
+    let reason = match first {
+        Some(s) if s.collapsed() => format!(
+            "1 worker, though even 1 fails {:.0}% of requests: fix the app first",
+            s.error_rate() * 100.0
+        ),
+        Some(s) => format!(
+            "1 worker, though even 1 does not fit: it takes {} with the master, over the {budget}",
+            human_bytes(s.total_pss())
+        ),
+        None => "1 worker: nothing could be measured".to_string(),
+    };
+    Advice {
+        workers: 1,
+        threads: 1,
+        preload,
+        reason,
+        preload_saving: None,
+    }
+}
+
 /// The recommendation and its reason from a finished sweep.
 pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
     let budget = format!(
@@ -775,25 +805,7 @@ pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
         ctx.budget_source
     );
     let Some(rec) = pick(&sweep.steps, ctx.memory_budget, ctx.concurrency, ctx.cpus) else {
-        let first = sweep.steps.iter().min_by_key(|s| s.workers);
-        let reason = match first {
-            Some(s) if s.collapsed() => format!(
-                "1 worker, though even 1 fails {:.0}% of requests: fix the app first",
-                s.error_rate() * 100.0
-            ),
-            Some(s) => format!(
-                "1 worker, though even 1 does not fit: it takes {} with the master, over the {budget}",
-                human_bytes(s.total_pss())
-            ),
-            None => "1 worker: nothing could be measured".to_string(),
-        };
-        return Advice {
-            workers: 1,
-            threads: 1,
-            preload,
-            reason,
-            preload_saving: None,
-        };
+        return nothing_fits(sweep, &budget, preload);
     };
     if let Some(advice) = preload_advice(sweep, rec, ctx, &budget) {
         return advice;
@@ -803,12 +815,7 @@ pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
         Some(Ok(other)) if !other.collapsed() && other.workers == rec.workers => Some(other),
         _ => None,
     };
-    // Switch modes only for a clear saving (5% of the footprint) at no throughput cost.
-    let switch = other.is_some_and(|o| {
-        (o.total_pss() as f64) < 0.95 * rec.total_pss() as f64
-            && o.rps() >= rec.rps() * (1.0 - 2.0 * NEAR_BEST)
-            && o.total_pss() <= ctx.memory_budget
-    });
+    let switch = other.is_some_and(|o| worth_switching(rec, o, ctx.memory_budget));
     let chosen = match other {
         Some(o) if switch => o,
         _ => rec,

@@ -98,15 +98,23 @@ fn command() -> clap::Command {
              --duration runs out.",
     )
     .after_help(
-        "-w/--workers, -b/--bind, --preload, --pid and --log-level are the advisor's to set \
-             for each step; the rest are passed on. An app whose module is named `sizing` is \
+        "-w/--workers, -b/--bind, --preload, --pid, --log-level, --log-file and \
+             --capture-output are the advisor's to set for each step; the rest are passed on. An app whose module is named `sizing` is \
              written `sizing:application`.",
     )
     .override_usage("ferrocorn sizing [ADVISOR FLAGS] [SERVE FLAGS] APP")
 }
 
 /// Serve flags the advisor sets itself for each step: removed from what is passed on.
-const OWN_SERVE_FLAGS: &[&str] = &["workers", "bind", "preload", "pid", "log-level"];
+const OWN_SERVE_FLAGS: &[&str] = &[
+    "workers",
+    "bind",
+    "preload",
+    "pid",
+    "log-level",
+    "log-file",
+    "capture-output",
+];
 
 /// A flag as written on the command line: its long and short names, whether it takes a value.
 struct FlagSpec {
@@ -281,6 +289,16 @@ fn warn_overridden(matches: &clap::ArgMatches) {
             "--log-level",
             "the advisor reads its servers' info log",
         ),
+        (
+            "log_file",
+            "--log-file",
+            "the advisor reads its servers' log on stderr",
+        ),
+        (
+            "capture_output",
+            "--capture-output",
+            "the servers' output is the advisor's",
+        ),
     ];
     for (id, flag, why) in overridden {
         if matches.value_source(id) == Some(clap::parser::ValueSource::CommandLine) {
@@ -333,7 +351,7 @@ fn run(advisor: &AdvisorArgs, options: &Options, raw: &[OsString]) -> Result<()>
     let config = sweep_config(advisor, options, &budget);
     if !advisor.json {
         eprintln!(
-            "ferrocorn sizing: sweeping workers for up to {:.0} s ({} per step, {:.1} s warm-up + {:.1} s measured)",
+            "ferrocorn sizing: sweeping workers for up to {:.1} s ({} per step, {:.1} s warm-up + {:.1} s measured)",
             advisor.duration.as_secs_f64(),
             load_text(advisor.concurrency),
             config.warmup.as_secs_f64(),
@@ -448,6 +466,8 @@ mod tests {
             "10",
             "--log-level",
             "debug",
+            "--log-file=/tmp/x.log",
+            "--capture-output",
             "app:application",
         ]);
         assert_eq!(

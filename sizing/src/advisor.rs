@@ -517,8 +517,14 @@ pub fn sweep<B: Bench>(bench: &mut B, config: &SweepConfig) -> Result<Sweep, Str
         spent: Duration::ZERO,
     };
     let stop = engine.climb(1);
-    if let (StopReason::Failed { message, .. }, true) = (&stop, engine.steps.is_empty()) {
-        return Err(message.clone());
+    if engine.steps.is_empty() {
+        return Err(match stop {
+            StopReason::Failed { message, .. } => message,
+            StopReason::TimeLimit => {
+                "the time ran out before one worker was measured (raise --duration)".to_string()
+            }
+            other => format!("nothing was measured ({other:?})"),
+        });
     }
     if matches!(
         stop,

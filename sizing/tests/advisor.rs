@@ -298,6 +298,22 @@ fn an_app_that_cannot_start_is_an_error() {
 }
 
 #[test]
+fn no_time_for_even_one_step_is_an_error() {
+    struct Slow;
+    impl Bench for Slow {
+        type Error = String;
+        fn step(&mut self, _: &StepPlan) -> Result<StepResult, String> {
+            Err("the --duration ran out".to_string())
+        }
+        fn out_of_time(&self) -> bool {
+            true
+        }
+    }
+    let err = sweep(&mut Slow, &config()).unwrap_err();
+    assert!(err.contains("raise --duration"), "{err}");
+}
+
+#[test]
 fn a_stated_concurrency_caps_the_workers() {
     let mut config = config();
     config.concurrency = Some(3);

@@ -3,17 +3,19 @@
 //! It forks workers, reaps them when they exit, respawns the ones that die, kills the ones that stop
 //! heart-beating (`--timeout`), scales on TTIN/TTOU, and stops gracefully (TERM) or quickly (INT/QUIT).
 //! It knows nothing of HTTP or Python: what a worker does is the `worker_main` closure given to
-//! [`Arbiter::run`], and anything that must happen around `fork` (CPython's fork hooks with `--preload`)
-//! is a [`ForkHooks`].
+//! [`Arbiter::run`]; anything that must happen around `fork` (CPython's fork hooks with `--preload`)
+//! or on the master's other events (reopen logs, re-exec, stop) is a [`Hooks`] implementation.
 //!
 //! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] stops the whole server with that
 //! exit code instead of being respawned forever.
 
-mod heartbeat;
+mod hooks;
 mod master;
+mod scoreboard;
 
-pub use heartbeat::Heartbeat;
-pub use master::{Arbiter, ArbiterConfig, Error, ForkHooks, WorkerContext};
+pub use hooks::{Exit, ExitCause, Hooks, NoHooks};
+pub use master::{Arbiter, ArbiterConfig, Error, WorkerContext};
+pub use scoreboard::{Scoreboard, SlotSnapshot, SlotState, WorkerSlot, REQUEST_TEXT_MAX};
 
 /// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).
 pub const WORKER_BOOT_ERROR: i32 = 3;

@@ -10,8 +10,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::heartbeat::{HeartbeatTable, MAX_SLOTS};
-use crate::{Heartbeat, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+use crate::hooks::{Exit, ExitCause, Hooks};
+use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
+use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 /// How often the arbiter wakes on its own to check worker timeouts and counts.
 const TICK: Duration = Duration::from_secs(1);
@@ -49,34 +50,13 @@ impl Default for ArbiterConfig {
     }
 }
 
-type Hook = Box<dyn Fn()>;
-
-/// Code run around every fork, e.g. CPython's `PyOS_BeforeFork` family when the app is preloaded.
-#[derive(Default)]
-pub struct ForkHooks {
-    pub before_fork: Option<Hook>,
-    pub after_fork_parent: Option<Hook>,
-    pub after_fork_child: Option<Hook>,
-}
-
-impl std::fmt::Debug for ForkHooks {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ForkHooks").finish_non_exhaustive()
-    }
-}
-
-fn call(hook: &Option<Hook>) {
-    if let Some(hook) = hook {
-        hook();
-    }
-}
-
 /// What a freshly forked worker gets.
 #[derive(Debug)]
 pub struct WorkerContext {
     /// The worker's own signal handlers (the master's were replaced right after fork).
     pub signals: WorkerSignals,
-    pub heartbeat: Heartbeat,
+    /// Its slot of the scoreboard: beat, and say which request is being served.
+    pub slot: WorkerSlot,
     /// 1 for the first worker ever forked, then counting up (respawns and reloads included).
     pub age: u64,
     /// The master's pid.
@@ -103,14 +83,11 @@ impl WorkerContext {
     }
 }
 
+/// Why [`Arbiter::new`] failed ([`Arbiter::run`] cannot: a failed fork is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error(transparent)]
-    Signals(#[from] ferrocorn_signals::Error),
-    #[error("fork failed: {0}")]
-    Fork(nix::Error),
-    #[error("shared heartbeat memory: {0}")]
-    Heartbeat(std::io::Error),
+    #[error("shared scoreboard memory: {0}")]
+    Scoreboard(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -127,11 +104,11 @@ struct WorkerInfo {
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
 /// sockets, then [`Arbiter::run`] until it returns the process exit code.
-pub struct Arbiter {
+pub struct Arbiter<H> {
     config: ArbiterConfig,
     signals: Option<MasterSignals>,
-    hooks: ForkHooks,
-    table: HeartbeatTable,
+    hooks: H,
+    table: Scoreboard,
     workers: BTreeMap<Pid, WorkerInfo>,
     target: usize,
     next_age: u64,
@@ -139,15 +116,10 @@ pub struct Arbiter {
     pid: i32,
     /// Already warned that the master has threads when it forks.
     warned_threads: bool,
-    on_reopen_logs: Option<Box<dyn FnMut()>>,
-    /// USR2: starts a new master (this binary, re-executed, on our listeners); its pid.
-    on_reexec: Option<Box<dyn FnMut() -> Option<i32>>>,
     /// The new master started by USR2, while it lives.
     reexec_pid: Option<Pid>,
     /// The master that re-executed us, until it exits (then we are "promoted").
     parent_master: Option<i32>,
-    on_promoted: Option<Box<dyn FnMut()>>,
-    on_stop: Option<Box<dyn FnMut(bool)>>,
     /// Current fork back-off after workers died before booting (zero: none).
     backoff: Duration,
     /// No worker is forked before this (back-off in progress).
@@ -157,7 +129,7 @@ pub struct Arbiter {
     backoff_age: u64,
 }
 
-impl std::fmt::Debug for Arbiter {
+impl<H> std::fmt::Debug for Arbiter<H> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Arbiter")
             .field("config", &self.config)
@@ -167,60 +139,37 @@ impl std::fmt::Debug for Arbiter {
     }
 }
 
-impl Arbiter {
-    pub fn new(
-        config: ArbiterConfig,
-        signals: MasterSignals,
-        hooks: ForkHooks,
-    ) -> Result<Self, Error> {
+impl<H: Hooks> Arbiter<H> {
+    pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
         let target = config.workers.clamp(1, MAX_SLOTS);
         Ok(Arbiter {
             config,
             signals: Some(signals),
             hooks,
-            table: HeartbeatTable::new().map_err(Error::Heartbeat)?,
+            table: Scoreboard::new().map_err(Error::Scoreboard)?,
             workers: BTreeMap::new(),
             target,
             next_age: 1,
             pid: std::process::id() as i32,
             warned_threads: false,
-            on_reopen_logs: None,
-            on_reexec: None,
             reexec_pid: None,
             parent_master: None,
-            on_promoted: None,
-            on_stop: None,
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
         })
     }
 
-    /// Called on SIGUSR1 (before the signal is passed on to the workers).
-    pub fn on_reopen_logs(&mut self, f: impl FnMut() + 'static) {
-        self.on_reopen_logs = Some(Box::new(f));
-    }
-
-    /// Called on SIGUSR2: start a new master process (a re-exec of this binary that inherits the
-    /// listeners) and return its pid, or `None` if it could not be started (log why). The new
-    /// master runs beside this one until this one is stopped, as in gunicorn.
-    pub fn on_reexec(&mut self, f: impl FnMut() -> Option<i32> + 'static) {
-        self.on_reexec = Some(Box::new(f));
-    }
-
     /// This master was started by USR2 in master `parent`: while that one lives, USR2 is refused;
-    /// once it exits, `f` runs (e.g. to take over the pid file) and this master is the master.
-    pub fn set_parent_master(&mut self, parent: i32, f: impl FnMut() + 'static) {
+    /// once it exits, [`Hooks::promoted`] runs (e.g. to take over the pid file) and this master is
+    /// the master.
+    pub fn set_parent_master(&mut self, parent: i32) {
         self.parent_master = Some(parent);
-        self.on_promoted = Some(Box::new(f));
     }
 
-    /// Called when a stop begins, before the workers are told: `f(shared)`, where `shared` says
-    /// another master (started by USR2, or the one that started us) serves on the same sockets.
-    /// gunicorn closes and unlinks its unix sockets here, so new clients fail at once instead of
-    /// waiting in the backlog for a server that is going away.
-    pub fn on_stop(&mut self, f: impl FnMut(bool) + 'static) {
-        self.on_stop = Some(Box::new(f));
+    /// The hooks given to [`Arbiter::new`], e.g. to read their state once [`Arbiter::run`] returns.
+    pub fn hooks_mut(&mut self) -> &mut H {
+        &mut self.hooks
     }
 
     /// Whether a master started by USR2 is still running (it uses our listeners: leave its unix
@@ -240,10 +189,11 @@ impl Arbiter {
         self.workers.keys().map(|p| p.as_raw()).collect()
     }
 
-    /// Run the server until it is stopped; returns the exit code for the master process.
-    /// `worker_main` runs in each forked child and returns the child's exit code.
-    pub fn run(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<i32, Error> {
-        self.manage_workers(worker_main)?;
+    /// Run the server until it is stopped or a worker cannot boot. `worker_main` runs in each
+    /// forked child and returns the child's exit code.
+    pub fn run(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Exit {
+        self.manage_workers(worker_main);
+        self.hooks.ready();
         loop {
             let wait = match self.respawn_at {
                 Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
@@ -261,71 +211,80 @@ impl Arbiter {
                 } else {
                     info!("Handling signal: {name}");
                 }
-                match command {
-                    Command::ChildExited => {}
-                    Command::GracefulStop => {
-                        // INT/QUIT queued behind the TERM: the impatient second signal wins, as
-                        // it would had it arrived during the stop.
-                        let impatient = received[i + 1..]
-                            .iter()
-                            .find(|s| matches!(**s, libc::SIGINT | libc::SIGQUIT));
-                        if let Some(&quick) = impatient {
-                            info!("Handling signal: {}", signal_name(quick));
-                            info!("Quick shutdown requested");
-                        }
-                        self.stop(impatient.is_none());
-                        info!("Shutting down: Master");
-                        return Ok(0);
-                    }
-                    Command::QuickStop => {
-                        self.stop(false);
-                        info!("Shutting down: Master");
-                        return Ok(0);
-                    }
-                    Command::IncrementWorkers => {
-                        if self.target < MAX_SLOTS {
-                            self.target += 1;
-                        } else {
-                            warn!("Already at the maximum of {MAX_SLOTS} workers");
-                        }
-                    }
-                    Command::DecrementWorkers => {
-                        // Like gunicorn, never scale below one worker.
-                        self.target = self.target.saturating_sub(1).max(1);
-                    }
-                    Command::Reload => {
-                        info!("Hang up: Master");
-                        self.reload(worker_main)?;
-                    }
-                    Command::ReopenLogs => {
-                        if let Some(reopen) = &mut self.on_reopen_logs {
-                            reopen();
-                        }
-                        self.signal_workers(Signal::SIGUSR1, false);
-                    }
-                    Command::Reexec => self.reexec(),
-                    Command::StopWorkers => {
-                        debug!("SIGWINCH ignored. Not daemonized");
-                    }
+                if let Some(exit) = self.handle(command, &received[i + 1..], worker_main) {
+                    return exit;
                 }
             }
             if let Some(code) = self.reap() {
-                let reason = if code == APP_LOAD_ERROR {
-                    "App failed to load."
-                } else {
-                    "Worker failed to boot."
-                };
                 self.stop(false);
-                // As gunicorn: a failed exit is logged at ERROR, both lines.
-                error!("Shutting down: Master");
-                error!("Reason: {reason}");
-                return Ok(code);
+                return if code == APP_LOAD_ERROR {
+                    Exit::AppLoadError
+                } else {
+                    Exit::WorkerBootError
+                };
             }
             self.murder_workers();
             self.check_promotion();
             self.end_backoff_once_booted();
-            self.manage_workers(worker_main)?;
+            self.manage_workers(worker_main);
         }
+    }
+
+    /// Act on one command; `later` are the signals received after it in the same batch. `Some`
+    /// when the server stops.
+    fn handle(
+        &mut self,
+        command: Command,
+        later: &[i32],
+        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
+    ) -> Option<Exit> {
+        match command {
+            Command::ChildExited => {}
+            Command::GracefulStop => {
+                // INT/QUIT queued behind the TERM: the impatient second signal wins, as
+                // it would had it arrived during the stop.
+                let impatient = later
+                    .iter()
+                    .find(|s| matches!(**s, libc::SIGINT | libc::SIGQUIT));
+                if let Some(&quick) = impatient {
+                    info!("Handling signal: {}", signal_name(quick));
+                    info!("Quick shutdown requested");
+                }
+                self.stop(impatient.is_none());
+                return Some(Exit::Stopped);
+            }
+            Command::QuickStop => {
+                self.stop(false);
+                return Some(Exit::Stopped);
+            }
+            Command::IncrementWorkers => {
+                if self.target < MAX_SLOTS {
+                    self.target += 1;
+                    self.hooks.worker_count_changed(self.target);
+                } else {
+                    warn!("Already at the maximum of {MAX_SLOTS} workers");
+                }
+            }
+            Command::DecrementWorkers => {
+                // Like gunicorn, never scale below one worker.
+                self.target = self.target.saturating_sub(1).max(1);
+                self.hooks.worker_count_changed(self.target);
+            }
+            Command::Reload => {
+                info!("Hang up: Master");
+                self.hooks.reload();
+                self.reload(worker_main);
+            }
+            Command::ReopenLogs => {
+                self.hooks.reopen_logs();
+                self.signal_workers(Signal::SIGUSR1, false);
+            }
+            Command::Reexec => self.reexec(),
+            Command::StopWorkers => {
+                debug!("SIGWINCH ignored. Not daemonized");
+            }
+        }
+        None
     }
 
     fn signals_mut(&mut self) -> &mut MasterSignals {
@@ -391,6 +350,8 @@ impl Arbiter {
             if died_unbooted && boot_failure.is_none() {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
+            self.hooks
+                .worker_exited(pid.as_raw(), exit_cause(&info, code, signal));
         }
         boot_failure
     }
@@ -406,11 +367,7 @@ impl Arbiter {
             warn!("USR2 signal ignored. Parent exists.");
             return;
         }
-        let Some(start) = &mut self.on_reexec else {
-            warn!("USR2 signal ignored: re-exec is not supported here");
-            return;
-        };
-        self.reexec_pid = start().map(Pid::from_raw);
+        self.reexec_pid = self.hooks.reexec().map(Pid::from_raw);
     }
 
     /// A master started by USR2 becomes the master once the one that started it is gone.
@@ -423,9 +380,7 @@ impl Arbiter {
         }
         info!("Master has been promoted.");
         self.parent_master = None;
-        if let Some(promoted) = &mut self.on_promoted {
-            promoted();
-        }
+        self.hooks.promoted();
     }
 
     /// A worker died before it booted, or fork failed (`what` says which): delay the next fork,
@@ -466,6 +421,7 @@ impl Arbiter {
     }
 
     /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
+    /// Both log lines name the request the worker was stuck in, read from the scoreboard.
     fn murder_workers(&mut self) {
         let Some(timeout) = self.config.timeout else {
             return;
@@ -473,11 +429,18 @@ impl Arbiter {
         for (pid, info) in &mut self.workers {
             match info.aborted_at {
                 None if self.table.silence(info.slot) > timeout => {
-                    error!("WORKER TIMEOUT (pid:{pid})");
+                    let doing = describe_work(&self.table.snapshot(info.slot));
+                    error!("WORKER TIMEOUT (pid:{pid}) {doing}");
                     let _ = kill(*pid, Signal::SIGABRT);
                     info.aborted_at = Some(Instant::now());
                 }
-                Some(at) if at.elapsed() > ABORT_GRACE => {
+                Some(at) if at.elapsed() > ABORT_GRACE && !info.killed => {
+                    let doing = describe_work(&self.table.snapshot(info.slot));
+                    error!(
+                        "Worker (pid:{pid}) still running {:.1}s after SIGABRT; sending SIGKILL \
+                         (it was {doing})",
+                        at.elapsed().as_secs_f64()
+                    );
                     info.killed = true;
                     let _ = kill(*pid, Signal::SIGKILL);
                 }
@@ -491,10 +454,7 @@ impl Arbiter {
     }
 
     /// Fork or retire workers until `target` of them are active. The oldest are retired first.
-    fn manage_workers(
-        &mut self,
-        worker_main: &mut dyn FnMut(WorkerContext) -> i32,
-    ) -> Result<(), Error> {
+    fn manage_workers(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) {
         if self.respawn_at.is_some_and(|at| Instant::now() >= at) {
             self.respawn_at = None;
         }
@@ -517,7 +477,6 @@ impl Arbiter {
                 self.retire(pid);
             }
         }
-        Ok(())
     }
 
     fn retire(&mut self, pid: Pid) {
@@ -528,7 +487,7 @@ impl Arbiter {
     }
 
     /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
-    fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) -> Result<(), Error> {
+    fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) {
         // A reload is the operator's fresh start (often a fixed deploy): no back-off.
         self.backoff = Duration::ZERO;
         self.respawn_at = None;
@@ -552,7 +511,6 @@ impl Arbiter {
         for (_, pid) in old.into_iter().take(spawned) {
             self.retire(pid);
         }
-        Ok(())
     }
 
     /// Fork one worker. A failed fork (EAGAIN at a process limit, ENOMEM) is logged and retried
@@ -562,6 +520,7 @@ impl Arbiter {
         match self.spawn_worker(worker_main) {
             Ok(forked) => forked,
             Err(e) => {
+                let e = format!("fork failed: {e}");
                 error!("{e}");
                 self.back_off(&format!("Cannot fork a worker ({e})"));
                 false
@@ -575,28 +534,28 @@ impl Arbiter {
         (0..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
-    /// Fork one worker; `Ok(false)` if no heartbeat slot is free.
+    /// Fork one worker; `Ok(false)` if no scoreboard slot is free.
     fn spawn_worker(
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
-    ) -> Result<bool, Error> {
+    ) -> nix::Result<bool> {
         let Some(slot) = self.free_slot() else {
-            warn!("No heartbeat slot left; not spawning another worker");
+            warn!("No scoreboard slot left; not spawning another worker");
             return Ok(false);
         };
         self.table.arm(slot);
         let age = self.next_age;
         self.next_age += 1;
         self.warn_if_threaded();
-        call(&self.hooks.before_fork);
-        match fork_process().map_err(Error::Fork)? {
+        self.hooks.before_fork();
+        match fork_process()? {
             ForkResult::Child => {
-                call(&self.hooks.after_fork_child);
+                self.hooks.after_fork_child();
                 let code = self.worker_process(slot, age, worker_main);
                 std::process::exit(code);
             }
             ForkResult::Parent { child } => {
-                call(&self.hooks.after_fork_parent);
+                self.hooks.after_fork_parent(child.as_raw());
                 info!("Booting worker with pid: {child}");
                 self.workers.insert(
                     child,
@@ -633,7 +592,7 @@ impl Arbiter {
         };
         let ctx = WorkerContext {
             signals,
-            heartbeat: self.table.handle(slot),
+            slot: self.table.worker_slot(slot),
             age,
             master_pid: self.pid,
         };
@@ -682,9 +641,7 @@ impl Arbiter {
     /// turns it into a quick one.
     fn stop(&mut self, graceful: bool) {
         let shared = self.has_successor() || self.has_parent_master();
-        if let Some(stopping) = &mut self.on_stop {
-            stopping(shared);
-        }
+        self.hooks.stop(shared);
         let (sig, grace) = if graceful {
             (Signal::SIGTERM, self.config.graceful_timeout)
         } else {
@@ -735,9 +692,39 @@ impl Arbiter {
     }
 }
 
-/// SAFETY contract for callers: none beyond fork's own; see below.
+/// What a worker was doing, for the timeout log: `serving GET /slow for 2.1s`.
+fn describe_work(snap: &SlotSnapshot) -> String {
+    match (snap.busy_for, snap.request()) {
+        (Some(busy), Some(request)) => {
+            format!("serving {request} for {:.1}s", busy.as_secs_f64())
+        }
+        _ => match snap.state {
+            crate::SlotState::Booting => "booting (no request yet)".to_string(),
+            _ => "not serving a request".to_string(),
+        },
+    }
+}
+
+/// What the arbiter knows of why a reaped worker ended.
+fn exit_cause(info: &WorkerInfo, code: Option<i32>, signal: Option<Signal>) -> ExitCause {
+    match (code, signal) {
+        _ if info.aborted_at.is_some() => ExitCause::Timeout,
+        (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => ExitCause::BootFailure(code),
+        _ if info.retiring => ExitCause::ScaleDown,
+        (Some(0), _) => ExitCause::MaxRequests,
+        (None, Some(Signal::SIGKILL)) if !info.killed => ExitCause::Memory,
+        _ => ExitCause::Crash {
+            code,
+            signal: signal.map(|s| s as i32),
+        },
+    }
+}
+
 fn fork_process() -> nix::Result<ForkResult> {
-    // SAFETY: the arbiter is single-threaded when it forks (no threads are started in the master;
-    // the signal queue is a self-pipe), so the child cannot inherit a lock held by another thread.
+    // SAFETY: the arbiter starts no threads (the signal queue is a self-pipe), but a preloaded
+    // app may have (`warn_if_threaded` says so before the fork). Only this thread exists in the
+    // child: glibc resets malloc's locks and CPython's `PyOS_AfterFork_Child` (the fork hooks)
+    // its own; the master's Rust code holds no lock across the call. A lock one of the app's
+    // threads holds at this instant stays held in the child: the risk the warning names.
     unsafe { fork() }
 }

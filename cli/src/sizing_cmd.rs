@@ -23,7 +23,7 @@ use clap::{Args, CommandFactory, FromArgMatches};
 use ferrocorn_sizing::advisor::{self, Advice, AdviceContext, SweepConfig};
 use ferrocorn_sizing::{CpuBudget, MemoryBudget};
 
-use crate::Options;
+use ferrocorn_flags::Options;
 use load::Target;
 
 /// The most workers the sweep tries.
@@ -255,7 +255,7 @@ pub fn main(args: Vec<OsString>) -> ExitCode {
         Ok(p) => p,
         Err(e) => e.exit(),
     };
-    crate::logging::init(log::LevelFilter::Warn);
+    ferrocorn_server::logging::init(log::LevelFilter::Warn);
     warn_overridden(&matches);
     match run(&advisor, &options, &args) {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,21 +3,15 @@
 //! privilege dropping, worker recycling, crash back-off, fork hygiene. Real binary, real sockets,
 //! real signals, real /proc.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use support::*;
-
-/// Longest any stop below may take; the requests they interrupt would take 60 s, and the graceful
-/// timeouts are 30 s or more, so reaching this means the stop waited for them.
-const STOP_PATIENCE: Duration = Duration::from_secs(20);
+use ferrocorn_testkit::*;
 
 fn start_hello(args: &[&str]) -> Server {
     let mut all = vec!["--chdir", "examples"];
@@ -351,69 +345,6 @@ fn a_port_in_use_is_a_clear_error_and_no_worker_is_forked() {
     assert!(!err.contains("Listening at"), "{err}");
 }
 
-/// uid and gid of a user from /etc/passwd.
-fn passwd_ids(user: &str) -> Option<(u32, u32)> {
-    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-    let line = passwd.lines().find(|l| l.split(':').next() == Some(user))?;
-    let f: Vec<&str> = line.split(':').collect();
-    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
-}
-
-#[test]
-fn user_drops_the_workers_privileges_and_owns_the_unix_socket() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: --user needs root");
-        return;
-    }
-    let Some((uid, gid)) = passwd_ids("nobody") else {
-        eprintln!("skipped: no user nobody");
-        return;
-    };
-    let dir = TempDir::new("user");
-    let sock = dir.path().join("app.sock");
-    let unix = format!("unix:{}", sock.display());
-    // The Rust example: `nobody` may not read this machine's Python (it may live under /root).
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &["-w", "2", "--user", "nobody", "-b", &unix],
-        &repo_root(),
-        &[],
-    );
-    let workers = server.wait_for_workers(2);
-    assert_eq!(get(server.addr(), "/").status, 200);
-    for pid in workers {
-        let ids = |field| {
-            proc_status(pid, field)
-                .unwrap()
-                .split_whitespace()
-                .map(|v| v.parse::<u32>().unwrap())
-                .collect::<Vec<_>>()
-        };
-        assert_eq!(ids("Uid"), [uid; 4], "real, effective, saved, fs uid");
-        assert_eq!(ids("Gid"), [gid; 4]);
-        assert_eq!(
-            ids("Groups"),
-            [gid],
-            "root's supplementary groups are dropped"
-        );
-    }
-    assert_eq!(
-        proc_status(server.pid(), "Uid")
-            .unwrap()
-            .split_whitespace()
-            .next(),
-        Some("0"),
-        "the master stays root"
-    );
-    let meta = std::fs::metadata(&sock).unwrap();
-    assert_eq!(
-        (meta.uid(), meta.gid()),
-        (uid, gid),
-        "gunicorn chowns the socket"
-    );
-}
-
 #[test]
 fn max_requests_recycles_the_worker_after_exactly_n_requests() {
     let mut server = start_hello(&["-w", "1", "--max-requests", "3"]);
@@ -645,29 +576,6 @@ fn umask_sets_the_unix_socket_mode_and_leaves_the_process_umask_alone() {
     }
 }
 
-/// SIGKILLs a process and its children when dropped: a master that outlived the one the test
-/// started must not outlive a failing test.
-struct KillOnDrop(i32);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        if pid_alive(self.0) {
-            for pid in children_of(self.0) {
-                signal(pid, libc::SIGKILL);
-            }
-            signal(self.0, libc::SIGKILL);
-        }
-    }
-}
-
-fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
     let dir = TempDir::new("usr2");
@@ -755,33 +663,7 @@ fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
 
 #[test]
 fn workers_stop_when_the_master_is_killed() {
-    let mut servers = vec![start_hello(&["-w", "2"])];
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        // Changing credentials clears the kernel's parent-death signal: it must be set again.
-        servers.push(Server::start_bin(
-            &rust_example_bin(),
-            &["-w", "2", "--user", "nobody"],
-            &repo_root(),
-            &[],
-        ));
-    }
-    for mut server in servers {
-        server.wait_for_workers(2);
-        let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
-        let _cleanup: Vec<KillOnDrop> = workers.iter().map(|pid| KillOnDrop(*pid)).collect();
-        assert_eq!(get(server.addr(), "/").status, 200);
-        // The OOM killer's way: no chance for the master to stop anything.
-        server.signal(libc::SIGKILL);
-        server.wait_exit(STOP_PATIENCE);
-        for pid in &workers {
-            wait_until(&format!("orphaned worker {pid} exits"), || !pid_alive(*pid));
-        }
-        assert!(
-            std::net::TcpStream::connect(server.addr()).is_err(),
-            "nobody holds the port any more"
-        );
-    }
+    assert_workers_stop_when_the_master_is_killed(start_hello(&["-w", "2"]));
 }
 
 #[test]
@@ -1009,68 +891,7 @@ fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
 }
 
 #[test]
-fn initgroups_gives_workers_the_users_supplementary_groups() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        eprintln!("skipped: --user needs root");
-        return;
-    }
-    // A user that /etc/group lists as a member of some group (e.g. postgres in ssl-cert).
-    let group_db = std::fs::read_to_string("/etc/group").unwrap_or_default();
-    let memberships: Vec<(String, u32)> = group_db
-        .lines()
-        .filter_map(|line| {
-            let f: Vec<&str> = line.split(':').collect();
-            let gid = f.get(2)?.parse().ok()?;
-            Some(
-                f.get(3)?
-                    .split(',')
-                    .filter(|m| !m.is_empty())
-                    .map(move |m| (m.to_string(), gid))
-                    .collect::<Vec<_>>(),
-            )
-        })
-        .flatten()
-        .collect();
-    let Some((user, (uid, gid))) = memberships
-        .iter()
-        .find_map(|(user, _)| Some((user.clone(), passwd_ids(user)?)))
-    else {
-        eprintln!("skipped: no user with supplementary groups here");
-        return;
-    };
-    let mut supplementary: Vec<u32> = memberships
-        .iter()
-        .filter(|(member, _)| *member == user)
-        .map(|(_, gid)| *gid)
-        .chain([gid])
-        .collect();
-    supplementary.sort();
-    supplementary.dedup();
-
-    for (initgroups, expected) in [(true, supplementary), (false, vec![gid])] {
-        let mut args = vec!["-w", "1", "--user", user.as_str()];
-        if initgroups {
-            args.push("--initgroups");
-        }
-        let mut server = Server::start_bin(&rust_example_bin(), &args, &repo_root(), &[]);
-        let worker = server.wait_for_workers(1)[0];
-        assert_eq!(get(server.addr(), "/").status, 200);
-        let field = |name| proc_status(worker, name).unwrap();
-        let mut groups: Vec<u32> = field("Groups")
-            .split_whitespace()
-            .map(|g| g.parse().unwrap())
-            .collect();
-        groups.sort();
-        assert_eq!(groups, expected, "--initgroups {initgroups} for {user}");
-        assert!(field("Uid")
-            .split_whitespace()
-            .all(|u| u == uid.to_string()));
-        assert!(field("Gid")
-            .split_whitespace()
-            .all(|g| g == gid.to_string()));
-    }
-
+fn initgroups_without_user_is_a_clear_error() {
     let out = Command::new(ferrocorn_bin())
         .args(["--initgroups", "hello:app"])
         .output()

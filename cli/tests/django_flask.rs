@@ -2,9 +2,7 @@
 //! `scripts/python-env.sh`): a Flask app (`tests/apps/flask_demo`) and a Django project
 //! (`tests/apps/django_demo`), checked over HTTP: templates, form POSTs, sqlite queries.
 
-mod support;
-
-use support::*;
+use ferrocorn_testkit::*;
 
 fn temp_db(name: &str) -> String {
     let path =

@@ -6,8 +6,6 @@
 //! answers with the request's method, path, query and body as it saw them, so a test can tell
 //! exactly what reached the application (and that a rejected request never did).
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::{Shutdown, SocketAddr};
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use ferrocorn_http::{BodyDecoder, HeadParser, Limits, Parsed};
-use support::*;
+use ferrocorn_testkit::*;
 
 const ECHO_APP: &str = r#"
 import sys

@@ -1,12 +1,10 @@
 //! The pre-fork process model seen from outside: the real binary, real sockets, real signals,
 //! worker processes read from /proc.
 
-mod support;
-
 use std::io::Write;
 use std::time::Duration;
 
-use support::*;
+use ferrocorn_testkit::*;
 
 fn examples_dir() -> std::path::PathBuf {
     repo_root().join("examples")
@@ -41,30 +39,6 @@ fn wsgi_example_answers_get_and_post_exactly() {
     assert_eq!(resp.body, b"posted bytes\x00\xff");
     assert_eq!(resp.header("content-type"), Some("application/x-test"));
     assert_eq!(resp.header("content-length"), Some("14"));
-}
-
-#[test]
-fn rust_example_answers_get_and_post_exactly() {
-    let mut server = Server::start_bin(&rust_example_bin(), &["-w", "2"], &repo_root(), &[]);
-    server.wait_for_workers(2);
-    let addr = server.addr();
-
-    let resp = get(addr, "/");
-    assert_eq!((resp.status, resp.reason.as_str()), (200, "OK"));
-    assert_eq!(resp.body, b"Hello from Rust!\n");
-    assert_eq!(resp.header("content-length"), Some("17"));
-    assert_eq!(
-        resp.header("content-type"),
-        Some("text/plain; charset=utf-8")
-    );
-
-    let resp = post(addr, "/echo", "text/csv", b"a,b\n1,2\n");
-    assert_eq!(resp.status, 200);
-    assert_eq!(resp.body, b"a,b\n1,2\n");
-    assert_eq!(resp.header("content-type"), Some("text/csv"));
-
-    let resp = get(addr, "/nowhere");
-    assert_eq!(resp.status, 404);
 }
 
 #[test]
@@ -313,10 +287,14 @@ fn a_worker_stuck_past_timeout_is_killed_and_replaced() {
     server.wait_for_log(&format!("WORKER TIMEOUT (pid:{first})"), BOOT_TIMEOUT);
     let replacement = server.wait_for_workers(1)[0];
     assert_ne!(replacement, first);
-    // The stuck request's connection is cut, not answered.
+    // The app is interrupted in its sleep, so the stuck request is answered (see timeout.rs).
     let mut bytes = Vec::new();
     let _ = std::io::Read::read_to_end(&mut stuck, &mut bytes);
-    assert!(bytes.is_empty(), "{:?}", String::from_utf8_lossy(&bytes));
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 500 "),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
     assert_eq!(get(server.addr(), "/").status, 200);
 }
 

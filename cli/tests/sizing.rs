@@ -2,12 +2,10 @@
 //! recommendation follows what the app does with a request; bounded by --duration, and every
 //! server it starts is stopped.
 
-mod support;
-
 use std::time::Duration;
 
+use ferrocorn_testkit::*;
 use serde_json::Value;
-use support::*;
 
 /// More than any --duration below, for start-up and the last step.
 const RUN_TIMEOUT: Duration = Duration::from_secs(60);

@@ -1,14 +1,12 @@
 //! PEP 3333 end to end: the real binary serving the test battery (`tests/apps/battery.py`, every
 //! route inside `wsgiref.validate.validator` with warnings as errors) over real sockets.
 
-mod support;
-
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::*;
+use ferrocorn_testkit::*;
 
 fn apps_dir() -> std::path::PathBuf {
     repo_root().join("tests/apps")

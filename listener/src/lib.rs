@@ -31,12 +31,14 @@ pub enum BindSpec {
     Fd(RawFd),
 }
 
+/// Each message is complete on its own (it names the OS error), so no variant also exposes that
+/// error as its `source()`: printed as a chain (anyhow's `{:#}`) it would appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("invalid bind address {spec:?}: {reason}")]
     InvalidSpec { spec: String, reason: &'static str },
-    #[error("cannot bind {addr}: {source}")]
-    Bind { addr: String, source: io::Error },
+    #[error("cannot bind {addr}: {cause}")]
+    Bind { addr: String, cause: io::Error },
     #[error("fd://{fd} is not a listening socket: {reason}")]
     BadFd { fd: RawFd, reason: String },
     #[error("systemd socket activation: {0}")]
@@ -177,14 +179,14 @@ impl BindSpec {
             .to_socket_addrs()
             .map_err(|e| Error::Bind {
                 addr: self.to_string(),
-                source: e,
+                cause: e,
             })?;
         addrs
             .into_iter()
             .find(SocketAddr::is_ipv4)
             .ok_or_else(|| Error::Bind {
                 addr: self.to_string(),
-                source: io::Error::new(
+                cause: io::Error::new(
                     io::ErrorKind::NotFound,
                     format!("{host:?} has no IPv4 address"),
                 ),
@@ -448,9 +450,9 @@ pub fn bind(spec: &BindSpec, opts: &ListenOptions) -> Result<Listener, Error> {
 }
 
 fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> Result<Listener, Error> {
-    let err = |source: io::Error| Error::Bind {
+    let err = |cause: io::Error| Error::Bind {
         addr: addr.to_string(),
-        source,
+        cause,
     };
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(err)?;
     // Restarting the server must not wait for TIME_WAIT connections of the old one.
@@ -469,9 +471,9 @@ fn bind_tcp(addr: SocketAddr, opts: &ListenOptions) -> Result<Listener, Error> {
 }
 
 fn bind_unix(path: &Path, opts: &ListenOptions) -> Result<Listener, Error> {
-    let err = |source: io::Error| Error::Bind {
+    let err = |cause: io::Error| Error::Bind {
         addr: format!("unix:{}", path.display()),
-        source,
+        cause,
     };
     remove_stale_socket(path).map_err(err)?;
     let socket = Socket::new(Domain::UNIX, Type::STREAM, None).map_err(err)?;

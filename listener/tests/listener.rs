@@ -207,18 +207,37 @@ fn unresolvable_host_is_a_bind_error() {
     assert!(err.to_string().contains("no-such-host.invalid:80"), "{err}");
 }
 
+/// An error and its `source()` chain, joined by ": ".
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut next = err.source();
+    while let Some(cause) = next {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    text
+}
+
 #[test]
 fn port_in_use_fails_unless_reuse_port() {
     let first = bind_one(&spec("127.0.0.1:0"), &ListenOptions::default());
     let again = tcp("127.0.0.1", first.local_addr().unwrap().port());
     let err = bind_all(std::slice::from_ref(&again), &ListenOptions::default()).unwrap_err();
     match &err {
-        Error::Bind { addr, source } => {
-            assert_eq!(source.kind(), std::io::ErrorKind::AddrInUse);
+        Error::Bind { addr, cause } => {
+            assert_eq!(cause.kind(), std::io::ErrorKind::AddrInUse);
             assert_eq!(addr, &again.to_string());
         }
         other => panic!("expected a bind error, got {other:?}"),
     }
+    // Printed with its causes (as anyhow's `{:#}` does), the OS error appears once.
+    let chain = error_chain(&err);
+    assert_eq!(
+        chain.matches("Address already in use").count(),
+        1,
+        "{chain}"
+    );
 
     let opts = ListenOptions {
         reuse_port: true,
@@ -309,7 +328,7 @@ fn unix_missing_directory_is_a_bind_error() {
     )
     .unwrap_err();
     assert!(
-        matches!(&err, Error::Bind { source, .. } if source.kind() == std::io::ErrorKind::NotFound),
+        matches!(&err, Error::Bind { cause, .. } if cause.kind() == std::io::ErrorKind::NotFound),
         "{err:?}"
     );
 }

@@ -113,10 +113,18 @@ pub fn signal_name(sig: c_int) -> &'static str {
     }
 }
 
+/// The message names the OS error, so it is not also exposed as `source()` (a chain printer such
+/// as anyhow's `{:#}` would repeat it); hence `From` by hand rather than `#[from]`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("installing signal handlers: {0}")]
-    Install(#[from] io::Error),
+    Install(io::Error),
+}
+
+impl From<io::Error> for Error {
+    fn from(e: io::Error) -> Self {
+        Error::Install(e)
+    }
 }
 
 /// Byte written by [`MasterSignals::wake`]: wakes `wait` without a command (no signal is 0).

@@ -264,7 +264,7 @@ fn tightest<T: PartialOrd>(
             Ok(t) => t,
             // Missing in this directory (e.g. the v2 root has no cpu.max): no limit here.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-            Err(e) => return Err(Error::Read { path, source: e }),
+            Err(e) => return Err(Error::Read { path, cause: e }),
         };
         if let Some(value) = parse(&text, d).map_err(|e| e.in_file(&path))? {
             if best.as_ref().is_none_or(|b| value < b.value) {

@@ -35,8 +35,10 @@ pub use recommend::{
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("cannot read {}: {source}", path.display())]
-    Read { path: PathBuf, source: io::Error },
+    /// The message names the OS error, so `cause` is not also exposed as `source()` (a chain
+    /// printer such as anyhow's `{:#}` would repeat it).
+    #[error("cannot read {}: {cause}", path.display())]
+    Read { path: PathBuf, cause: io::Error },
     #[error("cannot parse {what}: {reason}")]
     Parse { what: String, reason: String },
 }
@@ -63,9 +65,9 @@ impl Error {
 
 fn read_file(path: impl AsRef<Path>) -> Result<String, Error> {
     let path = path.as_ref();
-    std::fs::read_to_string(path).map_err(|source| Error::Read {
+    std::fs::read_to_string(path).map_err(|cause| Error::Read {
         path: path.to_path_buf(),
-        source,
+        cause,
     })
 }
 

@@ -100,16 +100,16 @@ pub fn process_memory(pid: i32) -> Result<ProcessMemory, Error> {
                 && PathBuf::from(format!("/proc/{pid}")).exists() =>
         {
             let smaps = PathBuf::from(format!("/proc/{pid}/smaps"));
-            let t = std::fs::read_to_string(&smaps).map_err(|source| Error::Read {
+            let t = std::fs::read_to_string(&smaps).map_err(|cause| Error::Read {
                 path: smaps.clone(),
-                source,
+                cause,
             })?;
             (smaps, t)
         }
-        Err(source) => {
+        Err(cause) => {
             return Err(Error::Read {
                 path: rollup,
-                source,
+                cause,
             })
         }
     };
@@ -153,9 +153,9 @@ pub fn parse_stat_cpu_ticks(text: &str) -> Result<u64, Error> {
 /// CPU seconds (user + system) a process has used so far.
 pub fn process_cpu_seconds(pid: i32) -> Result<f64, Error> {
     let path = PathBuf::from(format!("/proc/{pid}/stat"));
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Read {
         path: path.clone(),
-        source,
+        cause,
     })?;
     let ticks = parse_stat_cpu_ticks(&text).map_err(|e| e.in_file(&path))?;
     // SAFETY: sysconf has no preconditions.
@@ -179,18 +179,18 @@ pub fn parse_schedstat(text: &str) -> Result<(f64, f64), Error> {
 /// Seconds a process has spent on a CPU and waiting for one (`/proc/PID/schedstat`).
 pub fn process_schedstat(pid: i32) -> Result<(f64, f64), Error> {
     let path = PathBuf::from(format!("/proc/{pid}/schedstat"));
-    let text = std::fs::read_to_string(&path).map_err(|source| Error::Read {
+    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Read {
         path: path.clone(),
-        source,
+        cause,
     })?;
     parse_schedstat(&text).map_err(|e| e.in_file(&path))
 }
 
 /// Every process's children, from the ppid in each `/proc/PID/stat`.
 fn children_by_parent() -> Result<HashMap<i32, Vec<i32>>, Error> {
-    let dir = std::fs::read_dir("/proc").map_err(|source| Error::Read {
+    let dir = std::fs::read_dir("/proc").map_err(|cause| Error::Read {
         path: "/proc".into(),
-        source,
+        cause,
     })?;
     let mut children: HashMap<i32, Vec<i32>> = HashMap::new();
     for entry in dir.flatten() {
@@ -251,10 +251,10 @@ pub fn tree_memory(pid: i32) -> Result<TreeMemory, Error> {
                 out.processes.push((p, m));
             }
             // A descendant that exited since the scan (gone: ENOENT; exiting: ESRCH).
-            Err(Error::Read { ref source, .. })
+            Err(Error::Read { ref cause, .. })
                 if p != pid
-                    && (source.kind() == io::ErrorKind::NotFound
-                        || source.raw_os_error() == Some(libc::ESRCH)) => {}
+                    && (cause.kind() == io::ErrorKind::NotFound
+                        || cause.raw_os_error() == Some(libc::ESRCH)) => {}
             Err(e) => return Err(e),
         }
     }

@@ -8,7 +8,10 @@
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
 //! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
 //! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
-//! fd: a stop request ends an idle keep-alive wait at once.
+//! fd. A graceful stop (SIGTERM) ends accepting at once, but every connection already accepted is
+//! served: a new one's first request is waited for (up to the header timeout, within the graceful
+//! timeout) and answered with `Connection: close`, and an idle keep-alive one is closed unless a
+//! request follows its last response at once. A quick stop (SIGINT/SIGQUIT) ends any idle wait.
 //!
 //! Because one worker holds one connection at a time, a connection never keeps queued clients
 //! waiting for long: an idle keep-alive connection (or a new one that stays silent past a second,
@@ -54,7 +57,19 @@ pub enum AppError {
     BadResponse(String),
     /// Reading the request or writing the response failed (client went away, timeout).
     #[error("connection error: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    /// The app was interrupted because the worker timed out (the arbiter's SIGABRT); the app has
+    /// logged where it was. The client gets a 500 and the worker exits ([`Exit::Aborted`]).
+    #[error("aborted: {0}")]
+    Aborted(String),
+}
+
+/// By hand rather than `#[from]`, which would also expose the error as `source()`: the message
+/// names it already, and a chain printer (anyhow's `{:#}`) would repeat it.
+impl From<io::Error> for AppError {
+    fn from(e: io::Error) -> Self {
+        AppError::Io(e)
+    }
 }
 
 /// Where the request arrived, for SERVER_NAME / SERVER_PORT / wsgi.url_scheme.
@@ -81,6 +96,9 @@ pub struct WorkerConfig {
     pub io_timeout: Duration,
     /// `--max-requests` (0 = never): exit after this many requests so the arbiter replaces us.
     pub max_requests: u64,
+    /// `--graceful-timeout`: after a graceful stop, the longest the worker waits for the first
+    /// request of a connection it has already accepted (the arbiter kills it after this long).
+    pub graceful_timeout: Duration,
     /// `Server` header value.
     pub server_header: String,
 }
@@ -93,6 +111,7 @@ impl Default for WorkerConfig {
             header_timeout: Duration::from_secs(10),
             io_timeout: Duration::from_secs(30),
             max_requests: 0,
+            graceful_timeout: Duration::from_secs(30),
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
         }
     }
@@ -106,10 +125,34 @@ pub enum Exit {
     Stopped,
     /// Served `max_requests`.
     MaxRequests,
+    /// The app was aborted after the worker timed out ([`AppError::Aborted`]); the arbiter is
+    /// replacing this worker.
+    Aborted,
 }
 
-/// Serve until stopped. `heartbeat` is called at least once a second while idle and around each
-/// request, so the arbiter can tell a hung worker from a busy one.
+/// What the worker tells the world about its progress (the arbiter's scoreboard, in ferrocorn).
+/// Any `FnMut()` is a monitor that only beats.
+pub trait Monitor {
+    /// Called at least once a second while idle and around each request, so a hung worker can
+    /// be told from a busy one.
+    fn beat(&mut self);
+    /// A complete request head arrived and is about to be served.
+    fn request_started(&mut self, _head: &RequestHead) {
+        self.beat();
+    }
+    /// The request started last is over (answered, failed or abandoned).
+    fn request_finished(&mut self) {
+        self.beat();
+    }
+}
+
+impl<F: FnMut()> Monitor for F {
+    fn beat(&mut self) {
+        self()
+    }
+}
+
+/// Serve until stopped, telling `monitor` of beats and requests (see [`Monitor`]).
 ///
 /// Errors are only those that make the loop itself impossible (the listeners cannot be polled);
 /// anything going wrong with one connection or one app call is logged and serving goes on.
@@ -118,9 +161,9 @@ pub fn run(
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     signals: &ferrocorn_signals::WorkerSignals,
-    heartbeat: &mut dyn FnMut(),
+    monitor: &mut dyn Monitor,
 ) -> io::Result<Exit> {
-    run_with(app, listeners, config, signals, heartbeat)
+    run_with(app, listeners, config, signals, monitor)
 }
 
 /// [`run`] with any [`Control`] in place of the process's signal handlers (tests, embedding).
@@ -129,15 +172,14 @@ pub fn run_with(
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     control: &dyn Control,
-    heartbeat: &mut dyn FnMut(),
+    monitor: &mut dyn Monitor,
 ) -> io::Result<Exit> {
     // The sockets of a connection beat too (while moving bytes), so the worker shares it.
-    let heartbeat = std::cell::RefCell::new(heartbeat);
-    let beat = || {
-        let mut hb = heartbeat.borrow_mut();
-        (*hb)()
-    };
-    serve::Worker::new(app, config, control, &beat).run(listeners)
+    let monitor = std::cell::RefCell::new(monitor);
+    let beat = || monitor.borrow_mut().beat();
+    serve::Worker::new(app, config, control, &beat)
+        .with_monitor(&monitor)
+        .run(listeners)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

@@ -14,7 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::request::{BodyState, Conn};
 use crate::sock::{self, ReadBuf, Sock, Waited, READ_CHUNK};
-use crate::{App, AppError, Control, Exit, Request, Response, ServerAddr, WorkerConfig};
+use crate::{App, AppError, Control, Exit, Monitor, Request, Response, ServerAddr, WorkerConfig};
 
 /// Most unread request body the worker reads and discards to keep a connection alive.
 const DRAIN_BUDGET: u64 = 64 * 1024;
@@ -31,6 +31,15 @@ const SILENT_GRACE: Duration = Duration::from_secs(1);
 /// How long a poll that found no client queued stands in for a new one (see `accept_pending`).
 const QUIET_FRESH: Duration = Duration::from_millis(2);
 
+/// How long an idle keep-alive connection is kept after its response before the worker gives it
+/// up (for a new client, or because it stops): a request that follows the response at once, as
+/// a busy client's does, is answered rather than lost to a close that crossed it on the wire.
+const KEPT_ALIVE_GRACE: Duration = Duration::from_millis(50);
+
+/// A stopping worker gives up on a silent connection this long before the graceful timeout ends,
+/// so it closes it and exits itself rather than being killed by the master.
+const STOP_MARGIN: Duration = Duration::from_millis(500);
+
 /// Least time between two logged accept failures.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -40,11 +49,34 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Where the start and end of each request are told (the [`Monitor`], shared with the beat).
+pub(crate) trait RequestEvents {
+    fn started(&self, head: &RequestHead);
+    fn finished(&self);
+}
+
+impl RequestEvents for () {
+    fn started(&self, _head: &RequestHead) {}
+    fn finished(&self) {}
+}
+
+impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
+    fn started(&self, head: &RequestHead) {
+        self.borrow_mut().request_started(head)
+    }
+    fn finished(&self) {
+        self.borrow_mut().request_finished()
+    }
+}
+
 pub(crate) struct Worker<'r> {
     pub(crate) app: &'r mut dyn App,
     pub(crate) config: &'r WorkerConfig,
     pub(crate) control: &'r dyn Control,
     pub(crate) heartbeat: &'r dyn Fn(),
+    events: &'r dyn RequestEvents,
+    /// The app was aborted (worker timeout): leave the loop after answering.
+    aborted: bool,
     served: u64,
     rbuf: ReadBuf,
     wbuf: Vec<u8>,
@@ -53,6 +85,8 @@ pub(crate) struct Worker<'r> {
     /// Accept failures since the last one logged, and when that was.
     accept_errors: u64,
     accept_error_logged: Option<Instant>,
+    /// Once a graceful stop was noticed: until when connections already accepted are waited for.
+    stop_deadline: Option<Instant>,
 }
 
 /// A connection just accepted from `listeners[index]`.
@@ -67,10 +101,43 @@ pub(crate) struct Accepted {
 enum Idle {
     /// Bytes (or EOF) from the client.
     Request,
-    /// Keep-alive time over, or told to stop.
-    Close,
+    /// The wait's time is over (keep-alive or header timeout).
+    Timeout,
+    /// The worker closes the connection for this reason (a stop, say).
+    Close(&'static str),
     /// A new client arrived and was accepted.
     Handoff(Accepted),
+}
+
+/// What one poll of an idle connection found.
+enum IdlePoll {
+    /// Bytes (or EOF) from the client.
+    Request,
+    /// These listeners have clients queued.
+    Listeners(Vec<usize>),
+    /// Nothing yet (a tick passed, or the wake fd was cleared).
+    Nothing,
+}
+
+/// How waiting for a connection's next request ended.
+enum Awaited {
+    /// Its first byte is here; the head's clock started at this time.
+    Request(Instant),
+    /// The connection is done with (the reason was logged if it was ours).
+    Closed,
+    /// It was closed for a new connection, accepted meanwhile.
+    Handoff(Accepted),
+}
+
+/// What a connection waiting for a request is, which decides what a stop does to the wait.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    /// Accepted, its first request not here yet: a graceful stop must not lose it, so the wait
+    /// goes on (up to the header timeout, within the graceful timeout).
+    New,
+    /// Kept alive after a response: a graceful stop closes it unless a request follows within
+    /// [`KEPT_ALIVE_GRACE`] of the response.
+    KeptAlive,
 }
 
 /// How reading a request head ended without a head.
@@ -109,15 +176,6 @@ impl Linger {
     }
 }
 
-/// Whether an I/O wait may be cut short by a signal.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Interrupt {
-    /// Waiting for a request that has not started: any stop request ends it.
-    Idle,
-    /// A request is in hand: only an immediate exit ends it.
-    Busy,
-}
-
 impl<'r> Worker<'r> {
     pub(crate) fn new(
         app: &'r mut dyn App,
@@ -130,13 +188,21 @@ impl<'r> Worker<'r> {
             config,
             control,
             heartbeat,
+            events: &(),
+            aborted: false,
             served: 0,
             rbuf: ReadBuf::new(),
             wbuf: Vec::new(),
             listeners_quiet_at: None,
             accept_errors: 0,
             accept_error_logged: None,
+            stop_deadline: None,
         }
+    }
+
+    pub(crate) fn with_monitor(mut self, events: &'r dyn RequestEvents) -> Self {
+        self.events = events;
+        self
     }
 
     fn max_reached(&self) -> bool {
@@ -184,36 +250,58 @@ impl<'r> Worker<'r> {
                 }
                 // Accept again straight after each connection: under load more are queued,
                 // and an accept that finds none costs no more than the poll it saves.
-                loop {
-                    let mut next = match listener.accept() {
-                        Ok((stream, peer)) => Some(Accepted {
-                            index: i,
-                            stream,
-                            peer,
-                            at: Instant::now(),
-                        }),
-                        // None left, another worker took it, or the client gave up while queued.
-                        Err(e) if is_transient_accept_error(&e) => break,
-                        Err(e) => {
-                            self.log_accept_error(listener, &e);
-                            self.pause(ACCEPT_BACKOFF)?;
-                            break;
-                        }
-                    };
-                    // A connection may hand over to one that arrived while it sat idle.
-                    while let Some(a) = next.take() {
-                        let server = &servers[a.index];
-                        next = self.serve_connection(a, listeners, server);
-                        (self.heartbeat)();
-                        if self.max_reached() {
-                            return Ok(Exit::MaxRequests);
-                        }
-                        if self.control.state() != WorkerState::Running {
-                            return Ok(Exit::Stopped);
-                        }
+                while let Some(accepted) = self.accept_one(listener, i)? {
+                    self.serve_in_hand(accepted, listeners, &servers);
+                    if self.aborted {
+                        return Ok(Exit::Aborted);
+                    }
+                    if self.max_reached() {
+                        return Ok(Exit::MaxRequests);
+                    }
+                    if self.control.state() != WorkerState::Running {
+                        return Ok(Exit::Stopped);
                     }
                 }
             }
+        }
+    }
+
+    /// Accept one connection from `listeners[index]`; `None` when none is queued, the accept
+    /// failed, or the worker is stopping (it takes no new connections from then on).
+    fn accept_one(&mut self, listener: &Listener, index: usize) -> io::Result<Option<Accepted>> {
+        if self.control.state() != WorkerState::Running {
+            return Ok(None);
+        }
+        match listener.accept() {
+            Ok((stream, peer)) => Ok(Some(Accepted {
+                index,
+                stream,
+                peer,
+                at: Instant::now(),
+            })),
+            // None left, another worker took it, or the client gave up while queued.
+            Err(e) if is_transient_accept_error(&e) => Ok(None),
+            Err(e) => {
+                self.log_accept_error(listener, &e);
+                self.pause(ACCEPT_BACKOFF)?;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Serve an accepted connection, then each one it hands over to, until none is in hand: a
+    /// connection once accepted is served even when a stop or `--max-requests` came meanwhile.
+    fn serve_in_hand(
+        &mut self,
+        accepted: Accepted,
+        listeners: &[Listener],
+        servers: &[ServerAddr],
+    ) {
+        let mut next = Some(accepted);
+        while let Some(a) = next.take() {
+            let server = &servers[a.index];
+            next = self.serve_connection(a, listeners, server);
+            (self.heartbeat)();
         }
     }
 
@@ -273,14 +361,9 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: a signal asked
-    /// to stop waiting (which ones, per `interrupt`).
-    fn wait_sock(
-        &mut self,
-        sock: &Sock<'_>,
-        deadline: Instant,
-        interrupt: Interrupt,
-    ) -> io::Result<Waited> {
+    /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: told to exit
+    /// at once (a graceful stop lets the wait go on: the connection is in hand).
+    fn wait_sock(&mut self, sock: &Sock<'_>, deadline: Instant) -> io::Result<Waited> {
         loop {
             match sock::wait(
                 sock.fd(),
@@ -292,14 +375,27 @@ impl<'r> Worker<'r> {
                 Waited::Tick => (self.heartbeat)(),
                 Waited::Woken => {
                     self.control.clear_wake();
-                    match (self.control.state(), interrupt) {
-                        (WorkerState::Running, _) | (WorkerState::Stopping, Interrupt::Busy) => {}
-                        _ => return Ok(Waited::Woken),
+                    if self.control.state() == WorkerState::Exit {
+                        return Ok(Waited::Woken);
                     }
                 }
                 other => return Ok(other),
             }
         }
+    }
+
+    /// Until when a stopping worker waits for the first request of a connection it accepted: the
+    /// graceful timeout (less a margin), counted from when the stop was first noticed.
+    fn stop_deadline(&mut self) -> Instant {
+        let grace = self.config.graceful_timeout.saturating_sub(STOP_MARGIN);
+        *self.stop_deadline.get_or_insert_with(|| {
+            log::debug!(
+                "stopping gracefully: waiting up to {:.1}s for the request of a connection \
+                 already accepted",
+                grace.as_secs_f64()
+            );
+            Instant::now() + grace
+        })
     }
 
     /// Serve requests on one connection until it closes. Returns a connection accepted while this
@@ -332,46 +428,21 @@ impl<'r> Worker<'r> {
             body_failed: Cell::new(false),
         };
         self.rbuf.clear();
-        let mut first = true;
+        let mut pending = Pending::New;
         loop {
-            // When the next request's first byte is here, its whole head must follow within the
-            // header timeout; the first request's clock starts at accept.
-            let start = if !self.rbuf.is_empty() {
-                Instant::now()
-            } else if first {
-                // Fast path: a client usually sends its request right after connecting.
-                match self.rbuf.try_fill(&conn.sock, READ_CHUNK) {
-                    Ok(Some(0)) | Err(_) => return None,
-                    Ok(Some(_)) => accepted,
-                    // Silent so far (a browser's preconnect, say): wait, but not so long that
-                    // clients queued behind it wait for the whole header timeout.
-                    Ok(None) => {
-                        let until = accepted + self.config.header_timeout;
-                        match self.wait_idle(&conn.sock, listeners, until, accepted + SILENT_GRACE)
-                        {
-                            Idle::Request => accepted,
-                            Idle::Close => return None,
-                            Idle::Handoff(next) => {
-                                log::debug!(
-                                    "closing a silent connection from {peer:?} for a new one"
-                                );
-                                return Some(next);
-                            }
-                        }
-                    }
-                }
-            } else {
-                let now = Instant::now();
-                match self.wait_idle(&conn.sock, listeners, now + self.config.keepalive, now) {
-                    Idle::Request => Instant::now(),
-                    Idle::Close => return None,
-                    Idle::Handoff(next) => return Some(next),
-                }
+            let start = match self.await_request(&conn.sock, listeners, peer, pending, accepted) {
+                Awaited::Request(start) => start,
+                Awaited::Closed => return None,
+                Awaited::Handoff(next) => return Some(next),
             };
-            first = false;
+            pending = Pending::KeptAlive;
             let head = match self.read_head(&conn.sock, start + self.config.header_timeout) {
                 Ok(head) => head,
-                Err(HeadEnd::Quiet | HeadEnd::Exit) => return None,
+                Err(HeadEnd::Quiet) => return None,
+                Err(HeadEnd::Exit) => {
+                    log::debug!("closing the connection from {peer:?} mid-head: quick stop");
+                    return None;
+                }
                 Err(HeadEnd::Bad(e, head_request)) => {
                     log::debug!("bad request from {peer:?}: {e}");
                     let mut bytes = e.response();
@@ -397,13 +468,16 @@ impl<'r> Worker<'r> {
             if self.max_reached() {
                 log::info!("Autorestarting worker after current request.");
             }
+            self.events.started(&head);
             let persist = self.serve_request(&conn, &head, peer, server, listeners);
-            (self.heartbeat)();
+            self.events.finished();
             // One big streamed response should not pin its buffer for the worker's lifetime.
             if self.wbuf.capacity() > WBUF_KEEP {
                 self.wbuf = Vec::new();
             }
-            if !persist || self.control.state() != WorkerState::Running {
+            // A response that promised keep-alive before a stop came is followed by the wait
+            // for the next request all the same: one already on its way is answered, not lost.
+            if !persist {
                 return None;
             }
             conn.head_sent.set(false);
@@ -411,90 +485,209 @@ impl<'r> Worker<'r> {
         }
     }
 
+    /// Wait until a request's first byte is here; returns when its head's clock starts: at
+    /// accept for a connection's first request, at its first byte for a later one.
+    fn await_request(
+        &mut self,
+        sock: &Sock<'_>,
+        listeners: &[Listener],
+        peer: &PeerAddr,
+        pending: Pending,
+        accepted: Instant,
+    ) -> Awaited {
+        // Pipelined: the next request is already here.
+        if !self.rbuf.is_empty() {
+            return Awaited::Request(Instant::now());
+        }
+        let (until, handoff_from) = match pending {
+            // Fast path: a client usually sends its request right after connecting.
+            Pending::New => match self.rbuf.try_fill(sock, READ_CHUNK) {
+                Ok(Some(0)) => return Awaited::Closed,
+                Ok(Some(_)) => return Awaited::Request(accepted),
+                Err(e) => {
+                    log::debug!("reading from a new connection from {peer:?}: {e}");
+                    return Awaited::Closed;
+                }
+                // Silent so far (a browser's preconnect, say): wait, but not so long that
+                // clients queued behind it wait for the whole header timeout.
+                Ok(None) => (
+                    accepted + self.config.header_timeout,
+                    accepted + SILENT_GRACE,
+                ),
+            },
+            Pending::KeptAlive => {
+                let now = Instant::now();
+                (now + self.config.keepalive, now + KEPT_ALIVE_GRACE)
+            }
+        };
+        match self.wait_idle(sock, listeners, until, handoff_from, pending) {
+            Idle::Request if pending == Pending::New => Awaited::Request(accepted),
+            Idle::Request => Awaited::Request(Instant::now()),
+            Idle::Timeout => Awaited::Closed,
+            Idle::Close(why) => {
+                log::debug!("closing the connection from {peer:?}: {why}");
+                Awaited::Closed
+            }
+            Idle::Handoff(next) => {
+                let what = match pending {
+                    Pending::New => "a silent",
+                    Pending::KeptAlive => "an idle keep-alive",
+                };
+                log::debug!("closing {what} connection from {peer:?} for a new one");
+                Awaited::Handoff(next)
+            }
+        }
+    }
+
     /// Wait for the first byte of a request on a connection between requests, until `until`.
     /// From `handoff_from` on, a new connection on a listener wins: a sync worker must not leave
     /// new clients queued behind an idle one. It is accepted first, so only the worker that gets
-    /// it gives up its idle connection. A stop request also ends the wait.
+    /// it gives up its idle connection. A stopping worker accepts nothing more: it waits on (see
+    /// [`Pending`]), and a quick stop ends the wait at once.
     fn wait_idle(
         &mut self,
         sock: &Sock<'_>,
         listeners: &[Listener],
         until: Instant,
         handoff_from: Instant,
+        pending: Pending,
     ) -> Idle {
-        let mut watch_listeners = true;
+        // A connection served past `--max-requests` (handed over just before) takes no more.
+        let mut watch_listeners = !self.max_reached();
+        let mut stop_until = None;
         loop {
-            let now = Instant::now();
-            if now >= until {
-                return Idle::Close;
-            }
-            let handoff = watch_listeners && now >= handoff_from;
-            let mut left = (until - now).min(sock::TICK);
-            if !handoff && watch_listeners && handoff_from > now {
-                left = left.min(handoff_from - now);
-            }
-            let wake = self.wake_fd();
-            let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
-            if handoff {
-                fds.extend(
-                    listeners
-                        .iter()
-                        .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
-                );
-            }
-            fds.push(PollFd::new(wake, PollFlags::POLLIN));
-            match poll(&mut fds, sock::poll_timeout(left)) {
-                Ok(0) => {
-                    (self.heartbeat)();
-                    continue;
-                }
-                Ok(_) => {}
-                Err(Errno::EINTR) => continue,
-                Err(e) => {
-                    log::error!("poll failed: {e}");
-                    return Idle::Close;
-                }
-            }
-            // The client's request (or its close) comes first.
-            if fds[0].any().unwrap_or(false) {
-                if handoff
-                    && !fds[1..=listeners.len()]
-                        .iter()
-                        .any(|f| f.any().unwrap_or(false))
-                {
-                    self.listeners_quiet_at = Some(Instant::now());
-                }
-                return Idle::Request;
-            }
-            if fds[fds.len() - 1].any().unwrap_or(false) {
-                self.control.clear_wake();
-                if self.control.state() != WorkerState::Running {
-                    return Idle::Close;
-                }
-            }
-            let ready: Vec<usize> = (0..if handoff { listeners.len() } else { 0 })
-                .filter(|&i| fds[1 + i].any().unwrap_or(false))
-                .collect();
-            drop(fds);
-            for i in ready {
-                match listeners[i].accept() {
-                    Ok((stream, peer)) => {
-                        let at = Instant::now();
-                        return Idle::Handoff(Accepted {
-                            index: i,
-                            stream,
-                            peer,
-                            at,
+            match self.control.state() {
+                WorkerState::Running => {}
+                WorkerState::Exit => return Idle::Close("quick stop"),
+                WorkerState::Stopping => {
+                    watch_listeners = false;
+                    if stop_until.is_none() {
+                        stop_until = Some(match pending {
+                            Pending::New => self.stop_deadline(),
+                            // Given up like for a new client (`handoff_from` is when).
+                            Pending::KeptAlive => handoff_from,
                         });
                     }
-                    Err(e) if is_transient_accept_error(&e) => {}
-                    Err(e) => {
+                }
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Idle::Timeout;
+            }
+            if stop_until.is_some_and(|t| now >= t) {
+                return Idle::Close(match pending {
+                    Pending::New => "no request before the graceful timeout",
+                    Pending::KeptAlive => "idle while the worker stops",
+                });
+            }
+            let handoff = watch_listeners && now >= handoff_from;
+            let mut end = stop_until.map_or(until, |t| t.min(until));
+            if watch_listeners && !handoff {
+                end = end.min(handoff_from);
+            }
+            let polled = match self.poll_idle(sock, listeners, handoff, end - now) {
+                Ok(polled) => polled,
+                Err(e) => {
+                    log::error!("poll failed: {e}");
+                    return Idle::Close("poll failed");
+                }
+            };
+            match polled {
+                IdlePoll::Request => return Idle::Request,
+                IdlePoll::Nothing => {}
+                IdlePoll::Listeners(ready) => {
+                    // Checked again: a stop noticed with the listeners ready takes nothing.
+                    if self.control.state() != WorkerState::Running {
+                        continue;
+                    }
+                    match self.accept_ready(listeners, &ready) {
+                        Ok(Some(next)) => return Idle::Handoff(next),
+                        Ok(None) => {}
                         // Do not spin on a listener we cannot accept from; the wait goes on.
-                        self.log_accept_error(&listeners[i], &e);
-                        watch_listeners = false;
+                        Err(()) => watch_listeners = false,
                     }
                 }
             }
+        }
+    }
+
+    /// One poll of an idle connection, the wake fd and (with `handoff`) the listeners, for at most
+    /// `left` (and a tick, to beat the heartbeat).
+    fn poll_idle(
+        &mut self,
+        sock: &Sock<'_>,
+        listeners: &[Listener],
+        handoff: bool,
+        left: Duration,
+    ) -> nix::Result<IdlePoll> {
+        let wake = self.wake_fd();
+        let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
+        if handoff {
+            fds.extend(
+                listeners
+                    .iter()
+                    .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN)),
+            );
+        }
+        fds.push(PollFd::new(wake, PollFlags::POLLIN));
+        match poll(&mut fds, sock::poll_timeout(left.min(sock::TICK))) {
+            Ok(0) => {
+                (self.heartbeat)();
+                return Ok(IdlePoll::Nothing);
+            }
+            Ok(_) => {}
+            Err(Errno::EINTR) => return Ok(IdlePoll::Nothing),
+            Err(e) => return Err(e),
+        }
+        let listeners_ready: Vec<usize> = (0..if handoff { listeners.len() } else { 0 })
+            .filter(|&i| fds[1 + i].any().unwrap_or(false))
+            .collect();
+        // The client's request (or its close) comes first.
+        if fds[0].any().unwrap_or(false) {
+            if handoff && listeners_ready.is_empty() {
+                self.listeners_quiet_at = Some(Instant::now());
+            }
+            return Ok(IdlePoll::Request);
+        }
+        if fds[fds.len() - 1].any().unwrap_or(false) {
+            self.control.clear_wake();
+        }
+        Ok(if listeners_ready.is_empty() {
+            IdlePoll::Nothing
+        } else {
+            IdlePoll::Listeners(listeners_ready)
+        })
+    }
+
+    /// Accept from the first of the `ready` listeners that has a connection. `Err` after an accept
+    /// failure (logged) that is not about one connection.
+    fn accept_ready(
+        &mut self,
+        listeners: &[Listener],
+        ready: &[usize],
+    ) -> Result<Option<Accepted>, ()> {
+        let mut failed = false;
+        for &i in ready {
+            match listeners[i].accept() {
+                Ok((stream, peer)) => {
+                    return Ok(Some(Accepted {
+                        index: i,
+                        stream,
+                        peer,
+                        at: Instant::now(),
+                    }))
+                }
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    self.log_accept_error(&listeners[i], &e);
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            Err(())
+        } else {
+            Ok(None)
         }
     }
 
@@ -522,7 +715,7 @@ impl<'r> Worker<'r> {
                 // Try first: the bytes are usually already here.
                 match self.rbuf.try_fill(sock, max_len) {
                     Ok(Some(n)) => break n,
-                    Ok(None) => match self.wait_sock(sock, deadline, Interrupt::Busy) {
+                    Ok(None) => match self.wait_sock(sock, deadline) {
                         Ok(Waited::Ready) => {}
                         Ok(Waited::Deadline) if self.rbuf.is_empty() => return Err(HeadEnd::Quiet),
                         Ok(Waited::Deadline) => return Err(HeadEnd::Timeout),
@@ -608,11 +801,9 @@ impl<'r> Worker<'r> {
         let result = result.and_then(|()| res.finish());
         match result {
             Ok(complete) => {
-                // A stop that came after the head left still ends the connection here.
-                let persists = complete
-                    && res.persists()
-                    && !last
-                    && self.control.state() == WorkerState::Running;
+                // A stop that came after a keep-alive head left is dealt with by the wait for
+                // the next request (which answers one already on its way).
+                let persists = complete && res.persists() && !last;
                 drop(res);
                 if !persists {
                     self.close(
@@ -631,6 +822,7 @@ impl<'r> Worker<'r> {
                 let head_sent = res.head_sent();
                 drop(res);
                 log_app_error(head, &err, &body);
+                self.aborted = matches!(err, AppError::Aborted(_));
                 if !head_sent {
                     let mut bytes = match (&body.http_error, &err) {
                         (Some(e), _) => e.response(),
@@ -686,7 +878,7 @@ impl<'r> Worker<'r> {
                 Ok(0) => return,
                 Ok(n) => discarded += n,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    match self.wait_sock(&conn.sock, deadline, Interrupt::Idle) {
+                    match self.wait_sock(&conn.sock, deadline) {
                         Ok(Waited::Ready) => {}
                         _ => return,
                     }
@@ -723,6 +915,11 @@ fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
         // The app logged it already (a Python traceback, say): once is enough.
         AppError::Failed(_) => log::debug!("Error handling request {}: {err}", head.target()),
         AppError::BadResponse(_) => log::error!("Error handling request {}: {err}", head.target()),
+        AppError::Aborted(_) => log::error!(
+            "Request {} {} aborted after the worker timed out; the worker exits",
+            head.method(),
+            head.target()
+        ),
     }
 }
 

@@ -1006,3 +1006,97 @@ fn an_unread_body_trickled_in_is_not_drained_for_long() {
     drop(c);
     trickler.join().unwrap();
 }
+
+#[test]
+fn stopping_serves_an_accepted_connection_whose_request_is_still_to_come() {
+    let server = Server::start(test_app(), config());
+    let mut c = server.connect();
+    assert!(common::wait_all_accepted(
+        server.addr,
+        Duration::from_secs(10)
+    ));
+    assert!(server
+        .control
+        .set_and_wait_noticed(WorkerState::Stopping, Duration::from_secs(10)));
+    // Stopping takes no new connection: this one is never served.
+    let mut late = server.connect();
+    let r = c.request(&get("/echo?late"));
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "late:");
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.at_eof());
+    assert_eq!(server.join().unwrap(), Exit::Stopped);
+    // Closed unaccepted with the listener: sending may already fail, and nothing comes back.
+    let _ = late.stream.write_all(&get("/echo?never"));
+    assert!(late.at_eof(), "a connection made after the stop was served");
+}
+
+#[test]
+fn stopping_answers_a_keep_alive_request_sent_as_the_stop_comes() {
+    let mut cfg = config();
+    cfg.keepalive = Duration::from_secs(300);
+    let server = Server::start(test_app(), cfg);
+    let mut c = server.connect();
+    let r = c.request(&get("/echo?1"));
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+    // The request and the stop cross: the request was sent before the client could know.
+    c.send(&get("/echo?2"));
+    server.control.set(WorkerState::Stopping);
+    let r = c.read_response();
+    assert_eq!(r.text(), "2:");
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.at_eof());
+    assert_eq!(server.join().unwrap(), Exit::Stopped);
+}
+
+#[test]
+fn a_stop_after_a_keep_alive_head_left_still_answers_the_request_behind_it() {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    // The head (saying keep-alive) and half the body leave before the app waits.
+    let app = fn_app(move |req, res| {
+        let slow = req.head.path() == "/slow";
+        res.start(200, "OK", vec![h("Content-Length", 4)])?;
+        res.write(b"ha")?;
+        if slow {
+            entered_tx.send(()).unwrap();
+            release_rx.recv().unwrap();
+        }
+        res.write(b"lf")
+    });
+    let mut cfg = config();
+    cfg.keepalive = Duration::from_secs(300);
+    let server = Server::start(app, cfg);
+    let mut c = server.connect();
+    c.send(&get("/slow"));
+    entered.recv().unwrap();
+    // Pipelined behind the request in hand, before the stop.
+    c.send(&get("/next"));
+    server.control.set(WorkerState::Stopping);
+    release.send(()).unwrap();
+    let r = c.read_response();
+    assert_eq!(r.text(), "half");
+    assert_eq!(r.header("Connection"), Some("keep-alive"));
+    let r = c.read_response();
+    assert_eq!(r.text(), "half");
+    assert_eq!(r.header("Connection"), Some("close"));
+    assert!(c.at_eof());
+    assert_eq!(server.join().unwrap(), Exit::Stopped);
+}
+
+#[test]
+fn a_silent_connection_is_closed_at_the_graceful_timeout() {
+    let mut cfg = config();
+    cfg.header_timeout = Duration::from_secs(300);
+    cfg.graceful_timeout = Duration::from_secs(2);
+    let server = Server::start(test_app(), cfg);
+    let mut c = server.connect();
+    assert!(common::wait_all_accepted(
+        server.addr,
+        Duration::from_secs(10)
+    ));
+    server.control.set(WorkerState::Stopping);
+    // Well within the client's read timeout, far before the header timeout.
+    assert!(c.at_eof());
+    assert_eq!(server.join().unwrap(), Exit::Stopped);
+}

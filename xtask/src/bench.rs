@@ -10,17 +10,16 @@
 //! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
 //! installed into `.venv-bench` by `scripts/bench-env.sh`.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use ferrocorn_sizing::{process_tree, ProcessMemory};
+use ferrocorn_sizing::ProcessMemory;
 
+use crate::servers::{one_request, prepare, start, Env, Target, SERVERS};
 use crate::{cargo, run};
 
 #[derive(Debug, Clone)]
@@ -62,227 +61,6 @@ impl Settings {
         }
         Ok(s)
     }
-}
-
-/// A server under test: how to start it serving `module:app` from `dir` on `port`.
-struct ServerKind {
-    name: &'static str,
-    command: fn(&Env, &Target, u16, usize, bool) -> Command,
-}
-
-struct Env {
-    root: PathBuf,
-    venv: PathBuf,
-    ferrocorn: PathBuf,
-}
-
-/// An app to serve: a directory, an app spec and a path to request.
-struct Target {
-    dir: PathBuf,
-    spec: &'static str,
-    path: &'static str,
-}
-
-/// ferrocorn takes gunicorn's flags: one command line for both, only the program differs.
-fn gunicorn_style(
-    program: PathBuf,
-    t: &Target,
-    port: u16,
-    workers: usize,
-    preload: bool,
-) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.args([
-        "-w",
-        &workers.to_string(),
-        "-b",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args(["--log-level", "warning", "--chdir"])
-    .arg(&t.dir);
-    if preload {
-        cmd.arg("--preload");
-    }
-    cmd.arg(t.spec);
-    cmd
-}
-
-fn ferrocorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
-    // The venv comes from $VIRTUAL_ENV, which `start` sets for every server.
-    gunicorn_style(env.ferrocorn.clone(), t, port, workers, preload)
-}
-
-fn gunicorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
-    gunicorn_style(env.venv.join("bin/gunicorn"), t, port, workers, preload)
-}
-
-fn uwsgi_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
-    let (module, callable) = t.spec.split_once(':').unwrap_or((t.spec, "application"));
-    let mut cmd = Command::new(env.venv.join("bin/uwsgi"));
-    cmd.args([
-        "--http-socket",
-        &format!("127.0.0.1:{port}"),
-        "--master",
-        "--processes",
-        &workers.to_string(),
-    ])
-    .args([
-        "--module",
-        module,
-        "--callable",
-        callable,
-        "--disable-logging",
-        "--die-on-term",
-    ])
-    .arg("--chdir")
-    .arg(&t.dir)
-    .arg("--virtualenv")
-    .arg(&env.venv);
-    if !preload {
-        cmd.arg("--lazy-apps");
-    }
-    cmd
-}
-
-fn granian_cmd(env: &Env, t: &Target, port: u16, workers: usize, _preload: bool) -> Command {
-    let mut cmd = Command::new(env.venv.join("bin/granian"));
-    cmd.args([
-        "--interface",
-        "wsgi",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        &port.to_string(),
-    ])
-    .args([
-        "--workers",
-        &workers.to_string(),
-        "--blocking-threads",
-        "1",
-        "--no-ws",
-    ])
-    .args(["--log-level", "warning"])
-    .arg("--working-dir")
-    .arg(&t.dir)
-    .arg(t.spec);
-    cmd
-}
-
-const SERVERS: &[ServerKind] = &[
-    ServerKind {
-        name: "ferrocorn",
-        command: ferrocorn_cmd,
-    },
-    ServerKind {
-        name: "gunicorn",
-        command: gunicorn_cmd,
-    },
-    ServerKind {
-        name: "uwsgi",
-        command: uwsgi_cmd,
-    },
-    ServerKind {
-        name: "granian",
-        command: granian_cmd,
-    },
-];
-
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
-/// A started server; killed (whole process group) on drop.
-struct Running {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        let pgid = self.child.id() as i32;
-        // Every server here stops gracefully on TERM; SIGKILL the group if it lingers.
-        kill_group(pgid, libc::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        kill_group(pgid, libc::SIGKILL);
-        let _ = self.child.wait();
-    }
-}
-
-fn kill_group(pgid: i32, signal: libc::c_int) {
-    // SAFETY: kill(2) has no memory-safety preconditions; a negative pid names the process group.
-    unsafe { libc::kill(-pgid, signal) };
-}
-
-fn start(
-    kind: &ServerKind,
-    env: &Env,
-    target: &Target,
-    workers: usize,
-    preload: bool,
-) -> Result<Running> {
-    let port = free_port()?;
-    let mut cmd = (kind.command)(env, target, port, workers, preload);
-    // Each server's own log, to read when a run misbehaves.
-    let log_dir = env.root.join("target/bench-logs");
-    std::fs::create_dir_all(&log_dir)?;
-    let log_path = log_dir.join(format!("{}-{}w-preload-{preload}.log", kind.name, workers));
-    let log = std::fs::File::create(&log_path)?;
-    cmd.stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    cmd.env("VIRTUAL_ENV", &env.venv)
-        .env_remove("WEB_CONCURRENCY");
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {}", kind.name))?;
-    let mut running = Running {
-        child,
-        addr: SocketAddr::from(([127, 0, 0, 1], port)),
-    };
-    // Ready when every worker has answered: keep asking until `workers` distinct workers were seen,
-    // or at least until requests succeed.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = running.child.try_wait()? {
-            bail!("{} exited during start-up with {status}", kind.name);
-        }
-        if let Ok(200) = one_request(running.addr, target.path).map(|(status, _)| status) {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("{} did not answer within 60 s", kind.name);
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    // Workers boot lazily in some servers; wait for the process tree to have them all.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while workers_of(running.child.id() as i32).len() < workers && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(running)
-}
-
-fn one_request(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize)> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
-    )?;
-    let mut buf = Vec::with_capacity(1024);
-    s.read_to_end(&mut buf)?;
-    let status = buf
-        .get(9..12)
-        .and_then(|s| std::str::from_utf8(s).ok())
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    Ok((status, buf.len()))
 }
 
 #[derive(Debug, Default, Clone)]
@@ -339,13 +117,6 @@ fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Dura
     }
 }
 
-/// Descendants of `pid` (the workers, and any helper processes a server starts).
-fn workers_of(pid: i32) -> Vec<i32> {
-    process_tree(pid)
-        .map(|tree| tree.into_iter().filter(|p| *p != pid).collect())
-        .unwrap_or_default()
-}
-
 /// Memory of the master (the spawned process) and of each descendant.
 struct TreeMemory {
     master: ProcessMemory,
@@ -388,17 +159,10 @@ struct Row {
 
 pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     let settings = Settings::parse(args)?;
-    let venv = root.join(".venv-bench");
-    run(Command::new(root.join("scripts/bench-env.sh")).arg(&venv))?;
-    run(cargo().args(["build", "--release", "-p", "ferrocorn-cli"]))?;
+    let env = prepare(root)?;
     if settings.criterion {
         run(cargo().args(["bench", "-p", "ferrocorn-http"]))?;
     }
-    let env = Env {
-        root: root.to_path_buf(),
-        venv,
-        ferrocorn: root.join("target/release/ferrocorn"),
-    };
 
     let mut failures = Vec::new();
     if settings.throughput {

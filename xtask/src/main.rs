@@ -1,7 +1,9 @@
 //! `cargo xtask <task>`: the project's automation, in Rust so it runs wherever cargo does.
 //!
-//! - `ci`: everything CI runs — the Python test environment, fmt, clippy, every test.
+//! - `ci`: everything CI runs — the Python test environment, fmt, clippy, every test (the
+//!   root-only ones too, when run as root).
 //! - `bench`: side-by-side benchmarks (see `bench.rs`).
+//! - `soak`: failed requests across reloads, scaling, stops and re-execs (see `soak.rs`).
 //! - `fuzz`: run the cargo-fuzz targets for a while.
 
 use std::path::{Path, PathBuf};
@@ -10,6 +12,8 @@ use std::process::Command;
 use anyhow::{bail, Context, Result};
 
 mod bench;
+mod servers;
+mod soak;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -18,9 +22,12 @@ fn main() -> Result<()> {
     match args.first().map(String::as_str) {
         Some("ci") => ci(&root),
         Some("bench") => bench::bench(&root, &args[1..]),
+        Some("soak") => soak::soak(&root, &args[1..]),
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <ci | bench [--quick] | fuzz [SECONDS]>");
+            eprintln!(
+                "usage: cargo xtask <ci | bench [--quick] | soak [--seconds S] | fuzz [SECONDS]>"
+            );
             std::process::exit(2);
         }
     }
@@ -70,8 +77,71 @@ fn ci(root: &Path) -> Result<()> {
     // Unit, property and end-to-end tests (cli/tests run the real binary).
     run(cargo().args(["test", "--workspace", "--all-targets"]))?;
     run(cargo().args(["test", "--workspace", "--doc"]))?;
+    root_only_tests(root)?;
     eprintln!("ci: all checks passed");
     Ok(())
+}
+
+/// Tests that need root (`--user`, chown, cgroups) are `#[ignore = "needs root: ..."]`, so a run as
+/// another user lists them as ignored rather than passing them silently. No test is ignored for
+/// any other reason (checked here), so as root CI runs every ignored test and demands that as many
+/// passed as there are markers.
+const ROOT_MARKER: &str = "#[ignore = \"needs root";
+
+fn root_only_tests(root: &Path) -> Result<()> {
+    let marked = count_root_markers(root)?;
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("ci: NOT RUN: {marked} root-only tests (run `cargo xtask ci` as root)");
+        return Ok(());
+    }
+    let mut cmd = cargo();
+    cmd.args(["test", "--workspace", "--tests", "--", "--ignored"]);
+    eprintln!("$ {cmd:?}");
+    let out = cmd
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .with_context(|| format!("cannot run {cmd:?}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    print!("{stdout}");
+    if !out.status.success() {
+        bail!("root-only tests failed");
+    }
+    let passed: usize = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("test result: ok. "))
+        .filter_map(|l| l.split_whitespace().next()?.parse::<usize>().ok())
+        .sum();
+    if passed != marked {
+        bail!("{marked} tests are marked root-only but {passed} ran and passed");
+    }
+    eprintln!("ci: {passed} root-only tests passed");
+    Ok(())
+}
+
+/// Count the root-only markers in the workspace's tests, refusing any `#[ignore]` without one.
+fn count_root_markers(root: &Path) -> Result<usize> {
+    let out = Command::new("git")
+        .args(["ls-files", "*.rs"])
+        .current_dir(root)
+        .output()
+        .context("listing the sources with git")?;
+    let mut marked = 0;
+    for file in String::from_utf8_lossy(&out.stdout).lines() {
+        if file.starts_with("xtask/") {
+            continue;
+        }
+        let text =
+            std::fs::read_to_string(root.join(file)).with_context(|| format!("reading {file}"))?;
+        for line in text.lines().map(str::trim_start) {
+            if line.starts_with(ROOT_MARKER) {
+                marked += 1;
+            } else if line.starts_with("#[ignore") {
+                bail!("{file}: {line}: only root-only tests may be ignored ({ROOT_MARKER}...)");
+            }
+        }
+    }
+    Ok(marked)
 }
 
 /// Run each cargo-fuzz target for `SECONDS` (default 60) on the stable toolchain (`-s none`),

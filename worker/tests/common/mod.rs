@@ -8,7 +8,7 @@ use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -21,6 +21,9 @@ pub struct TestControl {
     state: AtomicU8,
     wake_rx: UnixStream,
     wake_tx: UnixStream,
+    /// How many times the worker drained the wake fd, i.e. looked at a new state.
+    noticed: Mutex<u64>,
+    noticed_changed: Condvar,
 }
 
 impl TestControl {
@@ -31,7 +34,22 @@ impl TestControl {
             state: AtomicU8::new(0),
             wake_rx,
             wake_tx,
+            noticed: Mutex::new(0),
+            noticed_changed: Condvar::new(),
         }
+    }
+
+    /// [`TestControl::set`], then wait until the worker has drained the wake fd (so it has seen
+    /// the new state) or `timeout` passes; false on timeout.
+    pub fn set_and_wait_noticed(&self, state: WorkerState, timeout: Duration) -> bool {
+        let before = *self.noticed.lock().unwrap();
+        self.set(state);
+        let guard = self.noticed.lock().unwrap();
+        let (_guard, waited) = self
+            .noticed_changed
+            .wait_timeout_while(guard, timeout, |n| *n == before)
+            .unwrap();
+        !waited.timed_out()
     }
 
     /// What a signal handler does: record the state, then make the wake fd readable.
@@ -60,6 +78,8 @@ impl Control for TestControl {
     fn clear_wake(&self) {
         let mut buf = [0u8; 64];
         while matches!((&self.wake_rx).read(&mut buf), Ok(n) if n > 0) {}
+        *self.noticed.lock().unwrap() += 1;
+        self.noticed_changed.notify_all();
     }
 }
 
@@ -90,6 +110,35 @@ pub fn tcp_listener() -> (Listener, SocketAddr) {
     let l = bind(&spec, &ListenOptions::default()).unwrap();
     let addr = l.local_addr().unwrap();
     (l, addr)
+}
+
+/// Clients connected to the TCP listener on `addr` and not accepted yet: the accept queue of the
+/// listening socket, which /proc/net/tcp shows as its rx_queue.
+pub fn accept_queue_len(addr: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!(":{:04X}", addr.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // fields: sl, local_address, rem_address, st, tx_queue:rx_queue, ...; 0A is LISTEN.
+        if fields.len() > 4 && fields[1].ends_with(&port) && fields[3] == "0A" {
+            u32::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Wait (polling /proc, up to `timeout`) until no client is queued on `addr`: every connection
+/// made so far was accepted by a worker. False on timeout.
+pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if accept_queue_len(addr) == Some(0) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
 
 /// A worker loop running in a thread.

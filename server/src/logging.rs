@@ -1,7 +1,8 @@
 //! gunicorn-style error log lines: `[2026-11-25 13:00:00 +0000] [PID] [INFO] message`.
 //!
 //! `--log-file PATH` points fd 2 itself at the file (so Python tracebacks written to stderr land there
-//! too); SIGUSR1 reopens it for logrotate.
+//! too); SIGUSR1 reopens it for logrotate. [`WorkerLogs`] keeps every file workers reopen owned by
+//! their `--user`, so they can open the one the master re-creates after logrotate moved the old.
 
 use std::fs::OpenOptions;
 use std::io::Write;
@@ -9,8 +10,10 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::privileges::Owner;
 
 struct ErrorLog {
     level: LevelFilter,
@@ -81,6 +84,11 @@ impl LogFile {
         }
     }
 
+    /// The file, unless the log goes to the inherited stderr.
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
     /// (Re)open the file in append mode and make it fd 2.
     pub fn open(&self) -> Result<()> {
         let Some(path) = &self.path else {
@@ -98,6 +106,39 @@ impl LogFile {
                 .with_context(|| format!("cannot redirect stdout to {}", path.display()))?;
         }
         debug_assert!(file.as_raw_fd() != 2);
+        Ok(())
+    }
+}
+
+/// The log files workers write to and reopen on SIGUSR1 (the error log; an access log too, once
+/// there is one). The master creates them, as root when started as root, then hands them to the
+/// workers' user and group: an unprivileged worker could not open a root-owned 0644 file for
+/// appending, and would go on writing into the file logrotate moved away.
+#[derive(Debug)]
+pub struct WorkerLogs {
+    owner: Owner,
+    paths: Vec<PathBuf>,
+}
+
+impl WorkerLogs {
+    pub fn new(owner: Owner, paths: impl IntoIterator<Item = PathBuf>) -> Self {
+        WorkerLogs {
+            owner,
+            paths: paths.into_iter().collect(),
+        }
+    }
+
+    /// Chown each file (at start, and after each reopen created it anew). Only regular files: a
+    /// `--log-file /dev/null` or a FIFO is not ours to give away.
+    pub fn hand_over(&self) -> Result<()> {
+        for path in &self.paths {
+            let is_file = std::fs::metadata(path)
+                .with_context(|| format!("cannot inspect log file {}", path.display()))?
+                .is_file();
+            if is_file {
+                self.owner.chown(path)?;
+            }
+        }
         Ok(())
     }
 }

@@ -1,6 +1,9 @@
-//! Shared harness for end-to-end tests: run the real `ferrocorn` binary, wait on its log lines
-//! (never on sleeps), talk raw bytes over TCP, send real signals, read real /proc.
-#![allow(dead_code)]
+//! Shared harness for end-to-end tests: run the real `ferrocorn` binary (or another binary built
+//! on the ferrocorn crates, given by path), wait on its log lines (never on sleeps), talk raw
+//! bytes over TCP, send real signals, read real /proc. A dev-only crate, so it is compiled once
+//! for every test binary that uses it.
+// Handles to processes and directories, only ever used by tests.
+#![allow(missing_debug_implementations)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -12,6 +15,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a stopping server may take.
+pub const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -20,13 +25,22 @@ pub fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// The `ferrocorn` binary of this build. Cargo builds a package's binaries before its
+/// integration tests and puts them (CARGO_BIN_EXE_*) in the target directory the test executable
+/// lives under (`target/<profile>/deps/`), so the `ferrocorn-cli` tests find the fresh one there.
 pub fn ferrocorn_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn"))
-}
-
-/// The Rust example app (`cli/src/bin/rust_hello.rs`), a server built on the ferrocorn crates.
-pub fn rust_example_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn-rust-hello"))
+    let exe = std::env::current_exe().expect("the test executable's path");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("a test executable in target/<profile>/deps")
+        .join("ferrocorn");
+    assert!(
+        bin.is_file(),
+        "{} is missing: the ferrocorn-cli tests build it",
+        bin.display()
+    );
+    bin
 }
 
 /// A running `ferrocorn` master whose stderr log we follow line by line.
@@ -266,6 +280,13 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Everything the server sends on `conn` until it closes (or resets) it.
+pub fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    bytes
+}
+
 /// Send raw bytes, half-close, read everything until the server closes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut s = connect(addr);
@@ -420,7 +441,13 @@ impl Server {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         // The test runner's own environment must not pick defaults; values the test set stay.
-        for var in ["WEB_CONCURRENCY", "PORT", "VIRTUAL_ENV"] {
+        for var in [
+            "WEB_CONCURRENCY",
+            "PORT",
+            "VIRTUAL_ENV",
+            "GUNICORN_CMD_ARGS",
+            "FERROCORN_CMD_ARGS",
+        ] {
             if !cmd.get_envs().any(|(k, _)| k == var) {
                 cmd.env_remove(var);
             }
@@ -451,6 +478,22 @@ impl Server {
             lines: rx,
             log,
         }
+    }
+
+    /// Wait until the process exits and its output pipes close; the exit status and every line
+    /// it wrote (stderr and stdout).
+    pub fn wait_exit_and_output(&mut self, timeout: Duration) -> (ExitStatus, String) {
+        let status = self.wait_exit(timeout);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => break,
+                Err(RecvTimeoutError::Timeout) => panic!("output pipes still open after exit"),
+            }
+        }
+        (status, self.log_text())
     }
 
     /// Wait for the next "Listening at: http://ADDR" line and return ADDR (also kept as `addr`
@@ -521,6 +564,134 @@ impl TempDir {
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// SIGKILLs a process and its children when dropped: a master that outlived the one the test
+/// started must not outlive a failing test.
+pub struct KillOnDrop(pub i32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if !pid_alive(self.0) {
+            return;
+        }
+        // Each may exit on its own meanwhile (a worker with its master): a failed kill is no news,
+        // and a panic here, during a failing test's unwinding, would abort the whole test binary.
+        for pid in children_of(self.0).into_iter().chain([self.0]) {
+            // SAFETY: kill(2) has no memory-safety preconditions.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+    }
+}
+
+/// The server's only worker was replaced by a new one that serves; returns its pid.
+pub fn assert_replaced_and_serving(server: &mut Server, first: i32) -> i32 {
+    let replacement = server.wait_for_workers(1)[0];
+    assert_ne!(replacement, first);
+    assert_eq!(get(server.addr(), "/").status, 200, "{}", server.log_text());
+    replacement
+}
+
+/// Poll `done` until it holds (failing the test after [`BOOT_TIMEOUT`]).
+pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while !done() {
+        assert!(Instant::now() < deadline, "never happened: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// uid and gid of a user from /etc/passwd.
+pub fn passwd_ids(user: &str) -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.split(':').next() == Some(user))?;
+    let f: Vec<&str> = line.split(':').collect();
+    Some((f.get(2)?.parse().ok()?, f.get(3)?.parse().ok()?))
+}
+
+/// The OOM killer's way: SIGKILL the master, then every worker must stop on its own and the port
+/// be free.
+pub fn assert_workers_stop_when_the_master_is_killed(mut server: Server) {
+    server.wait_for_workers(2);
+    let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
+    let _cleanup: Vec<KillOnDrop> = workers.iter().map(|pid| KillOnDrop(*pid)).collect();
+    assert_eq!(get(server.addr(), "/").status, 200);
+    // No chance for the master to stop anything.
+    server.signal(libc::SIGKILL);
+    server.wait_exit(STOP_PATIENCE);
+    for pid in &workers {
+        wait_until(&format!("orphaned worker {pid} exits"), || !pid_alive(*pid));
+    }
+    assert!(
+        std::net::TcpStream::connect(server.addr()).is_err(),
+        "nobody holds the port any more"
+    );
+}
+
+/// The shared libraries `bin` loads, as `ldd` lists them (and a failure if it cannot tell).
+pub fn ldd(bin: &Path) -> String {
+    let out = Command::new("ldd").arg(bin).output().expect("running ldd");
+    let listing = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.status.success(), "ldd {}: {listing}", bin.display());
+    assert!(
+        listing.contains("libc.so"),
+        "ldd {} lists no libc, so it says nothing: {listing}",
+        bin.display()
+    );
+    listing
+}
+
+/// Whether `bin` links libpython.
+pub fn links_libpython(bin: &Path) -> bool {
+    ldd(bin).lines().any(|line| line.contains("libpython"))
+}
+
+/// Poll a log file (`--log-file`, where the harness cannot follow the output) until a line holds
+/// `needle`; panics with the file's text on timeout.
+pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
+        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
+            return line.to_string();
+        }
+        if Instant::now() > deadline {
+            panic!(
+                "no line with {needle:?} in {} within {timeout:?}; it holds:\n{text}",
+                path.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Clients connected to the TCP listener on `addr` and not accepted yet: the accept queue of the
+/// listening socket, which /proc/net/tcp shows as its rx_queue.
+pub fn accept_queue_len(addr: SocketAddr) -> Option<u32> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let port = format!(":{:04X}", addr.port());
+    table.lines().skip(1).find_map(|line| {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        // fields: sl, local_address, rem_address, st, tx_queue:rx_queue, ...; 0A is LISTEN.
+        if fields.len() > 4 && fields[1].ends_with(&port) && fields[3] == "0A" {
+            u32::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()
+        } else {
+            None
+        }
+    })
+}
+
+/// Poll /proc until no client is queued on `addr` (every connection made so far was accepted by
+/// a worker); panics after `timeout`.
+pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    while accept_queue_len(addr) != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "connections to {addr} still queued after {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 

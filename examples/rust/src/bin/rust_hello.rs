@@ -10,8 +10,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use ferrocorn_cli::AppSource;
-use ferrocorn_worker::{App, AppError, Request, Response};
+use ferrocorn_server::{App, AppError, Request, Response};
 
 struct Hello;
 
@@ -76,5 +75,5 @@ impl App for Hello {
 }
 
 fn main() -> std::process::ExitCode {
-    ferrocorn_cli::main(AppSource::Rust(Box::new(|| Box::new(Hello))))
+    ferrocorn_flags::main(|| Box::new(Hello))
 }

@@ -59,6 +59,20 @@ fn parse_workers(s: &str) -> Result<usize, String> {
                   (see `ferrocorn sizing --help`)."
 )]
 pub struct Options {
+    /// The config file: a Python file (PATH or file:PATH) or python:MODULE.NAME, as gunicorn's.
+    /// Default ./gunicorn.conf.py when it exists. Flags in $GUNICORN_CMD_ARGS, then
+    /// $FERROCORN_CMD_ARGS, then the command line override it.
+    #[arg(short = 'c', long, value_name = "CONFIG")]
+    pub config: Option<String>,
+
+    /// Load the config and the app, then exit: 0 when both load, non-zero with the reason.
+    #[arg(long = "check-config")]
+    pub check_config: bool,
+
+    /// Print every effective setting and where it came from, then check the app loads and exit.
+    #[arg(long = "print-config")]
+    pub print_config: bool,
+
     /// The WSGI application: `module:callable`, `module:factory(args)` or `module`.
     #[arg(value_name = "APP")]
     pub app: Option<String>,
@@ -193,7 +207,7 @@ pub struct Options {
     pub capture_output: bool,
 
     /// debug, info, warning, error or critical.
-    #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = crate::logging::parse_level)]
+    #[arg(long = "log-level", default_value = "info", value_name = "LEVEL", value_parser = ferrocorn_server::logging::parse_level)]
     pub log_level: log::LevelFilter,
 
     /// Write the master's pid to this file.

@@ -1,6 +1,6 @@
 //! `--user` / `--group`: workers drop to an unprivileged account after fork, as gunicorn's do.
 
-use anyhow::{anyhow, Context, Result};
+use crate::error::{Context, Error, Result};
 use nix::unistd::{initgroups, setgid, setgroups, setuid, Gid, Group, Uid, User};
 
 #[derive(Debug, Clone, Default)]
@@ -22,7 +22,7 @@ impl Owner {
                 };
                 found
                     .with_context(|| format!("looking up user {name:?}"))?
-                    .ok_or_else(|| anyhow!("no such user: {name:?}"))
+                    .ok_or_else(|| Error::Invalid(format!("no such user: {name:?}")))
             })
             .transpose()?;
         let gid = match group {
@@ -31,7 +31,7 @@ impl Owner {
                 Err(_) => {
                     Group::from_name(name)
                         .with_context(|| format!("looking up group {name:?}"))?
-                        .ok_or_else(|| anyhow!("no such group: {name:?}"))?
+                        .ok_or_else(|| Error::Invalid(format!("no such group: {name:?}")))?
                         .gid
                 }
             }),
@@ -43,7 +43,7 @@ impl Owner {
                 std::ffi::CString::new(user.name.as_str())
                     .context("a user name with a NUL byte")?,
             ),
-            (None, true) => anyhow::bail!("--initgroups needs --user"),
+            (None, true) => return Err(Error::Invalid("--initgroups needs --user".into())),
             _ => None,
         };
         Ok(Owner {

@@ -1,0 +1,441 @@
+//! The ferrocorn server as a library: everything between "settings known" and "arbiter runs".
+//!
+//! [`Server::builder`] takes what each worker serves; [`Builder::run`] binds and announces the
+//! listeners (or adopts those of a USR2 parent or systemd), writes the pid file, opens the log
+//! file, then hands over to the arbiter, which forks workers that drop privileges, build their app
+//! and serve. Signals are gunicorn's: TERM, INT/QUIT, HUP, TTIN/TTOU, USR1 (reopen logs), USR2
+//! (re-exec on the same sockets). No Python here: the WSGI side plugs in through [`AppLoader`] and
+//! [`ForkObserver`].
+//!
+//! ```no_run
+//! # use ferrocorn_server::{App, Server};
+//! # fn hello() -> Box<dyn App> { unimplemented!() }
+//! let code = Server::builder(hello)
+//!     .bind("127.0.0.1:8000".parse()?)
+//!     .workers(4)
+//!     .run()?;
+//! # Ok::<(), ferrocorn_server::Error>(())
+//! ```
+
+mod bind;
+mod error;
+mod hooks;
+pub mod logging;
+mod pidfile;
+mod privileges;
+mod reexec;
+mod worker;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ferrocorn_arbiter::{Arbiter, ArbiterConfig, Exit};
+use ferrocorn_listener::Listener;
+use ferrocorn_worker::WorkerConfig;
+use log::{error, info};
+
+pub use error::{Error, Result};
+pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+pub use ferrocorn_http::Limits;
+pub use ferrocorn_listener::BindSpec;
+pub use ferrocorn_signals::MasterSignals;
+pub use ferrocorn_worker::{App, AppError, Request, Response};
+pub use log::LevelFilter;
+pub use pidfile::PidFile;
+
+use crate::error::Context;
+use crate::logging::{LogFile, WorkerLogs};
+use crate::privileges::Owner;
+
+/// Everything the server is told, with gunicorn's defaults.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Sockets to bind. Empty: 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.
+    pub binds: Vec<BindSpec>,
+    /// Maximum number of pending connections.
+    pub backlog: i32,
+    /// SO_REUSEPORT on listening sockets.
+    pub reuse_port: bool,
+    /// Unix socket files get mode `0o777 & !umask` (default 0: anyone may connect).
+    pub umask: Option<u32>,
+    /// Worker processes.
+    pub workers: usize,
+    /// A worker silent for longer is killed and replaced. `None` disables it.
+    pub timeout: Option<Duration>,
+    /// How long workers get to finish after TERM before SIGKILL.
+    pub graceful_timeout: Duration,
+    /// How long an idle keep-alive connection may wait for its next request.
+    pub keep_alive: Duration,
+    /// The whole request head must arrive within this.
+    pub header_timeout: Duration,
+    /// Restart a worker after this many requests (0 = never).
+    pub max_requests: u64,
+    /// Add up to this many to `max_requests`, spread over the workers.
+    pub max_requests_jitter: u64,
+    /// Request size limits.
+    pub limits: Limits,
+    /// Directory the master moves to first (relative unix socket, pid and log paths are inside).
+    pub chdir: Option<PathBuf>,
+    /// Environment variables set in the master before any worker is forked.
+    pub env: Vec<(String, String)>,
+    /// Workers switch to this user (name or uid)...
+    pub user: Option<String>,
+    /// ... and group (name or gid; default the user's primary group).
+    pub group: Option<String>,
+    /// With `user`: also the user's supplementary groups from the group database.
+    pub initgroups: bool,
+    /// Error log file (fd 2 itself points there; `-` = stderr). Reopened on USR1.
+    pub log_file: Option<PathBuf>,
+    /// stdout goes to the log file too.
+    pub capture_output: bool,
+    /// File the master's pid is written to.
+    pub pidfile: Option<PathBuf>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        let arbiter = ArbiterConfig::default();
+        let worker = WorkerConfig::default();
+        Settings {
+            binds: Vec::new(),
+            backlog: 2048,
+            reuse_port: false,
+            umask: None,
+            workers: arbiter.workers,
+            timeout: arbiter.timeout,
+            graceful_timeout: arbiter.graceful_timeout,
+            keep_alive: worker.keepalive,
+            header_timeout: worker.header_timeout,
+            max_requests: worker.max_requests,
+            max_requests_jitter: 0,
+            limits: worker.limits,
+            chdir: None,
+            env: Vec::new(),
+            user: None,
+            group: None,
+            initgroups: false,
+            log_file: None,
+            capture_output: false,
+            pidfile: None,
+        }
+    }
+}
+
+/// The app loading failed in the master (`--preload`); the text says why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreloadError(pub String);
+
+/// What the workers serve.
+pub trait AppLoader {
+    /// In the master, once the listeners are bound and before the first fork: load the app now
+    /// (gunicorn's `--preload`). A failure stops the server with [`APP_LOAD_ERROR`].
+    fn preload(&mut self) -> Result<(), PreloadError> {
+        Ok(())
+    }
+    /// In each worker, after privileges are dropped: the app it serves. A worker that cannot
+    /// load it exits with [`APP_LOAD_ERROR`], which stops the server.
+    fn load(&mut self) -> Box<dyn App>;
+    /// Before a process that ran the app exits: each worker after serving, and the master at
+    /// the end (e.g. a Python app's `atexit` callbacks).
+    fn before_exit(&mut self) {}
+}
+
+/// An [`AppLoader`] from a closure that builds the app in each worker.
+struct Factory<F>(F);
+
+impl<F: FnMut() -> Box<dyn App>> AppLoader for Factory<F> {
+    fn load(&mut self) -> Box<dyn App> {
+        (self.0)()
+    }
+}
+
+/// Code run in the master around each fork of a worker (e.g. CPython's `PyOS_BeforeFork`
+/// family when the app is preloaded). All no-ops by default.
+pub trait ForkObserver {
+    fn before_fork(&mut self) {}
+    fn after_fork_parent(&mut self) {}
+    /// In the new worker.
+    fn after_fork_child(&mut self) {}
+}
+
+struct NoObserver;
+
+impl ForkObserver for NoObserver {}
+
+/// The entry point: [`Server::builder`].
+#[derive(Debug)]
+pub struct Server;
+
+impl Server {
+    /// A server whose workers each serve the app `factory` builds.
+    pub fn builder(factory: impl FnMut() -> Box<dyn App> + 'static) -> Builder {
+        Self::with_loader(Box::new(Factory(factory)))
+    }
+
+    /// A server whose workers serve what `loader` loads.
+    pub fn with_loader(loader: Box<dyn AppLoader>) -> Builder {
+        Builder {
+            settings: Settings::default(),
+            loader,
+            observer: Box::new(NoObserver),
+            signals: None,
+        }
+    }
+}
+
+/// Settings for a [`Server`]; [`Builder::run`] starts it.
+pub struct Builder {
+    settings: Settings,
+    loader: Box<dyn AppLoader>,
+    observer: Box<dyn ForkObserver>,
+    signals: Option<MasterSignals>,
+}
+
+impl std::fmt::Debug for Builder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Builder")
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Builder {
+    /// Replace all settings.
+    pub fn settings(mut self, settings: Settings) -> Self {
+        self.settings = settings;
+        self
+    }
+
+    /// Add a socket to listen on.
+    pub fn bind(mut self, spec: BindSpec) -> Self {
+        self.settings.binds.push(spec);
+        self
+    }
+
+    pub fn workers(mut self, workers: usize) -> Self {
+        self.settings.workers = workers;
+        self
+    }
+
+    pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.settings.timeout = timeout;
+        self
+    }
+
+    pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
+        self.settings.graceful_timeout = timeout;
+        self
+    }
+
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.settings.keep_alive = keep_alive;
+        self
+    }
+
+    pub fn max_requests(mut self, max_requests: u64) -> Self {
+        self.settings.max_requests = max_requests;
+        self
+    }
+
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.settings.limits = limits;
+        self
+    }
+
+    /// Workers switch to this user (name or uid) and its primary group.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.settings.user = Some(user.into());
+        self
+    }
+
+    /// Workers switch to this group (name or gid).
+    pub fn group(mut self, group: impl Into<String>) -> Self {
+        self.settings.group = Some(group.into());
+        self
+    }
+
+    pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.pidfile = Some(path.into());
+        self
+    }
+
+    pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.settings.log_file = Some(path.into());
+        self
+    }
+
+    /// Code to run around each fork.
+    pub fn fork_observer(mut self, observer: Box<dyn ForkObserver>) -> Self {
+        self.observer = observer;
+        self
+    }
+
+    /// Signal handlers installed earlier (install them first thing in `main`, before anything
+    /// that might install its own, e.g. an embedded Python). Without this, `run` installs them.
+    pub fn signals(mut self, signals: MasterSignals) -> Self {
+        self.signals = Some(signals);
+        self
+    }
+
+    /// Serve until stopped. Returns the master's exit code: 0 after a stop,
+    /// [`WORKER_BOOT_ERROR`] when a worker cannot boot, [`APP_LOAD_ERROR`] when the app cannot
+    /// be loaded; errors are start-up failures.
+    pub fn run(self) -> Result<i32> {
+        let signals = match self.signals {
+            Some(signals) => signals,
+            None => MasterSignals::install()?,
+        };
+        let started = start(self.settings)?;
+        let mut loader = self.loader;
+        if let Err(PreloadError(e)) = loader.preload() {
+            error!("{e}");
+            return Ok(shut_down(Exit::AppLoadError));
+        }
+        let code = started.serve(signals, &mut *loader, self.observer)?;
+        // With a preloaded app, the master ran it too.
+        loader.before_exit();
+        Ok(code)
+    }
+}
+
+/// `dir` as an absolute path, so a later `chdir` of the app loader lands in the same place.
+pub fn absolute_dir(dir: &Path) -> Result<PathBuf> {
+    std::fs::canonicalize(dir)
+        .with_context(|| format!("cannot change directory to {}", dir.display()))
+}
+
+/// A master that is bound and announced, about to fork.
+struct Started {
+    settings: Settings,
+    start: reexec::StartContext,
+    parent_master: Option<i32>,
+    log_file: LogFile,
+    worker_logs: WorkerLogs,
+    owner: Owner,
+    listeners: Vec<Listener>,
+    pidfile: PidFile,
+}
+
+/// Everything before the first fork, in gunicorn's order.
+fn start(mut settings: Settings) -> Result<Started> {
+    // Before chdir: a re-exec (USR2) repeats the command line from where it was typed.
+    let start = reexec::StartContext::capture()?;
+    if let Some(dir) = &settings.chdir {
+        // As gunicorn, the master itself moves first, so relative unix socket, pid file and log
+        // file paths are inside it.
+        let absolute = absolute_dir(dir)?;
+        std::env::set_current_dir(&absolute)
+            .with_context(|| format!("cannot change directory to {}", dir.display()))?;
+        settings.chdir = Some(absolute);
+    }
+    let parent_master = reexec::take_parent_master();
+    let log_file = LogFile::new(settings.log_file.as_deref(), settings.capture_output);
+    log_file.open()?;
+    for (key, value) in &settings.env {
+        // SAFETY: single-threaded here (no worker forked, no thread started), so no one reads the
+        // environment concurrently.
+        unsafe { std::env::set_var(key, value) };
+    }
+    let owner = Owner::resolve(
+        settings.user.as_deref(),
+        settings.group.as_deref(),
+        settings.initgroups,
+    )?;
+    let worker_logs = WorkerLogs::new(owner.clone(), log_file.path().map(Path::to_path_buf));
+    worker_logs.hand_over()?;
+    info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
+    let listeners = bind::bind(&settings)?;
+    bind::announce(&listeners, &owner)?;
+    let pidfile = match parent_master {
+        Some(_) => PidFile::create_for_successor(settings.pidfile.clone())?,
+        None => PidFile::create(settings.pidfile.clone())?,
+    };
+    Ok(Started {
+        settings,
+        start,
+        parent_master,
+        log_file,
+        worker_logs,
+        owner,
+        listeners,
+        pidfile,
+    })
+}
+
+impl Started {
+    /// Run the arbiter until the server stops; returns the exit code.
+    fn serve(
+        self,
+        signals: MasterSignals,
+        loader: &mut dyn AppLoader,
+        observer: Box<dyn ForkObserver>,
+    ) -> Result<i32> {
+        let Started {
+            settings,
+            start,
+            parent_master,
+            log_file,
+            worker_logs,
+            owner,
+            listeners,
+            pidfile,
+        } = self;
+        let config = ArbiterConfig {
+            workers: settings.workers,
+            timeout: settings.timeout.filter(|t| !t.is_zero()),
+            graceful_timeout: settings.graceful_timeout,
+        };
+        let hooks = hooks::MasterHooks {
+            log_file: log_file.clone(),
+            worker_logs,
+            start,
+            reexec_listeners: listeners
+                .iter()
+                .map(Listener::try_clone)
+                .collect::<std::io::Result<Vec<_>>>()
+                .context("duplicating the listeners for USR2")?,
+            pidfile,
+            socket_files: bind::socket_files(&listeners),
+            observer,
+        };
+        let mut arbiter = Arbiter::new(config, signals, hooks)?;
+        if let Some(parent) = parent_master {
+            arbiter.set_parent_master(parent);
+        }
+        let mut worker = worker::Worker {
+            owner: &owner,
+            loader,
+            listeners: &listeners,
+            config: worker_config(&settings),
+            max_requests_jitter: settings.max_requests_jitter,
+            log_file: &log_file,
+        };
+        let exit = arbiter.run(&mut |ctx| worker.run(ctx));
+        let code = shut_down(exit);
+        arbiter.hooks_mut().pidfile.remove();
+        Ok(code)
+    }
+}
+
+fn worker_config(settings: &Settings) -> WorkerConfig {
+    WorkerConfig {
+        limits: settings.limits.clone(),
+        keepalive: settings.keep_alive,
+        header_timeout: settings.header_timeout,
+        max_requests: settings.max_requests,
+        graceful_timeout: settings.graceful_timeout,
+        ..WorkerConfig::default()
+    }
+}
+
+/// gunicorn's last words: "Shutting down: Master", and for a failed exit (at ERROR) the reason.
+fn shut_down(exit: Exit) -> i32 {
+    match exit.reason() {
+        None => info!("Shutting down: Master"),
+        Some(reason) => {
+            error!("Shutting down: Master");
+            error!("Reason: {reason}");
+        }
+    }
+    exit.code()
+}

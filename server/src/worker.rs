@@ -1,0 +1,122 @@
+//! What each forked worker does: drop privileges, build the app, serve, exit.
+
+use ferrocorn_arbiter::{WorkerContext, WorkerSlot};
+use ferrocorn_listener::Listener;
+use ferrocorn_signals::WorkerSignals;
+use ferrocorn_worker::{Monitor, RequestHead, WorkerConfig};
+use log::{error, info};
+
+use crate::logging::LogFile;
+use crate::privileges::Owner;
+use crate::AppLoader;
+
+pub(crate) struct Worker<'a> {
+    pub(crate) owner: &'a Owner,
+    pub(crate) loader: &'a mut dyn AppLoader,
+    pub(crate) listeners: &'a [Listener],
+    pub(crate) config: WorkerConfig,
+    pub(crate) max_requests_jitter: u64,
+    pub(crate) log_file: &'a LogFile,
+}
+
+impl Worker<'_> {
+    /// The forked child's life; returns its exit code.
+    pub(crate) fn run(&mut self, ctx: WorkerContext) -> i32 {
+        if let Err(e) = self.owner.apply() {
+            error!("{e:#}");
+            return ferrocorn_arbiter::WORKER_BOOT_ERROR;
+        }
+        // Dropping privileges cleared the kernel's parent-death signal: ask again.
+        if self.owner.changes_credentials() && !ctx.stop_with_master() {
+            info!("Parent changed, shutting down");
+            return 0;
+        }
+        let mut app = self.loader.load();
+        let mut config = self.config.clone();
+        config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
+        let mut monitor = WorkerMonitor {
+            slot: &ctx.slot,
+            signals: &ctx.signals,
+            log_file: self.log_file,
+        };
+        let served = ferrocorn_worker::run(
+            &mut *app,
+            self.listeners,
+            &config,
+            &ctx.signals,
+            &mut monitor,
+        );
+        self.loader.before_exit();
+        match served {
+            Ok(exit) => {
+                info!("Worker exiting ({exit:?})");
+                0
+            }
+            Err(e) => {
+                error!("Worker failed: {e}");
+                1
+            }
+        }
+    }
+}
+
+/// The worker's progress, written to its scoreboard slot for the arbiter.
+struct WorkerMonitor<'a> {
+    slot: &'a WorkerSlot,
+    signals: &'a WorkerSignals,
+    log_file: &'a LogFile,
+}
+
+impl Monitor for WorkerMonitor<'_> {
+    /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
+    /// and moves its fd 2 to the new log file, as the master does.
+    fn beat(&mut self) {
+        self.slot.beat();
+        if self.signals.take_reopen_logs() {
+            match self.log_file.open() {
+                Ok(()) => info!("Worker reopened its log file"),
+                Err(e) => error!("{e:#}"),
+            }
+        }
+    }
+
+    fn request_started(&mut self, head: &RequestHead) {
+        self.slot.request_started(head.method(), head.path());
+    }
+
+    fn request_finished(&mut self) {
+        self.slot.request_finished();
+    }
+}
+
+/// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different
+/// times: `max_requests + [0, jitter]`, like gunicorn's `randint(0, jitter)`.
+fn jittered(max_requests: u64, jitter: u64) -> u64 {
+    jittered_for(std::process::id(), max_requests, jitter)
+}
+
+fn jittered_for(pid: u32, max_requests: u64, jitter: u64) -> u64 {
+    if max_requests == 0 || jitter == 0 {
+        return max_requests;
+    }
+    // Knuth's multiplicative hash: consecutive pids land far apart.
+    max_requests + u64::from(pid).wrapping_mul(2_654_435_761) % (jitter + 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_in_range_and_spreads_workers() {
+        let limits: std::collections::BTreeSet<u64> =
+            (1000..1100).map(|pid| jittered_for(pid, 50, 10)).collect();
+        assert!(limits.iter().all(|n| (50..=60).contains(n)), "{limits:?}");
+        assert!(
+            limits.len() >= 8,
+            "consecutive pids get different limits: {limits:?}"
+        );
+        assert_eq!(jittered_for(1234, 50, 0), 50);
+        assert_eq!(jittered_for(1234, 0, 10), 0, "no --max-requests, no limit");
+    }
+}

@@ -11,13 +11,13 @@
 //! code does not load) it is retried after a back-off while the old workers serve on: a reload
 //! (HUP) retires old workers only as their replacements boot.
 
-mod heartbeat;
 mod hooks;
 mod master;
+mod scoreboard;
 
-pub use heartbeat::Heartbeat;
 pub use hooks::{Exit, ExitCause, Hooks, NoHooks};
 pub use master::{Arbiter, ArbiterConfig, Error, WorkerContext};
+pub use scoreboard::{Scoreboard, SlotSnapshot, SlotState, WorkerSlot, REQUEST_TEXT_MAX};
 
 /// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).
 pub const WORKER_BOOT_ERROR: i32 = 3;

@@ -10,9 +10,9 @@ use nix::sys::signal::{kill, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
-use crate::heartbeat::{HeartbeatTable, MAX_SLOTS};
 use crate::hooks::{Exit, ExitCause, Hooks};
-use crate::{Heartbeat, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
+use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 /// How often the arbiter wakes on its own to check worker timeouts and counts.
 const TICK: Duration = Duration::from_secs(1);
@@ -55,7 +55,8 @@ impl Default for ArbiterConfig {
 pub struct WorkerContext {
     /// The worker's own signal handlers (the master's were replaced right after fork).
     pub signals: WorkerSignals,
-    pub heartbeat: Heartbeat,
+    /// Its slot of the scoreboard: beat, and say which request is being served.
+    pub slot: WorkerSlot,
     /// 1 for the first worker ever forked, then counting up (respawns and reloads included).
     pub age: u64,
     /// The master's pid.
@@ -85,8 +86,8 @@ impl WorkerContext {
 /// Why [`Arbiter::new`] failed ([`Arbiter::run`] cannot: a failed fork is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("shared heartbeat memory: {0}")]
-    Heartbeat(std::io::Error),
+    #[error("shared scoreboard memory: {0}")]
+    Scoreboard(std::io::Error),
 }
 
 #[derive(Debug)]
@@ -110,7 +111,7 @@ pub struct Arbiter<H> {
     config: ArbiterConfig,
     signals: Option<MasterSignals>,
     hooks: H,
-    table: HeartbeatTable,
+    table: Scoreboard,
     workers: BTreeMap<Pid, WorkerInfo>,
     target: usize,
     next_age: u64,
@@ -153,7 +154,7 @@ impl<H: Hooks> Arbiter<H> {
             config,
             signals: Some(signals),
             hooks,
-            table: HeartbeatTable::new().map_err(Error::Heartbeat)?,
+            table: Scoreboard::new().map_err(Error::Scoreboard)?,
             workers: BTreeMap::new(),
             target,
             next_age: 1,
@@ -458,6 +459,7 @@ impl<H: Hooks> Arbiter<H> {
     }
 
     /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
+    /// Both log lines name the request the worker was stuck in, read from the scoreboard.
     fn murder_workers(&mut self) {
         let Some(timeout) = self.config.timeout else {
             return;
@@ -465,11 +467,18 @@ impl<H: Hooks> Arbiter<H> {
         for (pid, info) in &mut self.workers {
             match info.aborted_at {
                 None if self.table.silence(info.slot) > timeout => {
-                    error!("WORKER TIMEOUT (pid:{pid})");
+                    let doing = describe_work(&self.table.snapshot(info.slot));
+                    error!("WORKER TIMEOUT (pid:{pid}) {doing}");
                     let _ = kill(*pid, Signal::SIGABRT);
                     info.aborted_at = Some(Instant::now());
                 }
-                Some(at) if at.elapsed() > ABORT_GRACE => {
+                Some(at) if at.elapsed() > ABORT_GRACE && !info.killed => {
+                    let doing = describe_work(&self.table.snapshot(info.slot));
+                    error!(
+                        "Worker (pid:{pid}) still running {:.1}s after SIGABRT; sending SIGKILL \
+                         (it was {doing})",
+                        at.elapsed().as_secs_f64()
+                    );
                     info.killed = true;
                     let _ = kill(*pid, Signal::SIGKILL);
                 }
@@ -574,13 +583,13 @@ impl<H: Hooks> Arbiter<H> {
         (0..MAX_SLOTS).find(|slot| !used.contains(slot))
     }
 
-    /// Fork one worker; `Ok(false)` if no heartbeat slot is free.
+    /// Fork one worker; `Ok(false)` if no scoreboard slot is free.
     fn spawn_worker(
         &mut self,
         worker_main: &mut dyn FnMut(WorkerContext) -> i32,
     ) -> nix::Result<bool> {
         let Some(slot) = self.free_slot() else {
-            warn!("No heartbeat slot left; not spawning another worker");
+            warn!("No scoreboard slot left; not spawning another worker");
             return Ok(false);
         };
         self.table.arm(slot);
@@ -633,7 +642,7 @@ impl<H: Hooks> Arbiter<H> {
         };
         let ctx = WorkerContext {
             signals,
-            heartbeat: self.table.handle(slot),
+            slot: self.table.worker_slot(slot),
             age,
             master_pid: self.pid,
         };
@@ -730,6 +739,19 @@ impl<H: Hooks> Arbiter<H> {
             self.signals_mut().wait_signals(Duration::from_millis(100));
             self.reap();
         }
+    }
+}
+
+/// What a worker was doing, for the timeout log: `serving GET /slow for 2.1s`.
+fn describe_work(snap: &SlotSnapshot) -> String {
+    match (snap.busy_for, snap.request()) {
+        (Some(busy), Some(request)) => {
+            format!("serving {request} for {:.1}s", busy.as_secs_f64())
+        }
+        _ => match snap.state {
+            crate::SlotState::Booting => "booting (no request yet)".to_string(),
+            _ => "not serving a request".to_string(),
+        },
     }
 }
 

@@ -136,12 +136,12 @@ fn a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker() {
             match ctx.age {
                 // The first worker boots (its first beat), then asks for a reload and serves on.
                 1 => {
-                    ctx.heartbeat.beat();
+                    ctx.slot.beat();
                     std::fs::write(&old, me.to_string()).unwrap();
                     // SAFETY: kill signals our master.
                     unsafe { libc::kill(libc::getppid(), libc::SIGHUP) };
                     while ctx.signals.state() != WorkerState::Exit {
-                        ctx.heartbeat.beat();
+                        ctx.slot.beat();
                         ctx.signals.wait_wake(Duration::from_millis(100));
                         ctx.signals.clear_wake();
                     }

@@ -5,6 +5,7 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod sizing_cmd;
 mod venv;
 
 use std::process::ExitCode;
@@ -19,6 +20,11 @@ use log::error;
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
 /// codes as [`ferrocorn_flags`]).
 pub fn main() -> ExitCode {
+    // `ferrocorn sizing ...` is the advisor; an app module named `sizing` is `sizing:application`.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == "sizing") {
+        return sizing_cmd::main(args.collect());
+    }
     let signals = match ferrocorn_flags::install_signals() {
         Ok(signals) => signals,
         Err(code) => return code,
@@ -65,7 +71,10 @@ struct PerWorker(WsgiConfig);
 impl AppLoader for PerWorker {
     fn load(&mut self) -> Box<dyn App> {
         match ferrocorn_wsgi::load(&self.0) {
-            Ok(app) => Box::new(app),
+            Ok(app) => {
+                install_abort_handler();
+                Box::new(app)
+            }
             Err(e) => {
                 error!("{e}");
                 std::process::exit(APP_LOAD_ERROR);
@@ -97,6 +106,7 @@ impl AppLoader for Preloaded {
     }
 
     fn load(&mut self) -> Box<dyn App> {
+        install_abort_handler();
         Box::new(self.app.take().expect("each worker builds its app once"))
     }
 
@@ -107,6 +117,15 @@ impl AppLoader for Preloaded {
     /// The master and each worker ran the app: its atexit callbacks run in both.
     fn before_exit(&mut self) {
         ferrocorn_wsgi::before_exit();
+    }
+}
+
+/// `--timeout` on a request stuck in Python: a 500 and its traceback instead of a dead worker.
+/// Only in the worker (`load` runs there): with `--preload` the master's Python must not own
+/// SIGABRT.
+fn install_abort_handler() {
+    if let Err(e) = ferrocorn_wsgi::install_abort_handler() {
+        log::warn!("{e}; a timed-out request will not get its traceback logged");
     }
 }
 

@@ -853,7 +853,12 @@ fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
     );
     let sock = dir.path().join("app.sock");
     wait_until("the socket appears inside --chdir", || sock.exists());
-    let pid = std::fs::read_to_string(dir.path().join("app.pid")).unwrap();
+    // The pid file is written after the sockets are bound.
+    let pidfile = dir.path().join("app.pid");
+    wait_until("the pid file appears inside --chdir", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
     assert_eq!(pid.trim(), server.pid().to_string());
     let log = dir.path().join("app.log");
     wait_until("a worker boots", || {

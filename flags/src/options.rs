@@ -55,7 +55,9 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \
                   same sockets (upgrade on the fly; then TERM the old one), WINCH (with --daemon) stop \
-                  the workers."
+                  the workers.\n\n\
+                  `ferrocorn sizing [FLAGS] APP` measures the app and recommends a worker count \
+                  (see `ferrocorn sizing --help`)."
 )]
 pub struct Options {
     /// The config file: a Python file (PATH or file:PATH) or python:MODULE.NAME, as gunicorn's.

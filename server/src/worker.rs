@@ -1,8 +1,9 @@
 //! What each forked worker does: drop privileges, build the app, serve, exit.
 
-use ferrocorn_arbiter::WorkerContext;
+use ferrocorn_arbiter::{WorkerContext, WorkerSlot};
 use ferrocorn_listener::Listener;
-use ferrocorn_worker::WorkerConfig;
+use ferrocorn_signals::WorkerSignals;
+use ferrocorn_worker::{Monitor, RequestHead, WorkerConfig};
 use log::{error, info};
 
 use crate::logging::LogFile;
@@ -39,21 +40,18 @@ impl Worker<'_> {
         }
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
-        let heartbeat = ctx.heartbeat;
-        let signals = &ctx.signals;
-        let log_file = self.log_file;
-        // The worker loop calls this at least once a second: besides beating, it is where a
-        // worker notices SIGUSR1 and moves its fd 2 to the new log file, as the master does.
-        let mut tick = || {
-            heartbeat.beat();
-            if signals.take_reopen_logs() {
-                match log_file.open() {
-                    Ok(()) => info!("Worker reopened its log file"),
-                    Err(e) => error!("{e:#}"),
-                }
-            }
+        let mut monitor = WorkerMonitor {
+            slot: &ctx.slot,
+            signals: &ctx.signals,
+            log_file: self.log_file,
         };
-        let served = ferrocorn_worker::run(&mut *app, self.listeners, &config, signals, &mut tick);
+        let served = ferrocorn_worker::run(
+            &mut *app,
+            self.listeners,
+            &config,
+            &ctx.signals,
+            &mut monitor,
+        );
         self.loader.before_exit();
         match served {
             Ok(exit) => {
@@ -65,6 +63,35 @@ impl Worker<'_> {
                 1
             }
         }
+    }
+}
+
+/// The worker's progress, written to its scoreboard slot for the arbiter.
+struct WorkerMonitor<'a> {
+    slot: &'a WorkerSlot,
+    signals: &'a WorkerSignals,
+    log_file: &'a LogFile,
+}
+
+impl Monitor for WorkerMonitor<'_> {
+    /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
+    /// and moves its fd 2 to the new log file, as the master does.
+    fn beat(&mut self) {
+        self.slot.beat();
+        if self.signals.take_reopen_logs() {
+            match self.log_file.open() {
+                Ok(()) => info!("Worker reopened its log file"),
+                Err(e) => error!("{e:#}"),
+            }
+        }
+    }
+
+    fn request_started(&mut self, head: &RequestHead) {
+        self.slot.request_started(head.method(), head.path());
+    }
+
+    fn request_finished(&mut self) {
+        self.slot.request_finished();
     }
 }
 

@@ -164,6 +164,8 @@ pub struct Cgroups {
     pub v1_cpu: Option<CgroupDir>,
     /// The v1 `memory` controller.
     pub v1_memory: Option<CgroupDir>,
+    /// The v1 `cpuset` controller.
+    pub v1_cpuset: Option<CgroupDir>,
 }
 
 impl Cgroups {
@@ -188,6 +190,7 @@ impl Cgroups {
             v2,
             v1_cpu: v1("cpu"),
             v1_memory: v1("memory"),
+            v1_cpuset: v1("cpuset"),
         })
     }
 
@@ -210,6 +213,16 @@ impl Cgroups {
             let period = read_file(dir.join("cpu.cfs_period_us"))?;
             Ok(parse_cfs(quota, &period)?.map(quota_cpus))
         })
+    }
+
+    /// CPUs in our cpuset: v2 `cpuset.cpus.effective` (what the kernel really grants), else v1
+    /// `cpuset.cpus`; the smallest set on the path wins.
+    pub fn cpuset_cpus(&self) -> Result<Option<Limit<usize>>, Error> {
+        let count = |t: &str, _: &Path| parse_cpu_list(t).map(|n| (n > 0).then_some(n));
+        if let Some(l) = tightest(self.v2.as_ref(), "cpuset.cpus.effective", count)? {
+            return Ok(Some(l));
+        }
+        tightest(self.v1_cpuset.as_ref(), "cpuset.cpus", count)
     }
 
     /// The tightest memory limit on our cgroup path (v2 `memory.max`/`memory.high`, v1
@@ -306,6 +319,26 @@ pub fn parse_memory_max(text: &str) -> Result<Option<u64>, Error> {
         "max" => Ok(None),
         t => parse_u64("memory.max", t).map(Some),
     }
+}
+
+/// A kernel CPU list (`cpuset.cpus`, `cpuset.cpus.effective`): `0-3,6,8-9` is 7 CPUs; empty
+/// (no CPUs of its own, e.g. a v2 cgroup without the cpuset controller) is 0.
+pub fn parse_cpu_list(text: &str) -> Result<usize, Error> {
+    let mut count = 0;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let bad = || Error::parse("cpuset.cpus", format!("bad CPU range {part:?}"));
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo, hi),
+            None => (part, part),
+        };
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if hi < lo {
+            return Err(bad());
+        }
+        count += hi - lo + 1;
+    }
+    Ok(count)
 }
 
 /// Values this large in v1 `memory.limit_in_bytes` mean "unlimited" (the kernel writes

@@ -280,6 +280,13 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Everything the server sends on `conn` until it closes (or resets) it.
+pub fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    let _ = conn.read_to_end(&mut bytes);
+    bytes
+}
+
 /// Send raw bytes, half-close, read everything until the server closes.
 pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
     let mut s = connect(addr);
@@ -578,6 +585,14 @@ impl Drop for KillOnDrop {
     }
 }
 
+/// The server's only worker was replaced by a new one that serves; returns its pid.
+pub fn assert_replaced_and_serving(server: &mut Server, first: i32) -> i32 {
+    let replacement = server.wait_for_workers(1)[0];
+    assert_ne!(replacement, first);
+    assert_eq!(get(server.addr(), "/").status, 200, "{}", server.log_text());
+    replacement
+}
+
 /// Poll `done` until it holds (failing the test after [`BOOT_TIMEOUT`]).
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
     let deadline = Instant::now() + BOOT_TIMEOUT;
@@ -678,4 +693,75 @@ pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) {
         );
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+/// What a command that ran to its end printed.
+pub struct Finished {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run `ferrocorn ARGS` in the repository root to its end (killed, and the test failed, if it
+/// takes longer than `timeout`), with stdout and stderr apart (e.g. `--json` on stdout).
+pub fn run_ferrocorn(args: &[&str], timeout: Duration) -> Finished {
+    let mut child = Command::new(ferrocorn_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("PORT")
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrocorn");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
+    let deadline = Instant::now() + timeout;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ferrocorn {args:?} did not finish within {timeout:?}; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
+    }
+}
+
+/// Pids of live processes whose environment holds `KEY=VALUE` (a marker set with `--env`, which
+/// the master and its workers carry).
+pub fn processes_with_env(marker: &str) -> Vec<i32> {
+    let needle = marker.as_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == needle) && pid_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

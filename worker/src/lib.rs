@@ -58,6 +58,10 @@ pub enum AppError {
     /// Reading the request or writing the response failed (client went away, timeout).
     #[error("connection error: {0}")]
     Io(io::Error),
+    /// The app was interrupted because the worker timed out (the arbiter's SIGABRT); the app has
+    /// logged where it was. The client gets a 500 and the worker exits ([`Exit::Aborted`]).
+    #[error("aborted: {0}")]
+    Aborted(String),
 }
 
 /// By hand rather than `#[from]`, which would also expose the error as `source()`: the message
@@ -121,10 +125,34 @@ pub enum Exit {
     Stopped,
     /// Served `max_requests`.
     MaxRequests,
+    /// The app was aborted after the worker timed out ([`AppError::Aborted`]); the arbiter is
+    /// replacing this worker.
+    Aborted,
 }
 
-/// Serve until stopped. `heartbeat` is called at least once a second while idle and around each
-/// request, so the arbiter can tell a hung worker from a busy one.
+/// What the worker tells the world about its progress (the arbiter's scoreboard, in ferrocorn).
+/// Any `FnMut()` is a monitor that only beats.
+pub trait Monitor {
+    /// Called at least once a second while idle and around each request, so a hung worker can
+    /// be told from a busy one.
+    fn beat(&mut self);
+    /// A complete request head arrived and is about to be served.
+    fn request_started(&mut self, _head: &RequestHead) {
+        self.beat();
+    }
+    /// The request started last is over (answered, failed or abandoned).
+    fn request_finished(&mut self) {
+        self.beat();
+    }
+}
+
+impl<F: FnMut()> Monitor for F {
+    fn beat(&mut self) {
+        self()
+    }
+}
+
+/// Serve until stopped, telling `monitor` of beats and requests (see [`Monitor`]).
 ///
 /// Errors are only those that make the loop itself impossible (the listeners cannot be polled);
 /// anything going wrong with one connection or one app call is logged and serving goes on.
@@ -133,9 +161,9 @@ pub fn run(
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     signals: &ferrocorn_signals::WorkerSignals,
-    heartbeat: &mut dyn FnMut(),
+    monitor: &mut dyn Monitor,
 ) -> io::Result<Exit> {
-    run_with(app, listeners, config, signals, heartbeat)
+    run_with(app, listeners, config, signals, monitor)
 }
 
 /// [`run`] with any [`Control`] in place of the process's signal handlers (tests, embedding).
@@ -144,15 +172,14 @@ pub fn run_with(
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     control: &dyn Control,
-    heartbeat: &mut dyn FnMut(),
+    monitor: &mut dyn Monitor,
 ) -> io::Result<Exit> {
     // The sockets of a connection beat too (while moving bytes), so the worker shares it.
-    let heartbeat = std::cell::RefCell::new(heartbeat);
-    let beat = || {
-        let mut hb = heartbeat.borrow_mut();
-        (*hb)()
-    };
-    serve::Worker::new(app, config, control, &beat).run(listeners)
+    let monitor = std::cell::RefCell::new(monitor);
+    let beat = || monitor.borrow_mut().beat();
+    serve::Worker::new(app, config, control, &beat)
+        .with_monitor(&monitor)
+        .run(listeners)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

@@ -14,7 +14,7 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 
 use crate::request::{BodyState, Conn};
 use crate::sock::{self, ReadBuf, Sock, Waited, READ_CHUNK};
-use crate::{App, AppError, Control, Exit, Request, Response, ServerAddr, WorkerConfig};
+use crate::{App, AppError, Control, Exit, Monitor, Request, Response, ServerAddr, WorkerConfig};
 
 /// Most unread request body the worker reads and discards to keep a connection alive.
 const DRAIN_BUDGET: u64 = 64 * 1024;
@@ -49,11 +49,34 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
+/// Where the start and end of each request are told (the [`Monitor`], shared with the beat).
+pub(crate) trait RequestEvents {
+    fn started(&self, head: &RequestHead);
+    fn finished(&self);
+}
+
+impl RequestEvents for () {
+    fn started(&self, _head: &RequestHead) {}
+    fn finished(&self) {}
+}
+
+impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
+    fn started(&self, head: &RequestHead) {
+        self.borrow_mut().request_started(head)
+    }
+    fn finished(&self) {
+        self.borrow_mut().request_finished()
+    }
+}
+
 pub(crate) struct Worker<'r> {
     pub(crate) app: &'r mut dyn App,
     pub(crate) config: &'r WorkerConfig,
     pub(crate) control: &'r dyn Control,
     pub(crate) heartbeat: &'r dyn Fn(),
+    events: &'r dyn RequestEvents,
+    /// The app was aborted (worker timeout): leave the loop after answering.
+    aborted: bool,
     served: u64,
     rbuf: ReadBuf,
     wbuf: Vec<u8>,
@@ -165,6 +188,8 @@ impl<'r> Worker<'r> {
             config,
             control,
             heartbeat,
+            events: &(),
+            aborted: false,
             served: 0,
             rbuf: ReadBuf::new(),
             wbuf: Vec::new(),
@@ -173,6 +198,11 @@ impl<'r> Worker<'r> {
             accept_error_logged: None,
             stop_deadline: None,
         }
+    }
+
+    pub(crate) fn with_monitor(mut self, events: &'r dyn RequestEvents) -> Self {
+        self.events = events;
+        self
     }
 
     fn max_reached(&self) -> bool {
@@ -222,6 +252,9 @@ impl<'r> Worker<'r> {
                 // and an accept that finds none costs no more than the poll it saves.
                 while let Some(accepted) = self.accept_one(listener, i)? {
                     self.serve_in_hand(accepted, listeners, &servers);
+                    if self.aborted {
+                        return Ok(Exit::Aborted);
+                    }
                     if self.max_reached() {
                         return Ok(Exit::MaxRequests);
                     }
@@ -435,8 +468,9 @@ impl<'r> Worker<'r> {
             if self.max_reached() {
                 log::info!("Autorestarting worker after current request.");
             }
+            self.events.started(&head);
             let persist = self.serve_request(&conn, &head, peer, server, listeners);
-            (self.heartbeat)();
+            self.events.finished();
             // One big streamed response should not pin its buffer for the worker's lifetime.
             if self.wbuf.capacity() > WBUF_KEEP {
                 self.wbuf = Vec::new();
@@ -788,6 +822,7 @@ impl<'r> Worker<'r> {
                 let head_sent = res.head_sent();
                 drop(res);
                 log_app_error(head, &err, &body);
+                self.aborted = matches!(err, AppError::Aborted(_));
                 if !head_sent {
                     let mut bytes = match (&body.http_error, &err) {
                         (Some(e), _) => e.response(),
@@ -880,6 +915,11 @@ fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
         // The app logged it already (a Python traceback, say): once is enough.
         AppError::Failed(_) => log::debug!("Error handling request {}: {err}", head.target()),
         AppError::BadResponse(_) => log::error!("Error handling request {}: {err}", head.target()),
+        AppError::Aborted(_) => log::error!(
+            "Request {} {} aborted after the worker timed out; the worker exits",
+            head.method(),
+            head.target()
+        ),
     }
 }
 

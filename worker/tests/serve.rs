@@ -1044,7 +1044,13 @@ fn stopping_answers_a_keep_alive_request_sent_as_the_stop_comes() {
     server.control.set(WorkerState::Stopping);
     let r = c.read_response();
     assert_eq!(r.text(), "2:");
-    assert_eq!(r.header("Connection"), Some("close"));
+    // Which comes first is a race: a head written before the worker saw the stop still says
+    // keep-alive. Either way the request is answered and then the connection ends.
+    assert!(
+        matches!(r.header("Connection"), Some("close" | "keep-alive")),
+        "{:?}",
+        r.header("Connection")
+    );
     assert!(c.at_eof());
     assert_eq!(server.join().unwrap(), Exit::Stopped);
 }

@@ -37,6 +37,7 @@ use pyo3::types::PyDict;
 
 use ferrocorn_worker::{App, AppError, Request, Response};
 
+mod abort;
 pub mod environ;
 mod imported;
 mod interp;
@@ -230,7 +231,9 @@ impl WsgiApp {
         body: &mut dyn Read,
         sink: &mut dyn ResponseSink,
     ) -> Result<(), AppError> {
-        Python::attach(|py| {
+        abort::set_current(info.method, info.path);
+        let result = Python::attach(|py| {
+            abort::check_pending(py)?;
             serve::serve(
                 py,
                 self.app.bind(py),
@@ -239,8 +242,11 @@ impl WsgiApp {
                 info,
                 body,
                 sink,
-            )
-        })
+            )?;
+            abort::check_pending(py)
+        });
+        abort::clear_current();
+        result
     }
 }
 
@@ -264,6 +270,15 @@ pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
         joined.extract::<String>()
     });
     formatted.unwrap_or_else(|_| err.to_string())
+}
+
+/// In a worker, after the app is loaded (never in the master, even with `--preload`): on SIGABRT
+/// (the arbiter's `--timeout`), log the Python stack of every thread and the request, and raise
+/// `WorkerTimeout` (a `BaseException`) where the app is, so the request is answered 500 and the
+/// worker exits. An app stuck in C code that does not return on EINTR is not interrupted; the
+/// arbiter then kills the worker.
+pub fn install_abort_handler() -> Result<(), LoadError> {
+    abort::install()
 }
 
 /// Before fork in a process where Python is initialized (`--preload`): `gc.freeze()` and

@@ -88,6 +88,7 @@ pub fn serve(
     match outcome {
         Outcome::App(AppError::BadResponse(m)) => Err(bad_response(info, bad.unwrap_or(m))),
         Outcome::App(e) => Err(e),
+        Outcome::Python(e) if crate::abort::is_abort(py, &e) => Err(crate::abort::aborted(&e)),
         // The app raised because its response was invalid (our TypeError/ValueError), or the
         // app swallowed that error and raised something else: the response is at fault.
         Outcome::Python(_) if bad.is_some() => Err(bad_response(info, bad.unwrap_or_default())),

@@ -30,18 +30,6 @@ struct Started {
     out: ResponseHeadOut,
 }
 
-/// How body bytes go out once the head is sent.
-#[derive(Debug)]
-enum BodyOut {
-    NoBody,
-    /// Declared `Content-Length`: never more than `remaining` further bytes.
-    Length {
-        remaining: u64,
-    },
-    Chunked(BodyEncoder),
-    UntilClose,
-}
-
 /// The response being written. The head is sent with the first non-empty body write (or at the end).
 pub struct Response<'a> {
     pub(crate) conn: &'a Conn<'a>,
@@ -56,7 +44,8 @@ pub struct Response<'a> {
     pub(crate) must_close: &'a dyn Fn() -> bool,
     pub(crate) server_header: &'a str,
     started: Option<Started>,
-    body: Option<BodyOut>,
+    /// Frames the body once the head is sent (`ferrocorn-http` decides every framing detail).
+    body: Option<BodyEncoder>,
     /// A write failed: the connection is unusable and every later write fails at once.
     broken: bool,
 }
@@ -171,10 +160,7 @@ impl<'a> Response<'a> {
         write_response_head(&spec, self.wbuf).map_err(|e| {
             self.wbuf.clear();
             // AppError::BadResponse adds its own "invalid response" prefix: pass the bare reason.
-            AppError::BadResponse(match e {
-                ferrocorn_http::Error::InvalidResponse(reason) => reason.to_string(),
-                other => other.to_string(),
-            })
+            AppError::BadResponse(e.0.to_string())
         })
     }
 
@@ -241,14 +227,7 @@ impl<'a> Response<'a> {
                 }
             }
         }
-        self.body = Some(match out.framing {
-            ResponseFraming::NoBody => BodyOut::NoBody,
-            ResponseFraming::Length(n) => BodyOut::Length { remaining: n },
-            ResponseFraming::Chunked => {
-                BodyOut::Chunked(BodyEncoder::new(ResponseFraming::Chunked))
-            }
-            ResponseFraming::UntilClose => BodyOut::UntilClose,
-        });
+        self.body = Some(BodyEncoder::new(out.framing));
         self.started = Some(Started {
             status,
             reason,
@@ -294,22 +273,13 @@ impl<'a> Response<'a> {
         let mut rest = data;
         loop {
             let (piece, tail) = rest.split_at(rest.len().min(PIECE));
-            match self.body.as_mut() {
-                Some(BodyOut::Length { remaining }) => {
-                    let n = piece
-                        .len()
-                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                    self.wbuf.extend_from_slice(&piece[..n]);
-                    *remaining -= n as u64;
-                }
-                Some(BodyOut::Chunked(enc)) => {
-                    enc.encode(piece, self.wbuf);
-                }
-                Some(BodyOut::UntilClose) => self.wbuf.extend_from_slice(piece),
-                Some(BodyOut::NoBody) | None => {}
-            }
+            let Some(enc) = self.body.as_mut() else {
+                return Ok(());
+            };
+            enc.encode(piece, self.wbuf);
+            let full = enc.limit() == Some(0);
             self.flush(false)?;
-            if tail.is_empty() || matches!(self.body, Some(BodyOut::Length { remaining: 0 })) {
+            if tail.is_empty() || full {
                 return Ok(());
             }
             rest = tail;
@@ -338,12 +308,10 @@ impl<'a> Response<'a> {
             return Ok(());
         }
         self.commit_head(false)?;
-        let cap = match self.body.as_ref() {
-            Some(BodyOut::Length { remaining }) => Some(*remaining),
-            Some(BodyOut::NoBody) | None => Some(0),
-            Some(BodyOut::Chunked(_)) | Some(BodyOut::UntilClose) => None,
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
         };
-        let count = match (count, cap) {
+        let count = match (count, enc.limit()) {
             (Some(c), Some(cap)) => Some(c.min(cap)),
             (c, cap) => c.or(cap),
         };
@@ -351,45 +319,44 @@ impl<'a> Response<'a> {
             // Nothing may (or needs to) go out but the head.
             return self.flush(false);
         }
-        let chunked = matches!(self.body, Some(BodyOut::Chunked(_)));
         match (meta.is_file(), count) {
-            (true, Some(count)) => {
-                if chunked {
-                    // One chunk for the whole range, its data by sendfile.
-                    self.wbuf
-                        .extend_from_slice(format!("{count:x}\r\n").as_bytes());
-                }
-                self.flush(true)?;
-                let sent = match self.sendfile_range(file, offset, count) {
-                    Ok(sent) => sent,
-                    Err(e) if e.kind() == io::ErrorKind::Unsupported && !chunked => {
-                        // Filesystems without sendfile support: copy instead.
-                        return self.copy_range(file, offset, Some(count));
-                    }
-                    Err(e) => {
-                        self.broken = true;
-                        return Err(AppError::Io(e));
-                    }
-                };
-                if let Some(BodyOut::Length { remaining }) = self.body.as_mut() {
-                    *remaining -= sent;
-                }
-                if sent < count && chunked {
-                    // The chunk size promised more than the file gave: the stream is corrupt.
-                    self.broken = true;
-                    return Err(AppError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file ended before the length being sent",
-                    )));
-                }
-                if chunked {
-                    self.wbuf.extend_from_slice(b"\r\n");
-                    self.flush(false)?;
-                }
-                Ok(())
-            }
+            (true, Some(count)) => self.sendfile_framed(file, offset, count),
             _ => self.copy_range(file, offset, count),
         }
+    }
+
+    /// Send `count` bytes of a regular file with sendfile(2), framed by the body encoder (one
+    /// chunk for the whole range when chunked).
+    fn sendfile_framed(&mut self, file: &File, offset: u64, count: u64) -> Result<(), AppError> {
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
+        };
+        let chunked = enc.framing() == ResponseFraming::Chunked;
+        let count = enc.begin_raw(count, self.wbuf);
+        self.flush(true)?;
+        let sent = match self.sendfile_range(file, offset, count) {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported && !chunked => {
+                // Filesystems without sendfile support: copy instead (nothing was framed).
+                return self.copy_range(file, offset, Some(count));
+            }
+            Err(e) => {
+                self.broken = true;
+                return Err(AppError::Io(e));
+            }
+        };
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
+        };
+        if !enc.end_raw(count, sent, self.wbuf) {
+            // The chunk size promised more than the file gave: the stream is corrupt.
+            self.broken = true;
+            return Err(AppError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended before the length being sent",
+            )));
+        }
+        self.flush(false)
     }
 
     /// `sendfile(2)` `count` bytes from `offset`; returns how many were sent (fewer at EOF).
@@ -454,11 +421,7 @@ impl<'a> Response<'a> {
             return Ok(false);
         }
         self.commit_head(true)?;
-        let complete = match self.body.as_mut() {
-            Some(BodyOut::Length { remaining }) => *remaining == 0,
-            Some(BodyOut::Chunked(enc)) => enc.finish(self.wbuf),
-            Some(BodyOut::NoBody) | Some(BodyOut::UntilClose) | None => true,
-        };
+        let complete = self.body.as_mut().is_none_or(|enc| enc.finish(self.wbuf));
         self.flush(false)?;
         Ok(complete)
     }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ferrocorn_http::{error_response, HeadParser, Parsed, RequestHead};
+use ferrocorn_http::{error_head_response, error_response, HeadParser, Parsed, RequestHead};
 use ferrocorn_listener::{Listener, PeerAddr, Stream};
 use ferrocorn_signals::WorkerState;
 use nix::errno::Errno;
@@ -123,7 +123,7 @@ enum HeadEnd {
     Quiet,
     /// Malformed or over a limit: answer with this error's status (and no body if the request
     /// line asked for HEAD).
-    Bad(ferrocorn_http::Error, bool),
+    Bad(ferrocorn_http::RequestError, bool),
     /// Part of a head arrived but not the rest in time.
     Timeout,
     /// The connection failed mid-head.
@@ -412,10 +412,11 @@ impl<'r> Worker<'r> {
                 }
                 Err(HeadEnd::Bad(e, head_request)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    let mut bytes = e.response();
-                    if head_request {
-                        bytes.truncate(head_len(&bytes));
-                    }
+                    let bytes = if head_request {
+                        e.head_response()
+                    } else {
+                        e.response()
+                    };
                     self.close_with_response(&conn, &bytes, Linger::Full);
                     return None;
                 }
@@ -690,7 +691,7 @@ impl<'r> Worker<'r> {
                     },
                     Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
                         return Err(HeadEnd::Bad(
-                            ferrocorn_http::Error::HeadersTooLarge("request head too large"),
+                            ferrocorn_http::RequestError::HeadersTooLarge("request head too large"),
                             parser.is_head_request(),
                         ));
                     }
@@ -789,18 +790,18 @@ impl<'r> Worker<'r> {
                 drop(res);
                 log_app_error(head, &err, &body);
                 if !head_sent {
-                    let mut bytes = match (&body.http_error, &err) {
+                    // A response to HEAD never has a body, errors included.
+                    let head_request = head.method() == "HEAD";
+                    let bytes = match (&body.http_error, &err) {
+                        (Some(e), _) if head_request => e.head_response(),
                         (Some(e), _) => e.response(),
                         // The client vanished or stalled: nobody to answer.
                         (None, AppError::Io(_)) if body.io_failed => {
                             return false;
                         }
+                        _ if head_request => error_head_response(500),
                         _ => error_response(500),
                     };
-                    if head.method() == "HEAD" {
-                        // A response to HEAD never has a body, errors included.
-                        bytes.truncate(head_len(&bytes));
-                    }
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
                 } else {
@@ -853,14 +854,6 @@ impl<'r> Worker<'r> {
             }
         }
     }
-}
-
-/// Where a serialized response's head ends (after its blank line).
-fn head_len(response: &[u8]) -> usize {
-    response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |i| i + 4)
 }
 
 fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {

@@ -7,12 +7,14 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use ferrocorn_http::{
-    write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut, ResponseSpec, Version,
+    reason_phrase, write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut,
+    ResponseSpec, Version,
 };
 use nix::errno::Errno;
 
 use crate::request::Conn;
-use crate::AppError;
+use crate::sock::Memory;
+use crate::{AppError, Headers};
 
 /// Largest piece of a body copied into the write buffer and written at once; bounds the buffer.
 const PIECE: usize = 256 * 1024;
@@ -104,13 +106,15 @@ impl<'a> Response<'a> {
 
     /// Set status and headers. May be called again to replace them until the head has been sent.
     /// Header names/values are bytes (WSGI gives latin-1 strings). Invalid ones are rejected here,
-    /// so the app learns about them at the call.
+    /// so the app learns about them at the call. Without a `Content-Length` the body is chunked
+    /// (HTTP/1.1) or ends with the connection (HTTP/1.0); [`Response::respond`] sets it for you.
     pub fn start(
         &mut self,
         status: u16,
         reason: &str,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        headers: impl Into<Headers>,
     ) -> Result<(), AppError> {
+        let headers: Vec<(Vec<u8>, Vec<u8>)> = headers.into().into();
         if self.head_sent() {
             return Err(AppError::BadResponse(
                 "start() called after the response head was sent".to_string(),
@@ -122,6 +126,10 @@ impl<'a> Response<'a> {
         // again when the head actually leaves (see `commit_head`).
         let keep_alive = self.wants_keep_alive(&headers);
         let out = self.serialize(status, reason, &headers, keep_alive)?;
+        self.record(|m| {
+            m.starts
+                .push((status, reason.to_string(), headers.clone().into()))
+        });
         self.started = Some(Started {
             status,
             reason: reason.to_string(),
@@ -130,6 +138,45 @@ impl<'a> Response<'a> {
             out,
         });
         Ok(())
+    }
+
+    /// Note an app's call when the connection is in memory (a test records what the app did).
+    fn record(&self, note: impl FnOnce(&mut Memory)) {
+        if let Some(m) = self.conn.sock.memory_io() {
+            note(&mut m.borrow_mut());
+        }
+    }
+
+    /// A whole response in one call: `status` with its standard reason phrase, `headers`, and
+    /// `body` with its `Content-Length` (unless `headers` has one already).
+    pub fn respond(
+        &mut self,
+        status: u16,
+        headers: impl Into<Headers>,
+        body: &[u8],
+    ) -> Result<(), AppError> {
+        let mut headers = headers.into();
+        if !headers.contains("content-length") {
+            headers = headers.content_length(body.len() as u64);
+        }
+        self.start(status, reason_phrase(status), headers)?;
+        self.write(body)
+    }
+
+    /// A whole `text/plain; charset=utf-8` response: `res.text(200, "Hello\n")`.
+    pub fn text(&mut self, status: u16, body: impl AsRef<str>) -> Result<(), AppError> {
+        let headers = Headers::new().content_type("text/plain; charset=utf-8");
+        self.respond(status, headers, body.as_ref().as_bytes())
+    }
+
+    /// A whole response of `content_type` with these bytes as its body.
+    pub fn bytes(
+        &mut self,
+        status: u16,
+        content_type: impl AsRef<[u8]>,
+        body: &[u8],
+    ) -> Result<(), AppError> {
+        self.respond(status, Headers::new().content_type(content_type), body)
     }
 
     /// Whether the connection may persist as far as this request and these headers go.
@@ -258,6 +305,12 @@ impl<'a> Response<'a> {
     /// returns, as PEP 3333 requires of streamed blocks. Bytes past a declared Content-Length are
     /// dropped, as is any body of a HEAD request or a 204/304 response.
     pub fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        self.record(|m| m.writes += 1);
+        self.write_body(data)
+    }
+
+    /// [`Response::write`] without noting an app's call (a copied file range comes through here).
+    fn write_body(&mut self, data: &[u8]) -> Result<(), AppError> {
         if self.broken {
             return Err(broken_pipe());
         }
@@ -290,6 +343,7 @@ impl<'a> Response<'a> {
     /// otherwise by reading and writing. A file shorter than promised leaves the response short
     /// (the worker then closes the connection rather than let the client misparse it).
     pub fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError> {
+        self.record(|m| m.sendfiles.push((offset, len)));
         if self.broken {
             return Err(broken_pipe());
         }
@@ -319,7 +373,9 @@ impl<'a> Response<'a> {
             // Nothing may (or needs to) go out but the head.
             return self.flush(false);
         }
-        match (meta.is_file(), count) {
+        // In memory the range is copied (below) like any other file.
+        let sendable = meta.is_file() && self.conn.sock.fd().is_some();
+        match (sendable, count) {
             (true, Some(count)) => self.sendfile_framed(file, offset, count),
             _ => self.copy_range(file, offset, count),
         }
@@ -364,11 +420,14 @@ impl<'a> Response<'a> {
         let mut off = i64::try_from(offset)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
         let sock = &self.conn.sock;
+        let Some(fd) = sock.fd() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
         let mut sent = 0u64;
         sock.before_send(true);
         while sent < count {
             let n = (count - sent).min(SENDFILE_MAX) as usize;
-            match nix::sys::sendfile::sendfile64(sock.fd(), file.as_fd(), Some(&mut off), n) {
+            match nix::sys::sendfile::sendfile64(fd, file.as_fd(), Some(&mut off), n) {
                 Ok(0) => break,
                 Ok(n) => sent += n as u64,
                 Err(Errno::EAGAIN) => sock.wait_writable(self.conn.io_timeout)?,
@@ -402,7 +461,7 @@ impl<'a> Response<'a> {
             if n == 0 {
                 return Ok(());
             }
-            self.write(&buf[..n])?;
+            self.write_body(&buf[..n])?;
             pos += n as u64;
             left = left.map(|l| l - n as u64);
         }

@@ -331,14 +331,12 @@ impl<'r> Worker<'r> {
     /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: told to exit
     /// at once (a graceful stop lets the wait go on: the connection is in hand).
     fn wait_sock(&mut self, sock: &Sock<'_>, deadline: Instant) -> io::Result<Waited> {
+        // In memory everything the client sends is already here.
+        let Some(fd) = sock.fd() else {
+            return Ok(Waited::Ready);
+        };
         loop {
-            match sock::wait(
-                sock.fd(),
-                PollFlags::POLLIN,
-                deadline,
-                Some(self.wake_fd()),
-                true,
-            )? {
+            match sock::wait(fd, PollFlags::POLLIN, deadline, Some(self.wake_fd()), true)? {
                 Waited::Tick => (self.heartbeat)(),
                 Waited::Woken => {
                     self.control.clear_wake();
@@ -587,8 +585,11 @@ impl<'r> Worker<'r> {
         handoff: bool,
         left: Duration,
     ) -> nix::Result<IdlePoll> {
+        let Some(fd) = sock.fd() else {
+            return Ok(IdlePoll::Request);
+        };
         let wake = self.wake_fd();
-        let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(fd, PollFlags::POLLIN)];
         if handoff {
             fds.extend(
                 listeners

@@ -28,7 +28,7 @@ pub use error::{RequestError, ResponseError};
 pub use head::{HeadParser, HeaderMapPolicy, RequestHead};
 pub use response::{
     error_head_response, error_head_response_with, error_response, error_response_with,
-    reason_phrase, write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut,
-    ResponseSpec,
+    reason_phrase, write_empty_response_head, write_response_head, BodyEncoder, ResponseFraming,
+    ResponseHeadOut, ResponseSpec,
 };
 pub use types::{BodyFraming, Limits, Parsed, Version};

@@ -20,6 +20,14 @@ pub enum ResponseFraming {
     UntilClose,
 }
 
+impl ResponseFraming {
+    /// The head alone does not say where the body ends (chunked, or at the close): for a body
+    /// known to be empty, [`write_empty_response_head`] says `Content-Length: 0` instead.
+    pub fn is_open_ended(self) -> bool {
+        matches!(self, ResponseFraming::Chunked | ResponseFraming::UntilClose)
+    }
+}
+
 /// What the app asked to send, checked and ready to serialize.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseSpec<'a> {
@@ -57,8 +65,41 @@ fn is_hop_by_hop(name: &[u8]) -> bool {
         || (name.len() >= 6 && name[..6].eq_ignore_ascii_case(b"proxy-"))
 }
 
+/// The app's own `Connection: close` (dropped from the head as hop-by-hop) still means close.
+fn asks_close(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
+    headers.iter().any(|(name, value)| {
+        name.eq_ignore_ascii_case(b"connection")
+            && value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
+    })
+}
+
+/// [`write_response_head`] for a response whose body is known to be empty (the app returned
+/// without writing): where the head would promise a chunked or close-delimited body it declares
+/// `Content-Length: 0` instead, which is clearer and keeps the connection reusable.
+pub fn write_empty_response_head(
+    spec: &ResponseSpec<'_>,
+    out: &mut Vec<u8>,
+) -> Result<ResponseHeadOut, ResponseError> {
+    let start = out.len();
+    let head = write_response_head(spec, out)?;
+    if !head.framing.is_open_ended() {
+        return Ok(head);
+    }
+    out.truncate(start);
+    let mut headers = spec.headers.to_vec();
+    headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
+    let spec = ResponseSpec {
+        headers: &headers,
+        ..*spec
+    };
+    write_response_head(&spec, out)
+}
+
 /// Append a response head to `out`: status line, the app's headers minus hop-by-hop ones, `Date`,
-/// `Server`, `Connection`, and `Transfer-Encoding: chunked` when needed. Rejects invalid names/values
+/// `Server`, `Connection` (`close` when the server does not keep the connection or the app's own
+/// `Connection` field asks to close it), and `Transfer-Encoding: chunked` when needed. Rejects invalid names/values
 /// with a [`ResponseError`] (leaving `out` as it was).
 pub fn write_response_head(
     spec: &ResponseSpec<'_>,
@@ -110,7 +151,8 @@ pub fn write_response_head(
     } else {
         ResponseFraming::UntilClose
     };
-    let keep_alive = spec.keep_alive && framing != ResponseFraming::UntilClose;
+    let keep_alive =
+        spec.keep_alive && framing != ResponseFraming::UntilClose && !asks_close(spec.headers);
 
     let start = out.len();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", spec.reason);

@@ -1,9 +1,9 @@
 //! Behaviour of the public API on hand-written requests and responses.
 
 use ferrocorn_http::{
-    error_head_response, error_response, write_response_head, BodyDecoder, BodyEncoder,
-    BodyFraming, HeadParser, Limits, Parsed, RequestError, RequestHead, ResponseFraming,
-    ResponseSpec, Version,
+    error_head_response, error_response, write_empty_response_head, write_response_head,
+    BodyDecoder, BodyEncoder, BodyFraming, HeadParser, Limits, Parsed, RequestError, RequestHead,
+    ResponseFraming, ResponseSpec, Version,
 };
 
 fn parse(raw: &[u8]) -> Result<(RequestHead, usize), RequestError> {
@@ -496,4 +496,29 @@ fn a_length_body_can_be_read_in_place() {
     assert_eq!(d.raw_window(100), None);
     let d = BodyDecoder::new(BodyFraming::Empty, &Limits::default());
     assert_eq!(d.raw_window(100), Some(0));
+}
+
+#[test]
+fn the_apps_connection_close_is_honoured_and_an_empty_body_gets_a_zero_length() {
+    let close = [h("Connection", "Keep-Alive, close")];
+    let (text, _, keep_alive) = head(&spec(200, &close));
+    assert!(!keep_alive);
+    assert!(text.contains("Connection: close\r\n") && !text.contains("Keep-Alive"));
+
+    let mut out = Vec::new();
+    let r = write_empty_response_head(&spec(200, &[h("X-A", "1")]), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        (r.framing, r.keep_alive),
+        (ResponseFraming::Length(0), true)
+    );
+    assert!(text.contains("X-A: 1\r\nContent-Length: 0\r\n") && !text.contains("chunked"));
+    // A head that already ends its body is left as it is.
+    let mut out = Vec::new();
+    let r = write_empty_response_head(&spec(204, &[]), &mut out).unwrap();
+    assert_eq!(r.framing, ResponseFraming::NoBody);
+    assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+    assert!(
+        ResponseFraming::Chunked.is_open_ended() && !ResponseFraming::Length(0).is_open_ended()
+    );
 }

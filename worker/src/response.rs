@@ -7,14 +7,18 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use ferrocorn_http::{
-    reason_phrase, write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut,
-    ResponseSpec, Version,
+    reason_phrase, write_empty_response_head, write_response_head, BodyEncoder, ResponseFraming,
+    ResponseHeadOut, ResponseSpec, Version,
 };
 use nix::errno::Errno;
 
 use crate::request::Conn;
 use crate::sock::Memory;
 use crate::{AppError, Headers};
+
+/// One of `ferrocorn-http`'s head writers.
+type HeadWriter =
+    fn(&ResponseSpec<'_>, &mut Vec<u8>) -> Result<ResponseHeadOut, ferrocorn_http::ResponseError>;
 
 /// Largest piece of a body copied into the write buffer and written at once; bounds the buffer.
 const PIECE: usize = 256 * 1024;
@@ -69,16 +73,6 @@ fn broken_pipe() -> AppError {
     ))
 }
 
-/// The app's own `Connection: close` (dropped from the head as hop-by-hop) still means close.
-fn asks_close(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    headers.iter().any(|(name, value)| {
-        name.eq_ignore_ascii_case(b"connection")
-            && value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
 impl<'a> Response<'a> {
     pub(crate) fn new(
         conn: &'a Conn<'a>,
@@ -124,7 +118,7 @@ impl<'a> Response<'a> {
         self.wbuf.clear();
         // Serialized now to reject bad headers at the call; the keep-alive decision is taken
         // again when the head actually leaves (see `commit_head`).
-        let keep_alive = self.wants_keep_alive(&headers);
+        let keep_alive = self.wants_keep_alive();
         let out = self.serialize(status, reason, &headers, keep_alive)?;
         self.record(|m| {
             m.starts
@@ -179,17 +173,28 @@ impl<'a> Response<'a> {
         self.respond(status, Headers::new().content_type(content_type), body)
     }
 
-    /// Whether the connection may persist as far as this request and these headers go.
-    fn wants_keep_alive(&self, headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        self.keep_alive
-            && !asks_close(headers)
-            && !self.conn.awaiting_continue.get()
-            && !self.conn.body_failed.get()
+    /// Whether the connection may persist as far as this request goes (the app's own
+    /// `Connection: close` is honoured when the head is serialized).
+    fn wants_keep_alive(&self) -> bool {
+        self.keep_alive && !self.conn.awaiting_continue.get() && !self.conn.body_failed.get()
     }
 
     /// Serialize a head into the (empty) write buffer.
     fn serialize(
         &mut self,
+        status: u16,
+        reason: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        keep_alive: bool,
+    ) -> Result<ResponseHeadOut, AppError> {
+        self.serialize_with(write_response_head, status, reason, headers, keep_alive)
+    }
+
+    /// Serialize a head into the (empty) write buffer with `write_head`, one of `ferrocorn-http`'s
+    /// head writers.
+    fn serialize_with(
+        &mut self,
+        write_head: HeadWriter,
         status: u16,
         reason: &str,
         headers: &[(Vec<u8>, Vec<u8>)],
@@ -204,7 +209,7 @@ impl<'a> Response<'a> {
             keep_alive,
             server: self.server_header,
         };
-        write_response_head(&spec, self.wbuf).map_err(|e| {
+        write_head(&spec, self.wbuf).map_err(|e| {
             self.wbuf.clear();
             // AppError::BadResponse adds its own "invalid response" prefix: pass the bare reason.
             AppError::BadResponse(e.0.to_string())
@@ -239,39 +244,31 @@ impl<'a> Response<'a> {
         let Started {
             status,
             reason,
-            mut headers,
+            headers,
             keep_alive: serialized_with,
             mut out,
         } = started;
-        // No body at all: an HTTP/1.1 head would otherwise promise a chunked body (or a 1.0 one a
-        // close-delimited one); an explicit empty length is clearer and keeps the connection
-        // reusable.
-        let add_length = empty
-            && matches!(
-                out.framing,
-                ResponseFraming::Chunked | ResponseFraming::UntilClose
-            );
-        if add_length {
-            headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
-        }
+        // No body at all: `ferrocorn-http` declares an empty length where the head would promise
+        // an open-ended body.
+        let empty_head = empty && out.framing.is_open_ended();
         // Decided now, as late as possible: a stop signal or a client queueing up for this worker
         // while the app ran makes this the connection's last response.
-        let keep_alive = self.wants_keep_alive(&headers) && !(self.must_close)();
+        let keep_alive = self.wants_keep_alive() && !(self.must_close)();
         let mut used = serialized_with;
-        if add_length || keep_alive != serialized_with {
+        if empty_head || keep_alive != serialized_with {
             let saved = std::mem::take(self.wbuf);
-            match self.serialize(status, &reason, &headers, keep_alive) {
+            let write_head: HeadWriter = if empty_head {
+                write_empty_response_head
+            } else {
+                write_response_head
+            };
+            match self.serialize_with(write_head, status, &reason, &headers, keep_alive) {
                 Ok(new) => {
                     out = new;
                     used = keep_alive;
                 }
                 // Cannot happen (the same headers passed before); keep the head we had.
-                Err(_) => {
-                    *self.wbuf = saved;
-                    if add_length {
-                        headers.pop();
-                    }
-                }
+                Err(_) => *self.wbuf = saved,
             }
         }
         self.body = Some(BodyEncoder::new(out.framing));

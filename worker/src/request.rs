@@ -172,6 +172,16 @@ impl BodyState {
             decoded,
             pos,
         } = &mut self.framing;
+        // A chunked body may be decoded (and its decoder done) before the app took it all.
+        if *pos < decoded.len() {
+            let n = buf.len().min(decoded.len() - *pos);
+            buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
+            *pos += n;
+            return Ok(n);
+        }
+        if decoder.is_done() {
+            return Ok(0);
+        }
         if let Some(want) = decoder.raw_window(buf.len()) {
             let n = if !rbuf.is_empty() {
                 let n = want.min(rbuf.len());

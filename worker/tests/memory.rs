@@ -147,3 +147,28 @@ fn an_invalid_head_is_refused_at_start() {
     assert!(matches!(err, AppError::BadResponse(_)), "{err:?}");
     assert!(conn.recorded().wire.is_empty());
 }
+
+#[test]
+fn small_reads_take_the_body_piece_by_piece() {
+    for raw in [
+        &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 8\r\n\r\nab\ncd\nef"[..],
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nab\n\r\n5\r\ncd\nef\r\n0\r\n\r\n",
+    ] {
+        let mut conn = MemoryConn::new(raw).unwrap();
+        conn.serve(|req, res| {
+            let mut pieces = Vec::new();
+            loop {
+                let mut buf = [0u8; 3];
+                let n = req.read_body(&mut buf)?;
+                pieces.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+                if n == 0 {
+                    break;
+                }
+            }
+            res.text(200, pieces.join("#"))
+        })
+        .unwrap();
+        let body = String::from_utf8(conn.recorded().body()).unwrap();
+        assert!(body.starts_with("ab\n#") && body.replace('#', "") == "ab\ncd\nef", "{body}");
+    }
+}

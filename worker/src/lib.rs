@@ -2,7 +2,9 @@
 //! to an [`App`], write the response; keep-alive, pipelining, timeouts, `--max-requests`.
 //!
 //! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`] (closures do too,
-//! see [`fn_app`]).
+//! see [`fn_app`]). Every framing decision (request bodies, response heads and bodies, error
+//! responses) is `ferrocorn-http`'s; this crate moves the bytes. [`MemoryConn`] runs the real
+//! [`Request`] and [`Response`] in memory, for an app's unit tests.
 //!
 //! One connection at a time, like gunicorn's sync worker, but with HTTP/1.1 keep-alive and
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only

@@ -191,6 +191,7 @@ pub fn settings(options: &Options) -> Settings {
             fields: options.limit_request_fields,
             field_size: options.limit_request_field_size,
             body: (options.limit_request_body > 0).then_some(options.limit_request_body),
+            ..Limits::default()
         },
         chdir: options.chdir.clone(),
         env: forwarded.chain(options.env.iter().cloned()).collect(),

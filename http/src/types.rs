@@ -1,5 +1,7 @@
 //! Small shared value types: limits, versions, framing, parse results.
 
+use crate::head::HeaderMapPolicy;
+
 /// Gunicorn's request limits, with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -13,6 +15,8 @@ pub struct Limits {
     pub field_size: usize,
     /// `--limit-request-body` in bytes, `None` = unlimited; over it → 413.
     pub body: Option<u64>,
+    /// `--header-map`: what becomes of header fields with `_` in their name.
+    pub header_map: HeaderMapPolicy,
 }
 
 /// Gunicorn's hard maximum for the request line.
@@ -29,6 +33,7 @@ impl Default for Limits {
             fields: 100,
             field_size: 8190,
             body: None,
+            header_map: HeaderMapPolicy::Drop,
         }
     }
 }

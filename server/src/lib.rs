@@ -41,7 +41,7 @@ pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
 pub use ferrocorn_signals::MasterSignals;
-pub use ferrocorn_worker::{App, AppError, Request, Response};
+pub use ferrocorn_worker::{App, AppError, Headers, MemoryConn, Recorded, Request, Response};
 pub use log::LevelFilter;
 pub use pidfile::PidFile;
 

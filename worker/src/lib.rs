@@ -2,7 +2,9 @@
 //! to an [`App`], write the response; keep-alive, pipelining, timeouts, `--max-requests`.
 //!
 //! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`] (closures do too,
-//! see [`fn_app`]).
+//! see [`fn_app`]). Every framing decision (request bodies, response heads and bodies, error
+//! responses) is `ferrocorn-http`'s; this crate moves the bytes. [`MemoryConn`] runs the real
+//! [`Request`] and [`Response`] in memory, for an app's unit tests.
 //!
 //! One connection at a time, like gunicorn's sync worker, but with HTTP/1.1 keep-alive and
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
@@ -21,6 +23,8 @@
 //! and a request body must also arrive at a minimum average rate (a body trickled in a byte just
 //! before each read would time out is cut off, and so is the draining of an unread one).
 
+mod headers;
+mod memory;
 mod request;
 mod response;
 mod serve;
@@ -33,14 +37,16 @@ use std::time::Duration;
 pub use ferrocorn_http::{Limits, RequestHead, Version};
 pub use ferrocorn_listener::PeerAddr;
 pub use ferrocorn_signals::WorkerState;
+pub use headers::Headers;
+pub use memory::{MemoryConn, Recorded};
 pub use request::Request;
 pub use response::Response;
 
 /// An application the worker serves. Rust apps implement it directly; `ferrocorn-wsgi` implements it
 /// for a Python callable.
 pub trait App {
-    /// Handle one request. Call [`Response::start`] then [`Response::write`] (or
-    /// [`Response::sendfile`]). Returning `Err` before the head was sent makes the worker answer 500;
+    /// Handle one request. Call [`Response::text`] or [`Response::respond`] for a whole response,
+    /// or [`Response::start`] then [`Response::write`] (or [`Response::sendfile`]) to stream one. Returning `Err` before the head was sent makes the worker answer 500;
     /// after, it closes the connection. The worker keeps serving either way.
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError>;
 }
@@ -205,7 +211,7 @@ impl Control for ferrocorn_signals::WorkerSignals {
     }
 }
 
-/// Closures are apps: `fn_app(|req, res| { res.start(200, "OK", vec![])?; res.write(b"hi") })`.
+/// Closures are apps: `fn_app(|req, res| res.text(200, "hi"))`.
 impl<F> App for F
 where
     F: FnMut(&mut Request<'_>, &mut Response<'_>) -> Result<(), AppError>,

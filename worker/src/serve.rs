@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
-use ferrocorn_http::{error_response, HeadParser, Parsed, RequestHead};
+use ferrocorn_http::{error_head_response, error_response, HeadParser, Parsed, RequestHead};
 use ferrocorn_listener::{Listener, PeerAddr, Stream};
 use ferrocorn_signals::WorkerState;
 use nix::errno::Errno;
@@ -146,7 +146,7 @@ enum HeadEnd {
     Quiet,
     /// Malformed or over a limit: answer with this error's status (and no body if the request
     /// line asked for HEAD).
-    Bad(ferrocorn_http::Error, bool),
+    Bad(ferrocorn_http::RequestError, bool),
     /// Part of a head arrived but not the rest in time.
     Timeout,
     /// The connection failed mid-head.
@@ -364,14 +364,12 @@ impl<'r> Worker<'r> {
     /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: told to exit
     /// at once (a graceful stop lets the wait go on: the connection is in hand).
     fn wait_sock(&mut self, sock: &Sock<'_>, deadline: Instant) -> io::Result<Waited> {
+        // In memory everything the client sends is already here.
+        let Some(fd) = sock.fd() else {
+            return Ok(Waited::Ready);
+        };
         loop {
-            match sock::wait(
-                sock.fd(),
-                PollFlags::POLLIN,
-                deadline,
-                Some(self.wake_fd()),
-                true,
-            )? {
+            match sock::wait(fd, PollFlags::POLLIN, deadline, Some(self.wake_fd()), true)? {
                 Waited::Tick => (self.heartbeat)(),
                 Waited::Woken => {
                     self.control.clear_wake();
@@ -445,10 +443,11 @@ impl<'r> Worker<'r> {
                 }
                 Err(HeadEnd::Bad(e, head_request)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    let mut bytes = e.response();
-                    if head_request {
-                        bytes.truncate(head_len(&bytes));
-                    }
+                    let bytes = if head_request {
+                        e.head_response()
+                    } else {
+                        e.response()
+                    };
                     self.close_with_response(&conn, &bytes, Linger::Full);
                     return None;
                 }
@@ -620,8 +619,11 @@ impl<'r> Worker<'r> {
         handoff: bool,
         left: Duration,
     ) -> nix::Result<IdlePoll> {
+        let Some(fd) = sock.fd() else {
+            return Ok(IdlePoll::Request);
+        };
         let wake = self.wake_fd();
-        let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(fd, PollFlags::POLLIN)];
         if handoff {
             fds.extend(
                 listeners
@@ -724,7 +726,7 @@ impl<'r> Worker<'r> {
                     },
                     Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
                         return Err(HeadEnd::Bad(
-                            ferrocorn_http::Error::HeadersTooLarge("request head too large"),
+                            ferrocorn_http::RequestError::HeadersTooLarge("request head too large"),
                             parser.is_head_request(),
                         ));
                     }
@@ -824,18 +826,18 @@ impl<'r> Worker<'r> {
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
                 if !head_sent {
-                    let mut bytes = match (&body.http_error, &err) {
+                    // A response to HEAD never has a body, errors included.
+                    let head_request = head.method() == "HEAD";
+                    let bytes = match (&body.http_error, &err) {
+                        (Some(e), _) if head_request => e.head_response(),
                         (Some(e), _) => e.response(),
                         // The client vanished or stalled: nobody to answer.
                         (None, AppError::Io(_)) if body.io_failed => {
                             return false;
                         }
+                        _ if head_request => error_head_response(500),
                         _ => error_response(500),
                     };
-                    if head.method() == "HEAD" {
-                        // A response to HEAD never has a body, errors included.
-                        bytes.truncate(head_len(&bytes));
-                    }
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
                 } else {
@@ -888,14 +890,6 @@ impl<'r> Worker<'r> {
             }
         }
     }
-}
-
-/// Where a serialized response's head ends (after its blank line).
-fn head_len(response: &[u8]) -> usize {
-    response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |i| i + 4)
 }
 
 fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {

@@ -26,7 +26,8 @@
 //!   invalid entry stops the load (exit 4) with a message naming it.
 //!
 //! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
-//! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
+//! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any worker [`Response`] (one
+//! in memory, [`ferrocorn_worker::MemoryConn`], in tests).
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -48,9 +49,10 @@ mod stream;
 pub mod venv;
 
 pub use environ::RequestInfo;
+pub use ferrocorn_worker::Headers;
 pub use imported::imported_files;
 pub use interp::ensure_initialized;
-pub use response::{parse_status, Headers, ResponseSink};
+pub use response::parse_status;
 
 /// How to find and load the app.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -223,13 +225,13 @@ impl WsgiApp {
         }
     }
 
-    /// Run one request: `body` is the request body, the response goes to `sink`. Takes the GIL
+    /// Run one request: `body` is the request body, the response goes to `res`. Takes the GIL
     /// for the duration; errors are logged here (tracebacks, invalid responses).
     pub fn serve(
         &self,
         info: &RequestInfo<'_>,
         body: &mut dyn Read,
-        sink: &mut dyn ResponseSink,
+        res: &mut Response<'_>,
     ) -> Result<(), AppError> {
         abort::set_current(info.method, info.path);
         let result = Python::attach(|py| {
@@ -241,7 +243,7 @@ impl WsgiApp {
                 &self.env_config,
                 info,
                 body,
-                sink,
+                res,
             )?;
             abort::check_pending(py)
         });

@@ -9,11 +9,11 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use ferrocorn_worker::AppError;
+use ferrocorn_worker::{AppError, Headers, Response};
 
 use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
 use crate::format_traceback;
-use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
+use crate::response::{type_name, FileWrapper, Responder, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
 
 /// Serve one request with `app`. Logs what went wrong (tracebacks, invalid responses) itself.
@@ -24,7 +24,7 @@ pub fn serve(
     env_config: &EnvironConfig,
     info: &RequestInfo<'_>,
     body: &mut dyn Read,
-    sink: &mut dyn ResponseSink,
+    sink: &mut Response<'_>,
 ) -> Result<(), AppError> {
     let environ = match build_environ(py, base, info, env_config) {
         Ok(Ok(env)) => env,
@@ -35,16 +35,8 @@ pub fn serve(
                 info.target,
                 EnvironError::ContradictoryScheme
             );
-            let body = b"Contradictory scheme headers\n";
-            let headers = vec![
-                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
-                (
-                    b"Content-Length".to_vec(),
-                    body.len().to_string().into_bytes(),
-                ),
-            ];
-            sink.start(400, "Bad Request", headers)?;
-            return sink.write(body);
+            let headers = Headers::new().content_type("text/plain");
+            return sink.respond(400, headers, b"Contradictory scheme headers\n");
         }
         Ok(Err(EnvironError::ScriptName(mismatch))) => {
             log::error!("Error handling request {}: {mismatch}", info.target);

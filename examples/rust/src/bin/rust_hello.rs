@@ -14,28 +14,10 @@ use ferrocorn_server::{App, AppError, Request, Response};
 
 struct Hello;
 
-fn text(res: &mut Response<'_>, status: u16, reason: &str, body: &[u8]) -> Result<(), AppError> {
-    res.start(
-        status,
-        reason,
-        vec![
-            (
-                b"Content-Type".to_vec(),
-                b"text/plain; charset=utf-8".to_vec(),
-            ),
-            (
-                b"Content-Length".to_vec(),
-                body.len().to_string().into_bytes(),
-            ),
-        ],
-    )?;
-    res.write(body)
-}
-
 impl App for Hello {
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
         match (req.head.method(), req.head.path()) {
-            ("GET" | "HEAD", "/") => text(res, 200, "OK", b"Hello from Rust!\n"),
+            ("GET" | "HEAD", "/") => res.text(200, "Hello from Rust!\n"),
             ("POST", "/echo") => {
                 let mut body = Vec::new();
                 req.read_to_end(&mut body)?;
@@ -44,18 +26,7 @@ impl App for Hello {
                     .header("content-type")
                     .unwrap_or(b"application/octet-stream")
                     .to_vec();
-                res.start(
-                    200,
-                    "OK",
-                    vec![
-                        (b"Content-Type".to_vec(), content_type),
-                        (
-                            b"Content-Length".to_vec(),
-                            body.len().to_string().into_bytes(),
-                        ),
-                    ],
-                )?;
-                res.write(&body)
+                res.bytes(200, content_type, &body)
             }
             ("GET", "/sleep") => {
                 let secs: f64 = req
@@ -65,15 +36,43 @@ impl App for Hello {
                     .and_then(|s| s.parse().ok())
                     .unwrap_or(1.0);
                 std::thread::sleep(Duration::from_secs_f64(secs));
-                text(res, 200, "OK", b"slept\n")
+                res.text(200, "slept\n")
             }
-            ("GET", "/pid") => text(res, 200, "OK", std::process::id().to_string().as_bytes()),
+            ("GET", "/pid") => res.text(200, std::process::id().to_string()),
             ("GET", "/error") => Err(AppError::Failed("the /error route always fails".into())),
-            _ => text(res, 404, "Not Found", b"not found\n"),
+            _ => res.text(404, "not found\n"),
         }
     }
 }
 
 fn main() -> std::process::ExitCode {
     ferrocorn_flags::main(|| Box::new(Hello))
+}
+
+/// The app on the real request and response types, in memory: no socket, no server.
+#[cfg(test)]
+mod tests {
+    use super::Hello;
+    use ferrocorn_server::{App, MemoryConn};
+
+    fn serve(raw: &[u8]) -> ferrocorn_server::Recorded {
+        let mut conn = MemoryConn::new(raw).unwrap();
+        conn.serve(|req, res| Hello.call(req, res)).unwrap();
+        conn.recorded()
+    }
+
+    #[test]
+    fn hello_and_echo() {
+        let r = serve(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert_eq!(r.status(), Some(200));
+        assert_eq!(r.header("content-length").as_deref(), Some(&b"17"[..]));
+        assert_eq!(r.body(), b"Hello from Rust!\n");
+        let r = serve(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Type: text/csv\r\nContent-Length: 4\r\n\r\na,b\n");
+        assert_eq!(r.header("content-type").as_deref(), Some(&b"text/csv"[..]));
+        assert_eq!(r.body(), b"a,b\n");
+        assert_eq!(
+            serve(b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n").status(),
+            Some(404)
+        );
+    }
 }

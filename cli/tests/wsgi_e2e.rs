@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrocorn_testkit::*;
 
@@ -531,13 +531,8 @@ fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
     let addr = server.addr();
     // Three concurrent slow requests keep three workers busy at once; repeat until each worker
     // has answered (a worker still starting up may miss a round).
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "only workers {seen:?} of {workers:?} answered"
-        );
+    let every_worker_answered = poll(Duration::from_secs(60), || {
         let round: Vec<_> = (0..3)
             .map(|_| std::thread::spawn(move || ok(&get(addr, "/pid?sleep=0.3")).text()))
             .collect();
@@ -555,7 +550,12 @@ fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
             );
             seen.insert(worker);
         }
-    }
+        (seen.len() >= 3).then_some(())
+    });
+    assert!(
+        every_worker_answered.is_some(),
+        "only workers {seen:?} of {workers:?} answered"
+    );
     // Python threads work in the forked children (PyOS_AfterFork_Child ran).
     for _ in 0..3 {
         assert_eq!(ok(&get(addr, "/thread")).text(), "thread result 499500\n");

@@ -5,8 +5,7 @@
 use ferrocorn_testkit::*;
 
 fn temp_db(name: &str) -> String {
-    let path =
-        std::env::temp_dir().join(format!("ferrocorn-{name}-{}.sqlite3", std::process::id()));
+    let path = unique_temp_path(&format!("{name}.sqlite3"));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(format!("{}.migrate-lock", path.display()));
     path.to_str().unwrap().to_string()

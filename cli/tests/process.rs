@@ -233,7 +233,7 @@ fn version_and_help() {
 
 #[test]
 fn log_file_receives_the_log_and_python_tracebacks() {
-    let log_path = std::env::temp_dir().join(format!("ferrocorn-log-{}.log", std::process::id()));
+    let log_path = unique_temp_path("log.log");
     let _ = std::fs::remove_file(&log_path);
     let mut server = Server::spawn(
         &[

@@ -234,7 +234,7 @@ fn post_bodies_reach_wsgi_input() {
 #[test]
 fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
     let server = start_battery(&[], &[]);
-    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-file-{}.bin", std::process::id()));
+    let path = unique_temp_path("e2e-file.bin");
     let data: Vec<u8> = (0..6_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -674,7 +674,7 @@ fn a_declared_content_length_is_never_exceeded() {
 
 #[test]
 fn environ_over_a_unix_socket() {
-    let sock = std::env::temp_dir().join(format!("ferrocorn-wsgi-{}.sock", std::process::id()));
+    let sock = unique_temp_path("wsgi.sock");
     let bind = format!("unix:{}", sock.display());
     let server = start_battery(&["-b", &bind], &[]);
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -790,7 +790,7 @@ fn an_invalid_forwarded_allow_ips_stops_the_load() {
 #[test]
 fn file_wrapper_never_sends_past_a_shorter_declared_length() {
     let server = start_battery(&[], &[]);
-    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-short-{}.bin", std::process::id()));
+    let path = unique_temp_path("e2e-short.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
     // sendfile(2) of a real file, and iteration of a file-like without a descriptor; each

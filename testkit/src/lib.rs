@@ -376,11 +376,11 @@ pub fn free_port() -> u16 {
 }
 
 /// A path under the temp dir no other test (in this process or another) uses:
-/// `ferrocorn-NAME-PID-N`, N counting up per process.
+/// `ferrocorn-PID-N-NAME`, N counting up per process (NAME last, so an extension stays one).
 pub fn unique_temp_path(name: &str) -> PathBuf {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    std::env::temp_dir().join(format!("ferrocorn-{name}-{}-{n}", std::process::id()))
+    std::env::temp_dir().join(format!("ferrocorn-{}-{n}-{name}", std::process::id()))
 }
 
 /// A scratch directory, removed at the end of the test.

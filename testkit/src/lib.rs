@@ -2,6 +2,7 @@
 //! on the ferrocorn crates, given by path), wait on its log lines (never on sleeps), talk raw
 //! bytes over TCP, send real signals, read real /proc. A dev-only crate, so it is compiled once
 //! for every test binary that uses it.
+#![warn(missing_docs)]
 // Handles to processes and directories, only ever used by tests.
 #![allow(missing_debug_implementations)]
 
@@ -19,10 +20,13 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long a server may take to boot (and the default patience of every wait): generous, as the
+/// machine may be loaded.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping server may take.
 pub const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
+/// The workspace root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -50,6 +54,7 @@ pub fn ferrocorn_bin() -> PathBuf {
 
 /// A running `ferrocorn` master whose stderr log we follow line by line.
 pub struct Server {
+    /// The process (the master, when the command execs it).
     pub child: Child,
     /// The first TCP address it listens on (when bound to TCP).
     pub addr: Option<SocketAddr>,
@@ -80,6 +85,7 @@ impl Server {
         Self::start_in(args, &repo_root(), &[])
     }
 
+    /// [`Server::start`] with a working directory and extra environment.
     pub fn start_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
         Self::start_bin(&ferrocorn_bin(), args, cwd, env)
     }
@@ -96,10 +102,12 @@ impl Server {
         server
     }
 
+    /// The master's pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
+    /// The first TCP address it listens on; panics when it was not bound to TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("server bound to TCP")
     }
@@ -138,10 +146,12 @@ impl Server {
             .collect()
     }
 
+    /// Every log line so far, joined.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Send `sig` to the master.
     pub fn signal(&self, sig: libc::c_int) {
         signal(self.pid(), sig);
     }
@@ -204,12 +214,14 @@ impl Drop for Server {
     }
 }
 
+/// Send `sig` to `pid`, failing the test if it cannot be sent.
 pub fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
+/// Whether `pid` runs (a zombie does not).
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has /proc/PID; count it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -387,6 +399,7 @@ pub fn unique_temp_path(name: &str) -> PathBuf {
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Create an empty directory at [`unique_temp_path`]`(name)`, open to every user.
     pub fn new(name: &str) -> TempDir {
         let dir = unique_temp_path(name);
         let _ = std::fs::remove_dir_all(&dir);
@@ -396,10 +409,12 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0
     }
 
+    /// Where it is, as a command-line argument.
     pub fn str(&self) -> &str {
         self.0.to_str().unwrap()
     }

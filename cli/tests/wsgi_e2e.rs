@@ -362,7 +362,7 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
     ok(&post(addr, "/echo", "application/octet-stream", b"warm-up"));
     let before_kib = vm_hwm_kib(pid);
 
-    let mut s = connect(addr);
+    let s = connect(addr);
     let mut writer = s.try_clone().unwrap();
     // The app answers while the upload is still arriving, so send and receive at the same time.
     let sender = std::thread::spawn(move || {
@@ -375,26 +375,19 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
             writer.write_all(&upload_block(i)).unwrap();
         }
     });
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    assert!(head.contains(&format!("Content-Length: {SIZE}")), "{head}");
-    let mut received = vec![0u8; 1 << 20];
+    let mut client = Client::on(s);
+    let (status, headers) = client.read_head().unwrap();
+    assert_eq!(status, 200, "{headers:?}");
+    let length = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+    assert_eq!(length.map(|(_, v)| v.as_str()), Some(&*SIZE.to_string()));
     for i in 0..SIZE >> 20 {
-        s.read_exact(&mut received).unwrap();
-        assert!(received == upload_block(i), "echoed block {i} differs");
+        let block = client.read_exact(1 << 20).unwrap();
+        assert!(block == upload_block(i), "echoed block {i} differs");
     }
     sender.join().unwrap();
-    assert_eq!(
-        s.read(&mut byte).unwrap(),
-        0,
-        "nothing after the declared length"
-    );
+    assert!(client.at_eof(), "nothing after the declared length");
 
     assert_body_was_streamed(&server, pid, before_kib);
 }

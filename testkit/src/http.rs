@@ -256,6 +256,16 @@ impl Client {
         }
     }
 
+    /// Read exactly `n` bytes (of a body being checked as it streams).
+    pub fn read_exact(&mut self, n: usize) -> io::Result<Vec<u8>> {
+        while self.buf.len() < n {
+            if self.fill()? == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        Ok(self.buf.drain(..n).collect())
+    }
+
     /// Read one complete final response; `head_request` means no body follows whatever it says.
     pub fn read_response_for(&mut self, head_request: bool) -> io::Result<Resp> {
         loop {

@@ -326,3 +326,77 @@ impl Client {
         self.read_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_framing_is_parsed_and_what_follows_is_left() {
+        let bytes = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc\
+HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2;x=y\r\nde\r\n1\r\nf\r\n0\r\nT: 1\r\n\r\n\
+HTTP/1.1 204 No Content\r\n\r\n\
+HTTP/1.0 200 OK\r\n\r\nuntil close";
+        let all = parse_all_responses(bytes);
+        let seen: Vec<(&str, u16, String)> = all
+            .iter()
+            .map(|r| (r.framing, r.status, r.text()))
+            .collect();
+        assert_eq!(
+            seen,
+            [
+                ("length", 200, "abc".to_string()),
+                ("chunked", 200, "def".to_string()),
+                ("none", 204, String::new()),
+                ("close", 200, "until close".to_string()),
+            ]
+        );
+        assert_eq!(all[2].reason, "No Content");
+        assert_eq!(all[3].version, "HTTP/1.0");
+    }
+
+    #[test]
+    fn an_incomplete_response_is_none_and_head_requests_have_no_body() {
+        let full = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello";
+        for cut in 0..full.len() {
+            assert!(
+                parse_response(&full[..cut], false).is_none(),
+                "cut at {cut}"
+            );
+        }
+        let (resp, used) = parse_response(&full[..full.len() - 5], true).unwrap();
+        assert_eq!((resp.framing, used), ("none", full.len() - 5));
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n";
+        assert!(
+            parse_response(chunked, false).is_none(),
+            "no blank line yet"
+        );
+    }
+
+    #[test]
+    fn the_client_reads_one_response_at_a_time_from_a_trickle() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let bytes =
+                b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\
+HTTP/1.1 200 OK\r\n\r\nthe rest";
+            for piece in bytes.chunks(7) {
+                conn.write_all(piece).unwrap();
+                conn.flush().unwrap();
+            }
+        });
+        let mut client = Client::connect(addr);
+        assert_eq!(client.read_head().unwrap().0, 100);
+        let first = client.read_response();
+        assert_eq!((first.framing, first.text().as_str()), ("length", "ok"));
+        let second = client.read_response();
+        assert_eq!(
+            (second.framing, second.text().as_str()),
+            ("close", "the rest")
+        );
+        assert!(client.at_eof());
+        server.join().unwrap();
+    }
+}

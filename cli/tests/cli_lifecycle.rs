@@ -12,13 +12,6 @@ use std::process::Command;
 
 use ferrocorn_testkit::*;
 
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
-
 fn hello_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
     all.extend_from_slice(&["--chdir", "examples", "hello:app"]);

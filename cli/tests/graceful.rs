@@ -21,13 +21,6 @@ const SLOW_LINK: Duration = Duration::from_millis(5);
 const WAITING_FOR_REQUEST: &str = "stopping gracefully: waiting up to";
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
-
 const GET_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
 

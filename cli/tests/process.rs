@@ -10,13 +10,6 @@ fn examples_dir() -> std::path::PathBuf {
     repo_root().join("examples")
 }
 
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
-
 #[test]
 fn wsgi_example_answers_get_and_post_exactly() {
     let mut server = start_hello(&["-w", "2"]);

@@ -255,6 +255,15 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
     pids
 }
 
+/// `ferrocorn ARGS --chdir examples hello:app` on an ephemeral port: the bundled example app
+/// (`examples/hello.py`: `/`, `POST /echo`, `/sleep?s=N`, `/error`).
+pub fn start_hello(args: &[&str]) -> Server {
+    let mut all = vec!["--chdir", "examples"];
+    all.extend_from_slice(args);
+    all.push("hello:app");
+    Server::start(&all)
+}
+
 /// The test virtualenv `<repo>/.venv` with Flask and Django (requirements/test.txt), made or
 /// refreshed by `scripts/python-env.sh` (idempotent and quick when up to date; once per test binary).
 pub fn test_venv() -> PathBuf {

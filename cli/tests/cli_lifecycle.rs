@@ -9,16 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use ferrocorn_testkit::*;
-
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
 
 fn hello_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
@@ -479,15 +471,15 @@ fn the_master_never_starts_python_without_preload_and_never_runs_threads() {
     let mut workers = server.wait_for_workers(2);
     workers.sort();
     let wait_for_inits = |expected: &[i32]| {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        while python_pids(&pids_file) != expected {
-            assert!(
-                Instant::now() < deadline,
+        poll(BOOT_TIMEOUT, || {
+            (python_pids(&pids_file) == expected).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "Python started in {:?}, workers are {expected:?}",
                 python_pids(&pids_file)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     };
     wait_for_inits(&workers);
     // A replacement worker starts its own interpreter; the master still has none.

@@ -19,14 +19,22 @@ pub enum Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Maps to the ferrocorn flag `--LONG`.
-    Flag { long: &'static str, shape: Shape },
+    Flag {
+        /// The flag's long name, without dashes.
+        long: &'static str,
+        /// How the setting's Python value becomes the flag's value.
+        shape: Shape,
+    },
     /// The `APP` argument (`wsgi_app`).
     App,
     /// Not available. Values in `harmless` (JSON text: gunicorn's default, or what means "off")
     /// change nothing; any other value is refused when `refuse`, else warned about.
     Unsupported {
+        /// Values (JSON text) that change nothing.
         harmless: &'static [&'static str],
+        /// Whether another value is refused (else warned about).
         refuse: bool,
+        /// What is missing, for the message.
         why: &'static str,
     },
     /// A server hook: a callable gunicorn calls at some point of the process life cycle.
@@ -36,7 +44,9 @@ pub enum Status {
 /// A gunicorn setting, by the name a config file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setting {
+    /// gunicorn's name for it (`workers`, `bind`, ...).
     pub name: &'static str,
+    /// What ferrocorn does with it.
     pub status: Status,
 }
 

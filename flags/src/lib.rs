@@ -5,6 +5,7 @@
 //! ferrocorn's process model. The `ferrocorn` binary uses [`run`] to plug its WSGI app in.
 //! Exit codes: 0 after a stop, 1 on a start-up error, 2 for bad flags, 3 when a worker cannot
 //! boot, 4 when the app cannot be loaded.
+#![warn(missing_docs)]
 
 mod options;
 
@@ -20,6 +21,7 @@ pub use options::Options;
 /// Whether the `APP` argument (a Python module path) must be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppArgument {
+    /// A WSGI app: `APP` names it.
     Required,
     /// A Rust app: `APP` is not needed.
     Optional,
@@ -31,6 +33,7 @@ pub enum Error {
     /// A flag value ferrocorn does not support.
     #[error("{0}")]
     Unsupported(String),
+    /// Binding, the pid file, the log file, privileges or the arbiter failed.
     #[error(transparent)]
     Server(#[from] ferrocorn_server::Error),
 }

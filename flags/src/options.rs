@@ -47,10 +47,13 @@ fn parse_workers(s: &str) -> Result<usize, String> {
     }
 }
 
+/// gunicorn's command line, parsed (from any source: flags, `$GUNICORN_CMD_ARGS`, config files).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ferrocorn",
     version,
+    // The doc comment above is for rustdoc, not `--help`.
+    long_about = None,
     about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \

@@ -5,6 +5,7 @@
 //! `tcp://…`, `unix:PATH` / `unix://PATH` and `fd://N`. Sockets are created close-on-exec (the
 //! workers are forked, not exec'ed, so they still inherit them); call
 //! [`Listener::set_inheritable`] before re-exec'ing the binary.
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::io;
@@ -24,7 +25,12 @@ pub const DEFAULT_PORT: u16 = 8000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindSpec {
     /// `HOST:PORT`, `[V6]:PORT`, `HOST` (port 8000) or `:PORT`; host names are resolved when binding.
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// A name, an IPv4 address or an IPv6 address (without brackets).
+        host: String,
+        /// 0 for any free port.
+        port: u16,
+    },
     /// `unix:PATH`.
     Unix(PathBuf),
     /// `fd://N`: an already-listening socket we inherited.
@@ -35,12 +41,31 @@ pub enum BindSpec {
 /// error as its `source()`: printed as a chain (anyhow's `{:#}`) it would appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A `--bind` value that is no address.
     #[error("invalid bind address {spec:?}: {reason}")]
-    InvalidSpec { spec: String, reason: &'static str },
+    InvalidSpec {
+        /// The value as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The OS refused to bind or listen (in use, no permission, no such address).
     #[error("cannot bind {addr}: {cause}")]
-    Bind { addr: String, cause: io::Error },
+    Bind {
+        /// The address, as the user wrote it or resolved.
+        addr: String,
+        /// The OS error.
+        cause: io::Error,
+    },
+    /// An `fd://N` that is not an open listening stream socket.
     #[error("fd://{fd} is not a listening socket: {reason}")]
-    BadFd { fd: RawFd, reason: String },
+    BadFd {
+        /// The descriptor.
+        fd: RawFd,
+        /// What it is instead.
+        reason: String,
+    },
+    /// `LISTEN_FDS` / `LISTEN_PID` / `NOTIFY_SOCKET` are set but unusable.
     #[error("systemd socket activation: {0}")]
     Systemd(String),
 }
@@ -221,9 +246,13 @@ impl Default for ListenOptions {
 /// arbiter calls [`Listener::remove_socket_file`] when it shuts down.
 #[derive(Debug)]
 pub enum Listener {
+    /// A TCP socket (IPv4 or IPv6).
     Tcp(std::net::TcpListener),
+    /// A unix stream socket.
     Unix {
+        /// The socket.
         listener: std::os::unix::net::UnixListener,
+        /// Its file, when we created it (an inherited one has none we own).
         path: Option<PathBuf>,
     },
 }
@@ -231,14 +260,18 @@ pub enum Listener {
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerAddr {
+    /// A TCP client's address and port.
     Tcp(SocketAddr),
+    /// A unix-socket client (no address).
     Unix,
 }
 
 /// An accepted connection.
 #[derive(Debug)]
 pub enum Stream {
+    /// Accepted on a TCP listener.
     Tcp(std::net::TcpStream),
+    /// Accepted on a unix listener.
     Unix(std::os::unix::net::UnixStream),
 }
 
@@ -254,6 +287,7 @@ impl Listener {
         }
     }
 
+    /// Make `accept` return `WouldBlock` instead of waiting (or wait again).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(nonblocking),
@@ -363,12 +397,14 @@ impl AsFd for Listener {
 }
 
 impl Stream {
+    /// As [`std::net::TcpStream::set_read_timeout`].
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+    /// As [`std::net::TcpStream::set_write_timeout`].
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(t),
@@ -382,6 +418,7 @@ impl Stream {
             Stream::Unix(_) => Ok(()),
         }
     }
+    /// Half-close: send FIN, keep reading.
     pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),

@@ -16,6 +16,7 @@
 //!     .run()?;
 //! # Ok::<(), ferrocorn_server::Error>(())
 //! ```
+#![warn(missing_docs)]
 
 mod bind;
 mod daemon;
@@ -169,7 +170,9 @@ impl<F: FnMut() -> Box<dyn App>> AppLoader for Factory<F> {
 /// Code run in the master around each fork of a worker (e.g. CPython's `PyOS_BeforeFork`
 /// family when the app is preloaded). All no-ops by default.
 pub trait ForkObserver {
+    /// In the master, just before `fork`.
     fn before_fork(&mut self) {}
+    /// In the master, just after `fork`.
     fn after_fork_parent(&mut self) {}
     /// In the new worker.
     fn after_fork_child(&mut self) {}
@@ -229,31 +232,37 @@ impl Builder {
         self
     }
 
+    /// How many workers to keep running (`-w`; TTIN/TTOU change it later).
     pub fn workers(mut self, workers: usize) -> Self {
         self.settings.workers = workers;
         self
     }
 
+    /// A worker silent this long is killed and replaced (`-t`); `None` (or zero) never.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.timeout = timeout;
         self
     }
 
+    /// How long workers get to finish after TERM before they are killed.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.settings.graceful_timeout = timeout;
         self
     }
 
+    /// How long an idle keep-alive connection is kept waiting for its next request.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.settings.keep_alive = keep_alive;
         self
     }
 
+    /// Replace a worker after this many requests; 0 never.
     pub fn max_requests(mut self, max_requests: u64) -> Self {
         self.settings.max_requests = max_requests;
         self
     }
 
+    /// Request line, header and body limits (gunicorn's `--limit-request-*`).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.settings.limits = limits;
         self
@@ -271,11 +280,13 @@ impl Builder {
         self
     }
 
+    /// Write the master's pid here while it runs (`-p`).
     pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.pidfile = Some(path.into());
         self
     }
 
+    /// Send the error log (fd 2, so tracebacks too) to this file; USR1 reopens it.
     pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.log_file = Some(path.into());
         self

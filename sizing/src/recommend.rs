@@ -13,7 +13,7 @@ pub struct Recommendation {
     pub cpu_workers: usize,
     /// Workers that fit in memory beside the master; `None` when no worker was measured.
     pub memory_workers: Option<usize>,
-    /// One sentence explaining the numbers, for logs and `--print-workers`-style output.
+    /// One sentence explaining the numbers, for logs.
     pub reason: String,
 }
 

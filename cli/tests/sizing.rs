@@ -398,15 +398,9 @@ fn ctrl_c_stops_every_server_it_started() {
         &[(key, value)],
     );
     // Interrupt while a step's server runs (its master and workers carry the marker).
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    while processes_with_env(&marker).len() < 3 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no server started; log:\n{}",
-            advisor.log_text()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for("a server started by the advisor", BOOT_TIMEOUT, || {
+        (processes_with_env(&marker).len() >= 3).then_some(())
+    });
     advisor.signal(libc::SIGINT);
     let status = advisor.wait_exit(Duration::from_secs(15));
     assert_eq!(status.code(), Some(130), "{}", advisor.log_text());

@@ -102,7 +102,7 @@ fn a_head_request_gets_no_body_and_an_empty_response_a_zero_length() {
 
 #[test]
 fn sendfile_is_copied_in_memory_and_recorded() {
-    let path = std::env::temp_dir().join(format!("ferrocorn-memory-{}.txt", std::process::id()));
+    let path = ferrocorn_testkit::unique_temp_path("memory.txt");
     std::fs::File::create(&path)
         .unwrap()
         .write_all(b"0123456789")

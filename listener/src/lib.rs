@@ -6,6 +6,8 @@
 //! workers are forked, not exec'ed, so they still inherit them); call
 //! [`Listener::set_inheritable`] before re-exec'ing the binary.
 
+mod accept_queue;
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

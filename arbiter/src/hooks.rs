@@ -2,6 +2,8 @@
 
 use log::warn;
 
+use crate::scaling::MemoryFigures;
+
 /// Why a worker process ended, as far as the arbiter can tell from its exit status and from what
 /// it did to the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,6 +67,17 @@ pub trait Hooks {
     }
     /// The master that started this one by USR2 has exited: this one is the master now.
     fn promoted(&mut self) {}
+    /// The memory of process `pid` (a worker, or the master itself), for `--workers auto`,
+    /// autoscaling within a memory budget and memory recycling. `None`: not measured.
+    fn process_memory(&mut self, pid: i32) -> Option<MemoryFigures> {
+        let _ = pid;
+        None
+    }
+    /// The listeners' accept queues, summed: `(queued, limit)`. `None`: unknown (then the
+    /// autoscaler counts all workers busy as pressure).
+    fn accept_queue(&mut self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// Hooks that do nothing.

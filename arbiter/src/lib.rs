@@ -11,6 +11,7 @@
 
 mod hooks;
 mod master;
+pub mod scaling;
 mod scoreboard;
 
 pub use hooks::{Exit, ExitCause, Hooks, NoHooks};

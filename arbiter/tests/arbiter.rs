@@ -21,6 +21,7 @@ fn term_then_quit_in_one_batch_is_a_quick_stop() {
         timeout: None,
         // Far beyond PATIENCE_SECS: a graceful stop would hang the case.
         graceful_timeout: Duration::from_secs(600),
+        ..ArbiterConfig::default()
     };
     let mut arbiter = Arbiter::new(config, signals, NoHooks).unwrap();
     let code = arbiter
@@ -95,6 +96,7 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
         workers: 1,
         timeout: None,
         graceful_timeout: Duration::from_secs(5),
+        ..ArbiterConfig::default()
     };
     let signals = MasterSignals::install().unwrap();
     let mut arbiter = Arbiter::new(config, signals, hooks).unwrap();

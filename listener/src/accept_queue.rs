@@ -35,8 +35,7 @@ fn tcp_accept_queue(fd: std::os::fd::RawFd) -> Option<(u32, u32)> {
             &mut len,
         )
     };
-    (r == 0 && info.tcpi_state == TCP_LISTEN)
-        .then_some((info.tcpi_unacked, info.tcpi_sacked))
+    (r == 0 && info.tcpi_state == TCP_LISTEN).then_some((info.tcpi_unacked, info.tcpi_sacked))
 }
 
 #[cfg(test)]

@@ -11,11 +11,11 @@ mod options;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferrocorn_server::{logging, App, Builder, Limits, Server, Settings};
+use ferrocorn_server::{logging, App, Builder, Limits, Server, Settings, WorkerMode};
 use ferrocorn_signals::MasterSignals;
 use log::error;
 
-pub use options::Options;
+pub use options::{parse_size, Options, Workers};
 
 /// Whether the `APP` argument (a Python module path) must be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,6 +117,7 @@ pub fn check_options(options: &Options, app: AppArgument) -> Result<(), Error> {
             options.threads
         )));
     }
+    worker_mode(options)?;
     if app == AppArgument::Required && options.app.is_none() {
         // clap's own wording and exit code for a missing argument.
         command_error("the following required arguments were not provided: <APP>");
@@ -166,6 +167,38 @@ fn command_error(message: &str) -> ! {
         .exit()
 }
 
+/// The count `-w` asks for (1 when not given), and how it may change: `-w N` is exactly N, as in
+/// gunicorn; nothing scales unless asked.
+pub fn worker_mode(options: &Options) -> Result<(usize, WorkerMode), Error> {
+    let scaling = options.workers_min.is_some() || options.workers_max.is_some();
+    match (options.workers, scaling) {
+        (Some(_), true) => {
+            Err(Error::Unsupported(
+                "--workers cannot be combined with --workers-min/--workers-max: give -w N:M, or                  the two bounds alone"
+                    .to_string(),
+            ))
+        }
+        (_, true) => {
+            let Some(max) = options.workers_max else {
+                return Err(Error::Unsupported(
+                    "--workers-min needs --workers-max".to_string(),
+                ));
+            };
+            let min = options.workers_min.unwrap_or(1);
+            if min > max {
+                return Err(Error::Unsupported(format!(
+                    "--workers-min {min} is above --workers-max {max}"
+                )));
+            }
+            Ok((min, WorkerMode::Scale { min, max }))
+        }
+        (None, false) => Ok((1, WorkerMode::Fixed)),
+        (Some(Workers::Count(n)), false) => Ok((n, WorkerMode::Fixed)),
+        (Some(Workers::Auto), false) => Ok((1, WorkerMode::Auto)),
+        (Some(Workers::Range { min, max }), false) => Ok((min, WorkerMode::Scale { min, max })),
+    }
+}
+
 /// The server's settings from the flags.
 pub fn settings(options: &Options) -> Settings {
     // The wsgi crate reads gunicorn's environment variable; the flag wins over it, as in
@@ -174,12 +207,21 @@ pub fn settings(options: &Options) -> Settings {
         .forwarded_allow_ips
         .iter()
         .map(|ips| ("FORWARDED_ALLOW_IPS".to_string(), ips.clone()));
+    // check_options refused the combinations this could reject.
+    let (workers, worker_mode) = worker_mode(options).unwrap_or((1, WorkerMode::Fixed));
     Settings {
         binds: options.bind.clone(),
         backlog: options.backlog,
         reuse_port: options.reuse_port,
         umask: options.umask,
-        workers: options.workers,
+        workers,
+        worker_mode,
+        scale_down_after: options.scale_down_after,
+        memory_budget: options.memory_budget,
+        max_worker_memory: options.max_worker_memory,
+        min_worker_lifetime: options.min_worker_lifetime,
+        max_worker_lifetime: options.max_worker_lifetime,
+        max_worker_lifetime_jitter: options.max_worker_lifetime_jitter,
         timeout: (!options.timeout.is_zero()).then_some(options.timeout),
         graceful_timeout: options.graceful_timeout,
         keep_alive: options.keep_alive,

@@ -5,6 +5,7 @@
 //! cargo run --bin ferrocorn-rust-hello -- -w 2 -b 127.0.0.1:8000
 //! curl localhost:8000/            # Hello from Rust!
 //! curl -d hi localhost:8000/echo  # hi
+//! curl localhost:8000/alloc?mb=50  # this worker keeps 50 MiB from now on (memory recycling)
 //! ```
 
 use std::io::Read;
@@ -12,7 +13,11 @@ use std::time::Duration;
 
 use ferrocorn_server::{App, AppError, Request, Response};
 
-struct Hello;
+#[derive(Default)]
+struct Hello {
+    /// What `/alloc` made this worker keep: memory that only a new worker gives back.
+    hoard: Vec<Vec<u8>>,
+}
 
 fn text(res: &mut Response<'_>, status: u16, reason: &str, body: &[u8]) -> Result<(), AppError> {
     res.start(
@@ -67,6 +72,21 @@ impl App for Hello {
                 std::thread::sleep(Duration::from_secs_f64(secs));
                 text(res, 200, "OK", b"slept\n")
             }
+            ("GET", "/alloc") => {
+                let mib: usize = req
+                    .head
+                    .query()
+                    .strip_prefix("mb=")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(1);
+                // Up to `mib` in all, so repeating it on one worker keeps its size. Non-zero
+                // bytes: every page is written, so it is resident and private.
+                let held: usize = self.hoard.iter().map(Vec::len).sum();
+                if let Some(more) = (mib << 20).checked_sub(held).filter(|&m| m > 0) {
+                    self.hoard.push(vec![1u8; more]);
+                }
+                text(res, 200, "OK", std::process::id().to_string().as_bytes())
+            }
             ("GET", "/pid") => text(res, 200, "OK", std::process::id().to_string().as_bytes()),
             ("GET", "/error") => Err(AppError::Failed("the /error route always fails".into())),
             _ => text(res, 404, "Not Found", b"not found\n"),
@@ -75,5 +95,5 @@ impl App for Hello {
 }
 
 fn main() -> std::process::ExitCode {
-    ferrocorn_flags::main(|| Box::new(Hello))
+    ferrocorn_flags::main(|| Box::<Hello>::default())
 }

@@ -256,3 +256,102 @@ fn report(e: &dyn std::error::Error) -> String {
     }
     line
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("ferrocorn").chain(args.iter().copied()))
+    }
+
+    fn mode(args: &[&str]) -> Result<(usize, WorkerMode), Error> {
+        worker_mode(&parse(args).unwrap())
+    }
+
+    #[test]
+    fn dash_w_n_is_exactly_n_and_nothing_scales_unless_asked() {
+        assert_eq!(mode(&["-w", "4"]).unwrap(), (4, WorkerMode::Fixed));
+        assert_eq!(mode(&[]).unwrap(), (1, WorkerMode::Fixed));
+        let s = settings(&parse(&["-w", "4"]).unwrap());
+        assert_eq!((s.workers, s.worker_mode), (4, WorkerMode::Fixed));
+        assert_eq!(s.memory_budget, None);
+        assert_eq!(s.max_worker_memory, None);
+    }
+
+    #[test]
+    fn auto_and_ranges_are_spelled_in_several_ways() {
+        assert_eq!(mode(&["-w", "auto"]).unwrap().1, WorkerMode::Auto);
+        assert_eq!(mode(&["--workers=AUTO"]).unwrap().1, WorkerMode::Auto);
+        let range = WorkerMode::Scale { min: 2, max: 8 };
+        assert_eq!(mode(&["-w", "2:8"]).unwrap(), (2, range));
+        assert_eq!(
+            mode(&["--workers-min", "2", "--workers-max", "8"]).unwrap(),
+            (2, range)
+        );
+        assert_eq!(
+            mode(&["--workers-max", "3"]).unwrap().1,
+            WorkerMode::Scale { min: 1, max: 3 }
+        );
+    }
+
+    #[test]
+    fn contradictory_worker_counts_are_refused_by_name() {
+        assert!(parse(&["-w", "3:2"]).is_err());
+        assert!(parse(&["-w", "0"]).is_err());
+        assert!(parse(&["-w", "many"]).is_err());
+        let both = mode(&["-w", "2", "--workers-max", "4"]).unwrap_err();
+        assert!(
+            both.to_string().contains("--workers-min/--workers-max"),
+            "{both}"
+        );
+        let lone = mode(&["--workers-min", "2"]).unwrap_err();
+        assert!(lone.to_string().contains("needs --workers-max"), "{lone}");
+        let upside = mode(&["--workers-min", "5", "--workers-max", "4"]).unwrap_err();
+        assert!(
+            upside.to_string().contains("above --workers-max"),
+            "{upside}"
+        );
+    }
+
+    #[test]
+    fn sizes_take_k_m_g_suffixes_in_powers_of_two() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12X", "-1M", "0", "lots"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        let s =
+            settings(&parse(&["--max-worker-memory", "300M", "--memory-budget", "2G"]).unwrap());
+        assert_eq!(s.max_worker_memory, Some(300 << 20));
+        assert_eq!(s.memory_budget, Some(2 << 30));
+    }
+
+    #[test]
+    fn lifetimes_have_their_defaults() {
+        let s = settings(&parse(&[]).unwrap());
+        assert_eq!(s.min_worker_lifetime, std::time::Duration::from_secs(60));
+        assert_eq!(s.scale_down_after, std::time::Duration::from_secs(30));
+        assert_eq!(s.max_worker_lifetime, None);
+        let s = settings(
+            &parse(&[
+                "--max-worker-lifetime",
+                "3600",
+                "--max-worker-lifetime-jitter",
+                "60",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            s.max_worker_lifetime,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(
+            s.max_worker_lifetime_jitter,
+            std::time::Duration::from_secs(60)
+        );
+    }
+}

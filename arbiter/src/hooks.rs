@@ -11,7 +11,8 @@ pub enum ExitCause {
     /// Exited with status 0 on its own. Today the only such reason is `--max-requests` (or its
     /// master going away), which the exit status does not tell apart.
     MaxRequests,
-    /// The master retired it: scaled down (TTOU), replaced by a reload (HUP), or stopping.
+    /// The master retired it: scaled down (TTOU, autoscaling, `--workers auto`), replaced by a
+    /// reload (HUP) or for its memory or age, or stopping.
     ScaleDown,
     /// Silent for longer than `--timeout`: aborted, then killed.
     Timeout,
@@ -43,7 +44,8 @@ pub trait Hooks {
     fn worker_exited(&mut self, pid: i32, cause: ExitCause) {
         let _ = (pid, cause);
     }
-    /// The number of workers to keep changed (TTIN/TTOU) to `target`.
+    /// The number of workers to keep changed (TTIN/TTOU, autoscaling, `--workers auto`) to
+    /// `target`.
     fn worker_count_changed(&mut self, target: usize) {
         let _ = target;
     }

@@ -2,11 +2,15 @@
 //! (scoreboard slots, the listen queue, memory figures, clocks). Each returns a decision and the
 //! reason the arbiter logs; the arbiter only gathers the inputs and applies the decisions.
 //!
-//! Compared with uWSGI's "cheaper" algorithms (spare: idle workers; backlog: queue length;
-//! busyness: busy time per cycle), the autoscaler here asks for both signals at once (every
-//! worker busy *and* connections waiting for a while), so a burst that the workers absorb does
-//! not fork, and it never forks a worker the memory budget cannot hold, judged by the largest
-//! warmed worker's private memory.
+//! uWSGI's "cheaper" algorithms each watch one signal: `spare` counts cycles with no idle worker,
+//! `backlog` the listen queue, `busyness` the share of time workers were busy over a period; its
+//! memory caps (`cheaper-rss-limit-*`, `reload-on-rss`) use RSS, which counts the pages workers
+//! share with the master once per worker and so overstates a pre-fork server. Here a worker is
+//! added only when both hold for a short window (every worker busy *and* connections waiting),
+//! so a burst the workers absorb forks nothing and a queue that drains by itself neither; the
+//! server's footprint is the PSS sum and the cost of one more worker the largest warmed USS, so
+//! no worker is forked that the memory budget cannot hold; and a worker is retired only after it
+//! alone has been idle for `--scale-down-after`, the longest-idle first.
 
 use std::time::{Duration, Instant};
 

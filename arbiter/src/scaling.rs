@@ -111,9 +111,14 @@ pub struct WorkerView {
     pub memory: Option<MemoryFigures>,
 }
 
-/// Bytes as MiB with one decimal, for log lines.
+/// Bytes as MiB with one decimal (GiB from 1 GiB on), for log lines.
 pub fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+    let mib = bytes as f64 / (1024.0 * 1024.0);
+    if mib >= 1024.0 {
+        format!("{:.1} GiB", mib / 1024.0)
+    } else {
+        format!("{mib:.1} MiB")
+    }
 }
 
 /// Workers of `per_worker` private bytes each that fit in `budget` beside a master of
@@ -702,6 +707,12 @@ mod tests {
             .map(|pid| lifetime_jitter(pid, Duration::from_secs(60)))
             .collect();
         assert!(spread.len() > 10, "{spread:?}");
+    }
+
+    #[test]
+    fn sizes_read_as_mib_or_gib() {
+        assert_eq!(mib(20 * MB), "20.0 MiB");
+        assert_eq!(mib(1536 * MB), "1.5 GiB");
     }
 
     #[test]

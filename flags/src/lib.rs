@@ -172,12 +172,11 @@ fn command_error(message: &str) -> ! {
 pub fn worker_mode(options: &Options) -> Result<(usize, WorkerMode), Error> {
     let scaling = options.workers_min.is_some() || options.workers_max.is_some();
     match (options.workers, scaling) {
-        (Some(_), true) => {
-            Err(Error::Unsupported(
-                "--workers cannot be combined with --workers-min/--workers-max: give -w N:M, or                  the two bounds alone"
-                    .to_string(),
-            ))
-        }
+        (Some(_), true) => Err(Error::Unsupported(
+            "--workers cannot be combined with --workers-min/--workers-max: give -w N:M, or \
+                 the two bounds alone"
+                .to_string(),
+        )),
         (_, true) => {
             let Some(max) = options.workers_max else {
                 return Err(Error::Unsupported(

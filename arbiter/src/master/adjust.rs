@@ -27,6 +27,8 @@ pub(super) struct State {
     capped: bool,
     memory_read_at: Option<Instant>,
     master_memory: Option<MemoryFigures>,
+    /// Recycled while the server was over its budget: its replacement is forked once it is gone.
+    freeing: Option<Pid>,
 }
 
 /// Where `--workers auto` stands.
@@ -88,6 +90,7 @@ impl<H: Hooks> Arbiter<H> {
 
     /// Everything autoscaling, `--workers auto` and recycling do in one tick.
     pub(super) fn adjust_workers(&mut self) {
+        self.replace_freed();
         self.observe_activity();
         self.read_memory();
         self.size_auto();
@@ -269,6 +272,7 @@ impl<H: Hooks> Arbiter<H> {
     /// Replace one worker for its memory or age, when the others are all up.
     fn recycle_workers(&mut self) {
         let settled = self.active_count() == self.target
+            && self.adjust.freeing.is_none()
             && self.workers.values().all(|w| w.replaced_by.is_none())
             && self.workers.values().all(|w| self.table.booted(w.slot));
         if !settled {
@@ -295,7 +299,20 @@ impl<H: Hooks> Arbiter<H> {
             }
         } else {
             info!("Recycling worker (pid:{pid}) before forking its replacement: {reason}");
+            // One fewer until it has exited and given its memory back.
+            self.target -= 1;
+            self.adjust.freeing = Some(pid);
             self.retire(pid);
+        }
+    }
+
+    /// The worker recycled to free memory is gone: fork its replacement.
+    fn replace_freed(&mut self) {
+        if let Some(pid) = self.adjust.freeing {
+            if !self.workers.contains_key(&pid) {
+                self.adjust.freeing = None;
+                self.target += 1;
+            }
         }
     }
 

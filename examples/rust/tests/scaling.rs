@@ -309,3 +309,46 @@ fn a_worker_over_max_worker_memory_is_replaced_after_its_replacement_boots() {
         .unwrap();
     assert!(String::from_utf8_lossy(&read_until_closed(&mut conn)).starts_with("HTTP/1.1 200"));
 }
+
+#[test]
+fn over_the_memory_budget_the_largest_worker_is_recycled_first() {
+    let mut server = Server::start_bin(
+        &rust_example_bin(),
+        &[
+            "-w",
+            "2",
+            "--memory-budget",
+            "48M",
+            "--min-worker-lifetime",
+            "0.5",
+        ],
+        &repo_root(),
+        &[],
+    );
+    let before = server.wait_worker_count(2, BOOT_TIMEOUT);
+    let resp = get(server.addr(), "/alloc?mb=50");
+    assert_eq!(resp.status, 200);
+    let big: i32 = resp.text().trim().parse().unwrap();
+    assert!(before.contains(&big));
+    let line = server.wait_for_log(
+        &format!("Recycling worker (pid:{big}) before forking its replacement"),
+        BOOT_TIMEOUT,
+    );
+    assert!(
+        line.contains("over its memory budget 48.0 MiB (--memory-budget)"),
+        "{line}"
+    );
+    assert!(line.contains("this is the largest worker at 50."), "{line}");
+    // The old one goes first; its replacement is forked after it was reaped.
+    server.wait_for_log(&format!("Worker exiting (pid: {big})"), BOOT_TIMEOUT);
+    server.wait_for_workers(1);
+    let after = server.wait_worker_count(2, BOOT_TIMEOUT);
+    assert!(!after.contains(&big), "{after:?}");
+    assert_eq!(get(server.addr(), "/").status, 200);
+    assert_eq!(
+        server.count_log("Recycling worker"),
+        1,
+        "{}",
+        server.log_text()
+    );
+}

@@ -123,9 +123,12 @@ impl<H: Hooks> Arbiter<H> {
             .adjust
             .memory_read_at
             .is_none_or(|at| at.elapsed() >= MEMORY_EVERY);
-        if !self.needs_memory() || !due {
-            return;
+        if self.needs_memory() && due {
+            self.refresh_memory();
         }
+    }
+
+    fn refresh_memory(&mut self) {
         for (pid, info) in &mut self.workers {
             if !info.retiring {
                 info.memory = self.hooks.process_memory(pid.as_raw());
@@ -231,7 +234,14 @@ impl<H: Hooks> Arbiter<H> {
         let Some(bounds) = self.bounds() else {
             return;
         };
-        let views = self.views();
+        let mut views = self.views();
+        let saturated = views.iter().all(|w| w.state == SlotState::Busy);
+        if saturated && self.config.memory.budget.is_some() {
+            // About to grow, perhaps: judge on what the workers hold now, not a second ago
+            // (a worker that just started serving may have grown since).
+            self.refresh_memory();
+            views = self.views();
+        }
         let headroom = Headroom::measure(
             self.config.memory.budget.as_ref(),
             self.adjust.master_memory,

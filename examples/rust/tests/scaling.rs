@@ -163,8 +163,8 @@ fn warmed_workers_that_no_longer_fit_the_budget_are_retired() {
     assert_eq!(get(server.addr(), "/").status, 200);
 }
 
-/// Clients that each send `/sleep?s=SECS` again and again until told to stop; every response
-/// must be a 200.
+/// Clients that each send `GET PATH` again and again until told to stop; every response must be
+/// a 200.
 struct Load {
     stop: Arc<AtomicBool>,
     ok: Arc<AtomicUsize>,
@@ -173,16 +173,20 @@ struct Load {
 
 impl Load {
     fn start(addr: SocketAddr, clients: usize, secs: f64) -> Load {
+        Self::start_path(addr, clients, format!("/sleep?s={secs}"))
+    }
+
+    fn start_path(addr: SocketAddr, clients: usize, path: String) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let ok = Arc::new(AtomicUsize::new(0));
         let clients = (0..clients)
             .map(|_| {
-                let (stop, ok) = (stop.clone(), ok.clone());
+                let (stop, ok, path) = (stop.clone(), ok.clone(), path.clone());
                 std::thread::spawn(move || {
                     // Bounded even if the test forgets to stop it.
                     let deadline = Instant::now() + Duration::from_secs(120);
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                        let resp = get(addr, &format!("/sleep?s={secs}"));
+                        let resp = get(addr, &path);
                         if resp.status != 200 {
                             return Err(format!("status {}", resp.status));
                         }
@@ -348,6 +352,42 @@ fn over_the_memory_budget_the_largest_worker_is_recycled_first() {
     assert_eq!(
         server.count_log("Recycling worker"),
         1,
+        "{}",
+        server.log_text()
+    );
+}
+
+/// Each worker keeps 16 MiB once it serves: with a 40 MiB budget the second fits beside the
+/// first (and the master), a third would not, whatever --workers-max says.
+#[test]
+fn autoscaling_never_forks_a_worker_the_memory_budget_cannot_hold() {
+    let mut server = Server::start_bin(
+        &rust_example_bin(),
+        &[
+            "-w",
+            "1:4",
+            "--memory-budget",
+            "40M",
+            "--min-worker-lifetime",
+            "600",
+        ],
+        &repo_root(),
+        &[],
+    );
+    server.wait_worker_count(1, BOOT_TIMEOUT);
+    let load = Load::start_path(server.addr(), 6, "/alloc?mb=16&s=0.3".to_string());
+    server.wait_for_log("Scaling up to 2 workers", BOOT_TIMEOUT);
+    let capped = server.wait_for_log("Not scaling up", BOOT_TIMEOUT);
+    assert!(capped.contains("all 2 workers busy"), "{capped}");
+    assert!(
+        capped.contains("would take the server past its memory budget 40.0 MiB (--memory-budget)"),
+        "{capped}"
+    );
+    assert_eq!(server.worker_pids().len(), 2, "{}", server.log_text());
+    assert!(load.finish() > 0);
+    assert_eq!(
+        server.count_log("Scaling up to 3"),
+        0,
         "{}",
         server.log_text()
     );

@@ -5,7 +5,7 @@
 //! cargo run --bin ferrocorn-rust-hello -- -w 2 -b 127.0.0.1:8000
 //! curl localhost:8000/            # Hello from Rust!
 //! curl -d hi localhost:8000/echo  # hi
-//! curl localhost:8000/alloc?mb=50  # this worker keeps 50 MiB from now on (memory recycling)
+//! curl 'localhost:8000/alloc?mb=50&s=0.1'  # this worker keeps 50 MiB from now on, then sleeps
 //! ```
 
 use std::io::Read;
@@ -37,6 +37,14 @@ fn text(res: &mut Response<'_>, status: u16, reason: &str, body: &[u8]) -> Resul
     res.write(body)
 }
 
+/// The value of `name=` in a query string like `mb=16&s=0.5`.
+fn param<T: std::str::FromStr>(query: &str, name: &str) -> Option<T> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
+
 impl App for Hello {
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
         match (req.head.method(), req.head.path()) {
@@ -63,28 +71,20 @@ impl App for Hello {
                 res.write(&body)
             }
             ("GET", "/sleep") => {
-                let secs: f64 = req
-                    .head
-                    .query()
-                    .strip_prefix("s=")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(1.0);
+                let secs: f64 = param(req.head.query(), "s").unwrap_or(1.0);
                 std::thread::sleep(Duration::from_secs_f64(secs));
                 text(res, 200, "OK", b"slept\n")
             }
             ("GET", "/alloc") => {
-                let mib: usize = req
-                    .head
-                    .query()
-                    .strip_prefix("mb=")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(1);
+                let mib: usize = param(req.head.query(), "mb").unwrap_or(1);
+                let secs: f64 = param(req.head.query(), "s").unwrap_or(0.0);
                 // Up to `mib` in all, so repeating it on one worker keeps its size. Non-zero
                 // bytes: every page is written, so it is resident and private.
                 let held: usize = self.hoard.iter().map(Vec::len).sum();
                 if let Some(more) = (mib << 20).checked_sub(held).filter(|&m| m > 0) {
                     self.hoard.push(vec![1u8; more]);
                 }
+                std::thread::sleep(Duration::from_secs_f64(secs));
                 text(res, 200, "OK", std::process::id().to_string().as_bytes())
             }
             ("GET", "/pid") => text(res, 200, "OK", std::process::id().to_string().as_bytes()),

@@ -392,3 +392,26 @@ fn autoscaling_never_forks_a_worker_the_memory_budget_cannot_hold() {
         server.log_text()
     );
 }
+
+#[test]
+fn a_worker_past_max_worker_lifetime_is_replaced_without_a_dip() {
+    let mut server = Server::start_bin(
+        &rust_example_bin(),
+        &["-w", "1", "--max-worker-lifetime", "2"],
+        &repo_root(),
+        &[],
+    );
+    let first = server.wait_worker_count(1, BOOT_TIMEOUT)[0];
+    let line = server.wait_for_log(&format!("Replacing worker (pid:{first})"), BOOT_TIMEOUT);
+    assert!(line.contains("past --max-worker-lifetime 2s"), "{line}");
+    // Its replacement booted before it was told to go: never zero workers.
+    server.wait_for_log(
+        &format!("retiring worker (pid:{first}) it replaces"),
+        BOOT_TIMEOUT,
+    );
+    let second = server.wait_for_log("Worker exiting (pid:", BOOT_TIMEOUT);
+    assert!(second.contains(&first.to_string()), "{second}");
+    let now = server.wait_worker_count(1, BOOT_TIMEOUT);
+    assert_ne!(now, [first]);
+    assert_eq!(get(server.addr(), "/").status, 200);
+}

@@ -18,6 +18,11 @@ fn rust_example_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_ferrocorn-rust-hello"))
 }
 
+/// The example on an ephemeral port, started from the repository root.
+fn start_example(args: &[&str]) -> Server {
+    Server::start_bin(&rust_example_bin(), args, &repo_root(), &[])
+}
+
 /// A child cgroup of this test process's own cgroup in one v1 controller; removed on drop (so
 /// also when the test fails), after the processes in it are gone.
 struct ChildCgroup(PathBuf);
@@ -214,12 +219,7 @@ impl Load {
 
 #[test]
 fn autoscaling_grows_to_the_maximum_under_load_and_shrinks_back_when_it_stops() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &["-w", "1:3", "--scale-down-after", "2"],
-        &repo_root(),
-        &[],
-    );
+    let mut server = start_example(&["-w", "1:3", "--scale-down-after", "2"]);
     server.wait_worker_count(1, BOOT_TIMEOUT);
     // Six clients on at most three workers: all busy, connections queued.
     let load = Load::start(server.addr(), 6, 0.3);
@@ -250,7 +250,7 @@ fn autoscaling_grows_to_the_maximum_under_load_and_shrinks_back_when_it_stops() 
 
 #[test]
 fn a_fixed_worker_count_does_not_scale_under_load() {
-    let server = Server::start_bin(&rust_example_bin(), &["-w", "1"], &repo_root(), &[]);
+    let server = start_example(&["-w", "1"]);
     server.wait_worker_count(1, BOOT_TIMEOUT);
     let load = Load::start(server.addr(), 4, 0.3);
     // Long enough for the autoscaler's window many times over, were it on.
@@ -265,19 +265,14 @@ fn a_fixed_worker_count_does_not_scale_under_load() {
 
 #[test]
 fn a_worker_over_max_worker_memory_is_replaced_after_its_replacement_boots() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &[
-            "-w",
-            "2",
-            "--max-worker-memory",
-            "20M",
-            "--min-worker-lifetime",
-            "0.5",
-        ],
-        &repo_root(),
-        &[],
-    );
+    let mut server = start_example(&[
+        "-w",
+        "2",
+        "--max-worker-memory",
+        "20M",
+        "--min-worker-lifetime",
+        "0.5",
+    ]);
     let before = server.wait_worker_count(2, BOOT_TIMEOUT);
     let load = Load::start(server.addr(), 2, 0.05);
     let resp = get(server.addr(), "/alloc?mb=40");
@@ -316,19 +311,14 @@ fn a_worker_over_max_worker_memory_is_replaced_after_its_replacement_boots() {
 
 #[test]
 fn over_the_memory_budget_the_largest_worker_is_recycled_first() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &[
-            "-w",
-            "2",
-            "--memory-budget",
-            "48M",
-            "--min-worker-lifetime",
-            "0.5",
-        ],
-        &repo_root(),
-        &[],
-    );
+    let mut server = start_example(&[
+        "-w",
+        "2",
+        "--memory-budget",
+        "48M",
+        "--min-worker-lifetime",
+        "0.5",
+    ]);
     let before = server.wait_worker_count(2, BOOT_TIMEOUT);
     let resp = get(server.addr(), "/alloc?mb=50");
     assert_eq!(resp.status, 200);
@@ -361,19 +351,14 @@ fn over_the_memory_budget_the_largest_worker_is_recycled_first() {
 /// first (and the master), a third would not, whatever --workers-max says.
 #[test]
 fn autoscaling_never_forks_a_worker_the_memory_budget_cannot_hold() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &[
-            "-w",
-            "1:4",
-            "--memory-budget",
-            "40M",
-            "--min-worker-lifetime",
-            "600",
-        ],
-        &repo_root(),
-        &[],
-    );
+    let mut server = start_example(&[
+        "-w",
+        "1:4",
+        "--memory-budget",
+        "40M",
+        "--min-worker-lifetime",
+        "600",
+    ]);
     server.wait_worker_count(1, BOOT_TIMEOUT);
     let load = Load::start_path(server.addr(), 6, "/alloc?mb=16&s=0.3".to_string());
     server.wait_for_log("Scaling up to 2 workers", BOOT_TIMEOUT);
@@ -395,12 +380,7 @@ fn autoscaling_never_forks_a_worker_the_memory_budget_cannot_hold() {
 
 #[test]
 fn a_worker_past_max_worker_lifetime_is_replaced_without_a_dip() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &["-w", "1", "--max-worker-lifetime", "2"],
-        &repo_root(),
-        &[],
-    );
+    let mut server = start_example(&["-w", "1", "--max-worker-lifetime", "2"]);
     let first = server.wait_worker_count(1, BOOT_TIMEOUT)[0];
     let line = server.wait_for_log(&format!("Replacing worker (pid:{first})"), BOOT_TIMEOUT);
     assert!(line.contains("past --max-worker-lifetime 2s"), "{line}");

@@ -2,6 +2,8 @@
 
 use log::warn;
 
+use crate::scaling::MemoryFigures;
+
 /// Why a worker process ended, as far as the arbiter can tell from its exit status and from what
 /// it did to the worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -9,7 +11,8 @@ pub enum ExitCause {
     /// Exited with status 0 on its own. Today the only such reason is `--max-requests` (or its
     /// master going away), which the exit status does not tell apart.
     MaxRequests,
-    /// The master retired it: scaled down (TTOU), replaced by a reload (HUP), or stopping.
+    /// The master retired it: scaled down (TTOU, autoscaling, `--workers auto`), replaced by a
+    /// reload (HUP) or for its memory or age, or stopping.
     ScaleDown,
     /// Silent for longer than `--timeout`: aborted, then killed.
     Timeout,
@@ -41,7 +44,8 @@ pub trait Hooks {
     fn worker_exited(&mut self, pid: i32, cause: ExitCause) {
         let _ = (pid, cause);
     }
-    /// The number of workers to keep changed (TTIN/TTOU) to `target`.
+    /// The number of workers to keep changed (TTIN/TTOU, autoscaling, `--workers auto`) to
+    /// `target`.
     fn worker_count_changed(&mut self, target: usize) {
         let _ = target;
     }
@@ -65,6 +69,17 @@ pub trait Hooks {
     }
     /// The master that started this one by USR2 has exited: this one is the master now.
     fn promoted(&mut self) {}
+    /// The memory of process `pid` (a worker, or the master itself), for `--workers auto`,
+    /// autoscaling within a memory budget and memory recycling. `None`: not measured.
+    fn process_memory(&mut self, pid: i32) -> Option<MemoryFigures> {
+        let _ = pid;
+        None
+    }
+    /// The listeners' accept queues, summed: `(queued, limit)`. `None`: unknown (then the
+    /// autoscaler counts all workers busy as pressure).
+    fn accept_queue(&mut self) -> Option<(u32, u32)> {
+        None
+    }
 }
 
 /// Hooks that do nothing.

@@ -2,6 +2,10 @@
 //!
 //! It forks workers, reaps them when they exit, respawns the ones that die, kills the ones that stop
 //! heart-beating (`--timeout`), scales on TTIN/TTOU, and stops gracefully (TERM) or quickly (INT/QUIT).
+//! Given a [`scaling::WorkerSizing`] and [`scaling::MemoryPolicy`], it also sizes the pool to the
+//! machine (`--workers auto`), follows the load between bounds, and replaces workers that grew
+//! too big or too old; the policies are pure functions in [`scaling`], the memory figures and the
+//! accept queue come from [`Hooks::process_memory`] and [`Hooks::accept_queue`].
 //! It knows nothing of HTTP or Python: what a worker does is the `worker_main` closure given to
 //! [`Arbiter::run`]; anything that must happen around `fork` (CPython's fork hooks with `--preload`)
 //! or on the master's other events (reopen logs, re-exec, stop) is a [`Hooks`] implementation.
@@ -13,6 +17,7 @@
 
 mod hooks;
 mod master;
+pub mod scaling;
 mod scoreboard;
 
 pub use hooks::{Exit, ExitCause, Hooks, NoHooks};

@@ -11,11 +11,16 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::hooks::{Exit, ExitCause, Hooks};
+use crate::scaling::{MemoryFigures, MemoryPolicy, WorkerSizing};
 use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
 use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
+mod adjust;
+
 /// How often the arbiter wakes on its own to check worker timeouts and counts.
 const TICK: Duration = Duration::from_secs(1);
+/// ... and when autoscaling, so a saturated server is noticed within its pressure window.
+const SCALING_TICK: Duration = Duration::from_millis(200);
 /// After SIGABRT for a timeout, how long a worker gets before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// How long workers get after SIGQUIT (a quick stop: INT/QUIT, or either one during a graceful
@@ -38,6 +43,10 @@ pub struct ArbiterConfig {
     pub timeout: Option<Duration>,
     /// `--graceful-timeout`: how long workers get to finish after TERM before SIGKILL.
     pub graceful_timeout: Duration,
+    /// `-w N` (exactly `workers`), `-w auto` or `-w MIN:MAX`.
+    pub sizing: WorkerSizing,
+    /// Replacing workers for their memory or age.
+    pub memory: MemoryPolicy,
 }
 
 impl Default for ArbiterConfig {
@@ -46,6 +55,8 @@ impl Default for ArbiterConfig {
             workers: 1,
             timeout: Some(Duration::from_secs(30)),
             graceful_timeout: Duration::from_secs(30),
+            sizing: WorkerSizing::Fixed,
+            memory: MemoryPolicy::default(),
         }
     }
 }
@@ -103,6 +114,41 @@ struct WorkerInfo {
     /// Replaced by a reload (HUP) but still serving: it gets TERM once a replacement has booted,
     /// so a reload whose new workers cannot load the app leaves it serving.
     superseded: bool,
+    forked_at: Instant,
+    /// When it was last seen serving (or forked).
+    last_active: Instant,
+    /// Its served count at that time.
+    last_served: u64,
+    /// Its last memory reading.
+    memory: Option<MemoryFigures>,
+    /// Being replaced (since when): no longer counts towards the target; retired once a worker
+    /// of this age or younger has booted.
+    replaced_by: Option<(u64, Instant)>,
+}
+
+impl WorkerInfo {
+    fn new(slot: usize, age: u64) -> WorkerInfo {
+        let now = Instant::now();
+        WorkerInfo {
+            slot,
+            age,
+            retiring: false,
+            aborted_at: None,
+            killed: false,
+            superseded: false,
+            forked_at: now,
+            last_active: now,
+            last_served: 0,
+            memory: None,
+            replaced_by: None,
+        }
+    }
+
+    /// Counts towards the target: neither retiring nor superseded by a reload nor being
+    /// replaced.
+    fn is_active(&self) -> bool {
+        !self.retiring && !self.superseded && self.replaced_by.is_none()
+    }
 }
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
@@ -135,6 +181,8 @@ pub struct Arbiter<H> {
     ever_booted: bool,
     /// Daemonized (`--daemon`): WINCH stops the workers, as gunicorn's.
     daemonized: bool,
+    /// Autoscaling, `--workers auto` and memory recycling state.
+    adjust: adjust::State,
 }
 
 impl<H> std::fmt::Debug for Arbiter<H> {
@@ -149,7 +197,7 @@ impl<H> std::fmt::Debug for Arbiter<H> {
 
 impl<H: Hooks> Arbiter<H> {
     pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
-        let target = config.workers.clamp(1, MAX_SLOTS);
+        let target = adjust::initial_target(&config).clamp(1, MAX_SLOTS);
         Ok(Arbiter {
             config,
             signals: Some(signals),
@@ -167,6 +215,7 @@ impl<H: Hooks> Arbiter<H> {
             backoff_age: 0,
             ever_booted: false,
             daemonized: false,
+            adjust: adjust::State::default(),
         })
     }
 
@@ -211,9 +260,10 @@ impl<H: Hooks> Arbiter<H> {
         self.manage_workers(worker_main);
         self.hooks.ready();
         loop {
+            let tick = self.tick();
             let wait = match self.respawn_at {
-                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
-                None => TICK,
+                Some(at) => at.saturating_duration_since(Instant::now()).min(tick),
+                None => tick,
             };
             let received = self.signals_mut().wait_signals(wait);
             for (i, &sig) in received.iter().enumerate() {
@@ -244,6 +294,7 @@ impl<H: Hooks> Arbiter<H> {
             self.note_booted();
             self.end_backoff_once_booted();
             self.retire_superseded();
+            self.adjust_workers();
             self.manage_workers(worker_main);
         }
     }
@@ -275,19 +326,8 @@ impl<H: Hooks> Arbiter<H> {
                 self.stop(false);
                 return Some(Exit::Stopped);
             }
-            Command::IncrementWorkers => {
-                if self.target < MAX_SLOTS {
-                    self.target += 1;
-                    self.hooks.worker_count_changed(self.target);
-                } else {
-                    warn!("Already at the maximum of {MAX_SLOTS} workers");
-                }
-            }
-            Command::DecrementWorkers => {
-                // Like gunicorn, never scale below one worker.
-                self.target = self.target.saturating_sub(1).max(1);
-                self.hooks.worker_count_changed(self.target);
-            }
+            Command::IncrementWorkers => self.increment_workers(),
+            Command::DecrementWorkers => self.decrement_workers(),
             Command::Reload => {
                 info!("Hang up: Master");
                 self.hooks.reload();
@@ -488,10 +528,7 @@ impl<H: Hooks> Arbiter<H> {
     }
 
     fn active_count(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| !w.retiring && !w.superseded)
-            .count()
+        self.workers.values().filter(|w| w.is_active()).count()
     }
 
     /// Fork or retire workers until `target` of them are active. The oldest are retired first.
@@ -510,7 +547,7 @@ impl<H: Hooks> Arbiter<H> {
             let mut active: Vec<(u64, Pid)> = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring && !w.superseded)
+                .filter(|(_, w)| w.is_active())
                 .map(|(pid, w)| (w.age, *pid))
                 .collect();
             active.sort();
@@ -606,17 +643,7 @@ impl<H: Hooks> Arbiter<H> {
             ForkResult::Parent { child } => {
                 self.hooks.after_fork_parent(child.as_raw());
                 info!("Booting worker with pid: {child}");
-                self.workers.insert(
-                    child,
-                    WorkerInfo {
-                        slot,
-                        age,
-                        retiring: false,
-                        aborted_at: None,
-                        killed: false,
-                        superseded: false,
-                    },
-                );
+                self.workers.insert(child, WorkerInfo::new(slot, age));
                 Ok(true)
             }
         }

@@ -17,6 +17,7 @@ fn quick_config(workers: usize) -> ArbiterConfig {
         workers,
         timeout: None,
         graceful_timeout: Duration::from_secs(5),
+        ..ArbiterConfig::default()
     }
 }
 
@@ -30,6 +31,7 @@ fn term_then_quit_in_one_batch_is_a_quick_stop() {
         timeout: None,
         // Far beyond PATIENCE_SECS: a graceful stop would hang the case.
         graceful_timeout: Duration::from_secs(600),
+        ..ArbiterConfig::default()
     };
     let mut arbiter = Arbiter::new(config, signals, NoHooks).unwrap();
     let code = arbiter

@@ -500,7 +500,7 @@ mod tests {
             ["127.0.0.1:3"],
             "a higher bind list replaces the lower one"
         );
-        assert_eq!(options.workers, 4);
+        assert_eq!(options.workers, Some(ferrocorn_flags::Workers::Count(4)));
         assert!(options.preload);
         assert_eq!(options.timeout, std::time::Duration::from_secs(6));
         assert_eq!(options.env, [("B".to_string(), "2".to_string())]);

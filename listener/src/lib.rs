@@ -7,6 +7,8 @@
 //! [`Listener::set_inheritable`] before re-exec'ing the binary.
 #![warn(missing_docs)]
 
+mod accept_queue;
+
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use ferrocorn_arbiter::scaling::MemoryFigures;
 use ferrocorn_arbiter::Hooks;
 use ferrocorn_listener::Listener;
 use log::error;
@@ -72,5 +73,17 @@ impl Hooks for MasterHooks {
 
     fn promoted(&mut self) {
         self.pidfile.promote();
+    }
+
+    fn process_memory(&mut self, pid: i32) -> Option<MemoryFigures> {
+        crate::sizing::process_memory(pid)
+    }
+
+    /// Summed over the listeners that report one (TCP); `None` if none does (unix sockets).
+    fn accept_queue(&mut self) -> Option<(u32, u32)> {
+        self.reexec_listeners
+            .iter()
+            .filter_map(Listener::accept_queue)
+            .reduce(|(q, l), (q2, l2)| (q + q2, l + l2))
     }
 }

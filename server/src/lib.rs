@@ -27,6 +27,7 @@ mod pidfile;
 mod privileges;
 mod reexec;
 mod reload;
+mod sizing;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -61,8 +62,23 @@ pub struct Settings {
     pub reuse_port: bool,
     /// Unix socket files get mode `0o777 & !umask` (default 0: anyone may connect).
     pub umask: Option<u32>,
-    /// Worker processes.
+    /// Worker processes (with [`WorkerMode::Fixed`]).
     pub workers: usize,
+    /// Exactly `workers` (gunicorn's `-w N`), sized to the machine, or scaled with the load.
+    pub worker_mode: WorkerMode,
+    /// When scaling: a worker idle this long is retired (down to the minimum).
+    pub scale_down_after: Duration,
+    /// Memory the whole server may use (bytes). `None`: the cgroup limit, else RAM, when
+    /// sizing or scaling; no budget with a fixed `-w N`.
+    pub memory_budget: Option<u64>,
+    /// A worker whose USS (private memory) is above this many bytes is replaced.
+    pub max_worker_memory: Option<u64>,
+    /// No worker is replaced for memory before it lived this long.
+    pub min_worker_lifetime: Duration,
+    /// A worker older than this (plus its jitter) is replaced.
+    pub max_worker_lifetime: Option<Duration>,
+    /// Up to this much more lifetime, spread over the workers so they are not replaced together.
+    pub max_worker_lifetime_jitter: Duration,
     /// A worker silent for longer is killed and replaced. `None` disables it.
     pub timeout: Option<Duration>,
     /// How long workers get to finish after TERM before SIGKILL.
@@ -111,6 +127,13 @@ impl Default for Settings {
             reuse_port: false,
             umask: None,
             workers: arbiter.workers,
+            worker_mode: WorkerMode::Fixed,
+            scale_down_after: Duration::from_secs(30),
+            memory_budget: None,
+            max_worker_memory: None,
+            min_worker_lifetime: arbiter.memory.min_worker_lifetime,
+            max_worker_lifetime: None,
+            max_worker_lifetime_jitter: Duration::ZERO,
             timeout: arbiter.timeout,
             graceful_timeout: arbiter.graceful_timeout,
             keep_alive: worker.keepalive,
@@ -131,6 +154,23 @@ impl Default for Settings {
             reload_extra_files: Vec::new(),
         }
     }
+}
+
+/// How the number of workers is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// Exactly [`Settings::workers`]; only TTIN/TTOU change it.
+    #[default]
+    Fixed,
+    /// `--workers auto`: min(2 x CPUs + 1, the workers that fit the memory budget).
+    Auto,
+    /// `--workers-min/--workers-max`: follow the load between the bounds.
+    Scale {
+        /// Never fewer workers.
+        min: usize,
+        /// Never more workers.
+        max: usize,
+    },
 }
 
 /// The app loading failed in the master (`--preload`); the text says why.
@@ -438,6 +478,8 @@ impl Started {
             workers: settings.workers,
             timeout: settings.timeout.filter(|t| !t.is_zero()),
             graceful_timeout: settings.graceful_timeout,
+            sizing: sizing::worker_sizing(&settings),
+            memory: sizing::memory_policy(&settings),
         };
         let hooks = hooks::MasterHooks {
             log_file: log_file.clone(),

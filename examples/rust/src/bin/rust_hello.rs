@@ -5,6 +5,7 @@
 //! cargo run --bin ferrocorn-rust-hello -- -w 2 -b 127.0.0.1:8000
 //! curl localhost:8000/            # Hello from Rust!
 //! curl -d hi localhost:8000/echo  # hi
+//! curl 'localhost:8000/alloc?mb=50&s=0.1'  # this worker keeps 50 MiB from now on, then sleeps
 //! ```
 
 use std::io::Read;
@@ -12,7 +13,19 @@ use std::time::Duration;
 
 use ferrocorn_server::{App, AppError, Request, Response};
 
-struct Hello;
+#[derive(Default)]
+struct Hello {
+    /// What `/alloc` made this worker keep: memory that only a new worker gives back.
+    hoard: Vec<Vec<u8>>,
+}
+
+/// The value of `name=` in a query string like `mb=16&s=0.5`.
+fn param<T: std::str::FromStr>(query: &str, name: &str) -> Option<T> {
+    query
+        .split('&')
+        .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
+        .and_then(|v| v.parse().ok())
+}
 
 impl App for Hello {
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
@@ -29,14 +42,21 @@ impl App for Hello {
                 res.bytes(200, content_type, &body)
             }
             ("GET", "/sleep") => {
-                let secs: f64 = req
-                    .head
-                    .query()
-                    .strip_prefix("s=")
-                    .and_then(|s| s.parse().ok())
-                    .unwrap_or(1.0);
+                let secs: f64 = param(req.head.query(), "s").unwrap_or(1.0);
                 std::thread::sleep(Duration::from_secs_f64(secs));
                 res.text(200, "slept\n")
+            }
+            ("GET", "/alloc") => {
+                let mib: usize = param(req.head.query(), "mb").unwrap_or(1);
+                let secs: f64 = param(req.head.query(), "s").unwrap_or(0.0);
+                // Up to `mib` in all, so repeating it on one worker keeps its size. Non-zero
+                // bytes: every page is written, so it is resident and private.
+                let held: usize = self.hoard.iter().map(Vec::len).sum();
+                if let Some(more) = (mib << 20).checked_sub(held).filter(|&m| m > 0) {
+                    self.hoard.push(vec![1u8; more]);
+                }
+                std::thread::sleep(Duration::from_secs_f64(secs));
+                res.text(200, std::process::id().to_string())
             }
             ("GET", "/pid") => res.text(200, std::process::id().to_string()),
             ("GET", "/error") => Err(AppError::Failed("the /error route always fails".into())),
@@ -46,7 +66,7 @@ impl App for Hello {
 }
 
 fn main() -> std::process::ExitCode {
-    ferrocorn_flags::main(|| Box::new(Hello))
+    ferrocorn_flags::main(|| Box::<Hello>::default())
 }
 
 /// The app on the real request and response types, in memory: no socket, no server.
@@ -57,7 +77,8 @@ mod tests {
 
     fn serve(raw: &[u8]) -> ferrocorn_server::Recorded {
         let mut conn = MemoryConn::new(raw).unwrap();
-        conn.serve(|req, res| Hello.call(req, res)).unwrap();
+        conn.serve(|req, res| Hello::default().call(req, res))
+            .unwrap();
         conn.recorded()
     }
 

@@ -718,6 +718,11 @@ impl<H: Hooks> Arbiter<H> {
     /// turns it into a quick one.
     fn stop(&mut self, graceful: bool) {
         let shared = self.has_successor() || self.has_parent_master();
+        if graceful && !shared {
+            // Nobody takes over the listeners: the workers must serve what is queued in them
+            // before the last copy closes and resets it. Set before they are signalled.
+            self.table.set_server_stopping();
+        }
         self.hooks.stop(shared);
         let (sig, grace) = if graceful {
             (Signal::SIGTERM, self.config.graceful_timeout)

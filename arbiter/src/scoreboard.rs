@@ -33,6 +33,14 @@ pub(crate) fn monotonic_ms() -> u64 {
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
 }
 
+/// What concerns every worker, at the start of the mapping, before the slots.
+#[repr(C)]
+struct Header {
+    /// Non-zero once the whole server is stopping for good (no successor or parent master
+    /// shares the listeners): stopping workers then drain the accept queue.
+    server_stopping: AtomicU64,
+}
+
 /// One worker's slot as laid out in shared memory. All-zero is a valid (long silent, idle) slot.
 #[repr(C)]
 struct RawSlot {
@@ -85,14 +93,18 @@ impl SlotSnapshot {
 /// The table of slots, mapped `MAP_SHARED` before any fork so every worker writes the same memory.
 #[derive(Debug)]
 pub struct Scoreboard {
+    header: NonNull<Header>,
     slots: NonNull<RawSlot>,
 }
 
 impl Scoreboard {
     pub fn new() -> std::io::Result<Self> {
-        let len = NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<RawSlot>()).unwrap();
+        let header_len = std::mem::size_of::<Header>();
+        let len =
+            NonZeroUsize::new(header_len + MAX_SLOTS * std::mem::size_of::<RawSlot>()).unwrap();
         // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, which is a valid
-        // bit pattern for a RawSlot (atomics only), page-aligned (so aligned for AtomicU64), and
+        // bit pattern for a Header and a RawSlot (atomics only), page-aligned (so aligned for
+        // AtomicU64, and the slots after the 8-byte-multiple header are too), and
         // never unmapped, so pointers into it stay valid for the life of the process and of every
         // forked child.
         let ptr = unsafe {
@@ -104,7 +116,10 @@ impl Scoreboard {
             )
         }
         .map_err(std::io::Error::from)?;
-        Ok(Scoreboard { slots: ptr.cast() })
+        let header = ptr.cast::<Header>();
+        // SAFETY: the header's length is within the mapping, and the slots fill the rest.
+        let slots = unsafe { ptr.cast::<u8>().add(header_len) }.cast();
+        Ok(Scoreboard { header, slots })
     }
 
     pub fn capacity(&self) -> usize {
@@ -167,8 +182,20 @@ impl Scoreboard {
     /// The worker's end of slot `index`.
     pub fn worker_slot(&self, index: usize) -> WorkerSlot {
         WorkerSlot {
+            header: self.header,
             slot: NonNull::from(self.slot(index)),
         }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the header is in the never-unmapped mapping (see `new`).
+        unsafe { self.header.as_ref() }
+    }
+
+    /// The server is going away for good: workers told to stop from now on serve what waits in
+    /// the listeners' accept queues before exiting (see [`WorkerSlot::server_stopping`]).
+    pub fn set_server_stopping(&self) {
+        self.header().server_stopping.store(1, Ordering::Release);
     }
 }
 
@@ -177,6 +204,7 @@ impl Scoreboard {
 /// clock (a vDSO call).
 #[derive(Debug)]
 pub struct WorkerSlot {
+    header: NonNull<Header>,
     slot: NonNull<RawSlot>,
 }
 
@@ -184,6 +212,14 @@ impl WorkerSlot {
     fn raw(&self) -> &RawSlot {
         // SAFETY: the slot points into the never-unmapped shared table (see `Scoreboard::new`).
         unsafe { self.slot.as_ref() }
+    }
+
+    /// Whether the master said the whole server is stopping for good
+    /// ([`Scoreboard::set_server_stopping`]), not just this worker being retired.
+    pub fn server_stopping(&self) -> bool {
+        // SAFETY: the header is in the never-unmapped shared mapping (see `Scoreboard::new`).
+        let header = unsafe { self.header.as_ref() };
+        header.server_stopping.load(Ordering::Acquire) != 0
     }
 
     pub fn beat(&self) {
@@ -379,6 +415,21 @@ mod tests {
         assert!(path.starts_with(&snap.path), "{}", snap.path);
         assert!(snap.method.len() + snap.path.len() <= REQUEST_TEXT_MAX);
         assert!(snap.path.len() >= REQUEST_TEXT_MAX - 4);
+    }
+
+    #[test]
+    fn a_server_stop_set_by_the_master_is_seen_by_a_forked_worker() {
+        let board = Scoreboard::new().unwrap();
+        // A panic would unwind inside the forked test harness: fail by the exit code instead.
+        let expect = |stopping: bool| {
+            if board.worker_slot(2).server_stopping() != stopping {
+                // SAFETY: as in `in_child`: a non-zero exit fails the parent's assertion.
+                unsafe { libc::_exit(1) }
+            }
+        };
+        in_child(|| expect(false));
+        board.set_server_stopping();
+        in_child(|| expect(true));
     }
 
     /// Kills the forked writer when the test ends, passed or not.

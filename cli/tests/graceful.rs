@@ -382,3 +382,62 @@ fn usr2_then_term_of_the_old_master_under_load_loses_nothing() {
     assert!(pid_alive(new_master));
     assert_none_lost(&tally, &server);
 }
+
+/// The server's debug line once its TCP listeners stopped completing new handshakes.
+const REFUSING: &str = "Refusing new connections on http://";
+
+/// Wait until `n` clients sit in the accept queue of `addr`, not accepted by any worker.
+fn wait_queued(addr: SocketAddr, n: u32) {
+    let deadline = Instant::now() + BOOT_TIMEOUT;
+    while accept_queue_len(addr) != Some(n) {
+        assert!(
+            Instant::now() < deadline,
+            "{n} connections not queued on {addr}: {:?}",
+            accept_queue_len(addr)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn term_serves_the_connections_still_in_the_accept_queue() {
+    let mut server = start_hello(&["-w", "1", "--log-level", "debug"]);
+    server.wait_for_workers(1);
+    let addr = server.addr();
+    // The only worker is busy, so the next connections wait in the listener's queue.
+    let mut busy = connect(addr);
+    busy.write_all(b"GET /sleep?s=3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    server.wait_for_log("sleeping 3.0s", BOOT_TIMEOUT);
+    let queued: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut stream = connect(addr);
+            stream.write_all(GET_KEEP_ALIVE).unwrap();
+            stream
+        })
+        .collect();
+    wait_queued(addr, 5);
+    server.signal(libc::SIGTERM);
+    server.wait_for_log(REFUSING, BOOT_TIMEOUT);
+    // A client that comes after the stop began gets no connection that would then be reset.
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::ConnectionRefused
+            ),
+            "{e}"
+        ),
+        Ok(s) => panic!("a connection made after TERM completed: {s:?}"),
+    }
+    let slow = read_response(&mut busy).unwrap_or_else(|e| panic!("slow request: {e}"));
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert_eq!(slow.header("connection"), Some("close"), "{slow:?}");
+    for (i, mut stream) in queued.into_iter().enumerate() {
+        let resp = read_response(&mut stream).unwrap_or_else(|e| panic!("queued #{i}: {e}"));
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body, b"Hello, World!\n");
+        assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    }
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
+}

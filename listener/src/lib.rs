@@ -378,6 +378,53 @@ impl Listener {
             _ => Ok(()),
         }
     }
+
+    /// Stop the kernel from completing new TCP handshakes on this socket, while connections
+    /// already in its accept queue (and handshakes whose final ACK is on its way) stay
+    /// acceptable: a server going away for good drains its queue instead of resetting what is
+    /// in it, and a new client sees its connect time out rather than a reset after connecting.
+    /// It works through a socket filter that drops every segment with SYN set: on a listening
+    /// socket the kernel runs the filter on each incoming segment, the TCP header first.
+    /// Child sockets accepted later inherit the filter, which is harmless once established.
+    ///
+    /// Unix sockets are left alone: removing the socket file (see
+    /// [`Listener::remove_socket_file`]) is what refuses their new clients, and those already
+    /// queued stay acceptable.
+    pub fn refuse_new_connections(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(_) => attach_syn_filter(SockRef::from(self)),
+            Listener::Unix { .. } => Ok(()),
+        }
+    }
+}
+
+/// Classic BPF: load the TCP flags byte (offset 13 of the header); SYN set → keep 0 bytes (drop),
+/// else keep the whole segment.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn attach_syn_filter(sock: SockRef<'_>) -> io::Result<()> {
+    use socket2::SockFilter;
+    const TCP_FLAGS_OFFSET: u32 = 13;
+    const SYN: u32 = 0x02;
+    let op = |code: u32| code as u16;
+    let program = [
+        SockFilter::new(
+            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS),
+            0,
+            0,
+            TCP_FLAGS_OFFSET,
+        ),
+        // SYN set: fall through to the drop; else jump over it.
+        SockFilter::new(op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K), 0, 1, SYN),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, 0),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, u32::MAX),
+    ];
+    sock.attach_filter(&program)
+}
+
+/// Elsewhere there are no classic socket filters: new handshakes keep completing.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn attach_syn_filter(_sock: SockRef<'_>) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 impl AsRawFd for Listener {

@@ -495,3 +495,29 @@ fn a_clone_accepts_on_the_same_socket_and_never_removes_the_file() {
     let tc = t.try_clone().unwrap();
     assert_eq!(tc.local_addr(), t.local_addr());
 }
+
+#[test]
+fn refusing_new_connections_keeps_queued_ones_acceptable() {
+    let listener = bind_one(&tcp("127.0.0.1", 0), &ListenOptions::default());
+    let addr = listener.local_addr().unwrap();
+    // The kernel completes this handshake on its own: the connection waits in the accept queue.
+    let queued = TcpStream::connect(addr).unwrap();
+    listener.refuse_new_connections().unwrap();
+    // Its SYNs are dropped, so a new connect neither completes nor is reset: it times out.
+    let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    match late {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        Ok(s) => panic!("a new connection completed after refusing: {s:?}"),
+    }
+    assert!(matches!(round_trip(&listener, queued), PeerAddr::Tcp(_)));
+}
+
+#[test]
+fn refusing_new_connections_leaves_a_unix_listener_serving_its_queue() {
+    let dir = TempDir::new("refuse");
+    let path = dir.0.join("s.sock");
+    let listener = bind_one(&BindSpec::Unix(path.clone()), &ListenOptions::default());
+    let queued = UnixStream::connect(&path).unwrap();
+    listener.refuse_new_connections().unwrap();
+    assert_eq!(round_trip(&listener, queued), PeerAddr::Unix);
+}

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use ferrocorn_arbiter::scaling::MemoryFigures;
 use ferrocorn_arbiter::Hooks;
 use ferrocorn_listener::Listener;
-use log::error;
+use log::{debug, error};
 
 use crate::logging::{LogFile, WorkerLogs};
 use crate::pidfile::PidFile;
@@ -18,7 +18,8 @@ pub(crate) struct MasterHooks {
     /// Files the workers reopen: handed to their user each time the master re-creates them.
     pub(crate) worker_logs: WorkerLogs,
     pub(crate) start: StartContext,
-    /// Duplicates of the listeners, passed on by USR2.
+    /// Duplicates of the listeners, passed on by USR2 (and made to refuse new connections when
+    /// the server stops for good).
     pub(crate) reexec_listeners: Vec<Listener>,
     pub(crate) pidfile: PidFile,
     pub(crate) socket_files: Vec<PathBuf>,
@@ -41,10 +42,21 @@ impl Hooks for MasterHooks {
     /// gunicorn unlinks its unix sockets when a stop begins, so new clients fail at once instead
     /// of waiting in the backlog for a server that is going away. Workers hold copies of the
     /// listeners but never remove the files; a master started by USR2 (or the one that started
-    /// us) still serving on them keeps them.
+    /// us) still serving on them keeps them. TCP listeners stop completing new handshakes for
+    /// the same reason, and so that the workers can drain the accept queue instead of leaving it
+    /// to be reset when the last copy of the socket closes.
     fn stop(&mut self, shared: bool) {
         if shared {
             return;
+        }
+        for listener in &self.reexec_listeners {
+            match listener.refuse_new_connections() {
+                Ok(()) => debug!("Refusing new connections on {}", listener.describe()),
+                Err(e) => error!(
+                    "cannot refuse new connections on {}: {e}",
+                    listener.describe()
+                ),
+            }
         }
         for path in &self.socket_files {
             match std::fs::remove_file(path) {

@@ -93,6 +93,11 @@ impl Monitor for WorkerMonitor<'_> {
     fn request_finished(&mut self) {
         self.slot.request_finished();
     }
+
+    /// The master sets the flag before it sends TERM when no other master shares the sockets.
+    fn drain_on_stop(&self) -> bool {
+        self.slot.server_stopping()
+    }
 }
 
 /// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different

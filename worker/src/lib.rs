@@ -10,8 +10,9 @@
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
 //! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
 //! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
-//! fd. A graceful stop (SIGTERM) ends accepting at once, but every connection already accepted is
-//! served: a new one's first request is waited for (up to the header timeout, within the graceful
+//! fd. A graceful stop (SIGTERM) ends accepting at once (unless the whole server stops: then the
+//! connections queued on the listeners are accepted and served first, see
+//! [`Monitor::drain_on_stop`]), but every connection already accepted is served: a new one's first request is waited for (up to the header timeout, within the graceful
 //! timeout) and answered with `Connection: close`, and an idle keep-alive one is closed unless a
 //! request follows its last response at once. A quick stop (SIGINT/SIGQUIT) ends any idle wait.
 //!
@@ -149,6 +150,12 @@ pub trait Monitor {
     /// The request started last is over (answered, failed or abandoned).
     fn request_finished(&mut self) {
         self.beat();
+    }
+    /// Asked when a graceful stop begins: `true` when the whole server is going away for good
+    /// (not this worker being retired while others go on), so the worker serves every connection
+    /// still queued on its listeners before exiting, since nobody else would.
+    fn drain_on_stop(&self) -> bool {
+        false
     }
 }
 

@@ -40,6 +40,10 @@ const KEPT_ALIVE_GRACE: Duration = Duration::from_millis(50);
 /// so it closes it and exits itself rather than being killed by the master.
 const STOP_MARGIN: Duration = Duration::from_millis(500);
 
+/// How long a worker draining the accept queues at a server stop, having found them empty, waits
+/// for a handshake that was completing when the listeners stopped taking new ones.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+
 /// Least time between two logged accept failures.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -53,11 +57,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) trait RequestEvents {
     fn started(&self, head: &RequestHead);
     fn finished(&self);
+    /// See [`Monitor::drain_on_stop`].
+    fn drain_on_stop(&self) -> bool;
 }
 
 impl RequestEvents for () {
     fn started(&self, _head: &RequestHead) {}
     fn finished(&self) {}
+    fn drain_on_stop(&self) -> bool {
+        false
+    }
 }
 
 impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
@@ -66,6 +75,9 @@ impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
     }
     fn finished(&self) {
         self.borrow_mut().request_finished()
+    }
+    fn drain_on_stop(&self) -> bool {
+        self.borrow().drain_on_stop()
     }
 }
 
@@ -241,9 +253,9 @@ impl<'r> Worker<'r> {
         loop {
             (self.heartbeat)();
             if self.control.state() != WorkerState::Running {
-                return Ok(Exit::Stopped);
+                return self.stop(listeners, &servers);
             }
-            let ready = self.wait_for_listeners(listeners)?;
+            let ready = self.wait_for_listeners(listeners, PollTimeout::from(1000u16))?;
             for (i, listener) in listeners.iter().enumerate() {
                 if !ready[i] {
                     continue;
@@ -259,11 +271,51 @@ impl<'r> Worker<'r> {
                         return Ok(Exit::MaxRequests);
                     }
                     if self.control.state() != WorkerState::Running {
-                        return Ok(Exit::Stopped);
+                        return self.stop(listeners, &servers);
                     }
                 }
             }
         }
+    }
+
+    /// What a worker told to stop does: exit, or first serve every connection queued on the
+    /// listeners when the whole server goes away (nobody else would, and closing the last copy
+    /// of a listener resets them).
+    fn stop(&mut self, listeners: &[Listener], servers: &[ServerAddr]) -> io::Result<Exit> {
+        if self.control.state() == WorkerState::Stopping && self.events.drain_on_stop() {
+            self.drain_queues(listeners, servers)
+        } else {
+            Ok(Exit::Stopped)
+        }
+    }
+
+    /// Accept and serve until every listener's queue is empty and stays so for
+    /// [`DRAIN_SETTLE`], within the graceful timeout. The master has made the listeners refuse
+    /// new handshakes, so the queues only shrink. `--max-requests` no longer applies: no
+    /// replacement would come.
+    fn drain_queues(&mut self, listeners: &[Listener], servers: &[ServerAddr]) -> io::Result<Exit> {
+        let deadline = self.stop_deadline();
+        let mut drained = 0u64;
+        while self.control.state() == WorkerState::Stopping && Instant::now() < deadline {
+            (self.heartbeat)();
+            let mut found = false;
+            for (i, listener) in listeners.iter().enumerate() {
+                while let Some(accepted) = self.accept_from(listener, i)? {
+                    found = true;
+                    drained += 1;
+                    self.serve_in_hand(accepted, listeners, servers);
+                    if self.aborted {
+                        return Ok(Exit::Aborted);
+                    }
+                }
+            }
+            let settle = PollTimeout::try_from(DRAIN_SETTLE).unwrap_or(PollTimeout::ZERO);
+            if !found && !self.wait_for_listeners(listeners, settle)?.contains(&true) {
+                break;
+            }
+        }
+        log::debug!("the server is stopping: served {drained} connection(s) from the accept queue");
+        Ok(Exit::Stopped)
     }
 
     /// Accept one connection from `listeners[index]`; `None` when none is queued, the accept
@@ -272,6 +324,12 @@ impl<'r> Worker<'r> {
         if self.control.state() != WorkerState::Running {
             return Ok(None);
         }
+        self.accept_from(listener, index)
+    }
+
+    /// Accept one connection whatever the worker's state; `None` when none is queued or the
+    /// accept failed.
+    fn accept_from(&mut self, listener: &Listener, index: usize) -> io::Result<Option<Accepted>> {
         match listener.accept() {
             Ok((stream, peer)) => Ok(Some(Accepted {
                 index,
@@ -305,15 +363,19 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Poll the listeners and the wake fd for at most a second. Returns which listeners are ready.
-    fn wait_for_listeners(&mut self, listeners: &[Listener]) -> io::Result<Vec<bool>> {
+    /// Poll the listeners and the wake fd for at most `timeout`. Returns which listeners are ready.
+    fn wait_for_listeners(
+        &mut self,
+        listeners: &[Listener],
+        timeout: PollTimeout,
+    ) -> io::Result<Vec<bool>> {
         let wake = self.wake_fd();
         let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
             .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
             .collect();
         fds.push(PollFd::new(wake, PollFlags::POLLIN));
-        let n = match poll(&mut fds, PollTimeout::from(1000u16)) {
+        let n = match poll(&mut fds, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),

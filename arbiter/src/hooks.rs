@@ -1,6 +1,10 @@
 //! What the arbiter tells the code around it: one trait, every method a no-op by default.
 
+use std::os::fd::RawFd;
+
 use log::warn;
+
+use crate::status::{ArbiterStatus, PollFd};
 
 /// Why a worker process ended, as far as the arbiter can tell from its exit status and from what
 /// it did to the worker.
@@ -65,6 +69,16 @@ pub trait Hooks {
     }
     /// The master that started this one by USR2 has exited: this one is the master now.
     fn promoted(&mut self) {}
+    /// Descriptors to poll beside the signal queue on every turn of the master's loop (which
+    /// turns at least once a second), e.g. a stats listener and its connections. The master must
+    /// never block: whatever is served on them must be non-blocking.
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        Vec::new()
+    }
+    /// `fd`, one of [`poll_fds`](Hooks::poll_fds), is ready; `status` is the master's state now.
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        let _ = (fd, status);
+    }
 }
 
 /// Hooks that do nothing.

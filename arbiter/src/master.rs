@@ -1,6 +1,6 @@
 //! The arbiter's loop: sleep on the signal queue, reap, respawn, scale, time out, stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -12,6 +12,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::hooks::{Exit, ExitCause, Hooks};
 use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
+use crate::status::{poll_with_signals, ArbiterStatus, WorkerStatus};
 use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 /// How often the arbiter wakes on its own to check worker timeouts and counts.
@@ -100,6 +101,9 @@ struct WorkerInfo {
     aborted_at: Option<Instant>,
     /// We sent it SIGKILL (timeout, or the end of a stop), so its death by SIGKILL is no news.
     killed: bool,
+    forked_at: Instant,
+    /// Why the worker it replaced exited.
+    predecessor_exit: Option<ExitCause>,
 }
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
@@ -127,6 +131,12 @@ pub struct Arbiter<H> {
     /// Workers of this age or younger were forked after the last back-off began: the first of them
     /// to boot ends the back-off.
     backoff_age: u64,
+    /// Causes of worker exits not yet followed by a replacement (retired workers are not
+    /// replaced, so they are not queued).
+    unreplaced_exits: VecDeque<ExitCause>,
+    /// Requests served and responses by status class of the workers that have exited.
+    exited_served: u64,
+    exited_statuses: [u64; 5],
 }
 
 impl<H> std::fmt::Debug for Arbiter<H> {
@@ -157,6 +167,9 @@ impl<H: Hooks> Arbiter<H> {
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
+            unreplaced_exits: VecDeque::new(),
+            exited_served: 0,
+            exited_statuses: [0; 5],
         })
     }
 
@@ -199,7 +212,7 @@ impl<H: Hooks> Arbiter<H> {
                 Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
                 None => TICK,
             };
-            let received = self.signals_mut().wait_signals(wait);
+            let received = self.wait_signals_and_fds(wait);
             for (i, &sig) in received.iter().enumerate() {
                 let Some(command) = Command::from_signal(sig) else {
                     continue;
@@ -287,6 +300,58 @@ impl<H: Hooks> Arbiter<H> {
         None
     }
 
+    /// Sleep until a signal, one of the hooks' descriptors, or `wait`; serve the descriptors
+    /// that are ready and return the signals received.
+    fn wait_signals_and_fds(&mut self, wait: Duration) -> Vec<i32> {
+        let extra = self.hooks.poll_fds();
+        if extra.is_empty() {
+            return self.signals_mut().wait_signals(wait);
+        }
+        let ready = poll_with_signals(self.signals_mut().fd(), &extra, wait);
+        if !ready.is_empty() {
+            let status = self.status();
+            for fd in ready {
+                self.hooks.fd_ready(fd, &status);
+            }
+        }
+        self.signals_mut().wait_signals(Duration::ZERO)
+    }
+
+    /// The master's state now, as [`Hooks::fd_ready`] sees it.
+    pub fn status(&self) -> ArbiterStatus {
+        let workers = self
+            .workers
+            .iter()
+            .map(|(pid, info)| WorkerStatus {
+                pid: pid.as_raw(),
+                age: info.age,
+                uptime: info.forked_at.elapsed(),
+                retiring: info.retiring,
+                predecessor_exit: info.predecessor_exit,
+                slot: self.table.snapshot(info.slot),
+            })
+            .collect();
+        ArbiterStatus {
+            master_pid: self.pid,
+            target: self.target,
+            workers,
+            exited_served: self.exited_served,
+            exited_statuses: self.exited_statuses,
+        }
+    }
+
+    /// Keep what an exited worker did and why it ended, for [`Arbiter::status`].
+    fn record_exit(&mut self, info: &WorkerInfo, cause: ExitCause) {
+        let last = self.table.snapshot(info.slot);
+        self.exited_served += last.served;
+        for (total, n) in self.exited_statuses.iter_mut().zip(last.statuses) {
+            *total += n;
+        }
+        if !info.retiring && self.unreplaced_exits.len() < MAX_SLOTS {
+            self.unreplaced_exits.push_back(cause);
+        }
+    }
+
     fn signals_mut(&mut self) -> &mut MasterSignals {
         self.signals
             .as_mut()
@@ -350,8 +415,9 @@ impl<H: Hooks> Arbiter<H> {
             if died_unbooted && boot_failure.is_none() {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
-            self.hooks
-                .worker_exited(pid.as_raw(), exit_cause(&info, code, signal));
+            let cause = exit_cause(&info, code, signal);
+            self.record_exit(&info, cause);
+            self.hooks.worker_exited(pid.as_raw(), cause);
         }
         boot_failure
     }
@@ -565,6 +631,8 @@ impl<H: Hooks> Arbiter<H> {
                         retiring: false,
                         aborted_at: None,
                         killed: false,
+                        forked_at: Instant::now(),
+                        predecessor_exit: self.unreplaced_exits.pop_front(),
                     },
                 );
                 Ok(true)

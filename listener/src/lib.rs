@@ -228,6 +228,30 @@ pub enum Listener {
     },
 }
 
+/// A listening socket's accept queue: [`Listener::accept_queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueue {
+    pub queued: u32,
+    pub limit: u32,
+}
+
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and `len` is the size of `info`, as getsockopt requires.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info)
+}
+
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerAddr {
@@ -258,6 +282,19 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(nonblocking),
             Listener::Unix { listener, .. } => listener.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Connections waiting to be accepted and the most the kernel queues, from `TCP_INFO` on the
+    /// listening socket (for a listener Linux reports the queue in `tcpi_unacked` and the backlog
+    /// in `tcpi_sacked`). `None` for unix sockets (only sock_diag reports theirs) or on error.
+    pub fn accept_queue(&self) -> Option<AcceptQueue> {
+        match self {
+            Listener::Tcp(l) => tcp_info(l.as_raw_fd()).map(|info| AcceptQueue {
+                queued: info.tcpi_unacked,
+                limit: info.tcpi_sacked,
+            }),
+            Listener::Unix { .. } => None,
         }
     }
 

@@ -495,3 +495,28 @@ fn a_clone_accepts_on_the_same_socket_and_never_removes_the_file() {
     let tc = t.try_clone().unwrap();
     assert_eq!(tc.local_addr(), t.local_addr());
 }
+
+#[test]
+fn the_accept_queue_counts_clients_not_yet_accepted_against_the_backlog() {
+    let opts = ListenOptions {
+        backlog: 37,
+        ..ListenOptions::default()
+    };
+    let listener = bind_one(&tcp("127.0.0.1", 0), &opts);
+    let addr = listener.local_addr().unwrap();
+    let empty = listener.accept_queue().expect("TCP_INFO on a TCP listener");
+    assert_eq!((empty.queued, empty.limit), (0, 37));
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The handshake completes in the kernel; the queue fills as the clients connect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listener.accept_queue().unwrap().queued < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(listener.accept_queue().unwrap().queued, 3);
+    listener.accept().unwrap();
+    assert_eq!(listener.accept_queue().unwrap().queued, 2);
+    drop(clients);
+    let dir = TempDir::new("queue");
+    let unix = bind_one(&spec(&format!("unix:{}", dir.0.join("s").display())), &opts);
+    assert_eq!(unix.accept_queue(), None, "not reported for unix sockets");
+}

@@ -10,6 +10,7 @@
 //! The parsers take file contents as `&str`, so they are tested on samples as well as live files.
 
 mod cgroup;
+mod cpu_time;
 mod process;
 mod recommend;
 
@@ -21,6 +22,7 @@ pub use cgroup::{
     parse_cfs, parse_cpu_max, parse_memory_max, parse_mountinfo_cgroups, parse_proc_cgroup,
     parse_v1_memory_limit, CgroupDir, CgroupEntry, CgroupMount, Cgroups, Limit,
 };
+pub use cpu_time::{parse_stat_cpu_ticks, process_cpu_seconds};
 pub use process::{
     parse_smaps_rollup, parse_stat_ppid, process_memory, process_tree, tree_memory, ProcessMemory,
     TreeMemory,

@@ -3,13 +3,16 @@
 
 use std::path::PathBuf;
 
-use ferrocorn_arbiter::Hooks;
+use std::os::fd::RawFd;
+
+use ferrocorn_arbiter::{ArbiterStatus, ExitCause, Hooks, PollFd};
 use ferrocorn_listener::Listener;
 use log::error;
 
 use crate::logging::{LogFile, WorkerLogs};
 use crate::pidfile::PidFile;
 use crate::reexec::StartContext;
+use crate::stats::StatsServer;
 use crate::ForkObserver;
 
 pub(crate) struct MasterHooks {
@@ -22,6 +25,8 @@ pub(crate) struct MasterHooks {
     pub(crate) pidfile: PidFile,
     pub(crate) socket_files: Vec<PathBuf>,
     pub(crate) observer: Box<dyn ForkObserver>,
+    /// `--stats`, served from the master's loop.
+    pub(crate) stats: Option<StatsServer>,
 }
 
 impl Hooks for MasterHooks {
@@ -34,7 +39,25 @@ impl Hooks for MasterHooks {
     }
 
     fn after_fork_child(&mut self) {
+        // The stats socket and its clients are the master's: close them in the worker.
+        self.stats = None;
         self.observer.after_fork_child();
+    }
+
+    fn worker_exited(&mut self, _pid: i32, cause: ExitCause) {
+        if let Some(stats) = &mut self.stats {
+            stats.worker_exited(cause);
+        }
+    }
+
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        self.stats.as_mut().map_or_else(Vec::new, StatsServer::poll_fds)
+    }
+
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        if let Some(stats) = &mut self.stats {
+            stats.fd_ready(fd, status);
+        }
     }
 
     /// gunicorn unlinks its unix sockets when a stop begins, so new clients fail at once instead

@@ -24,6 +24,7 @@ pub mod logging;
 mod pidfile;
 mod privileges;
 mod reexec;
+pub mod stats;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -90,6 +91,8 @@ pub struct Settings {
     pub capture_output: bool,
     /// File the master's pid is written to.
     pub pidfile: Option<PathBuf>,
+    /// `--stats`: where the master serves its read-only stats (JSON and Prometheus).
+    pub stats: Option<BindSpec>,
 }
 
 impl Default for Settings {
@@ -117,6 +120,7 @@ impl Default for Settings {
             log_file: None,
             capture_output: false,
             pidfile: None,
+            stats: None,
         }
     }
 }
@@ -314,6 +318,7 @@ struct Started {
     owner: Owner,
     listeners: Vec<Listener>,
     pidfile: PidFile,
+    stats: Option<Listener>,
 }
 
 /// Everything before the first fork, in gunicorn's order.
@@ -346,6 +351,7 @@ fn start(mut settings: Settings) -> Result<Started> {
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
+    let stats = bind_stats(&settings, parent_master.is_some())?;
     let pidfile = match parent_master {
         Some(_) => PidFile::create_for_successor(settings.pidfile.clone())?,
         None => PidFile::create(settings.pidfile.clone())?,
@@ -359,7 +365,31 @@ fn start(mut settings: Settings) -> Result<Started> {
         owner,
         listeners,
         pidfile,
+        stats,
     })
+}
+
+/// The `--stats` listener. A master started by USR2 finds the address taken by its parent
+/// (TCP): it goes without stats, and says so.
+fn bind_stats(settings: &Settings, reexecuted: bool) -> Result<Option<Listener>> {
+    let Some(spec) = &settings.stats else {
+        return Ok(None);
+    };
+    let opts = ferrocorn_listener::ListenOptions {
+        backlog: 64,
+        ..Default::default()
+    };
+    match ferrocorn_listener::bind(spec, &opts) {
+        Ok(listener) => {
+            info!("Stats at {}", listener.describe());
+            Ok(Some(listener))
+        }
+        Err(e) if reexecuted => {
+            log::warn!("no stats in this re-executed master: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("--stats {spec}")),
+    }
 }
 
 impl Started {
@@ -379,6 +409,7 @@ impl Started {
             owner,
             listeners,
             pidfile,
+            stats,
         } = self;
         let config = ArbiterConfig {
             workers: settings.workers,
@@ -397,6 +428,7 @@ impl Started {
             pidfile,
             socket_files: bind::socket_files(&listeners),
             observer,
+            stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
         if let Some(parent) = parent_master {
@@ -415,6 +447,15 @@ impl Started {
         arbiter.hooks_mut().pidfile.remove();
         Ok(code)
     }
+}
+
+fn stats_server(listener: Listener, listeners: &[Listener]) -> Result<stats::StatsServer> {
+    let watched = listeners
+        .iter()
+        .map(|l| Ok((l.describe(), l.try_clone()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating the listeners for --stats")?;
+    stats::StatsServer::new(listener, watched).context("--stats")
 }
 
 fn worker_config(settings: &Settings) -> WorkerConfig {

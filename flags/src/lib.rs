@@ -200,6 +200,7 @@ pub fn settings(options: &Options) -> Settings {
         log_file: options.log_file.clone(),
         capture_output: options.capture_output,
         pidfile: options.pidfile.clone(),
+        stats: options.stats.clone(),
     }
 }
 

@@ -18,6 +18,9 @@ use log::error;
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
 /// codes as [`ferrocorn_flags`]).
 pub fn main() -> ExitCode {
+    if let Some(code) = run_subcommand() {
+        return code;
+    }
     let signals = match ferrocorn_flags::install_signals() {
         Ok(signals) => signals,
         Err(code) => return code,
@@ -32,6 +35,29 @@ pub fn main() -> ExitCode {
         return code;
     }
     ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, wsgi_server)
+}
+
+/// `ferrocorn top ...`: a subcommand named by the first argument (an app is never spelled
+/// so). `None`: no subcommand, serve.
+fn run_subcommand() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next()?;
+    match first.to_str()? {
+        "top" => Some(top_main(args)),
+        _ => None,
+    }
+}
+
+fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    let args = ferrocorn_top::TopArgs::parse_from(std::iter::once("ferrocorn top".into()).chain(args));
+    match ferrocorn_top::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrocorn top: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn wsgi_server(options: &Options) -> Builder {

@@ -377,7 +377,11 @@ mod tests {
             }
         });
         let idle = board.snapshot(7);
-        assert_eq!(idle.statuses, [0, 2, 0, 1, 1], "1xx..5xx, out of range ignored");
+        assert_eq!(
+            idle.statuses,
+            [0, 2, 0, 1, 1],
+            "1xx..5xx, out of range ignored"
+        );
         assert_eq!(idle.state, SlotState::Idle);
         assert_eq!(idle.served, 2);
         assert_eq!(idle.busy_for, None);

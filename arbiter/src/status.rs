@@ -54,7 +54,11 @@ pub struct PollFd {
 /// Wait up to `timeout` for the signal queue or one of `extra`; returns the ready ones of `extra`
 /// (the caller drains the signal queue either way). EINTR counts as "something happened": the
 /// signal that caused it is in the queue.
-pub(crate) fn poll_with_signals(signal_fd: RawFd, extra: &[PollFd], timeout: Duration) -> Vec<RawFd> {
+pub(crate) fn poll_with_signals(
+    signal_fd: RawFd,
+    extra: &[PollFd],
+    timeout: Duration,
+) -> Vec<RawFd> {
     let mut fds: Vec<libc::pollfd> = std::iter::once(pollfd(signal_fd, libc::POLLIN))
         .chain(extra.iter().map(|p| {
             let events = match p.want {
@@ -64,7 +68,10 @@ pub(crate) fn poll_with_signals(signal_fd: RawFd, extra: &[PollFd], timeout: Dur
             pollfd(p.fd, events)
         }))
         .collect();
-    let ms = timeout.as_nanos().div_ceil(1_000_000).min(libc::c_int::MAX as u128) as libc::c_int;
+    let ms = timeout
+        .as_nanos()
+        .div_ceil(1_000_000)
+        .min(libc::c_int::MAX as u128) as libc::c_int;
     if poll(&mut fds, ms) <= 0 {
         return Vec::new();
     }

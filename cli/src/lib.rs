@@ -50,7 +50,8 @@ fn run_subcommand() -> Option<ExitCode> {
 
 fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     use clap::Parser;
-    let args = ferrocorn_top::TopArgs::parse_from(std::iter::once("ferrocorn top".into()).chain(args));
+    let args =
+        ferrocorn_top::TopArgs::parse_from(std::iter::once("ferrocorn top".into()).chain(args));
     match ferrocorn_top::run(args) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -51,7 +51,9 @@ impl Hooks for MasterHooks {
     }
 
     fn poll_fds(&mut self) -> Vec<PollFd> {
-        self.stats.as_mut().map_or_else(Vec::new, StatsServer::poll_fds)
+        self.stats
+            .as_mut()
+            .map_or_else(Vec::new, StatsServer::poll_fds)
     }
 
     fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {

@@ -468,24 +468,70 @@ fn recommendation(status: &ArbiterStatus) -> Option<RecommendationReport> {
 /// The report in Prometheus text exposition format.
 pub fn metrics(r: &Report) -> String {
     let mut out = Metrics::default();
-    out.gauge("ferrocorn_workers", "Live worker processes.", &[("", r.totals.workers as f64)]);
-    out.gauge("ferrocorn_workers_target", "Workers to keep (-w, TTIN/TTOU).", &[("", r.master.workers_target as f64)]);
-    out.counter("ferrocorn_requests_total", "Requests served.", &[("", r.totals.requests as f64)]);
+    out.gauge(
+        "ferrocorn_workers",
+        "Live worker processes.",
+        &[("", r.totals.workers as f64)],
+    );
+    out.gauge(
+        "ferrocorn_workers_target",
+        "Workers to keep (-w, TTIN/TTOU).",
+        &[("", r.master.workers_target as f64)],
+    );
+    out.counter(
+        "ferrocorn_requests_total",
+        "Requests served.",
+        &[("", r.totals.requests as f64)],
+    );
     let c = &r.totals.responses;
-    let classes = [("1xx", c.c1xx), ("2xx", c.c2xx), ("3xx", c.c3xx), ("4xx", c.c4xx), ("5xx", c.c5xx)]
-        .map(|(k, v)| (format!("class=\"{k}\""), v as f64));
-    out.counter("ferrocorn_responses_total", "Responses by status class.", &labelled(&classes));
-    let exits = r.totals.worker_exits.pairs().map(|(k, v)| (format!("cause=\"{k}\""), v as f64));
-    out.counter("ferrocorn_worker_exits_total", "Worker exits by cause.", &labelled(&exits));
-    out.gauge("ferrocorn_master_uptime_seconds", "Time since the master started.", &[("", r.master.uptime_seconds)]);
+    let classes = [
+        ("1xx", c.c1xx),
+        ("2xx", c.c2xx),
+        ("3xx", c.c3xx),
+        ("4xx", c.c4xx),
+        ("5xx", c.c5xx),
+    ]
+    .map(|(k, v)| (format!("class=\"{k}\""), v as f64));
+    out.counter(
+        "ferrocorn_responses_total",
+        "Responses by status class.",
+        &labelled(&classes),
+    );
+    let exits = r
+        .totals
+        .worker_exits
+        .pairs()
+        .map(|(k, v)| (format!("cause=\"{k}\""), v as f64));
+    out.counter(
+        "ferrocorn_worker_exits_total",
+        "Worker exits by cause.",
+        &labelled(&exits),
+    );
+    out.gauge(
+        "ferrocorn_master_uptime_seconds",
+        "Time since the master started.",
+        &[("", r.master.uptime_seconds)],
+    );
     worker_metrics(&mut out, &r.workers);
     listener_metrics(&mut out, &r.listeners);
     if let Some(budget) = r.memory.budget_bytes {
-        out.gauge("ferrocorn_memory_budget_bytes", "Cgroup memory limit, else MemTotal.", &[("", budget as f64)]);
+        out.gauge(
+            "ferrocorn_memory_budget_bytes",
+            "Cgroup memory limit, else MemTotal.",
+            &[("", budget as f64)],
+        );
     }
-    out.gauge("ferrocorn_memory_used_pss_bytes", "PSS of the master and its workers.", &[("", r.memory.used_pss_bytes as f64)]);
+    out.gauge(
+        "ferrocorn_memory_used_pss_bytes",
+        "PSS of the master and its workers.",
+        &[("", r.memory.used_pss_bytes as f64)],
+    );
     if let Some(rec) = &r.recommendation {
-        out.gauge("ferrocorn_recommended_workers", "Workers the sizing advice recommends now.", &[("", rec.workers as f64)]);
+        out.gauge(
+            "ferrocorn_recommended_workers",
+            "Workers the sizing advice recommends now.",
+            &[("", rec.workers as f64)],
+        );
     }
     out.text
 }
@@ -502,14 +548,54 @@ fn worker_metrics(out: &mut Metrics, workers: &[WorkerReport]) {
             .collect()
     };
     let series: [(&str, &str, bool, Vec<(String, f64)>); 8] = [
-        ("ferrocorn_worker_requests_total", "Requests served by the worker.", true, per(&|w| Some(w.requests as f64))),
-        ("ferrocorn_worker_busy", "1 while the worker serves a request.", false, per(&|w| Some(f64::from(u8::from(w.state == "busy"))))),
-        ("ferrocorn_worker_current_request_seconds", "How long the current request has run.", false, per(&|w| w.current_request.as_ref().map(|c| c.seconds))),
-        ("ferrocorn_worker_last_request_seconds", "Duration of the worker's last request.", false, per(&|w| Some(w.last_request_seconds))),
-        ("ferrocorn_worker_uss_bytes", "Worker unique set size.", false, per(&|w| w.uss_bytes.map(|v| v as f64))),
-        ("ferrocorn_worker_pss_bytes", "Worker proportional set size.", false, per(&|w| w.pss_bytes.map(|v| v as f64))),
-        ("ferrocorn_worker_rss_bytes", "Worker resident set size.", false, per(&|w| w.rss_bytes.map(|v| v as f64))),
-        ("ferrocorn_worker_cpu_seconds_total", "CPU time (user + system) of the worker.", true, per(&|w| w.cpu_seconds)),
+        (
+            "ferrocorn_worker_requests_total",
+            "Requests served by the worker.",
+            true,
+            per(&|w| Some(w.requests as f64)),
+        ),
+        (
+            "ferrocorn_worker_busy",
+            "1 while the worker serves a request.",
+            false,
+            per(&|w| Some(f64::from(u8::from(w.state == "busy")))),
+        ),
+        (
+            "ferrocorn_worker_current_request_seconds",
+            "How long the current request has run.",
+            false,
+            per(&|w| w.current_request.as_ref().map(|c| c.seconds)),
+        ),
+        (
+            "ferrocorn_worker_last_request_seconds",
+            "Duration of the worker's last request.",
+            false,
+            per(&|w| Some(w.last_request_seconds)),
+        ),
+        (
+            "ferrocorn_worker_uss_bytes",
+            "Worker unique set size.",
+            false,
+            per(&|w| w.uss_bytes.map(|v| v as f64)),
+        ),
+        (
+            "ferrocorn_worker_pss_bytes",
+            "Worker proportional set size.",
+            false,
+            per(&|w| w.pss_bytes.map(|v| v as f64)),
+        ),
+        (
+            "ferrocorn_worker_rss_bytes",
+            "Worker resident set size.",
+            false,
+            per(&|w| w.rss_bytes.map(|v| v as f64)),
+        ),
+        (
+            "ferrocorn_worker_cpu_seconds_total",
+            "CPU time (user + system) of the worker.",
+            true,
+            per(&|w| w.cpu_seconds),
+        ),
     ];
     for (name, help, is_counter, values) in &series {
         let values = labelled(values);
@@ -525,16 +611,29 @@ fn listener_metrics(out: &mut Metrics, listeners: &[ListenerReport]) {
     let per = |f: &dyn Fn(&ListenerReport) -> Option<u32>| -> Vec<(String, f64)> {
         listeners
             .iter()
-            .filter_map(|l| f(l).map(|v| (format!("listener=\"{}\"", escape(&l.address)), f64::from(v))))
+            .filter_map(|l| {
+                f(l).map(|v| (format!("listener=\"{}\"", escape(&l.address)), f64::from(v)))
+            })
             .collect()
     };
-    out.gauge("ferrocorn_listener_accept_queue", "Connections waiting to be accepted.", &labelled(&per(&|l| l.accept_queue)));
-    out.gauge("ferrocorn_listener_accept_queue_limit", "The listener's backlog.", &labelled(&per(&|l| l.accept_queue_limit)));
+    out.gauge(
+        "ferrocorn_listener_accept_queue",
+        "Connections waiting to be accepted.",
+        &labelled(&per(&|l| l.accept_queue)),
+    );
+    out.gauge(
+        "ferrocorn_listener_accept_queue_limit",
+        "The listener's backlog.",
+        &labelled(&per(&|l| l.accept_queue_limit)),
+    );
 }
 
 /// A label value with `\`, `"` and newlines escaped.
 fn escape(value: &str) -> String {
-    value.replace('\\', r"\\").replace('"', "\\\"").replace('\n', r"\n")
+    value
+        .replace('\\', r"\\")
+        .replace('"', "\\\"")
+        .replace('\n', r"\n")
 }
 
 #[derive(Default)]

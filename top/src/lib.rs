@@ -25,7 +25,10 @@ pub use source::{Source, Stats};
 
 /// `ferrocorn top` flags.
 #[derive(Debug, Parser)]
-#[command(name = "ferrocorn top", about = "A live view of a running ferrocorn's workers")]
+#[command(
+    name = "ferrocorn top",
+    about = "A live view of a running ferrocorn's workers"
+)]
 pub struct TopArgs {
     /// The master's --stats address: `unix:PATH` or `HOST:PORT`.
     #[arg(long, value_name = "ADDRESS", value_parser = parse_bind)]

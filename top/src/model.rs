@@ -67,7 +67,11 @@ impl Table {
                 };
                 Row {
                     pid: w.pid,
-                    state: if w.state.is_empty() { "-".into() } else { w.state.clone() },
+                    state: if w.state.is_empty() {
+                        "-".into()
+                    } else {
+                        w.state.clone()
+                    },
                     requests_per_second: rate(
                         w.requests.map(|r| r as f64),
                         before.and_then(|b| b.requests).map(|r| r as f64),
@@ -118,7 +122,11 @@ fn header(s: &Stats) -> Vec<String> {
         s.workers.len()
     )];
     if let Some(t) = &s.totals {
-        let classes: Vec<String> = t.responses.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        let classes: Vec<String> = t
+            .responses
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
         lines.push(format!("requests {}  {}", t.requests, classes.join("  ")));
     }
     if let Some(m) = &s.memory {

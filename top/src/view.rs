@@ -15,10 +15,13 @@ use crate::model::{Row, Sort, Table};
 use crate::source::{Source, Stats};
 use crate::Error;
 
-const COLUMNS: [&str; 8] = ["PID", "STATE", "REQ/S", "CPU%", "USS", "PSS", "AGE", "REQUEST"];
+const COLUMNS: [&str; 8] = [
+    "PID", "STATE", "REQ/S", "CPU%", "USS", "PSS", "AGE", "REQUEST",
+];
 
 fn cells(r: &Row) -> [String; 8] {
-    let opt = |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
+    let opt =
+        |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let bytes = |v: Option<u64>| v.map_or("-".to_string(), ferrocorn_sizing::human_bytes);
     let (request, age) = match &r.current {
         Some((request, secs)) => (request.clone(), format!("{secs:.1}s")),
@@ -156,7 +159,11 @@ fn draw(frame: &mut Frame, table: &Table, message: &str) {
         Constraint::Length(1),
     ])
     .areas(frame.area());
-    let header: Vec<Line> = table.header.iter().map(|l| Line::from(l.as_str())).collect();
+    let header: Vec<Line> = table
+        .header
+        .iter()
+        .map(|l| Line::from(l.as_str()))
+        .collect();
     frame.render_widget(Paragraph::new(header), top);
     let rows = table.rows.iter().map(|r| TableRow::new(cells(r)));
     let widths = [

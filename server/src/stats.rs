@@ -540,6 +540,9 @@ fn labelled(pairs: &[(String, f64)]) -> Vec<(&str, f64)> {
     pairs.iter().map(|(k, v)| (k.as_str(), *v)).collect()
 }
 
+/// Label text (`pid="12"`) and value, one per series of a family.
+type Labelled = Vec<(String, f64)>;
+
 fn worker_metrics(out: &mut Metrics, workers: &[WorkerReport]) {
     let per = |f: &dyn Fn(&WorkerReport) -> Option<f64>| -> Vec<(String, f64)> {
         workers
@@ -547,64 +550,51 @@ fn worker_metrics(out: &mut Metrics, workers: &[WorkerReport]) {
             .filter_map(|w| f(w).map(|v| (format!("pid=\"{}\"", w.pid), v)))
             .collect()
     };
-    let series: [(&str, &str, bool, Vec<(String, f64)>); 8] = [
-        (
-            "ferrocorn_worker_requests_total",
-            "Requests served by the worker.",
-            true,
-            per(&|w| Some(w.requests as f64)),
-        ),
+    let gauges: [(&str, &str, Labelled); 6] = [
         (
             "ferrocorn_worker_busy",
             "1 while the worker serves a request.",
-            false,
             per(&|w| Some(f64::from(u8::from(w.state == "busy")))),
         ),
         (
             "ferrocorn_worker_current_request_seconds",
             "How long the current request has run.",
-            false,
             per(&|w| w.current_request.as_ref().map(|c| c.seconds)),
         ),
         (
             "ferrocorn_worker_last_request_seconds",
             "Duration of the worker's last request.",
-            false,
             per(&|w| Some(w.last_request_seconds)),
         ),
         (
             "ferrocorn_worker_uss_bytes",
             "Worker unique set size.",
-            false,
             per(&|w| w.uss_bytes.map(|v| v as f64)),
         ),
         (
             "ferrocorn_worker_pss_bytes",
             "Worker proportional set size.",
-            false,
             per(&|w| w.pss_bytes.map(|v| v as f64)),
         ),
         (
             "ferrocorn_worker_rss_bytes",
             "Worker resident set size.",
-            false,
             per(&|w| w.rss_bytes.map(|v| v as f64)),
         ),
-        (
-            "ferrocorn_worker_cpu_seconds_total",
-            "CPU time (user + system) of the worker.",
-            true,
-            per(&|w| w.cpu_seconds),
-        ),
     ];
-    for (name, help, is_counter, values) in &series {
-        let values = labelled(values);
-        if *is_counter {
-            out.counter(name, help, &values);
-        } else {
-            out.gauge(name, help, &values);
-        }
+    out.counter(
+        "ferrocorn_worker_requests_total",
+        "Requests served by the worker.",
+        &labelled(&per(&|w| Some(w.requests as f64))),
+    );
+    for (name, help, values) in &gauges {
+        out.gauge(name, help, &labelled(values));
     }
+    out.counter(
+        "ferrocorn_worker_cpu_seconds_total",
+        "CPU time (user + system) of the worker.",
+        &labelled(&per(&|w| w.cpu_seconds)),
+    );
 }
 
 fn listener_metrics(out: &mut Metrics, listeners: &[ListenerReport]) {

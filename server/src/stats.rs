@@ -514,6 +514,12 @@ pub fn metrics(r: &Report) -> String {
     );
     worker_metrics(&mut out, &r.workers);
     listener_metrics(&mut out, &r.listeners);
+    sizing_metrics(&mut out, r);
+    out.text
+}
+
+/// The memory budget and use, and the recommended worker count.
+fn sizing_metrics(out: &mut Metrics, r: &Report) {
     if let Some(budget) = r.memory.budget_bytes {
         out.gauge(
             "ferrocorn_memory_budget_bytes",
@@ -533,7 +539,6 @@ pub fn metrics(r: &Report) -> String {
             &[("", rec.workers as f64)],
         );
     }
-    out.text
 }
 
 fn labelled(pairs: &[(String, f64)]) -> Vec<(&str, f64)> {

@@ -332,6 +332,11 @@ fn a_stalled_stats_client_does_not_stop_the_master() {
         0,
         "closed without an answer"
     );
+    // The stats socket's file goes with the server.
+    let mut server = server;
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(DEADLINE).success());
+    assert!(!socket.exists(), "{} left behind", socket.display());
 }
 
 fn ferrocorn_top(args: &[&str]) -> std::process::Output {

@@ -70,6 +70,9 @@ impl Hooks for MasterHooks {
         if shared {
             return;
         }
+        if let Some(stats) = &self.stats {
+            stats.remove_socket_file();
+        }
         for path in &self.socket_files {
             match std::fs::remove_file(path) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => {

@@ -101,6 +101,13 @@ impl StatsServer {
         })
     }
 
+    /// A unix stats socket's file goes with the server, as the server's own do.
+    pub(crate) fn remove_socket_file(&self) {
+        if let Err(e) = self.listener.remove_socket_file() {
+            log::error!("cannot remove the stats socket: {e}");
+        }
+    }
+
     pub(crate) fn worker_exited(&mut self, cause: ExitCause) {
         self.exits.count(cause);
     }

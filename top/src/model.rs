@@ -157,3 +157,50 @@ fn header(s: &Stats) -> Vec<String> {
     }
     lines
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::source::Stats;
+
+    fn sample(json: &str) -> Stats {
+        serde_json::from_str(json).unwrap()
+    }
+
+    #[test]
+    fn rates_come_from_two_samples_and_rows_sort_by_the_chosen_column() {
+        let before = sample(
+            r#"{"master": {"pid": 1}, "workers": [
+                {"pid": 10, "state": "idle", "requests": 100, "cpu_seconds": 1.0, "uss_bytes": 5},
+                {"pid": 11, "state": "idle", "requests": 0, "cpu_seconds": 1.0, "uss_bytes": 9}]}"#,
+        );
+        let mut after = sample(
+            r#"{"master": {"pid": 1}, "workers": [
+                {"pid": 11, "state": "busy", "requests": 1, "cpu_seconds": 1.5, "uss_bytes": 9,
+                 "current_request": {"method": "GET", "path": "/x", "seconds": 0.3}},
+                {"pid": 10, "state": "idle", "requests": 120, "cpu_seconds": 1.1, "uss_bytes": 5},
+                {"pid": 12, "state": "booting"}]}"#,
+        );
+        after.at = before.at + Duration::from_secs(2);
+        let table = Table::new(Some(&before), &after, Sort::Pid);
+        let pids: Vec<i32> = table.rows.iter().map(|r| r.pid).collect();
+        assert_eq!(pids, [10, 11, 12]);
+        let first = &table.rows[0];
+        assert_eq!(first.requests_per_second, Some(10.0));
+        assert!((first.cpu_percent.unwrap() - 5.0).abs() < 1e-9);
+        assert_eq!(table.rows[1].current, Some(("GET /x".into(), 0.3)));
+        assert_eq!(
+            table.rows[2].requests_per_second, None,
+            "new worker: no rate yet"
+        );
+        let by_cpu = Table::new(Some(&before), &after, Sort::Cpu);
+        assert_eq!(by_cpu.rows[0].pid, 11);
+        let by_uss = Table::new(Some(&before), &after, Sort::Uss);
+        assert_eq!(by_uss.rows[0].pid, 11);
+        assert!(Table::new(None, &after, Sort::Pid).rows[0]
+            .requests_per_second
+            .is_none());
+    }
+}

@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use ferrocorn_arbiter::{Arbiter, ArbiterConfig, Hooks, NoHooks};
+use std::os::fd::RawFd;
+
+use ferrocorn_arbiter::{
+    Arbiter, ArbiterConfig, ArbiterStatus, Hooks, NoHooks, PollFd, SlotState, Want,
+};
 use ferrocorn_signals::{Command, MasterSignals, WorkerState};
 
 /// Seconds after which a hanging case is killed.
@@ -113,8 +117,83 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
     assert_eq!(attempts.get(), 3, "two failed forks, then one that worked");
 }
 
+/// Polls one pipe beside the signal queue; when it is readable, keeps the master's status and
+/// stops the master (QUIT to itself).
+struct WatchPipe {
+    read: RawFd,
+    seen: std::rc::Rc<std::cell::RefCell<Option<ArbiterStatus>>>,
+}
+
+impl Hooks for WatchPipe {
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        vec![PollFd {
+            fd: self.read,
+            want: Want::Read,
+        }]
+    }
+
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        assert_eq!(fd, self.read);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a live local from the pipe we own.
+        assert_eq!(
+            unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) },
+            1
+        );
+        *self.seen.borrow_mut() = Some(status.clone());
+        // SAFETY: kill only sends a signal, to this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGQUIT) };
+    }
+}
+
+fn a_hook_descriptor_is_served_from_the_loop_with_the_workers_status() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into a live array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let [read, write] = fds;
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let hooks = WatchPipe {
+        read,
+        seen: seen.clone(),
+    };
+    let config = ArbiterConfig {
+        workers: 1,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+    };
+    let mut arbiter = Arbiter::new(config, MasterSignals::install().unwrap(), hooks).unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            ctx.slot.beat();
+            ctx.slot.request_started("GET", "/probe");
+            // SAFETY: writes one byte from a live local to the inherited pipe.
+            assert_eq!(unsafe { libc::write(write, b"x".as_ptr().cast(), 1) }, 1);
+            while ctx.signals.state() != WorkerState::Exit {
+                ctx.signals.wait_wake(Duration::from_millis(100));
+                ctx.signals.clear_wake();
+            }
+            0
+        })
+        .code();
+    assert_eq!(code, 0);
+    let status = seen.borrow_mut().take().expect("fd_ready was called");
+    assert_eq!(status.master_pid, std::process::id() as i32);
+    assert_eq!((status.target, status.workers.len()), (1, 1));
+    let worker = &status.workers[0];
+    assert_eq!(worker.age, 1);
+    assert_eq!(worker.predecessor_exit, None);
+    assert_eq!(worker.slot.state, SlotState::Busy);
+    assert_eq!(worker.slot.request().as_deref(), Some("GET /probe"));
+}
+
 fn main() {
-    let cases: [(&str, fn()); 2] = [
+    let cases: [(&str, fn()); 3] = [
+        (
+            "a_hook_descriptor_is_served_from_the_loop_with_the_workers_status",
+            a_hook_descriptor_is_served_from_the_loop_with_the_workers_status,
+        ),
         (
             "term_then_quit_in_one_batch_is_a_quick_stop",
             term_then_quit_in_one_batch_is_a_quick_stop,

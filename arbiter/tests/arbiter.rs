@@ -136,10 +136,8 @@ impl Hooks for WatchPipe {
         assert_eq!(fd, self.read);
         let mut byte = 0u8;
         // SAFETY: reads one byte into a live local from the pipe we own.
-        assert_eq!(
-            unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) },
-            1
-        );
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 1);
         *self.seen.borrow_mut() = Some(status.clone());
         // SAFETY: kill only sends a signal, to this process.
         unsafe { libc::kill(libc::getpid(), libc::SIGQUIT) };

@@ -488,3 +488,28 @@ fn top_in_a_terminal_shows_a_row_per_worker_and_plus_adds_one() {
     }
     assert!(tty.child.try_wait().unwrap().unwrap().success());
 }
+
+#[test]
+fn after_usr2_the_new_master_takes_the_stats_over_once_the_old_one_exits() {
+    let dir = TempDir::new("stats-usr2");
+    let (mut server, socket) = start(&dir, "1", &[]);
+    json_until(&socket, "one idle worker", |j| all_idle(j, 1));
+    server.signal(libc::SIGUSR2);
+    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+    let new_master: i32 = line
+        .rsplit("(pid: ")
+        .next()
+        .unwrap()
+        .trim_end_matches(')')
+        .parse()
+        .unwrap();
+    let _cleanup = KillOnDrop(new_master);
+    server.wait_for_log("no stats in this re-executed master", BOOT_TIMEOUT);
+    // Meanwhile the old master still answers.
+    assert_eq!(stats_json(&socket)["master"]["pid"], server.pid());
+    server.signal(libc::SIGTERM);
+    server.wait_for_log("Master has been promoted.", BOOT_TIMEOUT);
+    server.wait_for_log("Stats at unix:", BOOT_TIMEOUT);
+    let json = json_until(&socket, "the new master's worker", |j| all_idle(j, 1));
+    assert_eq!(json["master"]["pid"], new_master);
+}

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 use std::os::fd::RawFd;
 
 use ferrocorn_arbiter::{ArbiterStatus, ExitCause, Hooks, PollFd};
-use ferrocorn_listener::Listener;
-use log::error;
+use ferrocorn_listener::{BindSpec, Listener};
+use log::{error, info};
 
 use crate::logging::{LogFile, WorkerLogs};
 use crate::pidfile::PidFile;
@@ -27,6 +27,9 @@ pub(crate) struct MasterHooks {
     pub(crate) observer: Box<dyn ForkObserver>,
     /// `--stats`, served from the master's loop.
     pub(crate) stats: Option<StatsServer>,
+    /// `--stats` not bound yet: a master started by USR2 finds it taken by its parent, and binds
+    /// it once promoted.
+    pub(crate) stats_retry: Option<BindSpec>,
 }
 
 impl Hooks for MasterHooks {
@@ -100,5 +103,23 @@ impl Hooks for MasterHooks {
 
     fn promoted(&mut self) {
         self.pidfile.promote();
+        if let Some(spec) = self.stats_retry.take() {
+            self.bind_stats(&spec);
+        }
+    }
+}
+
+impl MasterHooks {
+    fn bind_stats(&mut self, spec: &BindSpec) {
+        let bound = ferrocorn_listener::bind(spec, &crate::stats_listen_options())
+            .map_err(crate::Error::from)
+            .and_then(|l| crate::stats_server(l, &self.reexec_listeners));
+        match bound {
+            Ok(server) => {
+                info!("Stats at {spec}");
+                self.stats = Some(server);
+            }
+            Err(e) => error!("--stats {spec}: {e:#}"),
+        }
     }
 }

@@ -369,23 +369,19 @@ fn start(mut settings: Settings) -> Result<Started> {
     })
 }
 
-/// The `--stats` listener. A master started by USR2 finds the address taken by its parent
-/// (TCP): it goes without stats, and says so.
+/// The `--stats` listener. A master started by USR2 finds the address taken by its parent: it
+/// goes without stats until promoted (see [`hooks::MasterHooks`]), and says so.
 fn bind_stats(settings: &Settings, reexecuted: bool) -> Result<Option<Listener>> {
     let Some(spec) = &settings.stats else {
         return Ok(None);
     };
-    let opts = ferrocorn_listener::ListenOptions {
-        backlog: 64,
-        ..Default::default()
-    };
-    match ferrocorn_listener::bind(spec, &opts) {
+    match ferrocorn_listener::bind(spec, &stats_listen_options()) {
         Ok(listener) => {
             info!("Stats at {}", listener.describe());
             Ok(Some(listener))
         }
         Err(e) if reexecuted => {
-            log::warn!("no stats in this re-executed master: {e}");
+            log::warn!("no stats in this re-executed master until its parent exits: {e}");
             Ok(None)
         }
         Err(e) => Err(e).with_context(|| format!("--stats {spec}")),
@@ -428,6 +424,7 @@ impl Started {
             pidfile,
             socket_files: bind::socket_files(&listeners),
             observer,
+            stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
             stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
@@ -449,7 +446,18 @@ impl Started {
     }
 }
 
-fn stats_server(listener: Listener, listeners: &[Listener]) -> Result<stats::StatsServer> {
+/// The stats socket: a small backlog, since its clients are few.
+pub(crate) fn stats_listen_options() -> ferrocorn_listener::ListenOptions {
+    ferrocorn_listener::ListenOptions {
+        backlog: 64,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn stats_server(
+    listener: Listener,
+    listeners: &[Listener],
+) -> Result<stats::StatsServer> {
     let watched = listeners
         .iter()
         .map(|l| Ok((l.describe(), l.try_clone()?)))

@@ -135,15 +135,7 @@ fn usr2_then_term_of_the_old_master_serves_a_connection_it_accepted() {
 /// USR2 to the master; waits until the new master's `workers` workers booted. Returns the new
 /// master's pid and a guard that kills it.
 fn reexec(server: &mut Server, workers: usize) -> (i32, KillOnDrop) {
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let guard = KillOnDrop(new_master);
     server.wait_for_workers(workers);
     let deadline = Instant::now() + BOOT_TIMEOUT;

@@ -494,15 +494,7 @@ fn after_usr2_the_new_master_takes_the_stats_over_once_the_old_one_exits() {
     let dir = TempDir::new("stats-usr2");
     let (mut server, socket) = start(&dir, "1", &[]);
     json_until(&socket, "one idle worker", |j| all_idle(j, 1));
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let _cleanup = KillOnDrop(new_master);
     server.wait_for_log("no stats in this re-executed master", BOOT_TIMEOUT);
     // Meanwhile the old master still answers.

@@ -15,6 +15,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod unix_diag;
+
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 /// gunicorn's port when `--bind` names only a host.
@@ -285,16 +287,17 @@ impl Listener {
         }
     }
 
-    /// Connections waiting to be accepted and the most the kernel queues, from `TCP_INFO` on the
-    /// listening socket (for a listener Linux reports the queue in `tcpi_unacked` and the backlog
-    /// in `tcpi_sacked`). `None` for unix sockets (only sock_diag reports theirs) or on error.
+    /// Connections waiting to be accepted and the most the kernel queues. TCP: `TCP_INFO` on
+    /// the listening socket (for a listener Linux reports the queue in `tcpi_unacked` and the
+    /// backlog in `tcpi_sacked`). Unix: sock_diag (as `ss -xl`). `None` on error, e.g. a kernel
+    /// without unix sock_diag.
     pub fn accept_queue(&self) -> Option<AcceptQueue> {
         match self {
             Listener::Tcp(l) => tcp_info(l.as_raw_fd()).map(|info| AcceptQueue {
                 queued: info.tcpi_unacked,
                 limit: info.tcpi_sacked,
             }),
-            Listener::Unix { .. } => None,
+            Listener::Unix { listener, .. } => unix_diag::accept_queue(listener.as_raw_fd()),
         }
     }
 

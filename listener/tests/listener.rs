@@ -516,7 +516,25 @@ fn the_accept_queue_counts_clients_not_yet_accepted_against_the_backlog() {
     listener.accept().unwrap();
     assert_eq!(listener.accept_queue().unwrap().queued, 2);
     drop(clients);
+}
+
+#[test]
+fn a_unix_listeners_accept_queue_comes_from_sock_diag() {
+    let opts = ListenOptions {
+        backlog: 23,
+        ..ListenOptions::default()
+    };
     let dir = TempDir::new("queue");
-    let unix = bind_one(&spec(&format!("unix:{}", dir.0.join("s").display())), &opts);
-    assert_eq!(unix.accept_queue(), None, "not reported for unix sockets");
+    let path = dir.0.join("s");
+    let unix = bind_one(&spec(&format!("unix:{}", path.display())), &opts);
+    let empty = unix.accept_queue().expect("sock_diag for unix sockets");
+    assert_eq!((empty.queued, empty.limit), (0, 23));
+    // A unix connect completes at once: both clients wait in the queue on return.
+    let clients: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    assert_eq!(unix.accept_queue().unwrap().queued, 2);
+    unix.accept().unwrap();
+    assert_eq!(unix.accept_queue().unwrap().queued, 1);
+    drop(clients);
 }

@@ -320,7 +320,7 @@ pub struct CurrentRequest {
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerReport {
     pub address: String,
-    /// Connections waiting to be accepted; null where not known (unix sockets).
+    /// Connections waiting to be accepted; null where the kernel does not say.
     pub accept_queue: Option<u32>,
     pub accept_queue_limit: Option<u32>,
 }

@@ -42,7 +42,7 @@ fn socket_inode(fd: RawFd) -> Option<u32> {
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is a live, writable stat struct.
     let r = unsafe { libc::fstat(fd, &mut st) };
-    (r == 0).then(|| st.st_ino as u32)
+    (r == 0).then_some(st.st_ino as u32)
 }
 
 fn netlink_socket() -> io::Result<OwnedFd> {

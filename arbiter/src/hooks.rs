@@ -1,8 +1,11 @@
 //! What the arbiter tells the code around it: one trait, every method a no-op by default.
 
+use std::os::fd::RawFd;
+
 use log::warn;
 
 use crate::scaling::MemoryFigures;
+use crate::status::{ArbiterStatus, PollFd};
 
 /// Why a worker process ended, as far as the arbiter can tell from its exit status and from what
 /// it did to the worker.
@@ -79,6 +82,16 @@ pub trait Hooks {
     /// autoscaler counts all workers busy as pressure).
     fn accept_queue(&mut self) -> Option<(u32, u32)> {
         None
+    }
+    /// Descriptors to poll beside the signal queue on every turn of the master's loop (which
+    /// turns at least once a second), e.g. a stats listener and its connections. The master must
+    /// never block: whatever is served on them must be non-blocking.
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        Vec::new()
+    }
+    /// `fd`, one of [`poll_fds`](Hooks::poll_fds), is ready; `status` is the master's state now.
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        let _ = (fd, status);
     }
 }
 

@@ -19,10 +19,12 @@ mod hooks;
 mod master;
 pub mod scaling;
 mod scoreboard;
+mod status;
 
 pub use hooks::{Exit, ExitCause, Hooks, NoHooks};
 pub use master::{Arbiter, ArbiterConfig, Error, WorkerContext};
 pub use scoreboard::{Scoreboard, SlotSnapshot, SlotState, WorkerSlot, REQUEST_TEXT_MAX};
+pub use status::{ArbiterStatus, PollFd, Want, WorkerStatus};
 
 /// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).
 pub const WORKER_BOOT_ERROR: i32 = 3;

@@ -1,6 +1,6 @@
 //! The arbiter's loop: sleep on the signal queue, reap, respawn, scale, time out, stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use nix::unistd::{fork, ForkResult, Pid};
 use crate::hooks::{Exit, ExitCause, Hooks};
 use crate::scaling::{MemoryFigures, MemoryPolicy, WorkerSizing};
 use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
+use crate::status::{poll_with_signals, ArbiterStatus, WorkerStatus};
 use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 
 mod adjust;
@@ -115,6 +116,8 @@ struct WorkerInfo {
     /// so a reload whose new workers cannot load the app leaves it serving.
     superseded: bool,
     forked_at: Instant,
+    /// Why the worker it replaced exited.
+    predecessor_exit: Option<ExitCause>,
     /// When it was last seen serving (or forked).
     last_active: Instant,
     /// Its served count at that time.
@@ -137,6 +140,7 @@ impl WorkerInfo {
             killed: false,
             superseded: false,
             forked_at: now,
+            predecessor_exit: None,
             last_active: now,
             last_served: 0,
             memory: None,
@@ -183,6 +187,12 @@ pub struct Arbiter<H> {
     daemonized: bool,
     /// Autoscaling, `--workers auto` and memory recycling state.
     adjust: adjust::State,
+    /// Causes of worker exits not yet followed by a replacement (retired workers are not
+    /// replaced, so they are not queued).
+    unreplaced_exits: VecDeque<ExitCause>,
+    /// Requests served and responses by status class of the workers that have exited.
+    exited_served: u64,
+    exited_statuses: [u64; 5],
 }
 
 impl<H> std::fmt::Debug for Arbiter<H> {
@@ -216,6 +226,9 @@ impl<H: Hooks> Arbiter<H> {
             ever_booted: false,
             daemonized: false,
             adjust: adjust::State::default(),
+            unreplaced_exits: VecDeque::new(),
+            exited_served: 0,
+            exited_statuses: [0; 5],
         })
     }
 
@@ -265,7 +278,7 @@ impl<H: Hooks> Arbiter<H> {
                 Some(at) => at.saturating_duration_since(Instant::now()).min(tick),
                 None => tick,
             };
-            let received = self.signals_mut().wait_signals(wait);
+            let received = self.wait_signals_and_fds(wait);
             for (i, &sig) in received.iter().enumerate() {
                 let Some(command) = Command::from_signal(sig) else {
                     continue;
@@ -350,6 +363,58 @@ impl<H: Hooks> Arbiter<H> {
         None
     }
 
+    /// Sleep until a signal, one of the hooks' descriptors, or `wait`; serve the descriptors
+    /// that are ready and return the signals received.
+    fn wait_signals_and_fds(&mut self, wait: Duration) -> Vec<i32> {
+        let extra = self.hooks.poll_fds();
+        if extra.is_empty() {
+            return self.signals_mut().wait_signals(wait);
+        }
+        let ready = poll_with_signals(self.signals_mut().fd(), &extra, wait);
+        if !ready.is_empty() {
+            let status = self.status();
+            for fd in ready {
+                self.hooks.fd_ready(fd, &status);
+            }
+        }
+        self.signals_mut().wait_signals(Duration::ZERO)
+    }
+
+    /// The master's state now, as [`Hooks::fd_ready`] sees it.
+    pub fn status(&self) -> ArbiterStatus {
+        let workers = self
+            .workers
+            .iter()
+            .map(|(pid, info)| WorkerStatus {
+                pid: pid.as_raw(),
+                age: info.age,
+                uptime: info.forked_at.elapsed(),
+                retiring: info.retiring,
+                predecessor_exit: info.predecessor_exit,
+                slot: self.table.snapshot(info.slot),
+            })
+            .collect();
+        ArbiterStatus {
+            master_pid: self.pid,
+            target: self.target,
+            workers,
+            exited_served: self.exited_served,
+            exited_statuses: self.exited_statuses,
+        }
+    }
+
+    /// Keep what an exited worker did and why it ended, for [`Arbiter::status`].
+    fn record_exit(&mut self, info: &WorkerInfo, cause: ExitCause) {
+        let last = self.table.snapshot(info.slot);
+        self.exited_served += last.served;
+        for (total, n) in self.exited_statuses.iter_mut().zip(last.statuses) {
+            *total += n;
+        }
+        if !info.retiring && self.unreplaced_exits.len() < MAX_SLOTS {
+            self.unreplaced_exits.push_back(cause);
+        }
+    }
+
     fn signals_mut(&mut self) -> &mut MasterSignals {
         self.signals
             .as_mut()
@@ -417,8 +482,9 @@ impl<H: Hooks> Arbiter<H> {
             if died_unbooted && (boot_failure.is_none() || self.ever_booted) {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
-            self.hooks
-                .worker_exited(pid.as_raw(), exit_cause(&info, code, signal));
+            let cause = exit_cause(&info, code, signal);
+            self.record_exit(&info, cause);
+            self.hooks.worker_exited(pid.as_raw(), cause);
         }
         if boot_failure.is_some() && self.ever_booted {
             error!("A new worker could not load the app; the workers already running keep serving");
@@ -643,7 +709,9 @@ impl<H: Hooks> Arbiter<H> {
             ForkResult::Parent { child } => {
                 self.hooks.after_fork_parent(child.as_raw());
                 info!("Booting worker with pid: {child}");
-                self.workers.insert(child, WorkerInfo::new(slot, age));
+                let mut info = WorkerInfo::new(slot, age);
+                info.predecessor_exit = self.unreplaced_exits.pop_front();
+                self.workers.insert(child, info);
                 Ok(true)
             }
         }

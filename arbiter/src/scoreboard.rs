@@ -56,6 +56,8 @@ struct RawSlot {
     /// Method length in the low byte, path length above it.
     lens: AtomicU64,
     text: [AtomicU64; TEXT_WORDS],
+    /// Responses by status class: 1xx to 5xx.
+    statuses: [AtomicU64; 5],
 }
 
 /// What a worker is doing, as read from its slot.
@@ -81,6 +83,8 @@ pub struct SlotSnapshot {
     pub method: String,
     pub path: String,
     pub last_duration: Duration,
+    /// Responses sent by this worker by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub statuses: [u64; 5],
 }
 
 impl SlotSnapshot {
@@ -139,6 +143,9 @@ impl Scoreboard {
         slot.request_since.store(0, Ordering::Relaxed);
         slot.served.store(0, Ordering::Relaxed);
         slot.last_duration.store(0, Ordering::Relaxed);
+        for count in &slot.statuses {
+            count.store(0, Ordering::Relaxed);
+        }
         write_request(slot, "", "");
         slot.beat
             .store(monotonic_ms() | NOT_BOOTED, Ordering::Release);
@@ -176,6 +183,7 @@ impl Scoreboard {
             method,
             path,
             last_duration: Duration::from_millis(slot.last_duration.load(Ordering::Relaxed)),
+            statuses: slot.statuses.each_ref().map(|c| c.load(Ordering::Relaxed)),
         }
     }
 
@@ -246,6 +254,16 @@ impl WorkerSlot {
             slot.served.fetch_add(1, Ordering::Relaxed);
         }
         slot.beat.store(now, Ordering::Relaxed);
+    }
+
+    /// A response with `status` was sent; statuses outside 100..=599 are not counted.
+    pub fn count_status(&self, status: u16) {
+        if let Some(count) = (status / 100)
+            .checked_sub(1)
+            .and_then(|class| self.raw().statuses.get(usize::from(class)))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -388,7 +406,18 @@ mod tests {
         assert_eq!(busy.served, 1);
         assert!(busy.busy_for.is_some());
         in_child(|| board.worker_slot(7).request_finished());
+        in_child(|| {
+            let slot = board.worker_slot(7);
+            for status in [200, 204, 404, 503, 99, 600] {
+                slot.count_status(status);
+            }
+        });
         let idle = board.snapshot(7);
+        assert_eq!(
+            idle.statuses,
+            [0, 2, 0, 1, 1],
+            "1xx..5xx, out of range ignored"
+        );
         assert_eq!(idle.state, SlotState::Idle);
         assert_eq!(idle.served, 2);
         assert_eq!(idle.busy_for, None);
@@ -398,6 +427,7 @@ mod tests {
             "the last one"
         );
         board.arm(7);
+        assert_eq!(board.snapshot(7).statuses, [0; 5]);
         assert_eq!(
             board.snapshot(7).request(),
             None,

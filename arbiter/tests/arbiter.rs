@@ -5,7 +5,11 @@
 
 use std::time::Duration;
 
-use ferrocorn_arbiter::{Arbiter, ArbiterConfig, Hooks, NoHooks};
+use std::os::fd::RawFd;
+
+use ferrocorn_arbiter::{
+    Arbiter, ArbiterConfig, ArbiterStatus, Hooks, NoHooks, PollFd, SlotState, Want,
+};
 use ferrocorn_signals::{Command, MasterSignals, WorkerState};
 
 /// Seconds after which a hanging case is killed.
@@ -181,6 +185,76 @@ fn a_load_failure_at_first_start_stops_the_server() {
     assert_eq!(code, ferrocorn_arbiter::APP_LOAD_ERROR);
 }
 
+/// Polls one pipe beside the signal queue; when it is readable, keeps the master's status and
+/// stops the master (QUIT to itself).
+struct WatchPipe {
+    read: RawFd,
+    seen: std::rc::Rc<std::cell::RefCell<Option<ArbiterStatus>>>,
+}
+
+impl Hooks for WatchPipe {
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        vec![PollFd {
+            fd: self.read,
+            want: Want::Read,
+        }]
+    }
+
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        assert_eq!(fd, self.read);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a live local from the pipe we own.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 1);
+        *self.seen.borrow_mut() = Some(status.clone());
+        // SAFETY: kill only sends a signal, to this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGQUIT) };
+    }
+}
+
+fn a_hook_descriptor_is_served_from_the_loop_with_the_workers_status() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into a live array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let [read, write] = fds;
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let hooks = WatchPipe {
+        read,
+        seen: seen.clone(),
+    };
+    let config = ArbiterConfig {
+        workers: 1,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+        ..ArbiterConfig::default()
+    };
+    let mut arbiter = Arbiter::new(config, MasterSignals::install().unwrap(), hooks).unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            ctx.slot.beat();
+            ctx.slot.request_started("GET", "/probe");
+            // SAFETY: writes one byte from a live local to the inherited pipe.
+            assert_eq!(unsafe { libc::write(write, b"x".as_ptr().cast(), 1) }, 1);
+            while ctx.signals.state() != WorkerState::Exit {
+                ctx.signals.wait_wake(Duration::from_millis(100));
+                ctx.signals.clear_wake();
+            }
+            0
+        })
+        .code();
+    assert_eq!(code, 0);
+    let status = seen.borrow_mut().take().expect("fd_ready was called");
+    assert_eq!(status.master_pid, std::process::id() as i32);
+    assert_eq!((status.target, status.workers.len()), (1, 1));
+    let worker = &status.workers[0];
+    assert_eq!(worker.age, 1);
+    assert_eq!(worker.predecessor_exit, None);
+    assert_eq!(worker.slot.state, SlotState::Busy);
+    assert_eq!(worker.slot.request().as_deref(), Some("GET /probe"));
+}
+
 /// One case of this harness: like libtest's, a case with an `ignore` reason runs only under
 /// `--ignored` (`cargo xtask ci` as root runs those and counts them against these markers).
 struct Case {
@@ -209,6 +283,11 @@ fn main() {
         Case {
             name: "a_load_failure_at_first_start_stops_the_server",
             run: a_load_failure_at_first_start_stops_the_server,
+            ignore: None,
+        },
+        Case {
+            name: "a_hook_descriptor_is_served_from_the_loop_with_the_workers_status",
+            run: a_hook_descriptor_is_served_from_the_loop_with_the_workers_status,
             ignore: None,
         },
     ];

@@ -20,10 +20,8 @@ use log::error;
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
 /// codes as [`ferrocorn_flags`]).
 pub fn main() -> ExitCode {
-    // `ferrocorn sizing ...` is the advisor; an app module named `sizing` is `sizing:application`.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == "sizing") {
-        return sizing_cmd::main(args.collect());
+    if let Some(code) = run_subcommand() {
+        return code;
     }
     let signals = match ferrocorn_flags::install_signals() {
         Ok(signals) => signals,
@@ -39,6 +37,31 @@ pub fn main() -> ExitCode {
         return code;
     }
     ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, wsgi_server)
+}
+
+/// `ferrocorn sizing ...` (the advisor) or `ferrocorn top ...`: a subcommand named by the first
+/// argument (an app module named so is written `sizing:application`). `None`: serve.
+fn run_subcommand() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next()?;
+    match first.to_str()? {
+        "sizing" => Some(sizing_cmd::main(args.collect())),
+        "top" => Some(top_main(args)),
+        _ => None,
+    }
+}
+
+fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    let args =
+        ferrocorn_top::TopArgs::parse_from(std::iter::once("ferrocorn top".into()).chain(args));
+    match ferrocorn_top::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrocorn top: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 fn wsgi_server(options: &Options) -> Builder {

@@ -579,15 +579,7 @@ fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
     let old_worker = server.wait_for_workers(1)[0];
     let addr = server.addr();
 
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let _cleanup = KillOnDrop(new_master);
     // Same sockets (inherited, not bound again: a second bind of the port would fail).
     server.wait_for_log(

@@ -106,15 +106,7 @@ fn usr2_then_term_of_the_old_master_serves_a_connection_it_accepted() {
 /// USR2 to the master; waits until the new master's `workers` workers booted. Returns the new
 /// master's pid and a guard that kills it.
 fn reexec(server: &mut Server, workers: usize) -> (i32, KillOnDrop) {
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let guard = KillOnDrop(new_master);
     server.wait_for_workers(workers);
     wait_until("the new master's workers come", || {
@@ -388,15 +380,11 @@ const REFUSING: &str = "Refusing new connections on http://";
 
 /// Wait until `n` clients sit in the accept queue of `addr`, not accepted by any worker.
 fn wait_queued(addr: SocketAddr, n: u32) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while accept_queue_len(addr) != Some(n) {
-        assert!(
-            Instant::now() < deadline,
-            "{n} connections not queued on {addr}: {:?}",
-            accept_queue_len(addr)
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_for(
+        &format!("{n} connections queued on {addr}"),
+        BOOT_TIMEOUT,
+        || (accept_queue_len(addr) == Some(n)).then_some(()),
+    );
 }
 
 #[test]
@@ -430,11 +418,12 @@ fn term_serves_the_connections_still_in_the_accept_queue() {
         ),
         Ok(s) => panic!("a connection made after TERM completed: {s:?}"),
     }
-    let slow = read_response(&mut busy).unwrap_or_else(|e| panic!("slow request: {e}"));
+    let slow = read_response(&mut Client::on(busy)).unwrap_or_else(|e| panic!("slow request: {e}"));
     assert_eq!(slow.status, 200, "{slow:?}");
     assert_eq!(slow.header("connection"), Some("close"), "{slow:?}");
-    for (i, mut stream) in queued.into_iter().enumerate() {
-        let resp = read_response(&mut stream).unwrap_or_else(|e| panic!("queued #{i}: {e}"));
+    for (i, stream) in queued.into_iter().enumerate() {
+        let resp =
+            read_response(&mut Client::on(stream)).unwrap_or_else(|e| panic!("queued #{i}: {e}"));
         assert_eq!(resp.status, 200, "{resp:?}");
         assert_eq!(resp.body, b"Hello, World!\n");
         assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");

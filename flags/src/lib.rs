@@ -248,6 +248,7 @@ pub fn settings(options: &Options) -> Settings {
         daemon: options.daemon,
         reload: options.reload,
         reload_extra_files: options.reload_extra_files.clone(),
+        stats: options.stats.clone(),
     }
 }
 

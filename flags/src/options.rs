@@ -309,6 +309,11 @@ pub struct Options {
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
 
+    /// Serve read-only stats from the master: `GET /` JSON, `GET /metrics` Prometheus text
+    /// (`ferrocorn top` reads it). `unix:PATH` or `127.0.0.1:PORT`; no commands are taken there.
+    #[arg(long = "stats", value_name = "ADDRESS", value_parser = parse_bind)]
+    pub stats: Option<BindSpec>,
+
     /// Proxies whose X-Forwarded-* / SCRIPT_NAME headers are trusted: comma-separated addresses
     /// or networks, or `*` (default 127.0.0.1, or $FORWARDED_ALLOW_IPS).
     #[arg(long = "forwarded-allow-ips", value_name = "ADDRESSES")]

@@ -7,8 +7,6 @@
 //! [`Listener::set_inheritable`] before re-exec'ing the binary.
 #![warn(missing_docs)]
 
-mod accept_queue;
-
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
@@ -17,6 +15,8 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+mod unix_diag;
 
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
@@ -259,6 +259,32 @@ pub enum Listener {
     },
 }
 
+/// A listening socket's accept queue: [`Listener::accept_queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueue {
+    /// Connections the kernel completed that no process has accepted yet.
+    pub queued: u32,
+    /// The backlog they may reach.
+    pub limit: u32,
+}
+
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and `len` is the size of `info`, as getsockopt requires.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info)
+}
+
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerAddr {
@@ -294,6 +320,20 @@ impl Listener {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(nonblocking),
             Listener::Unix { listener, .. } => listener.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Connections waiting to be accepted and the most the kernel queues. TCP: `TCP_INFO` on
+    /// the listening socket (for a listener Linux reports the queue in `tcpi_unacked` and the
+    /// backlog in `tcpi_sacked`). Unix: sock_diag (as `ss -xl`). `None` on error, e.g. a kernel
+    /// without unix sock_diag.
+    pub fn accept_queue(&self) -> Option<AcceptQueue> {
+        match self {
+            Listener::Tcp(l) => tcp_info(l.as_raw_fd()).map(|info| AcceptQueue {
+                queued: info.tcpi_unacked,
+                limit: info.tcpi_sacked,
+            }),
+            Listener::Unix { listener, .. } => unix_diag::accept_queue(listener.as_raw_fd()),
         }
     }
 

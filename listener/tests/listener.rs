@@ -521,3 +521,46 @@ fn refusing_new_connections_leaves_a_unix_listener_serving_its_queue() {
     listener.refuse_new_connections().unwrap();
     assert_eq!(round_trip(&listener, queued), PeerAddr::Unix);
 }
+
+#[test]
+fn the_accept_queue_counts_clients_not_yet_accepted_against_the_backlog() {
+    let opts = ListenOptions {
+        backlog: 37,
+        ..ListenOptions::default()
+    };
+    let listener = bind_one(&tcp("127.0.0.1", 0), &opts);
+    let addr = listener.local_addr().unwrap();
+    let empty = listener.accept_queue().expect("TCP_INFO on a TCP listener");
+    assert_eq!((empty.queued, empty.limit), (0, 37));
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The handshake completes in the kernel; the queue fills as the clients connect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listener.accept_queue().unwrap().queued < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(listener.accept_queue().unwrap().queued, 3);
+    listener.accept().unwrap();
+    assert_eq!(listener.accept_queue().unwrap().queued, 2);
+    drop(clients);
+}
+
+#[test]
+fn a_unix_listeners_accept_queue_comes_from_sock_diag() {
+    let opts = ListenOptions {
+        backlog: 23,
+        ..ListenOptions::default()
+    };
+    let dir = TempDir::new("queue");
+    let path = dir.0.join("s");
+    let unix = bind_one(&spec(&format!("unix:{}", path.display())), &opts);
+    let empty = unix.accept_queue().expect("sock_diag for unix sockets");
+    assert_eq!((empty.queued, empty.limit), (0, 23));
+    // A unix connect completes at once: both clients wait in the queue on return.
+    let clients: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    assert_eq!(unix.accept_queue().unwrap().queued, 2);
+    unix.accept().unwrap();
+    assert_eq!(unix.accept_queue().unwrap().queued, 1);
+    drop(clients);
+}

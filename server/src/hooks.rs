@@ -3,14 +3,17 @@
 
 use std::path::PathBuf;
 
+use std::os::fd::RawFd;
+
 use ferrocorn_arbiter::scaling::MemoryFigures;
-use ferrocorn_arbiter::Hooks;
-use ferrocorn_listener::Listener;
-use log::{debug, error};
+use ferrocorn_arbiter::{ArbiterStatus, ExitCause, Hooks, PollFd};
+use ferrocorn_listener::{BindSpec, Listener};
+use log::{debug, error, info};
 
 use crate::logging::{LogFile, WorkerLogs};
 use crate::pidfile::PidFile;
 use crate::reexec::StartContext;
+use crate::stats::StatsServer;
 use crate::ForkObserver;
 
 pub(crate) struct MasterHooks {
@@ -24,6 +27,11 @@ pub(crate) struct MasterHooks {
     pub(crate) pidfile: PidFile,
     pub(crate) socket_files: Vec<PathBuf>,
     pub(crate) observer: Box<dyn ForkObserver>,
+    /// `--stats`, served from the master's loop.
+    pub(crate) stats: Option<StatsServer>,
+    /// `--stats` not bound yet: a master started by USR2 finds it taken by its parent, and binds
+    /// it once promoted.
+    pub(crate) stats_retry: Option<BindSpec>,
 }
 
 impl Hooks for MasterHooks {
@@ -36,7 +44,27 @@ impl Hooks for MasterHooks {
     }
 
     fn after_fork_child(&mut self) {
+        // The stats socket and its clients are the master's: close them in the worker.
+        self.stats = None;
         self.observer.after_fork_child();
+    }
+
+    fn worker_exited(&mut self, _pid: i32, cause: ExitCause) {
+        if let Some(stats) = &mut self.stats {
+            stats.worker_exited(cause);
+        }
+    }
+
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        self.stats
+            .as_mut()
+            .map_or_else(Vec::new, StatsServer::poll_fds)
+    }
+
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        if let Some(stats) = &mut self.stats {
+            stats.fd_ready(fd, status);
+        }
     }
 
     /// gunicorn unlinks its unix sockets when a stop begins, so new clients fail at once instead
@@ -57,6 +85,9 @@ impl Hooks for MasterHooks {
                     listener.describe()
                 ),
             }
+        }
+        if let Some(stats) = &self.stats {
+            stats.remove_socket_file();
         }
         for path in &self.socket_files {
             match std::fs::remove_file(path) {
@@ -83,10 +114,6 @@ impl Hooks for MasterHooks {
         self.start.reexec(&self.reexec_listeners)
     }
 
-    fn promoted(&mut self) {
-        self.pidfile.promote();
-    }
-
     fn process_memory(&mut self, pid: i32) -> Option<MemoryFigures> {
         crate::sizing::process_memory(pid)
     }
@@ -96,6 +123,29 @@ impl Hooks for MasterHooks {
         self.reexec_listeners
             .iter()
             .filter_map(Listener::accept_queue)
+            .map(|q| (q.queued, q.limit))
             .reduce(|(q, l), (q2, l2)| (q + q2, l + l2))
+    }
+
+    fn promoted(&mut self) {
+        self.pidfile.promote();
+        if let Some(spec) = self.stats_retry.take() {
+            self.bind_stats(&spec);
+        }
+    }
+}
+
+impl MasterHooks {
+    fn bind_stats(&mut self, spec: &BindSpec) {
+        let bound = ferrocorn_listener::bind(spec, &crate::stats_listen_options())
+            .map_err(crate::Error::from)
+            .and_then(|l| crate::stats_server(l, &self.reexec_listeners));
+        match bound {
+            Ok(server) => {
+                info!("Stats at {spec}");
+                self.stats = Some(server);
+            }
+            Err(e) => error!("--stats {spec}: {e:#}"),
+        }
     }
 }

@@ -28,6 +28,7 @@ mod privileges;
 mod reexec;
 mod reload;
 mod sizing;
+mod stats;
 mod worker;
 
 use std::path::{Path, PathBuf};
@@ -115,6 +116,8 @@ pub struct Settings {
     pub reload: bool,
     /// With `reload`: more files to watch (`--reload-extra-file`).
     pub reload_extra_files: Vec<PathBuf>,
+    /// `--stats`: where the master serves its read-only stats (JSON and Prometheus).
+    pub stats: Option<BindSpec>,
 }
 
 impl Default for Settings {
@@ -152,6 +155,7 @@ impl Default for Settings {
             daemon: false,
             reload: false,
             reload_extra_files: Vec::new(),
+            stats: None,
         }
     }
 }
@@ -394,6 +398,7 @@ struct Started {
     pidfile: PidFile,
     /// With `--reload`: where workers list the files their app imported.
     file_lists: Option<reload::FileLists>,
+    stats: Option<Listener>,
 }
 
 /// Everything before the first fork, in gunicorn's order.
@@ -428,6 +433,7 @@ fn start(mut settings: Settings) -> Result<Started> {
     let file_lists = start_reloader(&settings, &owner)?;
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
+    let stats = bind_stats(&settings, parent_master.is_some())?;
     let pidfile = match parent_master {
         Some(_) => PidFile::create_for_successor(settings.pidfile.clone())?,
         None => PidFile::create(settings.pidfile.clone())?,
@@ -442,6 +448,7 @@ fn start(mut settings: Settings) -> Result<Started> {
         listeners,
         pidfile,
         file_lists,
+        stats,
     })
 }
 
@@ -453,6 +460,25 @@ fn start_reloader(settings: &Settings, owner: &Owner) -> Result<Option<reload::F
     let lists = reload::FileLists::create(owner)?;
     reload::spawn_reloader(&lists, &settings.reload_extra_files)?;
     Ok(Some(lists))
+}
+
+/// The `--stats` listener. A master started by USR2 finds the address taken by its parent: it
+/// goes without stats until promoted (see [`hooks::MasterHooks`]), and says so.
+fn bind_stats(settings: &Settings, reexecuted: bool) -> Result<Option<Listener>> {
+    let Some(spec) = &settings.stats else {
+        return Ok(None);
+    };
+    match ferrocorn_listener::bind(spec, &stats_listen_options()) {
+        Ok(listener) => {
+            info!("Stats at {}", listener.describe());
+            Ok(Some(listener))
+        }
+        Err(e) if reexecuted => {
+            log::warn!("no stats in this re-executed master until its parent exits: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("--stats {spec}")),
+    }
 }
 
 impl Started {
@@ -473,6 +499,7 @@ impl Started {
             listeners,
             pidfile,
             file_lists,
+            stats,
         } = self;
         let config = ArbiterConfig {
             workers: settings.workers,
@@ -493,6 +520,8 @@ impl Started {
             pidfile,
             socket_files: bind::socket_files(&listeners),
             observer,
+            stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
+            stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
         if let Some(parent) = parent_master {
@@ -518,6 +547,26 @@ impl Started {
         }
         Ok(code)
     }
+}
+
+/// The stats socket: a small backlog, since its clients are few.
+pub(crate) fn stats_listen_options() -> ferrocorn_listener::ListenOptions {
+    ferrocorn_listener::ListenOptions {
+        backlog: 64,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn stats_server(
+    listener: Listener,
+    listeners: &[Listener],
+) -> Result<stats::StatsServer> {
+    let watched = listeners
+        .iter()
+        .map(|l| Ok((l.describe(), l.try_clone()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating the listeners for --stats")?;
+    stats::StatsServer::new(listener, watched).context("--stats")
 }
 
 fn worker_config(settings: &Settings) -> WorkerConfig {

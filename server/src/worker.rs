@@ -90,6 +90,10 @@ impl Monitor for WorkerMonitor<'_> {
         self.slot.request_started(head.method(), head.path());
     }
 
+    fn response_sent(&mut self, status: u16) {
+        self.slot.count_status(status);
+    }
+
     fn request_finished(&mut self) {
         self.slot.request_finished();
     }

@@ -136,6 +136,18 @@ impl Server {
         }
     }
 
+    /// Send USR2 and wait for the master to say it re-executed; returns the new master's pid.
+    pub fn reexec(&mut self) -> i32 {
+        self.signal(libc::SIGUSR2);
+        let line = self.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+        line.rsplit("(pid: ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .expect("the new master's pid")
+    }
+
     /// Wait until `n` workers have logged that they booted (counting from now).
     pub fn wait_for_workers(&mut self, n: usize) -> Vec<i32> {
         (0..n)

@@ -157,6 +157,9 @@ pub trait Monitor {
     fn drain_on_stop(&self) -> bool {
         false
     }
+    /// The response to the current request went out with `status` (called before
+    /// [`request_finished`](Monitor::request_finished); not at all when nothing was sent).
+    fn response_sent(&mut self, _status: u16) {}
 }
 
 impl<F: FnMut()> Monitor for F {

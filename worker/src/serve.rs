@@ -56,6 +56,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 /// Where the start and end of each request are told (the [`Monitor`], shared with the beat).
 pub(crate) trait RequestEvents {
     fn started(&self, head: &RequestHead);
+    fn responded(&self, status: u16);
     fn finished(&self);
     /// See [`Monitor::drain_on_stop`].
     fn drain_on_stop(&self) -> bool;
@@ -63,6 +64,7 @@ pub(crate) trait RequestEvents {
 
 impl RequestEvents for () {
     fn started(&self, _head: &RequestHead) {}
+    fn responded(&self, _status: u16) {}
     fn finished(&self) {}
     fn drain_on_stop(&self) -> bool {
         false
@@ -72,6 +74,9 @@ impl RequestEvents for () {
 impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
     fn started(&self, head: &RequestHead) {
         self.borrow_mut().request_started(head)
+    }
+    fn responded(&self, status: u16) {
+        self.borrow_mut().response_sent(status)
     }
     fn finished(&self) {
         self.borrow_mut().request_finished()
@@ -868,6 +873,9 @@ impl<'r> Worker<'r> {
                 // A stop that came after a keep-alive head left is dealt with by the wait for
                 // the next request (which answers one already on its way).
                 let persists = complete && res.persists() && !last;
+                if let Some(status) = res.status() {
+                    self.events.responded(status);
+                }
                 drop(res);
                 if !persists {
                     self.close(
@@ -884,6 +892,9 @@ impl<'r> Worker<'r> {
             }
             Err(err) => {
                 let head_sent = res.head_sent();
+                if let Some(status) = res.status().filter(|_| head_sent) {
+                    self.events.responded(status);
+                }
                 drop(res);
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
@@ -901,6 +912,9 @@ impl<'r> Worker<'r> {
                         _ => error_response(500),
                     };
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
+                    if let Some(status) = response_status(&bytes) {
+                        self.events.responded(status);
+                    }
                     self.close_with_response(conn, &bytes, linger);
                 } else {
                     self.close(
@@ -952,6 +966,11 @@ impl<'r> Worker<'r> {
             }
         }
     }
+}
+
+/// The status code of a serialized response (`HTTP/1.1 500 ...`).
+fn response_status(response: &[u8]) -> Option<u16> {
+    std::str::from_utf8(response.get(9..12)?).ok()?.parse().ok()
 }
 
 fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {

@@ -7,7 +7,8 @@ use std::sync::mpsc;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{accept_queue_len, config, gated_app, tcp_listener, Client, TestControl};
+use common::{config, gated_app, tcp_listener, Client, TestControl};
+use ferrocorn_testkit::{accept_queue_len, Resp};
 use ferrocorn_worker::{fn_app, run_with, AppError, Exit, Monitor, RequestHead, WorkerState};
 
 #[derive(Debug, PartialEq, Eq)]
@@ -86,7 +87,7 @@ impl Monitor for ServerStopping {
 /// One request in hand, three clients with their requests queued on the listener, then a
 /// graceful stop. Returns what each queued client read (`Err` when it got no response) and how
 /// the loop ended.
-fn stop_with_a_queue(drain: bool) -> (Vec<std::io::Result<common::Resp>>, Exit) {
+fn stop_with_a_queue(drain: bool) -> (Vec<std::io::Result<Resp>>, Exit) {
     let (listener, addr) = tcp_listener();
     let control = Arc::new(TestControl::new());
     let c = Arc::clone(&control);
@@ -102,11 +103,9 @@ fn stop_with_a_queue(drain: bool) -> (Vec<std::io::Result<common::Resp>>, Exit) 
     for client in &mut queued {
         client.send(b"GET /queued HTTP/1.1\r\nHost: t\r\n\r\n");
     }
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while accept_queue_len(addr) != Some(3) {
-        assert!(std::time::Instant::now() < deadline, "clients not queued");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    ferrocorn_testkit::wait_for("clients queued", Duration::from_secs(10), || {
+        (accept_queue_len(addr) == Some(3)).then_some(())
+    });
     control.set(WorkerState::Stopping);
     // One for each call; a worker that exits after the first drops the app and the others fail.
     for _ in 0..4 {

@@ -53,10 +53,9 @@ impl ChildCgroup {
 impl Drop for ChildCgroup {
     fn drop(&mut self) {
         // Killed processes leave the cgroup once reaped: retry for a while.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::fs::remove_dir(&self.0).is_err() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let _ = poll(Duration::from_secs(10), || {
+            std::fs::remove_dir(&self.0).ok()
+        });
     }
 }
 
@@ -189,7 +188,7 @@ impl Load {
                 let (stop, ok, path) = (stop.clone(), ok.clone(), path.clone());
                 std::thread::spawn(move || {
                     // Bounded even if the test forgets to stop it.
-                    let deadline = Instant::now() + Duration::from_secs(120);
+                    let deadline = Instant::now() + Duration::from_secs(120); // tidy: not a wait
                     while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                         let resp = get(addr, &path);
                         if resp.status != 200 {
@@ -254,7 +253,7 @@ fn a_fixed_worker_count_does_not_scale_under_load() {
     server.wait_worker_count(1, BOOT_TIMEOUT);
     let load = Load::start(server.addr(), 4, 0.3);
     // Long enough for the autoscaler's window many times over, were it on.
-    let deadline = Instant::now() + Duration::from_secs(3);
+    let deadline = Instant::now() + Duration::from_secs(3); // tidy: not a wait
     while Instant::now() < deadline {
         assert_eq!(server.worker_pids().len(), 1, "{}", server.log_text());
         std::thread::sleep(Duration::from_millis(100));
@@ -295,11 +294,7 @@ fn a_worker_over_max_worker_memory_is_replaced_after_its_replacement_boots() {
         &format!("retiring worker (pid:{big}) it replaces"),
         BOOT_TIMEOUT,
     );
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while pid_alive(big) {
-        assert!(Instant::now() < deadline, "{big} still runs");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(&format!("{big} exits"), || !pid_alive(big));
     let after = server.wait_worker_count(2, BOOT_TIMEOUT);
     assert!(!after.contains(&big), "{after:?}");
     assert!(load.finish() > 0, "requests kept being served");

@@ -30,10 +30,6 @@ use load::Target;
 const MAX_WORKERS: usize = 128;
 const MIB: f64 = 1024.0 * 1024.0;
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    ferrocorn_sizing::parse_size(s).map_err(|e| e.to_string())
-}
-
 fn parse_duration(s: &str) -> Result<Duration, String> {
     match s.parse::<f64>() {
         Ok(secs) if secs.is_finite() && secs > 0.0 => Ok(Duration::from_secs_f64(secs)),
@@ -66,10 +62,6 @@ struct AdvisorArgs {
     /// Seconds the whole run may take.
     #[arg(long, default_value = "60", value_name = "SECONDS", value_parser = parse_duration)]
     duration: Duration,
-
-    /// Memory this app may use in all (e.g. 600M when apps share the box); K/M/G = KiB/MiB/GiB.
-    #[arg(long = "memory-budget", value_name = "SIZE", value_parser = parse_size)]
-    memory_budget: Option<u64>,
 
     /// The Host header of the requests (an app may allow only its own names).
     #[arg(long = "host", default_value = "localhost", value_name = "NAME")]
@@ -105,8 +97,11 @@ fn command() -> clap::Command {
     .override_usage("ferrocorn sizing [ADVISOR FLAGS] [SERVE FLAGS] APP")
 }
 
-/// Serve flags the advisor sets itself for each step: removed from what is passed on.
+/// Serve flags the advisor sets itself for each step, or reads itself (`--memory-budget`, the
+/// budget the recommendation must fit, is not passed on: with it each step's server would
+/// recycle workers to stay inside it while being measured): removed from what is passed on.
 const OWN_SERVE_FLAGS: &[&str] = &[
+    "memory-budget",
     "workers",
     "bind",
     "preload",
@@ -334,7 +329,7 @@ fn run(advisor: &AdvisorArgs, options: &Options, raw: &[OsString]) -> Result<()>
     for signal in [libc::SIGINT, libc::SIGTERM] {
         signal_hook::flag::register(signal, stop.clone()).context("installing Ctrl-C")?;
     }
-    let budget = budget(advisor.memory_budget)?;
+    let budget = budget(options.memory_budget)?;
     let targets = targets(advisor)?;
     let serve = serve_args(raw);
     let mut bench = server::ProcessBench {
@@ -440,6 +435,12 @@ mod tests {
 
     fn os(args: &[&str]) -> Vec<OsString> {
         args.iter().map(OsString::from).collect()
+    }
+
+    /// The advisor's flags and the serve flags share one command: no name may be defined twice.
+    #[test]
+    fn the_advisor_command_is_well_formed() {
+        command().debug_assert();
     }
 
     #[test]

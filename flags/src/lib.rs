@@ -268,6 +268,12 @@ fn report(e: &dyn std::error::Error) -> String {
 mod tests {
     use super::*;
 
+    #[test]
+    fn the_flag_set_is_well_formed() {
+        use clap::CommandFactory;
+        Options::command().debug_assert();
+    }
+
     fn parse(args: &[&str]) -> Result<Options, clap::Error> {
         Options::try_parse_from(std::iter::once("ferrocorn").chain(args.iter().copied()))
     }

@@ -4,7 +4,9 @@
 //! Targets are ratios against gunicorn (the server our users replace), never absolute numbers:
 //! - throughput: ferrocorn serves at least as many requests/s as gunicorn with the same workers;
 //! - memory: a ferrocorn worker's PSS, and the whole server's, are no larger than gunicorn's;
-//! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS.
+//! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS;
+//! - sizing truth: `ferrocorn sizing`'s recommendation reaches 90% of the best measured
+//!   throughput within a memory budget (see `sizing_truth.rs`).
 //!
 //! The load generator is built in (one thread per connection, `Connection: close` per request, as
 //! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
@@ -20,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use ferrocorn_sizing::ProcessMemory;
 
 use crate::servers::{one_request, prepare, start, Env, Target, SERVERS};
-use crate::{cargo, run};
+use crate::{cargo, run, sizing_truth};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -29,6 +31,8 @@ struct Settings {
     workers: usize,
     criterion: bool,
     throughput: bool,
+    preload_memory: bool,
+    sizing: bool,
 }
 
 impl Settings {
@@ -39,6 +43,8 @@ impl Settings {
             workers: 2,
             criterion: true,
             throughput: true,
+            preload_memory: true,
+            sizing: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -51,12 +57,18 @@ impl Settings {
                 "--preload-only" => {
                     s.criterion = false;
                     s.throughput = false;
+                    s.sizing = false;
+                }
+                "--sizing-only" => {
+                    s.criterion = false;
+                    s.throughput = false;
+                    s.preload_memory = false;
                 }
                 "--quick" => {
                     s.duration = Duration::from_secs(3);
                     s.criterion = false;
                 }
-                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --quick)"),
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --quick)"),
             }
         }
         Ok(s)
@@ -64,15 +76,20 @@ impl Settings {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Load {
-    requests: u64,
-    errors: u64,
-    rps: f64,
+pub(crate) struct Load {
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
 
-fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Load {
+pub(crate) fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..connections)
@@ -168,7 +185,13 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if settings.throughput {
         failures.extend(throughput(&env, &settings)?);
     }
-    failures.extend(preload_memory(&env)?);
+    if settings.preload_memory {
+        failures.extend(preload_memory(&env)?);
+    }
+    if settings.sizing {
+        let pace = sizing_truth::Pace::from_duration(settings.duration);
+        failures.extend(sizing_truth::sizing_truth(&env, &pace)?);
+    }
     if failures.is_empty() {
         println!("\nbench: every target met");
         Ok(())

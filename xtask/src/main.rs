@@ -13,6 +13,7 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod servers;
+mod sizing_truth;
 mod soak;
 #[cfg(test)]
 mod tidy;
@@ -28,7 +29,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] | soak [--seconds S] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [--quick] [--sizing-only] | soak [--seconds S] | fuzz [SECONDS]>"
             );
             std::process::exit(2);
         }

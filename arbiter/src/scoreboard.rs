@@ -145,7 +145,7 @@ impl Scoreboard {
     }
 
     /// Reset a slot for a new worker: it counts as having just beaten, but not as booted until
-    /// its own first beat (which clears [`NOT_BOOTED`]).
+    /// its own first beat (which clears `NOT_BOOTED`).
     pub fn arm(&self, index: usize) {
         let slot = self.slot(index);
         slot.request_since.store(0, Ordering::Relaxed);

@@ -26,7 +26,9 @@ pub enum ExitCause {
     BootFailure(i32),
     /// Any other exit code or signal.
     Crash {
+        /// The exit code, if the worker exited.
         code: Option<i32>,
+        /// The signal that killed the worker, if one did.
         signal: Option<i32>,
     },
 }

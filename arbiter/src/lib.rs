@@ -14,6 +14,7 @@
 //! the whole server with that exit code instead of being respawned forever. Later (a reload whose
 //! code does not load) it is retried after a back-off while the old workers serve on: a reload
 //! (HUP) retires old workers only as their replacements boot.
+#![warn(missing_docs)]
 
 mod hooks;
 mod master;

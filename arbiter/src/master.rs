@@ -36,6 +36,7 @@ const QUICK_STOP_GRACE: Duration = Duration::from_secs(2);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How the arbiter runs its workers: their number, timeouts and the sizing and memory policies.
 #[derive(Debug, Clone)]
 pub struct ArbiterConfig {
     /// `-w/--workers`.
@@ -98,6 +99,7 @@ impl WorkerContext {
 /// Why [`Arbiter::new`] failed ([`Arbiter::run`] cannot: a failed fork is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The shared scoreboard could not be mapped.
     #[error("shared scoreboard memory: {0}")]
     Scoreboard(std::io::Error),
 }
@@ -206,6 +208,8 @@ impl<H> std::fmt::Debug for Arbiter<H> {
 }
 
 impl<H: Hooks> Arbiter<H> {
+    /// An arbiter for `config` that owns the master's signal queue and runs `hooks`. It maps the
+    /// shared scoreboard but forks nothing until [`Arbiter::run`].
     pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
         let target = adjust::initial_target(&config).clamp(1, MAX_SLOTS);
         Ok(Arbiter {

@@ -26,12 +26,14 @@ pub struct MemoryFigures {
     pub uss: u64,
     /// Shared pages split between their sharers: summed over the server, its real footprint.
     pub pss: u64,
+    /// Resident pages, shared ones counted in full by each sharer (what `ps` shows).
     pub rss: u64,
 }
 
 /// The memory the whole server may use, and where that figure came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryBudget {
+    /// The budget in bytes.
     pub bytes: u64,
     /// `--memory-budget`, `cgroup limit in ...`, `MemTotal`.
     pub source: String,
@@ -49,7 +51,9 @@ pub struct AutoWorkers {
 /// `--workers-min/--workers-max/--scale-down-after`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Autoscale {
+    /// Fewest workers: scaling down stops here.
     pub min: usize,
+    /// Most workers: scaling up stops here.
     pub max: usize,
     /// A worker idle this long is retired (down to `min`).
     pub scale_down_after: Duration,
@@ -61,13 +65,16 @@ pub enum WorkerSizing {
     /// `-w N`: exactly N (TTIN/TTOU move it), as gunicorn.
     #[default]
     Fixed,
+    /// `-w auto`: the CPU count before the first fork, capped by memory once a worker is measured.
     Auto(AutoWorkers),
+    /// `-w MIN:MAX`: follows the load between the bounds.
     Scale(Autoscale),
 }
 
 /// When workers are replaced for their memory or age.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemoryPolicy {
+    /// `--memory-budget` or the machine's: no worker is forked past it; over it, one is replaced.
     pub budget: Option<MemoryBudget>,
     /// `--max-worker-memory`: a worker whose USS is above it is replaced.
     pub max_worker_memory: Option<u64>,
@@ -75,6 +82,8 @@ pub struct MemoryPolicy {
     pub min_worker_lifetime: Duration,
     /// `--max-worker-lifetime`: a worker older than this (plus its jitter) is replaced.
     pub max_worker_lifetime: Option<Duration>,
+    /// `--max-worker-lifetime-jitter`: up to this much more per worker (see [`lifetime_jitter`]),
+    /// so workers started together are not all replaced together.
     pub max_worker_lifetime_jitter: Duration,
 }
 
@@ -100,12 +109,15 @@ impl MemoryPolicy {
 /// One active worker as the policies see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WorkerView {
+    /// The worker's process id.
     pub pid: i32,
+    /// What its scoreboard slot says it is doing.
     pub state: SlotState,
     /// Since it last served a request (or since it was forked, if it never did).
     pub idle_for: Duration,
     /// Since it was forked.
     pub lifetime: Duration,
+    /// Requests it has served.
     pub served: u64,
     /// The last reading, if any.
     pub memory: Option<MemoryFigures>,
@@ -190,6 +202,7 @@ pub fn warmed_count(
 /// What the autoscaler wants.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ScaleDecision {
+    /// Keep the current number of workers.
     Hold,
     /// Fork one more worker.
     Grow(String),
@@ -197,7 +210,9 @@ pub enum ScaleDecision {
     Capped(String),
     /// Retire this (idle) worker.
     Shrink {
+        /// The worker to retire.
         pid: i32,
+        /// Why, for the log.
         reason: String,
     },
 }
@@ -205,6 +220,7 @@ pub enum ScaleDecision {
 /// The memory side of growing: the server's footprint now and what one more worker would add.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Headroom {
+    /// The budget the footprint is measured against.
     pub budget: MemoryBudget,
     /// PSS of the master and every worker.
     pub used: u64,
@@ -325,10 +341,12 @@ fn shrink(bounds: &Autoscale, workers: &[WorkerView], queue: Option<(u32, u32)>)
 /// A worker to replace.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recycle {
+    /// The worker to replace.
     pub pid: i32,
     /// Fork the replacement and let it boot before the old one stops (capacity does not dip);
     /// false when the server is over its budget, so the memory is freed first.
     pub replacement_first: bool,
+    /// Why, for the log.
     pub reason: String,
 }
 

@@ -65,6 +65,7 @@ struct RawSlot {
 pub enum SlotState {
     /// Forked but not yet in its serving loop (loading the app).
     Booting,
+    /// Booted and waiting for a connection.
     Idle,
     /// Serving a request.
     Busy,
@@ -73,15 +74,19 @@ pub enum SlotState {
 /// A consistent reading of one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotSnapshot {
+    /// Booting, idle or busy.
     pub state: SlotState,
     /// Time since the last beat (or since the slot was armed).
     pub silence: Duration,
+    /// Requests this worker has finished.
     pub served: u64,
     /// How long the current request has been running (`Busy` only).
     pub busy_for: Option<Duration>,
     /// The current (`Busy`) or last request's method and path, possibly truncated.
     pub method: String,
+    /// The path of that request (see `method`).
     pub path: String,
+    /// How long the last finished request took (millisecond resolution).
     pub last_duration: Duration,
     /// Responses sent by this worker by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
     pub statuses: [u64; 5],
@@ -102,6 +107,8 @@ pub struct Scoreboard {
 }
 
 impl Scoreboard {
+    /// Map a zeroed table of [`capacity`](Scoreboard::capacity) slots `MAP_SHARED`; call it
+    /// before the first fork. The mapping is never unmapped.
     pub fn new() -> std::io::Result<Self> {
         let header_len = std::mem::size_of::<Header>();
         let len =
@@ -126,6 +133,7 @@ impl Scoreboard {
         Ok(Scoreboard { header, slots })
     }
 
+    /// How many slots the table has, i.e. how many workers can be alive at once.
     pub fn capacity(&self) -> usize {
         MAX_SLOTS
     }
@@ -137,7 +145,7 @@ impl Scoreboard {
     }
 
     /// Reset a slot for a new worker: it counts as having just beaten, but not as booted until
-    /// its own first beat (which clears [`NOT_BOOTED`]).
+    /// its own first beat (which clears `NOT_BOOTED`).
     pub fn arm(&self, index: usize) {
         let slot = self.slot(index);
         slot.request_since.store(0, Ordering::Relaxed);
@@ -163,6 +171,7 @@ impl Scoreboard {
         self.slot(index).beat.load(Ordering::Relaxed) & NOT_BOOTED == 0
     }
 
+    /// A consistent reading of slot `index` (the request text under its sequence lock).
     pub fn snapshot(&self, index: usize) -> SlotSnapshot {
         let slot = self.slot(index);
         let now = monotonic_ms();
@@ -230,6 +239,7 @@ impl WorkerSlot {
         header.server_stopping.load(Ordering::Acquire) != 0
     }
 
+    /// Say the worker is alive; the master kills a worker silent for longer than `--timeout`.
     pub fn beat(&self) {
         self.raw().beat.store(monotonic_ms(), Ordering::Relaxed);
     }

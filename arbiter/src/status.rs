@@ -10,6 +10,7 @@ use crate::scoreboard::SlotSnapshot;
 /// One live worker as the master knows it.
 #[derive(Debug, Clone)]
 pub struct WorkerStatus {
+    /// The worker's process id.
     pub pid: i32,
     /// gunicorn's age: 1 for the first worker ever forked, counting up.
     pub age: u64,
@@ -27,9 +28,11 @@ pub struct WorkerStatus {
 /// The master's state at one moment.
 #[derive(Debug, Clone)]
 pub struct ArbiterStatus {
+    /// The master's process id.
     pub master_pid: i32,
     /// Workers to keep (`-w`, changed by TTIN/TTOU).
     pub target: usize,
+    /// The live workers, retiring ones included.
     pub workers: Vec<WorkerStatus>,
     /// Requests served by workers that have exited.
     pub exited_served: u64,
@@ -40,14 +43,18 @@ pub struct ArbiterStatus {
 /// What a descriptor of [`Hooks::poll_fds`](crate::Hooks::poll_fds) waits for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Want {
+    /// Readable (or hung up).
     Read,
+    /// Writable.
     Write,
 }
 
 /// A descriptor the master's loop polls beside its signal queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PollFd {
+    /// The descriptor to poll.
     pub fd: RawFd,
+    /// What to wait for.
     pub want: Want,
 }
 

@@ -82,6 +82,7 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
+    /// A decoder for a body of this `framing`, held to the body and trailer limits in `limits`.
     pub fn new(framing: BodyFraming, limits: &Limits) -> Self {
         let state = match framing {
             BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
@@ -188,6 +189,7 @@ impl BodyDecoder {
         Ok(pos)
     }
 
+    /// Whether the whole body (and for chunked, its trailers) has been decoded.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
     }

@@ -4,18 +4,25 @@
 /// Why a request was rejected; [`RequestError::status`] is the response to send.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RequestError {
+    /// 400: the message is malformed or ambiguous; the text says how.
     #[error("bad request: {0}")]
     BadRequest(&'static str),
+    /// 414: the request line is longer than `--limit-request-line`.
     #[error("request line too long")]
     UriTooLong,
+    /// 431: too many header fields, or one too long; the text says which.
     #[error("request header fields too large: {0}")]
     HeadersTooLarge(&'static str),
+    /// 413: the body is larger than the body limit.
     #[error("request body too large")]
     BodyTooLarge,
+    /// 505: a well-formed HTTP version other than 1.0 and 1.1.
     #[error("HTTP version not supported")]
     VersionNotSupported,
+    /// 501: a transfer coding other than `chunked`.
     #[error("not implemented: {0}")]
     NotImplemented(&'static str),
+    /// 417: an `Expect` other than `100-continue`.
     #[error("expectation failed")]
     ExpectationFailed,
 }

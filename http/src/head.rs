@@ -80,6 +80,7 @@ impl RequestHead {
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
+    /// The method, as sent (case-sensitive).
     pub fn method(&self) -> &str {
         self.text(&self.method)
     }
@@ -105,6 +106,7 @@ impl RequestHead {
     pub fn query(&self) -> &str {
         self.text(&self.query)
     }
+    /// The request line's HTTP version.
     pub fn version(&self) -> Version {
         self.version
     }
@@ -120,6 +122,7 @@ impl RequestHead {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+    /// How the request body is delimited.
     pub fn framing(&self) -> BodyFraming {
         self.framing
     }
@@ -158,6 +161,7 @@ pub struct HeadParser {
 }
 
 impl HeadParser {
+    /// A parser at the start of a new head.
     pub fn new() -> Self {
         HeadParser::default()
     }

@@ -12,6 +12,7 @@
 //! remembers where it stopped, so feeding a head byte by byte costs linear time.
 //!
 //! Modules are private; everything public is re-exported here.
+#![warn(missing_docs)]
 
 mod body;
 mod chars;

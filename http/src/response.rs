@@ -14,7 +14,9 @@ use crate::types::Version;
 pub enum ResponseFraming {
     /// No body may be sent (HEAD, 204, 304).
     NoBody,
+    /// Exactly this many bytes (`Content-Length`).
     Length(u64),
+    /// `Transfer-Encoding: chunked` (HTTP/1.1 only).
     Chunked,
     /// HTTP/1.0 without a length: the body ends when the connection closes.
     UntilClose,
@@ -31,11 +33,16 @@ impl ResponseFraming {
 /// What the app asked to send, checked and ready to serialize.
 #[derive(Debug, Clone, Copy)]
 pub struct ResponseSpec<'a> {
+    /// The status code.
     pub status: u16,
+    /// The reason phrase after the status code.
     pub reason: &'a str,
+    /// The app's header fields; connection-level ones (`Connection`, `Transfer-Encoding`...) are
+    /// dropped, the server writes its own.
     pub headers: &'a [(Vec<u8>, Vec<u8>)],
     /// The request's version and method (HEAD → no body).
     pub version: Version,
+    /// The request was HEAD: the head describes a body that is not sent.
     pub head_request: bool,
     /// Whether the server wants to keep the connection (client allows it and the worker is not stopping).
     pub keep_alive: bool,
@@ -46,6 +53,7 @@ pub struct ResponseSpec<'a> {
 /// The serialized head plus the framing it promises.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ResponseHeadOut {
+    /// How the body that follows this head must be framed ([`BodyEncoder::new`]).
     pub framing: ResponseFraming,
     /// False when the head says `Connection: close` (then the caller must close after the body).
     pub keep_alive: bool,
@@ -206,6 +214,7 @@ pub struct BodyEncoder {
 }
 
 impl BodyEncoder {
+    /// An encoder for a body promised with `framing`.
     pub fn new(framing: ResponseFraming) -> Self {
         let remaining = match framing {
             ResponseFraming::Length(n) => n,
@@ -260,6 +269,7 @@ impl BodyEncoder {
         self.remaining == 0
     }
 
+    /// The framing this encoder writes.
     pub fn framing(&self) -> ResponseFraming {
         self.framing
     }

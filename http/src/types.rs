@@ -74,11 +74,14 @@ impl Limits {
 /// HTTP versions the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// `HTTP/1.0`.
     Http10,
+    /// `HTTP/1.1`.
     Http11,
 }
 
 impl Version {
+    /// The version as it appears on the wire, e.g. `HTTP/1.1`.
     pub fn as_str(self) -> &'static str {
         match self {
             Version::Http10 => "HTTP/1.0",
@@ -92,7 +95,9 @@ impl Version {
 pub enum BodyFraming {
     /// No body (no Content-Length, no Transfer-Encoding, or `Content-Length: 0`).
     Empty,
+    /// Exactly this many bytes (`Content-Length`).
     Length(u64),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
 }
 
@@ -101,5 +106,6 @@ pub enum BodyFraming {
 pub enum Parsed<T> {
     /// The value and how many bytes of the input it used.
     Complete(T, usize),
+    /// More bytes are needed before anything can be said.
     Partial,
 }

@@ -26,9 +26,11 @@ pub const COLLAPSE_RPS: f64 = 0.7;
 /// What one step of the sweep runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPlan {
+    /// Workers to start (`-w`).
     pub workers: usize,
     /// Threads per worker; always 1 until `--threads` exists.
     pub threads: usize,
+    /// Whether the server runs with `--preload`.
     pub preload: bool,
     /// Simultaneous connections the load keeps busy.
     pub connections: usize,
@@ -41,23 +43,32 @@ pub struct StepPlan {
 /// What one step measured.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct StepResult {
+    /// Workers the step ran (from its [`StepPlan`], like the next three).
     pub workers: usize,
+    /// Threads per worker.
     pub threads: usize,
+    /// Whether the server ran with `--preload`.
     pub preload: bool,
+    /// Simultaneous connections the load kept busy.
     pub connections: usize,
     /// Requests answered with 1xx-3xx within the window.
     pub requests: u64,
     /// Requests that failed, timed out or were answered 4xx/5xx within the window.
     pub errors: u64,
+    /// How long the measurement ran: `requests` and `worker_cpu` are over this.
     pub window: Duration,
+    /// Median latency of the window's requests.
     pub p50: Duration,
+    /// 99th-percentile latency of the window's requests.
     pub p99: Duration,
+    /// Mean latency of the window's requests.
     pub mean_latency: Duration,
     /// CPU seconds all workers used during the window.
     pub worker_cpu: f64,
     /// Seconds the workers were runnable but waited for a CPU during the window (the run
     /// queue: other processes, or more busy workers than CPUs).
     pub worker_cpu_wait: f64,
+    /// The master, after the window.
     pub master: ProcessMemory,
     /// Each worker, after the window.
     pub worker_memory: Vec<ProcessMemory>,
@@ -68,10 +79,12 @@ pub struct StepResult {
 }
 
 impl StepResult {
+    /// Requests the server can serve at once: workers x threads.
     pub fn slots(&self) -> usize {
         self.workers * self.threads.max(1)
     }
 
+    /// Successful requests per second over the window (0 for an empty window).
     pub fn rps(&self) -> f64 {
         let secs = self.window.as_secs_f64();
         if secs > 0.0 {
@@ -81,6 +94,7 @@ impl StepResult {
         }
     }
 
+    /// Share of requests that failed, 0 to 1; 1 when nothing was answered at all.
     pub fn error_rate(&self) -> f64 {
         let all = self.requests + self.errors;
         if all == 0 {
@@ -108,6 +122,7 @@ impl StepResult {
         self.mean(|m| m.uss)
     }
 
+    /// Mean worker PSS (its private pages plus its share of the shared ones).
     pub fn mean_worker_pss(&self) -> u64 {
         self.mean(|m| m.pss)
     }
@@ -186,9 +201,15 @@ pub fn connections_for(slots: usize, concurrency: Option<usize>) -> usize {
 #[derive(Debug, Clone, PartialEq)]
 pub enum StopReason {
     /// Throughput gained less than [`PLATEAU_GAIN`] at this many workers.
-    Plateau { at: usize },
+    Plateau {
+        /// The worker count that gained too little.
+        at: usize,
+    },
     /// Errors or a throughput cliff at this many workers.
-    Collapse { at: usize },
+    Collapse {
+        /// The worker count that collapsed.
+        at: usize,
+    },
     /// The next count would not fit the memory budget.
     MemoryBudget,
     /// `--duration` would run out during the next step.
@@ -198,14 +219,21 @@ pub enum StopReason {
     /// The sweep's own cap on workers.
     MaxWorkers,
     /// A step could not run (the server did not start with that many workers).
-    Failed { at: usize, message: String },
+    Failed {
+        /// The worker count that could not run.
+        at: usize,
+        /// The [`Bench::Error`], as text.
+        message: String,
+    },
     /// Interrupted (Ctrl-C).
     Interrupted,
 }
 
 /// Runs one step of the sweep against a real (or simulated) server.
 pub trait Bench {
+    /// Why a step could not run; the sweep stops with [`StopReason::Failed`] and this message.
     type Error: std::fmt::Display;
+    /// Run one step: start the server as `plan` says, warm it up, measure the window, stop it.
     fn step(&mut self, plan: &StepPlan) -> Result<StepResult, Self::Error>;
     /// Whether the run was interrupted (Ctrl-C): the sweep stops at once.
     fn interrupted(&self) -> bool {
@@ -226,15 +254,19 @@ pub struct SweepConfig {
     pub cpus: f64,
     /// Wall time for all steps, the preload comparison included.
     pub time: Duration,
+    /// The most workers the sweep tries ([`StopReason::MaxWorkers`] beyond).
     pub max_workers: usize,
     /// The expected peak of simultaneous requests (`--concurrency`), if stated.
     pub concurrency: Option<usize>,
+    /// Threads per worker (see [`StepPlan::threads`]).
     pub threads: usize,
     /// The mode of the sweep (`--preload` given or not).
     pub preload: bool,
     /// Also measure the recommended count in the other mode.
     pub compare_preload: bool,
+    /// Load before each step's measurement (see [`StepPlan::warmup`]).
     pub warmup: Duration,
+    /// How long each step measures.
     pub window: Duration,
 }
 
@@ -243,12 +275,14 @@ pub struct SweepConfig {
 pub struct Sweep {
     /// In the order run, all in the sweep's preload mode.
     pub steps: Vec<StepResult>,
+    /// Why the sweep stopped.
     pub stop: StopReason,
     /// The recommended count in the other preload mode, or why it was not measured.
     pub other_mode: Option<Result<StepResult, String>>,
     /// When memory ended the sweep and `--preload` saves: the sweep went on with it from the
     /// recommended count (that step first).
     pub preload_steps: Vec<StepResult>,
+    /// Why the `--preload` continuation stopped, when it ran.
     pub preload_stop: Option<StopReason>,
 }
 
@@ -640,17 +674,22 @@ pub fn workers_text(n: usize) -> String {
 pub struct AdviceContext {
     /// Effective CPUs (quota and affinity applied).
     pub cpus: f64,
+    /// The memory budget (total PSS), in bytes.
     pub memory_budget: u64,
     /// Where the budget came from, e.g. `--memory-budget` or `MemAvailable`.
     pub budget_source: String,
+    /// `--concurrency`, if stated.
     pub concurrency: Option<usize>,
 }
 
 /// The recommendation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Advice {
+    /// Recommended workers.
     pub workers: usize,
+    /// Threads per worker.
     pub threads: usize,
+    /// Whether to run with `--preload`.
     pub preload: bool,
     /// One sentence: the count, why throughput says so, and the memory it takes.
     pub reason: String,

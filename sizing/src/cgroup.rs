@@ -7,9 +7,11 @@ use crate::{parse_u64, read_file, Error};
 /// One line of `/proc/PID/cgroup`: `hierarchy-ID:controller-list:cgroup-path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupEntry {
+    /// The hierarchy ID; 0 for v2.
     pub hierarchy: u32,
     /// Empty for the v2 unified hierarchy.
     pub controllers: Vec<String>,
+    /// The process's cgroup, relative to the hierarchy's root.
     pub path: String,
 }
 
@@ -46,6 +48,7 @@ pub struct CgroupMount {
     pub v2: bool,
     /// The cgroup path mounted there (`/` on the host, the container's own cgroup inside one).
     pub root: String,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
     /// v1: the controllers of this hierarchy (from the super options); empty for v2.
     pub controllers: Vec<String>,
@@ -117,7 +120,9 @@ pub fn parse_mountinfo_cgroups(text: &str) -> Result<Vec<CgroupMount>, Error> {
 /// A cgroup directory and the mount point above which limits are not ours to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupDir {
+    /// The process's cgroup directory.
     pub dir: PathBuf,
+    /// The mount point it is under: limits are read from `dir` up to here, not above.
     pub mount_point: PathBuf,
 }
 
@@ -246,7 +251,9 @@ impl Cgroups {
 /// A limit and the file it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit<T> {
+    /// The limit, in the unit of the method that found it (CPUs, bytes).
     pub value: T,
+    /// The file it was read from.
     pub file: PathBuf,
 }
 

@@ -10,6 +10,7 @@
 //! - [`recommend`]: gunicorn's `2 * cores + 1`, capped by how many workers fit in memory.
 //!
 //! The parsers take file contents as `&str`, so they are tested on samples as well as live files.
+#![warn(missing_docs)]
 
 pub mod advisor;
 mod cgroup;
@@ -33,14 +34,26 @@ pub use recommend::{
     recommend, recommend_now, recommend_with_headroom, Recommendation, DEFAULT_HEADROOM,
 };
 
+/// Why a figure could not be read from `/proc` or `/sys/fs/cgroup`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The message names the OS error, so `cause` is not also exposed as `source()` (a chain
-    /// printer such as anyhow's `{:#}` would repeat it).
+    /// A file could not be read. The message names the OS error, so `cause` is not also exposed
+    /// as `source()` (a chain printer such as anyhow's `{:#}` would repeat it).
     #[error("cannot read {}: {cause}", path.display())]
-    Read { path: PathBuf, cause: io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        cause: io::Error,
+    },
+    /// A file's contents are not what the kernel writes.
     #[error("cannot parse {what}: {reason}")]
-    Parse { what: String, reason: String },
+    Parse {
+        /// The file or field.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -110,6 +123,7 @@ pub struct CpuBudget {
     pub affinity: Option<usize>,
     /// The cgroup quota in CPUs, if any.
     pub quota: Option<f64>,
+    /// Which bound set `cpus`.
     pub source: CpuSource,
 }
 
@@ -224,6 +238,7 @@ pub fn parse_size(text: &str) -> Result<u64, Error> {
 /// `MemTotal` and `MemAvailable` from `/proc/meminfo`, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemInfo {
+    /// `MemTotal`.
     pub total: u64,
     /// Absent on kernels before 3.14.
     pub available: Option<u64>,
@@ -253,6 +268,7 @@ pub struct MemoryBudget {
     pub limit: u64,
     /// The file of the cgroup limit; `None` when `limit` is `MemTotal`.
     pub cgroup_file: Option<PathBuf>,
+    /// `MemTotal`, in bytes.
     pub mem_total: u64,
     /// `MemAvailable`: memory the system can give without swapping (others' use subtracted).
     pub mem_available: Option<u64>,

@@ -235,6 +235,7 @@ pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
 /// Memory of a process tree: each member and the sum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeMemory {
+    /// The sum over the tree.
     pub total: ProcessMemory,
     /// (pid, memory), the root first.
     pub processes: Vec<(i32, ProcessMemory)>,

@@ -8,6 +8,7 @@ pub const DEFAULT_HEADROOM: f64 = 0.2;
 /// How many workers to run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recommendation {
+    /// The count to run: `cpu_workers`, capped by `memory_workers`.
     pub workers: usize,
     /// gunicorn's rule: `2 * cores + 1`.
     pub cpu_workers: usize,

@@ -9,6 +9,7 @@
 //! Keys: `+` add a worker (SIGTTIN), `-` remove one (SIGTTOU), `r` reload (SIGHUP), `s` change the
 //! sort, `q` quit. They are signals to the master's pid, so only a user allowed to signal it can
 //! use them; the stats endpoint itself takes no commands. `--once` prints one table and exits.
+#![warn(missing_docs)]
 
 mod model;
 mod source;
@@ -59,22 +60,37 @@ fn parse_interval(s: &str) -> Result<Duration, String> {
 /// Why `ferrocorn top` could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// Neither `--stats` nor `--pid` was given.
     #[error("give --stats ADDRESS or --pid PIDFILE")]
     NoSource,
+    /// The `--pid` file could not be read.
     #[error("cannot read the pid file {}: {cause}", path.display())]
     PidFile {
+        /// The pid file.
         path: PathBuf,
+        /// The OS error.
         cause: std::io::Error,
     },
+    /// The `--pid` file does not hold a pid.
     #[error("the pid file {} holds no pid", .0.display())]
     BadPidFile(PathBuf),
+    /// The stats endpoint could not be reached or read.
     #[error("stats at {address}: {cause}")]
     Stats {
+        /// The `--stats` address.
         address: String,
+        /// The OS error.
         cause: std::io::Error,
     },
+    /// The stats endpoint answered something other than its JSON.
     #[error("stats at {address}: {reason}")]
-    BadStats { address: String, reason: String },
+    BadStats {
+        /// The `--stats` address.
+        address: String,
+        /// What was wrong with the answer.
+        reason: String,
+    },
+    /// Drawing on or reading keys from the terminal failed.
     #[error("terminal: {0}")]
     Terminal(std::io::Error),
 }

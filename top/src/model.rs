@@ -5,13 +5,18 @@ use crate::source::Stats;
 /// The order of the rows; `s` cycles through them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Sort {
+    /// By pid, ascending.
     Pid,
+    /// By CPU%, highest first.
     Cpu,
+    /// By USS, largest first.
     Uss,
+    /// By requests per second, highest first.
     RequestRate,
 }
 
 impl Sort {
+    /// The order after this one (the `s` key).
     pub fn next(self) -> Sort {
         match self {
             Sort::Pid => Sort::Cpu,
@@ -21,6 +26,7 @@ impl Sort {
         }
     }
 
+    /// The short name shown in the header (`pid`, `cpu%`, `uss`, `req/s`).
     pub fn name(self) -> &'static str {
         match self {
             Sort::Pid => "pid",
@@ -34,26 +40,38 @@ impl Sort {
 /// One worker's row.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Row {
+    /// The worker's pid.
     pub pid: i32,
+    /// `booting`, `idle`, `busy`, or `-` when unknown (read from /proc).
     pub state: String,
+    /// Requests per second since the previous sample; `None` on the first one or without stats.
     pub requests_per_second: Option<f64>,
     /// `GET /path` and how long it has run.
     pub current: Option<(String, f64)>,
+    /// Private memory in bytes.
     pub uss: Option<u64>,
+    /// Proportional memory (shared pages split between sharers) in bytes.
     pub pss: Option<u64>,
+    /// CPU use since the previous sample, in percent of one CPU.
     pub cpu_percent: Option<f64>,
 }
 
 /// The whole screen's data.
 #[derive(Debug, Clone)]
 pub struct Table {
+    /// The master's pid (the keys signal it).
     pub master_pid: i32,
+    /// The lines above the rows: totals, memory, accept queues, recommendation.
     pub header: Vec<String>,
+    /// One per worker, in `sort` order.
     pub rows: Vec<Row>,
+    /// The order of `rows`.
     pub sort: Sort,
 }
 
 impl Table {
+    /// The table for `current`; rates (req/s, CPU%) need the `previous` sample and are `None`
+    /// without it.
     pub fn new(previous: Option<&Stats>, current: &Stats, sort: Sort) -> Table {
         let mut rows: Vec<Row> = current
             .workers

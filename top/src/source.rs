@@ -15,12 +15,18 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 /// The parts of the endpoint's JSON that `top` shows (the rest is ignored).
 #[derive(Debug, Clone, Deserialize)]
 pub struct Stats {
+    /// The master's pid and target worker count.
     pub master: Master,
+    /// Each live worker.
     pub workers: Vec<Worker>,
+    /// Each listening socket and its accept queue.
     #[serde(default)]
     pub listeners: Vec<ListenerStats>,
+    /// Requests and responses by status class over the server's life.
     pub totals: Option<Totals>,
+    /// The server's PSS against its budget.
     pub memory: Option<Memory>,
+    /// The recommended worker count.
     pub recommendation: Option<Recommendation>,
     /// When this sample was taken (not in the JSON).
     #[serde(skip, default = "Instant::now")]
@@ -82,7 +88,9 @@ pub struct Recommendation {
 /// The endpoint, or the master's pid for /proc.
 #[derive(Debug)]
 pub enum Source {
+    /// The master's `--stats` endpoint.
     Endpoint(BindSpec),
+    /// The master's pid: its children are read from /proc.
     Proc(i32),
 }
 
@@ -96,6 +104,7 @@ impl Source {
         }
     }
 
+    /// Take one sample.
     pub fn fetch(&self) -> Result<Stats, Error> {
         match self {
             Source::Endpoint(spec) => fetch_endpoint(spec),

@@ -12,6 +12,7 @@
 pub struct Headers(Vec<(Vec<u8>, Vec<u8>)>);
 
 impl Headers {
+    /// No fields.
     pub fn new() -> Headers {
         Headers(Vec::new())
     }
@@ -28,10 +29,12 @@ impl Headers {
             .push((name.as_ref().to_vec(), value.as_ref().to_vec()));
     }
 
+    /// Add `Content-Type: value`.
     pub fn content_type(self, value: impl AsRef<[u8]>) -> Headers {
         self.add("Content-Type", value)
     }
 
+    /// Add `Content-Length: len` (the body must then be exactly `len` bytes).
     pub fn content_length(self, len: u64) -> Headers {
         self.add("Content-Length", len.to_string())
     }
@@ -44,22 +47,27 @@ impl Headers {
             .map(|(_, v)| v.as_slice())
     }
 
+    /// Whether a field with this name is present (ASCII case-insensitive).
     pub fn contains(&self, name: &str) -> bool {
         self.get(name).is_some()
     }
 
+    /// The fields in order, as (name, value).
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> + '_ {
         self.0.iter().map(|(n, v)| (n.as_slice(), v.as_slice()))
     }
 
+    /// How many fields (repeated names counted each time).
     pub fn len(&self) -> usize {
         self.0.len()
     }
 
+    /// Whether there are no fields.
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 
+    /// The fields as (name, value) pairs, the form `ferrocorn-http` serializes.
     pub fn as_slice(&self) -> &[(Vec<u8>, Vec<u8>)] {
         &self.0
     }

@@ -23,6 +23,7 @@
 //! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout
 //! and a request body must also arrive at a minimum average rate (a body trickled in a byte just
 //! before each read would time out is cut off, and so is the draining of an unread one).
+#![warn(missing_docs)]
 
 mod headers;
 mod memory;
@@ -82,14 +83,18 @@ impl From<io::Error> for AppError {
 /// Where the request arrived, for SERVER_NAME / SERVER_PORT / wsgi.url_scheme.
 #[derive(Debug, Clone)]
 pub struct ServerAddr {
+    /// The listener's host, or a unix socket's path (SERVER_NAME).
     pub name: String,
+    /// The listener's port, as text (SERVER_PORT); empty for a unix socket.
     pub port: String,
+    /// The URL scheme (wsgi.url_scheme): `http`, as TLS ends at the proxy in front.
     pub scheme: &'static str,
 }
 
 /// Worker settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The `--limit-request-*` sizes and `--header-map`.
     pub limits: Limits,
     /// `--keep-alive`: how long an idle keep-alive connection may wait for its next request
     /// (zero: every response says `Connection: close`).
@@ -201,6 +206,7 @@ pub fn run_with(
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the
 /// real one (SIGTERM → `Stopping`, SIGINT/SIGQUIT → `Exit`).
 pub trait Control {
+    /// Whether to keep serving, finish the request in hand and exit, or exit now.
     fn state(&self) -> WorkerState;
     /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets. It
     /// must stay open for as long as the worker loop runs.

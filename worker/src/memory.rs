@@ -119,6 +119,7 @@ impl MemoryConn {
         MemoryConn::with_limits(raw, &Limits::default())
     }
 
+    /// [`MemoryConn::new`] with these size limits instead of the defaults.
     pub fn with_limits(raw: &[u8], limits: &Limits) -> Result<MemoryConn, RequestError> {
         let (head, used) = match HeadParser::new().parse(raw, limits)? {
             Parsed::Complete(head, used) => (head, used),
@@ -146,11 +147,13 @@ impl MemoryConn {
         })
     }
 
+    /// Pretend the client is `peer` (default `127.0.0.1:40000`).
     pub fn with_peer(mut self, peer: PeerAddr) -> MemoryConn {
         self.peer = peer;
         self
     }
 
+    /// Pretend the request arrived at `server` (default `localhost`, port 8000, `http`).
     pub fn with_server(mut self, server: ServerAddr) -> MemoryConn {
         self.server = server;
         self

@@ -311,8 +311,11 @@ fn cut_short(decoder: &BodyDecoder) -> io::Error {
 /// One request as the app sees it. The body is read on demand (sending `100 Continue` first if the
 /// client asked for it) and never past its end.
 pub struct Request<'a> {
+    /// The parsed request head: method, target, version, header fields.
     pub head: &'a RequestHead,
+    /// The client's address.
     pub peer: &'a PeerAddr,
+    /// The listener the request arrived on.
     pub server: &'a ServerAddr,
     pub(crate) conn: &'a Conn<'a>,
     pub(crate) rbuf: &'a mut ReadBuf,

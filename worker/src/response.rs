@@ -216,10 +216,12 @@ impl<'a> Response<'a> {
         })
     }
 
+    /// Whether a status and headers were set ([`Response::start`]), sent or not.
     pub fn is_started(&self) -> bool {
         self.started.is_some()
     }
 
+    /// Whether the response head has gone out: from then on only the body can be written.
     pub fn head_sent(&self) -> bool {
         self.body.is_some()
     }

@@ -1,6 +1,11 @@
 //! What the arbiter tells the code around it: one trait, every method a no-op by default.
 
+use std::os::fd::RawFd;
+
 use log::warn;
+
+use crate::scaling::MemoryFigures;
+use crate::status::{ArbiterStatus, PollFd};
 
 /// Why a worker process ended, as far as the arbiter can tell from its exit status and from what
 /// it did to the worker.
@@ -9,7 +14,8 @@ pub enum ExitCause {
     /// Exited with status 0 on its own. Today the only such reason is `--max-requests` (or its
     /// master going away), which the exit status does not tell apart.
     MaxRequests,
-    /// The master retired it: scaled down (TTOU), replaced by a reload (HUP), or stopping.
+    /// The master retired it: scaled down (TTOU, autoscaling, `--workers auto`), replaced by a
+    /// reload (HUP) or for its memory or age, or stopping.
     ScaleDown,
     /// Silent for longer than `--timeout`: aborted, then killed.
     Timeout,
@@ -20,7 +26,9 @@ pub enum ExitCause {
     BootFailure(i32),
     /// Any other exit code or signal.
     Crash {
+        /// The exit code, if the worker exited.
         code: Option<i32>,
+        /// The signal that killed the worker, if one did.
         signal: Option<i32>,
     },
 }
@@ -41,7 +49,8 @@ pub trait Hooks {
     fn worker_exited(&mut self, pid: i32, cause: ExitCause) {
         let _ = (pid, cause);
     }
-    /// The number of workers to keep changed (TTIN/TTOU) to `target`.
+    /// The number of workers to keep changed (TTIN/TTOU, autoscaling, `--workers auto`) to
+    /// `target`.
     fn worker_count_changed(&mut self, target: usize) {
         let _ = target;
     }
@@ -65,6 +74,27 @@ pub trait Hooks {
     }
     /// The master that started this one by USR2 has exited: this one is the master now.
     fn promoted(&mut self) {}
+    /// The memory of process `pid` (a worker, or the master itself), for `--workers auto`,
+    /// autoscaling within a memory budget and memory recycling. `None`: not measured.
+    fn process_memory(&mut self, pid: i32) -> Option<MemoryFigures> {
+        let _ = pid;
+        None
+    }
+    /// The listeners' accept queues, summed: `(queued, limit)`. `None`: unknown (then the
+    /// autoscaler counts all workers busy as pressure).
+    fn accept_queue(&mut self) -> Option<(u32, u32)> {
+        None
+    }
+    /// Descriptors to poll beside the signal queue on every turn of the master's loop (which
+    /// turns at least once a second), e.g. a stats listener and its connections. The master must
+    /// never block: whatever is served on them must be non-blocking.
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        Vec::new()
+    }
+    /// `fd`, one of [`poll_fds`](Hooks::poll_fds), is ready; `status` is the master's state now.
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        let _ = (fd, status);
+    }
 }
 
 /// Hooks that do nothing.

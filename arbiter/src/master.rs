@@ -1,6 +1,6 @@
 //! The arbiter's loop: sleep on the signal queue, reap, respawn, scale, time out, stop.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant};
 
@@ -11,11 +11,17 @@ use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
 
 use crate::hooks::{Exit, ExitCause, Hooks};
+use crate::scaling::{MemoryFigures, MemoryPolicy, WorkerSizing};
 use crate::scoreboard::{Scoreboard, SlotSnapshot, MAX_SLOTS};
+use crate::status::{poll_with_signals, ArbiterStatus, WorkerStatus};
 use crate::{WorkerSlot, APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+
+mod adjust;
 
 /// How often the arbiter wakes on its own to check worker timeouts and counts.
 const TICK: Duration = Duration::from_secs(1);
+/// ... and when autoscaling, so a saturated server is noticed within its pressure window.
+const SCALING_TICK: Duration = Duration::from_millis(200);
 /// After SIGABRT for a timeout, how long a worker gets before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
 /// How long workers get after SIGQUIT (a quick stop: INT/QUIT, or either one during a graceful
@@ -30,6 +36,7 @@ const QUICK_STOP_GRACE: Duration = Duration::from_secs(2);
 const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
 
+/// How the arbiter runs its workers: their number, timeouts and the sizing and memory policies.
 #[derive(Debug, Clone)]
 pub struct ArbiterConfig {
     /// `-w/--workers`.
@@ -38,6 +45,10 @@ pub struct ArbiterConfig {
     pub timeout: Option<Duration>,
     /// `--graceful-timeout`: how long workers get to finish after TERM before SIGKILL.
     pub graceful_timeout: Duration,
+    /// `-w N` (exactly `workers`), `-w auto` or `-w MIN:MAX`.
+    pub sizing: WorkerSizing,
+    /// Replacing workers for their memory or age.
+    pub memory: MemoryPolicy,
 }
 
 impl Default for ArbiterConfig {
@@ -46,6 +57,8 @@ impl Default for ArbiterConfig {
             workers: 1,
             timeout: Some(Duration::from_secs(30)),
             graceful_timeout: Duration::from_secs(30),
+            sizing: WorkerSizing::Fixed,
+            memory: MemoryPolicy::default(),
         }
     }
 }
@@ -86,6 +99,7 @@ impl WorkerContext {
 /// Why [`Arbiter::new`] failed ([`Arbiter::run`] cannot: a failed fork is retried).
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The shared scoreboard could not be mapped.
     #[error("shared scoreboard memory: {0}")]
     Scoreboard(std::io::Error),
 }
@@ -100,6 +114,47 @@ struct WorkerInfo {
     aborted_at: Option<Instant>,
     /// We sent it SIGKILL (timeout, or the end of a stop), so its death by SIGKILL is no news.
     killed: bool,
+    /// Replaced by a reload (HUP) but still serving: it gets TERM once a replacement has booted,
+    /// so a reload whose new workers cannot load the app leaves it serving.
+    superseded: bool,
+    forked_at: Instant,
+    /// Why the worker it replaced exited.
+    predecessor_exit: Option<ExitCause>,
+    /// When it was last seen serving (or forked).
+    last_active: Instant,
+    /// Its served count at that time.
+    last_served: u64,
+    /// Its last memory reading.
+    memory: Option<MemoryFigures>,
+    /// Being replaced (since when): no longer counts towards the target; retired once a worker
+    /// of this age or younger has booted.
+    replaced_by: Option<(u64, Instant)>,
+}
+
+impl WorkerInfo {
+    fn new(slot: usize, age: u64) -> WorkerInfo {
+        let now = Instant::now();
+        WorkerInfo {
+            slot,
+            age,
+            retiring: false,
+            aborted_at: None,
+            killed: false,
+            superseded: false,
+            forked_at: now,
+            predecessor_exit: None,
+            last_active: now,
+            last_served: 0,
+            memory: None,
+            replaced_by: None,
+        }
+    }
+
+    /// Counts towards the target: neither retiring nor superseded by a reload nor being
+    /// replaced.
+    fn is_active(&self) -> bool {
+        !self.retiring && !self.superseded && self.replaced_by.is_none()
+    }
 }
 
 /// The master. Build it with [`Arbiter::new`] right after installing signal handlers and binding
@@ -127,6 +182,19 @@ pub struct Arbiter<H> {
     /// Workers of this age or younger were forked after the last back-off began: the first of them
     /// to boot ends the back-off.
     backoff_age: u64,
+    /// Some worker has booted: from then on a worker that cannot load the app (a bad edit before
+    /// a reload) is backed off and retried while the others serve, instead of stopping the server.
+    ever_booted: bool,
+    /// Daemonized (`--daemon`): WINCH stops the workers, as gunicorn's.
+    daemonized: bool,
+    /// Autoscaling, `--workers auto` and memory recycling state.
+    adjust: adjust::State,
+    /// Causes of worker exits not yet followed by a replacement (retired workers are not
+    /// replaced, so they are not queued).
+    unreplaced_exits: VecDeque<ExitCause>,
+    /// Requests served and responses by status class of the workers that have exited.
+    exited_served: u64,
+    exited_statuses: [u64; 5],
 }
 
 impl<H> std::fmt::Debug for Arbiter<H> {
@@ -140,8 +208,10 @@ impl<H> std::fmt::Debug for Arbiter<H> {
 }
 
 impl<H: Hooks> Arbiter<H> {
+    /// An arbiter for `config` that owns the master's signal queue and runs `hooks`. It maps the
+    /// shared scoreboard but forks nothing until [`Arbiter::run`].
     pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
-        let target = config.workers.clamp(1, MAX_SLOTS);
+        let target = adjust::initial_target(&config).clamp(1, MAX_SLOTS);
         Ok(Arbiter {
             config,
             signals: Some(signals),
@@ -157,6 +227,12 @@ impl<H: Hooks> Arbiter<H> {
             backoff: Duration::ZERO,
             respawn_at: None,
             backoff_age: 0,
+            ever_booted: false,
+            daemonized: false,
+            adjust: adjust::State::default(),
+            unreplaced_exits: VecDeque::new(),
+            exited_served: 0,
+            exited_statuses: [0; 5],
         })
     }
 
@@ -165,6 +241,12 @@ impl<H: Hooks> Arbiter<H> {
     /// the master.
     pub fn set_parent_master(&mut self, parent: i32) {
         self.parent_master = Some(parent);
+    }
+
+    /// The master runs detached from a terminal (`--daemon`): WINCH then stops every worker
+    /// (TTIN starts them again); otherwise WINCH, sent when a terminal is resized, is ignored.
+    pub fn set_daemonized(&mut self) {
+        self.daemonized = true;
     }
 
     /// The hooks given to [`Arbiter::new`], e.g. to read their state once [`Arbiter::run`] returns.
@@ -195,11 +277,12 @@ impl<H: Hooks> Arbiter<H> {
         self.manage_workers(worker_main);
         self.hooks.ready();
         loop {
+            let tick = self.tick();
             let wait = match self.respawn_at {
-                Some(at) => at.saturating_duration_since(Instant::now()).min(TICK),
-                None => TICK,
+                Some(at) => at.saturating_duration_since(Instant::now()).min(tick),
+                None => tick,
             };
-            let received = self.signals_mut().wait_signals(wait);
+            let received = self.wait_signals_and_fds(wait);
             for (i, &sig) in received.iter().enumerate() {
                 let Some(command) = Command::from_signal(sig) else {
                     continue;
@@ -225,7 +308,10 @@ impl<H: Hooks> Arbiter<H> {
             }
             self.murder_workers();
             self.check_promotion();
+            self.note_booted();
             self.end_backoff_once_booted();
+            self.retire_superseded();
+            self.adjust_workers();
             self.manage_workers(worker_main);
         }
     }
@@ -257,19 +343,8 @@ impl<H: Hooks> Arbiter<H> {
                 self.stop(false);
                 return Some(Exit::Stopped);
             }
-            Command::IncrementWorkers => {
-                if self.target < MAX_SLOTS {
-                    self.target += 1;
-                    self.hooks.worker_count_changed(self.target);
-                } else {
-                    warn!("Already at the maximum of {MAX_SLOTS} workers");
-                }
-            }
-            Command::DecrementWorkers => {
-                // Like gunicorn, never scale below one worker.
-                self.target = self.target.saturating_sub(1).max(1);
-                self.hooks.worker_count_changed(self.target);
-            }
+            Command::IncrementWorkers => self.increment_workers(),
+            Command::DecrementWorkers => self.decrement_workers(),
             Command::Reload => {
                 info!("Hang up: Master");
                 self.hooks.reload();
@@ -280,11 +355,68 @@ impl<H: Hooks> Arbiter<H> {
                 self.signal_workers(Signal::SIGUSR1, false);
             }
             Command::Reexec => self.reexec(),
+            Command::StopWorkers if self.daemonized => {
+                info!("graceful stop of workers");
+                self.target = 0;
+                self.hooks.worker_count_changed(self.target);
+            }
             Command::StopWorkers => {
                 debug!("SIGWINCH ignored. Not daemonized");
             }
         }
         None
+    }
+
+    /// Sleep until a signal, one of the hooks' descriptors, or `wait`; serve the descriptors
+    /// that are ready and return the signals received.
+    fn wait_signals_and_fds(&mut self, wait: Duration) -> Vec<i32> {
+        let extra = self.hooks.poll_fds();
+        if extra.is_empty() {
+            return self.signals_mut().wait_signals(wait);
+        }
+        let ready = poll_with_signals(self.signals_mut().fd(), &extra, wait);
+        if !ready.is_empty() {
+            let status = self.status();
+            for fd in ready {
+                self.hooks.fd_ready(fd, &status);
+            }
+        }
+        self.signals_mut().wait_signals(Duration::ZERO)
+    }
+
+    /// The master's state now, as [`Hooks::fd_ready`] sees it.
+    pub fn status(&self) -> ArbiterStatus {
+        let workers = self
+            .workers
+            .iter()
+            .map(|(pid, info)| WorkerStatus {
+                pid: pid.as_raw(),
+                age: info.age,
+                uptime: info.forked_at.elapsed(),
+                retiring: info.retiring,
+                predecessor_exit: info.predecessor_exit,
+                slot: self.table.snapshot(info.slot),
+            })
+            .collect();
+        ArbiterStatus {
+            master_pid: self.pid,
+            target: self.target,
+            workers,
+            exited_served: self.exited_served,
+            exited_statuses: self.exited_statuses,
+        }
+    }
+
+    /// Keep what an exited worker did and why it ended, for [`Arbiter::status`].
+    fn record_exit(&mut self, info: &WorkerInfo, cause: ExitCause) {
+        let last = self.table.snapshot(info.slot);
+        self.exited_served += last.served;
+        for (total, n) in self.exited_statuses.iter_mut().zip(last.statuses) {
+            *total += n;
+        }
+        if !info.retiring && self.unreplaced_exits.len() < MAX_SLOTS {
+            self.unreplaced_exits.push_back(cause);
+        }
     }
 
     fn signals_mut(&mut self) -> &mut MasterSignals {
@@ -293,9 +425,13 @@ impl<H: Hooks> Arbiter<H> {
             .expect("master signals are only taken in forked children")
     }
 
-    /// Reap every exited child. Returns an exit code if a worker failed to boot, which must stop
-    /// the server rather than respawn it forever.
+    /// Reap every exited child. Returns an exit code if a worker failed to boot before any other
+    /// had, which must stop the server rather than respawn it forever; later (a reload whose code
+    /// does not load) the workers still serving carry on and the failed one is retried after a
+    /// back-off.
     fn reap(&mut self) -> Option<i32> {
+        // A worker may have booted since the last tick: that decides what a failure means.
+        self.note_booted();
         let mut boot_failure = None;
         loop {
             let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
@@ -343,17 +479,29 @@ impl<H: Hooks> Arbiter<H> {
                 (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
                 (None, None) => {}
             }
-            let died_unbooted = code != Some(0)
-                && !info.retiring
-                && info.aborted_at.is_none()
-                && !self.table.booted(info.slot);
-            if died_unbooted && boot_failure.is_none() {
+            let booted = self.table.booted(info.slot);
+            self.ever_booted |= booted;
+            let died_unbooted =
+                code != Some(0) && !info.retiring && info.aborted_at.is_none() && !booted;
+            if died_unbooted && (boot_failure.is_none() || self.ever_booted) {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
-            self.hooks
-                .worker_exited(pid.as_raw(), exit_cause(&info, code, signal));
+            let cause = exit_cause(&info, code, signal);
+            self.record_exit(&info, cause);
+            self.hooks.worker_exited(pid.as_raw(), cause);
+        }
+        if boot_failure.is_some() && self.ever_booted {
+            error!("A new worker could not load the app; the workers already running keep serving");
+            return None;
         }
         boot_failure
+    }
+
+    /// Whether any worker got to serve (its first heartbeat comes after loading the app).
+    fn note_booted(&mut self) {
+        if !self.ever_booted {
+            self.ever_booted = self.workers.values().any(|w| self.table.booted(w.slot));
+        }
     }
 
     /// USR2, gunicorn's rules: one new master at a time, and not from a master whose parent
@@ -450,7 +598,7 @@ impl<H: Hooks> Arbiter<H> {
     }
 
     fn active_count(&self) -> usize {
-        self.workers.values().filter(|w| !w.retiring).count()
+        self.workers.values().filter(|w| w.is_active()).count()
     }
 
     /// Fork or retire workers until `target` of them are active. The oldest are retired first.
@@ -469,7 +617,7 @@ impl<H: Hooks> Arbiter<H> {
             let mut active: Vec<(u64, Pid)> = self
                 .workers
                 .iter()
-                .filter(|(_, w)| !w.retiring)
+                .filter(|(_, w)| w.is_active())
                 .map(|(pid, w)| (w.age, *pid))
                 .collect();
             active.sort();
@@ -486,29 +634,37 @@ impl<H: Hooks> Arbiter<H> {
         }
     }
 
-    /// HUP: start a fresh set of workers (they load the app anew), then retire the old ones.
+    /// HUP: start a fresh set of workers (they load the app anew). The old ones serve on until
+    /// their replacements have booted ([`Arbiter::retire_superseded`]), so code that no longer
+    /// loads leaves the old workers serving.
     fn reload(&mut self, worker_main: &mut dyn FnMut(WorkerContext) -> i32) {
         // A reload is the operator's fresh start (often a fixed deploy): no back-off.
         self.backoff = Duration::ZERO;
         self.respawn_at = None;
-        let old: Vec<Pid> = self
+        for info in self.workers.values_mut().filter(|w| !w.retiring) {
+            info.superseded = true;
+        }
+        self.manage_workers(worker_main);
+    }
+
+    /// Retire superseded workers as their replacements boot: as many keep serving as the target
+    /// is short of booted new workers. Those that never booted go first, then the oldest.
+    fn retire_superseded(&mut self) {
+        let booted_new = self
+            .workers
+            .values()
+            .filter(|w| !w.retiring && !w.superseded && self.table.booted(w.slot))
+            .count();
+        let mut superseded: Vec<(bool, u64, Pid)> = self
             .workers
             .iter()
-            .filter(|(_, w)| !w.retiring)
-            .map(|(p, _)| *p)
+            .filter(|(_, w)| w.superseded && !w.retiring)
+            .map(|(pid, w)| (self.table.booted(w.slot), w.age, *pid))
             .collect();
-        let mut spawned = 0;
-        while spawned < self.target && self.try_spawn(worker_main) {
-            spawned += 1;
-        }
-        // Retire as many old workers as were replaced (oldest first); if forks failed, the rest
-        // serve on until manage_workers has forked their replacements.
-        let mut old: Vec<(u64, Pid)> = old
-            .into_iter()
-            .map(|pid| (self.workers[&pid].age, pid))
-            .collect();
-        old.sort();
-        for (_, pid) in old.into_iter().take(spawned) {
+        let keep = self.target.saturating_sub(booted_new);
+        let excess = superseded.len().saturating_sub(keep);
+        superseded.sort();
+        for (_, _, pid) in superseded.into_iter().take(excess) {
             self.retire(pid);
         }
     }
@@ -557,16 +713,9 @@ impl<H: Hooks> Arbiter<H> {
             ForkResult::Parent { child } => {
                 self.hooks.after_fork_parent(child.as_raw());
                 info!("Booting worker with pid: {child}");
-                self.workers.insert(
-                    child,
-                    WorkerInfo {
-                        slot,
-                        age,
-                        retiring: false,
-                        aborted_at: None,
-                        killed: false,
-                    },
-                );
+                let mut info = WorkerInfo::new(slot, age);
+                info.predecessor_exit = self.unreplaced_exits.pop_front();
+                self.workers.insert(child, info);
                 Ok(true)
             }
         }
@@ -641,6 +790,11 @@ impl<H: Hooks> Arbiter<H> {
     /// turns it into a quick one.
     fn stop(&mut self, graceful: bool) {
         let shared = self.has_successor() || self.has_parent_master();
+        if graceful && !shared {
+            // Nobody takes over the listeners: the workers must serve what is queued in them
+            // before the last copy closes and resets it. Set before they are signalled.
+            self.table.set_server_stopping();
+        }
         self.hooks.stop(shared);
         let (sig, grace) = if graceful {
             (Signal::SIGTERM, self.config.graceful_timeout)

@@ -33,6 +33,14 @@ pub(crate) fn monotonic_ms() -> u64 {
     ts.tv_sec() as u64 * 1000 + ts.tv_nsec() as u64 / 1_000_000
 }
 
+/// What concerns every worker, at the start of the mapping, before the slots.
+#[repr(C)]
+struct Header {
+    /// Non-zero once the whole server is stopping for good (no successor or parent master
+    /// shares the listeners): stopping workers then drain the accept queue.
+    server_stopping: AtomicU64,
+}
+
 /// One worker's slot as laid out in shared memory. All-zero is a valid (long silent, idle) slot.
 #[repr(C)]
 struct RawSlot {
@@ -48,6 +56,8 @@ struct RawSlot {
     /// Method length in the low byte, path length above it.
     lens: AtomicU64,
     text: [AtomicU64; TEXT_WORDS],
+    /// Responses by status class: 1xx to 5xx.
+    statuses: [AtomicU64; 5],
 }
 
 /// What a worker is doing, as read from its slot.
@@ -55,6 +65,7 @@ struct RawSlot {
 pub enum SlotState {
     /// Forked but not yet in its serving loop (loading the app).
     Booting,
+    /// Booted and waiting for a connection.
     Idle,
     /// Serving a request.
     Busy,
@@ -63,16 +74,22 @@ pub enum SlotState {
 /// A consistent reading of one slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SlotSnapshot {
+    /// Booting, idle or busy.
     pub state: SlotState,
     /// Time since the last beat (or since the slot was armed).
     pub silence: Duration,
+    /// Requests this worker has finished.
     pub served: u64,
     /// How long the current request has been running (`Busy` only).
     pub busy_for: Option<Duration>,
     /// The current (`Busy`) or last request's method and path, possibly truncated.
     pub method: String,
+    /// The path of that request (see `method`).
     pub path: String,
+    /// How long the last finished request took (millisecond resolution).
     pub last_duration: Duration,
+    /// Responses sent by this worker by status class: `[1xx, 2xx, 3xx, 4xx, 5xx]`.
+    pub statuses: [u64; 5],
 }
 
 impl SlotSnapshot {
@@ -85,14 +102,20 @@ impl SlotSnapshot {
 /// The table of slots, mapped `MAP_SHARED` before any fork so every worker writes the same memory.
 #[derive(Debug)]
 pub struct Scoreboard {
+    header: NonNull<Header>,
     slots: NonNull<RawSlot>,
 }
 
 impl Scoreboard {
+    /// Map a zeroed table of [`capacity`](Scoreboard::capacity) slots `MAP_SHARED`; call it
+    /// before the first fork. The mapping is never unmapped.
     pub fn new() -> std::io::Result<Self> {
-        let len = NonZeroUsize::new(MAX_SLOTS * std::mem::size_of::<RawSlot>()).unwrap();
+        let header_len = std::mem::size_of::<Header>();
+        let len =
+            NonZeroUsize::new(header_len + MAX_SLOTS * std::mem::size_of::<RawSlot>()).unwrap();
         // SAFETY: a fresh anonymous mapping aliases nothing; it is zero-filled, which is a valid
-        // bit pattern for a RawSlot (atomics only), page-aligned (so aligned for AtomicU64), and
+        // bit pattern for a Header and a RawSlot (atomics only), page-aligned (so aligned for
+        // AtomicU64, and the slots after the 8-byte-multiple header are too), and
         // never unmapped, so pointers into it stay valid for the life of the process and of every
         // forked child.
         let ptr = unsafe {
@@ -104,9 +127,13 @@ impl Scoreboard {
             )
         }
         .map_err(std::io::Error::from)?;
-        Ok(Scoreboard { slots: ptr.cast() })
+        let header = ptr.cast::<Header>();
+        // SAFETY: the header's length is within the mapping, and the slots fill the rest.
+        let slots = unsafe { ptr.cast::<u8>().add(header_len) }.cast();
+        Ok(Scoreboard { header, slots })
     }
 
+    /// How many slots the table has, i.e. how many workers can be alive at once.
     pub fn capacity(&self) -> usize {
         MAX_SLOTS
     }
@@ -118,12 +145,15 @@ impl Scoreboard {
     }
 
     /// Reset a slot for a new worker: it counts as having just beaten, but not as booted until
-    /// its own first beat (which clears [`NOT_BOOTED`]).
+    /// its own first beat (which clears `NOT_BOOTED`).
     pub fn arm(&self, index: usize) {
         let slot = self.slot(index);
         slot.request_since.store(0, Ordering::Relaxed);
         slot.served.store(0, Ordering::Relaxed);
         slot.last_duration.store(0, Ordering::Relaxed);
+        for count in &slot.statuses {
+            count.store(0, Ordering::Relaxed);
+        }
         write_request(slot, "", "");
         slot.beat
             .store(monotonic_ms() | NOT_BOOTED, Ordering::Release);
@@ -141,6 +171,7 @@ impl Scoreboard {
         self.slot(index).beat.load(Ordering::Relaxed) & NOT_BOOTED == 0
     }
 
+    /// A consistent reading of slot `index` (the request text under its sequence lock).
     pub fn snapshot(&self, index: usize) -> SlotSnapshot {
         let slot = self.slot(index);
         let now = monotonic_ms();
@@ -161,14 +192,27 @@ impl Scoreboard {
             method,
             path,
             last_duration: Duration::from_millis(slot.last_duration.load(Ordering::Relaxed)),
+            statuses: slot.statuses.each_ref().map(|c| c.load(Ordering::Relaxed)),
         }
     }
 
     /// The worker's end of slot `index`.
     pub fn worker_slot(&self, index: usize) -> WorkerSlot {
         WorkerSlot {
+            header: self.header,
             slot: NonNull::from(self.slot(index)),
         }
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the header is in the never-unmapped mapping (see `new`).
+        unsafe { self.header.as_ref() }
+    }
+
+    /// The server is going away for good: workers told to stop from now on serve what waits in
+    /// the listeners' accept queues before exiting (see [`WorkerSlot::server_stopping`]).
+    pub fn set_server_stopping(&self) {
+        self.header().server_stopping.store(1, Ordering::Release);
     }
 }
 
@@ -177,6 +221,7 @@ impl Scoreboard {
 /// clock (a vDSO call).
 #[derive(Debug)]
 pub struct WorkerSlot {
+    header: NonNull<Header>,
     slot: NonNull<RawSlot>,
 }
 
@@ -186,6 +231,15 @@ impl WorkerSlot {
         unsafe { self.slot.as_ref() }
     }
 
+    /// Whether the master said the whole server is stopping for good
+    /// ([`Scoreboard::set_server_stopping`]), not just this worker being retired.
+    pub fn server_stopping(&self) -> bool {
+        // SAFETY: the header is in the never-unmapped shared mapping (see `Scoreboard::new`).
+        let header = unsafe { self.header.as_ref() };
+        header.server_stopping.load(Ordering::Acquire) != 0
+    }
+
+    /// Say the worker is alive; the master kills a worker silent for longer than `--timeout`.
     pub fn beat(&self) {
         self.raw().beat.store(monotonic_ms(), Ordering::Relaxed);
     }
@@ -210,6 +264,16 @@ impl WorkerSlot {
             slot.served.fetch_add(1, Ordering::Relaxed);
         }
         slot.beat.store(now, Ordering::Relaxed);
+    }
+
+    /// A response with `status` was sent; statuses outside 100..=599 are not counted.
+    pub fn count_status(&self, status: u16) {
+        if let Some(count) = (status / 100)
+            .checked_sub(1)
+            .and_then(|class| self.raw().statuses.get(usize::from(class)))
+        {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }
 
@@ -352,7 +416,18 @@ mod tests {
         assert_eq!(busy.served, 1);
         assert!(busy.busy_for.is_some());
         in_child(|| board.worker_slot(7).request_finished());
+        in_child(|| {
+            let slot = board.worker_slot(7);
+            for status in [200, 204, 404, 503, 99, 600] {
+                slot.count_status(status);
+            }
+        });
         let idle = board.snapshot(7);
+        assert_eq!(
+            idle.statuses,
+            [0, 2, 0, 1, 1],
+            "1xx..5xx, out of range ignored"
+        );
         assert_eq!(idle.state, SlotState::Idle);
         assert_eq!(idle.served, 2);
         assert_eq!(idle.busy_for, None);
@@ -362,6 +437,7 @@ mod tests {
             "the last one"
         );
         board.arm(7);
+        assert_eq!(board.snapshot(7).statuses, [0; 5]);
         assert_eq!(
             board.snapshot(7).request(),
             None,
@@ -379,6 +455,21 @@ mod tests {
         assert!(path.starts_with(&snap.path), "{}", snap.path);
         assert!(snap.method.len() + snap.path.len() <= REQUEST_TEXT_MAX);
         assert!(snap.path.len() >= REQUEST_TEXT_MAX - 4);
+    }
+
+    #[test]
+    fn a_server_stop_set_by_the_master_is_seen_by_a_forked_worker() {
+        let board = Scoreboard::new().unwrap();
+        // A panic would unwind inside the forked test harness: fail by the exit code instead.
+        let expect = |stopping: bool| {
+            if board.worker_slot(2).server_stopping() != stopping {
+                // SAFETY: as in `in_child`: a non-zero exit fails the parent's assertion.
+                unsafe { libc::_exit(1) }
+            }
+        };
+        in_child(|| expect(false));
+        board.set_server_stopping();
+        in_child(|| expect(true));
     }
 
     /// Kills the forked writer when the test ends, passed or not.

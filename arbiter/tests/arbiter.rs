@@ -5,11 +5,25 @@
 
 use std::time::Duration;
 
-use ferrocorn_arbiter::{Arbiter, ArbiterConfig, Hooks, NoHooks};
+use std::os::fd::RawFd;
+
+use ferrocorn_arbiter::{
+    Arbiter, ArbiterConfig, ArbiterStatus, Hooks, NoHooks, PollFd, SlotState, Want,
+};
 use ferrocorn_signals::{Command, MasterSignals, WorkerState};
 
 /// Seconds after which a hanging case is killed.
 const PATIENCE_SECS: u32 = 30;
+
+/// `workers` workers, no timeout, 5 s to stop.
+fn quick_config(workers: usize) -> ArbiterConfig {
+    ArbiterConfig {
+        workers,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+        ..ArbiterConfig::default()
+    }
+}
 
 fn term_then_quit_in_one_batch_is_a_quick_stop() {
     let signals = MasterSignals::install().unwrap();
@@ -21,6 +35,7 @@ fn term_then_quit_in_one_batch_is_a_quick_stop() {
         timeout: None,
         // Far beyond PATIENCE_SECS: a graceful stop would hang the case.
         graceful_timeout: Duration::from_secs(600),
+        ..ArbiterConfig::default()
     };
     let mut arbiter = Arbiter::new(config, signals, NoHooks).unwrap();
     let code = arbiter
@@ -68,11 +83,6 @@ impl Hooks for CountForks {
 }
 
 fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        println!("skipped: needs root to become another user");
-        return;
-    }
     // As `nobody` with a soft limit of one process, this process alone reaches the limit:
     // fork fails with EAGAIN (root would be exempt).
     set_nproc_soft_limit(Some(1));
@@ -91,13 +101,8 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
     let attempts = std::rc::Rc::new(std::cell::Cell::new(0u32));
     let counted = attempts.clone();
     let hooks = CountForks(counted);
-    let config = ArbiterConfig {
-        workers: 1,
-        timeout: None,
-        graceful_timeout: Duration::from_secs(5),
-    };
-    let signals = MasterSignals::install().unwrap();
-    let mut arbiter = Arbiter::new(config, signals, hooks).unwrap();
+    let mut arbiter =
+        Arbiter::new(quick_config(1), MasterSignals::install().unwrap(), hooks).unwrap();
     let code = arbiter
         .run(&mut |_ctx| {
             // SAFETY: alarm arms a timer; kill signals our parent, the master, to stop.
@@ -113,50 +118,225 @@ fn a_failing_fork_is_retried_after_a_back_off_not_fatal() {
     assert_eq!(attempts.get(), 3, "two failed forks, then one that worked");
 }
 
-fn main() {
-    let cases: [(&str, fn()); 2] = [
-        (
-            "term_then_quit_in_one_batch_is_a_quick_stop",
-            term_then_quit_in_one_batch_is_a_quick_stop,
-        ),
-        (
-            "a_failing_fork_is_retried_after_a_back_off_not_fatal",
-            a_failing_fork_is_retried_after_a_back_off_not_fatal,
-        ),
-    ];
-    let filter: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = 0;
-    for (name, case) in cases {
-        if !filter.is_empty() && !filter.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        // SAFETY: this main is single-threaded, so the child inherits no lock held elsewhere.
-        let pid = unsafe { libc::fork() };
-        assert!(pid >= 0, "fork failed");
-        if pid == 0 {
+/// A file shared by a case's workers (they cannot talk to the master, the case's own process).
+fn case_file(name: &str) -> std::path::PathBuf {
+    std::env::temp_dir().join(format!("ferrocorn-arbiter-{name}-{}", std::process::id()))
+}
+
+fn a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker() {
+    let old_pid_file = case_file("old-pid");
+    let verdict_file = case_file("verdict");
+    let mut arbiter =
+        Arbiter::new(quick_config(1), MasterSignals::install().unwrap(), NoHooks).unwrap();
+    let (old, verdict) = (old_pid_file.clone(), verdict_file.clone());
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm arms a timer; getpid/getppid read ids; kill signals our master.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            let me = std::process::id() as i32;
+            match ctx.age {
+                // The first worker boots (its first beat), then asks for a reload and serves on.
+                1 => {
+                    ctx.slot.beat();
+                    std::fs::write(&old, me.to_string()).unwrap();
+                    // SAFETY: kill signals our master.
+                    unsafe { libc::kill(libc::getppid(), libc::SIGHUP) };
+                    while ctx.signals.state() != WorkerState::Exit {
+                        ctx.slot.beat();
+                        ctx.signals.wait_wake(Duration::from_millis(100));
+                        ctx.signals.clear_wake();
+                    }
+                    0
+                }
+                // Its replacement cannot load the app.
+                2 => ferrocorn_arbiter::APP_LOAD_ERROR,
+                // Retried after the back-off: the old worker must still be there; then stop.
+                _ => {
+                    let old: i32 = std::fs::read_to_string(&old).unwrap().parse().unwrap();
+                    // SAFETY: kill with signal 0 only checks that the process exists.
+                    let alive = unsafe { libc::kill(old, 0) } == 0;
+                    std::fs::write(&verdict, if alive { "alive" } else { "gone" }).unwrap();
+                    // SAFETY: kill signals our master.
+                    unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                    ferrocorn_arbiter::APP_LOAD_ERROR
+                }
+            }
+        })
+        .code();
+    let verdict = std::fs::read_to_string(&verdict_file).unwrap_or_default();
+    let _ = std::fs::remove_file(&old_pid_file);
+    let _ = std::fs::remove_file(&verdict_file);
+    assert_eq!(
+        code, 0,
+        "a load failure during a reload does not stop the server"
+    );
+    assert_eq!(
+        verdict, "alive",
+        "the old worker serves while the new ones fail"
+    );
+}
+
+fn a_load_failure_at_first_start_stops_the_server() {
+    let mut arbiter =
+        Arbiter::new(quick_config(2), MasterSignals::install().unwrap(), NoHooks).unwrap();
+    let code = arbiter
+        .run(&mut |_ctx| ferrocorn_arbiter::APP_LOAD_ERROR)
+        .code();
+    assert_eq!(code, ferrocorn_arbiter::APP_LOAD_ERROR);
+}
+
+/// Polls one pipe beside the signal queue; when it is readable, keeps the master's status and
+/// stops the master (QUIT to itself).
+struct WatchPipe {
+    read: RawFd,
+    seen: std::rc::Rc<std::cell::RefCell<Option<ArbiterStatus>>>,
+}
+
+impl Hooks for WatchPipe {
+    fn poll_fds(&mut self) -> Vec<PollFd> {
+        vec![PollFd {
+            fd: self.read,
+            want: Want::Read,
+        }]
+    }
+
+    fn fd_ready(&mut self, fd: RawFd, status: &ArbiterStatus) {
+        assert_eq!(fd, self.read);
+        let mut byte = 0u8;
+        // SAFETY: reads one byte into a live local from the pipe we own.
+        let n = unsafe { libc::read(fd, (&mut byte as *mut u8).cast(), 1) };
+        assert_eq!(n, 1);
+        *self.seen.borrow_mut() = Some(status.clone());
+        // SAFETY: kill only sends a signal, to this process.
+        unsafe { libc::kill(libc::getpid(), libc::SIGQUIT) };
+    }
+}
+
+fn a_hook_descriptor_is_served_from_the_loop_with_the_workers_status() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two descriptors into a live array.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    let [read, write] = fds;
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(None));
+    let hooks = WatchPipe {
+        read,
+        seen: seen.clone(),
+    };
+    let config = ArbiterConfig {
+        workers: 1,
+        timeout: None,
+        graceful_timeout: Duration::from_secs(5),
+        ..ArbiterConfig::default()
+    };
+    let mut arbiter = Arbiter::new(config, MasterSignals::install().unwrap(), hooks).unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
             // SAFETY: alarm only arms a timer for this process.
             unsafe { libc::alarm(PATIENCE_SECS) };
-            let ok = std::panic::catch_unwind(case).is_ok();
-            // SAFETY: _exit ends the forked case without running the parent's exit handlers.
-            unsafe { libc::_exit(i32::from(!ok)) };
-        }
-        let mut status = 0;
-        // SAFETY: waits for the child we just forked, writing into a live int.
-        while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {}
-        let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
-        println!(
-            "test {name} ... {}",
-            if ok {
-                "ok".to_string()
-            } else {
-                format!("FAILED (status {status:#x})")
+            ctx.slot.beat();
+            ctx.slot.request_started("GET", "/probe");
+            // SAFETY: writes one byte from a live local to the inherited pipe.
+            assert_eq!(unsafe { libc::write(write, b"x".as_ptr().cast(), 1) }, 1);
+            while ctx.signals.state() != WorkerState::Exit {
+                ctx.signals.wait_wake(Duration::from_millis(100));
+                ctx.signals.clear_wake();
             }
+            0
+        })
+        .code();
+    assert_eq!(code, 0);
+    let status = seen.borrow_mut().take().expect("fd_ready was called");
+    assert_eq!(status.master_pid, std::process::id() as i32);
+    assert_eq!((status.target, status.workers.len()), (1, 1));
+    let worker = &status.workers[0];
+    assert_eq!(worker.age, 1);
+    assert_eq!(worker.predecessor_exit, None);
+    assert_eq!(worker.slot.state, SlotState::Busy);
+    assert_eq!(worker.slot.request().as_deref(), Some("GET /probe"));
+}
+
+/// One case of this harness: like libtest's, a case with an `ignore` reason runs only under
+/// `--ignored` (`cargo xtask ci` as root runs those and counts them against these markers).
+struct Case {
+    name: &'static str,
+    run: fn(),
+    ignore: Option<&'static str>,
+}
+
+fn main() {
+    let cases = [
+        Case {
+            name: "term_then_quit_in_one_batch_is_a_quick_stop",
+            run: term_then_quit_in_one_batch_is_a_quick_stop,
+            ignore: None,
+        },
+        Case {
+            name: "a_failing_fork_is_retried_after_a_back_off_not_fatal",
+            run: a_failing_fork_is_retried_after_a_back_off_not_fatal,
+            ignore: Some("needs root: setuid to nobody"),
+        },
+        Case {
+            name: "a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker",
+            run: a_reload_whose_workers_cannot_load_the_app_keeps_the_old_worker,
+            ignore: None,
+        },
+        Case {
+            name: "a_load_failure_at_first_start_stops_the_server",
+            run: a_load_failure_at_first_start_stops_the_server,
+            ignore: None,
+        },
+        Case {
+            name: "a_hook_descriptor_is_served_from_the_loop_with_the_workers_status",
+            run: a_hook_descriptor_is_served_from_the_loop_with_the_workers_status,
+            ignore: None,
+        },
+    ];
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let ignored_only = args.iter().any(|a| a == "--ignored");
+    let filter: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let (mut passed, mut failed, mut ignored) = (0, 0, 0);
+    for case in cases {
+        if !filter.is_empty() && !filter.iter().any(|f| case.name.contains(f.as_str())) {
+            continue;
+        }
+        if case.ignore.is_some() != ignored_only {
+            let reason = case.ignore.map(|r| format!(", {r}")).unwrap_or_default();
+            println!("test {} ... ignored{reason}", case.name);
+            ignored += 1;
+            continue;
+        }
+        let ok = run_forked(case.run);
+        println!(
+            "test {} ... {}",
+            case.name,
+            if ok { "ok" } else { "FAILED" }
         );
+        passed += usize::from(ok);
         failed += usize::from(!ok);
     }
-    println!("\ntest result: {failed} failed");
+    let verdict = if failed == 0 { "ok" } else { "FAILED" };
+    println!("\ntest result: {verdict}. {passed} passed; {failed} failed; {ignored} ignored");
     std::process::exit(i32::from(failed > 0));
+}
+
+/// Run `case` in a forked child; whether it passed.
+fn run_forked(case: fn()) -> bool {
+    // SAFETY: this main is single-threaded, so the child inherits no lock held elsewhere.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0, "fork failed");
+    if pid == 0 {
+        // SAFETY: alarm only arms a timer for this process.
+        unsafe { libc::alarm(PATIENCE_SECS) };
+        let ok = std::panic::catch_unwind(case).is_ok();
+        // SAFETY: _exit ends the forked case without running the parent's exit handlers.
+        unsafe { libc::_exit(i32::from(!ok)) };
+    }
+    let mut status = 0;
+    // SAFETY: waits for the child we just forked, writing into a live int.
+    while unsafe { libc::waitpid(pid, &mut status, 0) } < 0 {}
+    let ok = libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+    if !ok {
+        println!("case process ended with status {status:#x}");
+    }
+    ok
 }

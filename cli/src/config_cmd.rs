@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::parser::ValueSource;
@@ -56,6 +56,8 @@ pub(crate) struct Loaded {
     config: Option<(Location, Translated)>,
     /// gunicorn flags for settings ferrocorn lacks, per flag source, lowest first.
     unsupported_flags: Vec<(Source, Translated)>,
+    /// Why `options.virtualenv` is what it is, for `--print-config`.
+    virtualenv_reason: Option<String>,
 }
 
 /// Read every source. Bad flags exit 2 (clap's usage error, naming the source); a config file
@@ -87,6 +89,7 @@ pub(crate) fn load() -> Result<Loaded, ExitCode> {
     sources.extend(flag_sources);
     let mut loaded = merge(sources, config)?;
     loaded.unsupported_flags = unsupported_flags;
+    loaded.choose_virtualenv(crate::venv::installed_in());
     Ok(loaded)
 }
 
@@ -170,13 +173,15 @@ fn read_config_file(
     Ok(Some((location, translated)))
 }
 
-/// The interpreter for config files: the virtualenv's (`--virtualenv`, `$VIRTUAL_ENV`), so the
+/// The interpreter for config files: the app's virtualenv (as [`crate::venv`] finds it), so the
 /// file can import what the app can, else the Python ferrocorn was built against.
 fn config_python(flag_sources: &[(Source, ArgMatches)]) -> PathBuf {
     let venv = explicit(flag_sources, "virtualenv")
-        .or_else(|| std::env::var("VIRTUAL_ENV").ok().filter(|v| !v.is_empty()));
+        .map(PathBuf::from)
+        .or_else(crate::venv::installed_in)
+        .or_else(crate::venv::activated);
     match venv {
-        Some(dir) => PathBuf::from(dir).join("bin").join("python"),
+        Some(dir) => dir.join("bin").join("python"),
         None => PathBuf::from(env!("FERROCORN_BUILD_PYTHON")),
     }
 }
@@ -224,6 +229,7 @@ fn merge(
         sources,
         config,
         unsupported_flags: Vec::new(),
+        virtualenv_reason: None,
     })
 }
 
@@ -257,6 +263,21 @@ fn raw_values(matches: &ArgMatches, id: &str) -> Vec<OsString> {
 }
 
 impl Loaded {
+    /// gunicorn's order: `--virtualenv` from any flag source, then the virtualenv ferrocorn is
+    /// installed in (`installed`), then `$VIRTUAL_ENV` (clap's fallback for the flag).
+    fn choose_virtualenv(&mut self, installed: Option<PathBuf>) {
+        let from_env = self.matches.value_source("virtualenv") == Some(ValueSource::EnvVariable);
+        self.virtualenv_reason = match (&self.options.virtualenv, installed) {
+            (Some(_), _) if !from_env => self.sources.get("virtualenv").map(ToString::to_string),
+            (_, Some(venv)) => {
+                self.options.virtualenv = Some(venv);
+                Some("ferrocorn is installed in it (its bin/ferrocorn was run)".into())
+            }
+            (Some(_), None) => Some("env VIRTUAL_ENV, the activated virtualenv".into()),
+            (None, None) => None,
+        };
+    }
+
     /// Log, by name, every setting from the config file or a gunicorn flag that is not in force.
     pub fn warn_unsupported(&self) {
         let from_flags = self.unsupported_flags.iter().map(|(_, t)| t);
@@ -301,6 +322,13 @@ impl Loaded {
             lines.insert(
                 setting_name(arg),
                 (self.value_of(arg), self.source_of(arg).to_string()),
+            );
+        }
+        if let Some(reason) = &self.virtualenv_reason {
+            let dir = self.options.virtualenv.as_deref().unwrap_or(Path::new(""));
+            lines.insert(
+                "virtualenv".into(),
+                (dir.display().to_string(), reason.clone()),
             );
         }
         if let Some((location, translated)) = &self.config {
@@ -472,7 +500,7 @@ mod tests {
             ["127.0.0.1:3"],
             "a higher bind list replaces the lower one"
         );
-        assert_eq!(options.workers, 4);
+        assert_eq!(options.workers, Some(ferrocorn_flags::Workers::Count(4)));
         assert!(options.preload);
         assert_eq!(options.timeout, std::time::Duration::from_secs(6));
         assert_eq!(options.env, [("B".to_string(), "2".to_string())]);

@@ -5,6 +5,8 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod sizing_cmd;
+mod venv;
 
 use std::process::ExitCode;
 
@@ -21,6 +23,9 @@ use log::error;
 pub fn main() -> ExitCode {
     // Before anything may set an environment variable or start Python.
     ferrocorn_server::proctitle::init();
+    if let Some(code) = run_subcommand() {
+        return code;
+    }
     let signals = match ferrocorn_flags::install_signals() {
         Ok(signals) => signals,
         Err(code) => return code,
@@ -52,6 +57,31 @@ fn print_version() {
     println!("Python {python} ({library})");
 }
 
+/// `ferrocorn sizing ...` (the advisor) or `ferrocorn top ...`: a subcommand named by the first
+/// argument (an app module named so is written `sizing:application`). `None`: serve.
+fn run_subcommand() -> Option<ExitCode> {
+    let mut args = std::env::args_os().skip(1);
+    let first = args.next()?;
+    match first.to_str()? {
+        "sizing" => Some(sizing_cmd::main(args.collect())),
+        "top" => Some(top_main(args)),
+        _ => None,
+    }
+}
+
+fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
+    use clap::Parser;
+    let args =
+        ferrocorn_top::TopArgs::parse_from(std::iter::once("ferrocorn top".into()).chain(args));
+    match ferrocorn_top::run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ferrocorn top: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn wsgi_server(options: &Options) -> Builder {
     let config = wsgi_config(options);
     // Only an access log that prints environ values needs each request's environ kept.
@@ -60,6 +90,11 @@ fn wsgi_server(options: &Options) -> Builder {
             .access_logformat
             .as_deref()
             .is_some_and(|f| AccessFormat::parse(f).uses_environ());
+    if options.reload && options.preload {
+        log::warn!(
+            "--reload with --preload: workers are forked from the app the master loaded at start,              so a reload does not pick up code changes; drop --preload while developing"
+        );
+    }
     if options.preload {
         Server::with_loader(Box::new(Preloaded {
             config,
@@ -113,6 +148,10 @@ impl AppLoader for PerWorker {
         }
     }
 
+    fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
+        ferrocorn_wsgi::imported_files()
+    }
+
     /// The interpreter is never finalized; give the app's atexit callbacks their turn.
     fn before_exit(&mut self) {
         ferrocorn_wsgi::before_exit();
@@ -137,6 +176,10 @@ impl AppLoader for Preloaded {
         install_abort_handler();
         let app = self.app.take().expect("each worker builds its app once");
         Box::new(for_log(app, self.keep_environ))
+    }
+
+    fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
+        ferrocorn_wsgi::imported_files()
     }
 
     /// The master and each worker ran the app: its atexit callbacks run in both.

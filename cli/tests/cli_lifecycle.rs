@@ -9,16 +9,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 use ferrocorn_testkit::*;
-
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
 
 fn hello_args<'a>(args: &[&'a str]) -> Vec<&'a str> {
     let mut all = args.to_vec();
@@ -479,15 +471,15 @@ fn the_master_never_starts_python_without_preload_and_never_runs_threads() {
     let mut workers = server.wait_for_workers(2);
     workers.sort();
     let wait_for_inits = |expected: &[i32]| {
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        while python_pids(&pids_file) != expected {
-            assert!(
-                Instant::now() < deadline,
+        poll(BOOT_TIMEOUT, || {
+            (python_pids(&pids_file) == expected).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "Python started in {:?}, workers are {expected:?}",
                 python_pids(&pids_file)
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+            )
+        })
     };
     wait_for_inits(&workers);
     // A replacement worker starts its own interpreter; the master still has none.
@@ -587,15 +579,7 @@ fn usr2_starts_a_new_master_on_the_same_sockets_that_takes_over_from_the_old() {
     let old_worker = server.wait_for_workers(1)[0];
     let addr = server.addr();
 
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let _cleanup = KillOnDrop(new_master);
     // Same sockets (inherited, not bound again: a second bind of the port would fail).
     server.wait_for_log(
@@ -853,7 +837,12 @@ fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
     );
     let sock = dir.path().join("app.sock");
     wait_until("the socket appears inside --chdir", || sock.exists());
-    let pid = std::fs::read_to_string(dir.path().join("app.pid")).unwrap();
+    // The pid file is written after the sockets are bound.
+    let pidfile = dir.path().join("app.pid");
+    wait_until("the pid file appears inside --chdir", || {
+        std::fs::read_to_string(&pidfile).is_ok_and(|t| t.ends_with('\n'))
+    });
+    let pid = std::fs::read_to_string(&pidfile).unwrap();
     assert_eq!(pid.trim(), server.pid().to_string());
     let log = dir.path().join("app.log");
     wait_until("a worker boots", || {

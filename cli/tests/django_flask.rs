@@ -5,8 +5,7 @@
 use ferrocorn_testkit::*;
 
 fn temp_db(name: &str) -> String {
-    let path =
-        std::env::temp_dir().join(format!("ferrocorn-{name}-{}.sqlite3", std::process::id()));
+    let path = unique_temp_path(&format!("{name}.sqlite3"));
     let _ = std::fs::remove_file(&path);
     let _ = std::fs::remove_file(format!("{}.migrate-lock", path.display()));
     path.to_str().unwrap().to_string()
@@ -230,26 +229,21 @@ fn django_workers_creating_the_tables_at_once_all_boot() {
         );
         let workers = server.wait_for_workers(4);
         let lock = format!("{db}.migrate-lock");
-        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-        while holding_any(&workers, &[&db]) < 4 {
-            assert!(
-                std::time::Instant::now() < deadline,
+        poll(BOOT_TIMEOUT, || {
+            (holding_any(&workers, &[&db]) >= 4).then_some(())
+        })
+        .unwrap_or_else(|| {
+            panic!(
                 "round {round}: workers never reached the database; log:\n{}",
                 server.log_text()
-            );
-            std::thread::sleep(std::time::Duration::from_millis(10));
-        }
+            )
+        });
         // Released: the waiting workers all go at once.
         drop(holder.stdin.take());
         holder.wait().unwrap();
         let addr = server.addr();
         let mut seen = std::collections::BTreeSet::new();
-        while seen.len() < 4 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "round {round}: only workers {seen:?} answered; log:\n{}",
-                server.log_text()
-            );
+        let every_worker_answered = poll(BOOT_TIMEOUT, || {
             let batch: Vec<_> = (0..4)
                 .map(|_| std::thread::spawn(move || get(addr, "/pid?sleep=0.2")))
                 .collect();
@@ -268,7 +262,13 @@ fn django_workers_creating_the_tables_at_once_all_boot() {
                 );
                 seen.insert(resp.text());
             }
-        }
+            (seen.len() >= 4).then_some(())
+        });
+        assert!(
+            every_worker_answered.is_some(),
+            "round {round}: only workers {seen:?} answered; log:\n{}",
+            server.log_text()
+        );
         assert!(
             server.child.try_wait().unwrap().is_none(),
             "round {round}: the master exited; log:\n{}",

@@ -2,7 +2,7 @@
 //! the old master): the real binary and the example WSGI app, real signals, load from client
 //! threads in the test.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,43 +21,14 @@ const SLOW_LINK: Duration = Duration::from_millis(5);
 const WAITING_FOR_REQUEST: &str = "stopping gracefully: waiting up to";
 const STOP_PATIENCE: Duration = Duration::from_secs(30);
 
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
-
 const GET_KEEP_ALIVE: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\n\r\n";
 const GET_CLOSE: &[u8] = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n";
 
-/// Read one response off `stream`.
-fn read_response(stream: &mut TcpStream) -> Result<Resp, String> {
-    let mut buf = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some((resp, _)) = parse_response(&buf, false) {
-            // A body framed by the close is complete only at EOF.
-            if resp.header("content-length").is_some() || resp.status == 204 {
-                return Ok(resp);
-            }
-        }
-        match stream.read(&mut chunk) {
-            Ok(0) if buf.is_empty() => return Err("closed without a response".into()),
-            Ok(0) => {
-                return parse_response(&buf, false).map(|(r, _)| r).ok_or_else(|| {
-                    format!("truncated response {:?}", String::from_utf8_lossy(&buf))
-                })
-            }
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            Err(e) => {
-                return Err(format!(
-                    "reading the response: {e} (after {} bytes)",
-                    buf.len()
-                ))
-            }
-        }
-    }
+/// Read one response off `client`, a failure as text for the tally.
+fn read_response(client: &mut Client) -> Result<Resp, String> {
+    client
+        .read_response_for(false)
+        .map_err(|e| format!("reading the response: {e}"))
 }
 
 /// Connect and wait until a worker has accepted the connection (nothing is sent on it).
@@ -68,14 +39,14 @@ fn connect_accepted(addr: SocketAddr) -> TcpStream {
 }
 
 /// The connection accepted before the stop gets its response, which closes it.
-fn assert_served(mut stream: TcpStream) {
-    stream.write_all(GET_KEEP_ALIVE).unwrap();
-    let resp = read_response(&mut stream).unwrap_or_else(|e| panic!("pending connection: {e}"));
+fn assert_served(stream: TcpStream) {
+    let mut client = Client::on(stream);
+    client.send(GET_KEEP_ALIVE);
+    let resp = read_response(&mut client).unwrap_or_else(|e| panic!("pending connection: {e}"));
     assert_eq!(resp.status, 200, "{resp:?}");
     assert_eq!(resp.body, b"Hello, World!\n");
     assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
-    let mut rest = Vec::new();
-    assert_eq!(stream.read_to_end(&mut rest).unwrap(), 0, "{rest:?}");
+    assert!(client.at_eof(), "bytes after the last response");
 }
 
 #[test]
@@ -135,25 +106,12 @@ fn usr2_then_term_of_the_old_master_serves_a_connection_it_accepted() {
 /// USR2 to the master; waits until the new master's `workers` workers booted. Returns the new
 /// master's pid and a guard that kills it.
 fn reexec(server: &mut Server, workers: usize) -> (i32, KillOnDrop) {
-    server.signal(libc::SIGUSR2);
-    let line = server.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
-    let new_master: i32 = line
-        .rsplit("(pid: ")
-        .next()
-        .unwrap()
-        .trim_end_matches(')')
-        .parse()
-        .unwrap();
+    let new_master = server.reexec();
     let guard = KillOnDrop(new_master);
     server.wait_for_workers(workers);
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while children_of(new_master).len() < workers {
-        assert!(
-            Instant::now() < deadline,
-            "the new master's workers never came"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until("the new master's workers come", || {
+        children_of(new_master).len() >= workers
+    });
     (new_master, guard)
 }
 
@@ -212,11 +170,9 @@ impl Load {
     /// Wait until `n` more requests have succeeded: the load reaches the workers now in place.
     fn wait_progress(&self, n: u64) {
         let target = self.ok.load(Ordering::SeqCst) + n;
-        let deadline = Instant::now() + BOOT_TIMEOUT;
-        while self.ok.load(Ordering::SeqCst) < target {
-            assert!(Instant::now() < deadline, "the load made no progress");
-            std::thread::sleep(Duration::from_millis(10));
-        }
+        wait_until("the load makes progress", || {
+            self.ok.load(Ordering::SeqCst) >= target
+        });
     }
 
     /// Let the load run to [`LOAD_TIME`], stop it, and sum up.
@@ -277,7 +233,7 @@ fn close_client(addr: SocketAddr, stop: &AtomicBool, ok: &AtomicU64, delay: Dura
                 s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
                 std::thread::sleep(delay);
                 s.write_all(GET_CLOSE).map_err(|e| format!("send: {e}"))?;
-                read_response(&mut s)
+                read_response(&mut Client::on(s))
             })
             .map_err(|e| format!("Connection: close: {e}"));
         check(resp, &mut tally, ok);
@@ -287,18 +243,18 @@ fn close_client(addr: SocketAddr, stop: &AtomicBool, ok: &AtomicU64, delay: Dura
 
 fn keep_alive_client(addr: SocketAddr, stop: &AtomicBool, ok: &AtomicU64) -> Tally {
     let mut tally = Tally::default();
-    let mut held: Option<TcpStream> = None;
+    let mut held: Option<Client> = None;
     while !stop.load(Ordering::SeqCst) {
-        if held.as_ref().is_some_and(closed_by_server) {
+        if held.as_ref().is_some_and(|c| closed_by_server(&c.stream)) {
             tally.closed_before_send += 1;
             held = None;
         }
-        let mut stream = match held.take() {
-            Some(s) => s,
+        let mut client = match held.take() {
+            Some(c) => c,
             None => match TcpStream::connect(addr) {
                 Ok(s) => {
                     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-                    s
+                    Client::on(s)
                 }
                 Err(e) => {
                     tally.failed.push(format!("connect: {e}"));
@@ -306,14 +262,15 @@ fn keep_alive_client(addr: SocketAddr, stop: &AtomicBool, ok: &AtomicU64) -> Tal
                 }
             },
         };
-        let resp = stream
+        let resp = client
+            .stream
             .write_all(GET_KEEP_ALIVE)
             .map_err(|e| format!("send: {e}"))
-            .and_then(|()| read_response(&mut stream))
+            .and_then(|()| read_response(&mut client))
             .map_err(|e| format!("keep-alive: {e}"));
         if let Some(resp) = check(resp, &mut tally, ok) {
             if resp.header("connection") != Some("close") {
-                held = Some(stream);
+                held = Some(client);
             }
         }
     }
@@ -416,4 +373,60 @@ fn usr2_then_term_of_the_old_master_under_load_loses_nothing() {
     let tally = load.finish("USR2, then TERM of the old master");
     assert!(pid_alive(new_master));
     assert_none_lost(&tally, &server);
+}
+
+/// The server's debug line once its TCP listeners stopped completing new handshakes.
+const REFUSING: &str = "Refusing new connections on http://";
+
+/// Wait until `n` clients sit in the accept queue of `addr`, not accepted by any worker.
+fn wait_queued(addr: SocketAddr, n: u32) {
+    wait_for(
+        &format!("{n} connections queued on {addr}"),
+        BOOT_TIMEOUT,
+        || (accept_queue_len(addr) == Some(n)).then_some(()),
+    );
+}
+
+#[test]
+fn term_serves_the_connections_still_in_the_accept_queue() {
+    let mut server = start_hello(&["-w", "1", "--log-level", "debug"]);
+    server.wait_for_workers(1);
+    let addr = server.addr();
+    // The only worker is busy, so the next connections wait in the listener's queue.
+    let mut busy = connect(addr);
+    busy.write_all(b"GET /sleep?s=3 HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    server.wait_for_log("sleeping 3.0s", BOOT_TIMEOUT);
+    let queued: Vec<TcpStream> = (0..5)
+        .map(|_| {
+            let mut stream = connect(addr);
+            stream.write_all(GET_KEEP_ALIVE).unwrap();
+            stream
+        })
+        .collect();
+    wait_queued(addr, 5);
+    server.signal(libc::SIGTERM);
+    server.wait_for_log(REFUSING, BOOT_TIMEOUT);
+    // A client that comes after the stop began gets no connection that would then be reset.
+    match TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
+        Err(e) => assert!(
+            matches!(
+                e.kind(),
+                std::io::ErrorKind::TimedOut | std::io::ErrorKind::ConnectionRefused
+            ),
+            "{e}"
+        ),
+        Ok(s) => panic!("a connection made after TERM completed: {s:?}"),
+    }
+    let slow = read_response(&mut Client::on(busy)).unwrap_or_else(|e| panic!("slow request: {e}"));
+    assert_eq!(slow.status, 200, "{slow:?}");
+    assert_eq!(slow.header("connection"), Some("close"), "{slow:?}");
+    for (i, stream) in queued.into_iter().enumerate() {
+        let resp =
+            read_response(&mut Client::on(stream)).unwrap_or_else(|e| panic!("queued #{i}: {e}"));
+        assert_eq!(resp.status, 200, "{resp:?}");
+        assert_eq!(resp.body, b"Hello, World!\n");
+        assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    }
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(0));
 }

@@ -72,11 +72,7 @@ struct EchoServer {
 
 impl EchoServer {
     fn start(args: &[&str]) -> EchoServer {
-        let dir = std::env::temp_dir().join(format!(
-            "ferrocorn-http-e2e-{}-{:?}",
-            std::process::id(),
-            std::thread::current().id()
-        ));
+        let dir = unique_temp_path("http-e2e");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("echo_app.py"), ECHO_APP).unwrap();
         let mut all = vec!["--chdir", dir.to_str().unwrap()];

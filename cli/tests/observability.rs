@@ -3,7 +3,7 @@
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferrocorn_testkit::*;
 
@@ -28,14 +28,11 @@ fn read_lines(path: &Path) -> Vec<String> {
 /// Wait until `path` has `n` lines (each request's line is written when it is answered, so
 /// it may land a moment after the client read the response).
 fn wait_lines(path: &Path, n: usize) -> Vec<String> {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    loop {
-        let lines = read_lines(path);
-        if lines.len() >= n || Instant::now() > deadline {
-            return lines;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    // On timeout the lines there are, for the caller's assertion to show.
+    poll(BOOT_TIMEOUT, || {
+        Some(read_lines(path)).filter(|l| l.len() >= n)
+    })
+    .unwrap_or_else(|| read_lines(path))
 }
 
 /// Days since 1970-01-01 of a civil date (Howard Hinnant's algorithm).
@@ -247,22 +244,19 @@ fn access_log_dash_is_stdout_and_debug_level_logs_method_and_path() {
 fn receive_until(sock: &UdpSocket, want: &[&str]) -> Vec<String> {
     sock.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let deadline = Instant::now() + BOOT_TIMEOUT;
     let mut got = Vec::new();
     let mut buf = [0u8; 2048];
-    while Instant::now() < deadline {
-        if want
-            .iter()
-            .all(|w| got.iter().any(|g: &String| g.starts_with(w)))
-        {
-            break;
-        }
+    // On timeout what came, for the caller's assertion to show.
+    let _ = poll(BOOT_TIMEOUT, || {
         if let Ok(n) = sock.recv(&mut buf) {
             // A packet may carry several metrics, one per line.
             let packet = String::from_utf8_lossy(&buf[..n]).into_owned();
             got.extend(packet.lines().map(str::to_string));
         }
-    }
+        want.iter()
+            .all(|w| got.iter().any(|g: &String| g.starts_with(w)))
+            .then_some(())
+    });
     got
 }
 
@@ -384,10 +378,9 @@ fn during_a_usr2_upgrade_the_old_master_says_so_and_the_new_one_repeats_the_comm
     // The re-exec used the real command line although the title replaced it in argv's place.
     server.wait_for_log(&format!("({new_master})"), BOOT_TIMEOUT);
     assert_eq!(cmdline(server.pid()), "ferrocorn: old master [hello:app]");
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while cmdline(new_master) != "ferrocorn: master [hello:app]" && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _ = poll(BOOT_TIMEOUT, || {
+        (cmdline(new_master) == "ferrocorn: master [hello:app]").then_some(())
+    });
     assert_eq!(cmdline(new_master), "ferrocorn: master [hello:app]");
     signal(new_master, libc::SIGTERM);
     server.signal(libc::SIGTERM);

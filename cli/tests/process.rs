@@ -10,13 +10,6 @@ fn examples_dir() -> std::path::PathBuf {
     repo_root().join("examples")
 }
 
-fn start_hello(args: &[&str]) -> Server {
-    let mut all = vec!["--chdir", "examples"];
-    all.extend_from_slice(args);
-    all.push("hello:app");
-    Server::start(&all)
-}
-
 #[test]
 fn wsgi_example_answers_get_and_post_exactly() {
     let mut server = start_hello(&["-w", "2"]);
@@ -234,7 +227,7 @@ fn version_and_help() {
 
 #[test]
 fn log_file_receives_the_log_and_python_tracebacks() {
-    let log_path = std::env::temp_dir().join(format!("ferrocorn-log-{}.log", std::process::id()));
+    let log_path = unique_temp_path("log.log");
     let _ = std::fs::remove_file(&log_path);
     let mut server = Server::spawn(
         &[
@@ -250,19 +243,9 @@ fn log_file_receives_the_log_and_python_tracebacks() {
         &[],
     );
     // Readiness: the log file says where it listens.
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    let addr = loop {
-        let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-        if let Some(rest) = text.split("Listening at: http://").nth(1) {
-            break rest.split_whitespace().next().unwrap().parse().unwrap();
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no listen line in {}",
-            log_path.display()
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let line = wait_for_file_line(&log_path, "Listening at: http://", BOOT_TIMEOUT);
+    let rest = line.split("Listening at: http://").nth(1).unwrap();
+    let addr: std::net::SocketAddr = rest.split_whitespace().next().unwrap().parse().unwrap();
     assert_eq!(get(addr, "/error").status, 500);
     assert_eq!(get(addr, "/").status, 200);
     server.signal(libc::SIGTERM);
@@ -337,19 +320,8 @@ fn usr1_reopens_the_log_file_and_pid_file_is_written() {
         &[],
     );
     let wait_for_file_line = |path: &std::path::Path, needle: &str| {
-        let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-        loop {
-            let text = std::fs::read_to_string(path).unwrap_or_default();
-            if text.contains(needle) {
-                return text;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "{needle:?} never reached {}",
-                path.display()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_for_file_line(path, needle, BOOT_TIMEOUT);
+        std::fs::read_to_string(path).unwrap()
     };
     wait_for_file_line(&log_path, "Booting worker with pid:");
     assert_eq!(

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::net::Shutdown;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferrocorn_testkit::*;
 
@@ -234,7 +234,7 @@ fn post_bodies_reach_wsgi_input() {
 #[test]
 fn file_wrapper_sends_a_multi_megabyte_file_exactly() {
     let server = start_battery(&[], &[]);
-    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-file-{}.bin", std::process::id()));
+    let path = unique_temp_path("e2e-file.bin");
     let data: Vec<u8> = (0..6_000_000u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
@@ -362,7 +362,7 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
     ok(&post(addr, "/echo", "application/octet-stream", b"warm-up"));
     let before_kib = vm_hwm_kib(pid);
 
-    let mut s = connect(addr);
+    let s = connect(addr);
     let mut writer = s.try_clone().unwrap();
     // The app answers while the upload is still arriving, so send and receive at the same time.
     let sender = std::thread::spawn(move || {
@@ -375,26 +375,19 @@ fn a_100_mb_upload_is_echoed_back_while_it_streams_with_bounded_memory() {
             writer.write_all(&upload_block(i)).unwrap();
         }
     });
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    assert!(head.starts_with("HTTP/1.1 200 "), "{head}");
-    assert!(head.contains(&format!("Content-Length: {SIZE}")), "{head}");
-    let mut received = vec![0u8; 1 << 20];
+    let mut client = Client::on(s);
+    let (status, headers) = client.read_head().unwrap();
+    assert_eq!(status, 200, "{headers:?}");
+    let length = headers
+        .iter()
+        .find(|(name, _)| name.eq_ignore_ascii_case("content-length"));
+    assert_eq!(length.map(|(_, v)| v.as_str()), Some(&*SIZE.to_string()));
     for i in 0..SIZE >> 20 {
-        s.read_exact(&mut received).unwrap();
-        assert!(received == upload_block(i), "echoed block {i} differs");
+        let block = client.read_exact(1 << 20).unwrap();
+        assert!(block == upload_block(i), "echoed block {i} differs");
     }
     sender.join().unwrap();
-    assert_eq!(
-        s.read(&mut byte).unwrap(),
-        0,
-        "nothing after the declared length"
-    );
+    assert!(client.at_eof(), "nothing after the declared length");
 
     assert_body_was_streamed(&server, pid, before_kib);
 }
@@ -531,13 +524,8 @@ fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
     let addr = server.addr();
     // Three concurrent slow requests keep three workers busy at once; repeat until each worker
     // has answered (a worker still starting up may miss a round).
-    let deadline = Instant::now() + Duration::from_secs(60);
     let mut seen = std::collections::BTreeSet::new();
-    while seen.len() < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "only workers {seen:?} of {workers:?} answered"
-        );
+    let every_worker_answered = poll(Duration::from_secs(60), || {
         let round: Vec<_> = (0..3)
             .map(|_| std::thread::spawn(move || ok(&get(addr, "/pid?sleep=0.3")).text()))
             .collect();
@@ -555,7 +543,12 @@ fn a_preloaded_app_is_imported_once_and_served_by_every_worker() {
             );
             seen.insert(worker);
         }
-    }
+        (seen.len() >= 3).then_some(())
+    });
+    assert!(
+        every_worker_answered.is_some(),
+        "only workers {seen:?} of {workers:?} answered"
+    );
     // Python threads work in the forked children (PyOS_AfterFork_Child ran).
     for _ in 0..3 {
         assert_eq!(ok(&get(addr, "/thread")).text(), "thread result 499500\n");
@@ -674,7 +667,7 @@ fn a_declared_content_length_is_never_exceeded() {
 
 #[test]
 fn environ_over_a_unix_socket() {
-    let sock = std::env::temp_dir().join(format!("ferrocorn-wsgi-{}.sock", std::process::id()));
+    let sock = unique_temp_path("wsgi.sock");
     let bind = format!("unix:{}", sock.display());
     let server = start_battery(&["-b", &bind], &[]);
     let mut s = std::os::unix::net::UnixStream::connect(&sock).unwrap();
@@ -790,7 +783,7 @@ fn an_invalid_forwarded_allow_ips_stops_the_load() {
 #[test]
 fn file_wrapper_never_sends_past_a_shorter_declared_length() {
     let server = start_battery(&[], &[]);
-    let path = std::env::temp_dir().join(format!("ferrocorn-e2e-short-{}.bin", std::process::id()));
+    let path = unique_temp_path("e2e-short.bin");
     let data: Vec<u8> = (0..300_000u32).map(|i| (i * 13 % 251) as u8).collect();
     std::fs::write(&path, &data).unwrap();
     // sendfile(2) of a real file, and iteration of a file-like without a descriptor; each

@@ -23,13 +23,8 @@ use Takes::{Optional, Switch, Value as V};
 
 /// gunicorn's spellings (gunicorn/config.py `cli`) of the settings ferrocorn has no flag for.
 static FLAGS: &[(&str, &str, Takes)] = &[
-    ("--reload", "reload", Switch(true)),
-    ("--reload-engine", "reload_engine", V),
-    ("--reload-extra-file", "reload_extra_files", V),
     ("--spew", "spew", Switch(true)),
     ("--no-sendfile", "sendfile", Switch(false)),
-    ("-D", "daemon", Switch(true)),
-    ("--daemon", "daemon", Switch(true)),
     (
         "--disable-redirect-access-to-syslog",
         "disable_redirect_access_to_syslog",
@@ -218,13 +213,13 @@ mod tests {
             "--log-syslog-prefix",
             "-",
             "--log-syslog-to=udp://h:1",
-            "--reload",
+            "--spew",
             "app:app",
         ])
         .unwrap();
         assert_eq!(kept, ["-w", "2", "app:app"]);
         let names: Vec<&str> = taken.unsupported.iter().map(|(n, _)| *n).collect();
-        assert_eq!(names, ["syslog_prefix", "syslog_addr", "reload"]);
+        assert_eq!(names, ["syslog_prefix", "syslog_addr", "spew"]);
         assert!(
             taken.warnings[0].starts_with("command line: syslog_prefix = '-' is not supported"),
             "{:?}",
@@ -237,7 +232,6 @@ mod tests {
         for tokens in [
             &["--certfile", "c.pem"][..],
             &["--proxy-protocol", "app:app"],
-            &["-D"],
             &["--keyfile=k.pem"],
         ] {
             let err = take(tokens).unwrap_err();

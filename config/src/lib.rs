@@ -4,6 +4,7 @@
 //!
 //! Each source becomes flag tokens; the caller's flag parser decides the values and the
 //! precedence (defaults < config file < `GUNICORN_CMD_ARGS` < `FERROCORN_CMD_ARGS` < command line).
+#![warn(missing_docs)]
 
 mod evaluate;
 mod flags;
@@ -21,46 +22,81 @@ pub use translate::{translate, Translated};
 /// The config file gunicorn reads when no `-c` is given, from the working directory.
 pub const DEFAULT_CONFIG_FILE: &str = "gunicorn.conf.py";
 
+/// Why a configuration source could not be used; each names the source and the setting.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// The `-c` file (or the default one asked for by name) is not there.
     #[error("config file {0} does not exist")]
     Missing(Location),
+    /// The Python that evaluates config files could not be started.
     #[error("cannot run {python} to read config file {location}: {source}")]
     Spawn {
+        /// The config file.
         location: Location,
+        /// The interpreter tried.
         python: PathBuf,
+        /// Why it did not start.
         source: std::io::Error,
     },
+    /// The config file raised; `output` is Python's traceback.
     #[error("failed to read config file {location}:\n{output}")]
-    Raised { location: Location, output: String },
+    Raised {
+        /// The config file.
+        location: Location,
+        /// What the evaluating child wrote (the traceback).
+        output: String,
+    },
+    /// The evaluating child answered something other than its JSON.
     #[error("config file {location}: unexpected output from {python}: {reason}")]
     Protocol {
+        /// The config file.
         location: Location,
+        /// The interpreter that evaluated it.
         python: PathBuf,
+        /// What was wrong with the answer.
         reason: String,
     },
+    /// A setting's value has the wrong type or shape.
     #[error("{origin}: invalid value for {setting}: {value} ({expected})")]
     InvalidValue {
+        /// The source (config file, variable) that set it.
         origin: String,
+        /// The setting's name.
         setting: &'static str,
+        /// The value, as JSON text.
         value: String,
+        /// What a valid value looks like.
         expected: &'static str,
     },
+    /// A setting ferrocorn lacks, set to a value whose absence would change security or
+    /// correctness.
     #[error("{origin}: {setting} = {value} is not supported: {why}")]
     Refused {
+        /// The source (config file, variable, command line) that set it.
         origin: String,
+        /// The setting's name.
         setting: &'static str,
+        /// The value, as JSON text.
         value: String,
+        /// Why ferrocorn refuses it.
         why: &'static str,
     },
+    /// `$GUNICORN_CMD_ARGS` (or `$FERROCORN_CMD_ARGS`) cannot be split like a shell would.
     #[error("{var}: unbalanced quotes in {text:?}")]
-    Quoting { var: &'static str, text: String },
+    Quoting {
+        /// The variable's name.
+        var: &'static str,
+        /// Its value.
+        text: String,
+    },
 }
 
 /// Where a config file comes from: `-c PATH` (or `file:PATH`) or `-c python:module.name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Location {
+    /// A Python file.
     File(PathBuf),
+    /// An importable module (`python:NAME`).
     Module(String),
 }
 

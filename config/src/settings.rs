@@ -19,14 +19,22 @@ pub enum Shape {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
     /// Maps to the ferrocorn flag `--LONG`.
-    Flag { long: &'static str, shape: Shape },
+    Flag {
+        /// The flag's long name, without dashes.
+        long: &'static str,
+        /// How the setting's Python value becomes the flag's value.
+        shape: Shape,
+    },
     /// The `APP` argument (`wsgi_app`).
     App,
     /// Not available. Values in `harmless` (JSON text: gunicorn's default, or what means "off")
     /// change nothing; any other value is refused when `refuse`, else warned about.
     Unsupported {
+        /// Values (JSON text) that change nothing.
         harmless: &'static [&'static str],
+        /// Whether another value is refused (else warned about).
         refuse: bool,
+        /// What is missing, for the message.
         why: &'static str,
     },
     /// A server hook: a callable gunicorn calls at some point of the process life cycle.
@@ -36,7 +44,9 @@ pub enum Status {
 /// A gunicorn setting, by the name a config file uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Setting {
+    /// gunicorn's name for it (`workers`, `bind`, ...).
     pub name: &'static str,
+    /// What ferrocorn does with it.
     pub status: Status,
 }
 
@@ -91,7 +101,6 @@ const ONLY_TLS: &str = "only used with TLS, which ferrocorn does not speak";
 const NO_LOG_CONFIG: &str = "ferrocorn logs to --log-file only";
 const NO_STATSD: &str = "ferrocorn sends no backlog metric";
 const NO_SYSLOG: &str = "ferrocorn does not log to syslog";
-const NO_RELOAD: &str = "code reloading is not supported yet: restart or send HUP";
 const NO_HTTP2: &str = "ferrocorn speaks HTTP/1.1 only";
 const NO_ASGI: &str = "ferrocorn serves WSGI apps only";
 const NO_DIRTY: &str = "ferrocorn has no dirty arbiters";
@@ -126,9 +135,9 @@ pub static SETTINGS: &[Setting] = &[
         "limit-request-field_size",
         Scalar,
     ),
-    warned("reload", &["false"], NO_RELOAD),
-    warned("reload_engine", &["\"auto\""], NO_RELOAD),
-    warned("reload_extra_files", &["[]"], NO_RELOAD),
+    flag("reload", "reload", Switch),
+    flag("reload_engine", "reload-engine", Scalar),
+    flag("reload_extra_files", "reload-extra-file", List),
     warned("spew", &["false"], "ferrocorn has no trace function"),
     flag("check_config", "check-config", Switch),
     flag("print_config", "print-config", Switch),
@@ -140,11 +149,7 @@ pub static SETTINGS: &[Setting] = &[
     ),
     flag("reuse_port", "reuse-port", Switch),
     flag("chdir", "chdir", Scalar),
-    refused(
-        "daemon",
-        &["false"],
-        "daemon mode is not supported yet: run in the foreground under systemd or a supervisor",
-    ),
+    flag("daemon", "daemon", Switch),
     flag("raw_env", "env", List),
     flag("pidfile", "pid", Scalar),
     flag("worker_tmp_dir", "worker-tmp-dir", Scalar),
@@ -186,7 +191,7 @@ pub static SETTINGS: &[Setting] = &[
     warned(
         "enable_stdio_inheritance",
         &["false"],
-        "ferrocorn never daemonizes, so stdio is always inherited",
+        "a daemon's std streams always go to /dev/null: log with --log-file",
     ),
     flag("statsd_host", "statsd-host", Scalar),
     flag("dogstatsd_tags", "dogstatsd-tags", Scalar),

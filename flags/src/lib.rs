@@ -5,21 +5,23 @@
 //! ferrocorn's process model. The `ferrocorn` binary uses [`run`] to plug its WSGI app in.
 //! Exit codes: 0 after a stop, 1 on a start-up error, 2 for bad flags, 3 when a worker cannot
 //! boot, 4 when the app cannot be loaded.
+#![warn(missing_docs)]
 
 mod options;
 
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferrocorn_server::{logging, App, Builder, Limits, Server, Settings};
+use ferrocorn_server::{logging, App, Builder, Limits, Server, Settings, WorkerMode};
 use ferrocorn_signals::MasterSignals;
 use log::error;
 
-pub use options::Options;
+pub use options::{parse_size, Options, Workers};
 
 /// Whether the `APP` argument (a Python module path) must be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AppArgument {
+    /// A WSGI app: `APP` names it.
     Required,
     /// A Rust app: `APP` is not needed.
     Optional,
@@ -31,6 +33,7 @@ pub enum Error {
     /// A flag value ferrocorn does not support.
     #[error("{0}")]
     Unsupported(String),
+    /// Binding, the pid file, the log file, privileges or the arbiter failed.
     #[error(transparent)]
     Server(#[from] ferrocorn_server::Error),
 }
@@ -122,6 +125,7 @@ pub fn check_options(options: &Options, app: AppArgument) -> Result<(), Error> {
             options.threads
         )));
     }
+    worker_mode(options)?;
     if app == AppArgument::Required && options.app.is_none() {
         // clap's own wording and exit code for a missing argument.
         command_error("the following required arguments were not provided: <APP>");
@@ -171,6 +175,37 @@ fn command_error(message: &str) -> ! {
         .exit()
 }
 
+/// The count `-w` asks for (1 when not given), and how it may change: `-w N` is exactly N, as in
+/// gunicorn; nothing scales unless asked.
+pub fn worker_mode(options: &Options) -> Result<(usize, WorkerMode), Error> {
+    let scaling = options.workers_min.is_some() || options.workers_max.is_some();
+    match (options.workers, scaling) {
+        (Some(_), true) => Err(Error::Unsupported(
+            "--workers cannot be combined with --workers-min/--workers-max: give -w N:M, or \
+                 the two bounds alone"
+                .to_string(),
+        )),
+        (_, true) => {
+            let Some(max) = options.workers_max else {
+                return Err(Error::Unsupported(
+                    "--workers-min needs --workers-max".to_string(),
+                ));
+            };
+            let min = options.workers_min.unwrap_or(1);
+            if min > max {
+                return Err(Error::Unsupported(format!(
+                    "--workers-min {min} is above --workers-max {max}"
+                )));
+            }
+            Ok((min, WorkerMode::Scale { min, max }))
+        }
+        (None, false) => Ok((1, WorkerMode::Fixed)),
+        (Some(Workers::Count(n)), false) => Ok((n, WorkerMode::Fixed)),
+        (Some(Workers::Auto), false) => Ok((1, WorkerMode::Auto)),
+        (Some(Workers::Range { min, max }), false) => Ok((min, WorkerMode::Scale { min, max })),
+    }
+}
+
 /// The server's settings from the flags.
 pub fn settings(options: &Options) -> Settings {
     // The wsgi crate reads gunicorn's environment variable; the flag wins over it, as in
@@ -179,12 +214,21 @@ pub fn settings(options: &Options) -> Settings {
         .forwarded_allow_ips
         .iter()
         .map(|ips| ("FORWARDED_ALLOW_IPS".to_string(), ips.clone()));
+    // check_options refused the combinations this could reject.
+    let (workers, worker_mode) = worker_mode(options).unwrap_or((1, WorkerMode::Fixed));
     Settings {
         binds: options.bind.clone(),
         backlog: options.backlog,
         reuse_port: options.reuse_port,
         umask: options.umask,
-        workers: options.workers,
+        workers,
+        worker_mode,
+        scale_down_after: options.scale_down_after,
+        memory_budget: options.memory_budget,
+        max_worker_memory: options.max_worker_memory,
+        min_worker_lifetime: options.min_worker_lifetime,
+        max_worker_lifetime: options.max_worker_lifetime,
+        max_worker_lifetime_jitter: options.max_worker_lifetime_jitter,
         timeout: (!options.timeout.is_zero()).then_some(options.timeout),
         graceful_timeout: options.graceful_timeout,
         keep_alive: options.keep_alive,
@@ -196,6 +240,7 @@ pub fn settings(options: &Options) -> Settings {
             fields: options.limit_request_fields,
             field_size: options.limit_request_field_size,
             body: (options.limit_request_body > 0).then_some(options.limit_request_body),
+            ..Limits::default()
         },
         chdir: options.chdir.clone(),
         env: forwarded.chain(options.env.iter().cloned()).collect(),
@@ -211,6 +256,10 @@ pub fn settings(options: &Options) -> Settings {
         statsd_prefix: options.statsd_prefix.clone(),
         dogstatsd_tags: options.dogstatsd_tags.clone(),
         proc_name: options.name.clone().or_else(|| options.app.clone()),
+        daemon: options.daemon,
+        reload: options.reload,
+        reload_extra_files: options.reload_extra_files.clone(),
+        stats: options.stats.clone(),
     }
 }
 
@@ -224,4 +273,109 @@ fn report(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_flag_set_is_well_formed() {
+        use clap::CommandFactory;
+        Options::command().debug_assert();
+    }
+
+    fn parse(args: &[&str]) -> Result<Options, clap::Error> {
+        Options::try_parse_from(std::iter::once("ferrocorn").chain(args.iter().copied()))
+    }
+
+    fn mode(args: &[&str]) -> Result<(usize, WorkerMode), Error> {
+        worker_mode(&parse(args).unwrap())
+    }
+
+    #[test]
+    fn dash_w_n_is_exactly_n_and_nothing_scales_unless_asked() {
+        assert_eq!(mode(&["-w", "4"]).unwrap(), (4, WorkerMode::Fixed));
+        assert_eq!(mode(&[]).unwrap(), (1, WorkerMode::Fixed));
+        let s = settings(&parse(&["-w", "4"]).unwrap());
+        assert_eq!((s.workers, s.worker_mode), (4, WorkerMode::Fixed));
+        assert_eq!(s.memory_budget, None);
+        assert_eq!(s.max_worker_memory, None);
+    }
+
+    #[test]
+    fn auto_and_ranges_are_spelled_in_several_ways() {
+        assert_eq!(mode(&["-w", "auto"]).unwrap().1, WorkerMode::Auto);
+        assert_eq!(mode(&["--workers=AUTO"]).unwrap().1, WorkerMode::Auto);
+        let range = WorkerMode::Scale { min: 2, max: 8 };
+        assert_eq!(mode(&["-w", "2:8"]).unwrap(), (2, range));
+        assert_eq!(
+            mode(&["--workers-min", "2", "--workers-max", "8"]).unwrap(),
+            (2, range)
+        );
+        assert_eq!(
+            mode(&["--workers-max", "3"]).unwrap().1,
+            WorkerMode::Scale { min: 1, max: 3 }
+        );
+    }
+
+    #[test]
+    fn contradictory_worker_counts_are_refused_by_name() {
+        assert!(parse(&["-w", "3:2"]).is_err());
+        assert!(parse(&["-w", "0"]).is_err());
+        assert!(parse(&["-w", "many"]).is_err());
+        let both = mode(&["-w", "2", "--workers-max", "4"]).unwrap_err();
+        assert!(
+            both.to_string().contains("--workers-min/--workers-max"),
+            "{both}"
+        );
+        let lone = mode(&["--workers-min", "2"]).unwrap_err();
+        assert!(lone.to_string().contains("needs --workers-max"), "{lone}");
+        let upside = mode(&["--workers-min", "5", "--workers-max", "4"]).unwrap_err();
+        assert!(
+            upside.to_string().contains("above --workers-max"),
+            "{upside}"
+        );
+    }
+
+    #[test]
+    fn sizes_take_k_m_g_suffixes_in_powers_of_two() {
+        assert_eq!(parse_size("512M"), Ok(512 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert_eq!(parse_size("1.5G"), Ok(3 << 29));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        for bad in ["", "M", "12X", "-1M", "0", "lots"] {
+            assert!(parse_size(bad).is_err(), "{bad:?}");
+        }
+        let s =
+            settings(&parse(&["--max-worker-memory", "300M", "--memory-budget", "2G"]).unwrap());
+        assert_eq!(s.max_worker_memory, Some(300 << 20));
+        assert_eq!(s.memory_budget, Some(2 << 30));
+    }
+
+    #[test]
+    fn lifetimes_have_their_defaults() {
+        let s = settings(&parse(&[]).unwrap());
+        assert_eq!(s.min_worker_lifetime, std::time::Duration::from_secs(60));
+        assert_eq!(s.scale_down_after, std::time::Duration::from_secs(30));
+        assert_eq!(s.max_worker_lifetime, None);
+        let s = settings(
+            &parse(&[
+                "--max-worker-lifetime",
+                "3600",
+                "--max-worker-lifetime-jitter",
+                "60",
+            ])
+            .unwrap(),
+        );
+        assert_eq!(
+            s.max_worker_lifetime,
+            Some(std::time::Duration::from_secs(3600))
+        );
+        assert_eq!(
+            s.max_worker_lifetime_jitter,
+            std::time::Duration::from_secs(60)
+        );
+    }
 }

@@ -40,22 +40,63 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal umask like 0o007"))
 }
 
-fn parse_workers(s: &str) -> Result<usize, String> {
-    match s.parse::<usize>() {
+/// `-w`: a count (gunicorn's meaning: exactly that many), `auto`, or `MIN:MAX` to autoscale.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Workers {
+    /// Exactly this many.
+    Count(usize),
+    /// 2 x CPUs + 1, capped by what fits the memory budget.
+    Auto,
+    /// Autoscale between the bounds.
+    Range {
+        /// Never fewer.
+        min: usize,
+        /// Never more.
+        max: usize,
+    },
+}
+
+fn parse_count(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
         Ok(n) if n >= 1 => Ok(n),
         _ => Err(format!("{s:?} is not a positive number of workers")),
     }
 }
 
+fn parse_workers(s: &str) -> Result<Workers, String> {
+    if s.trim().eq_ignore_ascii_case("auto") {
+        return Ok(Workers::Auto);
+    }
+    let Some((min, max)) = s.split_once(':') else {
+        return parse_count(s).map(Workers::Count);
+    };
+    let (min, max) = (parse_count(min)?, parse_count(max)?);
+    if min > max {
+        return Err(format!("{s:?}: the minimum is above the maximum"));
+    }
+    Ok(Workers::Range { min, max })
+}
+
+/// Bytes, with an optional `K`, `M` or `G` suffix (KiB, MiB, GiB): `512M`, `1.5G`, `65536`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    ferrocorn_sizing::parse_size(s).map_err(|e| e.to_string())
+}
+
+/// gunicorn's command line, parsed (from any source: flags, `$GUNICORN_CMD_ARGS`, config files).
 #[derive(Debug, Clone, Parser)]
 #[command(
     name = "ferrocorn",
     version,
     disable_version_flag = true,
+    // The doc comment above is for rustdoc, not `--help`.
+    long_about = None,
     about = "A pre-fork HTTP server for Python WSGI apps: gunicorn's flags and signals, in Rust.",
     after_help = "Signals: TERM graceful stop, INT/QUIT quick stop, HUP reload workers, \
                   TTIN/TTOU one more/fewer worker, USR1 reopen log files, USR2 start a new master on the \
-                  same sockets (upgrade on the fly; then TERM the old one)."
+                  same sockets (upgrade on the fly; then TERM the old one), WINCH (with --daemon) stop \
+                  the workers.\n\n\
+                  `ferrocorn sizing [FLAGS] APP` measures the app and recommends a worker count \
+                  (see `ferrocorn sizing --help`)."
 )]
 pub struct Options {
     /// The config file: a Python file (PATH or file:PATH) or python:MODULE.NAME, as gunicorn's.
@@ -85,9 +126,48 @@ pub struct Options {
     #[arg(long, default_value_t = 2048, value_name = "INT")]
     pub backlog: i32,
 
-    /// Number of worker processes (default 1, or $WEB_CONCURRENCY).
-    #[arg(short = 'w', long, env = "WEB_CONCURRENCY", default_value = "1", value_parser = parse_workers)]
-    pub workers: usize,
+    /// Number of worker processes (default 1, or $WEB_CONCURRENCY): N runs exactly N, as in
+    /// gunicorn; `auto` runs min(2 x CPUs + 1, the workers that fit the memory budget); MIN:MAX
+    /// scales with the load (as --workers-min/--workers-max).
+    #[arg(short = 'w', long, env = "WEB_CONCURRENCY", value_name = "N|auto|MIN:MAX", value_parser = parse_workers)]
+    pub workers: Option<Workers>,
+
+    /// Autoscale: never fewer workers than this (default 1). Needs --workers-max.
+    #[arg(long = "workers-min", value_name = "INT", value_parser = parse_count)]
+    pub workers_min: Option<usize>,
+
+    /// Autoscale: fork workers while all are busy and connections wait, up to this many (and
+    /// the memory budget).
+    #[arg(long = "workers-max", value_name = "INT", value_parser = parse_count)]
+    pub workers_max: Option<usize>,
+
+    /// Autoscale: retire a worker once it has been idle this many seconds.
+    #[arg(long = "scale-down-after", default_value = "30", value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub scale_down_after: Duration,
+
+    /// Memory the whole server may use (e.g. 2G): caps --workers auto and autoscaling, and the
+    /// largest worker is replaced while the server is over it. Default: the cgroup limit, else
+    /// RAM (only with auto or autoscaling).
+    #[arg(long = "memory-budget", value_name = "SIZE", value_parser = parse_size)]
+    pub memory_budget: Option<u64>,
+
+    /// Replace a worker whose private memory (USS) grows above this (e.g. 300M), after its
+    /// request; its replacement boots first.
+    #[arg(long = "max-worker-memory", value_name = "SIZE", value_parser = parse_size)]
+    pub max_worker_memory: Option<u64>,
+
+    /// Seconds a worker lives at least before it is replaced for its memory.
+    #[arg(long = "min-worker-lifetime", default_value = "60", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub min_worker_lifetime: Duration,
+
+    /// Replace a worker after it lived this many seconds.
+    #[arg(long = "max-worker-lifetime", value_name = "SECONDS", value_parser = parse_positive_seconds)]
+    pub max_worker_lifetime: Option<Duration>,
+
+    /// Add up to this many seconds at random to --max-worker-lifetime, so workers are not
+    /// replaced together.
+    #[arg(long = "max-worker-lifetime-jitter", default_value = "0", value_name = "SECONDS", value_parser = parse_seconds)]
+    pub max_worker_lifetime_jitter: Duration,
 
     /// Worker type; only `sync` exists.
     #[arg(
@@ -237,10 +317,31 @@ pub struct Options {
         default_value = ""
     )]
     pub dogstatsd_tags: String,
+    /// Detach from the terminal and run in the background (std streams go to /dev/null unless
+    /// --log-file says otherwise). WINCH then stops the workers.
+    #[arg(short = 'D', long)]
+    pub daemon: bool,
+
+    /// Restart the workers when a file of the app's modules changes (development only).
+    #[arg(long)]
+    pub reload: bool,
+
+    /// How --reload watches files: `auto` or `inotify` (both inotify).
+    #[arg(long = "reload-engine", default_value = "auto", value_name = "STRING", value_parser = ["auto", "inotify"])]
+    pub reload_engine: String,
+
+    /// With --reload: also watch this file. Repeatable.
+    #[arg(long = "reload-extra-file", value_name = "FILE")]
+    pub reload_extra_files: Vec<PathBuf>,
 
     /// Write the master's pid to this file.
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pub pidfile: Option<PathBuf>,
+
+    /// Serve read-only stats from the master: `GET /` JSON, `GET /metrics` Prometheus text
+    /// (`ferrocorn top` reads it). `unix:PATH` or `127.0.0.1:PORT`; no commands are taken there.
+    #[arg(long = "stats", value_name = "ADDRESS", value_parser = parse_bind)]
+    pub stats: Option<BindSpec>,
 
     /// Proxies whose X-Forwarded-* / SCRIPT_NAME headers are trusted: comma-separated addresses
     /// or networks, or `*` (default 127.0.0.1, or $FORWARDED_ALLOW_IPS).

@@ -47,6 +47,7 @@ fuzz_target!(|data: &[u8]| {
         fields: 16,
         field_size: 256,
         body: Some(4096),
+        ..Limits::default()
     };
     let split = usize::from(cut) % (data.len() + 1);
     // A split request is only "the same" if the first piece alone could not already fail

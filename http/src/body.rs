@@ -5,7 +5,7 @@
 //! the end of the body, leaving a pipelined next request untouched.
 
 use crate::chars::{is_field_vchar, is_tchar, trim_ows};
-use crate::error::Error;
+use crate::error::RequestError;
 use crate::types::{BodyFraming, Limits};
 
 /// Longest chunk-size line (size plus extensions) we buffer.
@@ -82,6 +82,7 @@ pub struct BodyDecoder {
 }
 
 impl BodyDecoder {
+    /// A decoder for a body of this `framing`, held to the body and trailer limits in `limits`.
     pub fn new(framing: BodyFraming, limits: &Limits) -> Self {
         let state = match framing {
             BodyFraming::Empty | BodyFraming::Length(0) => State::Done,
@@ -103,7 +104,7 @@ impl BodyDecoder {
     /// Decode from `input`, appending body bytes to `out`; returns how many input bytes were used.
     /// Call again with more input until [`BodyDecoder::is_done`]. All of `input` is used unless
     /// the body ends inside it.
-    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, Error> {
+    pub fn decode(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<usize, RequestError> {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
@@ -140,7 +141,7 @@ impl BodyDecoder {
                         b'\n'
                     };
                     if rest[0] != want {
-                        return Err(Error::BadRequest("chunk data not followed by CRLF"));
+                        return Err(RequestError::BadRequest("chunk data not followed by CRLF"));
                     }
                     pos += 1;
                     self.state = if want == b'\r' {
@@ -170,10 +171,12 @@ impl BodyDecoder {
                     pos += lf + 1;
                     let line = std::mem::take(&mut self.line);
                     let Some(line) = line.strip_suffix(b"\r") else {
-                        return Err(Error::BadRequest("line ending in chunked body is not CRLF"));
+                        return Err(RequestError::BadRequest(
+                            "line ending in chunked body is not CRLF",
+                        ));
                     };
                     if line.contains(&b'\r') {
-                        return Err(Error::BadRequest("bare CR in chunked body"));
+                        return Err(RequestError::BadRequest("bare CR in chunked body"));
                     }
                     if self.state == State::Size {
                         self.size_line(line)?;
@@ -186,8 +189,35 @@ impl BodyDecoder {
         Ok(pos)
     }
 
+    /// Whether the whole body (and for chunked, its trailers) has been decoded.
     pub fn is_done(&self) -> bool {
         self.state == State::Done
+    }
+
+    /// For a Content-Length body, whose bytes arrive as they are: how many of the next `max`
+    /// input bytes belong to the body, so a caller can read them straight into its own buffer
+    /// (then it reports them with [`BodyDecoder::consume_raw`]). `None` for a chunked body, whose
+    /// bytes must go through [`BodyDecoder::decode`].
+    pub fn raw_window(&self, max: usize) -> Option<usize> {
+        match self.state {
+            State::Length { remaining } => Some(take(remaining, max)),
+            State::Done => Some(0),
+            _ => None,
+        }
+    }
+
+    /// Account for `n` body bytes taken within [`BodyDecoder::raw_window`].
+    pub fn consume_raw(&mut self, n: usize) {
+        if let State::Length { remaining } = self.state {
+            debug_assert!(n as u64 <= remaining);
+            let remaining = remaining - (n as u64).min(remaining);
+            self.decoded += n as u64;
+            self.state = if remaining == 0 {
+                State::Done
+            } else {
+                State::Length { remaining }
+            };
+        }
     }
 
     /// Body bytes still expected when the framing is a length (for EOF errors and draining).
@@ -204,25 +234,25 @@ impl BodyDecoder {
         &self.trailers
     }
 
-    fn check_limit(&self, more: u64) -> Result<(), Error> {
+    fn check_limit(&self, more: u64) -> Result<(), RequestError> {
         match self.max {
-            Some(max) if self.decoded.saturating_add(more) > max => Err(Error::BodyTooLarge),
+            Some(max) if self.decoded.saturating_add(more) > max => Err(RequestError::BodyTooLarge),
             _ => Ok(()),
         }
     }
 
-    fn line_too_long(&self) -> Error {
+    fn line_too_long(&self) -> RequestError {
         if self.state == State::Size {
-            Error::BadRequest("chunk size line too long")
+            RequestError::BadRequest("chunk size line too long")
         } else {
-            Error::HeadersTooLarge("trailer field too long")
+            RequestError::HeadersTooLarge("trailer field too long")
         }
     }
 
-    fn size_line(&mut self, line: &[u8]) -> Result<(), Error> {
+    fn size_line(&mut self, line: &[u8]) -> Result<(), RequestError> {
         let digits = line.iter().take_while(|b| b.is_ascii_hexdigit()).count();
         if digits == 0 {
-            return Err(Error::BadRequest("invalid chunk size"));
+            return Err(RequestError::BadRequest("invalid chunk size"));
         }
         let mut size: u64 = 0;
         for &d in &line[..digits] {
@@ -230,11 +260,11 @@ impl BodyDecoder {
             size = size
                 .checked_mul(16)
                 .and_then(|s| s.checked_add(u64::from(v)))
-                .ok_or(Error::BadRequest("chunk size overflows"))?;
+                .ok_or(RequestError::BadRequest("chunk size overflows"))?;
         }
         self.padding += line.len().saturating_sub(16);
         if self.padding > MAX_SIZE_LINE_PADDING {
-            return Err(Error::BadRequest(
+            return Err(RequestError::BadRequest(
                 "chunk size lines too long in total (extensions or padding)",
             ));
         }
@@ -249,7 +279,7 @@ impl BodyDecoder {
         Ok(())
     }
 
-    fn trailer_line(&mut self, line: &[u8]) -> Result<(), Error> {
+    fn trailer_line(&mut self, line: &[u8]) -> Result<(), RequestError> {
         if line.is_empty() {
             self.state = State::Done;
             return Ok(());
@@ -257,24 +287,26 @@ impl BodyDecoder {
         let colon = line
             .iter()
             .position(|&b| b == b':')
-            .ok_or(Error::BadRequest("trailer line without colon"))?;
+            .ok_or(RequestError::BadRequest("trailer line without colon"))?;
         let name = &line[..colon];
         if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(Error::BadRequest("invalid trailer field name"));
+            return Err(RequestError::BadRequest("invalid trailer field name"));
         }
         let value = trim_ows(&line[colon + 1..]);
         if !value.iter().all(|&b| is_field_vchar(b)) {
-            return Err(Error::BadRequest("control character in trailer value"));
+            return Err(RequestError::BadRequest(
+                "control character in trailer value",
+            ));
         }
         let name = String::from_utf8_lossy(name).into_owned();
         if FORBIDDEN_TRAILERS
             .iter()
             .any(|f| name.eq_ignore_ascii_case(f))
         {
-            return Err(Error::BadRequest("field not allowed in a trailer"));
+            return Err(RequestError::BadRequest("field not allowed in a trailer"));
         }
         if self.trailers.len() >= self.trailer_fields_max {
-            return Err(Error::HeadersTooLarge("too many trailer fields"));
+            return Err(RequestError::HeadersTooLarge("too many trailer fields"));
         }
         self.trailers.push((name, value.to_vec()));
         Ok(())
@@ -287,8 +319,8 @@ fn take(remaining: u64, available: usize) -> usize {
 
 /// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`. Extensions carry nothing we
 /// use; they are checked so that no two parsers can disagree about where the size line ends.
-fn check_extensions(mut s: &[u8]) -> Result<(), Error> {
-    let bad = Err(Error::BadRequest("invalid chunk extension"));
+fn check_extensions(mut s: &[u8]) -> Result<(), RequestError> {
+    let bad = Err(RequestError::BadRequest("invalid chunk extension"));
     let skip_ws = |s: &mut &[u8]| {
         while let [b' ' | b'\t', rest @ ..] = *s {
             *s = rest;
@@ -302,7 +334,7 @@ fn check_extensions(mut s: &[u8]) -> Result<(), Error> {
     };
     // Whitespace after the size only makes sense before an extension.
     if s.first().is_some_and(|b| *b == b' ' || *b == b'\t') && !s.contains(&b';') {
-        return Err(Error::BadRequest("invalid chunk size"));
+        return Err(RequestError::BadRequest("invalid chunk size"));
     }
     while !s.is_empty() {
         skip_ws(&mut s);

@@ -60,11 +60,17 @@ pub fn format_http_date(secs: u64) -> String {
 /// A UTC calendar time, for log lines that want another format than HTTP's.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UtcTime {
+    /// The year, e.g. 2024.
     pub year: i64,
+    /// 1 to 12.
     pub month: u32,
+    /// 1 to 31.
     pub day: u32,
+    /// 0 to 23.
     pub hour: u32,
+    /// 0 to 59.
     pub minute: u32,
+    /// 0 to 59 (no leap seconds in Unix time).
     pub second: u32,
 }
 

@@ -6,7 +6,7 @@ use std::fmt;
 use std::ops::Range;
 
 use crate::chars::{is_field_vchar, is_tchar, trim_ows};
-use crate::error::Error;
+use crate::error::RequestError;
 use crate::types::{BodyFraming, Limits, Parsed, Version};
 use crate::uri::{check_host_header, parse_target};
 
@@ -14,11 +14,11 @@ use crate::uri::{check_host_header, parse_target};
 /// that sends more is broken or probing).
 pub(crate) const MAX_LEADING_EMPTY_LINES: usize = 4;
 
-/// What to do with header fields whose name contains `_`: under CGI/WSGI naming
-/// `Content_Length` and `Content-Length` would collide, which is a smuggling vector.
-/// Mirrors gunicorn's `--header-map`.
+/// Gunicorn's `--header-map` setting: what to do with header fields whose name contains `_`.
+/// Under CGI/WSGI naming `Content_Length` and `Content-Length` would collide, which is a
+/// smuggling vector. Set through [`Limits::header_map`].
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum HeaderMap {
+pub enum HeaderMapPolicy {
     /// Leave such fields out of [`RequestHead::headers`] (gunicorn's default, like nginx).
     #[default]
     Drop,
@@ -80,6 +80,7 @@ impl RequestHead {
         unsafe { std::str::from_utf8_unchecked(bytes) }
     }
 
+    /// The method, as sent (case-sensitive).
     pub fn method(&self) -> &str {
         self.text(&self.method)
     }
@@ -105,6 +106,7 @@ impl RequestHead {
     pub fn query(&self) -> &str {
         self.text(&self.query)
     }
+    /// The request line's HTTP version.
     pub fn version(&self) -> Version {
         self.version
     }
@@ -120,6 +122,7 @@ impl RequestHead {
             .find(|(n, _)| n.eq_ignore_ascii_case(name))
             .map(|(_, v)| v)
     }
+    /// How the request body is delimited.
     pub fn framing(&self) -> BodyFraming {
         self.framing
     }
@@ -153,27 +156,23 @@ pub struct HeadParser {
     request_line: Option<RequestLine>,
     /// Field lines seen so far.
     field_lines: usize,
-    header_map: HeaderMap,
     /// The request line, once seen, asked for HEAD.
     head_method: bool,
 }
 
 impl HeadParser {
+    /// A parser at the start of a new head.
     pub fn new() -> Self {
         HeadParser::default()
     }
 
-    /// A parser with a non-default policy for `_` in field names.
-    pub fn with_header_map(header_map: HeaderMap) -> Self {
-        HeadParser {
-            header_map,
-            ..HeadParser::default()
-        }
-    }
-
     /// Parse a head from the start of `buf` (which grows between calls; reset with [`HeadParser::new`]
     /// for the next request). `Complete(head, n)`: the head used `buf[..n]`.
-    pub fn parse(&mut self, buf: &[u8], limits: &Limits) -> Result<Parsed<RequestHead>, Error> {
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+    ) -> Result<Parsed<RequestHead>, RequestError> {
         let line_max = limits.request_line();
         let field_max = limits.field_size();
         let fields_max = limits.fields();
@@ -187,9 +186,11 @@ impl HeadParser {
             };
             let cr = self.scanned + i;
             match buf.get(cr + 1) {
-                _ if buf[cr] == b'\n' => return Err(Error::BadRequest("line ending is not CRLF")),
+                _ if buf[cr] == b'\n' => {
+                    return Err(RequestError::BadRequest("line ending is not CRLF"))
+                }
                 Some(b'\n') => {}
-                Some(_) => return Err(Error::BadRequest("bare CR in head")),
+                Some(_) => return Err(RequestError::BadRequest("bare CR in head")),
                 None => {
                     // The LF may be in the next read; look at this CR again then.
                     self.scanned = cr;
@@ -205,14 +206,16 @@ impl HeadParser {
                 None if line.is_empty() => {
                     self.leading_empty += 1;
                     if self.leading_empty > MAX_LEADING_EMPTY_LINES {
-                        return Err(Error::BadRequest("too many empty lines before request"));
+                        return Err(RequestError::BadRequest(
+                            "too many empty lines before request",
+                        ));
                     }
                     self.start = next;
                 }
                 None => {
                     self.note_head_method(buf);
                     if line.len() > line_max {
-                        return Err(Error::UriTooLong);
+                        return Err(RequestError::UriTooLong);
                     }
                     // Checked now, so a bogus request line is refused without waiting for more.
                     self.request_line = Some(parse_request_line(line)?);
@@ -226,11 +229,11 @@ impl HeadParser {
                 Some(_) => {
                     // Gunicorn counts a field line with its CRLF.
                     if line.len() + 2 > field_max {
-                        return Err(Error::HeadersTooLarge("header field too long"));
+                        return Err(RequestError::HeadersTooLarge("header field too long"));
                     }
                     self.field_lines += 1;
                     if self.field_lines > fields_max {
-                        return Err(Error::HeadersTooLarge("too many header fields"));
+                        return Err(RequestError::HeadersTooLarge("too many header fields"));
                     }
                 }
             }
@@ -254,20 +257,20 @@ impl HeadParser {
 
     /// Fail as soon as an unterminated line is certain to break a limit, so a client cannot make
     /// us buffer more than the limits allow.
-    fn check_partial_line(&self, line_max: usize, field_max: usize) -> Result<(), Error> {
+    fn check_partial_line(&self, line_max: usize, field_max: usize) -> Result<(), RequestError> {
         // The scan stopped at the end or at a final CR: the line so far has no CR or LF, and
         // it is the shortest this line can still be.
         let content = self.scanned - self.line_start;
         match self.fields_start {
-            None if content > line_max => Err(Error::UriTooLong),
+            None if content > line_max => Err(RequestError::UriTooLong),
             Some(_) if content + 2 > field_max => {
-                Err(Error::HeadersTooLarge("header field too long"))
+                Err(RequestError::HeadersTooLarge("header field too long"))
             }
             _ => Ok(()),
         }
     }
 
-    fn finish(&self, buf: &[u8], end: usize, limits: &Limits) -> Result<RequestHead, Error> {
+    fn finish(&self, buf: &[u8], end: usize, limits: &Limits) -> Result<RequestHead, RequestError> {
         let fields_start = self.fields_start.unwrap_or(end);
         let head = &buf[self.start..end];
         let base = self.start;
@@ -276,23 +279,23 @@ impl HeadParser {
         let rl = self
             .request_line
             .clone()
-            .ok_or(Error::BadRequest("no request line"))?;
+            .ok_or(RequestError::BadRequest("no request line"))?;
 
         // The field block, including the final CRLF that httparse expects.
         let block = &buf[fields_start..end];
         let mut raw = vec![httparse::EMPTY_HEADER; self.field_lines];
         match httparse::parse_headers(block, &mut raw) {
             Ok(httparse::Status::Complete((n, _))) if n == block.len() => {}
-            Ok(_) => return Err(Error::BadRequest("malformed header block")),
+            Ok(_) => return Err(RequestError::BadRequest("malformed header block")),
             Err(httparse::Error::HeaderName) => {
-                return Err(Error::BadRequest(
+                return Err(RequestError::BadRequest(
                     "invalid header name (or obsolete line folding)",
                 ))
             }
             Err(httparse::Error::HeaderValue) => {
-                return Err(Error::BadRequest("invalid header value"))
+                return Err(RequestError::BadRequest("invalid header value"))
             }
-            Err(_) => return Err(Error::BadRequest("malformed header line")),
+            Err(_) => return Err(RequestError::BadRequest("malformed header line")),
         }
 
         let version = rl.version;
@@ -306,12 +309,12 @@ impl HeadParser {
             debug_assert!(name.iter().all(|&b| is_tchar(b)), "{name:?}");
             debug_assert!(value.iter().all(|&b| is_field_vchar(b)), "{value:?}");
             if name.contains(&b'_') {
-                match self.header_map {
-                    HeaderMap::Drop => continue,
-                    HeaderMap::Refuse => {
-                        return Err(Error::BadRequest("underscore in header name"))
+                match limits.header_map {
+                    HeaderMapPolicy::Drop => continue,
+                    HeaderMapPolicy::Refuse => {
+                        return Err(RequestError::BadRequest("underscore in header name"))
                     }
-                    HeaderMap::Dangerous => {}
+                    HeaderMapPolicy::Dangerous => {}
                 }
             }
             sem.field(h.name, value)?;
@@ -325,7 +328,7 @@ impl HeadParser {
 
         let framing = sem.framing(version, limits)?;
         if version == Version::Http11 && sem.hosts == 0 {
-            return Err(Error::BadRequest("HTTP/1.1 request without Host"));
+            return Err(RequestError::BadRequest("HTTP/1.1 request without Host"));
         }
         let keep_alive = match version {
             Version::Http11 => !sem.close,
@@ -358,7 +361,7 @@ struct RequestLine {
     version: Version,
 }
 
-fn parse_request_line(line: &[u8]) -> Result<RequestLine, Error> {
+fn parse_request_line(line: &[u8]) -> Result<RequestLine, RequestError> {
     let sp1 = line.iter().position(|&b| b == b' ');
     let method_end = sp1.unwrap_or(line.len());
     let method = &line[..method_end];
@@ -369,26 +372,28 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, Error> {
             .iter()
             .all(|&b| is_tchar(b) && !b.is_ascii_lowercase() && b != b'#')
     {
-        return Err(Error::BadRequest("invalid method"));
+        return Err(RequestError::BadRequest("invalid method"));
     }
     let Some(sp1) = sp1 else {
-        return Err(Error::BadRequest("malformed request line"));
+        return Err(RequestError::BadRequest("malformed request line"));
     };
     let rest = &line[sp1 + 1..];
     let Some(sp2) = rest.iter().position(|&b| b == b' ') else {
-        return Err(Error::BadRequest("malformed request line"));
+        return Err(RequestError::BadRequest("malformed request line"));
     };
     let target = sp1 + 1..sp1 + 1 + sp2;
     let version = &rest[sp2 + 1..];
     if target.is_empty() {
-        return Err(Error::BadRequest("malformed request line"));
+        return Err(RequestError::BadRequest("malformed request line"));
     }
     if !line[target.clone()].iter().all(|&b| b > b' ' && b != 0x7f) {
-        return Err(Error::BadRequest("invalid character in request-target"));
+        return Err(RequestError::BadRequest(
+            "invalid character in request-target",
+        ));
     }
     let version = parse_version(version)?;
     let text = std::str::from_utf8(&line[target.clone()])
-        .map_err(|_| Error::BadRequest("request-target is not valid UTF-8"))?;
+        .map_err(|_| RequestError::BadRequest("request-target is not valid UTF-8"))?;
     let parts = parse_target(text, method)?;
     let at = target.start;
     Ok(RequestLine {
@@ -401,16 +406,16 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, Error> {
 }
 
 /// `HTTP/x.y` with single digits; a well-formed version other than 1.0/1.1 is 505.
-fn parse_version(v: &[u8]) -> Result<Version, Error> {
+fn parse_version(v: &[u8]) -> Result<Version, RequestError> {
     match v {
         b"HTTP/1.1" => Ok(Version::Http11),
         b"HTTP/1.0" => Ok(Version::Http10),
         [b'H', b'T', b'T', b'P', b'/', major, b'.', minor]
             if major.is_ascii_digit() && minor.is_ascii_digit() =>
         {
-            Err(Error::VersionNotSupported)
+            Err(RequestError::VersionNotSupported)
         }
-        _ => Err(Error::BadRequest("malformed HTTP version")),
+        _ => Err(RequestError::BadRequest("malformed HTTP version")),
     }
 }
 
@@ -429,10 +434,10 @@ struct Semantics {
 }
 
 impl Semantics {
-    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), Error> {
+    fn field(&mut self, name: &str, value: &[u8]) -> Result<(), RequestError> {
         if name.eq_ignore_ascii_case("content-length") {
             if self.content_length.is_some() {
-                return Err(Error::BadRequest("more than one Content-Length"));
+                return Err(RequestError::BadRequest("more than one Content-Length"));
             }
             self.content_length = Some(parse_content_length(value)?);
         } else if name.eq_ignore_ascii_case("transfer-encoding") {
@@ -440,7 +445,9 @@ impl Semantics {
             for coding in value.split(|&b| b == b',') {
                 let coding = trim_ows(coding);
                 if coding.is_empty() {
-                    return Err(Error::BadRequest("empty element in Transfer-Encoding"));
+                    return Err(RequestError::BadRequest(
+                        "empty element in Transfer-Encoding",
+                    ));
                 }
                 self.transfer_codings
                     .push(String::from_utf8_lossy(coding).to_ascii_lowercase());
@@ -448,14 +455,14 @@ impl Semantics {
         } else if name.eq_ignore_ascii_case("host") {
             self.hosts += 1;
             if self.hosts > 1 {
-                return Err(Error::BadRequest("more than one Host"));
+                return Err(RequestError::BadRequest("more than one Host"));
             }
             check_host_header(value)?;
         } else if name.eq_ignore_ascii_case("content-type") {
             // Two types make the body's meaning depend on which one a hop reads.
             self.content_types += 1;
             if self.content_types > 1 {
-                return Err(Error::BadRequest("more than one Content-Type"));
+                return Err(RequestError::BadRequest("more than one Content-Type"));
             }
         } else if name.eq_ignore_ascii_case("connection") {
             for token in value.split(|&b| b == b',').map(trim_ows) {
@@ -469,21 +476,21 @@ impl Semantics {
             if value.eq_ignore_ascii_case(b"100-continue") {
                 self.expect_continue = true;
             } else {
-                return Err(Error::ExpectationFailed);
+                return Err(RequestError::ExpectationFailed);
             }
         }
         Ok(())
     }
 
-    fn framing(&self, version: Version, limits: &Limits) -> Result<BodyFraming, Error> {
+    fn framing(&self, version: Version, limits: &Limits) -> Result<BodyFraming, RequestError> {
         if self.has_te {
             if version == Version::Http10 {
-                return Err(Error::BadRequest(
+                return Err(RequestError::BadRequest(
                     "Transfer-Encoding in an HTTP/1.0 request",
                 ));
             }
             if self.content_length.is_some() {
-                return Err(Error::BadRequest(
+                return Err(RequestError::BadRequest(
                     "both Content-Length and Transfer-Encoding",
                 ));
             }
@@ -492,32 +499,34 @@ impl Semantics {
                 .split_last()
                 .expect("non-empty: checked per field");
             if last != "chunked" || rest.iter().any(|c| c == "chunked") {
-                return Err(Error::BadRequest(
+                return Err(RequestError::BadRequest(
                     "chunked is not the final transfer coding exactly once",
                 ));
             }
             if !rest.is_empty() {
-                return Err(Error::NotImplemented("transfer coding other than chunked"));
+                return Err(RequestError::NotImplemented(
+                    "transfer coding other than chunked",
+                ));
             }
             return Ok(BodyFraming::Chunked);
         }
         match self.content_length {
             None | Some(0) => Ok(BodyFraming::Empty),
-            Some(n) if limits.body.is_some_and(|max| n > max) => Err(Error::BodyTooLarge),
+            Some(n) if limits.body.is_some_and(|max| n > max) => Err(RequestError::BodyTooLarge),
             Some(n) => Ok(BodyFraming::Length(n)),
         }
     }
 }
 
 /// `1*DIGIT` only: no sign, no spaces, no list form, no overflow.
-pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, Error> {
+pub(crate) fn parse_content_length(value: &[u8]) -> Result<u64, RequestError> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_digit) {
-        return Err(Error::BadRequest("invalid Content-Length"));
+        return Err(RequestError::BadRequest("invalid Content-Length"));
     }
     value.iter().try_fold(0u64, |n, &d| {
         n.checked_mul(10)
             .and_then(|n| n.checked_add(u64::from(d - b'0')))
-            .ok_or(Error::BadRequest("Content-Length overflows"))
+            .ok_or(RequestError::BadRequest("Content-Length overflows"))
     })
 }
 
@@ -543,8 +552,16 @@ mod tests {
         assert!(matches!(p.parse(raw, &limits).unwrap(), Parsed::Complete(_, n) if n == raw.len()));
     }
 
-    fn parse_all(raw: &[u8], limits: &Limits, map: HeaderMap) -> Result<RequestHead, Error> {
-        match HeadParser::with_header_map(map).parse(raw, limits)? {
+    fn parse_all(
+        raw: &[u8],
+        limits: &Limits,
+        map: HeaderMapPolicy,
+    ) -> Result<RequestHead, RequestError> {
+        let limits = Limits {
+            header_map: map,
+            ..limits.clone()
+        };
+        match HeadParser::new().parse(raw, &limits)? {
             Parsed::Complete(h, _) => Ok(h),
             Parsed::Partial => panic!("partial"),
         }
@@ -557,24 +574,34 @@ mod tests {
             fields: 2,
             field_size: 10,
             body: None,
+            ..Limits::default()
         };
         // "GET /123456 HTTP/1.0" is 20 bytes.
-        assert!(parse_all(b"GET /123456 HTTP/1.0\r\n\r\n", &limits, HeaderMap::Drop).is_ok());
-        let e = parse_all(b"GET /1234567 HTTP/1.0\r\n\r\n", &limits, HeaderMap::Drop);
-        assert_eq!(e.unwrap_err(), Error::UriTooLong);
+        assert!(parse_all(
+            b"GET /123456 HTTP/1.0\r\n\r\n",
+            &limits,
+            HeaderMapPolicy::Drop
+        )
+        .is_ok());
+        let e = parse_all(
+            b"GET /1234567 HTTP/1.0\r\n\r\n",
+            &limits,
+            HeaderMapPolicy::Drop,
+        );
+        assert_eq!(e.unwrap_err(), RequestError::UriTooLong);
         // "A: 123456" + CRLF is 11 bytes, one over.
         let ok = b"GET / HTTP/1.0\r\nA: 12345\r\nB: 1\r\n\r\n";
-        assert!(parse_all(ok, &limits, HeaderMap::Drop).is_ok());
+        assert!(parse_all(ok, &limits, HeaderMapPolicy::Drop).is_ok());
         let e = parse_all(
             b"GET / HTTP/1.0\r\nA: 123456\r\n\r\n",
             &limits,
-            HeaderMap::Drop,
+            HeaderMapPolicy::Drop,
         );
         assert_eq!(e.unwrap_err().status(), 431);
         let e = parse_all(
             b"GET / HTTP/1.0\r\nA: 1\r\nB: 1\r\nC: 1\r\n\r\n",
             &limits,
-            HeaderMap::Drop,
+            HeaderMapPolicy::Drop,
         );
         assert_eq!(e.unwrap_err().status(), 431);
         // 0 means gunicorn's maxima, never unbounded.
@@ -583,11 +610,12 @@ mod tests {
             fields: 0,
             field_size: 0,
             body: None,
+            ..Limits::default()
         };
         let long = format!("GET /{} HTTP/1.0\r\n\r\n", "a".repeat(9000));
         assert_eq!(
-            parse_all(long.as_bytes(), &zero, HeaderMap::Drop).unwrap_err(),
-            Error::UriTooLong
+            parse_all(long.as_bytes(), &zero, HeaderMapPolicy::Drop).unwrap_err(),
+            RequestError::UriTooLong
         );
     }
 
@@ -598,6 +626,7 @@ mod tests {
             fields: 0,
             field_size: 0,
             body: None,
+            ..Limits::default()
         };
         assert_eq!(zero.max_head_len(), 8 + 8190 + 2 + 32768 * 8190 + 2);
         let l = Limits {
@@ -605,6 +634,7 @@ mod tests {
             fields: 2,
             field_size: 12,
             body: None,
+            ..Limits::default()
         };
         assert_eq!(l.max_head_len(), 8 + 30 + 2 + 2 * 12 + 2);
         // The largest head these limits accept is exactly that long.
@@ -613,7 +643,7 @@ mod tests {
             "a".repeat(30 - 14)
         );
         assert_eq!(head.len(), l.max_head_len());
-        assert!(parse_all(head.as_bytes(), &l, HeaderMap::Drop).is_ok());
+        assert!(parse_all(head.as_bytes(), &l, HeaderMapPolicy::Drop).is_ok());
     }
 
     #[test]
@@ -633,17 +663,22 @@ mod tests {
         let raw = b"GET / HTTP/1.0\r\nContent_Length: 5\r\nX-A: 1\r\n\r\n";
         let l = Limits::default();
         let names = |h: RequestHead| h.headers().map(|(n, _)| n.to_string()).collect::<Vec<_>>();
-        assert_eq!(names(parse_all(raw, &l, HeaderMap::Drop).unwrap()), ["X-A"]);
         assert_eq!(
-            names(parse_all(raw, &l, HeaderMap::Dangerous).unwrap()),
+            names(parse_all(raw, &l, HeaderMapPolicy::Drop).unwrap()),
+            ["X-A"]
+        );
+        assert_eq!(
+            names(parse_all(raw, &l, HeaderMapPolicy::Dangerous).unwrap()),
             ["Content_Length", "X-A"]
         );
         assert_eq!(
-            parse_all(raw, &l, HeaderMap::Refuse).unwrap_err().status(),
+            parse_all(raw, &l, HeaderMapPolicy::Refuse)
+                .unwrap_err()
+                .status(),
             400
         );
         // Dangerous keeps the name, but it never counts as Content-Length.
-        let h = parse_all(raw, &l, HeaderMap::Dangerous).unwrap();
+        let h = parse_all(raw, &l, HeaderMapPolicy::Dangerous).unwrap();
         assert_eq!(h.framing(), BodyFraming::Empty);
     }
 

@@ -1,5 +1,7 @@
 //! Small shared value types: limits, versions, framing, parse results.
 
+use crate::head::HeaderMapPolicy;
+
 /// Gunicorn's request limits, with its defaults.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Limits {
@@ -13,6 +15,8 @@ pub struct Limits {
     pub field_size: usize,
     /// `--limit-request-body` in bytes, `None` = unlimited; over it → 413.
     pub body: Option<u64>,
+    /// `--header-map`: what becomes of header fields with `_` in their name.
+    pub header_map: HeaderMapPolicy,
 }
 
 /// Gunicorn's hard maximum for the request line.
@@ -29,6 +33,7 @@ impl Default for Limits {
             fields: 100,
             field_size: 8190,
             body: None,
+            header_map: HeaderMapPolicy::Drop,
         }
     }
 }
@@ -69,11 +74,14 @@ impl Limits {
 /// HTTP versions the server speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Version {
+    /// `HTTP/1.0`.
     Http10,
+    /// `HTTP/1.1`.
     Http11,
 }
 
 impl Version {
+    /// The version as it appears on the wire, e.g. `HTTP/1.1`.
     pub fn as_str(self) -> &'static str {
         match self {
             Version::Http10 => "HTTP/1.0",
@@ -87,7 +95,9 @@ impl Version {
 pub enum BodyFraming {
     /// No body (no Content-Length, no Transfer-Encoding, or `Content-Length: 0`).
     Empty,
+    /// Exactly this many bytes (`Content-Length`).
     Length(u64),
+    /// `Transfer-Encoding: chunked`.
     Chunked,
 }
 
@@ -96,5 +106,6 @@ pub enum BodyFraming {
 pub enum Parsed<T> {
     /// The value and how many bytes of the input it used.
     Complete(T, usize),
+    /// More bytes are needed before anything can be said.
     Partial,
 }

@@ -3,7 +3,7 @@
 use std::ops::Range;
 
 use crate::chars::is_reg_name_char;
-use crate::error::Error;
+use crate::error::RequestError;
 
 /// Where the path and query sit inside the target text.
 pub(crate) struct Target {
@@ -12,7 +12,7 @@ pub(crate) struct Target {
 }
 
 /// Check the target's form against the method and locate its path and query.
-pub(crate) fn parse_target(target: &str, method: &[u8]) -> Result<Target, Error> {
+pub(crate) fn parse_target(target: &str, method: &[u8]) -> Result<Target, RequestError> {
     let bytes = target.as_bytes();
     let connect = method == b"CONNECT";
     if connect {
@@ -25,7 +25,7 @@ pub(crate) fn parse_target(target: &str, method: &[u8]) -> Result<Target, Error>
     }
     if bytes == b"*" {
         if method != b"OPTIONS" {
-            return Err(Error::BadRequest(
+            return Err(RequestError::BadRequest(
                 "asterisk-form target for a method other than OPTIONS",
             ));
         }
@@ -39,7 +39,7 @@ pub(crate) fn parse_target(target: &str, method: &[u8]) -> Result<Target, Error>
     } else {
         // absolute-form: scheme "://" authority path-abempty [ "?" query ]
         let Some(colon) = target.find("://") else {
-            return Err(Error::BadRequest(
+            return Err(RequestError::BadRequest(
                 "request-target is not origin, absolute, authority or asterisk form",
             ));
         };
@@ -49,7 +49,9 @@ pub(crate) fn parse_target(target: &str, method: &[u8]) -> Result<Target, Error>
                 .iter()
                 .all(|&b| b.is_ascii_alphanumeric() || b"+-.".contains(&b));
         if !scheme_ok {
-            return Err(Error::BadRequest("invalid scheme in absolute-form target"));
+            return Err(RequestError::BadRequest(
+                "invalid scheme in absolute-form target",
+            ));
         }
         let auth_start = colon + 3;
         let auth_end = bytes[auth_start..]
@@ -77,8 +79,10 @@ pub(crate) fn check_authority(
     auth: &[u8],
     allow_userinfo: bool,
     require_port: bool,
-) -> Result<(), Error> {
-    let bad = Err(Error::BadRequest("invalid authority in request-target"));
+) -> Result<(), RequestError> {
+    let bad = Err(RequestError::BadRequest(
+        "invalid authority in request-target",
+    ));
     let host_port = match auth.iter().rposition(|&b| b == b'@') {
         Some(at) if allow_userinfo => {
             if !auth[..at]
@@ -103,11 +107,11 @@ pub(crate) fn check_authority(
 }
 
 /// The Host field: empty (allowed when the target has no authority) or `host [ ":" port ]`.
-pub(crate) fn check_host_header(value: &[u8]) -> Result<(), Error> {
+pub(crate) fn check_host_header(value: &[u8]) -> Result<(), RequestError> {
     if value.is_empty() || split_host_port(value).is_some_and(|(h, _)| !h.is_empty()) {
         Ok(())
     } else {
-        Err(Error::BadRequest("invalid Host"))
+        Err(RequestError::BadRequest("invalid Host"))
     }
 }
 

@@ -1,22 +1,23 @@
 //! Behaviour of the public API on hand-written requests and responses.
 
 use ferrocorn_http::{
-    error_response, write_response_head, BodyDecoder, BodyEncoder, BodyFraming, Error, HeadParser,
-    Limits, Parsed, RequestHead, ResponseFraming, ResponseSpec, Version,
+    error_head_response, error_response, write_empty_response_head, write_response_head,
+    BodyDecoder, BodyEncoder, BodyFraming, HeadParser, Limits, Parsed, RequestError, RequestHead,
+    ResponseFraming, ResponseSpec, Version,
 };
 
-fn parse(raw: &[u8]) -> Result<(RequestHead, usize), Error> {
+fn parse(raw: &[u8]) -> Result<(RequestHead, usize), RequestError> {
     parse_with(raw, &Limits::default())
 }
 
-fn parse_with(raw: &[u8], limits: &Limits) -> Result<(RequestHead, usize), Error> {
+fn parse_with(raw: &[u8], limits: &Limits) -> Result<(RequestHead, usize), RequestError> {
     match HeadParser::new().parse(raw, limits)? {
         Parsed::Complete(h, n) => Ok((h, n)),
         Parsed::Partial => panic!("partial: {:?}", String::from_utf8_lossy(raw)),
     }
 }
 
-fn err(raw: &[u8]) -> Error {
+fn err(raw: &[u8]) -> RequestError {
     match HeadParser::new().parse(raw, &Limits::default()) {
         Err(e) => e,
         Ok(p) => panic!("accepted {:?}: {p:?}", String::from_utf8_lossy(raw)),
@@ -27,7 +28,7 @@ fn decode_all(
     framing: BodyFraming,
     input: &[u8],
     limits: &Limits,
-) -> Result<(Vec<u8>, usize, bool), Error> {
+) -> Result<(Vec<u8>, usize, bool), RequestError> {
     let mut d = BodyDecoder::new(framing, limits);
     let mut out = Vec::new();
     let used = d.decode(input, &mut out)?;
@@ -99,7 +100,7 @@ fn expect_continue_and_other_expectations() {
     assert!(!h.expects_continue(), "ignored in HTTP/1.0");
     assert_eq!(
         err(b"PUT / HTTP/1.1\r\nHost: a\r\nExpect: 200-ok\r\n\r\n"),
-        Error::ExpectationFailed
+        RequestError::ExpectationFailed
     );
 }
 
@@ -138,7 +139,7 @@ fn smuggling_shapes_are_rejected() {
     );
     assert_eq!(
         err(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"),
-        Error::VersionNotSupported
+        RequestError::VersionNotSupported
     );
     assert_eq!(err(b"GET / HTTP/1.12\r\nHost: a\r\n\r\n").status(), 400);
 }
@@ -163,25 +164,29 @@ fn limits_map_to_statuses() {
         fields: 2,
         field_size: 20,
         body: Some(10),
+        ..Limits::default()
     };
     let long_line = b"GET /aaaaaaaaaaaaaaaaaaaaaaaa HTTP/1.1\r\n\r\n";
     assert_eq!(
         parse_with(long_line, &limits).unwrap_err(),
-        Error::UriTooLong
+        RequestError::UriTooLong
     );
     // Decided before the line ends.
     assert_eq!(
         HeadParser::new()
             .parse(&long_line[..30], &limits)
             .unwrap_err(),
-        Error::UriTooLong
+        RequestError::UriTooLong
     );
     let many = b"GET / HTTP/1.1\r\nHost: a\r\nA: b\r\nC: d\r\n\r\n";
     assert_eq!(parse_with(many, &limits).unwrap_err().status(), 431);
     let big = b"GET / HTTP/1.1\r\nHost: aaaaaaaaaaaaaaaaaa\r\n\r\n";
     assert_eq!(parse_with(big, &limits).unwrap_err().status(), 431);
     let body = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 11\r\n\r\n";
-    assert_eq!(parse_with(body, &limits).unwrap_err(), Error::BodyTooLarge);
+    assert_eq!(
+        parse_with(body, &limits).unwrap_err(),
+        RequestError::BodyTooLarge
+    );
     let ok = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\n";
     assert_eq!(
         parse_with(ok, &limits).unwrap().0.framing(),
@@ -254,13 +259,13 @@ fn chunked_errors() {
     let r = decode_all(BodyFraming::Chunked, padded.as_bytes(), &limits);
     assert_eq!(
         r.unwrap_err(),
-        Error::BadRequest("chunk size lines too long in total (extensions or padding)")
+        RequestError::BadRequest("chunk size lines too long in total (extensions or padding)")
     );
     let zeros = format!("{}1\r\nx\r\n", "0".repeat(3000)).repeat(30);
     let r = decode_all(BodyFraming::Chunked, zeros.as_bytes(), &limits);
     assert_eq!(
         r.unwrap_err(),
-        Error::BadRequest("chunk size lines too long in total (extensions or padding)")
+        RequestError::BadRequest("chunk size lines too long in total (extensions or padding)")
     );
     let small = Limits {
         body: Some(8),
@@ -271,7 +276,7 @@ fn chunked_errors() {
         b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n",
         &small,
     );
-    assert_eq!(r.unwrap_err(), Error::BodyTooLarge);
+    assert_eq!(r.unwrap_err(), RequestError::BodyTooLarge);
     // Missing the final CRLF: not done, so never handed over as complete.
     let (_, _, done) = decode_all(BodyFraming::Chunked, b"0\r\n", &limits).unwrap();
     assert!(!done);
@@ -421,9 +426,99 @@ fn error_responses_are_complete() {
         .parse()
         .unwrap();
     assert_eq!(len, body.len());
-    let r = String::from_utf8(Error::BadRequest("bare CR in head").response()).unwrap();
+    let r = String::from_utf8(RequestError::BadRequest("bare CR in head").response()).unwrap();
     assert!(
         r.starts_with("HTTP/1.1 400 Bad Request\r\n")
             && r.ends_with("bad request: bare CR in head\n")
+    );
+}
+
+#[test]
+fn error_responses_to_head_are_the_head_alone() {
+    let full = error_response(500);
+    let head = error_head_response(500);
+    let text = String::from_utf8(head.clone()).unwrap();
+    assert!(text.starts_with("HTTP/1.1 500 Internal Server Error\r\n"));
+    assert!(text.ends_with("\r\n\r\n") && text.matches("\r\n\r\n").count() == 1);
+    // The same head a GET gets, Content-Length included: only the body is left out.
+    let full_head = &full[..full.windows(4).position(|w| w == b"\r\n\r\n").unwrap() + 4];
+    let strip_date = |h: &[u8]| {
+        String::from_utf8_lossy(h)
+            .lines()
+            .filter(|l| !l.starts_with("Date: "))
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    assert_eq!(strip_date(&head), strip_date(full_head));
+    let e = RequestError::UriTooLong;
+    assert!(e.head_response().ends_with(b"\r\n\r\n"));
+    assert!(e.response().len() > e.head_response().len());
+}
+
+#[test]
+fn raw_body_bytes_are_framed_by_the_encoder() {
+    // Chunked: one chunk header before, CRLF after; a short send corrupts the stream.
+    let mut out = Vec::new();
+    let mut e = BodyEncoder::new(ResponseFraming::Chunked);
+    assert_eq!(e.begin_raw(300, &mut out), 300);
+    assert_eq!(out, b"12c\r\n");
+    assert!(e.end_raw(300, 300, &mut out));
+    assert!(e.finish(&mut out));
+    assert_eq!(out, b"12c\r\n\r\n0\r\n\r\n");
+    let mut e = BodyEncoder::new(ResponseFraming::Chunked);
+    let n = e.begin_raw(10, &mut Vec::new());
+    assert!(!e.end_raw(n, 4, &mut Vec::new()));
+    // A declared length caps raw bytes like written ones, and counts them.
+    let mut out = Vec::new();
+    let mut e = BodyEncoder::new(ResponseFraming::Length(8));
+    assert_eq!(e.limit(), Some(8));
+    assert_eq!(e.begin_raw(100, &mut out), 8);
+    assert!(out.is_empty());
+    assert!(e.end_raw(8, 5, &mut out));
+    assert_eq!(e.limit(), Some(3));
+    assert!(!e.finish(&mut out), "short body reported");
+    // No body: nothing may go.
+    let mut e = BodyEncoder::new(ResponseFraming::NoBody);
+    assert_eq!(e.begin_raw(5, &mut Vec::new()), 0);
+    assert_eq!(BodyEncoder::new(ResponseFraming::UntilClose).limit(), None);
+}
+
+#[test]
+fn a_length_body_can_be_read_in_place() {
+    let mut d = BodyDecoder::new(BodyFraming::Length(10), &Limits::default());
+    assert_eq!(d.raw_window(4), Some(4));
+    d.consume_raw(4);
+    assert_eq!(d.raw_window(100), Some(6));
+    d.consume_raw(6);
+    assert!(d.is_done());
+    assert_eq!(d.raw_window(100), Some(0));
+    let d = BodyDecoder::new(BodyFraming::Chunked, &Limits::default());
+    assert_eq!(d.raw_window(100), None);
+    let d = BodyDecoder::new(BodyFraming::Empty, &Limits::default());
+    assert_eq!(d.raw_window(100), Some(0));
+}
+
+#[test]
+fn the_apps_connection_close_is_honoured_and_an_empty_body_gets_a_zero_length() {
+    let close = [h("Connection", "Keep-Alive, close")];
+    let (text, _, keep_alive) = head(&spec(200, &close));
+    assert!(!keep_alive);
+    assert!(text.contains("Connection: close\r\n") && !text.contains("Keep-Alive"));
+
+    let mut out = Vec::new();
+    let r = write_empty_response_head(&spec(200, &[h("X-A", "1")]), &mut out).unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert_eq!(
+        (r.framing, r.keep_alive),
+        (ResponseFraming::Length(0), true)
+    );
+    assert!(text.contains("X-A: 1\r\nContent-Length: 0\r\n") && !text.contains("chunked"));
+    // A head that already ends its body is left as it is.
+    let mut out = Vec::new();
+    let r = write_empty_response_head(&spec(204, &[]), &mut out).unwrap();
+    assert_eq!(r.framing, ResponseFraming::NoBody);
+    assert!(!String::from_utf8(out).unwrap().contains("Content-Length"));
+    assert!(
+        ResponseFraming::Chunked.is_open_ended() && !ResponseFraming::Length(0).is_open_ended()
     );
 }

@@ -317,6 +317,7 @@ fn feed_head(data: &[u8], cuts: &[usize]) {
         fields: 10,
         field_size: 100,
         body: Some(100),
+        ..Limits::default()
     };
     let mut p = HeadParser::new();
     let mut ends: Vec<usize> = cuts.iter().map(|c| c % (data.len() + 1)).collect();

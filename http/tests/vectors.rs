@@ -21,7 +21,9 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use ferrocorn_http::{BodyDecoder, Error, HeadParser, HeaderMap, Limits, Parsed, Version};
+use ferrocorn_http::{
+    BodyDecoder, HeadParser, HeaderMapPolicy, Limits, Parsed, RequestError, Version,
+};
 
 const INJECTED_HOST: &[u8] = b"ferrocorn.test";
 
@@ -37,12 +39,12 @@ enum Expected {
     /// Rejected with this status.
     Status(u16),
     /// Rejected with exactly this error.
-    Exactly(Error),
+    Exactly(RequestError),
     /// Not complete at EOF.
     Incomplete,
 }
 
-const MISSING_HOST: Error = Error::BadRequest("HTTP/1.1 request without Host");
+const MISSING_HOST: RequestError = RequestError::BadRequest("HTTP/1.1 request without Host");
 
 const DEVIATIONS: &[Deviation] = &[
     Deviation {
@@ -77,7 +79,7 @@ const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         name: "valid/009",
-        outcome: Expected::Exactly(Error::BadRequest("both Content-Length and Transfer-Encoding")),
+        outcome: Expected::Exactly(RequestError::BadRequest("both Content-Length and Transfer-Encoding")),
         why: "Transfer-Encoding (identity) with Content-Length: the CL.TE smuggling shape is refused \
               (RFC 9112 §6.3 lets a server reject it; we always do)",
     },
@@ -196,7 +198,7 @@ struct Req {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Fail {
-    Rejected(Error),
+    Rejected(RequestError),
     /// EOF inside a request (gunicorn's NoMoreData / ChunkMissingTerminator).
     Incomplete,
 }
@@ -293,26 +295,25 @@ fn load() -> Vec<Vector> {
 }
 
 /// Limits and header policy from a vector's gunicorn config (only the options we apply).
-fn config(v: &Vector) -> (Limits, HeaderMap) {
+fn config(v: &Vector) -> Limits {
     let mut limits = Limits::default();
-    let mut map = HeaderMap::default();
     for (key, value) in &v.cfg {
         match key.as_str() {
             "limit_request_line" => limits.request_line = value.parse().unwrap(),
             "limit_request_fields" => limits.fields = value.parse().unwrap(),
             "limit_request_field_size" => limits.field_size = value.parse().unwrap(),
             "header_map" => {
-                map = match value.as_str() {
-                    "drop" => HeaderMap::Drop,
-                    "refuse" => HeaderMap::Refuse,
-                    "dangerous" => HeaderMap::Dangerous,
+                limits.header_map = match value.as_str() {
+                    "drop" => HeaderMapPolicy::Drop,
+                    "refuse" => HeaderMapPolicy::Refuse,
+                    "dangerous" => HeaderMapPolicy::Dangerous,
                     other => panic!("{}: header_map {other}", v.name),
                 }
             }
             _ => {}
         }
     }
-    (limits, map)
+    limits
 }
 
 /// Where to cut the input: each plan is a list of piece lengths covering it.
@@ -350,17 +351,12 @@ fn plans(len: usize, data: &[u8]) -> Vec<Vec<usize>> {
 
 /// Feed `data` in the pieces of `plan`, parsing requests back to back like a connection does.
 /// Returns the requests parsed, how the stream ended, and where the failing request started.
-fn run(
-    data: &[u8],
-    plan: &[usize],
-    limits: &Limits,
-    map: HeaderMap,
-) -> (Vec<Req>, Result<(), Fail>, usize) {
+fn run(data: &[u8], plan: &[usize], limits: &Limits) -> (Vec<Req>, Result<(), Fail>, usize) {
     let mut got = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     let mut consumed = 0; // bytes of `data` drained from `buf`
     let mut request_start = 0;
-    let mut parser = HeadParser::with_header_map(map);
+    let mut parser = HeadParser::new();
     let mut current: Option<(Req, BodyDecoder, bool)> = None;
     let mut fed = 0;
     for &n in plan {
@@ -390,7 +386,7 @@ fn run(
                     return (got, Ok(()), consumed);
                 }
                 request_start = consumed;
-                parser = HeadParser::with_header_map(map);
+                parser = HeadParser::new();
                 continue;
             }
             match parser.parse(&buf, limits) {
@@ -432,15 +428,10 @@ fn run(
 }
 
 /// Run every plan and insist they agree.
-fn run_all(
-    name: &str,
-    data: &[u8],
-    limits: &Limits,
-    map: HeaderMap,
-) -> (Vec<Req>, Result<(), Fail>, usize) {
+fn run_all(name: &str, data: &[u8], limits: &Limits) -> (Vec<Req>, Result<(), Fail>, usize) {
     let mut first = None;
     for plan in plans(data.len(), data) {
-        let r = run(data, &plan, limits, map);
+        let r = run(data, &plan, limits);
         match &first {
             None => first = Some(r),
             Some(f) => assert_eq!(
@@ -454,7 +445,7 @@ fn run_all(
 
 /// Does our failure correspond to gunicorn's exception class?
 fn matches_exception(class: &str, fail: &Fail) -> bool {
-    use Error::*;
+    use RequestError::*;
     matches!(
         (class, fail),
         ("NoMoreData" | "ChunkMissingTerminator", Fail::Incomplete)
@@ -513,11 +504,11 @@ fn inject_host(data: &[u8], at: usize) -> Vec<u8> {
     out
 }
 
-fn check_valid(v: &Vector, limits: &Limits, map: HeaderMap) -> usize {
+fn check_valid(v: &Vector, limits: &Limits) -> usize {
     let mut data = v.data.clone();
     let mut injected = Vec::new();
     loop {
-        let (got, end, at) = run_all(&v.name, &data, limits, map);
+        let (got, end, at) = run_all(&v.name, &data, limits);
         if end == Err(Fail::Rejected(MISSING_HOST)) {
             assert!(
                 got.len() < v.requests.len(),
@@ -588,22 +579,22 @@ fn gunicorn_vectors() {
                 v.name
             );
             }
-            let (limits, map) = config(v);
+            let limits = config(v);
             if let Some(d) = deviation {
                 used_deviations.push(d.name);
-                let (_, end, _) = run_all(&v.name, &v.data, &limits, map);
+                let (_, end, _) = run_all(&v.name, &v.data, &limits);
                 check_deviation(&v.name, d, &end);
                 deviated += 1;
                 return;
             }
             if v.valid {
-                host_injected += usize::from(check_valid(v, &limits, map) > 0);
+                host_injected += usize::from(check_valid(v, &limits) > 0);
             } else {
                 let class = v
                     .error
                     .as_deref()
                     .expect("invalid vector names an exception");
-                let (_, end, _) = run_all(&v.name, &v.data, &limits, map);
+                let (_, end, _) = run_all(&v.name, &v.data, &limits);
                 let fail = end
                     .as_ref()
                     .err()

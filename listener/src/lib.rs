@@ -5,6 +5,7 @@
 //! `tcp://…`, `unix:PATH` / `unix://PATH` and `fd://N`. Sockets are created close-on-exec (the
 //! workers are forked, not exec'ed, so they still inherit them); call
 //! [`Listener::set_inheritable`] before re-exec'ing the binary.
+#![warn(missing_docs)]
 
 use std::fmt;
 use std::io;
@@ -15,6 +16,8 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+mod unix_diag;
+
 use socket2::{Domain, SockAddr, SockRef, Socket, Type};
 
 /// gunicorn's port when `--bind` names only a host.
@@ -24,7 +27,12 @@ pub const DEFAULT_PORT: u16 = 8000;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BindSpec {
     /// `HOST:PORT`, `[V6]:PORT`, `HOST` (port 8000) or `:PORT`; host names are resolved when binding.
-    Tcp { host: String, port: u16 },
+    Tcp {
+        /// A name, an IPv4 address or an IPv6 address (without brackets).
+        host: String,
+        /// 0 for any free port.
+        port: u16,
+    },
     /// `unix:PATH`.
     Unix(PathBuf),
     /// `fd://N`: an already-listening socket we inherited.
@@ -35,12 +43,31 @@ pub enum BindSpec {
 /// error as its `source()`: printed as a chain (anyhow's `{:#}`) it would appear twice.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// A `--bind` value that is no address.
     #[error("invalid bind address {spec:?}: {reason}")]
-    InvalidSpec { spec: String, reason: &'static str },
+    InvalidSpec {
+        /// The value as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+    /// The OS refused to bind or listen (in use, no permission, no such address).
     #[error("cannot bind {addr}: {cause}")]
-    Bind { addr: String, cause: io::Error },
+    Bind {
+        /// The address, as the user wrote it or resolved.
+        addr: String,
+        /// The OS error.
+        cause: io::Error,
+    },
+    /// An `fd://N` that is not an open listening stream socket.
     #[error("fd://{fd} is not a listening socket: {reason}")]
-    BadFd { fd: RawFd, reason: String },
+    BadFd {
+        /// The descriptor.
+        fd: RawFd,
+        /// What it is instead.
+        reason: String,
+    },
+    /// `LISTEN_FDS` / `LISTEN_PID` / `NOTIFY_SOCKET` are set but unusable.
     #[error("systemd socket activation: {0}")]
     Systemd(String),
 }
@@ -221,24 +248,58 @@ impl Default for ListenOptions {
 /// arbiter calls [`Listener::remove_socket_file`] when it shuts down.
 #[derive(Debug)]
 pub enum Listener {
+    /// A TCP socket (IPv4 or IPv6).
     Tcp(std::net::TcpListener),
+    /// A unix stream socket.
     Unix {
+        /// The socket.
         listener: std::os::unix::net::UnixListener,
+        /// Its file, when we created it (an inherited one has none we own).
         path: Option<PathBuf>,
     },
+}
+
+/// A listening socket's accept queue: [`Listener::accept_queue`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AcceptQueue {
+    /// Connections the kernel completed that no process has accepted yet.
+    pub queued: u32,
+    /// The backlog they may reach.
+    pub limit: u32,
+}
+
+fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    // SAFETY: tcp_info is plain integers, so all-zero is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: `info` and `len` are live and `len` is the size of `info`, as getsockopt requires.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    (r == 0).then_some(info)
 }
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PeerAddr {
+    /// A TCP client's address and port.
     Tcp(SocketAddr),
+    /// A unix-socket client (no address).
     Unix,
 }
 
 /// An accepted connection.
 #[derive(Debug)]
 pub enum Stream {
+    /// Accepted on a TCP listener.
     Tcp(std::net::TcpStream),
+    /// Accepted on a unix listener.
     Unix(std::os::unix::net::UnixStream),
 }
 
@@ -254,10 +315,25 @@ impl Listener {
         }
     }
 
+    /// Make `accept` return `WouldBlock` instead of waiting (or wait again).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {
             Listener::Tcp(l) => l.set_nonblocking(nonblocking),
             Listener::Unix { listener, .. } => listener.set_nonblocking(nonblocking),
+        }
+    }
+
+    /// Connections waiting to be accepted and the most the kernel queues. TCP: `TCP_INFO` on
+    /// the listening socket (for a listener Linux reports the queue in `tcpi_unacked` and the
+    /// backlog in `tcpi_sacked`). Unix: sock_diag (as `ss -xl`). `None` on error, e.g. a kernel
+    /// without unix sock_diag.
+    pub fn accept_queue(&self) -> Option<AcceptQueue> {
+        match self {
+            Listener::Tcp(l) => tcp_info(l.as_raw_fd()).map(|info| AcceptQueue {
+                queued: info.tcpi_unacked,
+                limit: info.tcpi_sacked,
+            }),
+            Listener::Unix { listener, .. } => unix_diag::accept_queue(listener.as_raw_fd()),
         }
     }
 
@@ -342,6 +418,53 @@ impl Listener {
             _ => Ok(()),
         }
     }
+
+    /// Stop the kernel from completing new TCP handshakes on this socket, while connections
+    /// already in its accept queue (and handshakes whose final ACK is on its way) stay
+    /// acceptable: a server going away for good drains its queue instead of resetting what is
+    /// in it, and a new client sees its connect time out rather than a reset after connecting.
+    /// It works through a socket filter that drops every segment with SYN set: on a listening
+    /// socket the kernel runs the filter on each incoming segment, the TCP header first.
+    /// Child sockets accepted later inherit the filter, which is harmless once established.
+    ///
+    /// Unix sockets are left alone: removing the socket file (see
+    /// [`Listener::remove_socket_file`]) is what refuses their new clients, and those already
+    /// queued stay acceptable.
+    pub fn refuse_new_connections(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(_) => attach_syn_filter(SockRef::from(self)),
+            Listener::Unix { .. } => Ok(()),
+        }
+    }
+}
+
+/// Classic BPF: load the TCP flags byte (offset 13 of the header); SYN set → keep 0 bytes (drop),
+/// else keep the whole segment.
+#[cfg(any(target_os = "linux", target_os = "android"))]
+fn attach_syn_filter(sock: SockRef<'_>) -> io::Result<()> {
+    use socket2::SockFilter;
+    const TCP_FLAGS_OFFSET: u32 = 13;
+    const SYN: u32 = 0x02;
+    let op = |code: u32| code as u16;
+    let program = [
+        SockFilter::new(
+            op(libc::BPF_LD | libc::BPF_B | libc::BPF_ABS),
+            0,
+            0,
+            TCP_FLAGS_OFFSET,
+        ),
+        // SYN set: fall through to the drop; else jump over it.
+        SockFilter::new(op(libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K), 0, 1, SYN),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, 0),
+        SockFilter::new(op(libc::BPF_RET | libc::BPF_K), 0, 0, u32::MAX),
+    ];
+    sock.attach_filter(&program)
+}
+
+/// Elsewhere there are no classic socket filters: new handshakes keep completing.
+#[cfg(not(any(target_os = "linux", target_os = "android")))]
+fn attach_syn_filter(_sock: SockRef<'_>) -> io::Result<()> {
+    Err(io::Error::from(io::ErrorKind::Unsupported))
 }
 
 impl AsRawFd for Listener {
@@ -363,12 +486,14 @@ impl AsFd for Listener {
 }
 
 impl Stream {
+    /// As [`std::net::TcpStream::set_read_timeout`].
     pub fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_read_timeout(t),
             Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
+    /// As [`std::net::TcpStream::set_write_timeout`].
     pub fn set_write_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.set_write_timeout(t),
@@ -382,6 +507,7 @@ impl Stream {
             Stream::Unix(_) => Ok(()),
         }
     }
+    /// Half-close: send FIN, keep reading.
     pub fn shutdown_write(&self) -> io::Result<()> {
         match self {
             Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),

@@ -495,3 +495,72 @@ fn a_clone_accepts_on_the_same_socket_and_never_removes_the_file() {
     let tc = t.try_clone().unwrap();
     assert_eq!(tc.local_addr(), t.local_addr());
 }
+
+#[test]
+fn refusing_new_connections_keeps_queued_ones_acceptable() {
+    let listener = bind_one(&tcp("127.0.0.1", 0), &ListenOptions::default());
+    let addr = listener.local_addr().unwrap();
+    // The kernel completes this handshake on its own: the connection waits in the accept queue.
+    let queued = TcpStream::connect(addr).unwrap();
+    listener.refuse_new_connections().unwrap();
+    // Its SYNs are dropped, so a new connect neither completes nor is reset: it times out.
+    let late = TcpStream::connect_timeout(&addr, Duration::from_millis(300));
+    match late {
+        Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::TimedOut, "{e}"),
+        Ok(s) => panic!("a new connection completed after refusing: {s:?}"),
+    }
+    assert!(matches!(round_trip(&listener, queued), PeerAddr::Tcp(_)));
+}
+
+#[test]
+fn refusing_new_connections_leaves_a_unix_listener_serving_its_queue() {
+    let dir = TempDir::new("refuse");
+    let path = dir.0.join("s.sock");
+    let listener = bind_one(&BindSpec::Unix(path.clone()), &ListenOptions::default());
+    let queued = UnixStream::connect(&path).unwrap();
+    listener.refuse_new_connections().unwrap();
+    assert_eq!(round_trip(&listener, queued), PeerAddr::Unix);
+}
+
+#[test]
+fn the_accept_queue_counts_clients_not_yet_accepted_against_the_backlog() {
+    let opts = ListenOptions {
+        backlog: 37,
+        ..ListenOptions::default()
+    };
+    let listener = bind_one(&tcp("127.0.0.1", 0), &opts);
+    let addr = listener.local_addr().unwrap();
+    let empty = listener.accept_queue().expect("TCP_INFO on a TCP listener");
+    assert_eq!((empty.queued, empty.limit), (0, 37));
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+    // The handshake completes in the kernel; the queue fills as the clients connect.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while listener.accept_queue().unwrap().queued < 3 && std::time::Instant::now() < deadline {
+        std::thread::yield_now();
+    }
+    assert_eq!(listener.accept_queue().unwrap().queued, 3);
+    listener.accept().unwrap();
+    assert_eq!(listener.accept_queue().unwrap().queued, 2);
+    drop(clients);
+}
+
+#[test]
+fn a_unix_listeners_accept_queue_comes_from_sock_diag() {
+    let opts = ListenOptions {
+        backlog: 23,
+        ..ListenOptions::default()
+    };
+    let dir = TempDir::new("queue");
+    let path = dir.0.join("s");
+    let unix = bind_one(&spec(&format!("unix:{}", path.display())), &opts);
+    let empty = unix.accept_queue().expect("sock_diag for unix sockets");
+    assert_eq!((empty.queued, empty.limit), (0, 23));
+    // A unix connect completes at once: both clients wait in the queue on return.
+    let clients: Vec<UnixStream> = (0..2)
+        .map(|_| UnixStream::connect(&path).unwrap())
+        .collect();
+    assert_eq!(unix.accept_queue().unwrap().queued, 2);
+    unix.accept().unwrap();
+    assert_eq!(unix.accept_queue().unwrap().queued, 1);
+    drop(clients);
+}

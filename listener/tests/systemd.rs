@@ -140,6 +140,14 @@ fn main() {
         ),
         ("not_activated_is_empty", not_activated_is_empty),
     ];
+    // No case needs root: the root-only pass (`--ignored`) has nothing to run here.
+    if std::env::args().any(|a| a == "--ignored") {
+        println!(
+            "\ntest result: ok. 0 passed; 0 failed; 0 ignored; {} filtered out",
+            cases.len()
+        );
+        return;
+    }
     for (name, case) in cases {
         case();
         println!("test {name} ... ok");

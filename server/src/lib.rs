@@ -16,9 +16,11 @@
 //!     .run()?;
 //! # Ok::<(), ferrocorn_server::Error>(())
 //! ```
+#![warn(missing_docs)]
 
 pub mod access_log;
 mod bind;
+mod daemon;
 mod error;
 mod hooks;
 pub mod logging;
@@ -26,6 +28,9 @@ mod pidfile;
 mod privileges;
 pub mod proctitle;
 mod reexec;
+mod reload;
+mod sizing;
+mod stats;
 pub mod statsd;
 mod worker;
 
@@ -42,7 +47,7 @@ pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
 pub use ferrocorn_signals::MasterSignals;
-pub use ferrocorn_worker::{App, AppError, Request, Response};
+pub use ferrocorn_worker::{App, AppError, Headers, MemoryConn, Recorded, Request, Response};
 pub use log::LevelFilter;
 pub use pidfile::PidFile;
 
@@ -63,8 +68,23 @@ pub struct Settings {
     pub reuse_port: bool,
     /// Unix socket files get mode `0o777 & !umask` (default 0: anyone may connect).
     pub umask: Option<u32>,
-    /// Worker processes.
+    /// Worker processes (with [`WorkerMode::Fixed`]).
     pub workers: usize,
+    /// Exactly `workers` (gunicorn's `-w N`), sized to the machine, or scaled with the load.
+    pub worker_mode: WorkerMode,
+    /// When scaling: a worker idle this long is retired (down to the minimum).
+    pub scale_down_after: Duration,
+    /// Memory the whole server may use (bytes). `None`: the cgroup limit, else RAM, when
+    /// sizing or scaling; no budget with a fixed `-w N`.
+    pub memory_budget: Option<u64>,
+    /// A worker whose USS (private memory) is above this many bytes is replaced.
+    pub max_worker_memory: Option<u64>,
+    /// No worker is replaced for memory before it lived this long.
+    pub min_worker_lifetime: Duration,
+    /// A worker older than this (plus its jitter) is replaced.
+    pub max_worker_lifetime: Option<Duration>,
+    /// Up to this much more lifetime, spread over the workers so they are not replaced together.
+    pub max_worker_lifetime_jitter: Duration,
     /// A worker silent for longer is killed and replaced. `None` disables it.
     pub timeout: Option<Duration>,
     /// How long workers get to finish after TERM before SIGKILL.
@@ -108,6 +128,14 @@ pub struct Settings {
     /// NAME in the process titles `ferrocorn: master [NAME]` / `ferrocorn: worker [NAME]`
     /// (default: the program's name).
     pub proc_name: Option<String>,
+    /// Detach from the terminal first (`--daemon`).
+    pub daemon: bool,
+    /// Reload the workers when a file the app imported changes (`--reload`).
+    pub reload: bool,
+    /// With `reload`: more files to watch (`--reload-extra-file`).
+    pub reload_extra_files: Vec<PathBuf>,
+    /// `--stats`: where the master serves its read-only stats (JSON and Prometheus).
+    pub stats: Option<BindSpec>,
 }
 
 impl Default for Settings {
@@ -120,6 +148,13 @@ impl Default for Settings {
             reuse_port: false,
             umask: None,
             workers: arbiter.workers,
+            worker_mode: WorkerMode::Fixed,
+            scale_down_after: Duration::from_secs(30),
+            memory_budget: None,
+            max_worker_memory: None,
+            min_worker_lifetime: arbiter.memory.min_worker_lifetime,
+            max_worker_lifetime: None,
+            max_worker_lifetime_jitter: Duration::ZERO,
             timeout: arbiter.timeout,
             graceful_timeout: arbiter.graceful_timeout,
             keep_alive: worker.keepalive,
@@ -141,8 +176,29 @@ impl Default for Settings {
             statsd_prefix: String::new(),
             dogstatsd_tags: String::new(),
             proc_name: None,
+            daemon: false,
+            reload: false,
+            reload_extra_files: Vec::new(),
+            stats: None,
         }
     }
+}
+
+/// How the number of workers is chosen.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum WorkerMode {
+    /// Exactly [`Settings::workers`]; only TTIN/TTOU change it.
+    #[default]
+    Fixed,
+    /// `--workers auto`: min(2 x CPUs + 1, the workers that fit the memory budget).
+    Auto,
+    /// `--workers-min/--workers-max`: follow the load between the bounds.
+    Scale {
+        /// Never fewer workers.
+        min: usize,
+        /// Never more workers.
+        max: usize,
+    },
 }
 
 /// The app loading failed in the master (`--preload`); the text says why.
@@ -157,8 +213,14 @@ pub trait AppLoader {
         Ok(())
     }
     /// In each worker, after privileges are dropped: the app it serves. A worker that cannot
-    /// load it exits with [`APP_LOAD_ERROR`], which stops the server.
+    /// load it exits with [`APP_LOAD_ERROR`], which stops the server at first start (later, on
+    /// a reload, the workers already serving go on).
     fn load(&mut self) -> Box<dyn App>;
+    /// In each worker, after [`AppLoader::load`]: the files the app was loaded from (a Python
+    /// app's modules), which `--reload` watches. None by default.
+    fn imported_files(&mut self) -> Vec<PathBuf> {
+        Vec::new()
+    }
     /// Before a process that ran the app exits: each worker after serving, and the master at
     /// the end (e.g. a Python app's `atexit` callbacks).
     fn before_exit(&mut self) {}
@@ -176,7 +238,9 @@ impl<F: FnMut() -> Box<dyn App>> AppLoader for Factory<F> {
 /// Code run in the master around each fork of a worker (e.g. CPython's `PyOS_BeforeFork`
 /// family when the app is preloaded). All no-ops by default.
 pub trait ForkObserver {
+    /// In the master, just before `fork`.
     fn before_fork(&mut self) {}
+    /// In the master, just after `fork`.
     fn after_fork_parent(&mut self) {}
     /// In the new worker.
     fn after_fork_child(&mut self) {}
@@ -236,31 +300,37 @@ impl Builder {
         self
     }
 
+    /// How many workers to keep running (`-w`; TTIN/TTOU change it later).
     pub fn workers(mut self, workers: usize) -> Self {
         self.settings.workers = workers;
         self
     }
 
+    /// A worker silent this long is killed and replaced (`-t`); `None` (or zero) never.
     pub fn timeout(mut self, timeout: Option<Duration>) -> Self {
         self.settings.timeout = timeout;
         self
     }
 
+    /// How long workers get to finish after TERM before they are killed.
     pub fn graceful_timeout(mut self, timeout: Duration) -> Self {
         self.settings.graceful_timeout = timeout;
         self
     }
 
+    /// How long an idle keep-alive connection is kept waiting for its next request.
     pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
         self.settings.keep_alive = keep_alive;
         self
     }
 
+    /// Replace a worker after this many requests; 0 never.
     pub fn max_requests(mut self, max_requests: u64) -> Self {
         self.settings.max_requests = max_requests;
         self
     }
 
+    /// Request line, header and body limits (gunicorn's `--limit-request-*`).
     pub fn limits(mut self, limits: Limits) -> Self {
         self.settings.limits = limits;
         self
@@ -278,11 +348,13 @@ impl Builder {
         self
     }
 
+    /// Write the master's pid here while it runs (`-p`).
     pub fn pidfile(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.pidfile = Some(path.into());
         self
     }
 
+    /// Send the error log (fd 2, so tracebacks too) to this file; USR1 reopens it.
     pub fn log_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.settings.log_file = Some(path.into());
         self
@@ -305,7 +377,14 @@ impl Builder {
     /// [`WORKER_BOOT_ERROR`] when a worker cannot boot, [`APP_LOAD_ERROR`] when the app cannot
     /// be loaded; errors are start-up failures.
     pub fn run(self) -> Result<i32> {
-        let signals = match self.signals {
+        let mut signals = self.signals;
+        if self.settings.daemon && !reexec::is_reexec() {
+            // The handlers write to the master's pipe only in the process that installed them:
+            // the daemon installs its own.
+            drop(signals.take());
+            daemon::daemonize()?;
+        }
+        let signals = match signals {
             Some(signals) => signals,
             None => MasterSignals::install()?,
         };
@@ -313,6 +392,9 @@ impl Builder {
         let mut loader = self.loader;
         if let Err(PreloadError(e)) = loader.preload() {
             error!("{e}");
+            if let Some(lists) = &started.file_lists {
+                lists.remove();
+            }
             return Ok(shut_down(Exit::AppLoadError));
         }
         let code = started.serve(signals, &mut *loader, self.observer)?;
@@ -340,6 +422,9 @@ struct Started {
     owner: Owner,
     listeners: Vec<Listener>,
     pidfile: PidFile,
+    /// With `--reload`: where workers list the files their app imported.
+    file_lists: Option<reload::FileLists>,
+    stats: Option<Listener>,
 }
 
 /// Everything before the first fork, in gunicorn's order.
@@ -376,8 +461,11 @@ fn start(mut settings: Settings) -> Result<Started> {
         .transpose()?;
     let (access_log, worker_logs) = open_logs(&settings, &log_file, &owner)?;
     info!("Starting ferrocorn {}", env!("CARGO_PKG_VERSION"));
+    // Forked before binding, so the reloader holds no listening socket.
+    let file_lists = start_reloader(&settings, &owner)?;
     let listeners = bind::bind(&settings)?;
     bind::announce(&listeners, &owner)?;
+    let stats = bind_stats(&settings, parent_master.is_some())?;
     let pidfile = match parent_master {
         Some(_) => PidFile::create_for_successor(settings.pidfile.clone())?,
         None => PidFile::create(settings.pidfile.clone())?,
@@ -393,6 +481,8 @@ fn start(mut settings: Settings) -> Result<Started> {
         owner,
         listeners,
         pidfile,
+        file_lists,
+        stats,
     })
 }
 
@@ -439,6 +529,35 @@ fn access_log(settings: &Settings) -> Option<AccessLog> {
     Some(AccessLog::new(path, AccessFormat::parse(format)))
 }
 
+/// `--reload`: the directory for the workers' file lists, and the reloader watching them.
+fn start_reloader(settings: &Settings, owner: &Owner) -> Result<Option<reload::FileLists>> {
+    if !settings.reload {
+        return Ok(None);
+    }
+    let lists = reload::FileLists::create(owner)?;
+    reload::spawn_reloader(&lists, &settings.reload_extra_files)?;
+    Ok(Some(lists))
+}
+
+/// The `--stats` listener. A master started by USR2 finds the address taken by its parent: it
+/// goes without stats until promoted (see [`hooks::MasterHooks`]), and says so.
+fn bind_stats(settings: &Settings, reexecuted: bool) -> Result<Option<Listener>> {
+    let Some(spec) = &settings.stats else {
+        return Ok(None);
+    };
+    match ferrocorn_listener::bind(spec, &stats_listen_options()) {
+        Ok(listener) => {
+            info!("Stats at {}", listener.describe());
+            Ok(Some(listener))
+        }
+        Err(e) if reexecuted => {
+            log::warn!("no stats in this re-executed master until its parent exits: {e}");
+            Ok(None)
+        }
+        Err(e) => Err(e).with_context(|| format!("--stats {spec}")),
+    }
+}
+
 impl Started {
     /// Run the arbiter until the server stops; returns the exit code.
     fn serve(
@@ -458,11 +577,15 @@ impl Started {
             owner,
             listeners,
             pidfile,
+            file_lists,
+            stats,
         } = self;
         let config = ArbiterConfig {
             workers: settings.workers,
             timeout: settings.timeout.filter(|t| !t.is_zero()),
             graceful_timeout: settings.graceful_timeout,
+            sizing: sizing::worker_sizing(&settings),
+            memory: sizing::memory_policy(&settings),
         };
         let name = proc_name(&settings);
         let hooks = hooks::MasterHooks {
@@ -484,10 +607,15 @@ impl Started {
             observer,
             statsd: statsd.as_ref().map(Statsd::try_clone).transpose()?,
             workers_running: 0,
+            stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
+            stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
         if let Some(parent) = parent_master {
             arbiter.set_parent_master(parent);
+        }
+        if settings.daemon {
+            arbiter.set_daemonized();
         }
         let mut worker = worker::Worker {
             owner: &owner,
@@ -499,12 +627,36 @@ impl Started {
             access_log,
             statsd: statsd.as_ref(),
             title: format!("ferrocorn: worker [{name}]"),
+            file_lists: file_lists.as_ref(),
         };
         let exit = arbiter.run(&mut |ctx| worker.run(ctx));
         let code = shut_down(exit);
         arbiter.hooks_mut().pidfile.remove();
+        if let Some(lists) = &file_lists {
+            lists.remove();
+        }
         Ok(code)
     }
+}
+
+/// The stats socket: a small backlog, since its clients are few.
+pub(crate) fn stats_listen_options() -> ferrocorn_listener::ListenOptions {
+    ferrocorn_listener::ListenOptions {
+        backlog: 64,
+        ..Default::default()
+    }
+}
+
+pub(crate) fn stats_server(
+    listener: Listener,
+    listeners: &[Listener],
+) -> Result<stats::StatsServer> {
+    let watched = listeners
+        .iter()
+        .map(|l| Ok((l.describe(), l.try_clone()?)))
+        .collect::<std::io::Result<Vec<_>>>()
+        .context("duplicating the listeners for --stats")?;
+    stats::StatsServer::new(listener, watched).context("--stats")
 }
 
 fn worker_config(settings: &Settings) -> WorkerConfig {

@@ -61,6 +61,7 @@ pub fn parse_level(name: &str) -> Result<LevelFilter, String> {
     }
 }
 
+/// Install the gunicorn-style error log on stderr, showing `level` and above.
 pub fn init(level: LevelFilter) {
     // Only fails if a logger is already set, which happens only in tests that call this twice.
     let _ = log::set_boxed_logger(Box::new(ErrorLog { level }));
@@ -121,6 +122,7 @@ pub struct WorkerLogs {
 }
 
 impl WorkerLogs {
+    /// Keep `paths` owned by `owner` (the workers' user and group).
     pub fn new(owner: Owner, paths: impl IntoIterator<Item = PathBuf>) -> Self {
         WorkerLogs {
             owner,

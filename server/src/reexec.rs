@@ -19,6 +19,11 @@ fn take_env(name: &str) -> Option<String> {
     value
 }
 
+/// Whether this master was started by USR2 (it is then already detached if the first was).
+pub(crate) fn is_reexec() -> bool {
+    std::env::var_os(REEXEC_PARENT_ENV).is_some()
+}
+
 /// The pid of the master that started us by USR2, if it did.
 pub(crate) fn take_parent_master() -> Option<i32> {
     take_env(REEXEC_PARENT_ENV).and_then(|pid| pid.parse::<i32>().ok())

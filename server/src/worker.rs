@@ -11,6 +11,7 @@ use crate::statsd::Statsd;
 
 use crate::logging::LogFile;
 use crate::privileges::Owner;
+use crate::reload::FileLists;
 use crate::AppLoader;
 
 pub(crate) struct Worker<'a> {
@@ -24,6 +25,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) statsd: Option<&'a Statsd>,
     /// This process's title once forked.
     pub(crate) title: String,
+    /// With `--reload`: where to record the files the app was loaded from.
+    pub(crate) file_lists: Option<&'a FileLists>,
 }
 
 impl Worker<'_> {
@@ -47,6 +50,9 @@ impl Worker<'_> {
             }
         }
         let mut app = self.loader.load();
+        if let Some(lists) = self.file_lists {
+            lists.write(&self.loader.imported_files());
+        }
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
         let mut monitor = WorkerMonitor {
@@ -109,6 +115,9 @@ impl Monitor for WorkerMonitor<'_> {
     }
 
     fn request_finished(&mut self, done: &Completed<'_>) {
+        if let Some(status) = done.status {
+            self.slot.count_status(status);
+        }
         self.slot.request_finished();
         if let Some(log) = &mut self.access_log {
             log.log(done);
@@ -116,6 +125,11 @@ impl Monitor for WorkerMonitor<'_> {
         if let Some(statsd) = self.statsd {
             statsd.request(done);
         }
+    }
+
+    /// The master sets the flag before it sends TERM when no other master shares the sockets.
+    fn drain_on_stop(&self) -> bool {
+        self.slot.server_stopping()
     }
 }
 

@@ -13,6 +13,7 @@
 //! records the signal in a process-wide bitmask instead, which [`WorkerSignals::install_replacing`]
 //! replays. So a TERM that reaches a worker between `fork` and `install_replacing` is neither lost
 //! nor mistaken by the arbiter for its own.
+#![warn(missing_docs)]
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -117,6 +118,7 @@ pub fn signal_name(sig: c_int) -> &'static str {
 /// as anyhow's `{:#}` would repeat it); hence `From` by hand rather than `#[from]`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// sigaction or the self-pipe failed.
     #[error("installing signal handlers: {0}")]
     Install(io::Error),
 }
@@ -261,12 +263,14 @@ pub struct MasterWaker {
 }
 
 impl MasterWaker {
+    /// Make the master's wait return now (async-signal-safe: one write to the self-pipe).
     pub fn wake(&self) {
         write_byte(self.write.as_raw_fd(), WAKE_BYTE);
     }
 }
 
 impl MasterSignals {
+    /// Install the master's handlers for every signal it acts on; the first thing a master does.
     pub fn install() -> Result<Self, Error> {
         let (read, write) = nonblocking_pipe()?;
         let write = Arc::new(write);
@@ -375,6 +379,7 @@ struct WorkerShared {
 /// What the worker should do now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum WorkerState {
+    /// No stop asked: serve.
     Running,
     /// SIGTERM: finish the request in hand, then exit.
     Stopping,
@@ -463,6 +468,7 @@ impl WorkerSignals {
         Ok(this)
     }
 
+    /// What the signals received so far ask the worker to do.
     pub fn state(&self) -> WorkerState {
         match self.shared.state.load(Ordering::SeqCst) {
             RUNNING => WorkerState::Running,

@@ -7,9 +7,11 @@ use crate::{parse_u64, read_file, Error};
 /// One line of `/proc/PID/cgroup`: `hierarchy-ID:controller-list:cgroup-path`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupEntry {
+    /// The hierarchy ID; 0 for v2.
     pub hierarchy: u32,
     /// Empty for the v2 unified hierarchy.
     pub controllers: Vec<String>,
+    /// The process's cgroup, relative to the hierarchy's root.
     pub path: String,
 }
 
@@ -46,6 +48,7 @@ pub struct CgroupMount {
     pub v2: bool,
     /// The cgroup path mounted there (`/` on the host, the container's own cgroup inside one).
     pub root: String,
+    /// Where it is mounted.
     pub mount_point: PathBuf,
     /// v1: the controllers of this hierarchy (from the super options); empty for v2.
     pub controllers: Vec<String>,
@@ -117,7 +120,9 @@ pub fn parse_mountinfo_cgroups(text: &str) -> Result<Vec<CgroupMount>, Error> {
 /// A cgroup directory and the mount point above which limits are not ours to read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CgroupDir {
+    /// The process's cgroup directory.
     pub dir: PathBuf,
+    /// The mount point it is under: limits are read from `dir` up to here, not above.
     pub mount_point: PathBuf,
 }
 
@@ -164,6 +169,8 @@ pub struct Cgroups {
     pub v1_cpu: Option<CgroupDir>,
     /// The v1 `memory` controller.
     pub v1_memory: Option<CgroupDir>,
+    /// The v1 `cpuset` controller.
+    pub v1_cpuset: Option<CgroupDir>,
 }
 
 impl Cgroups {
@@ -188,6 +195,7 @@ impl Cgroups {
             v2,
             v1_cpu: v1("cpu"),
             v1_memory: v1("memory"),
+            v1_cpuset: v1("cpuset"),
         })
     }
 
@@ -212,6 +220,16 @@ impl Cgroups {
         })
     }
 
+    /// CPUs in our cpuset: v2 `cpuset.cpus.effective` (what the kernel really grants), else v1
+    /// `cpuset.cpus`; the smallest set on the path wins.
+    pub fn cpuset_cpus(&self) -> Result<Option<Limit<usize>>, Error> {
+        let count = |t: &str, _: &Path| parse_cpu_list(t).map(|n| (n > 0).then_some(n));
+        if let Some(l) = tightest(self.v2.as_ref(), "cpuset.cpus.effective", count)? {
+            return Ok(Some(l));
+        }
+        tightest(self.v1_cpuset.as_ref(), "cpuset.cpus", count)
+    }
+
     /// The tightest memory limit on our cgroup path (v2 `memory.max`/`memory.high`, v1
     /// `memory.limit_in_bytes`), in bytes.
     pub fn memory_limit(&self) -> Result<Option<Limit<u64>>, Error> {
@@ -233,7 +251,9 @@ impl Cgroups {
 /// A limit and the file it came from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Limit<T> {
+    /// The limit, in the unit of the method that found it (CPUs, bytes).
     pub value: T,
+    /// The file it was read from.
     pub file: PathBuf,
 }
 
@@ -306,6 +326,26 @@ pub fn parse_memory_max(text: &str) -> Result<Option<u64>, Error> {
         "max" => Ok(None),
         t => parse_u64("memory.max", t).map(Some),
     }
+}
+
+/// A kernel CPU list (`cpuset.cpus`, `cpuset.cpus.effective`): `0-3,6,8-9` is 7 CPUs; empty
+/// (no CPUs of its own, e.g. a v2 cgroup without the cpuset controller) is 0.
+pub fn parse_cpu_list(text: &str) -> Result<usize, Error> {
+    let mut count = 0;
+    for part in text.trim().split(',').filter(|p| !p.is_empty()) {
+        let bad = || Error::parse("cpuset.cpus", format!("bad CPU range {part:?}"));
+        let (lo, hi) = match part.split_once('-') {
+            Some((lo, hi)) => (lo, hi),
+            None => (part, part),
+        };
+        let lo: usize = lo.trim().parse().map_err(|_| bad())?;
+        let hi: usize = hi.trim().parse().map_err(|_| bad())?;
+        if hi < lo {
+            return Err(bad());
+        }
+        count += hi - lo + 1;
+    }
+    Ok(count)
 }
 
 /// Values this large in v1 `memory.limit_in_bytes` mean "unlimited" (the kernel writes

@@ -5,10 +5,14 @@
 //!   the affinity mask (`sched_getaffinity`, which reflects cpusets), else the online CPU count.
 //! - [`memory_budget`]: the tightest cgroup memory limit, else `MemTotal`; plus `MemAvailable`.
 //! - [`process_memory`] / [`tree_memory`]: RSS, PSS, USS, swap of a process or a process tree.
+//! - [`advisor`]: the measured sweep behind `ferrocorn sizing`: which worker counts to try, where
+//!   throughput stops rising, and the recommendation with its reason.
 //! - [`recommend`]: gunicorn's `2 * cores + 1`, capped by how many workers fit in memory.
 //!
 //! The parsers take file contents as `&str`, so they are tested on samples as well as live files.
+#![warn(missing_docs)]
 
+pub mod advisor;
 mod cgroup;
 mod process;
 mod recommend;
@@ -18,25 +22,38 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use cgroup::{
-    parse_cfs, parse_cpu_max, parse_memory_max, parse_mountinfo_cgroups, parse_proc_cgroup,
-    parse_v1_memory_limit, CgroupDir, CgroupEntry, CgroupMount, Cgroups, Limit,
+    parse_cfs, parse_cpu_list, parse_cpu_max, parse_memory_max, parse_mountinfo_cgroups,
+    parse_proc_cgroup, parse_v1_memory_limit, CgroupDir, CgroupEntry, CgroupMount, Cgroups, Limit,
 };
 pub use process::{
-    parse_smaps_rollup, parse_stat_ppid, process_memory, process_tree, tree_memory, ProcessMemory,
-    TreeMemory,
+    child_pids, parse_schedstat, parse_smaps_rollup, parse_stat_cpu_ticks, parse_stat_ppid,
+    process_cpu_seconds, process_memory, process_schedstat, process_tree, tree_memory,
+    ProcessMemory, TreeMemory,
 };
 pub use recommend::{
     recommend, recommend_now, recommend_with_headroom, Recommendation, DEFAULT_HEADROOM,
 };
 
+/// Why a figure could not be read from `/proc` or `/sys/fs/cgroup`.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// The message names the OS error, so `cause` is not also exposed as `source()` (a chain
-    /// printer such as anyhow's `{:#}` would repeat it).
+    /// A file could not be read. The message names the OS error, so `cause` is not also exposed
+    /// as `source()` (a chain printer such as anyhow's `{:#}` would repeat it).
     #[error("cannot read {}: {cause}", path.display())]
-    Read { path: PathBuf, cause: io::Error },
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        cause: io::Error,
+    },
+    /// A file's contents are not what the kernel writes.
     #[error("cannot parse {what}: {reason}")]
-    Parse { what: String, reason: String },
+    Parse {
+        /// The file or field.
+        what: String,
+        /// What is wrong with it.
+        reason: String,
+    },
 }
 
 impl Error {
@@ -106,6 +123,7 @@ pub struct CpuBudget {
     pub affinity: Option<usize>,
     /// The cgroup quota in CPUs, if any.
     pub quota: Option<f64>,
+    /// Which bound set `cpus`.
     pub source: CpuSource,
 }
 
@@ -175,13 +193,52 @@ pub fn combine_cpu(affinity: Option<usize>, quota: Option<Limit<f64>>, online: u
 
 /// The CPUs this process may use: the tighter of its cgroup quota and its affinity mask.
 pub fn cpu_budget() -> Result<CpuBudget, Error> {
-    let quota = Cgroups::discover()?.cpu_limit()?;
-    Ok(combine_cpu(affinity_cpus().ok(), quota, online_cpus()))
+    let cgroups = Cgroups::discover()?;
+    let quota = cgroups.cpu_limit()?;
+    // The affinity mask normally reflects the cpuset already; the cpuset file still counts when
+    // a process widened its own mask, or the mask cannot be read.
+    let cpuset = cgroups.cpuset_cpus()?.map(|l| l.value);
+    let allowed = match (affinity_cpus().ok(), cpuset) {
+        (Some(a), Some(c)) => Some(a.min(c)),
+        (a, c) => a.or(c),
+    };
+    Ok(combine_cpu(allowed, quota, online_cpus()))
+}
+
+/// A size as people write it: bytes, or with a `K`, `M` or `G` suffix (KiB, MiB, GiB; `KB`,
+/// `MiB`, `g` are read the same), fractions allowed (`1.5G`).
+pub fn parse_size(text: &str) -> Result<u64, Error> {
+    let t = text.trim();
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (number, suffix) = t.split_at(digits_end);
+    let unit: u64 = match suffix.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        other => {
+            return Err(Error::parse(
+                "size",
+                format!("{text:?}: unknown unit {other:?} (use K, M or G)"),
+            ))
+        }
+    };
+    let value: f64 = number
+        .parse()
+        .map_err(|_| Error::parse("size", format!("{text:?} is not a size like 600M")))?;
+    let bytes = value * unit as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(Error::parse("size", format!("{text:?} is out of range")));
+    }
+    Ok(bytes as u64)
 }
 
 /// `MemTotal` and `MemAvailable` from `/proc/meminfo`, in bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MemInfo {
+    /// `MemTotal`.
     pub total: u64,
     /// Absent on kernels before 3.14.
     pub available: Option<u64>,
@@ -211,6 +268,7 @@ pub struct MemoryBudget {
     pub limit: u64,
     /// The file of the cgroup limit; `None` when `limit` is `MemTotal`.
     pub cgroup_file: Option<PathBuf>,
+    /// `MemTotal`, in bytes.
     pub mem_total: u64,
     /// `MemAvailable`: memory the system can give without swapping (others' use subtracted).
     pub mem_available: Option<u64>,

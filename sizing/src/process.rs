@@ -119,22 +119,75 @@ pub fn process_memory(pid: i32) -> Result<ProcessMemory, Error> {
 /// The parent pid from the text of `/proc/PID/stat`. The command name may hold spaces and
 /// parentheses, so fields are counted after its last `)`.
 pub fn parse_stat_ppid(text: &str) -> Result<i32, Error> {
-    let after = text
-        .rsplit_once(')')
-        .map(|(_, rest)| rest)
-        .ok_or_else(|| Error::parse("stat", "no ')'"))?;
-    // After the name: state, ppid, ...
-    let ppid = after
-        .split_whitespace()
-        .nth(1)
+    let ppid = *stat_fields(text)?
+        .get(1)
         .ok_or_else(|| Error::parse("stat", "too few fields"))?;
     ppid.parse()
         .map_err(|_| Error::parse("stat", format!("bad ppid {ppid:?}")))
 }
 
-/// `pid` and all its descendants, parents before children. Processes that exit during the scan
-/// are left out.
-pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
+/// The fields after the command name in the text of `/proc/PID/stat` (the name may hold spaces
+/// and parentheses, so they are counted after its last `)`): state, ppid, ...
+fn stat_fields(text: &str) -> Result<Vec<&str>, Error> {
+    let after = text
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .ok_or_else(|| Error::parse("stat", "no ')'"))?;
+    Ok(after.split_whitespace().collect())
+}
+
+/// User plus system CPU time, in clock ticks, from the text of `/proc/PID/stat`.
+pub fn parse_stat_cpu_ticks(text: &str) -> Result<u64, Error> {
+    let fields = stat_fields(text)?;
+    // utime and stime are fields 14 and 15 of stat(5); the name was field 2.
+    let tick = |i: usize| -> Result<u64, Error> {
+        let f = fields
+            .get(i)
+            .ok_or_else(|| Error::parse("stat", "too few fields"))?;
+        f.parse()
+            .map_err(|_| Error::parse("stat", format!("bad CPU time {f:?}")))
+    };
+    Ok(tick(11)? + tick(12)?)
+}
+
+/// CPU seconds (user + system) a process has used so far.
+pub fn process_cpu_seconds(pid: i32) -> Result<f64, Error> {
+    let path = PathBuf::from(format!("/proc/{pid}/stat"));
+    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Read {
+        path: path.clone(),
+        cause,
+    })?;
+    let ticks = parse_stat_cpu_ticks(&text).map_err(|e| e.in_file(&path))?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    Ok(ticks as f64 / if hz > 0 { hz as f64 } else { 100.0 })
+}
+
+/// `/proc/PID/schedstat`: nanoseconds on a CPU, nanoseconds waiting in the run queue (runnable
+/// but no CPU free), and timeslices. Returns the first two in seconds.
+pub fn parse_schedstat(text: &str) -> Result<(f64, f64), Error> {
+    let mut fields = text.split_whitespace().map(|f| {
+        f.parse::<u64>()
+            .map_err(|_| Error::parse("schedstat", format!("bad number {f:?}")))
+    });
+    let (Some(on_cpu), Some(waiting)) = (fields.next(), fields.next()) else {
+        return Err(Error::parse("schedstat", "fewer than 2 fields"));
+    };
+    Ok((on_cpu? as f64 / 1e9, waiting? as f64 / 1e9))
+}
+
+/// Seconds a process has spent on a CPU and waiting for one (`/proc/PID/schedstat`).
+pub fn process_schedstat(pid: i32) -> Result<(f64, f64), Error> {
+    let path = PathBuf::from(format!("/proc/{pid}/schedstat"));
+    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Read {
+        path: path.clone(),
+        cause,
+    })?;
+    parse_schedstat(&text).map_err(|e| e.in_file(&path))
+}
+
+/// Every process's children, from the ppid in each `/proc/PID/stat`.
+fn children_by_parent() -> Result<HashMap<i32, Vec<i32>>, Error> {
     let dir = std::fs::read_dir("/proc").map_err(|cause| Error::Read {
         path: "/proc".into(),
         cause,
@@ -156,6 +209,18 @@ pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
             .or_default()
             .push(child);
     }
+    Ok(children)
+}
+
+/// The direct children of `pid` (a master's workers), in no particular order.
+pub fn child_pids(pid: i32) -> Result<Vec<i32>, Error> {
+    Ok(children_by_parent()?.remove(&pid).unwrap_or_default())
+}
+
+/// `pid` and all its descendants, parents before children. Processes that exit during the scan
+/// are left out.
+pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
+    let children = children_by_parent()?;
     let mut tree = vec![pid];
     let mut i = 0;
     while i < tree.len() {
@@ -170,6 +235,7 @@ pub fn process_tree(pid: i32) -> Result<Vec<i32>, Error> {
 /// Memory of a process tree: each member and the sum.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TreeMemory {
+    /// The sum over the tree.
     pub total: ProcessMemory,
     /// (pid, memory), the root first.
     pub processes: Vec<(i32, ProcessMemory)>,

@@ -8,12 +8,13 @@ pub const DEFAULT_HEADROOM: f64 = 0.2;
 /// How many workers to run, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recommendation {
+    /// The count to run: `cpu_workers`, capped by `memory_workers`.
     pub workers: usize,
     /// gunicorn's rule: `2 * cores + 1`.
     pub cpu_workers: usize,
     /// Workers that fit in memory beside the master; `None` when no worker was measured.
     pub memory_workers: Option<usize>,
-    /// One sentence explaining the numbers, for logs and `--print-workers`-style output.
+    /// One sentence explaining the numbers, for logs.
     pub reason: String,
 }
 

@@ -210,3 +210,19 @@ fn recommend_now_measures_a_real_worker() {
     // The worker is gone now: measuring it is an error, not a guess.
     assert!(recommend_now(me(), Some(worker.id() as i32)).is_err());
 }
+
+#[test]
+fn live_cpu_seconds_and_children() {
+    let me = std::process::id() as i32;
+    assert!(process_cpu_seconds(me).unwrap() >= 0.0);
+    let (on_cpu, _) = process_schedstat(me).unwrap();
+    assert!(on_cpu > 0.0, "this test has run on a CPU");
+    let mut child = std::process::Command::new("sleep")
+        .arg("5")
+        .spawn()
+        .unwrap();
+    let kids = child_pids(me).unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(kids.contains(&(child.id() as i32)), "{kids:?}");
+}

@@ -498,3 +498,84 @@ fn human_bytes_reads_well() {
     assert_eq!(human_bytes(1536 * MIB), "1.5 GiB");
     assert_eq!(human_bytes(MIB / 2), "0.5 MiB");
 }
+
+#[test]
+fn cpu_list_samples() {
+    assert_eq!(parse_cpu_list("0-3\n").unwrap(), 4);
+    assert_eq!(parse_cpu_list("0-3,6,8-9\n").unwrap(), 7);
+    assert_eq!(parse_cpu_list("5").unwrap(), 1);
+    // A v2 cgroup without the cpuset controller writes an empty line.
+    assert_eq!(parse_cpu_list("\n").unwrap(), 0);
+    let err = parse_cpu_list("3-1").unwrap_err().to_string();
+    assert!(err.contains("cpuset.cpus") && err.contains("3-1"), "{err}");
+    assert!(parse_cpu_list("0-x").is_err());
+}
+
+#[test]
+fn v2_cpuset_effective_takes_the_smallest_set() {
+    let t = TempDir::new("v2-cpuset");
+    let mount = t.0.join("unified");
+    let slice = mount.join("app.slice");
+    let service = slice.join("web.service");
+    write(&mount, "cpuset.cpus.effective", "0-7\n");
+    write(&slice, "cpuset.cpus.effective", "0-3\n");
+    write(&service, "cpuset.cpus.effective", "2,3\n");
+    let mountinfo = format!(
+        "41 31 0:38 / {} rw,relatime - cgroup2 cgroup2 rw\n",
+        mount.display()
+    );
+    let cg = Cgroups::from_proc("0::/app.slice/web.service\n", &mountinfo).unwrap();
+    assert_eq!(
+        cg.cpuset_cpus().unwrap(),
+        Some(Limit {
+            value: 2,
+            file: service.join("cpuset.cpus.effective")
+        })
+    );
+}
+
+#[test]
+fn v1_cpuset_in_a_container() {
+    let t = TempDir::new("v1-cpuset");
+    let cpuset = t.0.join("cpuset");
+    write(&cpuset, "cpuset.cpus", "0-2\n");
+    let mountinfo = format!(
+        "33 31 0:30 /docker/abc {} rw - cgroup cgroup rw,cpuset\n",
+        cpuset.display()
+    );
+    let cg = Cgroups::from_proc("5:cpuset:/docker/abc\n0::/\n", &mountinfo).unwrap();
+    assert_eq!(cg.v1_cpuset.as_ref().unwrap().dir, cpuset);
+    assert_eq!(cg.cpuset_cpus().unwrap().unwrap().value, 3);
+    // No cpuset controller mounted: no cpuset limit.
+    let cg = Cgroups::from_proc("0::/\n", "").unwrap();
+    assert_eq!(cg.cpuset_cpus().unwrap(), None);
+}
+
+#[test]
+fn stat_cpu_ticks_and_schedstat_samples() {
+    // /proc/PID/stat of a worker whose name holds spaces and a parenthesis; utime 1234, stime 56.
+    let stat = "4242 (ferro corn) w) S 4200 4200 4200 0 -1 4194560 2861 0 0 0 1234 56 0 0 20 0 \
+                1 0 1735 24576000 1519 18446744073709551615 1 1 0 0 0 0 0 4096 0 0 0 0 17 1 0 0";
+    assert_eq!(parse_stat_cpu_ticks(stat).unwrap(), 1290);
+    assert_eq!(parse_stat_ppid(stat).unwrap(), 4200);
+    assert!(parse_stat_cpu_ticks("4242 (x) S 1").is_err());
+
+    let (on_cpu, waiting) = parse_schedstat("1500000000 250000000 42\n").unwrap();
+    assert_eq!((on_cpu, waiting), (1.5, 0.25));
+    assert!(parse_schedstat("12\n").is_err());
+    assert!(parse_schedstat("a b c\n").is_err());
+}
+
+#[test]
+fn sizes_take_k_m_g_suffixes() {
+    assert_eq!(parse_size("600M").unwrap(), 600 * MIB);
+    assert_eq!(parse_size("1.5G").unwrap(), 1536 * MIB);
+    assert_eq!(parse_size("512k").unwrap(), 512 * 1024);
+    assert_eq!(parse_size("2GiB").unwrap(), 2048 * MIB);
+    assert_eq!(parse_size("4096").unwrap(), 4096);
+    for bad in ["", "M", "600X", "-5M", "0"] {
+        assert!(parse_size(bad).is_err(), "{bad:?}");
+    }
+    let err = parse_size("600X").unwrap_err().to_string();
+    assert!(err.contains("600X") && err.contains("K, M or G"), "{err}");
+}

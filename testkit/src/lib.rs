@@ -2,22 +2,31 @@
 //! on the ferrocorn crates, given by path), wait on its log lines (never on sleeps), talk raw
 //! bytes over TCP, send real signals, read real /proc. A dev-only crate, so it is compiled once
 //! for every test binary that uses it.
+#![warn(missing_docs)]
 // Handles to processes and directories, only ever used by tests.
 #![allow(missing_debug_implementations)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+mod http;
+
+pub use http::*;
+
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+/// How long a server may take to boot (and the default patience of every wait): generous, as the
+/// machine may be loaded.
 pub const BOOT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a stopping server may take.
 pub const STOP_PATIENCE: Duration = Duration::from_secs(20);
 
+/// The workspace root.
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
@@ -45,6 +54,7 @@ pub fn ferrocorn_bin() -> PathBuf {
 
 /// A running `ferrocorn` master whose stderr log we follow line by line.
 pub struct Server {
+    /// The process (the master, when the command execs it).
     pub child: Child,
     /// The first TCP address it listens on (when bound to TCP).
     pub addr: Option<SocketAddr>,
@@ -75,6 +85,7 @@ impl Server {
         Self::start_in(args, &repo_root(), &[])
     }
 
+    /// [`Server::start`] with a working directory and extra environment.
     pub fn start_in(args: &[&str], cwd: &Path, env: &[(&str, &str)]) -> Server {
         Self::start_bin(&ferrocorn_bin(), args, cwd, env)
     }
@@ -91,10 +102,12 @@ impl Server {
         server
     }
 
+    /// The master's pid.
     pub fn pid(&self) -> i32 {
         self.child.id() as i32
     }
 
+    /// The first TCP address it listens on; panics when it was not bound to TCP.
     pub fn addr(&self) -> SocketAddr {
         self.addr.expect("server bound to TCP")
     }
@@ -123,6 +136,18 @@ impl Server {
         }
     }
 
+    /// Send USR2 and wait for the master to say it re-executed; returns the new master's pid.
+    pub fn reexec(&mut self) -> i32 {
+        self.signal(libc::SIGUSR2);
+        let line = self.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+        line.rsplit("(pid: ")
+            .next()
+            .unwrap()
+            .trim_end_matches(')')
+            .parse()
+            .expect("the new master's pid")
+    }
+
     /// Wait until `n` workers have logged that they booted (counting from now).
     pub fn wait_for_workers(&mut self, n: usize) -> Vec<i32> {
         (0..n)
@@ -133,30 +158,25 @@ impl Server {
             .collect()
     }
 
+    /// Every log line so far, joined.
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
+    /// Send `sig` to the master.
     pub fn signal(&self, sig: libc::c_int) {
         signal(self.pid(), sig);
     }
 
     /// Wait for the master to exit, at most `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                // Let the reader threads catch the last lines.
-                return status;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "ferrocorn did not exit within {timeout:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let child = &mut self.child;
+        poll(timeout, || child.try_wait().unwrap()).unwrap_or_else(|| {
+            panic!(
+                "ferrocorn did not exit within {timeout:?}; log:\n{}",
+                self.log_text()
+            )
+        })
     }
 
     /// Live worker processes: children of the master, from /proc.
@@ -166,38 +186,30 @@ impl Server {
 
     /// Poll /proc until the live workers are exactly `pids` (sorted); returns them.
     pub fn wait_until_workers(&self, pids: &[i32], timeout: Duration) -> Vec<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let now = self.worker_pids();
-            if now == pids {
-                return now;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "expected workers {pids:?}, have {now:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(timeout, || {
+            Some(self.worker_pids()).filter(|now| now == pids)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected workers {pids:?}, have {:?}; log:\n{}",
+                self.worker_pids(),
+                self.log_text()
+            )
+        })
     }
 
     /// Poll /proc until the number of workers is `n` (the arbiter's forks/reaps are asynchronous).
     pub fn wait_worker_count(&self, n: usize, timeout: Duration) -> Vec<i32> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let pids = self.worker_pids();
-            if pids.len() == n {
-                return pids;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "expected {n} workers, have {pids:?}; log:\n{}",
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        poll(timeout, || {
+            Some(self.worker_pids()).filter(|pids| pids.len() == n)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "expected {n} workers, have {:?}; log:\n{}",
+                self.worker_pids(),
+                self.log_text()
+            )
+        })
     }
 }
 
@@ -214,12 +226,14 @@ impl Drop for Server {
     }
 }
 
+/// Send `sig` to `pid`, failing the test if it cannot be sent.
 pub fn signal(pid: i32, sig: libc::c_int) {
     // SAFETY: kill(2) has no memory-safety preconditions.
     let rc = unsafe { libc::kill(pid, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
+/// Whether `pid` runs (a zombie does not).
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie still has /proc/PID; count it as gone.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
@@ -253,158 +267,13 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
     pids
 }
 
-/// A parsed HTTP response.
-#[derive(Debug, Clone)]
-pub struct Resp {
-    pub status: u16,
-    pub reason: String,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-pub fn connect(addr: SocketAddr) -> TcpStream {
-    let s = TcpStream::connect(addr).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s
-}
-
-/// Everything the server sends on `conn` until it closes (or resets) it.
-pub fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
-    let mut bytes = Vec::new();
-    let _ = conn.read_to_end(&mut bytes);
-    bytes
-}
-
-/// Send raw bytes, half-close, read everything until the server closes.
-pub fn raw_exchange(addr: SocketAddr, request: &[u8]) -> Vec<u8> {
-    let mut s = connect(addr);
-    s.write_all(request).unwrap();
-    let _ = s.shutdown(Shutdown::Write);
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    out
-}
-
-/// Send one request (should carry `Connection: close`) and parse the single response.
-pub fn request(addr: SocketAddr, request: &[u8]) -> Resp {
-    let bytes = raw_exchange(addr, request);
-    let (resp, _) = parse_response(&bytes, false)
-        .unwrap_or_else(|| panic!("incomplete response: {:?}", String::from_utf8_lossy(&bytes)));
-    resp
-}
-
-pub fn get(addr: SocketAddr, path: &str) -> Resp {
-    request(
-        addr,
-        format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-}
-
-pub fn post(addr: SocketAddr, path: &str, content_type: &str, body: &[u8]) -> Resp {
-    let mut req = format!(
-        "POST {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )
-    .into_bytes();
-    req.extend_from_slice(body);
-    request(addr, &req)
-}
-
-/// Parse one response from the front of `bytes`; returns it and the bytes it used. Handles
-/// Content-Length, chunked, and read-until-close bodies. `head_request`: no body expected.
-pub fn parse_response(bytes: &[u8], head_request: bool) -> Option<(Resp, usize)> {
-    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let head = std::str::from_utf8(&bytes[..end - 4]).ok()?;
-    let mut lines = head.split("\r\n");
-    let status_line = lines.next()?;
-    let mut parts = status_line.splitn(3, ' ');
-    let _version = parts.next()?;
-    let status: u16 = parts.next()?.parse().ok()?;
-    let reason = parts.next().unwrap_or("").to_string();
-    let headers: Vec<(String, String)> = lines
-        .map(|l| {
-            let (k, v) = l.split_once(':').expect("header line");
-            (k.to_string(), v.trim().to_string())
-        })
-        .collect();
-    let find = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.clone())
-    };
-    let rest = &bytes[end..];
-    let no_body = head_request || status == 204 || status == 304 || (100..200).contains(&status);
-    let (body, used) = if no_body {
-        (Vec::new(), 0)
-    } else if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
-        let mut body = Vec::new();
-        let mut pos = 0;
-        loop {
-            let line_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
-            let size_str = std::str::from_utf8(&rest[pos..line_end]).ok()?;
-            let size = usize::from_str_radix(size_str.split(';').next()?.trim(), 16).ok()?;
-            pos = line_end + 2;
-            if size == 0 {
-                // Skip trailers up to the blank line.
-                let t_end = rest[pos..].windows(2).position(|w| w == b"\r\n")? + pos;
-                if t_end == pos {
-                    pos += 2;
-                } else {
-                    pos = rest[pos..].windows(4).position(|w| w == b"\r\n\r\n")? + pos + 4;
-                }
-                break;
-            }
-            if rest.len() < pos + size + 2 {
-                return None;
-            }
-            body.extend_from_slice(&rest[pos..pos + size]);
-            pos += size + 2;
-        }
-        (body, pos)
-    } else if let Some(len) = find("content-length") {
-        let len: usize = len.parse().ok()?;
-        if rest.len() < len {
-            return None;
-        }
-        (rest[..len].to_vec(), len)
-    } else {
-        (rest.to_vec(), rest.len())
-    };
-    Some((
-        Resp {
-            status,
-            reason,
-            headers,
-            body,
-        },
-        end + used,
-    ))
-}
-
-/// Parse every response in `bytes` (pipelining / keep-alive), in order.
-pub fn parse_all_responses(mut bytes: &[u8]) -> Vec<Resp> {
-    let mut out = Vec::new();
-    while !bytes.is_empty() {
-        let Some((resp, used)) = parse_response(bytes, false) else {
-            break;
-        };
-        out.push(resp);
-        bytes = &bytes[used..];
-    }
-    out
+/// `ferrocorn ARGS --chdir examples hello:app` on an ephemeral port: the bundled example app
+/// (`examples/hello.py`: `/`, `POST /echo`, `/sleep?s=N`, `/error`).
+pub fn start_hello(args: &[&str]) -> Server {
+    let mut all = vec!["--chdir", "examples"];
+    all.extend_from_slice(args);
+    all.push("hello:app");
+    Server::start(&all)
 }
 
 /// The test virtualenv `<repo>/.venv` with Flask and Django (requirements/test.txt), made or
@@ -539,12 +408,21 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A path under the temp dir no other test (in this process or another) uses:
+/// `ferrocorn-PID-N-NAME`, N counting up per process (NAME last, so an extension stays one).
+pub fn unique_temp_path(name: &str) -> PathBuf {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    std::env::temp_dir().join(format!("ferrocorn-{}-{n}-{name}", std::process::id()))
+}
+
 /// A scratch directory, removed at the end of the test.
 pub struct TempDir(PathBuf);
 
 impl TempDir {
+    /// Create an empty directory at [`unique_temp_path`]`(name)`, open to every user.
     pub fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("ferrocorn-{name}-{}", std::process::id()));
+        let dir = unique_temp_path(name);
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         // Workers running as `nobody` must get in.
@@ -552,10 +430,12 @@ impl TempDir {
         TempDir(dir)
     }
 
+    /// Where it is.
     pub fn path(&self) -> &Path {
         &self.0
     }
 
+    /// Where it is, as a command-line argument.
     pub fn str(&self) -> &str {
         self.0.to_str().unwrap()
     }
@@ -593,13 +473,33 @@ pub fn assert_replaced_and_serving(server: &mut Server, first: i32) -> i32 {
     replacement
 }
 
+/// How often [`poll`] looks again.
+const POLL_INTERVAL: Duration = Duration::from_millis(10);
+
+/// The harness's one deadline loop: call `probe` until it gives a value or `timeout` has passed
+/// (`None` then). For state nothing announces (/proc, a file, a counter); a log line is waited
+/// for with [`Server::wait_for_log`] instead.
+pub fn poll<T>(timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe() {
+            return Some(value);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(POLL_INTERVAL);
+    }
+}
+
+/// Poll `probe` until it gives a value, failing the test (naming `what`) after `timeout`.
+pub fn wait_for<T>(what: &str, timeout: Duration, probe: impl FnMut() -> Option<T>) -> T {
+    poll(timeout, probe).unwrap_or_else(|| panic!("not within {timeout:?}: {what}"))
+}
+
 /// Poll `done` until it holds (failing the test after [`BOOT_TIMEOUT`]).
 pub fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + BOOT_TIMEOUT;
-    while !done() {
-        assert!(Instant::now() < deadline, "never happened: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(what, BOOT_TIMEOUT, || done().then_some(()))
 }
 
 /// uid and gid of a user from /etc/passwd.
@@ -650,20 +550,20 @@ pub fn links_libpython(bin: &Path) -> bool {
 /// Poll a log file (`--log-file`, where the harness cannot follow the output) until a line holds
 /// `needle`; panics with the file's text on timeout.
 pub fn wait_for_file_line(path: &Path, needle: &str, timeout: Duration) -> String {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let text = std::fs::read_to_string(path).unwrap_or_default();
-        if let Some(line) = text.lines().find(|l| l.contains(needle)) {
-            return line.to_string();
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "no line with {needle:?} in {} within {timeout:?}; it holds:\n{text}",
-                path.display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let text = || std::fs::read_to_string(path).unwrap_or_default();
+    poll(timeout, || {
+        text()
+            .lines()
+            .find(|l| l.contains(needle))
+            .map(str::to_string)
+    })
+    .unwrap_or_else(|| {
+        panic!(
+            "no line with {needle:?} in {} within {timeout:?}; it holds:\n{}",
+            path.display(),
+            text()
+        )
+    })
 }
 
 /// Clients connected to the TCP listener on `addr` and not accepted yet: the accept queue of the
@@ -685,12 +585,83 @@ pub fn accept_queue_len(addr: SocketAddr) -> Option<u32> {
 /// Poll /proc until no client is queued on `addr` (every connection made so far was accepted by
 /// a worker); panics after `timeout`.
 pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) {
+    wait_for(
+        &format!("every connection to {addr} accepted"),
+        timeout,
+        || (accept_queue_len(addr) == Some(0)).then_some(()),
+    )
+}
+
+/// What a command that ran to its end printed.
+pub struct Finished {
+    /// How it exited.
+    pub status: ExitStatus,
+    /// Everything it wrote to stdout (e.g. `--json`).
+    pub stdout: String,
+    /// Everything it wrote to stderr (the log).
+    pub stderr: String,
+}
+
+/// Run `ferrocorn ARGS` in the repository root to its end (killed, and the test failed, if it
+/// takes longer than `timeout`), with stdout and stderr apart (e.g. `--json` on stdout).
+pub fn run_ferrocorn(args: &[&str], timeout: Duration) -> Finished {
+    let mut child = Command::new(ferrocorn_bin())
+        .args(args)
+        .current_dir(repo_root())
+        .env_remove("WEB_CONCURRENCY")
+        .env_remove("PORT")
+        .env_remove("VIRTUAL_ENV")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn ferrocorn");
+    let read_all = |mut pipe: Box<dyn Read + Send>| {
+        std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let stdout = read_all(Box::new(child.stdout.take().unwrap()));
+    let stderr = read_all(Box::new(child.stderr.take().unwrap()));
     let deadline = Instant::now() + timeout;
-    while accept_queue_len(addr) != Some(0) {
-        assert!(
-            Instant::now() < deadline,
-            "connections to {addr} still queued after {timeout:?}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "ferrocorn {args:?} did not finish within {timeout:?}; stderr:\n{}",
+                stderr.join().unwrap()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    Finished {
+        status,
+        stdout: stdout.join().unwrap(),
+        stderr: stderr.join().unwrap(),
     }
+}
+
+/// Pids of live processes whose environment holds `KEY=VALUE` (a marker set with `--env`, which
+/// the master and its workers carry).
+pub fn processes_with_env(marker: &str) -> Vec<i32> {
+    let needle = marker.as_bytes();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if environ.split(|&b| b == 0).any(|kv| kv == needle) && pid_alive(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
 }

@@ -2,14 +2,17 @@
 //! to an [`App`], write the response; keep-alive, pipelining, timeouts, `--max-requests`.
 //!
 //! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`] (closures do too,
-//! see [`fn_app`]).
+//! see [`fn_app`]). Every framing decision (request bodies, response heads and bodies, error
+//! responses) is `ferrocorn-http`'s; this crate moves the bytes. [`MemoryConn`] runs the real
+//! [`Request`] and [`Response`] in memory, for an app's unit tests.
 //!
 //! One connection at a time, like gunicorn's sync worker, but with HTTP/1.1 keep-alive and
 //! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
 //! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
 //! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
-//! fd. A graceful stop (SIGTERM) ends accepting at once, but every connection already accepted is
-//! served: a new one's first request is waited for (up to the header timeout, within the graceful
+//! fd. A graceful stop (SIGTERM) ends accepting at once (unless the whole server stops: then the
+//! connections queued on the listeners are accepted and served first, see
+//! [`Monitor::drain_on_stop`]), but every connection already accepted is served: a new one's first request is waited for (up to the header timeout, within the graceful
 //! timeout) and answered with `Connection: close`, and an idle keep-alive one is closed unless a
 //! request follows its last response at once. A quick stop (SIGINT/SIGQUIT) ends any idle wait.
 //!
@@ -20,7 +23,10 @@
 //! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout
 //! and a request body must also arrive at a minimum average rate (a body trickled in a byte just
 //! before each read would time out is cut off, and so is the draining of an unread one).
+#![warn(missing_docs)]
 
+mod headers;
+mod memory;
 mod request;
 mod response;
 mod serve;
@@ -33,14 +39,16 @@ use std::time::Duration;
 pub use ferrocorn_http::{Limits, RequestHead, Version};
 pub use ferrocorn_listener::PeerAddr;
 pub use ferrocorn_signals::WorkerState;
+pub use headers::Headers;
+pub use memory::{MemoryConn, Recorded};
 pub use request::Request;
 pub use response::Response;
 
 /// An application the worker serves. Rust apps implement it directly; `ferrocorn-wsgi` implements it
 /// for a Python callable.
 pub trait App {
-    /// Handle one request. Call [`Response::start`] then [`Response::write`] (or
-    /// [`Response::sendfile`]). Returning `Err` before the head was sent makes the worker answer 500;
+    /// Handle one request. Call [`Response::text`] or [`Response::respond`] for a whole response,
+    /// or [`Response::start`] then [`Response::write`] (or [`Response::sendfile`]) to stream one. Returning `Err` before the head was sent makes the worker answer 500;
     /// after, it closes the connection. The worker keeps serving either way.
     fn call(&mut self, req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError>;
 
@@ -54,7 +62,9 @@ pub trait App {
 /// What a finished request was, for the access log and metrics: the request head, the response's
 /// status, headers and body size, and timing.
 pub struct Completed<'a> {
+    /// The request's head (method, target, version, headers).
     pub head: &'a RequestHead,
+    /// Who sent it.
     pub peer: &'a PeerAddr,
     /// The status sent (`None` when nothing was: the client went away first).
     pub status: Option<u16>,
@@ -64,6 +74,7 @@ pub struct Completed<'a> {
     pub body_bytes: u64,
     /// Wall-clock time the request head was complete.
     pub started_at: std::time::SystemTime,
+    /// From the complete head to the end of the response.
     pub duration: Duration,
     pub(crate) app: &'a dyn App,
 }
@@ -116,14 +127,18 @@ impl From<io::Error> for AppError {
 /// Where the request arrived, for SERVER_NAME / SERVER_PORT / wsgi.url_scheme.
 #[derive(Debug, Clone)]
 pub struct ServerAddr {
+    /// The listener's host, or a unix socket's path (SERVER_NAME).
     pub name: String,
+    /// The listener's port, as text (SERVER_PORT); empty for a unix socket.
     pub port: String,
+    /// The URL scheme (wsgi.url_scheme): `http`, as TLS ends at the proxy in front.
     pub scheme: &'static str,
 }
 
 /// Worker settings (from the command line).
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
+    /// The `--limit-request-*` sizes and `--header-map`.
     pub limits: Limits,
     /// `--keep-alive`: how long an idle keep-alive connection may wait for its next request
     /// (zero: every response says `Connection: close`).
@@ -185,6 +200,12 @@ pub trait Monitor {
     fn request_finished(&mut self, _done: &Completed<'_>) {
         self.beat();
     }
+    /// Asked when a graceful stop begins: `true` when the whole server is going away for good
+    /// (not this worker being retired while others go on), so the worker serves every connection
+    /// still queued on its listeners before exiting, since nobody else would.
+    fn drain_on_stop(&self) -> bool {
+        false
+    }
 }
 
 impl<F: FnMut()> Monitor for F {
@@ -226,6 +247,7 @@ pub fn run_with(
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the
 /// real one (SIGTERM → `Stopping`, SIGINT/SIGQUIT → `Exit`).
 pub trait Control {
+    /// Whether to keep serving, finish the request in hand and exit, or exit now.
     fn state(&self) -> WorkerState;
     /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets. It
     /// must stay open for as long as the worker loop runs.
@@ -246,7 +268,7 @@ impl Control for ferrocorn_signals::WorkerSignals {
     }
 }
 
-/// Closures are apps: `fn_app(|req, res| { res.start(200, "OK", vec![])?; res.write(b"hi") })`.
+/// Closures are apps: `fn_app(|req, res| res.text(200, "hi"))`.
 impl<F> App for F
 where
     F: FnMut(&mut Request<'_>, &mut Response<'_>) -> Result<(), AppError>,

@@ -5,7 +5,7 @@ use std::fmt;
 use std::io;
 use std::time::{Duration, Instant};
 
-use ferrocorn_http::{BodyDecoder, BodyFraming, Limits, RequestHead};
+use ferrocorn_http::{BodyDecoder, Limits, RequestHead};
 use ferrocorn_listener::PeerAddr;
 
 use crate::sock::{ReadBuf, Sock, READ_CHUNK};
@@ -40,16 +40,14 @@ pub(crate) struct Conn<'b> {
     pub(crate) body_failed: Cell<bool>,
 }
 
+/// The body's framing, decoded by `ferrocorn-http`, and the decoded bytes not yet handed out.
 #[derive(Debug)]
-enum Framing {
-    Length {
-        remaining: u64,
-    },
-    Chunked {
-        decoder: BodyDecoder,
-        decoded: Vec<u8>,
-        pos: usize,
-    },
+struct Framing {
+    decoder: BodyDecoder,
+    /// Decoded bytes of a chunked body (a Content-Length body is read straight into the app's
+    /// buffer instead) and how far the app has taken them.
+    decoded: Vec<u8>,
+    pos: usize,
 }
 
 /// How long the worker has waited for body bytes, against what their number allows.
@@ -92,21 +90,17 @@ pub(crate) struct BodyState {
     expects_continue: bool,
     continue_sent: bool,
     /// The client sent a malformed or too large body; the response status to use.
-    pub(crate) http_error: Option<ferrocorn_http::Error>,
+    pub(crate) http_error: Option<ferrocorn_http::RequestError>,
     /// Reading failed (EOF, timeout, reset): the connection cannot be reused.
     pub(crate) io_failed: bool,
 }
 
 impl BodyState {
     pub(crate) fn new(head: &RequestHead, limits: &Limits) -> BodyState {
-        let framing = match head.framing() {
-            BodyFraming::Empty => Framing::Length { remaining: 0 },
-            BodyFraming::Length(n) => Framing::Length { remaining: n },
-            BodyFraming::Chunked => Framing::Chunked {
-                decoder: BodyDecoder::new(BodyFraming::Chunked, limits),
-                decoded: Vec::new(),
-                pos: 0,
-            },
+        let framing = Framing {
+            decoder: BodyDecoder::new(head.framing(), limits),
+            decoded: Vec::new(),
+            pos: 0,
         };
         BodyState {
             framing,
@@ -120,10 +114,7 @@ impl BodyState {
 
     /// All body bytes have been received (not necessarily handed to the app).
     pub(crate) fn is_done(&self) -> bool {
-        match &self.framing {
-            Framing::Length { remaining } => *remaining == 0,
-            Framing::Chunked { decoder, .. } => decoder.is_done(),
-        }
+        self.framing.decoder.is_done()
     }
 
     fn failed(&self) -> Option<io::Error> {
@@ -165,10 +156,7 @@ impl BodyState {
     }
 
     fn buffered_decoded(&self) -> usize {
-        match &self.framing {
-            Framing::Length { .. } => 0,
-            Framing::Chunked { decoded, pos, .. } => decoded.len() - pos,
-        }
+        self.framing.decoded.len() - self.framing.pos
     }
 
     fn read_inner(
@@ -179,79 +167,85 @@ impl BodyState {
     ) -> io::Result<usize> {
         // Once a request is under way each wait gets the I/O timeout, within the rate floor.
         let pace = &mut self.pace;
-        match &mut self.framing {
-            Framing::Length { remaining } => {
-                let want = buf
-                    .len()
-                    .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                let n = if !rbuf.is_empty() {
-                    let n = want.min(rbuf.len());
-                    buf[..n].copy_from_slice(&rbuf.data()[..n]);
-                    rbuf.consume(n);
-                    n
-                } else {
-                    // Straight into the app's buffer: large uploads are copied once.
-                    let start = Instant::now();
-                    let n = conn
-                        .sock
-                        .read_before(&mut buf[..want], pace.deadline(conn.io_timeout)?)?;
-                    pace.record(start, n);
-                    if n == 0 {
-                        return Err(cut_short(*remaining));
-                    }
-                    n
-                };
-                *remaining -= n as u64;
-                Ok(n)
-            }
-            Framing::Chunked {
-                decoder,
-                decoded,
-                pos,
-            } => loop {
-                if *pos < decoded.len() {
-                    let n = buf.len().min(decoded.len() - *pos);
-                    buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
-                    *pos += n;
-                    return Ok(n);
-                }
-                if decoder.is_done() {
-                    return Ok(0);
-                }
-                decoded.clear();
-                *pos = 0;
-                if !rbuf.is_empty() {
-                    let used = match decoder.decode(rbuf.data(), decoded) {
-                        Ok(used) => used,
-                        Err(e) => {
-                            let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
-                            self.http_error = Some(e);
-                            return Err(io_err);
-                        }
-                    };
-                    rbuf.consume(used);
-                    if used > 0 || !decoded.is_empty() || decoder.is_done() {
-                        continue;
-                    }
-                }
+        let Framing {
+            decoder,
+            decoded,
+            pos,
+        } = &mut self.framing;
+        // A chunked body may be decoded (and its decoder done) before the app took it all.
+        if *pos < decoded.len() {
+            let n = buf.len().min(decoded.len() - *pos);
+            buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
+            *pos += n;
+            return Ok(n);
+        }
+        if decoder.is_done() {
+            return Ok(0);
+        }
+        if let Some(want) = decoder.raw_window(buf.len()) {
+            let n = if !rbuf.is_empty() {
+                let n = want.min(rbuf.len());
+                buf[..n].copy_from_slice(&rbuf.data()[..n]);
+                rbuf.consume(n);
+                n
+            } else {
+                // Straight into the app's buffer: large uploads are copied once.
                 let start = Instant::now();
-                let filled =
-                    rbuf.fill_before(&conn.sock, pace.deadline(conn.io_timeout)?, MAX_BODY_BUFFER);
-                if let Ok(n) = filled {
-                    pace.record(start, n);
+                let n = conn
+                    .sock
+                    .read_before(&mut buf[..want], pace.deadline(conn.io_timeout)?)?;
+                pace.record(start, n);
+                if n == 0 {
+                    return Err(cut_short(decoder));
                 }
-                match filled {
-                    Ok(0) => return Err(cut_short(0)),
-                    Ok(_) => {}
-                    Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                        let e = ferrocorn_http::Error::BadRequest("chunk framing too long");
+                n
+            };
+            decoder.consume_raw(n);
+            return Ok(n);
+        }
+        loop {
+            if *pos < decoded.len() {
+                let n = buf.len().min(decoded.len() - *pos);
+                buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
+                *pos += n;
+                return Ok(n);
+            }
+            if decoder.is_done() {
+                return Ok(0);
+            }
+            decoded.clear();
+            *pos = 0;
+            if !rbuf.is_empty() {
+                let used = match decoder.decode(rbuf.data(), decoded) {
+                    Ok(used) => used,
+                    Err(e) => {
                         let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
                         self.http_error = Some(e);
                         return Err(io_err);
                     }
-                    Err(e) => return Err(e),
+                };
+                rbuf.consume(used);
+                if used > 0 || !decoded.is_empty() || decoder.is_done() {
+                    continue;
                 }
-            },
+            }
+            let start = Instant::now();
+            let filled =
+                rbuf.fill_before(&conn.sock, pace.deadline(conn.io_timeout)?, MAX_BODY_BUFFER);
+            if let Ok(n) = filled {
+                pace.record(start, n);
+            }
+            match filled {
+                Ok(0) => return Err(cut_short(decoder)),
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    let e = ferrocorn_http::RequestError::BadRequest("chunk framing too long");
+                    let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
+                    self.http_error = Some(e);
+                    return Err(io_err);
+                }
+                Err(e) => return Err(e),
+            }
         }
     }
 
@@ -269,10 +263,13 @@ impl BodyState {
         if self.expects_continue && !self.continue_sent {
             return false;
         }
-        if let Framing::Length { remaining } = self.framing {
-            if remaining > budget {
-                return false;
-            }
+        if self
+            .framing
+            .decoder
+            .remaining_hint()
+            .is_some_and(|remaining| remaining > budget)
+        {
+            return false;
         }
         let mut scratch = vec![0u8; READ_CHUNK];
         let mut read = 0u64;
@@ -289,10 +286,8 @@ impl BodyState {
                 Err(_) => return false,
             }
         }
-        if let Framing::Chunked { decoded, pos, .. } = &mut self.framing {
-            decoded.clear();
-            *pos = 0;
-        }
+        self.framing.decoded.clear();
+        self.framing.pos = 0;
         self.is_done()
     }
 
@@ -303,7 +298,8 @@ impl BodyState {
     }
 }
 
-fn cut_short(remaining: u64) -> io::Error {
+fn cut_short(decoder: &BodyDecoder) -> io::Error {
+    let remaining = decoder.remaining_hint().unwrap_or(0);
     let msg = if remaining > 0 {
         format!("client closed the connection with {remaining} body bytes still to come")
     } else {
@@ -315,8 +311,11 @@ fn cut_short(remaining: u64) -> io::Error {
 /// One request as the app sees it. The body is read on demand (sending `100 Continue` first if the
 /// client asked for it) and never past its end.
 pub struct Request<'a> {
+    /// The parsed request head: method, target, version, header fields.
     pub head: &'a RequestHead,
+    /// The client's address.
     pub peer: &'a PeerAddr,
+    /// The listener the request arrived on.
     pub server: &'a ServerAddr,
     pub(crate) conn: &'a Conn<'a>,
     pub(crate) rbuf: &'a mut ReadBuf,
@@ -356,10 +355,7 @@ impl Request<'_> {
 
     /// Trailer fields of a chunked body, available once the body has been read to its end.
     pub fn trailers(&self) -> &[(String, Vec<u8>)] {
-        match &self.body.framing {
-            Framing::Chunked { decoder, .. } => decoder.trailers(),
-            Framing::Length { .. } => &[],
-        }
+        self.body.framing.decoder.trailers()
     }
 }
 

@@ -7,12 +7,18 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 
 use ferrocorn_http::{
-    write_response_head, BodyEncoder, ResponseFraming, ResponseHeadOut, ResponseSpec, Version,
+    reason_phrase, write_empty_response_head, write_response_head, BodyEncoder, ResponseFraming,
+    ResponseHeadOut, ResponseSpec, Version,
 };
 use nix::errno::Errno;
 
 use crate::request::Conn;
-use crate::AppError;
+use crate::sock::Memory;
+use crate::{AppError, Headers};
+
+/// One of `ferrocorn-http`'s head writers.
+type HeadWriter =
+    fn(&ResponseSpec<'_>, &mut Vec<u8>) -> Result<ResponseHeadOut, ferrocorn_http::ResponseError>;
 
 /// Largest piece of a body copied into the write buffer and written at once; bounds the buffer.
 const PIECE: usize = 256 * 1024;
@@ -30,18 +36,6 @@ struct Started {
     out: ResponseHeadOut,
 }
 
-/// How body bytes go out once the head is sent.
-#[derive(Debug)]
-enum BodyOut {
-    NoBody,
-    /// Declared `Content-Length`: never more than `remaining` further bytes.
-    Length {
-        remaining: u64,
-    },
-    Chunked(BodyEncoder),
-    UntilClose,
-}
-
 /// The response being written. The head is sent with the first non-empty body write (or at the end).
 pub struct Response<'a> {
     pub(crate) conn: &'a Conn<'a>,
@@ -56,7 +50,8 @@ pub struct Response<'a> {
     pub(crate) must_close: &'a dyn Fn() -> bool,
     pub(crate) server_header: &'a str,
     started: Option<Started>,
-    body: Option<BodyOut>,
+    /// Frames the body once the head is sent (`ferrocorn-http` decides every framing detail).
+    body: Option<BodyEncoder>,
     /// A write failed: the connection is unusable and every later write fails at once.
     broken: bool,
     /// Body bytes sent so far (for the access log).
@@ -88,16 +83,6 @@ fn broken_pipe() -> AppError {
     ))
 }
 
-/// The app's own `Connection: close` (dropped from the head as hop-by-hop) still means close.
-fn asks_close(headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
-    headers.iter().any(|(name, value)| {
-        name.eq_ignore_ascii_case(b"connection")
-            && value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-    })
-}
-
 impl<'a> Response<'a> {
     pub(crate) fn new(
         conn: &'a Conn<'a>,
@@ -126,13 +111,15 @@ impl<'a> Response<'a> {
 
     /// Set status and headers. May be called again to replace them until the head has been sent.
     /// Header names/values are bytes (WSGI gives latin-1 strings). Invalid ones are rejected here,
-    /// so the app learns about them at the call.
+    /// so the app learns about them at the call. Without a `Content-Length` the body is chunked
+    /// (HTTP/1.1) or ends with the connection (HTTP/1.0); [`Response::respond`] sets it for you.
     pub fn start(
         &mut self,
         status: u16,
         reason: &str,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
+        headers: impl Into<Headers>,
     ) -> Result<(), AppError> {
+        let headers: Vec<(Vec<u8>, Vec<u8>)> = headers.into().into();
         if self.head_sent() {
             return Err(AppError::BadResponse(
                 "start() called after the response head was sent".to_string(),
@@ -142,8 +129,12 @@ impl<'a> Response<'a> {
         self.wbuf.clear();
         // Serialized now to reject bad headers at the call; the keep-alive decision is taken
         // again when the head actually leaves (see `commit_head`).
-        let keep_alive = self.wants_keep_alive(&headers);
+        let keep_alive = self.wants_keep_alive();
         let out = self.serialize(status, reason, &headers, keep_alive)?;
+        self.record(|m| {
+            m.starts
+                .push((status, reason.to_string(), headers.clone().into()))
+        });
         self.started = Some(Started {
             status,
             reason: reason.to_string(),
@@ -154,17 +145,67 @@ impl<'a> Response<'a> {
         Ok(())
     }
 
-    /// Whether the connection may persist as far as this request and these headers go.
-    fn wants_keep_alive(&self, headers: &[(Vec<u8>, Vec<u8>)]) -> bool {
-        self.keep_alive
-            && !asks_close(headers)
-            && !self.conn.awaiting_continue.get()
-            && !self.conn.body_failed.get()
+    /// Note an app's call when the connection is in memory (a test records what the app did).
+    fn record(&self, note: impl FnOnce(&mut Memory)) {
+        if let Some(m) = self.conn.sock.memory_io() {
+            note(&mut m.borrow_mut());
+        }
+    }
+
+    /// A whole response in one call: `status` with its standard reason phrase, `headers`, and
+    /// `body` with its `Content-Length` (unless `headers` has one already).
+    pub fn respond(
+        &mut self,
+        status: u16,
+        headers: impl Into<Headers>,
+        body: &[u8],
+    ) -> Result<(), AppError> {
+        let mut headers = headers.into();
+        if !headers.contains("content-length") {
+            headers = headers.content_length(body.len() as u64);
+        }
+        self.start(status, reason_phrase(status), headers)?;
+        self.write(body)
+    }
+
+    /// A whole `text/plain; charset=utf-8` response: `res.text(200, "Hello\n")`.
+    pub fn text(&mut self, status: u16, body: impl AsRef<str>) -> Result<(), AppError> {
+        let headers = Headers::new().content_type("text/plain; charset=utf-8");
+        self.respond(status, headers, body.as_ref().as_bytes())
+    }
+
+    /// A whole response of `content_type` with these bytes as its body.
+    pub fn bytes(
+        &mut self,
+        status: u16,
+        content_type: impl AsRef<[u8]>,
+        body: &[u8],
+    ) -> Result<(), AppError> {
+        self.respond(status, Headers::new().content_type(content_type), body)
+    }
+
+    /// Whether the connection may persist as far as this request goes (the app's own
+    /// `Connection: close` is honoured when the head is serialized).
+    fn wants_keep_alive(&self) -> bool {
+        self.keep_alive && !self.conn.awaiting_continue.get() && !self.conn.body_failed.get()
     }
 
     /// Serialize a head into the (empty) write buffer.
     fn serialize(
         &mut self,
+        status: u16,
+        reason: &str,
+        headers: &[(Vec<u8>, Vec<u8>)],
+        keep_alive: bool,
+    ) -> Result<ResponseHeadOut, AppError> {
+        self.serialize_with(write_response_head, status, reason, headers, keep_alive)
+    }
+
+    /// Serialize a head into the (empty) write buffer with `write_head`, one of `ferrocorn-http`'s
+    /// head writers.
+    fn serialize_with(
+        &mut self,
+        write_head: HeadWriter,
         status: u16,
         reason: &str,
         headers: &[(Vec<u8>, Vec<u8>)],
@@ -179,20 +220,19 @@ impl<'a> Response<'a> {
             keep_alive,
             server: self.server_header,
         };
-        write_response_head(&spec, self.wbuf).map_err(|e| {
+        write_head(&spec, self.wbuf).map_err(|e| {
             self.wbuf.clear();
             // AppError::BadResponse adds its own "invalid response" prefix: pass the bare reason.
-            AppError::BadResponse(match e {
-                ferrocorn_http::Error::InvalidResponse(reason) => reason.to_string(),
-                other => other.to_string(),
-            })
+            AppError::BadResponse(e.0.to_string())
         })
     }
 
+    /// Whether a status and headers were set ([`Response::start`]), sent or not.
     pub fn is_started(&self) -> bool {
         self.started.is_some()
     }
 
+    /// Whether the response head has gone out: from then on only the body can be written.
     pub fn head_sent(&self) -> bool {
         self.body.is_some()
     }
@@ -217,49 +257,34 @@ impl<'a> Response<'a> {
         let Started {
             status,
             reason,
-            mut headers,
+            headers,
             keep_alive: serialized_with,
             mut out,
         } = started;
-        // No body at all: an HTTP/1.1 head would otherwise promise a chunked body (or a 1.0 one a
-        // close-delimited one); an explicit empty length is clearer and keeps the connection
-        // reusable.
-        let add_length = empty
-            && matches!(
-                out.framing,
-                ResponseFraming::Chunked | ResponseFraming::UntilClose
-            );
-        if add_length {
-            headers.push((b"Content-Length".to_vec(), b"0".to_vec()));
-        }
+        // No body at all: `ferrocorn-http` declares an empty length where the head would promise
+        // an open-ended body.
+        let empty_head = empty && out.framing.is_open_ended();
         // Decided now, as late as possible: a stop signal or a client queueing up for this worker
         // while the app ran makes this the connection's last response.
-        let keep_alive = self.wants_keep_alive(&headers) && !(self.must_close)();
+        let keep_alive = self.wants_keep_alive() && !(self.must_close)();
         let mut used = serialized_with;
-        if add_length || keep_alive != serialized_with {
+        if empty_head || keep_alive != serialized_with {
             let saved = std::mem::take(self.wbuf);
-            match self.serialize(status, &reason, &headers, keep_alive) {
+            let write_head: HeadWriter = if empty_head {
+                write_empty_response_head
+            } else {
+                write_response_head
+            };
+            match self.serialize_with(write_head, status, &reason, &headers, keep_alive) {
                 Ok(new) => {
                     out = new;
                     used = keep_alive;
                 }
                 // Cannot happen (the same headers passed before); keep the head we had.
-                Err(_) => {
-                    *self.wbuf = saved;
-                    if add_length {
-                        headers.pop();
-                    }
-                }
+                Err(_) => *self.wbuf = saved,
             }
         }
-        self.body = Some(match out.framing {
-            ResponseFraming::NoBody => BodyOut::NoBody,
-            ResponseFraming::Length(n) => BodyOut::Length { remaining: n },
-            ResponseFraming::Chunked => {
-                BodyOut::Chunked(BodyEncoder::new(ResponseFraming::Chunked))
-            }
-            ResponseFraming::UntilClose => BodyOut::UntilClose,
-        });
+        self.body = Some(BodyEncoder::new(out.framing));
         self.started = Some(Started {
             status,
             reason,
@@ -290,6 +315,12 @@ impl<'a> Response<'a> {
     /// returns, as PEP 3333 requires of streamed blocks. Bytes past a declared Content-Length are
     /// dropped, as is any body of a HEAD request or a 204/304 response.
     pub fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
+        self.record(|m| m.writes += 1);
+        self.write_body(data)
+    }
+
+    /// [`Response::write`] without noting an app's call (a copied file range comes through here).
+    fn write_body(&mut self, data: &[u8]) -> Result<(), AppError> {
         if self.broken {
             return Err(broken_pipe());
         }
@@ -305,28 +336,14 @@ impl<'a> Response<'a> {
         let mut rest = data;
         loop {
             let (piece, tail) = rest.split_at(rest.len().min(PIECE));
-            let queued = match self.body.as_mut() {
-                Some(BodyOut::Length { remaining }) => {
-                    let n = piece
-                        .len()
-                        .min(usize::try_from(*remaining).unwrap_or(usize::MAX));
-                    self.wbuf.extend_from_slice(&piece[..n]);
-                    *remaining -= n as u64;
-                    n
-                }
-                Some(BodyOut::Chunked(enc)) => {
-                    enc.encode(piece, self.wbuf);
-                    piece.len()
-                }
-                Some(BodyOut::UntilClose) => {
-                    self.wbuf.extend_from_slice(piece);
-                    piece.len()
-                }
-                Some(BodyOut::NoBody) | None => 0,
+            let Some(enc) = self.body.as_mut() else {
+                return Ok(());
             };
+            let queued = enc.encode(piece, self.wbuf);
+            let full = enc.limit() == Some(0);
             self.flush(false)?;
             self.body_bytes += queued as u64;
-            if tail.is_empty() || matches!(self.body, Some(BodyOut::Length { remaining: 0 })) {
+            if tail.is_empty() || full {
                 return Ok(());
             }
             rest = tail;
@@ -337,6 +354,7 @@ impl<'a> Response<'a> {
     /// otherwise by reading and writing. A file shorter than promised leaves the response short
     /// (the worker then closes the connection rather than let the client misparse it).
     pub fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError> {
+        self.record(|m| m.sendfiles.push((offset, len)));
         if self.broken {
             return Err(broken_pipe());
         }
@@ -355,12 +373,10 @@ impl<'a> Response<'a> {
             return Ok(());
         }
         self.commit_head(false)?;
-        let cap = match self.body.as_ref() {
-            Some(BodyOut::Length { remaining }) => Some(*remaining),
-            Some(BodyOut::NoBody) | None => Some(0),
-            Some(BodyOut::Chunked(_)) | Some(BodyOut::UntilClose) => None,
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
         };
-        let count = match (count, cap) {
+        let count = match (count, enc.limit()) {
             (Some(c), Some(cap)) => Some(c.min(cap)),
             (c, cap) => c.or(cap),
         };
@@ -368,46 +384,47 @@ impl<'a> Response<'a> {
             // Nothing may (or needs to) go out but the head.
             return self.flush(false);
         }
-        let chunked = matches!(self.body, Some(BodyOut::Chunked(_)));
-        match (meta.is_file(), count) {
-            (true, Some(count)) => {
-                if chunked {
-                    // One chunk for the whole range, its data by sendfile.
-                    self.wbuf
-                        .extend_from_slice(format!("{count:x}\r\n").as_bytes());
-                }
-                self.flush(true)?;
-                let sent = match self.sendfile_range(file, offset, count) {
-                    Ok(sent) => sent,
-                    Err(e) if e.kind() == io::ErrorKind::Unsupported && !chunked => {
-                        // Filesystems without sendfile support: copy instead.
-                        return self.copy_range(file, offset, Some(count));
-                    }
-                    Err(e) => {
-                        self.broken = true;
-                        return Err(AppError::Io(e));
-                    }
-                };
-                if let Some(BodyOut::Length { remaining }) = self.body.as_mut() {
-                    *remaining -= sent;
-                }
-                self.body_bytes += sent;
-                if sent < count && chunked {
-                    // The chunk size promised more than the file gave: the stream is corrupt.
-                    self.broken = true;
-                    return Err(AppError::Io(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "file ended before the length being sent",
-                    )));
-                }
-                if chunked {
-                    self.wbuf.extend_from_slice(b"\r\n");
-                    self.flush(false)?;
-                }
-                Ok(())
-            }
+        // In memory the range is copied (below) like any other file.
+        let sendable = meta.is_file() && self.conn.sock.fd().is_some();
+        match (sendable, count) {
+            (true, Some(count)) => self.sendfile_framed(file, offset, count),
             _ => self.copy_range(file, offset, count),
         }
+    }
+
+    /// Send `count` bytes of a regular file with sendfile(2), framed by the body encoder (one
+    /// chunk for the whole range when chunked).
+    fn sendfile_framed(&mut self, file: &File, offset: u64, count: u64) -> Result<(), AppError> {
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
+        };
+        let chunked = enc.framing() == ResponseFraming::Chunked;
+        let count = enc.begin_raw(count, self.wbuf);
+        self.flush(true)?;
+        let sent = match self.sendfile_range(file, offset, count) {
+            Ok(sent) => sent,
+            Err(e) if e.kind() == io::ErrorKind::Unsupported && !chunked => {
+                // Filesystems without sendfile support: copy instead (nothing was framed).
+                return self.copy_range(file, offset, Some(count));
+            }
+            Err(e) => {
+                self.broken = true;
+                return Err(AppError::Io(e));
+            }
+        };
+        self.body_bytes += sent;
+        let Some(enc) = self.body.as_mut() else {
+            return Ok(());
+        };
+        if !enc.end_raw(count, sent, self.wbuf) {
+            // The chunk size promised more than the file gave: the stream is corrupt.
+            self.broken = true;
+            return Err(AppError::Io(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "file ended before the length being sent",
+            )));
+        }
+        self.flush(false)
     }
 
     /// `sendfile(2)` `count` bytes from `offset`; returns how many were sent (fewer at EOF).
@@ -415,11 +432,14 @@ impl<'a> Response<'a> {
         let mut off = i64::try_from(offset)
             .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "file offset too large"))?;
         let sock = &self.conn.sock;
+        let Some(fd) = sock.fd() else {
+            return Err(io::ErrorKind::Unsupported.into());
+        };
         let mut sent = 0u64;
         sock.before_send(true);
         while sent < count {
             let n = (count - sent).min(SENDFILE_MAX) as usize;
-            match nix::sys::sendfile::sendfile64(sock.fd(), file.as_fd(), Some(&mut off), n) {
+            match nix::sys::sendfile::sendfile64(fd, file.as_fd(), Some(&mut off), n) {
                 Ok(0) => break,
                 Ok(n) => sent += n as u64,
                 Err(Errno::EAGAIN) => sock.wait_writable(self.conn.io_timeout)?,
@@ -453,7 +473,7 @@ impl<'a> Response<'a> {
             if n == 0 {
                 return Ok(());
             }
-            self.write(&buf[..n])?;
+            self.write_body(&buf[..n])?;
             pos += n as u64;
             left = left.map(|l| l - n as u64);
         }
@@ -472,11 +492,7 @@ impl<'a> Response<'a> {
             return Ok(false);
         }
         self.commit_head(true)?;
-        let complete = match self.body.as_mut() {
-            Some(BodyOut::Length { remaining }) => *remaining == 0,
-            Some(BodyOut::Chunked(enc)) => enc.finish(self.wbuf),
-            Some(BodyOut::NoBody) | Some(BodyOut::UntilClose) | None => true,
-        };
+        let complete = self.body.as_mut().is_none_or(|enc| enc.finish(self.wbuf));
         self.flush(false)?;
         Ok(complete)
     }

@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::{Duration, Instant, SystemTime};
 
-use ferrocorn_http::{error_response, HeadParser, Parsed, RequestHead};
+use ferrocorn_http::{error_head_response, error_response, HeadParser, Parsed, RequestHead};
 use ferrocorn_listener::{Listener, PeerAddr, Stream};
 use ferrocorn_signals::WorkerState;
 use nix::errno::Errno;
@@ -43,6 +43,10 @@ const KEPT_ALIVE_GRACE: Duration = Duration::from_millis(50);
 /// so it closes it and exits itself rather than being killed by the master.
 const STOP_MARGIN: Duration = Duration::from_millis(500);
 
+/// How long a worker draining the accept queues at a server stop, having found them empty, waits
+/// for a handshake that was completing when the listeners stopped taking new ones.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+
 /// Least time between two logged accept failures.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 
@@ -56,11 +60,16 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 pub(crate) trait RequestEvents {
     fn started(&self, head: &RequestHead);
     fn finished(&self, done: &Completed<'_>);
+    /// See [`Monitor::drain_on_stop`].
+    fn drain_on_stop(&self) -> bool;
 }
 
 impl RequestEvents for () {
     fn started(&self, _head: &RequestHead) {}
     fn finished(&self, _done: &Completed<'_>) {}
+    fn drain_on_stop(&self) -> bool {
+        false
+    }
 }
 
 impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
@@ -69,6 +78,9 @@ impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
     }
     fn finished(&self, done: &Completed<'_>) {
         self.borrow_mut().request_finished(done)
+    }
+    fn drain_on_stop(&self) -> bool {
+        self.borrow().drain_on_stop()
     }
 }
 
@@ -149,7 +161,7 @@ enum HeadEnd {
     Quiet,
     /// Malformed or over a limit: answer with this error's status (and no body if the request
     /// line asked for HEAD).
-    Bad(ferrocorn_http::Error, bool),
+    Bad(ferrocorn_http::RequestError, bool),
     /// Part of a head arrived but not the rest in time.
     Timeout,
     /// The connection failed mid-head.
@@ -244,9 +256,9 @@ impl<'r> Worker<'r> {
         loop {
             (self.heartbeat)();
             if self.control.state() != WorkerState::Running {
-                return Ok(Exit::Stopped);
+                return self.stop(listeners, &servers);
             }
-            let ready = self.wait_for_listeners(listeners)?;
+            let ready = self.wait_for_listeners(listeners, PollTimeout::from(1000u16))?;
             for (i, listener) in listeners.iter().enumerate() {
                 if !ready[i] {
                     continue;
@@ -262,11 +274,51 @@ impl<'r> Worker<'r> {
                         return Ok(Exit::MaxRequests);
                     }
                     if self.control.state() != WorkerState::Running {
-                        return Ok(Exit::Stopped);
+                        return self.stop(listeners, &servers);
                     }
                 }
             }
         }
+    }
+
+    /// What a worker told to stop does: exit, or first serve every connection queued on the
+    /// listeners when the whole server goes away (nobody else would, and closing the last copy
+    /// of a listener resets them).
+    fn stop(&mut self, listeners: &[Listener], servers: &[ServerAddr]) -> io::Result<Exit> {
+        if self.control.state() == WorkerState::Stopping && self.events.drain_on_stop() {
+            self.drain_queues(listeners, servers)
+        } else {
+            Ok(Exit::Stopped)
+        }
+    }
+
+    /// Accept and serve until every listener's queue is empty and stays so for
+    /// [`DRAIN_SETTLE`], within the graceful timeout. The master has made the listeners refuse
+    /// new handshakes, so the queues only shrink. `--max-requests` no longer applies: no
+    /// replacement would come.
+    fn drain_queues(&mut self, listeners: &[Listener], servers: &[ServerAddr]) -> io::Result<Exit> {
+        let deadline = self.stop_deadline();
+        let mut drained = 0u64;
+        while self.control.state() == WorkerState::Stopping && Instant::now() < deadline {
+            (self.heartbeat)();
+            let mut found = false;
+            for (i, listener) in listeners.iter().enumerate() {
+                while let Some(accepted) = self.accept_from(listener, i)? {
+                    found = true;
+                    drained += 1;
+                    self.serve_in_hand(accepted, listeners, servers);
+                    if self.aborted {
+                        return Ok(Exit::Aborted);
+                    }
+                }
+            }
+            let settle = PollTimeout::try_from(DRAIN_SETTLE).unwrap_or(PollTimeout::ZERO);
+            if !found && !self.wait_for_listeners(listeners, settle)?.contains(&true) {
+                break;
+            }
+        }
+        log::debug!("the server is stopping: served {drained} connection(s) from the accept queue");
+        Ok(Exit::Stopped)
     }
 
     /// Accept one connection from `listeners[index]`; `None` when none is queued, the accept
@@ -275,6 +327,12 @@ impl<'r> Worker<'r> {
         if self.control.state() != WorkerState::Running {
             return Ok(None);
         }
+        self.accept_from(listener, index)
+    }
+
+    /// Accept one connection whatever the worker's state; `None` when none is queued or the
+    /// accept failed.
+    fn accept_from(&mut self, listener: &Listener, index: usize) -> io::Result<Option<Accepted>> {
         match listener.accept() {
             Ok((stream, peer)) => Ok(Some(Accepted {
                 index,
@@ -308,15 +366,19 @@ impl<'r> Worker<'r> {
         }
     }
 
-    /// Poll the listeners and the wake fd for at most a second. Returns which listeners are ready.
-    fn wait_for_listeners(&mut self, listeners: &[Listener]) -> io::Result<Vec<bool>> {
+    /// Poll the listeners and the wake fd for at most `timeout`. Returns which listeners are ready.
+    fn wait_for_listeners(
+        &mut self,
+        listeners: &[Listener],
+        timeout: PollTimeout,
+    ) -> io::Result<Vec<bool>> {
         let wake = self.wake_fd();
         let mut fds: Vec<PollFd<'_>> = listeners
             .iter()
             .map(|l| PollFd::new(l.as_fd(), PollFlags::POLLIN))
             .collect();
         fds.push(PollFd::new(wake, PollFlags::POLLIN));
-        let n = match poll(&mut fds, PollTimeout::from(1000u16)) {
+        let n = match poll(&mut fds, timeout) {
             Ok(n) => n,
             Err(Errno::EINTR) => 0,
             Err(e) => return Err(e.into()),
@@ -367,14 +429,12 @@ impl<'r> Worker<'r> {
     /// Wait for `sock` until `deadline`, heartbeating every second. `Waited::Woken`: told to exit
     /// at once (a graceful stop lets the wait go on: the connection is in hand).
     fn wait_sock(&mut self, sock: &Sock<'_>, deadline: Instant) -> io::Result<Waited> {
+        // In memory everything the client sends is already here.
+        let Some(fd) = sock.fd() else {
+            return Ok(Waited::Ready);
+        };
         loop {
-            match sock::wait(
-                sock.fd(),
-                PollFlags::POLLIN,
-                deadline,
-                Some(self.wake_fd()),
-                true,
-            )? {
+            match sock::wait(fd, PollFlags::POLLIN, deadline, Some(self.wake_fd()), true)? {
                 Waited::Tick => (self.heartbeat)(),
                 Waited::Woken => {
                     self.control.clear_wake();
@@ -448,10 +508,11 @@ impl<'r> Worker<'r> {
                 }
                 Err(HeadEnd::Bad(e, head_request)) => {
                     log::debug!("bad request from {peer:?}: {e}");
-                    let mut bytes = e.response();
-                    if head_request {
-                        bytes.truncate(head_len(&bytes));
-                    }
+                    let bytes = if head_request {
+                        e.head_response()
+                    } else {
+                        e.response()
+                    };
                     self.close_with_response(&conn, &bytes, Linger::Full);
                     return None;
                 }
@@ -633,8 +694,11 @@ impl<'r> Worker<'r> {
         handoff: bool,
         left: Duration,
     ) -> nix::Result<IdlePoll> {
+        let Some(fd) = sock.fd() else {
+            return Ok(IdlePoll::Request);
+        };
         let wake = self.wake_fd();
-        let mut fds = vec![PollFd::new(sock.fd(), PollFlags::POLLIN)];
+        let mut fds = vec![PollFd::new(fd, PollFlags::POLLIN)];
         if handoff {
             fds.extend(
                 listeners
@@ -737,7 +801,7 @@ impl<'r> Worker<'r> {
                     },
                     Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
                         return Err(HeadEnd::Bad(
-                            ferrocorn_http::Error::HeadersTooLarge("request head too large"),
+                            ferrocorn_http::RequestError::HeadersTooLarge("request head too large"),
                             parser.is_head_request(),
                         ));
                     }
@@ -839,18 +903,18 @@ impl<'r> Worker<'r> {
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
                 if !head_sent {
-                    let mut bytes = match (&body.http_error, &err) {
+                    // A response to HEAD never has a body, errors included.
+                    let head_request = head.method() == "HEAD";
+                    let bytes = match (&body.http_error, &err) {
+                        (Some(e), _) if head_request => e.head_response(),
                         (Some(e), _) => e.response(),
                         // The client vanished or stalled: nobody to answer.
                         (None, AppError::Io(_)) if body.io_failed => {
                             return (false, sent);
                         }
+                        _ if head_request => error_head_response(500),
                         _ => error_response(500),
                     };
-                    if head.method() == "HEAD" {
-                        // A response to HEAD never has a body, errors included.
-                        bytes.truncate(head_len(&bytes));
-                    }
                     let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
                     self.close_with_response(conn, &bytes, linger);
                     return (false, error_sent(&bytes));
@@ -914,16 +978,8 @@ fn error_sent(response: &[u8]) -> Sent {
     Sent {
         status,
         headers: Vec::new(),
-        body_bytes: (response.len() - head_len(response)) as u64,
+        body_bytes: ferrocorn_http::serialized_body_len(response),
     }
-}
-
-/// Where a serialized response's head ends (after its blank line).
-fn head_len(response: &[u8]) -> usize {
-    response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map_or(response.len(), |i| i + 4)
 }
 
 fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {

@@ -1,7 +1,7 @@
 //! Non-blocking socket I/O with deadlines: every wait is a `poll(2)` bounded by a deadline, so one
 //! mechanism gives both the per-operation I/O timeout and the whole-head timeout.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
@@ -76,22 +76,45 @@ pub(crate) fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
 }
 
-/// An accepted connection in non-blocking mode. Its waits call `beat` every second: a worker
-/// moving a big body over a slow link is busy, not hung, and each wait is bounded anyway.
+/// An accepted connection in non-blocking mode, or an in-memory stand-in for unit tests. Its
+/// waits call `beat` every second: a worker moving a big body over a slow link is busy, not hung,
+/// and each wait is bounded anyway.
 pub(crate) struct Sock<'b> {
-    stream: Stream,
-    tcp: bool,
+    io: Io,
     beat: &'b dyn Fn(),
     /// Sends since the client last sent us something, and whether TCP_NODELAY is on yet.
     sends_since_read: Cell<u32>,
     nodelay: Cell<bool>,
 }
 
+enum Io {
+    Socket { stream: Stream, tcp: bool },
+    Memory(RefCell<Memory>),
+}
+
+/// A connection in memory: what the client sent, and what the server wrote back.
+#[derive(Debug, Default)]
+pub(crate) struct Memory {
+    pub(crate) input: Vec<u8>,
+    pub(crate) read: usize,
+    pub(crate) output: Vec<u8>,
+    /// Sends so far, and after how many every send fails (a client that went away).
+    pub(crate) sends: usize,
+    pub(crate) fail_after: Option<usize>,
+    /// The app's calls on its response.
+    pub(crate) starts: Vec<(u16, String, crate::Headers)>,
+    pub(crate) writes: usize,
+    pub(crate) sendfiles: Vec<(u64, Option<u64>)>,
+}
+
 impl std::fmt::Debug for Sock<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sock")
-            .field("stream", &self.stream)
-            .finish_non_exhaustive()
+        let mut d = f.debug_struct("Sock");
+        match &self.io {
+            Io::Socket { stream, .. } => d.field("stream", stream),
+            Io::Memory(m) => d.field("memory", m),
+        };
+        d.finish_non_exhaustive()
     }
 }
 
@@ -107,29 +130,66 @@ impl<'b> Sock<'b> {
                 false
             }
         };
-        Ok(Sock {
-            stream,
-            tcp,
+        Ok(Sock::with_io(Io::Socket { stream, tcp }, beat))
+    }
+
+    /// A connection whose client sent `input` and then closed its side.
+    pub(crate) fn memory(input: Vec<u8>, beat: &'b dyn Fn()) -> Sock<'b> {
+        let memory = Memory {
+            input,
+            ..Memory::default()
+        };
+        Sock::with_io(Io::Memory(RefCell::new(memory)), beat)
+    }
+
+    fn with_io(io: Io, beat: &'b dyn Fn()) -> Sock<'b> {
+        Sock {
+            io,
             beat,
             sends_since_read: Cell::new(0),
             nodelay: Cell::new(false),
-        })
+        }
     }
 
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        self.stream.as_fd()
+    /// The in-memory connection, if this is one.
+    pub(crate) fn memory_io(&self) -> Option<&RefCell<Memory>> {
+        match &self.io {
+            Io::Memory(m) => Some(m),
+            Io::Socket { .. } => None,
+        }
+    }
+
+    /// The socket to poll or `sendfile(2)` to; `None` in memory, where nothing ever blocks.
+    pub(crate) fn fd(&self) -> Option<BorrowedFd<'_>> {
+        match &self.io {
+            Io::Socket { stream, .. } => Some(stream.as_fd()),
+            Io::Memory(_) => None,
+        }
     }
 
     /// One non-blocking read attempt.
     pub(crate) fn try_read(&self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = match &self.stream {
-            Stream::Tcp(s) => {
+        let n = match &self.io {
+            Io::Socket {
+                stream: Stream::Tcp(s),
+                ..
+            } => {
                 let mut r = s;
                 r.read(buf)
             }
-            Stream::Unix(s) => {
+            Io::Socket {
+                stream: Stream::Unix(s),
+                ..
+            } => {
                 let mut r = s;
                 r.read(buf)
+            }
+            Io::Memory(m) => {
+                let mut m = m.borrow_mut();
+                let n = buf.len().min(m.input.len() - m.read);
+                buf[..n].copy_from_slice(&m.input[m.read..m.read + n]);
+                m.read += n;
+                Ok(n)
             }
         }?;
         if n > 0 {
@@ -148,9 +208,13 @@ impl<'b> Sock<'b> {
         if counts {
             self.sends_since_read.set(sends.saturating_add(1));
         }
-        if sends > 0 && self.tcp && !self.nodelay.get() {
+        if sends > 0 && !self.nodelay.get() {
             self.nodelay.set(true);
-            if let Stream::Tcp(s) = &self.stream {
+            if let Io::Socket {
+                stream: Stream::Tcp(s),
+                ..
+            } = &self.io
+            {
                 // Only latency is at stake; a failure here is not worth failing the response.
                 let _ = s.set_nodelay(true);
             }
@@ -179,14 +243,18 @@ impl<'b> Sock<'b> {
         timeout: Duration,
         more: bool,
     ) -> io::Result<()> {
+        let (fd, tcp) = match &self.io {
+            Io::Socket { stream, tcp } => (stream.as_raw_fd(), *tcp),
+            Io::Memory(m) => return m.borrow_mut().send(data),
+        };
         // MSG_NOSIGNAL: a client that went away is an EPIPE error here, never a SIGPIPE.
         let mut flags = MsgFlags::MSG_NOSIGNAL;
-        if more && self.tcp {
+        if more && tcp {
             flags |= MsgFlags::from_bits_retain(libc::MSG_MORE);
         }
         self.before_send(!more);
         while !data.is_empty() {
-            match send(self.stream.as_raw_fd(), data, flags) {
+            match send(fd, data, flags) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
                 Err(Errno::EAGAIN) => self.wait_writable(timeout)?,
@@ -205,8 +273,11 @@ impl<'b> Sock<'b> {
     /// Wait for `events` until `deadline`, beating every second. `Err(())` at the deadline;
     /// a failing `poll` counts as ready so the next I/O call reports the error.
     fn wait_ticking(&self, events: PollFlags, deadline: Instant) -> Result<(), ()> {
+        let Some(fd) = self.fd() else {
+            return Ok(());
+        };
         loop {
-            match wait(self.fd(), events, deadline, None, true) {
+            match wait(fd, events, deadline, None, true) {
                 Ok(Waited::Tick) => (self.beat)(),
                 Ok(Waited::Deadline) => return Err(()),
                 Ok(_) | Err(_) => return Ok(()),
@@ -215,8 +286,30 @@ impl<'b> Sock<'b> {
     }
 
     pub(crate) fn shutdown_write(&self) {
-        // The peer may already be gone; nothing useful to do about an error here.
-        let _ = self.stream.shutdown_write();
+        if let Io::Socket { stream, .. } = &self.io {
+            // The peer may already be gone; nothing useful to do about an error here.
+            let _ = stream.shutdown_write();
+        }
+    }
+}
+
+impl Memory {
+    pub(crate) fn recorded(&self) -> crate::Recorded {
+        crate::Recorded {
+            starts: self.starts.clone(),
+            writes: self.writes,
+            sendfiles: self.sendfiles.clone(),
+            wire: self.output.clone(),
+        }
+    }
+
+    fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        if self.fail_after.is_some_and(|n| self.sends >= n) {
+            return Err(io::ErrorKind::BrokenPipe.into());
+        }
+        self.sends += 1;
+        self.output.extend_from_slice(data);
+        Ok(())
     }
 }
 

@@ -13,6 +13,7 @@ use ferrocorn_worker::{PeerAddr, Request, ServerAddr};
 /// What the environ is built from: the parts of a request, without the body.
 #[derive(Debug, Clone)]
 pub struct RequestInfo<'a> {
+    /// `REQUEST_METHOD`.
     pub method: &'a str,
     /// The request-target as sent (`RAW_URI`).
     pub target: &'a str,
@@ -24,7 +25,9 @@ pub struct RequestInfo<'a> {
     pub protocol: &'a str,
     /// Header fields in order as sent.
     pub headers: Vec<(&'a str, &'a [u8])>,
+    /// The client (`REMOTE_ADDR`, `REMOTE_PORT`; checked against `--forwarded-allow-ips`).
     pub peer: &'a PeerAddr,
+    /// The listener (`SERVER_NAME`, `SERVER_PORT`, `wsgi.url_scheme`).
     pub server: &'a ServerAddr,
 }
 
@@ -60,7 +63,9 @@ pub enum TrustedPeers {
 /// An address with a prefix length: `10.0.0.0/8`, `::1/128`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Net {
+    /// The network's address.
     pub addr: IpAddr,
+    /// Leading bits that must match: 0 to 32 for IPv4, 0 to 128 for IPv6.
     pub prefix: u8,
 }
 
@@ -166,7 +171,9 @@ pub enum EnvironError {
 #[derive(Debug, thiserror::Error)]
 #[error("request path {path:?} does not start with SCRIPT_NAME {script_name:?}")]
 pub struct ScriptNameMismatch {
+    /// The request's path, percent-decoded.
     pub path: String,
+    /// The `SCRIPT_NAME` in effect (configured, or a trusted proxy's header field).
     pub script_name: String,
 }
 

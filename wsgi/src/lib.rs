@@ -26,7 +26,9 @@
 //!   invalid entry stops the load (exit 4) with a message naming it.
 //!
 //! Pieces are public for tests and other embedders: [`environ`] builds environs from plain
-//! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any [`ResponseSink`].
+//! [`RequestInfo`], and [`WsgiApp::serve`] runs a request against any worker [`Response`] (one
+//! in memory, [`ferrocorn_worker::MemoryConn`], in tests).
+#![warn(missing_docs)]
 
 use std::io::Read;
 use std::path::PathBuf;
@@ -39,6 +41,7 @@ use ferrocorn_worker::{App, AppError, Request, Response};
 
 mod abort;
 pub mod environ;
+mod imported;
 mod interp;
 mod response;
 mod serve;
@@ -47,8 +50,10 @@ mod stream;
 pub mod venv;
 
 pub use environ::RequestInfo;
+pub use ferrocorn_worker::Headers;
+pub use imported::imported_files;
 pub use interp::ensure_initialized;
-pub use response::{parse_status, Headers, ResponseSink};
+pub use response::parse_status;
 
 /// The embedded Python's version line (`3.11.2 (main, ...) [GCC ...]`) and the libpython file
 /// this process mapped, for `ferrocorn --version`. Needs no initialized interpreter.
@@ -83,26 +88,71 @@ pub struct WsgiConfig {
 /// Why the app could not be loaded. Every message names the module and the reason.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
+    /// The APP spec is not `module`, `module:name` or `module:factory(...)`.
     #[error("invalid application spec {spec:?}: {reason}")]
-    BadSpec { spec: String, reason: String },
+    BadSpec {
+        /// The spec as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// The module itself is not on the path (not a missing import inside it).
     #[error("failed to find application module {module:?}: {reason}")]
-    ModuleNotFound { module: String, reason: String },
+    ModuleNotFound {
+        /// The module name.
+        module: String,
+        /// Python's message, with a hint when a file name was given.
+        reason: String,
+    },
+    /// Importing the module (or reading an attribute of it) raised.
     #[error("error importing application module {module:?}:\n{traceback}")]
-    ImportFailed { module: String, traceback: String },
+    ImportFailed {
+        /// The module name.
+        module: String,
+        /// The formatted Python traceback.
+        traceback: String,
+    },
+    /// The module has no attribute of that name.
     #[error("failed to find attribute {name:?} in {module:?}")]
-    AttributeMissing { module: String, name: String },
+    AttributeMissing {
+        /// The module name.
+        module: String,
+        /// The dotted attribute path, up to the missing part.
+        name: String,
+    },
+    /// The object (or the factory to call) is not callable.
     #[error("application object {spec:?} is not callable")]
-    NotCallable { spec: String },
+    NotCallable {
+        /// The spec as given.
+        spec: String,
+    },
+    /// Calling the factory of `module:factory(...)` raised.
     #[error("error calling application factory {spec:?}:\n{traceback}")]
-    FactoryFailed { spec: String, traceback: String },
+    FactoryFailed {
+        /// The spec as given.
+        spec: String,
+        /// The formatted Python traceback.
+        traceback: String,
+    },
+    /// `--chdir` failed.
     #[error("cannot change directory to {dir}: {reason}")]
-    Chdir { dir: PathBuf, reason: String },
+    Chdir {
+        /// The directory.
+        dir: PathBuf,
+        /// The OS error.
+        reason: String,
+    },
+    /// The virtualenv's Python is not the one ferrocorn links.
     #[error("virtualenv {venv} uses Python {venv_version} but ferrocorn was built with Python {built_version}")]
     VenvVersion {
+        /// The virtualenv's directory.
         venv: PathBuf,
+        /// Its Python's `major.minor`, from `pyvenv.cfg`.
         venv_version: String,
+        /// The linked Python's `major.minor`.
         built_version: String,
     },
+    /// The interpreter could not be started or set up; the text says which step failed.
     #[error("initializing Python: {0}")]
     Init(String),
     /// A setting from the environment (`FORWARDED_ALLOW_IPS`) is invalid.
@@ -250,13 +300,13 @@ impl WsgiApp {
         }
     }
 
-    /// Run one request: `body` is the request body, the response goes to `sink`. Takes the GIL
+    /// Run one request: `body` is the request body, the response goes to `res`. Takes the GIL
     /// for the duration; errors are logged here (tracebacks, invalid responses).
     pub fn serve(
         &self,
         info: &RequestInfo<'_>,
         body: &mut dyn Read,
-        sink: &mut dyn ResponseSink,
+        res: &mut Response<'_>,
     ) -> Result<(), AppError> {
         abort::set_current(info.method, info.path);
         let result = Python::attach(|py| {
@@ -266,7 +316,7 @@ impl WsgiApp {
                 config: &self.env_config,
                 keep: self.last_environ.as_ref(),
             };
-            serve::serve(py, self.app.bind(py), &source, info, body, sink)?;
+            serve::serve(py, self.app.bind(py), &source, info, body, res)?;
             abort::check_pending(py)
         });
         abort::clear_current();

@@ -7,47 +7,12 @@ use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyString, PyTuple};
 
-use ferrocorn_worker::{AppError, Response};
+use ferrocorn_worker::{AppError, Headers, Response};
 
-/// Response header fields as bytes.
-pub type Headers = Vec<(Vec<u8>, Vec<u8>)>;
-
-/// Where a response goes. The worker's [`Response`] is one; tests use a recorder.
-pub trait ResponseSink {
-    /// Set status and headers (the head is sent with the first body bytes or at the end).
-    fn start(
-        &mut self,
-        status: u16,
-        reason: &str,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), AppError>;
-    /// Write body bytes.
-    fn write(&mut self, data: &[u8]) -> Result<(), AppError>;
-    /// Send `len` bytes of `file` from `offset` (to EOF when `None`).
-    fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError>;
-}
-
-impl ResponseSink for Response<'_> {
-    fn start(
-        &mut self,
-        status: u16,
-        reason: &str,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), AppError> {
-        Response::start(self, status, reason, headers)
-    }
-    fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
-        Response::write(self, data)
-    }
-    fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError> {
-        Response::sendfile(self, file, offset, len)
-    }
-}
-
-/// The response sink with its lifetime erased so a Python object can hold it; same rules as
+/// The worker's response with its lifetime erased so a Python object can hold it; same rules as
 /// [`crate::stream::BodyPtr`]: cleared before the borrow ends, used only on the serving thread.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct SinkPtr(*mut (dyn ResponseSink + 'static));
+pub(crate) struct SinkPtr(*mut Response<'static>);
 
 // SAFETY: only dereferenced on the thread that created it (checked against `Responder::owner`)
 // while the borrow it came from is alive.
@@ -56,21 +21,17 @@ unsafe impl Send for SinkPtr {}
 unsafe impl Sync for SinkPtr {}
 
 impl SinkPtr {
-    pub(crate) fn new(sink: &mut dyn ResponseSink) -> SinkPtr {
-        let ptr: *mut (dyn ResponseSink + '_) = sink;
-        // SAFETY: only the trait object's lifetime bound changes (same layout); the pointer is
+    pub(crate) fn new(sink: &mut Response<'_>) -> SinkPtr {
+        let ptr: *mut Response<'_> = sink;
+        // SAFETY: only the lifetime parameter changes (same type, same layout); the pointer is
         // cleared by `Responder::detach` before that lifetime ends.
-        SinkPtr(unsafe {
-            std::mem::transmute::<*mut (dyn ResponseSink + '_), *mut (dyn ResponseSink + 'static)>(
-                ptr,
-            )
-        })
+        SinkPtr(unsafe { std::mem::transmute::<*mut Response<'_>, *mut Response<'static>>(ptr) })
     }
 
     /// # Safety
     /// The caller is on the serving thread, the request is still being served and no other
     /// reference to the sink is in use.
-    unsafe fn get<'a>(self) -> &'a mut dyn ResponseSink {
+    unsafe fn get<'a>(self) -> &'a mut Response<'static> {
         // SAFETY: guaranteed by the caller, see above.
         unsafe { &mut *self.0 }
     }
@@ -148,7 +109,7 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> Result<Headers, String> {
             type_name(headers)
         ));
     }
-    let mut out = Vec::new();
+    let mut out = Headers::new();
     for item in headers.try_iter().map_err(|e| e.to_string())? {
         let item = item.map_err(|e| e.to_string())?;
         let pair = item
@@ -174,7 +135,7 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> Result<Headers, String> {
                 String::from_utf8_lossy(&name)
             ));
         }
-        out.push((name, value.trim_ascii().to_vec()));
+        out.push(name, value.trim_ascii());
     }
     Ok(out)
 }
@@ -185,7 +146,7 @@ impl Responder {
             sink: Some(sink),
             owner: std::thread::current().id(),
             status: None,
-            headers: Vec::new(),
+            headers: Headers::new(),
             content_length: None,
             head_sent: false,
             bad: None,
@@ -218,7 +179,7 @@ impl Responder {
     }
 
     /// Hand status and headers to the sink (once, before the first body bytes or at the end).
-    fn start_sink(&mut self, sink: &mut dyn ResponseSink) -> Result<(), AppError> {
+    fn start_sink(&mut self, sink: &mut Response<'_>) -> Result<(), AppError> {
         let (code, reason) = self.status.clone().ok_or_else(|| {
             AppError::BadResponse(
                 "the application wrote body data before calling start_response".into(),
@@ -251,7 +212,7 @@ impl Responder {
     fn send_body(
         &mut self,
         py: Python<'_>,
-        send: impl FnOnce(&mut dyn ResponseSink) -> Result<(), AppError> + Send,
+        send: impl FnOnce(&mut Response<'_>) -> Result<(), AppError> + Send,
     ) -> Result<(), AppError> {
         let ptr = self.sink().map_err(|e| AppError::Failed(e.to_string()))?;
         // SAFETY: sink() checked the thread and that the request is still being served; this
@@ -323,7 +284,7 @@ impl Responder {
             let (code, reason) = parse_status(&status).map_err(|m| this.mark_bad(m))?;
             let headers = parse_headers(headers).map_err(|m| this.mark_bad(m))?;
             let mut content_length = None;
-            for (name, value) in &headers {
+            for (name, value) in headers.iter() {
                 if name.eq_ignore_ascii_case(b"content-length") {
                     let parsed = std::str::from_utf8(value)
                         .ok()

@@ -9,13 +9,13 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
-use ferrocorn_worker::AppError;
+use ferrocorn_worker::{AppError, Headers, Response};
 
 use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
 use std::sync::Mutex;
 
 use crate::format_traceback;
-use crate::response::{type_name, FileWrapper, Responder, ResponseSink, SinkPtr};
+use crate::response::{type_name, FileWrapper, Responder, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
 
 /// What each request's environ is made from, and where it is kept after the request (when the
@@ -33,7 +33,7 @@ pub fn serve(
     source: &EnvironSource<'_, '_>,
     info: &RequestInfo<'_>,
     body: &mut dyn Read,
-    sink: &mut dyn ResponseSink,
+    sink: &mut Response<'_>,
 ) -> Result<(), AppError> {
     let environ = match build_environ(py, source.base, info, source.config) {
         Ok(Ok(env)) => env,
@@ -44,16 +44,8 @@ pub fn serve(
                 info.target,
                 EnvironError::ContradictoryScheme
             );
-            let body = b"Contradictory scheme headers\n";
-            let headers = vec![
-                (b"Content-Type".to_vec(), b"text/plain".to_vec()),
-                (
-                    b"Content-Length".to_vec(),
-                    body.len().to_string().into_bytes(),
-                ),
-            ];
-            sink.start(400, "Bad Request", headers)?;
-            return sink.write(body);
+            let headers = Headers::new().content_type("text/plain");
+            return sink.respond(400, headers, b"Contradictory scheme headers\n");
         }
         Ok(Err(EnvironError::ScriptName(mismatch))) => {
             log::error!("Error handling request {}: {mismatch}", info.target);

@@ -1,24 +1,21 @@
 //! The WSGI adapter against real CPython, without a server: environ building, APP loading, and
-//! whole requests run through `WsgiApp::serve` with an in-memory body and a recording sink. The
+//! whole requests run through `WsgiApp::serve` with an in-memory body and the worker's in-memory
+//! response (`MemoryConn`). The
 //! apps are the test battery in `<repo>/tests/apps` (validated by `wsgiref.validate`).
 
-use std::fs::File;
 use std::io::{self, Cursor, Read};
 use std::net::SocketAddr;
-use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use ferrocorn_worker::{AppError, PeerAddr, ServerAddr};
+use ferrocorn_worker::{AppError, MemoryConn, PeerAddr, ServerAddr};
 use ferrocorn_wsgi::environ::{
     base_environ, build_environ, header_key, latin1, percent_decode, EnvironConfig, EnvironError,
     TrustedPeers,
 };
-use ferrocorn_wsgi::{
-    load, parse_status, Headers, LoadError, RequestInfo, ResponseSink, WsgiApp, WsgiConfig,
-};
+use ferrocorn_wsgi::{load, parse_status, Headers, LoadError, RequestInfo, WsgiApp, WsgiConfig};
 
 fn apps_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tests/apps")
@@ -70,7 +67,8 @@ fn logged(needle: &str) -> Option<String> {
         .cloned()
 }
 
-/// A response sink that records everything; sendfile copies the file range into the body.
+/// What the worker's in-memory response recorded: the app's calls, and the body it sent (its
+/// framing removed; a sendfile range is copied in memory).
 #[derive(Debug, Default)]
 struct Recorder {
     starts: Vec<(u16, String, Headers)>,
@@ -94,35 +92,6 @@ impl Recorder {
     }
     fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-impl ResponseSink for Recorder {
-    fn start(
-        &mut self,
-        status: u16,
-        reason: &str,
-        headers: Vec<(Vec<u8>, Vec<u8>)>,
-    ) -> Result<(), AppError> {
-        self.starts.push((status, reason.to_string(), headers));
-        Ok(())
-    }
-    fn write(&mut self, data: &[u8]) -> Result<(), AppError> {
-        assert!(!self.starts.is_empty(), "body written before start");
-        if self.fail_after.is_some_and(|n| self.writes >= n) {
-            return Err(AppError::Io(io::Error::from(io::ErrorKind::BrokenPipe)));
-        }
-        self.writes += 1;
-        self.body.extend_from_slice(data);
-        Ok(())
-    }
-    fn sendfile(&mut self, file: &File, offset: u64, len: Option<u64>) -> Result<(), AppError> {
-        self.sendfiles.push((offset, len));
-        let len = len.unwrap_or_else(|| file.metadata().unwrap().len() - offset) as usize;
-        let mut buf = vec![0; len];
-        file.read_exact_at(&mut buf, offset)?;
-        self.body.extend_from_slice(&buf);
-        Ok(())
     }
 }
 
@@ -173,7 +142,17 @@ fn run_with(
     sink: &mut Recorder,
 ) -> Result<(), AppError> {
     let (peer, server) = (peer(), server());
-    app.serve(&info(&req, &peer, &server), body, sink)
+    let mut conn = MemoryConn::new(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n").unwrap();
+    if let Some(n) = sink.fail_after {
+        conn = conn.fail_writes_after(n);
+    }
+    let result = conn.serve(|_, res| app.serve(&info(&req, &peer, &server), body, res));
+    let recorded = conn.recorded();
+    sink.body = recorded.body();
+    sink.starts = recorded.starts;
+    sink.writes = recorded.writes;
+    sink.sendfiles = recorded.sendfiles;
+    result
 }
 
 fn run(app: &WsgiApp, req: Req<'_>, body: &[u8]) -> (Result<(), AppError>, Recorder) {

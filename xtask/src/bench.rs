@@ -4,7 +4,9 @@
 //! Targets are ratios against gunicorn (the server our users replace), never absolute numbers:
 //! - throughput: ferrocorn serves at least as many requests/s as gunicorn with the same workers;
 //! - memory: a ferrocorn worker's PSS, and the whole server's, are no larger than gunicorn's;
-//! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS.
+//! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS;
+//! - sizing truth: `ferrocorn sizing`'s recommendation reaches 90% of the best measured
+//!   throughput within a memory budget (see `sizing_truth.rs`).
 //!
 //! The load generator is built in (one thread per connection, `Connection: close` per request, as
 //! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
@@ -20,7 +22,7 @@ use anyhow::{bail, Context, Result};
 use ferrocorn_sizing::ProcessMemory;
 
 use crate::servers::{one_request, prepare, start, start_with, Env, Target, SERVERS};
-use crate::{cargo, run};
+use crate::{cargo, run, sizing_truth};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -29,7 +31,9 @@ struct Settings {
     workers: usize,
     criterion: bool,
     throughput: bool,
-    preload: bool,
+    preload_memory: bool,
+    sizing: bool,
+    logging: bool,
 }
 
 impl Settings {
@@ -40,7 +44,9 @@ impl Settings {
             workers: 2,
             criterion: true,
             throughput: true,
-            preload: true,
+            preload_memory: true,
+            sizing: true,
+            logging: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -53,17 +59,26 @@ impl Settings {
                 "--preload-only" => {
                     s.criterion = false;
                     s.throughput = false;
+                    s.sizing = false;
+                    s.logging = false;
+                }
+                "--sizing-only" => {
+                    s.criterion = false;
+                    s.throughput = false;
+                    s.preload_memory = false;
+                    s.logging = false;
                 }
                 "--logging-only" => {
                     s.criterion = false;
                     s.throughput = false;
-                    s.preload = false;
+                    s.preload_memory = false;
+                    s.sizing = false;
                 }
                 "--quick" => {
                     s.duration = Duration::from_secs(3);
                     s.criterion = false;
                 }
-                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --logging-only, --quick)"),
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --logging-only, --quick)"),
             }
         }
         Ok(s)
@@ -71,15 +86,20 @@ impl Settings {
 }
 
 #[derive(Debug, Default, Clone)]
-struct Load {
-    requests: u64,
-    errors: u64,
-    rps: f64,
+pub(crate) struct Load {
+    pub requests: u64,
+    pub errors: u64,
+    pub rps: f64,
     p50_ms: f64,
     p99_ms: f64,
 }
 
-fn load(addr: SocketAddr, path: &'static str, connections: usize, duration: Duration) -> Load {
+pub(crate) fn load(
+    addr: SocketAddr,
+    path: &'static str,
+    connections: usize,
+    duration: Duration,
+) -> Load {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
     let threads: Vec<_> = (0..connections)
@@ -175,9 +195,15 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if settings.throughput {
         failures.extend(throughput(&env, &settings)?);
     }
-    failures.extend(logging_overhead(&env, &settings)?);
-    if settings.preload {
+    if settings.logging {
+        failures.extend(logging_overhead(&env, &settings)?);
+    }
+    if settings.preload_memory {
         failures.extend(preload_memory(&env)?);
+    }
+    if settings.sizing {
+        let pace = sizing_truth::Pace::from_duration(settings.duration);
+        failures.extend(sizing_truth::sizing_truth(&env, &pace)?);
     }
     if failures.is_empty() {
         println!("\nbench: every target met");

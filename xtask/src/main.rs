@@ -13,7 +13,10 @@ use anyhow::{bail, Context, Result};
 
 mod bench;
 mod servers;
+mod sizing_truth;
 mod soak;
+#[cfg(test)]
+mod tidy;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -26,7 +29,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] | soak [--seconds S] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [--quick] [--sizing-only] | soak [--seconds S] | fuzz [SECONDS]>"
             );
             std::process::exit(2);
         }
@@ -87,6 +90,8 @@ fn ci(root: &Path) -> Result<()> {
 /// any other reason (checked here), so as root CI runs every ignored test and demands that as many
 /// passed as there are markers.
 const ROOT_MARKER: &str = "#[ignore = \"needs root";
+/// The same marker in a `harness = false` test's own case list (arbiter/tests/arbiter.rs).
+const CUSTOM_HARNESS_ROOT_MARKER: &str = "ignore: Some(\"needs root";
 
 fn root_only_tests(root: &Path) -> Result<()> {
     let marked = count_root_markers(root)?;
@@ -121,20 +126,15 @@ fn root_only_tests(root: &Path) -> Result<()> {
 
 /// Count the root-only markers in the workspace's tests, refusing any `#[ignore]` without one.
 fn count_root_markers(root: &Path) -> Result<usize> {
-    let out = Command::new("git")
-        .args(["ls-files", "*.rs"])
-        .current_dir(root)
-        .output()
-        .context("listing the sources with git")?;
     let mut marked = 0;
-    for file in String::from_utf8_lossy(&out.stdout).lines() {
+    for file in tracked_files(root, "*.rs")? {
         if file.starts_with("xtask/") {
             continue;
         }
         let text =
-            std::fs::read_to_string(root.join(file)).with_context(|| format!("reading {file}"))?;
+            std::fs::read_to_string(root.join(&file)).with_context(|| format!("reading {file}"))?;
         for line in text.lines().map(str::trim_start) {
-            if line.starts_with(ROOT_MARKER) {
+            if line.starts_with(ROOT_MARKER) || line.starts_with(CUSTOM_HARNESS_ROOT_MARKER) {
                 marked += 1;
             } else if line.starts_with("#[ignore") {
                 bail!("{file}: {line}: only root-only tests may be ignored ({ROOT_MARKER}...)");
@@ -142,6 +142,25 @@ fn count_root_markers(root: &Path) -> Result<usize> {
         }
     }
     Ok(marked)
+}
+
+/// The files git tracks matching `pattern`, relative to `root`.
+fn tracked_files(root: &Path, pattern: &str) -> Result<Vec<String>> {
+    let out = Command::new("git")
+        .args(["ls-files", pattern])
+        .current_dir(root)
+        .output()
+        .context("listing the sources with git")?;
+    if !out.status.success() {
+        bail!(
+            "git ls-files failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect())
 }
 
 /// Run each cargo-fuzz target for `SECONDS` (default 60) on the stable toolchain (`-s none`),

@@ -147,10 +147,7 @@ fn after_logrotate_workers_running_as_user_write_to_the_new_access_log() {
         assert_eq!(get(addr, "/").status, 200);
     }
     let lines = |path: &std::path::Path| std::fs::read_to_string(path).unwrap().lines().count();
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    while lines(&log) < 4 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
+    let _ = poll(BOOT_TIMEOUT, || (lines(&log) >= 4).then_some(()));
     assert_eq!(lines(&log), 4, "every later request in the new file");
     assert_eq!(lines(&rotated), 1, "none in the moved one");
     assert!(

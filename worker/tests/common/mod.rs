@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use std::io::{self, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::sync::atomic::{AtomicU8, Ordering};
@@ -112,33 +112,15 @@ pub fn tcp_listener() -> (Listener, SocketAddr) {
     (l, addr)
 }
 
-/// Clients connected to the TCP listener on `addr` and not accepted yet: the accept queue of the
-/// listening socket, which /proc/net/tcp shows as its rx_queue.
-pub fn accept_queue_len(addr: SocketAddr) -> Option<u32> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let port = format!(":{:04X}", addr.port());
-    table.lines().skip(1).find_map(|line| {
-        let fields: Vec<&str> = line.split_whitespace().collect();
-        // fields: sl, local_address, rem_address, st, tx_queue:rx_queue, ...; 0A is LISTEN.
-        if fields.len() > 4 && fields[1].ends_with(&port) && fields[3] == "0A" {
-            u32::from_str_radix(fields[4].split(':').nth(1)?, 16).ok()
-        } else {
-            None
-        }
-    })
-}
+pub use ferrocorn_testkit::Client;
 
 /// Wait (polling /proc, up to `timeout`) until no client is queued on `addr`: every connection
 /// made so far was accepted by a worker. False on timeout.
 pub fn wait_all_accepted(addr: SocketAddr, timeout: Duration) -> bool {
-    let deadline = std::time::Instant::now() + timeout;
-    while std::time::Instant::now() < deadline {
-        if accept_queue_len(addr) == Some(0) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    false
+    ferrocorn_testkit::poll(timeout, || {
+        (ferrocorn_testkit::accept_queue_len(addr) == Some(0)).then_some(())
+    })
+    .is_some()
 }
 
 /// A worker loop running in a thread.
@@ -210,167 +192,5 @@ pub fn config() -> WorkerConfig {
         keepalive: Duration::from_secs(10),
         header_timeout: Duration::from_secs(10),
         ..WorkerConfig::default()
-    }
-}
-
-#[derive(Debug)]
-pub struct Resp {
-    pub status: u16,
-    pub headers: Vec<(String, String)>,
-    pub body: Vec<u8>,
-    /// How the body was framed: "length", "chunked", "close" or "none".
-    pub framing: &'static str,
-}
-
-impl Resp {
-    pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    pub fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// A raw client that reads exactly what the server sends.
-pub struct Client {
-    pub stream: TcpStream,
-    buf: Vec<u8>,
-}
-
-impl Client {
-    pub fn connect(addr: SocketAddr) -> Client {
-        let stream = TcpStream::connect(addr).unwrap();
-        // Only a guard against a hung test; every wait below ends on data or a close.
-        stream
-            .set_read_timeout(Some(Duration::from_secs(30)))
-            .unwrap();
-        Client {
-            stream,
-            buf: Vec::new(),
-        }
-    }
-
-    pub fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).unwrap();
-    }
-
-    fn fill(&mut self) -> io::Result<usize> {
-        let mut chunk = [0u8; 8192];
-        let n = self.stream.read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-
-    fn take_line(&mut self) -> io::Result<String> {
-        loop {
-            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
-                let line = String::from_utf8(self.buf[..i].to_vec()).unwrap();
-                self.buf.drain(..i + 2);
-                return Ok(line);
-            }
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-    }
-
-    fn take(&mut self, n: usize) -> io::Result<Vec<u8>> {
-        while self.buf.len() < n {
-            if self.fill()? == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        Ok(self.buf.drain(..n).collect())
-    }
-
-    /// Read one response head (interim 1xx included), without its body.
-    pub fn read_head(&mut self) -> io::Result<(u16, Vec<(String, String)>)> {
-        let status_line = self.take_line()?;
-        let mut parts = status_line.splitn(3, ' ');
-        assert_eq!(
-            parts.next(),
-            Some("HTTP/1.1"),
-            "status line {status_line:?}"
-        );
-        let status: u16 = parts.next().unwrap().parse().unwrap();
-        let mut headers = Vec::new();
-        loop {
-            let line = self.take_line()?;
-            if line.is_empty() {
-                return Ok((status, headers));
-            }
-            let (n, v) = line.split_once(':').expect("header line");
-            headers.push((n.to_string(), v.trim().to_string()));
-        }
-    }
-
-    /// Read one complete final response; `head_request` means no body follows whatever it says.
-    pub fn read_response_for(&mut self, head_request: bool) -> io::Result<Resp> {
-        let (status, headers) = self.read_head()?;
-        assert!(status >= 200, "unexpected interim response {status}");
-        let get = |name: &str| {
-            headers
-                .iter()
-                .find(|(n, _)| n.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.clone())
-        };
-        let (body, framing) = if head_request || status == 204 || status == 304 {
-            (Vec::new(), "none")
-        } else if let Some(len) = get("content-length") {
-            (self.take(len.parse().unwrap())?, "length")
-        } else if get("transfer-encoding").is_some_and(|te| te.eq_ignore_ascii_case("chunked")) {
-            let mut body = Vec::new();
-            loop {
-                let size = usize::from_str_radix(self.take_line()?.trim(), 16).unwrap();
-                if size == 0 {
-                    assert_eq!(self.take_line()?, "", "trailer after last chunk");
-                    break;
-                }
-                body.extend(self.take(size)?);
-                assert_eq!(self.take(2)?, b"\r\n");
-            }
-            (body, "chunked")
-        } else {
-            while self.fill()? > 0 {}
-            (std::mem::take(&mut self.buf), "close")
-        };
-        Ok(Resp {
-            status,
-            headers,
-            body,
-            framing,
-        })
-    }
-
-    pub fn read_response(&mut self) -> Resp {
-        self.read_response_for(false).unwrap()
-    }
-
-    /// True once the server has closed: EOF (or a reset) with no bytes left unread.
-    pub fn at_eof(&mut self) -> bool {
-        if !self.buf.is_empty() {
-            return false;
-        }
-        match self.fill() {
-            Ok(0) => true,
-            Ok(_) => false,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => true,
-            Err(e) => panic!("waiting for the server to close: {e}"),
-        }
-    }
-
-    /// Everything until the server closes, including bytes already buffered.
-    pub fn read_to_end(&mut self) -> Vec<u8> {
-        while self.fill().unwrap() > 0 {}
-        std::mem::take(&mut self.buf)
-    }
-
-    /// One request, one response.
-    pub fn request(&mut self, raw: &[u8]) -> Resp {
-        self.send(raw);
-        self.read_response()
     }
 }

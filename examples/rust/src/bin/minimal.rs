@@ -6,8 +6,7 @@ struct Hello;
 
 impl App for Hello {
     fn call(&mut self, _req: &mut Request<'_>, res: &mut Response<'_>) -> Result<(), AppError> {
-        res.start(200, "OK", vec![(b"Content-Length".to_vec(), b"6".to_vec())])?;
-        res.write(b"Hello\n")
+        res.text(200, "Hello\n")
     }
 }
 

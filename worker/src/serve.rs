@@ -856,7 +856,6 @@ impl<'r> Worker<'r> {
             &must_close,
             &self.config.server_header,
         );
-        let app = &mut *self.app;
         let result = {
             let mut req = Request {
                 head,
@@ -866,17 +865,9 @@ impl<'r> Worker<'r> {
                 rbuf: &mut self.rbuf,
                 body: &mut body,
             };
-            catch_unwind(AssertUnwindSafe(|| app.call(&mut req, &mut res))).unwrap_or_else(
-                |panic| {
-                    // Nobody logged this one (the panic message went to stderr only).
-                    let msg = panic_message(&panic);
-                    log::error!("Error handling request {}: {msg}", head.target());
-                    Err(AppError::Failed(msg))
-                },
-            )
+            call_app(&mut *self.app, &mut req, &mut res)
         };
-        let result = result.and_then(|()| res.finish());
-        match result {
+        match result.and_then(|()| res.finish()) {
             Ok(complete) => {
                 // A stop that came after a keep-alive head left is dealt with by the wait for
                 // the next request (which answers one already on its way).
@@ -884,17 +875,10 @@ impl<'r> Worker<'r> {
                 let sent = res.take_sent();
                 drop(res);
                 if !persists {
-                    self.close(
-                        conn,
-                        Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
-                    );
+                    self.close(conn, self.linger_after(&body));
                     return (false, sent);
                 }
-                if !body.drain(conn, &mut self.rbuf, DRAIN_BUDGET) {
-                    self.close(conn, Linger::Full);
-                    return (false, sent);
-                }
-                (true, sent)
+                (self.drain_for_next_request(conn, &mut body), sent)
             }
             Err(err) => {
                 let head_sent = res.head_sent();
@@ -902,30 +886,52 @@ impl<'r> Worker<'r> {
                 drop(res);
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
-                if !head_sent {
-                    // A response to HEAD never has a body, errors included.
-                    let head_request = head.method() == "HEAD";
-                    let bytes = match (&body.http_error, &err) {
-                        (Some(e), _) if head_request => e.head_response(),
-                        (Some(e), _) => e.response(),
-                        // The client vanished or stalled: nobody to answer.
-                        (None, AppError::Io(_)) if body.io_failed => {
-                            return (false, sent);
-                        }
-                        _ if head_request => error_head_response(500),
-                        _ => error_response(500),
-                    };
-                    let linger = Linger::when(body.unread_may_follow() || !self.rbuf.is_empty());
-                    self.close_with_response(conn, &bytes, linger);
-                    return (false, error_sent(&bytes));
+                if head_sent {
+                    self.close(conn, self.linger_after(&body));
+                    return (false, sent);
                 }
-                self.close(
-                    conn,
-                    Linger::when(body.unread_may_follow() || !self.rbuf.is_empty()),
-                );
-                (false, sent)
+                let answered = self.answer_app_error(conn, head, &body, &err);
+                (false, answered.unwrap_or(sent))
             }
         }
+    }
+
+    /// Read and discard what the app left of the request body so the next request can be read;
+    /// a body too big to drain within the budget ends the connection instead.
+    fn drain_for_next_request(&mut self, conn: &Conn<'_>, body: &mut BodyState) -> bool {
+        if body.drain(conn, &mut self.rbuf, DRAIN_BUDGET) {
+            return true;
+        }
+        self.close(conn, Linger::Full);
+        false
+    }
+
+    /// Answer an app error that came before any of the response was sent, and close. Returns
+    /// what was sent, or `None` when the client vanished or stalled (nobody to answer).
+    fn answer_app_error(
+        &mut self,
+        conn: &Conn<'_>,
+        head: &RequestHead,
+        body: &BodyState,
+        err: &AppError,
+    ) -> Option<Sent> {
+        // A response to HEAD never has a body, errors included.
+        let head_request = head.method() == "HEAD";
+        let bytes = match (&body.http_error, err) {
+            (Some(e), _) if head_request => e.head_response(),
+            (Some(e), _) => e.response(),
+            (None, AppError::Io(_)) if body.io_failed => return None,
+            _ if head_request => error_head_response(500),
+            _ => error_response(500),
+        };
+        self.close_with_response(conn, &bytes, self.linger_after(body));
+        Some(error_sent(&bytes))
+    }
+
+    /// How to close after a response: linger while the client may still be sending (an unread
+    /// body, or pipelined requests already here).
+    fn linger_after(&self, body: &BodyState) -> Linger {
+        Linger::when(body.unread_may_follow() || !self.rbuf.is_empty())
     }
 
     /// Send an error response (it says `Connection: close`) and close.
@@ -1005,6 +1011,20 @@ fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
             head.target()
         ),
     }
+}
+
+/// Call the app; a panic becomes an error the caller answers (the worker lives on).
+fn call_app(
+    app: &mut dyn App,
+    req: &mut Request<'_>,
+    res: &mut Response<'_>,
+) -> Result<(), AppError> {
+    catch_unwind(AssertUnwindSafe(|| app.call(req, res))).unwrap_or_else(|panic| {
+        // Nobody logged this one (the panic message went to stderr only).
+        let msg = panic_message(&panic);
+        log::error!("Error handling request {}: {msg}", req.head.target());
+        Err(AppError::Failed(msg))
+    })
 }
 
 fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {

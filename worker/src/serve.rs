@@ -501,54 +501,12 @@ impl<'r> Worker<'r> {
             pending = Pending::KeptAlive;
             let head = match self.read_head(&conn.sock, start + self.config.header_timeout) {
                 Ok(head) => head,
-                Err(HeadEnd::Quiet) => return None,
-                Err(HeadEnd::Exit) => {
-                    log::debug!("closing the connection from {peer:?} mid-head: quick stop");
-                    return None;
-                }
-                Err(HeadEnd::Bad(e, head_request)) => {
-                    log::debug!("bad request from {peer:?}: {e}");
-                    let bytes = if head_request {
-                        e.head_response()
-                    } else {
-                        e.response()
-                    };
-                    self.close_with_response(&conn, &bytes, Linger::Full);
-                    return None;
-                }
-                Err(HeadEnd::Timeout) => {
-                    log::debug!("request head from {peer:?} did not arrive in time");
-                    // No waiting on a client this slow: the worker has waited long enough.
-                    self.close_with_response(&conn, &error_response(408), Linger::Brief);
-                    return None;
-                }
-                Err(HeadEnd::Io(e)) => {
-                    log::debug!("reading a request head from {peer:?}: {e}");
+                Err(end) => {
+                    self.end_without_head(&conn, peer, end);
                     return None;
                 }
             };
-            (self.heartbeat)();
-            self.served += 1;
-            if self.max_reached() {
-                log::info!("Autorestarting worker after current request.");
-            }
-            self.events.started(&head);
-            let (started_at, clock) = (SystemTime::now(), Instant::now());
-            let (persist, sent) = self.serve_request(&conn, &head, peer, server, listeners);
-            self.events.finished(&Completed {
-                head: &head,
-                peer,
-                status: sent.status,
-                response_headers: &sent.headers,
-                body_bytes: sent.body_bytes,
-                started_at,
-                duration: clock.elapsed(),
-                app: &*self.app,
-            });
-            // One big streamed response should not pin its buffer for the worker's lifetime.
-            if self.wbuf.capacity() > WBUF_KEEP {
-                self.wbuf = Vec::new();
-            }
+            let persist = self.serve_and_record(&conn, &head, peer, server, listeners);
             // A response that promised keep-alive before a stop came is followed by the wait
             // for the next request all the same: one already on its way is answered, not lost.
             if !persist {
@@ -557,6 +515,69 @@ impl<'r> Worker<'r> {
             conn.head_sent.set(false);
             conn.body_failed.set(false);
         }
+    }
+
+    /// Close a connection whose request head did not arrive whole, answering it when the
+    /// client is still there to read an answer.
+    fn end_without_head(&mut self, conn: &Conn<'_>, peer: &PeerAddr, end: HeadEnd) {
+        match end {
+            HeadEnd::Quiet => {}
+            HeadEnd::Exit => {
+                log::debug!("closing the connection from {peer:?} mid-head: quick stop");
+            }
+            HeadEnd::Bad(e, head_request) => {
+                log::debug!("bad request from {peer:?}: {e}");
+                let bytes = if head_request {
+                    e.head_response()
+                } else {
+                    e.response()
+                };
+                self.close_with_response(conn, &bytes, Linger::Full);
+            }
+            HeadEnd::Timeout => {
+                log::debug!("request head from {peer:?} did not arrive in time");
+                // No waiting on a client this slow: the worker has waited long enough.
+                self.close_with_response(conn, &error_response(408), Linger::Brief);
+            }
+            HeadEnd::Io(e) => {
+                log::debug!("reading a request head from {peer:?}: {e}");
+            }
+        }
+    }
+
+    /// Serve one request with the bookkeeping around it (heartbeat, request count, the
+    /// started/finished events). Returns whether the connection may carry another request.
+    fn serve_and_record(
+        &mut self,
+        conn: &Conn<'_>,
+        head: &RequestHead,
+        peer: &PeerAddr,
+        server: &ServerAddr,
+        listeners: &[Listener],
+    ) -> bool {
+        (self.heartbeat)();
+        self.served += 1;
+        if self.max_reached() {
+            log::info!("Autorestarting worker after current request.");
+        }
+        self.events.started(head);
+        let (started_at, clock) = (SystemTime::now(), Instant::now());
+        let (persist, sent) = self.serve_request(conn, head, peer, server, listeners);
+        self.events.finished(&Completed {
+            head,
+            peer,
+            status: sent.status,
+            response_headers: &sent.headers,
+            body_bytes: sent.body_bytes,
+            started_at,
+            duration: clock.elapsed(),
+            app: &*self.app,
+        });
+        // One big streamed response should not pin its buffer for the worker's lifetime.
+        if self.wbuf.capacity() > WBUF_KEEP {
+            self.wbuf = Vec::new();
+        }
+        persist
     }
 
     /// Wait until a request's first byte is here; returns when its head's clock starts: at

@@ -113,67 +113,17 @@ pub fn write_response_head(
     spec: &ResponseSpec<'_>,
     out: &mut Vec<u8>,
 ) -> Result<ResponseHeadOut, ResponseError> {
-    if !(100..=999).contains(&spec.status) {
-        return Err(ResponseError("status code is not three digits"));
-    }
-    // An app answers with its final response; a 1xx would leave the client waiting for another
-    // response, which the next request's answer would then be taken for.
-    if spec.status < 200 {
-        return Err(ResponseError(
-            "1xx status as a final response (interim responses are the server's)",
-        ));
-    }
-    if !spec.reason.bytes().all(is_field_vchar) {
-        return Err(ResponseError("control character in reason phrase"));
-    }
-    let mut length = None;
-    let (mut has_date, mut has_server) = (false, false);
-    for (name, value) in spec.headers {
-        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
-            return Err(ResponseError("invalid header name"));
-        }
-        if !value.iter().all(|&b| is_field_vchar(b)) {
-            return Err(ResponseError("control character in header value"));
-        }
-        if name.eq_ignore_ascii_case(b"content-length") {
-            let n =
-                parse_content_length(value).map_err(|_| ResponseError("invalid Content-Length"))?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ResponseError("conflicting Content-Length headers"));
-            }
-            length = Some(n);
-        }
-        has_date |= name.eq_ignore_ascii_case(b"date");
-        has_server |= name.eq_ignore_ascii_case(b"server");
-    }
-
+    check_status_line(spec)?;
+    let facts = check_app_headers(spec.headers)?;
     let status = spec.status;
-    // RFC 9110 §8.6: no Content-Length in a 204 response.
-    let forbid_length = status == 204;
-    let framing = if spec.head_request || status == 204 || status == 304 {
-        ResponseFraming::NoBody
-    } else if let Some(n) = length {
-        ResponseFraming::Length(n)
-    } else if spec.version == Version::Http11 {
-        ResponseFraming::Chunked
-    } else {
-        ResponseFraming::UntilClose
-    };
+    let framing = response_framing(spec, facts.length);
     let keep_alive =
         spec.keep_alive && framing != ResponseFraming::UntilClose && !asks_close(spec.headers);
 
     let start = out.len();
     let _ = write!(out, "HTTP/1.1 {status} {}\r\n", spec.reason);
-    for (name, value) in spec.headers {
-        if is_hop_by_hop(name) || (forbid_length && name.eq_ignore_ascii_case(b"content-length")) {
-            continue;
-        }
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    }
-    if !has_server && !spec.server.is_empty() {
+    write_app_headers(spec.headers, status, out);
+    if !facts.has_server && !spec.server.is_empty() {
         if !spec.server.bytes().all(is_field_vchar) {
             out.truncate(start);
             return Err(ResponseError("control character in Server"));
@@ -182,7 +132,7 @@ pub fn write_response_head(
         out.extend_from_slice(spec.server.as_bytes());
         out.extend_from_slice(b"\r\n");
     }
-    if !has_date {
+    if !facts.has_date {
         with_http_date(|d| {
             out.extend_from_slice(b"Date: ");
             out.extend_from_slice(d.as_bytes());
@@ -202,6 +152,91 @@ pub fn write_response_head(
         framing,
         keep_alive,
     })
+}
+
+/// Refuse a status line the client would misread: not three digits, an interim (1xx) status, or a
+/// control character in the reason phrase.
+fn check_status_line(spec: &ResponseSpec<'_>) -> Result<(), ResponseError> {
+    if !(100..=999).contains(&spec.status) {
+        return Err(ResponseError("status code is not three digits"));
+    }
+    // An app answers with its final response; a 1xx would leave the client waiting for another
+    // response, which the next request's answer would then be taken for.
+    if spec.status < 200 {
+        return Err(ResponseError(
+            "1xx status as a final response (interim responses are the server's)",
+        ));
+    }
+    if !spec.reason.bytes().all(is_field_vchar) {
+        return Err(ResponseError("control character in reason phrase"));
+    }
+    Ok(())
+}
+
+/// What the app's own header fields decide about the head the server writes.
+struct AppHeaderFacts {
+    /// The declared `Content-Length` (all copies agree).
+    length: Option<u64>,
+    has_date: bool,
+    has_server: bool,
+}
+
+/// Validate the app's header fields (names, values, `Content-Length`) and note the ones the
+/// server would otherwise add.
+fn check_app_headers(headers: &[(Vec<u8>, Vec<u8>)]) -> Result<AppHeaderFacts, ResponseError> {
+    let mut facts = AppHeaderFacts {
+        length: None,
+        has_date: false,
+        has_server: false,
+    };
+    for (name, value) in headers {
+        if name.is_empty() || !name.iter().all(|&b| is_tchar(b)) {
+            return Err(ResponseError("invalid header name"));
+        }
+        if !value.iter().all(|&b| is_field_vchar(b)) {
+            return Err(ResponseError("control character in header value"));
+        }
+        if name.eq_ignore_ascii_case(b"content-length") {
+            let n =
+                parse_content_length(value).map_err(|_| ResponseError("invalid Content-Length"))?;
+            if facts.length.is_some_and(|l| l != n) {
+                return Err(ResponseError("conflicting Content-Length headers"));
+            }
+            facts.length = Some(n);
+        }
+        facts.has_date |= name.eq_ignore_ascii_case(b"date");
+        facts.has_server |= name.eq_ignore_ascii_case(b"server");
+    }
+    Ok(facts)
+}
+
+/// How the body of this response is delimited on the wire.
+fn response_framing(spec: &ResponseSpec<'_>, length: Option<u64>) -> ResponseFraming {
+    if spec.head_request || spec.status == 204 || spec.status == 304 {
+        ResponseFraming::NoBody
+    } else if let Some(n) = length {
+        ResponseFraming::Length(n)
+    } else if spec.version == Version::Http11 {
+        ResponseFraming::Chunked
+    } else {
+        ResponseFraming::UntilClose
+    }
+}
+
+/// Copy the app's header fields into the head, minus hop-by-hop ones (the server frames the
+/// connection) and, where the status forbids it, `Content-Length`.
+fn write_app_headers(headers: &[(Vec<u8>, Vec<u8>)], status: u16, out: &mut Vec<u8>) {
+    // RFC 9110 §8.6: no Content-Length in a 204 response.
+    let drop_length = status == 204;
+    for (name, value) in headers {
+        if is_hop_by_hop(name) || (drop_length && name.eq_ignore_ascii_case(b"content-length")) {
+            continue;
+        }
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
 }
 
 /// Frames body bytes for a [`ResponseFraming`], never letting more than a declared length out.

@@ -50,6 +50,19 @@ struct Framing {
     pos: usize,
 }
 
+impl Framing {
+    /// Hand out decoded bytes the app has not taken yet; `None` when there are none.
+    fn take_decoded(&mut self, buf: &mut [u8]) -> Option<usize> {
+        if self.pos >= self.decoded.len() {
+            return None;
+        }
+        let n = buf.len().min(self.decoded.len() - self.pos);
+        buf[..n].copy_from_slice(&self.decoded[self.pos..self.pos + n]);
+        self.pos += n;
+        Some(n)
+    }
+}
+
 /// How long the worker has waited for body bytes, against what their number allows.
 #[derive(Debug, Default)]
 struct Pace {
@@ -165,88 +178,112 @@ impl BodyState {
         rbuf: &mut ReadBuf,
         buf: &mut [u8],
     ) -> io::Result<usize> {
-        // Once a request is under way each wait gets the I/O timeout, within the rate floor.
-        let pace = &mut self.pace;
-        let Framing {
-            decoder,
-            decoded,
-            pos,
-        } = &mut self.framing;
         // A chunked body may be decoded (and its decoder done) before the app took it all.
-        if *pos < decoded.len() {
-            let n = buf.len().min(decoded.len() - *pos);
-            buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
-            *pos += n;
+        if let Some(n) = self.framing.take_decoded(buf) {
             return Ok(n);
         }
-        if decoder.is_done() {
+        if self.framing.decoder.is_done() {
             return Ok(0);
         }
-        if let Some(want) = decoder.raw_window(buf.len()) {
-            let n = if !rbuf.is_empty() {
-                let n = want.min(rbuf.len());
-                buf[..n].copy_from_slice(&rbuf.data()[..n]);
-                rbuf.consume(n);
-                n
-            } else {
-                // Straight into the app's buffer: large uploads are copied once.
-                let start = Instant::now();
-                let n = conn
-                    .sock
-                    .read_before(&mut buf[..want], pace.deadline(conn.io_timeout)?)?;
-                pace.record(start, n);
-                if n == 0 {
-                    return Err(cut_short(decoder));
-                }
-                n
-            };
-            decoder.consume_raw(n);
-            return Ok(n);
+        if let Some(want) = self.framing.decoder.raw_window(buf.len()) {
+            return self.read_raw(conn, rbuf, &mut buf[..want]);
         }
+        self.read_chunked(conn, rbuf, buf)
+    }
+
+    /// Read body bytes that need no decoding (a Content-Length body): what is buffered first,
+    /// then from the socket.
+    fn read_raw(
+        &mut self,
+        conn: &Conn<'_>,
+        rbuf: &mut ReadBuf,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
+        let n = if !rbuf.is_empty() {
+            let n = buf.len().min(rbuf.len());
+            buf[..n].copy_from_slice(&rbuf.data()[..n]);
+            rbuf.consume(n);
+            n
+        } else {
+            // Straight into the app's buffer: large uploads are copied once. Once a request is
+            // under way each wait gets the I/O timeout, within the rate floor.
+            let start = Instant::now();
+            let n = conn
+                .sock
+                .read_before(buf, self.pace.deadline(conn.io_timeout)?)?;
+            self.pace.record(start, n);
+            if n == 0 {
+                return Err(cut_short(&self.framing.decoder));
+            }
+            n
+        };
+        self.framing.decoder.consume_raw(n);
+        Ok(n)
+    }
+
+    /// Read a chunked body: decode what is buffered, reading more until some body bytes (or its
+    /// end) come out.
+    fn read_chunked(
+        &mut self,
+        conn: &Conn<'_>,
+        rbuf: &mut ReadBuf,
+        buf: &mut [u8],
+    ) -> io::Result<usize> {
         loop {
-            if *pos < decoded.len() {
-                let n = buf.len().min(decoded.len() - *pos);
-                buf[..n].copy_from_slice(&decoded[*pos..*pos + n]);
-                *pos += n;
+            if let Some(n) = self.framing.take_decoded(buf) {
                 return Ok(n);
             }
-            if decoder.is_done() {
+            if self.framing.decoder.is_done() {
                 return Ok(0);
             }
+            let Framing {
+                decoder,
+                decoded,
+                pos,
+            } = &mut self.framing;
             decoded.clear();
             *pos = 0;
             if !rbuf.is_empty() {
                 let used = match decoder.decode(rbuf.data(), decoded) {
                     Ok(used) => used,
-                    Err(e) => {
-                        let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
-                        self.http_error = Some(e);
-                        return Err(io_err);
-                    }
+                    Err(e) => return Err(self.framing_error(e)),
                 };
                 rbuf.consume(used);
                 if used > 0 || !decoded.is_empty() || decoder.is_done() {
                     continue;
                 }
             }
-            let start = Instant::now();
-            let filled =
-                rbuf.fill_before(&conn.sock, pace.deadline(conn.io_timeout)?, MAX_BODY_BUFFER);
-            if let Ok(n) = filled {
-                pace.record(start, n);
-            }
-            match filled {
-                Ok(0) => return Err(cut_short(decoder)),
-                Ok(_) => {}
-                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
-                    let e = ferrocorn_http::RequestError::BadRequest("chunk framing too long");
-                    let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
-                    self.http_error = Some(e);
-                    return Err(io_err);
-                }
-                Err(e) => return Err(e),
-            }
+            self.fill_for_chunks(conn, rbuf)?;
         }
+    }
+
+    /// Read more of a chunked body into `rbuf`, where the decoder finds its framing.
+    fn fill_for_chunks(&mut self, conn: &Conn<'_>, rbuf: &mut ReadBuf) -> io::Result<()> {
+        // Each wait gets the I/O timeout, within the rate floor.
+        let start = Instant::now();
+        let filled = rbuf.fill_before(
+            &conn.sock,
+            self.pace.deadline(conn.io_timeout)?,
+            MAX_BODY_BUFFER,
+        );
+        if let Ok(n) = filled {
+            self.pace.record(start, n);
+        }
+        match filled {
+            Ok(0) => Err(cut_short(&self.framing.decoder)),
+            Ok(_) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::OutOfMemory => Err(self.framing_error(
+                ferrocorn_http::RequestError::BadRequest("chunk framing too long"),
+            )),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Keep a framing error for the error response, and give the app an I/O error saying it.
+    fn framing_error(&mut self, e: ferrocorn_http::RequestError) -> io::Error {
+        let io_err = io::Error::new(io::ErrorKind::InvalidData, e.clone());
+        self.http_error = Some(e);
+        io_err
     }
 
     /// After the response: consume what the app left unread so the connection can carry the next

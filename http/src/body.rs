@@ -108,85 +108,102 @@ impl BodyDecoder {
         let mut pos = 0;
         while pos < input.len() {
             let rest = &input[pos..];
-            match self.state {
+            pos += match self.state {
                 State::Done => break,
-                State::Length { remaining } => {
-                    self.check_limit(remaining)?;
-                    let n = take(remaining, rest.len());
-                    out.extend_from_slice(&rest[..n]);
-                    pos += n;
-                    self.decoded += n as u64;
-                    let remaining = remaining - n as u64;
-                    self.state = if remaining == 0 {
-                        State::Done
-                    } else {
-                        State::Length { remaining }
-                    };
-                }
-                State::Data { remaining } => {
-                    let n = take(remaining, rest.len());
-                    out.extend_from_slice(&rest[..n]);
-                    pos += n;
-                    let remaining = remaining - n as u64;
-                    self.state = if remaining == 0 {
-                        State::DataCr
-                    } else {
-                        State::Data { remaining }
-                    };
-                }
-                State::DataCr | State::DataLf => {
-                    let want = if self.state == State::DataCr {
-                        b'\r'
-                    } else {
-                        b'\n'
-                    };
-                    if rest[0] != want {
-                        return Err(RequestError::BadRequest("chunk data not followed by CRLF"));
-                    }
-                    pos += 1;
-                    self.state = if want == b'\r' {
-                        State::DataLf
-                    } else {
-                        State::Size
-                    };
-                }
-                State::Size | State::Trailer => {
-                    let max = if self.state == State::Size {
-                        MAX_CHUNK_LINE
-                    } else {
-                        self.trailer_line_max
-                    };
-                    let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
-                        if self.line.len() + rest.len() > max {
-                            return Err(self.line_too_long());
-                        }
-                        self.line.extend_from_slice(rest);
-                        pos = input.len();
-                        break;
-                    };
-                    if self.line.len() + lf + 1 > max {
-                        return Err(self.line_too_long());
-                    }
-                    self.line.extend_from_slice(&rest[..lf]);
-                    pos += lf + 1;
-                    let line = std::mem::take(&mut self.line);
-                    let Some(line) = line.strip_suffix(b"\r") else {
-                        return Err(RequestError::BadRequest(
-                            "line ending in chunked body is not CRLF",
-                        ));
-                    };
-                    if line.contains(&b'\r') {
-                        return Err(RequestError::BadRequest("bare CR in chunked body"));
-                    }
-                    if self.state == State::Size {
-                        self.size_line(line)?;
-                    } else {
-                        self.trailer_line(line)?;
-                    }
-                }
-            }
+                State::Length { remaining } => self.take_length(remaining, rest, out)?,
+                State::Data { remaining } => self.take_chunk_data(remaining, rest, out),
+                State::DataCr | State::DataLf => self.take_data_crlf(rest[0])?,
+                State::Size | State::Trailer => self.take_line(rest)?,
+            };
         }
         Ok(pos)
+    }
+
+    /// Content-Length body bytes: as many of `rest` as the body still has. Returns bytes used.
+    fn take_length(
+        &mut self,
+        remaining: u64,
+        rest: &[u8],
+        out: &mut Vec<u8>,
+    ) -> Result<usize, RequestError> {
+        self.check_limit(remaining)?;
+        let n = take(remaining, rest.len());
+        out.extend_from_slice(&rest[..n]);
+        self.decoded += n as u64;
+        let remaining = remaining - n as u64;
+        self.state = if remaining == 0 {
+            State::Done
+        } else {
+            State::Length { remaining }
+        };
+        Ok(n)
+    }
+
+    /// A chunk's data: as many of `rest` as the chunk still has. Returns bytes used.
+    fn take_chunk_data(&mut self, remaining: u64, rest: &[u8], out: &mut Vec<u8>) -> usize {
+        let n = take(remaining, rest.len());
+        out.extend_from_slice(&rest[..n]);
+        let remaining = remaining - n as u64;
+        self.state = if remaining == 0 {
+            State::DataCr
+        } else {
+            State::Data { remaining }
+        };
+        n
+    }
+
+    /// One byte of the CRLF that must follow a chunk's data. Returns bytes used (one).
+    fn take_data_crlf(&mut self, byte: u8) -> Result<usize, RequestError> {
+        let want = if self.state == State::DataCr {
+            b'\r'
+        } else {
+            b'\n'
+        };
+        if byte != want {
+            return Err(RequestError::BadRequest("chunk data not followed by CRLF"));
+        }
+        self.state = if want == b'\r' {
+            State::DataLf
+        } else {
+            State::Size
+        };
+        Ok(1)
+    }
+
+    /// A chunk-size or trailer line, collected in `self.line` until its LF arrives, then acted
+    /// on. Returns bytes used.
+    fn take_line(&mut self, rest: &[u8]) -> Result<usize, RequestError> {
+        let max = if self.state == State::Size {
+            MAX_CHUNK_LINE
+        } else {
+            self.trailer_line_max
+        };
+        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+            if self.line.len() + rest.len() > max {
+                return Err(self.line_too_long());
+            }
+            self.line.extend_from_slice(rest);
+            return Ok(rest.len());
+        };
+        if self.line.len() + lf + 1 > max {
+            return Err(self.line_too_long());
+        }
+        self.line.extend_from_slice(&rest[..lf]);
+        let line = std::mem::take(&mut self.line);
+        let Some(line) = line.strip_suffix(b"\r") else {
+            return Err(RequestError::BadRequest(
+                "line ending in chunked body is not CRLF",
+            ));
+        };
+        if line.contains(&b'\r') {
+            return Err(RequestError::BadRequest("bare CR in chunked body"));
+        }
+        if self.state == State::Size {
+            self.size_line(line)?;
+        } else {
+            self.trailer_line(line)?;
+        }
+        Ok(lf + 1)
     }
 
     /// Whether the whole body (and for chunked, its trailers) has been decoded.

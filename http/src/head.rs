@@ -173,16 +173,10 @@ impl HeadParser {
         buf: &[u8],
         limits: &Limits,
     ) -> Result<Parsed<RequestHead>, RequestError> {
-        let line_max = limits.request_line();
-        let field_max = limits.field_size();
-        let fields_max = limits.fields();
         loop {
             // One pass finds line ends and proves there is no bare CR or LF before them.
             let Some(i) = memchr::memchr2(b'\r', b'\n', &buf[self.scanned..]) else {
-                self.scanned = buf.len();
-                self.note_head_method(buf);
-                self.check_partial_line(line_max, field_max)?;
-                return Ok(Parsed::Partial);
+                return self.wait_for_more(buf, buf.len(), limits);
             };
             let cr = self.scanned + i;
             match buf.get(cr + 1) {
@@ -191,54 +185,74 @@ impl HeadParser {
                 }
                 Some(b'\n') => {}
                 Some(_) => return Err(RequestError::BadRequest("bare CR in head")),
-                None => {
-                    // The LF may be in the next read; look at this CR again then.
-                    self.scanned = cr;
-                    self.note_head_method(buf);
-                    self.check_partial_line(line_max, field_max)?;
-                    return Ok(Parsed::Partial);
-                }
+                // The LF may be in the next read; look at this CR again then.
+                None => return self.wait_for_more(buf, cr, limits),
             }
-            let line = &buf[self.line_start..cr];
             let next = cr + 2;
             self.scanned = next;
-            match self.fields_start {
-                None if line.is_empty() => {
-                    self.leading_empty += 1;
-                    if self.leading_empty > MAX_LEADING_EMPTY_LINES {
-                        return Err(RequestError::BadRequest(
-                            "too many empty lines before request",
-                        ));
-                    }
-                    self.start = next;
-                }
-                None => {
-                    self.note_head_method(buf);
-                    if line.len() > line_max {
-                        return Err(RequestError::UriTooLong);
-                    }
-                    // Checked now, so a bogus request line is refused without waiting for more.
-                    self.request_line = Some(parse_request_line(line)?);
-                    self.fields_start = Some(next);
-                }
-                Some(_) if line.is_empty() => {
-                    return self
-                        .finish(buf, next, limits)
-                        .map(|h| Parsed::Complete(h, next))
-                }
-                Some(_) => {
-                    // Gunicorn counts a field line with its CRLF.
-                    if line.len() + 2 > field_max {
-                        return Err(RequestError::HeadersTooLarge("header field too long"));
-                    }
-                    self.field_lines += 1;
-                    if self.field_lines > fields_max {
-                        return Err(RequestError::HeadersTooLarge("too many header fields"));
-                    }
-                }
+            if let Some(head) = self.take_line(buf, cr, limits)? {
+                return Ok(Parsed::Complete(head, next));
             }
             self.line_start = next;
         }
+    }
+
+    /// The head is not all here: remember how far `buf` was scanned (up to `scanned`), and
+    /// refuse a line already past its limit rather than wait for its end.
+    fn wait_for_more(
+        &mut self,
+        buf: &[u8],
+        scanned: usize,
+        limits: &Limits,
+    ) -> Result<Parsed<RequestHead>, RequestError> {
+        self.scanned = scanned;
+        self.note_head_method(buf);
+        self.check_partial_line(limits)?;
+        Ok(Parsed::Partial)
+    }
+
+    /// Act on one complete line of the head, `buf[self.line_start..cr]`: the request line, a
+    /// field line, or the empty line that ends the head (then the head, parsed).
+    fn take_line(
+        &mut self,
+        buf: &[u8],
+        cr: usize,
+        limits: &Limits,
+    ) -> Result<Option<RequestHead>, RequestError> {
+        let line = &buf[self.line_start..cr];
+        let next = cr + 2;
+        match self.fields_start {
+            None if line.is_empty() => {
+                self.leading_empty += 1;
+                if self.leading_empty > MAX_LEADING_EMPTY_LINES {
+                    return Err(RequestError::BadRequest(
+                        "too many empty lines before request",
+                    ));
+                }
+                self.start = next;
+            }
+            None => {
+                self.note_head_method(buf);
+                if line.len() > limits.request_line() {
+                    return Err(RequestError::UriTooLong);
+                }
+                // Checked now, so a bogus request line is refused without waiting for more.
+                self.request_line = Some(parse_request_line(line)?);
+                self.fields_start = Some(next);
+            }
+            Some(_) if line.is_empty() => return self.finish(buf, next, limits).map(Some),
+            Some(_) => {
+                // Gunicorn counts a field line with its CRLF.
+                if line.len() + 2 > limits.field_size() {
+                    return Err(RequestError::HeadersTooLarge("header field too long"));
+                }
+                self.field_lines += 1;
+                if self.field_lines > limits.fields() {
+                    return Err(RequestError::HeadersTooLarge("too many header fields"));
+                }
+            }
+        }
+        Ok(None)
     }
 
     /// Whether the request line, as far as it has been read, asks for HEAD: a response to it, an
@@ -257,13 +271,13 @@ impl HeadParser {
 
     /// Fail as soon as an unterminated line is certain to break a limit, so a client cannot make
     /// us buffer more than the limits allow.
-    fn check_partial_line(&self, line_max: usize, field_max: usize) -> Result<(), RequestError> {
+    fn check_partial_line(&self, limits: &Limits) -> Result<(), RequestError> {
         // The scan stopped at the end or at a final CR: the line so far has no CR or LF, and
         // it is the shortest this line can still be.
         let content = self.scanned - self.line_start;
         match self.fields_start {
-            None if content > line_max => Err(RequestError::UriTooLong),
-            Some(_) if content + 2 > field_max => {
+            None if content > limits.request_line() => Err(RequestError::UriTooLong),
+            Some(_) if content + 2 > limits.field_size() => {
                 Err(RequestError::HeadersTooLarge("header field too long"))
             }
             _ => Ok(()),

@@ -288,7 +288,6 @@ impl HeadParser {
         let fields_start = self.fields_start.unwrap_or(end);
         let head = &buf[self.start..end];
         let base = self.start;
-        let rel = |r: Range<usize>| (r.start - base) as u32..(r.end - base) as u32;
 
         let rl = self
             .request_line
@@ -296,50 +295,10 @@ impl HeadParser {
             .ok_or(RequestError::BadRequest("no request line"))?;
 
         // The field block, including the final CRLF that httparse expects.
-        let block = &buf[fields_start..end];
-        let mut raw = vec![httparse::EMPTY_HEADER; self.field_lines];
-        match httparse::parse_headers(block, &mut raw) {
-            Ok(httparse::Status::Complete((n, _))) if n == block.len() => {}
-            Ok(_) => return Err(RequestError::BadRequest("malformed header block")),
-            Err(httparse::Error::HeaderName) => {
-                return Err(RequestError::BadRequest(
-                    "invalid header name (or obsolete line folding)",
-                ))
-            }
-            Err(httparse::Error::HeaderValue) => {
-                return Err(RequestError::BadRequest("invalid header value"))
-            }
-            Err(_) => return Err(RequestError::BadRequest("malformed header line")),
-        }
+        let raw = parse_field_block(&buf[fields_start..end], self.field_lines)?;
+        let (fields, sem) = read_fields(&raw, buf, base, limits)?;
 
         let version = rl.version;
-        let mut fields = Vec::with_capacity(raw.len());
-        let mut sem = Semantics::default();
-        for h in raw.iter().take_while(|h| !h.name.is_empty()) {
-            let name = h.name.as_bytes();
-            let value = trim_ows(h.value);
-            // httparse admits exactly RFC 9110's tchar in names and VCHAR / SP / HTAB / obs-text
-            // in values (and we removed every bare CR and LF before it ran).
-            debug_assert!(name.iter().all(|&b| is_tchar(b)), "{name:?}");
-            debug_assert!(value.iter().all(|&b| is_field_vchar(b)), "{value:?}");
-            if name.contains(&b'_') {
-                match limits.header_map {
-                    HeaderMapPolicy::Drop => continue,
-                    HeaderMapPolicy::Refuse => {
-                        return Err(RequestError::BadRequest("underscore in header name"))
-                    }
-                    HeaderMapPolicy::Dangerous => {}
-                }
-            }
-            sem.field(h.name, value)?;
-            let name_at = h.name.as_ptr() as usize - buf.as_ptr() as usize;
-            let value_at = value.as_ptr() as usize - buf.as_ptr() as usize;
-            fields.push(Field {
-                name: rel(name_at..name_at + name.len()),
-                value: rel(value_at..value_at + value.len()),
-            });
-        }
-
         let framing = sem.framing(version, limits)?;
         if version == Version::Http11 && sem.hosts == 0 {
             return Err(RequestError::BadRequest("HTTP/1.1 request without Host"));
@@ -349,7 +308,7 @@ impl HeadParser {
             Version::Http10 => sem.keep_alive && !sem.close,
         };
         let line_at = self.start;
-        let shift = |r: Range<usize>| rel(line_at + r.start..line_at + r.end);
+        let shift = |r: Range<usize>| relative(line_at + r.start..line_at + r.end, base);
         Ok(RequestHead {
             buf: head.into(),
             method: shift(rl.method),
@@ -364,6 +323,65 @@ impl HeadParser {
             expects_continue: sem.expect_continue && version == Version::Http11,
         })
     }
+}
+
+/// A range of `buf` as offsets into the head, which starts at `base`.
+fn relative(r: Range<usize>, base: usize) -> Range<u32> {
+    (r.start - base) as u32..(r.end - base) as u32
+}
+
+/// Split the field block (`count` lines and the final CRLF) into fields with httparse.
+fn parse_field_block(
+    block: &[u8],
+    count: usize,
+) -> Result<Vec<httparse::Header<'_>>, RequestError> {
+    let mut raw = vec![httparse::EMPTY_HEADER; count];
+    match httparse::parse_headers(block, &mut raw) {
+        Ok(httparse::Status::Complete((n, _))) if n == block.len() => Ok(raw),
+        Ok(_) => Err(RequestError::BadRequest("malformed header block")),
+        Err(httparse::Error::HeaderName) => Err(RequestError::BadRequest(
+            "invalid header name (or obsolete line folding)",
+        )),
+        Err(httparse::Error::HeaderValue) => Err(RequestError::BadRequest("invalid header value")),
+        Err(_) => Err(RequestError::BadRequest("malformed header line")),
+    }
+}
+
+/// Walk the parsed fields: apply the header-map policy to names with `_`, note what each field
+/// means, and record where each name and value sits in the head that starts at `base` in `buf`.
+fn read_fields(
+    raw: &[httparse::Header<'_>],
+    buf: &[u8],
+    base: usize,
+    limits: &Limits,
+) -> Result<(Vec<Field>, Semantics), RequestError> {
+    let mut fields = Vec::with_capacity(raw.len());
+    let mut sem = Semantics::default();
+    for h in raw.iter().take_while(|h| !h.name.is_empty()) {
+        let name = h.name.as_bytes();
+        let value = trim_ows(h.value);
+        // httparse admits exactly RFC 9110's tchar in names and VCHAR / SP / HTAB / obs-text
+        // in values (and we removed every bare CR and LF before it ran).
+        debug_assert!(name.iter().all(|&b| is_tchar(b)), "{name:?}");
+        debug_assert!(value.iter().all(|&b| is_field_vchar(b)), "{value:?}");
+        if name.contains(&b'_') {
+            match limits.header_map {
+                HeaderMapPolicy::Drop => continue,
+                HeaderMapPolicy::Refuse => {
+                    return Err(RequestError::BadRequest("underscore in header name"))
+                }
+                HeaderMapPolicy::Dangerous => {}
+            }
+        }
+        sem.field(h.name, value)?;
+        let name_at = h.name.as_ptr() as usize - buf.as_ptr() as usize;
+        let value_at = value.as_ptr() as usize - buf.as_ptr() as usize;
+        fields.push(Field {
+            name: relative(name_at..name_at + name.len(), base),
+            value: relative(value_at..value_at + value.len(), base),
+        });
+    }
+    Ok((fields, sem))
 }
 
 #[derive(Debug, Clone)]

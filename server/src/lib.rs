@@ -566,10 +566,50 @@ impl Started {
         loader: &mut dyn AppLoader,
         observer: Box<dyn ForkObserver>,
     ) -> Result<i32> {
+        let config = arbiter_config(&self.settings);
+        let name = proc_name(&self.settings);
+        let parent_master = self.parent_master;
+        let (hooks, side) = self.split_for_master(name.clone(), observer)?;
+        let settings = &side.settings;
+        let mut arbiter = Arbiter::new(config, signals, hooks)?;
+        if let Some(parent) = parent_master {
+            arbiter.set_parent_master(parent);
+        }
+        if settings.daemon {
+            arbiter.set_daemonized();
+        }
+        let mut worker = worker::Worker {
+            owner: &side.owner,
+            loader,
+            listeners: &side.listeners,
+            config: worker_config(settings),
+            max_requests_jitter: settings.max_requests_jitter,
+            log_file: &side.log_file,
+            access_log: side.access_log,
+            statsd: side.statsd.as_ref(),
+            title: format!("ferrocorn: worker [{name}]"),
+            file_lists: side.file_lists.as_ref(),
+        };
+        let exit = arbiter.run(&mut |ctx| worker.run(ctx));
+        let code = shut_down(exit);
+        arbiter.hooks_mut().pidfile.remove();
+        if let Some(lists) = &side.file_lists {
+            lists.remove();
+        }
+        Ok(code)
+    }
+
+    /// Hand the master's part to its hooks (with copies of what the workers use too); the rest
+    /// is what the workers are built from.
+    fn split_for_master(
+        self,
+        name: String,
+        observer: Box<dyn ForkObserver>,
+    ) -> Result<(hooks::MasterHooks, WorkerSide)> {
         let Started {
             settings,
             start,
-            parent_master,
+            parent_master: _,
             log_file,
             access_log,
             statsd,
@@ -580,16 +620,8 @@ impl Started {
             file_lists,
             stats,
         } = self;
-        let config = ArbiterConfig {
-            workers: settings.workers,
-            timeout: settings.timeout.filter(|t| !t.is_zero()),
-            graceful_timeout: settings.graceful_timeout,
-            sizing: sizing::worker_sizing(&settings),
-            memory: sizing::memory_policy(&settings),
-        };
-        let name = proc_name(&settings);
         let hooks = hooks::MasterHooks {
-            name: name.clone(),
+            name,
             log_file: log_file.clone(),
             access_log_path: access_log
                 .as_ref()
@@ -610,32 +642,38 @@ impl Started {
             stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
             stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
-        let mut arbiter = Arbiter::new(config, signals, hooks)?;
-        if let Some(parent) = parent_master {
-            arbiter.set_parent_master(parent);
-        }
-        if settings.daemon {
-            arbiter.set_daemonized();
-        }
-        let mut worker = worker::Worker {
-            owner: &owner,
-            loader,
-            listeners: &listeners,
-            config: worker_config(&settings),
-            max_requests_jitter: settings.max_requests_jitter,
-            log_file: &log_file,
+        let side = WorkerSide {
+            settings,
+            log_file,
             access_log,
-            statsd: statsd.as_ref(),
-            title: format!("ferrocorn: worker [{name}]"),
-            file_lists: file_lists.as_ref(),
+            statsd,
+            owner,
+            listeners,
+            file_lists,
         };
-        let exit = arbiter.run(&mut |ctx| worker.run(ctx));
-        let code = shut_down(exit);
-        arbiter.hooks_mut().pidfile.remove();
-        if let Some(lists) = &file_lists {
-            lists.remove();
-        }
-        Ok(code)
+        Ok((hooks, side))
+    }
+}
+
+/// What the workers are built from, once the master's hooks have taken their part of [`Started`].
+struct WorkerSide {
+    settings: Settings,
+    log_file: LogFile,
+    access_log: Option<AccessLog>,
+    statsd: Option<Statsd>,
+    owner: Owner,
+    listeners: Vec<Listener>,
+    file_lists: Option<reload::FileLists>,
+}
+
+/// How the arbiter runs the workers: how many, their timeouts, and the sizing and memory policies.
+fn arbiter_config(settings: &Settings) -> ArbiterConfig {
+    ArbiterConfig {
+        workers: settings.workers,
+        timeout: settings.timeout.filter(|t| !t.is_zero()),
+        graceful_timeout: settings.graceful_timeout,
+        sizing: sizing::worker_sizing(settings),
+        memory: sizing::memory_policy(settings),
     }
 }
 

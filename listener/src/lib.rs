@@ -98,67 +98,85 @@ impl std::str::FromStr for BindSpec {
             return Err(invalid(s, "empty address"));
         }
         if let Some(rest) = spec.strip_prefix("unix:") {
-            let path = rest.strip_prefix("//").unwrap_or(rest);
-            if path.is_empty() {
-                return Err(invalid(s, "empty unix socket path"));
-            }
-            if path.contains('\0') {
-                return Err(invalid(s, "unix socket path contains a NUL byte"));
-            }
-            return Ok(BindSpec::Unix(PathBuf::from(path)));
+            return parse_unix(s, rest.strip_prefix("//").unwrap_or(rest));
         }
         if let Some(fd) = spec.strip_prefix("fd://") {
-            let fd: RawFd = fd
-                .parse()
-                .map_err(|_| invalid(s, "not a valid file descriptor number"))?;
-            if fd < 0 {
-                return Err(invalid(s, "not a valid file descriptor number"));
-            }
-            return Ok(BindSpec::Fd(fd));
+            return parse_fd(s, fd);
         }
-        let netloc = spec.strip_prefix("tcp://").unwrap_or(spec);
-        if netloc.contains('/') {
-            return Err(invalid(
-                s,
-                "unexpected '/' (use unix:PATH for unix sockets)",
-            ));
-        }
-        let (host, port) = if let Some(rest) = netloc.strip_prefix('[') {
-            let (host, after) = rest
-                .split_once(']')
-                .ok_or_else(|| invalid(s, "missing ']' after IPv6 address"))?;
-            if host.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(invalid(s, "not a valid IPv6 address inside [...]"));
-            }
-            let port = match after {
-                "" => DEFAULT_PORT,
-                p => parse_port(
-                    s,
-                    p.strip_prefix(':')
-                        .ok_or_else(|| invalid(s, "expected ':PORT' after ']'"))?,
-                )?,
-            };
-            (host.to_string(), port)
-        } else {
-            match netloc.split_once(':') {
-                Some((_, p)) if p.contains(':') => {
-                    return Err(invalid(
-                        s,
-                        "IPv6 addresses must be written in brackets, e.g. [::1]:8000",
-                    ))
-                }
-                Some((h, p)) => (h.to_string(), parse_port(s, p)?),
-                None => (netloc.to_string(), DEFAULT_PORT),
-            }
-        };
-        // gunicorn binds an empty host (":8000") on every IPv4 interface.
-        let host = if host.is_empty() {
-            "0.0.0.0".to_string()
-        } else {
-            host.to_ascii_lowercase()
-        };
-        Ok(BindSpec::Tcp { host, port })
+        parse_tcp(s, spec.strip_prefix("tcp://").unwrap_or(spec))
     }
+}
+
+/// `unix:PATH`. Errors name `spec`, the address as given.
+fn parse_unix(spec: &str, path: &str) -> Result<BindSpec, Error> {
+    if path.is_empty() {
+        return Err(invalid(spec, "empty unix socket path"));
+    }
+    if path.contains('\0') {
+        return Err(invalid(spec, "unix socket path contains a NUL byte"));
+    }
+    Ok(BindSpec::Unix(PathBuf::from(path)))
+}
+
+/// `fd://N`, a socket inherited already bound.
+fn parse_fd(spec: &str, fd: &str) -> Result<BindSpec, Error> {
+    let fd: RawFd = fd
+        .parse()
+        .map_err(|_| invalid(spec, "not a valid file descriptor number"))?;
+    if fd < 0 {
+        return Err(invalid(spec, "not a valid file descriptor number"));
+    }
+    Ok(BindSpec::Fd(fd))
+}
+
+/// `HOST`, `HOST:PORT`, `:PORT` or `[IPV6]:PORT` (the port defaults as in gunicorn).
+fn parse_tcp(spec: &str, netloc: &str) -> Result<BindSpec, Error> {
+    if netloc.contains('/') {
+        return Err(invalid(
+            spec,
+            "unexpected '/' (use unix:PATH for unix sockets)",
+        ));
+    }
+    let (host, port) = if let Some(rest) = netloc.strip_prefix('[') {
+        split_bracketed(spec, rest)?
+    } else {
+        match netloc.split_once(':') {
+            Some((_, p)) if p.contains(':') => {
+                return Err(invalid(
+                    spec,
+                    "IPv6 addresses must be written in brackets, e.g. [::1]:8000",
+                ))
+            }
+            Some((h, p)) => (h.to_string(), parse_port(spec, p)?),
+            None => (netloc.to_string(), DEFAULT_PORT),
+        }
+    };
+    // gunicorn binds an empty host (":8000") on every IPv4 interface.
+    let host = if host.is_empty() {
+        "0.0.0.0".to_string()
+    } else {
+        host.to_ascii_lowercase()
+    };
+    Ok(BindSpec::Tcp { host, port })
+}
+
+/// `IPV6]` or `IPV6]:PORT`, what follows the `[` of a bracketed IPv6 address.
+fn split_bracketed(spec: &str, rest: &str) -> Result<(String, u16), Error> {
+    let (host, after) = rest
+        .split_once(']')
+        .ok_or_else(|| invalid(spec, "missing ']' after IPv6 address"))?;
+    if host.parse::<std::net::Ipv6Addr>().is_err() {
+        return Err(invalid(spec, "not a valid IPv6 address inside [...]"));
+    }
+    let port = match after {
+        "" => DEFAULT_PORT,
+        p => parse_port(
+            spec,
+            p.strip_prefix(':')
+                .ok_or_else(|| invalid(spec, "expected ':PORT' after ']'"))?,
+        )?,
+    };
+    Ok((host.to_string(), port))
 }
 
 impl fmt::Display for BindSpec {

@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use ferrocorn_sizing::ProcessMemory;
 
-use crate::servers::{one_request, prepare, start, start_with, Env, Target, SERVERS};
+use crate::servers::{
+    one_request, prepare, start, start_with, Env, Running, ServerKind, Target, SERVERS,
+};
 use crate::{cargo, run, sizing_truth};
 
 #[derive(Debug, Clone)]
@@ -213,14 +215,18 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     }
 }
 
-/// hello.py under every server: requests/s, latency and memory, with ferrocorn/gunicorn ratios.
-fn throughput(env: &Env, settings: &Settings) -> Result<Vec<String>> {
-    let mut failures = Vec::new();
-    let hello = Target {
+/// examples/hello.py, the app the throughput and logging benches load.
+fn hello_target(env: &Env) -> Target {
+    Target {
         dir: env.root.join("examples"),
         spec: "hello:app",
         path: "/",
-    };
+    }
+}
+
+/// hello.py under every server: requests/s, latency and memory, with ferrocorn/gunicorn ratios.
+fn throughput(env: &Env, settings: &Settings) -> Result<Vec<String>> {
+    let hello = hello_target(env);
     println!(
         "\n## Throughput: examples/hello.py, {} workers, {} connections, {:.0} s, Connection: close\n",
         settings.workers,
@@ -236,30 +242,45 @@ fn throughput(env: &Env, settings: &Settings) -> Result<Vec<String>> {
                 continue;
             }
         };
-        load(
-            server.addr,
-            hello.path,
-            settings.connections,
-            Duration::from_secs(1),
-        ); // warm-up
-        let result = load(
-            server.addr,
-            hello.path,
-            settings.connections,
-            settings.duration,
-        );
-        let mem = tree_memory(server.child.id() as i32)?;
-        rows.push(Row {
-            server: kind.name,
-            load: result,
-            worker_uss: mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
-            worker_pss: mib(mean(mem.workers.iter().map(|m| m.pss)) as u64),
-            total_pss: mib(mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>()),
-        });
+        rows.push(measure_throughput(kind, &server, &hello, settings)?);
     }
+    print_throughput_table(&rows);
+    Ok(throughput_failures(&rows))
+}
+
+/// Load one running server (after a second's warm-up), then read its memory.
+fn measure_throughput(
+    kind: &ServerKind,
+    server: &Running,
+    hello: &Target,
+    settings: &Settings,
+) -> Result<Row> {
+    load(
+        server.addr,
+        hello.path,
+        settings.connections,
+        Duration::from_secs(1),
+    ); // warm-up
+    let result = load(
+        server.addr,
+        hello.path,
+        settings.connections,
+        settings.duration,
+    );
+    let mem = tree_memory(server.child.id() as i32)?;
+    Ok(Row {
+        server: kind.name,
+        load: result,
+        worker_uss: mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
+        worker_pss: mib(mean(mem.workers.iter().map(|m| m.pss)) as u64),
+        total_pss: mib(mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>()),
+    })
+}
+
+fn print_throughput_table(rows: &[Row]) {
     println!("| server | requests | req/s | p50 ms | p99 ms | errors | worker USS MiB | worker PSS MiB | total PSS MiB |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    for r in &rows {
+    for r in rows {
         println!(
             "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {:.1} | {:.1} | {:.1} |",
             r.server,
@@ -273,38 +294,41 @@ fn throughput(env: &Env, settings: &Settings) -> Result<Vec<String>> {
             r.total_pss
         );
     }
+}
 
+/// Print the ferrocorn/gunicorn ratios; returns the targets they miss.
+fn throughput_failures(rows: &[Row]) -> Vec<String> {
+    let mut failures = Vec::new();
     let find = |name: &str| rows.iter().find(|r| r.server == name);
-    if let (Some(f), Some(g)) = (find("ferrocorn"), find("gunicorn")) {
-        let rps_ratio = f.load.rps / g.load.rps;
-        // PSS charges each process its share of shared pages, so it is the fair per-worker
-        // figure: a gunicorn worker's USS looks small only because the Python it shares with its
-        // master is counted in the master. USS is shown for reference.
-        let pss_ratio = f.worker_pss / g.worker_pss;
-        let total_ratio = f.total_pss / g.total_pss;
-        let uss_ratio = f.worker_uss / g.worker_uss;
-        println!(
-            "\nferrocorn/gunicorn: throughput ×{rps_ratio:.2} (target ≥ 1.00), worker PSS \
-             ×{pss_ratio:.2} (target ≤ 1.00), total PSS ×{total_ratio:.2} (target ≤ 1.00), \
-             worker USS ×{uss_ratio:.2}"
-        );
-        for (what, ratio, ok) in [
-            ("throughput", rps_ratio, rps_ratio >= 1.0),
-            ("worker PSS", pss_ratio, pss_ratio <= 1.0),
-            ("total PSS", total_ratio, total_ratio <= 1.0),
-        ] {
-            if !ok {
-                failures.push(format!("{what} ratio {ratio:.2} misses its target"));
-            }
-        }
-        if f.load.errors > 0 {
-            failures.push(format!("ferrocorn had {} failed requests", f.load.errors));
-        }
-    } else {
+    let (Some(f), Some(g)) = (find("ferrocorn"), find("gunicorn")) else {
         failures.push("ferrocorn and gunicorn must both run for the ratios".into());
+        return failures;
+    };
+    let rps_ratio = f.load.rps / g.load.rps;
+    // PSS charges each process its share of shared pages, so it is the fair per-worker
+    // figure: a gunicorn worker's USS looks small only because the Python it shares with its
+    // master is counted in the master. USS is shown for reference.
+    let pss_ratio = f.worker_pss / g.worker_pss;
+    let total_ratio = f.total_pss / g.total_pss;
+    let uss_ratio = f.worker_uss / g.worker_uss;
+    println!(
+        "\nferrocorn/gunicorn: throughput ×{rps_ratio:.2} (target ≥ 1.00), worker PSS \
+         ×{pss_ratio:.2} (target ≤ 1.00), total PSS ×{total_ratio:.2} (target ≤ 1.00), \
+         worker USS ×{uss_ratio:.2}"
+    );
+    for (what, ratio, ok) in [
+        ("throughput", rps_ratio, rps_ratio >= 1.0),
+        ("worker PSS", pss_ratio, pss_ratio <= 1.0),
+        ("total PSS", total_ratio, total_ratio <= 1.0),
+    ] {
+        if !ok {
+            failures.push(format!("{what} ratio {ratio:.2} misses its target"));
+        }
     }
-
-    Ok(failures)
+    if f.load.errors > 0 {
+        failures.push(format!("ferrocorn had {} failed requests", f.load.errors));
+    }
+    failures
 }
 
 /// ferrocorn's throughput on hello.py with the access log (to a file) and statsd (to a local UDP

@@ -335,11 +335,7 @@ fn throughput_failures(rows: &[Row]) -> Vec<String> {
 /// socket nobody reads) on, against without: observability must cost little (target ≥ 0.95).
 /// Each variant's best of three interleaved rounds, at `--duration` in all.
 fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
-    let hello = Target {
-        dir: env.root.join("examples"),
-        spec: "hello:app",
-        path: "/",
-    };
+    let hello = hello_target(env);
     let ferrocorn = SERVERS
         .iter()
         .find(|k| k.name == "ferrocorn")
@@ -349,22 +345,10 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     let access_log = log_dir.join("access.log");
     let _ = std::fs::remove_file(&access_log);
     let statsd = std::net::UdpSocket::bind("127.0.0.1:0")?;
-    let variants: [(&str, Vec<String>); 3] = [
-        ("without", vec![]),
-        (
-            "--access-logfile",
-            vec!["--access-logfile".into(), access_log.display().to_string()],
-        ),
-        (
-            "--access-logfile --statsd-host",
-            vec![
-                "--access-logfile".into(),
-                access_log.display().to_string(),
-                "--statsd-host".into(),
-                statsd.local_addr()?.to_string(),
-            ],
-        ),
-    ];
+    let variants = logging_variants(
+        &access_log.display().to_string(),
+        &statsd.local_addr()?.to_string(),
+    );
     println!(
         "\n## Logging overhead: ferrocorn, examples/hello.py, {} workers, {} connections, {:.0} s\n",
         settings.workers,
@@ -395,6 +379,36 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
         );
         servers.push((*name, server));
     }
+    let best = best_of_rounds(&servers, &hello, settings);
+    Ok(overhead_failures(&servers, &best))
+}
+
+/// The flag sets compared, the first without either: their names, as printed, and arguments.
+fn logging_variants(access_log: &str, statsd: &str) -> [(&'static str, Vec<String>); 3] {
+    [
+        ("without", vec![]),
+        (
+            "--access-logfile",
+            vec!["--access-logfile".into(), access_log.to_string()],
+        ),
+        (
+            "--access-logfile --statsd-host",
+            vec![
+                "--access-logfile".into(),
+                access_log.to_string(),
+                "--statsd-host".into(),
+                statsd.to_string(),
+            ],
+        ),
+    ]
+}
+
+/// Load the servers in turn, a few rounds sharing `--duration`; each one's best round.
+fn best_of_rounds(
+    servers: &[(&str, Running)],
+    hello: &Target,
+    settings: &Settings,
+) -> Vec<Option<Load>> {
     const ROUNDS: u32 = 3;
     let mut best: Vec<Option<Load>> = vec![None; servers.len()];
     for _ in 0..ROUNDS {
@@ -410,6 +424,11 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
             }
         }
     }
+    best
+}
+
+/// Print each variant's row against the first (without); returns the ones past the target.
+fn overhead_failures(servers: &[(&str, Running)], best: &[Option<Load>]) -> Vec<String> {
     let mut failures = Vec::new();
     let base = best[0].as_ref().map_or(0.0, |b| b.rps);
     for ((name, _), result) in servers.iter().zip(best.iter().flatten()) {
@@ -424,7 +443,7 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
             ));
         }
     }
-    Ok(failures)
+    failures
 }
 
 /// Per-worker memory of the Django test project with and without `--preload`, for ferrocorn and

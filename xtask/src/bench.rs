@@ -468,35 +468,49 @@ fn preload_memory(env: &Env) -> Result<Vec<String>> {
         .filter(|k| matches!(k.name, "ferrocorn" | "gunicorn"))
     {
         for preload in [false, true] {
-            let server = match start(kind, env, &django, 3, preload) {
-                Ok(s) => s,
-                Err(e) => {
-                    println!("| {} | {preload} | skipped: {e:#} | | | |", kind.name);
-                    continue;
-                }
-            };
-            // Enough requests over several connections that every worker has rendered the view.
-            load(server.addr, django.path, 6, Duration::from_secs(2));
-            let mem = match tree_memory(server.child.id() as i32) {
-                Ok(mem) => mem,
-                Err(e) => {
-                    println!("| {} | {preload} | failed: {e:#} | | | |", kind.name);
-                    continue;
-                }
-            };
-            let worker_pss = mean(mem.workers.iter().map(|m| m.pss));
-            let total = mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>();
-            println!(
-                "| {} | {preload} | {:.1} | {:.1} | {:.1} | {:.1} |",
-                kind.name,
-                mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
-                mib(worker_pss as u64),
-                mib(mem.master.pss),
-                mib(total)
-            );
-            pss.insert((kind.name, preload), worker_pss);
+            if let Some(worker_pss) = measure_preload(kind, env, &django, preload) {
+                pss.insert((kind.name, preload), worker_pss);
+            }
         }
     }
+    Ok(preload_failures(&pss))
+}
+
+/// One server with or without `--preload`, loaded until every worker has served: print its row
+/// and return its mean worker PSS (`None` when it did not start or could not be measured).
+fn measure_preload(kind: &ServerKind, env: &Env, django: &Target, preload: bool) -> Option<f64> {
+    let server = match start(kind, env, django, 3, preload) {
+        Ok(s) => s,
+        Err(e) => {
+            println!("| {} | {preload} | skipped: {e:#} | | | |", kind.name);
+            return None;
+        }
+    };
+    // Enough requests over several connections that every worker has rendered the view.
+    load(server.addr, django.path, 6, Duration::from_secs(2));
+    let mem = match tree_memory(server.child.id() as i32) {
+        Ok(mem) => mem,
+        Err(e) => {
+            println!("| {} | {preload} | failed: {e:#} | | | |", kind.name);
+            return None;
+        }
+    };
+    let worker_pss = mean(mem.workers.iter().map(|m| m.pss));
+    let total = mem.master.pss + mem.workers.iter().map(|m| m.pss).sum::<u64>();
+    println!(
+        "| {} | {preload} | {:.1} | {:.1} | {:.1} | {:.1} |",
+        kind.name,
+        mib(mean(mem.workers.iter().map(|m| m.uss)) as u64),
+        mib(worker_pss as u64),
+        mib(mem.master.pss),
+        mib(total)
+    );
+    Some(worker_pss)
+}
+
+/// Print how `--preload` changes worker PSS, and ferrocorn against gunicorn; returns the missed
+/// target (`--preload` must lower ferrocorn's worker PSS).
+fn preload_failures(pss: &std::collections::HashMap<(&str, bool), f64>) -> Vec<String> {
     let mut failures = Vec::new();
     match (
         pss.get(&("ferrocorn", true)),
@@ -526,5 +540,5 @@ fn preload_memory(env: &Env) -> Result<Vec<String>> {
             );
         }
     }
-    Ok(failures)
+    failures
 }

@@ -854,18 +854,7 @@ impl<'r> Worker<'r> {
         conn.awaiting_continue
             .set(head.expects_continue() && !body.is_done());
         let last = self.max_reached();
-        let control = self.control;
-        // A sync worker serves one connection at a time, so a keep-alive client that keeps sending
-        // would starve clients waiting in the accept queue: when one is waiting, this response
-        // ends the connection (gracefully, with `Connection: close`) and the worker moves on.
-        // The idle wait that brought this request polled the listeners too; if that was a moment
-        // ago, it answers the question without another poll.
-        let quiet_at = self.listeners_quiet_at.take();
-        let must_close = move || {
-            control.state() != WorkerState::Running
-                || (quiet_at.is_none_or(|t| t.elapsed() >= QUIET_FRESH)
-                    && accept_pending(listeners))
-        };
+        let must_close = must_close_check(self.control, self.listeners_quiet_at.take(), listeners);
         // With no keep-alive time a persistent connection would be closed at once anyway: say so.
         let keep_alive = head.keep_alive() && !last && !self.config.keepalive.is_zero();
         let mut res = Response::new(
@@ -888,23 +877,20 @@ impl<'r> Worker<'r> {
             };
             call_app(&mut *self.app, &mut req, &mut res)
         };
-        match result.and_then(|()| res.finish()) {
-            Ok(complete) => {
-                // A stop that came after a keep-alive head left is dealt with by the wait for
-                // the next request (which answers one already on its way).
-                let persists = complete && res.persists() && !last;
-                let sent = res.take_sent();
-                drop(res);
-                if !persists {
-                    self.close(conn, self.linger_after(&body));
-                    return (false, sent);
-                }
-                (self.drain_for_next_request(conn, &mut body), sent)
+        let result = result.and_then(|()| res.finish());
+        // A stop that came after a keep-alive head left is dealt with by the wait for the next
+        // request (which answers one already on its way).
+        let persists = matches!(result, Ok(true)) && res.persists() && !last;
+        let head_sent = res.head_sent();
+        let sent = res.take_sent();
+        drop(res);
+        match result {
+            Ok(_) if persists => (self.drain_for_next_request(conn, &mut body), sent),
+            Ok(_) => {
+                self.close(conn, self.linger_after(&body));
+                (false, sent)
             }
             Err(err) => {
-                let head_sent = res.head_sent();
-                let sent = res.take_sent();
-                drop(res);
                 log_app_error(head, &err, &body);
                 self.aborted = matches!(err, AppError::Aborted(_));
                 if head_sent {
@@ -1031,6 +1017,23 @@ fn log_app_error(head: &RequestHead, err: &AppError, body: &BodyState) {
             head.method(),
             head.target()
         ),
+    }
+}
+
+/// Whether the response being written must end its connection: the worker is stopping, or
+/// clients wait to be accepted. A sync worker serves one connection at a time, so a keep-alive
+/// client that keeps sending would starve clients waiting in the accept queue: when one is
+/// waiting, this response ends the connection (gracefully, with `Connection: close`) and the
+/// worker moves on. The idle wait that brought this request polled the listeners too; if that
+/// was a moment ago (`quiet_at`), it answers the question without another poll.
+fn must_close_check<'a>(
+    control: &'a dyn Control,
+    quiet_at: Option<Instant>,
+    listeners: &'a [Listener],
+) -> impl Fn() -> bool + 'a {
+    move || {
+        control.state() != WorkerState::Running
+            || (quiet_at.is_none_or(|t| t.elapsed() >= QUIET_FRESH) && accept_pending(listeners))
     }
 }
 

@@ -5,6 +5,7 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod hooks;
 mod sizing_cmd;
 mod venv;
 
@@ -12,9 +13,10 @@ use std::process::ExitCode;
 
 use ferrocorn_flags::{AppArgument, Options};
 use ferrocorn_server::{
-    App, AppLoader, Builder, ForkObserver, PreloadError, Server, APP_LOAD_ERROR,
+    App, AppLoader, Builder, ForkObserver, PreloadError, Server, WorkerIdentity, APP_LOAD_ERROR,
 };
 use ferrocorn_wsgi::{WsgiApp, WsgiConfig};
+use hooks::Hooks;
 use log::error;
 
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
@@ -36,7 +38,10 @@ pub fn main() -> ExitCode {
     if let Some(code) = loaded.run_checks() {
         return code;
     }
-    ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, wsgi_server)
+    let hooks = loaded.hook_source();
+    ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, |options| {
+        wsgi_server(options, hooks)
+    })
 }
 
 /// `ferrocorn sizing ...` (the advisor) or `ferrocorn top ...`: a subcommand named by the first
@@ -64,18 +69,28 @@ fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
-fn wsgi_server(options: &Options) -> Builder {
+fn wsgi_server(options: &Options, hooks: Option<hooks::HookSource>) -> Builder {
     let config = wsgi_config(options);
+    let hooks = hooks.map(|source| Hooks::new(source, options));
     if options.reload && options.preload {
         log::warn!(
             "--reload with --preload: workers are forked from the app the master loaded at start,              so a reload does not pick up code changes; drop --preload while developing"
         );
     }
     if options.preload {
-        Server::with_loader(Box::new(Preloaded { config, app: None }))
-            .fork_observer(Box::new(PythonForkHooks))
+        Server::with_loader(Box::new(Preloaded {
+            config,
+            app: None,
+            hooks,
+            worker: None,
+        }))
+        .fork_observer(Box::new(PythonForkHooks))
     } else {
-        Server::with_loader(Box::new(PerWorker(config)))
+        Server::with_loader(Box::new(PerWorker {
+            config,
+            hooks,
+            worker: None,
+        }))
     }
 }
 
@@ -88,18 +103,33 @@ fn wsgi_config(options: &Options) -> WsgiConfig {
     }
 }
 
-/// Each worker imports the app after fork; one that cannot stops the server.
-struct PerWorker(WsgiConfig);
+/// Each worker imports the app after fork; one that cannot stops the server. A config file's
+/// hooks are executed in the worker too, before the app (`post_fork` runs first, as in gunicorn).
+struct PerWorker {
+    config: WsgiConfig,
+    hooks: Option<Hooks>,
+    worker: Option<WorkerIdentity>,
+}
 
 impl AppLoader for PerWorker {
+    fn worker_started(&mut self, worker: &WorkerIdentity) {
+        self.worker = Some(*worker);
+    }
+
     fn load(&mut self) -> Box<dyn App> {
-        match ferrocorn_wsgi::load(&self.0) {
+        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
+            hooks.start_worker(who, self.config.virtualenv.as_deref());
+        }
+        match ferrocorn_wsgi::load(&self.config) {
             Ok(app) => {
                 install_abort_handler();
-                Box::new(app)
+                serve(&mut self.hooks, app)
             }
             Err(e) => {
                 error!("{e}");
+                if let Some(hooks) = &mut self.hooks {
+                    hooks.worker_exit();
+                }
                 std::process::exit(APP_LOAD_ERROR);
             }
         }
@@ -109,37 +139,79 @@ impl AppLoader for PerWorker {
         ferrocorn_wsgi::imported_files()
     }
 
+    fn interrupted(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_int();
+        }
+    }
+
     /// The interpreter is never finalized; give the app's atexit callbacks their turn.
     fn before_exit(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_exit();
+        }
         ferrocorn_wsgi::before_exit();
     }
 }
 
-/// `--preload`: the master imports the app; each worker gets the inherited copy.
+/// `--preload`: the master executes the config file for its hooks, then imports the app; each
+/// worker gets the inherited copies.
 struct Preloaded {
     config: WsgiConfig,
     app: Option<WsgiApp>,
+    hooks: Option<Hooks>,
+    worker: Option<WorkerIdentity>,
 }
 
 impl AppLoader for Preloaded {
     fn preload(&mut self) -> Result<(), PreloadError> {
+        if let Some(hooks) = &mut self.hooks {
+            hooks
+                .execute(self.config.virtualenv.as_deref())
+                .map_err(PreloadError)?;
+        }
         let app = ferrocorn_wsgi::load(&self.config).map_err(|e| PreloadError(e.to_string()))?;
         self.app = Some(app);
         Ok(())
     }
 
+    fn worker_started(&mut self, worker: &WorkerIdentity) {
+        self.worker = Some(*worker);
+    }
+
     fn load(&mut self) -> Box<dyn App> {
+        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
+            hooks.start_worker(who, self.config.virtualenv.as_deref());
+        }
         install_abort_handler();
-        Box::new(self.app.take().expect("each worker builds its app once"))
+        let app = self.app.take().expect("each worker builds its app once");
+        serve(&mut self.hooks, app)
     }
 
     fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
         ferrocorn_wsgi::imported_files()
     }
 
+    fn interrupted(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_int();
+        }
+    }
+
     /// The master and each worker ran the app: its atexit callbacks run in both.
     fn before_exit(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_exit();
+        }
         ferrocorn_wsgi::before_exit();
+    }
+}
+
+/// The loaded app as the worker serves it: with the config file's request hooks, if any.
+fn serve(hooks: &mut Option<Hooks>, app: WsgiApp) -> Box<dyn App> {
+    match hooks {
+        Some(hooks) => hooks.serve(app),
+        None => Box::new(app),
     }
 }
 

@@ -87,6 +87,18 @@ const fn warned(
     }
 }
 
+/// The hooks ferrocorn calls: all run in the worker, which executes the config file to get them
+/// (the master has no Python to call the others with; those are warned about by name).
+pub const RUN_HOOKS: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "post_request",
+    "worker_int",
+    "worker_abort",
+    "worker_exit",
+];
+
 const fn hook(name: &'static str) -> Setting {
     Setting {
         name,

@@ -192,6 +192,12 @@ pub trait AppLoader {
     /// load it exits with [`APP_LOAD_ERROR`], which stops the server at first start (later, on
     /// a reload, the workers already serving go on).
     fn load(&mut self) -> Box<dyn App>;
+    /// In each worker, before [`AppLoader::load`]: who it is (e.g. for a Python config file's
+    /// server hooks).
+    fn worker_started(&mut self, _worker: &WorkerIdentity) {}
+    /// In a worker that stops because of SIGINT or SIGQUIT (a quick stop), before
+    /// [`AppLoader::before_exit`].
+    fn interrupted(&mut self) {}
     /// In each worker, after [`AppLoader::load`]: the files the app was loaded from (a Python
     /// app's modules), which `--reload` watches. None by default.
     fn imported_files(&mut self) -> Vec<PathBuf> {
@@ -200,6 +206,15 @@ pub trait AppLoader {
     /// Before a process that ran the app exits: each worker after serving, and the master at
     /// the end (e.g. a Python app's `atexit` callbacks).
     fn before_exit(&mut self) {}
+}
+
+/// Who a worker is, as [`AppLoader::worker_started`] learns it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerIdentity {
+    /// 1 for the first worker forked, counting up (respawns and reloads included).
+    pub age: u64,
+    /// The master's pid.
+    pub master_pid: i32,
 }
 
 /// An [`AppLoader`] from a closure that builds the app in each worker.

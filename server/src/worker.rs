@@ -34,6 +34,10 @@ impl Worker<'_> {
             info!("Parent changed, shutting down");
             return 0;
         }
+        self.loader.worker_started(&crate::WorkerIdentity {
+            age: ctx.age,
+            master_pid: ctx.master_pid,
+        });
         let mut app = self.loader.load();
         if let Some(lists) = self.file_lists {
             lists.write(&self.loader.imported_files());
@@ -52,6 +56,9 @@ impl Worker<'_> {
             &ctx.signals,
             &mut monitor,
         );
+        if ctx.signals.state() == ferrocorn_signals::WorkerState::Exit {
+            self.loader.interrupted();
+        }
         self.loader.before_exit();
         match served {
             Ok(exit) => {

@@ -40,6 +40,7 @@ use ferrocorn_worker::{App, AppError, Request, Response};
 
 mod abort;
 pub mod environ;
+mod hooks;
 mod imported;
 mod interp;
 mod response;
@@ -50,6 +51,9 @@ pub mod venv;
 
 pub use environ::RequestInfo;
 pub use ferrocorn_worker::Headers;
+pub use hooks::{
+    load_config_hooks, ConfigHooks, HookFailed, HookedApp, WorkerHooks, WorkerIdentity,
+};
 pub use imported::imported_files;
 pub use interp::ensure_initialized;
 pub use response::parse_status;

@@ -278,10 +278,10 @@ impl Loaded {
         };
     }
 
-    /// The config file's hooks that ferrocorn calls, if it defines any.
-    pub fn hook_source(&self) -> Option<crate::hooks::HookSource> {
+    /// The config file's hooks among `wanted`, if it defines any.
+    pub fn hook_source(&self, wanted: &[&str]) -> Option<crate::hooks::HookSource> {
         let (location, translated) = self.config.as_ref()?;
-        crate::hooks::HookSource::new(location, &translated.hooks)
+        crate::hooks::HookSource::new(location, &translated.hooks, wanted)
     }
 
     /// Log, by name, every setting from the config file or a gunicorn flag that is not in force.
@@ -343,8 +343,10 @@ impl Loaded {
                 lines.insert(name.to_string(), (value.clone(), note));
             }
             for (name, qualname) in &translated.hooks {
-                let note = if ferrocorn_config::RUN_HOOKS.contains(name) {
+                let note = if crate::hooks::WORKER_HOOKS.contains(name) {
                     format!("config file {location}; run in each worker")
+                } else if crate::hooks::MASTER_HOOKS.contains(name) {
+                    format!("config file {location}; run by the hook runner for the master")
                 } else {
                     format!("config file {location}; hook not run yet")
                 };

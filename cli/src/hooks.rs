@@ -8,7 +8,7 @@ use std::rc::Rc;
 use ferrocorn_config::Location;
 use ferrocorn_flags::{Options, Workers};
 use ferrocorn_server::{WorkerIdentity, WORKER_BOOT_ERROR};
-use ferrocorn_wsgi::{ConfigHooks, WorkerHooks, WsgiApp};
+use ferrocorn_wsgi::{ConfigHooks, MasterHooks, WorkerHooks, WsgiApp};
 
 /// Where the hooks come from: the config file and the hook names ferrocorn calls that it defines.
 #[derive(Debug, Clone)]
@@ -19,12 +19,16 @@ pub(crate) struct HookSource {
 }
 
 impl HookSource {
-    /// `None` when the file defines no hook ferrocorn calls.
-    pub(crate) fn new(location: &Location, defined: &[(&'static str, String)]) -> Option<Self> {
+    /// The hooks among `wanted` the file defines; `None` when there are none.
+    pub(crate) fn new(
+        location: &Location,
+        defined: &[(&'static str, String)],
+        wanted: &[&str],
+    ) -> Option<Self> {
         let names: Vec<&'static str> = defined
             .iter()
             .map(|(name, _)| *name)
-            .filter(|name| ferrocorn_config::RUN_HOOKS.contains(name))
+            .filter(|name| wanted.contains(name))
             .collect();
         if names.is_empty() {
             return None;
@@ -39,6 +43,29 @@ impl HookSource {
         Some(HookSource { location, names })
     }
 }
+
+/// The hooks a worker calls.
+pub(crate) const WORKER_HOOKS: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "post_request",
+    "worker_int",
+    "worker_abort",
+    "worker_exit",
+];
+
+/// The hooks the hook runner calls for the master.
+pub(crate) const MASTER_HOOKS: &[&str] = &[
+    "on_starting",
+    "when_ready",
+    "on_reload",
+    "pre_fork",
+    "child_exit",
+    "nworkers_changed",
+    "pre_exec",
+    "on_exit",
+];
 
 /// One process's hooks: executed config, then (in a worker) the worker's own objects.
 pub(crate) struct Hooks {
@@ -132,6 +159,17 @@ impl Hooks {
         if let Some(worker) = &self.worker {
             worker.worker_int();
         }
+    }
+
+    /// The master-side hooks, for the hook runner (after [`Hooks::execute`]).
+    pub(crate) fn for_master(&self, master_pid: i32) -> Result<MasterHooks, String> {
+        let config = self
+            .config
+            .as_ref()
+            .ok_or("the config file was not executed")?;
+        config
+            .for_master(master_pid, self.num_workers)
+            .map_err(|e| e.to_string())
     }
 
     pub(crate) fn worker_exit(&mut self) {

@@ -5,6 +5,7 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod hook_runner;
 mod hooks;
 mod sizing_cmd;
 mod venv;
@@ -38,9 +39,17 @@ pub fn main() -> ExitCode {
     if let Some(code) = loaded.run_checks() {
         return code;
     }
-    let hooks = loaded.hook_source();
+    let worker_hooks = loaded.hook_source(hooks::WORKER_HOOKS);
+    let master_hooks = loaded.hook_source(hooks::MASTER_HOOKS);
     ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, |options| {
-        wsgi_server(options, hooks)
+        let builder = wsgi_server(options, worker_hooks);
+        match master_hooks {
+            Some(source) => builder.master_events(Box::new(hook_runner::HookRunner::new(
+                Hooks::new(source, options),
+                options.virtualenv.clone(),
+            ))),
+            None => builder,
+        }
     })
 }
 

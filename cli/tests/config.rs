@@ -249,7 +249,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
         "gunicorn.conf.py",
         &format!(
             "bind = '127.0.0.1:{port}'\nwrokers = 3\naccesslog = '-'\n\
-             def when_ready(server):\n    pass\n"
+             def ssl_context(config, default_ssl_context_factory):\n    pass\n"
         ),
     );
     let mut server = Server::spawn(&["hello:app"], dir.path(), &[]);
@@ -262,7 +262,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
     );
     assert!(log.contains("accesslog = '-' is not supported"), "{log}");
     assert!(
-        log.contains("server hooks are not run yet: when_ready"),
+        log.contains("server hooks are not run yet: ssl_context"),
         "{log}"
     );
 }

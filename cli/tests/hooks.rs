@@ -253,3 +253,80 @@ fn a_raising_post_fork_fails_the_boot_as_in_gunicorn() {
     assert!(log.contains("Traceback (most recent call last)"), "{log}");
     assert!(log.contains("RuntimeError: no boot for "), "{log}");
 }
+
+/// Every master-side hook, each appending `NAME ...` to `$HOOKS_OUT`.
+const MASTER_HOOKS: &str = r#"import os
+
+def _record(*words):
+    with open(os.environ["HOOKS_OUT"], "a") as f:
+        f.write(" ".join(str(w) for w in words) + "\n")
+
+def on_starting(server):
+    _record("on_starting", server.pid, os.getpid())
+
+def when_ready(server):
+    _record("when_ready", server.pid, server.num_workers)
+
+def pre_fork(server, worker):
+    _record("pre_fork", server.pid, worker.age)
+
+def child_exit(server, worker):
+    _record("child_exit", worker.pid, worker.age)
+
+def nworkers_changed(server, new_value, old_value):
+    _record("nworkers_changed", new_value, old_value, server.num_workers)
+
+def on_reload(server):
+    _record("on_reload", server.pid)
+
+def on_exit(server):
+    _record("on_exit", server.pid)
+"#;
+
+#[test]
+fn master_hooks_run_in_the_hook_runner_for_each_master_event() {
+    let (dir, out) = setup("hooks-master", MASTER_HOOKS);
+    let mut server = start(&dir, &out, &["-w", "1"]);
+    let master = server.pid().to_string();
+    let starting = &wait_records(&out, "on_starting", 1)[0];
+    // server.pid is the master's; the hook runs in another process (the runner).
+    assert_eq!(starting[0], master);
+    assert_ne!(starting[1], master);
+    assert_eq!(
+        wait_records(&out, "when_ready", 1)[0],
+        [master.as_str(), "1"]
+    );
+    assert_eq!(wait_records(&out, "pre_fork", 1)[0], [master.as_str(), "1"]);
+
+    let first = server.wait_for_workers(1)[0];
+    signal(first, libc::SIGKILL);
+    let exited = &wait_records(&out, "child_exit", 1)[0];
+    assert_eq!(exited[..], [first.to_string().as_str(), "1"]);
+    wait_records(&out, "pre_fork", 2);
+
+    server.signal(libc::SIGTTIN);
+    assert_eq!(
+        wait_records(&out, "nworkers_changed", 1)[0],
+        ["2", "1", "2"]
+    );
+    server.signal(libc::SIGHUP);
+    assert_eq!(wait_records(&out, "on_reload", 1)[0], [master.as_str()]);
+
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(EXIT_TIMEOUT).success());
+    // The master waited for the runner to finish on_exit.
+    assert_eq!(records(&out, "on_exit"), [[master.clone()]]);
+}
+
+#[test]
+fn a_raising_master_hook_is_logged_and_the_server_serves() {
+    let conf = "def when_ready(server):\n    raise OSError('not ready for ' + str(server.pid))\n";
+    let (dir, out) = setup("hooks-master-raise", conf);
+    let mut server = start(&dir, &out, &["-w", "1"]);
+    server.wait_for_log("Exception in when_ready hook", BOOT_TIMEOUT);
+    server.wait_for_log(
+        &format!("OSError: not ready for {}", server.pid()),
+        BOOT_TIMEOUT,
+    );
+    assert_eq!(get(server.addr(), "/").status, 200);
+}

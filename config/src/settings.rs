@@ -87,8 +87,8 @@ const fn warned(
     }
 }
 
-/// The hooks ferrocorn calls: all run in the worker, which executes the config file to get them
-/// (the master has no Python to call the others with; those are warned about by name).
+/// The hooks ferrocorn calls (the others are warned about by name): the worker-side ones in the
+/// workers, the master-side ones in a hook-runner process fed by the master.
 pub const RUN_HOOKS: &[&str] = &[
     "post_fork",
     "post_worker_init",
@@ -97,6 +97,14 @@ pub const RUN_HOOKS: &[&str] = &[
     "worker_int",
     "worker_abort",
     "worker_exit",
+    "on_starting",
+    "when_ready",
+    "on_reload",
+    "pre_fork",
+    "child_exit",
+    "nworkers_changed",
+    "pre_exec",
+    "on_exit",
 ];
 
 const fn hook(name: &'static str) -> Setting {

@@ -340,19 +340,19 @@ mod tests {
     fn hooks_are_recorded_and_master_side_ones_warned_about_by_name() {
         let mut ns = namespace(json!({}));
         ns.callables.insert("post_fork".into(), "post_fork".into());
-        ns.callables.insert("when_ready".into(), "ready".into());
+        ns.callables.insert("ssl_context".into(), "tls".into());
         ns.callables.insert("cpu_count".into(), "cpu_count".into());
         let t = translate(&ns, &file()).unwrap();
         assert_eq!(
             t.hooks,
             [
                 ("post_fork", "post_fork".to_string()),
-                ("when_ready", "ready".to_string())
+                ("ssl_context", "tls".to_string())
             ]
         );
         assert_eq!(t.warnings.len(), 1);
         assert!(
-            t.warnings[0].ends_with("hooks are not run yet: when_ready defined but not called"),
+            t.warnings[0].ends_with("hooks are not run yet: ssl_context defined but not called"),
             "{:?}",
             t.warnings
         );

@@ -21,6 +21,8 @@
 mod bind;
 mod daemon;
 mod error;
+mod event_feed;
+mod events;
 mod hooks;
 pub mod logging;
 mod pidfile;
@@ -40,6 +42,7 @@ use ferrocorn_worker::WorkerConfig;
 use log::{error, info};
 
 pub use error::{Error, Result};
+pub use events::{MasterEvent, MasterEvents};
 pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
@@ -257,6 +260,7 @@ impl Server {
             settings: Settings::default(),
             loader,
             observer: Box::new(NoObserver),
+            events: None,
             signals: None,
         }
     }
@@ -267,6 +271,7 @@ pub struct Builder {
     settings: Settings,
     loader: Box<dyn AppLoader>,
     observer: Box<dyn ForkObserver>,
+    events: Option<Box<dyn MasterEvents>>,
     signals: Option<MasterSignals>,
 }
 
@@ -357,6 +362,12 @@ impl Builder {
         self
     }
 
+    /// Who hears of the master's life events (start, ready, forks, exits, reloads, stop).
+    pub fn master_events(mut self, events: Box<dyn MasterEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Signal handlers installed earlier (install them first thing in `main`, before anything
     /// that might install its own, e.g. an embedded Python). Without this, `run` installs them.
     pub fn signals(mut self, signals: MasterSignals) -> Self {
@@ -379,6 +390,10 @@ impl Builder {
             Some(signals) => signals,
             None => MasterSignals::install()?,
         };
+        let mut events = self.events;
+        if let Some(events) = &mut events {
+            events.starting();
+        }
         let started = start(self.settings)?;
         let mut loader = self.loader;
         if let Err(PreloadError(e)) = loader.preload() {
@@ -388,7 +403,7 @@ impl Builder {
             }
             return Ok(shut_down(Exit::AppLoadError));
         }
-        let code = started.serve(signals, &mut *loader, self.observer)?;
+        let code = started.serve(signals, &mut *loader, self.observer, events)?;
         // With a preloaded app, the master ran it too.
         loader.before_exit();
         Ok(code)
@@ -503,6 +518,7 @@ impl Started {
         signals: MasterSignals,
         loader: &mut dyn AppLoader,
         observer: Box<dyn ForkObserver>,
+        events: Option<Box<dyn MasterEvents>>,
     ) -> Result<i32> {
         let Started {
             settings,
@@ -535,6 +551,7 @@ impl Started {
             pidfile,
             socket_files: bind::socket_files(&listeners),
             observer,
+            events: event_feed::EventFeed::new(events, settings.workers),
             stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
             stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };
@@ -556,6 +573,7 @@ impl Started {
         };
         let exit = arbiter.run(&mut |ctx| worker.run(ctx));
         let code = shut_down(exit);
+        arbiter.hooks_mut().events.exiting();
         arbiter.hooks_mut().pidfile.remove();
         if let Some(lists) = &file_lists {
             lists.remove();

@@ -1,6 +1,7 @@
 """ferrocorn: the objects a config file's server hooks receive, with the attributes of gunicorn's
 that hooks use. Built in the worker (see hooks.rs)."""
 import http
+import json
 import os
 import traceback
 import types
@@ -87,3 +88,33 @@ def guarded(name, hook, log, *args):
         except Exception:
             log.exception("Exception in %s hook", name)
     return run
+
+
+def master(emit, cfg, master_pid, num_workers):
+    """gunicorn's `server` (the arbiter) for the master-side hooks, in the hook runner."""
+    return types.SimpleNamespace(pid=master_pid, num_workers=num_workers, log=Log(emit), cfg=cfg)
+
+
+def master_event(hooks, server, line):
+    """Call the hook one event line from the master names; what it raises is logged."""
+    event = json.loads(line)
+    name = event["hook"]
+    if "num_workers" in event:
+        server.num_workers = event["num_workers"]
+    hook = hooks.get(name)
+    if hook is None:
+        return
+    if name in ("pre_fork", "child_exit"):
+        worker = types.SimpleNamespace(
+            pid=event.get("pid"), ppid=server.pid, age=event["age"], log=server.log,
+            cfg=server.cfg, alive=name == "pre_fork", booted=False,
+        )
+        args = (server, worker)
+    elif name == "nworkers_changed":
+        args = (server, event["new"], event["old"])
+    else:
+        args = (server,)
+    try:
+        hook(*args)
+    except Exception:
+        server.log.exception("Exception in %s hook", name)

@@ -82,11 +82,7 @@ impl ConfigHooks {
     /// The hooks of this worker (call in the worker, after fork).
     pub fn for_worker(&self, who: WorkerIdentity) -> Result<Rc<WorkerHooks>, LoadError> {
         Python::attach(|py| {
-            let emit = PyCFunction::new_closure(py, None, None, |args, _kwargs| {
-                let (level, text): (u32, String) = args.extract()?;
-                log::log!(log_level(level), "{text}");
-                PyResult::Ok(())
-            })?;
+            let emit = emitter(py)?;
             let objects = self.helpers.bind(py).call_method1(
                 "objects",
                 (
@@ -369,4 +365,62 @@ impl HookedApp {
             Err(_) => Ok(PyDict::new(py)),
         }
     }
+}
+
+/// The master-side hooks and their `server` object, in a process fed the master's events.
+#[derive(Debug)]
+pub struct MasterHooks {
+    helpers: Py<PyModule>,
+    hooks: Py<PyDict>,
+    server: Py<PyAny>,
+}
+
+impl ConfigHooks {
+    /// The master-side hooks for master `master_pid` running `num_workers` workers.
+    pub fn for_master(
+        &self,
+        master_pid: i32,
+        num_workers: usize,
+    ) -> Result<MasterHooks, LoadError> {
+        Python::attach(|py| {
+            let server = self.helpers.bind(py).call_method1(
+                "master",
+                (emitter(py)?, self.cfg.bind(py), master_pid, num_workers),
+            )?;
+            Ok(MasterHooks {
+                helpers: self.helpers.clone_ref(py),
+                hooks: self.hooks.clone_ref(py),
+                server: server.unbind(),
+            })
+        })
+        .map_err(|e: PyErr| LoadError::Init(format!("building the hooks' server object: {e}")))
+    }
+}
+
+impl MasterHooks {
+    /// Call the hook an event line names (`{"hook": "child_exit", "pid": .., "age": ..}`); what
+    /// it raises is logged with its traceback.
+    pub fn dispatch(&self, line: &str) {
+        Python::attach(|py| {
+            let called = self.helpers.bind(py).call_method1(
+                "master_event",
+                (self.hooks.bind(py), self.server.bind(py), line),
+            );
+            if let Err(e) = called {
+                log::error!(
+                    "hook event {line:?}:\n{}",
+                    format_traceback(py, &e).trim_end()
+                );
+            }
+        });
+    }
+}
+
+/// A Python callable `(level, text)` writing to ferrocorn's log.
+fn emitter(py: Python<'_>) -> PyResult<Bound<'_, PyCFunction>> {
+    PyCFunction::new_closure(py, None, None, |args, _kwargs| {
+        let (level, text): (u32, String) = args.extract()?;
+        log::log!(log_level(level), "{text}");
+        PyResult::Ok(())
+    })
 }

@@ -52,7 +52,7 @@ pub mod venv;
 pub use environ::RequestInfo;
 pub use ferrocorn_worker::Headers;
 pub use hooks::{
-    load_config_hooks, ConfigHooks, HookFailed, HookedApp, WorkerHooks, WorkerIdentity,
+    load_config_hooks, ConfigHooks, HookFailed, HookedApp, MasterHooks, WorkerHooks, WorkerIdentity,
 };
 pub use imported::imported_files;
 pub use interp::ensure_initialized;

@@ -1,16 +1,17 @@
 //! The master-side server hooks (`on_starting`, `when_ready`, `pre_fork`, `child_exit`, ...) run
 //! in a small child of the master, since the master has no Python: forked before the listeners
 //! are bound, it executes the config file and calls one hook per line the master writes to a
-//! pipe. The master never waits for it (a full pipe drops the event, logged), except at exit,
-//! where `on_exit` gets a bounded time to finish.
+//! pipe. The master never waits for it (a full pipe drops the event, logged), except for
+//! `on_starting` (done before the master binds) and `on_exit`, each for a bounded time.
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use ferrocorn_server::{MasterEvent, MasterEvents};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::{signal, SigHandler, Signal};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -20,6 +21,9 @@ use crate::hooks::Hooks;
 
 /// How long the master waits at exit for the runner to finish `on_exit` (and what came before).
 const EXIT_WAIT: Duration = Duration::from_secs(30);
+
+/// How long the master waits for `on_starting` before it binds anyway.
+const STARTING_WAIT: Duration = Duration::from_secs(30);
 
 /// The master's end: the runner's pid and the pipe to it.
 pub(crate) struct HookRunner {
@@ -39,23 +43,33 @@ impl HookRunner {
         }
     }
 
-    fn spawn(&mut self) -> nix::Result<()> {
+    /// Fork the runner; returns the read end of its "on_starting is done" pipe.
+    fn spawn(&mut self) -> nix::Result<OwnedFd> {
         let (read, write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
+        let (started_read, started_write) = nix::unistd::pipe2(OFlag::O_CLOEXEC)?;
         let master = nix::unistd::getpid().as_raw();
         // SAFETY: called from the master's only thread (before the reloader, the listeners and
         // any worker), so the child may run anything; it never returns to the caller.
         match unsafe { fork() }? {
             ForkResult::Child => {
                 drop(write);
+                drop(started_read);
                 let hooks = self.hooks.take().expect("spawned once");
-                run_child(hooks, self.virtualenv.as_deref(), read, master)
+                let child = Child {
+                    virtualenv: self.virtualenv.as_deref(),
+                    events: read,
+                    started: File::from(started_write),
+                    master,
+                };
+                child.run(hooks)
             }
             ForkResult::Parent { child } => {
                 drop(read);
+                drop(started_write);
                 fcntl(&write, FcntlArg::F_SETFL(OFlag::O_NONBLOCK))?;
                 self.pipe = Some(File::from(write));
                 self.pid = Some(child);
-                Ok(())
+                Ok(started_read)
             }
         }
     }
@@ -75,12 +89,22 @@ impl HookRunner {
 }
 
 impl MasterEvents for HookRunner {
+    /// Start the runner and wait (at most [`STARTING_WAIT`]) for it to run `on_starting`, so
+    /// that it is done before the listeners are bound, as in gunicorn.
     fn starting(&mut self) {
-        if let Err(e) = self.spawn() {
-            log::error!("cannot start the hook runner: {e}; master-side hooks will not run");
-            return;
-        }
+        let started = match self.spawn() {
+            Ok(started) => started,
+            Err(e) => {
+                log::error!("cannot start the hook runner: {e}; master-side hooks will not run");
+                return;
+            }
+        };
         self.send(json!({"hook": "on_starting"}));
+        let mut fds = [PollFd::new(started.as_fd(), PollFlags::POLLIN)];
+        let timeout = PollTimeout::try_from(STARTING_WAIT).unwrap_or(PollTimeout::MAX);
+        if !matches!(poll(&mut fds, timeout), Ok(n) if n > 0) {
+            log::warn!("on_starting still running after {STARTING_WAIT:?}; starting anyway");
+        }
     }
 
     fn event(&mut self, event: MasterEvent) {
@@ -126,36 +150,46 @@ impl MasterEvents for HookRunner {
     }
 }
 
-/// The runner's life: execute the config file, call a hook per line until the master closes
-/// the pipe.
-fn run_child(
-    mut hooks: Hooks,
-    virtualenv: Option<&std::path::Path>,
-    read: OwnedFd,
+/// The runner's side of its pipes.
+struct Child<'a> {
+    virtualenv: Option<&'a std::path::Path>,
+    events: OwnedFd,
+    /// Closed once `on_starting` returned (or the runner failed).
+    started: File,
     master: i32,
-) -> ! {
-    ignore_master_signals();
-    let runner = hooks
-        .execute(virtualenv)
-        .and_then(|()| hooks.for_master(master));
-    let runner = match runner {
-        Ok(runner) => runner,
-        Err(e) => {
-            log::error!("hook runner: {e}");
-            std::process::exit(1);
+}
+
+impl Child<'_> {
+    /// The runner's life: execute the config file, call a hook per line until `on_exit` (or
+    /// the master closes the pipe).
+    fn run(self, mut hooks: Hooks) -> ! {
+        ignore_master_signals();
+        let runner = hooks
+            .execute(self.virtualenv)
+            .and_then(|()| hooks.for_master(self.master));
+        let runner = match runner {
+            Ok(runner) => runner,
+            Err(e) => {
+                log::error!("hook runner: {e}");
+                std::process::exit(1);
+            }
+        };
+        let mut started = Some(self.started);
+        for line in BufReader::new(File::from(self.events)).lines() {
+            let Ok(line) = line else { break };
+            runner.dispatch(&line);
+            // The first line is on_starting: the master may bind now.
+            started = None;
+            // The last event: processes forked from the master (the reloader) may hold the
+            // pipe's write end, so its end is not awaited.
+            if line.contains(r#""hook":"on_exit""#) {
+                break;
+            }
         }
-    };
-    for line in BufReader::new(File::from(read)).lines() {
-        let Ok(line) = line else { break };
-        runner.dispatch(&line);
-        // The last event: processes forked from the master (the reloader) may hold the pipe's
-        // write end, so its end is not awaited.
-        if line.contains(r#""hook":"on_exit""#) {
-            break;
-        }
+        drop(started);
+        ferrocorn_wsgi::before_exit();
+        std::process::exit(0);
     }
-    ferrocorn_wsgi::before_exit();
-    std::process::exit(0);
 }
 
 /// The master's handlers write to its signal pipe, which this child shares: signals meant for

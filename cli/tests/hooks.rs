@@ -262,7 +262,8 @@ def _record(*words):
         f.write(" ".join(str(w) for w in words) + "\n")
 
 def on_starting(server):
-    _record("on_starting", server.pid, os.getpid())
+    bound = os.path.exists(os.environ["HOOKS_SOCKET"])
+    _record("on_starting", server.pid, os.getpid(), "bound" if bound else "unbound")
 
 def when_ready(server):
     _record("when_ready", server.pid, server.num_workers)
@@ -286,12 +287,22 @@ def on_exit(server):
 #[test]
 fn master_hooks_run_in_the_hook_runner_for_each_master_event() {
     let (dir, out) = setup("hooks-master", MASTER_HOOKS);
-    let mut server = start(&dir, &out, &["-w", "1"]);
+    let socket = dir.path().join("s.sock");
+    let bind = format!("unix:{}", socket.display());
+    let args = ["-c", "hooks.conf.py", "-w", "1", "-b", &bind, "hello:app"];
+    let env = [
+        ("HOOKS_OUT", out.to_str().unwrap()),
+        ("HOOKS_SOCKET", socket.to_str().unwrap()),
+    ];
+    let mut server = Server::start_in(&args, dir.path(), &env);
     let master = server.pid().to_string();
     let starting = &wait_records(&out, "on_starting", 1)[0];
-    // server.pid is the master's; the hook runs in another process (the runner).
+    // server.pid is the master's; the hook runs in another process (the runner), and it was
+    // done before the master bound its sockets.
     assert_eq!(starting[0], master);
     assert_ne!(starting[1], master);
+    assert_eq!(starting[2], "unbound");
+    assert!(socket.exists());
     assert_eq!(
         wait_records(&out, "when_ready", 1)[0],
         [master.as_str(), "1"]

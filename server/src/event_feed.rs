@@ -78,3 +78,46 @@ impl EventFeed {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::cell::RefCell;
+    use std::rc::Rc;
+
+    use super::*;
+
+    struct Recorder(Rc<RefCell<Vec<MasterEvent>>>);
+
+    impl MasterEvents for Recorder {
+        fn event(&mut self, event: MasterEvent) {
+            self.0.borrow_mut().push(event);
+        }
+    }
+
+    #[test]
+    fn ages_follow_forks_and_counts_report_old_and_new() {
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let mut feed = EventFeed::new(Some(Box::new(Recorder(seen.clone()))), 2);
+        for pid in [10, 11] {
+            feed.before_fork();
+            feed.forked(pid);
+        }
+        feed.exited(10);
+        feed.exited(99);
+        feed.count_changed(2);
+        feed.count_changed(3);
+        assert_eq!(
+            *seen.borrow(),
+            [
+                MasterEvent::PreFork { age: 1 },
+                MasterEvent::PreFork { age: 2 },
+                MasterEvent::ChildExit { pid: 10, age: 1 },
+                MasterEvent::ChildExit { pid: 99, age: 0 },
+                MasterEvent::WorkersChanged { new: 3, old: 2 },
+            ]
+        );
+        feed.forked_child();
+        feed.ready();
+        assert_eq!(seen.borrow().len(), 5, "a worker sends no events");
+    }
+}

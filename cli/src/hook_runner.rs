@@ -79,11 +79,16 @@ impl HookRunner {
         let Some(pipe) = &mut self.pipe else { return };
         let mut line = event.to_string();
         line.push('\n');
-        if let Err(e) = pipe.write_all(line.as_bytes()) {
-            log::warn!(
-                "hook runner not keeping up ({e}): {} hook skipped",
+        match pipe.write_all(line.as_bytes()) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => {
+                log::error!("the hook runner has exited: master-side hooks no longer run");
+                self.pipe = None;
+            }
+            Err(e) => log::warn!(
+                "hook runner not keeping up ({e}): {} skipped",
                 event["hook"]
-            );
+            ),
         }
     }
 }

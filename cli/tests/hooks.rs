@@ -341,3 +341,23 @@ fn a_raising_master_hook_is_logged_and_the_server_serves() {
     );
     assert_eq!(get(server.addr(), "/").status, 200);
 }
+
+#[test]
+fn pre_exec_runs_on_usr2_and_the_new_master_runs_its_own_hooks() {
+    let conf = "import os\n\ndef _record(*words):\n    with open(os.environ['HOOKS_OUT'], 'a') as f:\n        \
+                f.write(' '.join(str(w) for w in words) + '\\n')\n\n\
+                def pre_exec(server):\n    _record('pre_exec', server.pid)\n\n\
+                def on_starting(server):\n    _record('on_starting', server.pid)\n";
+    let (dir, out) = setup("hooks-pre-exec", conf);
+    let mut server = start(&dir, &out, &["-w", "1"]);
+    let old = server.pid().to_string();
+    wait_records(&out, "on_starting", 1);
+    let new_master = server.reexec();
+    let _cleanup = KillOnDrop(new_master);
+    assert_eq!(wait_records(&out, "pre_exec", 1)[0], [old.as_str()]);
+    let starts = wait_records(&out, "on_starting", 2);
+    assert_eq!(starts[1], [new_master.to_string()]);
+    signal(new_master, libc::SIGTERM);
+    server.signal(libc::SIGTERM);
+    assert!(server.wait_exit(EXIT_TIMEOUT).success());
+}

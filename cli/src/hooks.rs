@@ -1,6 +1,7 @@
-//! The config file's worker-side server hooks, from the loaders' point of view: which process
-//! executes the config file for its callables (each worker, or the master with `--preload`), and
-//! when each hook is called around the app's load and the worker's end.
+//! The config file's server hooks, from the loaders' point of view: which process executes the
+//! config file for its callables (each worker, or the master with `--preload`; the hook runner
+//! for the master-side ones, see `hook_runner.rs`), and when each worker-side hook is called
+//! around the app's load and the worker's end.
 
 use std::path::Path;
 use std::rc::Rc;
@@ -44,28 +45,7 @@ impl HookSource {
     }
 }
 
-/// The hooks a worker calls.
-pub(crate) const WORKER_HOOKS: &[&str] = &[
-    "post_fork",
-    "post_worker_init",
-    "pre_request",
-    "post_request",
-    "worker_int",
-    "worker_abort",
-    "worker_exit",
-];
-
-/// The hooks the hook runner calls for the master.
-pub(crate) const MASTER_HOOKS: &[&str] = &[
-    "on_starting",
-    "when_ready",
-    "on_reload",
-    "pre_fork",
-    "child_exit",
-    "nworkers_changed",
-    "pre_exec",
-    "on_exit",
-];
+pub(crate) use ferrocorn_config::{MASTER_HOOKS, WORKER_HOOKS};
 
 /// One process's hooks: executed config, then (in a worker) the worker's own objects.
 pub(crate) struct Hooks {

@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 pub use evaluate::{evaluate, Namespace, SCRIPT as EVALUATE_SCRIPT};
 pub use flags::take_unsupported_flags;
-pub use settings::{by_flag, lookup, Setting, Shape, Status, RUN_HOOKS, SETTINGS};
+pub use settings::{by_flag, lookup, Setting, Shape, Status, MASTER_HOOKS, SETTINGS, WORKER_HOOKS};
 pub use translate::{translate, Translated};
 
 /// The config file gunicorn reads when no `-c` is given, from the working directory.

@@ -87,9 +87,8 @@ const fn warned(
     }
 }
 
-/// The hooks ferrocorn calls (the others are warned about by name): the worker-side ones in the
-/// workers, the master-side ones in a hook-runner process fed by the master.
-pub const RUN_HOOKS: &[&str] = &[
+/// The hooks each worker calls (it executes the config file to get them).
+pub const WORKER_HOOKS: &[&str] = &[
     "post_fork",
     "post_worker_init",
     "pre_request",
@@ -97,6 +96,11 @@ pub const RUN_HOOKS: &[&str] = &[
     "worker_int",
     "worker_abort",
     "worker_exit",
+];
+
+/// The hooks a hook-runner process fed by the master calls. Hooks in neither list are warned
+/// about by name.
+pub const MASTER_HOOKS: &[&str] = &[
     "on_starting",
     "when_ready",
     "on_reload",

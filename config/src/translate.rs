@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::settings::{lookup, Setting, Shape, Status, RUN_HOOKS};
+use crate::settings::{lookup, Setting, Shape, Status, MASTER_HOOKS, WORKER_HOOKS};
 use crate::{Error, Location, Namespace};
 
 /// What a config file asks for, as ferrocorn flags.
@@ -59,7 +59,7 @@ pub fn translate(namespace: &Namespace, location: &Location) -> Result<Translate
         .hooks
         .iter()
         .map(|(name, _)| *name)
-        .filter(|name| !RUN_HOOKS.contains(name))
+        .filter(|name| !WORKER_HOOKS.contains(name) && !MASTER_HOOKS.contains(name))
         .collect();
     if !names.is_empty() {
         out.warnings.push(format!(

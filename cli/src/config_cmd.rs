@@ -278,6 +278,12 @@ impl Loaded {
         };
     }
 
+    /// The config file's hooks among `wanted`, if it defines any.
+    pub fn hook_source(&self, wanted: &[&str]) -> Option<crate::hooks::HookSource> {
+        let (location, translated) = self.config.as_ref()?;
+        crate::hooks::HookSource::new(location, &translated.hooks, wanted)
+    }
+
     /// Log, by name, every setting from the config file or a gunicorn flag that is not in force.
     pub fn warn_unsupported(&self) {
         let from_flags = self.unsupported_flags.iter().map(|(_, t)| t);
@@ -337,7 +343,13 @@ impl Loaded {
                 lines.insert(name.to_string(), (value.clone(), note));
             }
             for (name, qualname) in &translated.hooks {
-                let note = format!("config file {location}; hook not run yet");
+                let note = if crate::hooks::WORKER_HOOKS.contains(name) {
+                    format!("config file {location}; run in each worker")
+                } else if crate::hooks::MASTER_HOOKS.contains(name) {
+                    format!("config file {location}; run by the hook runner for the master")
+                } else {
+                    format!("config file {location}; hook not run yet")
+                };
                 lines.insert(name.to_string(), (format!("<{qualname}()>"), note));
             }
         }

@@ -5,6 +5,8 @@
 //! once, runs CPython's fork hooks around every fork, and the workers share its memory.
 
 mod config_cmd;
+mod hook_runner;
+mod hooks;
 mod sizing_cmd;
 mod venv;
 
@@ -13,9 +15,10 @@ use std::process::ExitCode;
 use ferrocorn_flags::{AppArgument, Options};
 use ferrocorn_server::access_log::AccessFormat;
 use ferrocorn_server::{
-    App, AppLoader, Builder, ForkObserver, PreloadError, Server, APP_LOAD_ERROR,
+    App, AppLoader, Builder, ForkObserver, PreloadError, Server, WorkerIdentity, APP_LOAD_ERROR,
 };
 use ferrocorn_wsgi::{WsgiApp, WsgiConfig};
+use hooks::Hooks;
 use log::error;
 
 /// Run `ferrocorn` with the process's command line, config file and `$GUNICORN_CMD_ARGS` (exit
@@ -43,7 +46,18 @@ pub fn main() -> ExitCode {
     if let Some(code) = loaded.run_checks() {
         return code;
     }
-    ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, wsgi_server)
+    let worker_hooks = loaded.hook_source(hooks::WORKER_HOOKS);
+    let master_hooks = loaded.hook_source(hooks::MASTER_HOOKS);
+    ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, |options| {
+        let builder = wsgi_server(options, worker_hooks);
+        match master_hooks {
+            Some(source) => builder.master_events(Box::new(hook_runner::HookRunner::new(
+                Hooks::new(source, options),
+                options.virtualenv.clone(),
+            ))),
+            None => builder,
+        }
+    })
 }
 
 /// `ferrocorn -v`: the version and the Python it embeds.
@@ -82,7 +96,7 @@ fn top_main(args: impl Iterator<Item = std::ffi::OsString>) -> ExitCode {
     }
 }
 
-fn wsgi_server(options: &Options) -> Builder {
+fn wsgi_server(options: &Options, hooks: Option<hooks::HookSource>) -> Builder {
     let config = wsgi_config(options);
     // Only an access log that prints environ values needs each request's environ kept.
     let keep_environ = options.access_logfile.is_some()
@@ -90,6 +104,7 @@ fn wsgi_server(options: &Options) -> Builder {
             .access_logformat
             .as_deref()
             .is_some_and(|f| AccessFormat::parse(f).uses_environ());
+    let hooks = hooks.map(|source| Hooks::new(source, options));
     if options.reload && options.preload {
         log::warn!(
             "--reload with --preload: workers are forked from the app the master loaded at start,              so a reload does not pick up code changes; drop --preload while developing"
@@ -100,12 +115,16 @@ fn wsgi_server(options: &Options) -> Builder {
             config,
             keep_environ,
             app: None,
+            hooks,
+            worker: None,
         }))
         .fork_observer(Box::new(PythonForkHooks))
     } else {
         Server::with_loader(Box::new(PerWorker {
             config,
             keep_environ,
+            hooks,
+            worker: None,
         }))
     }
 }
@@ -128,21 +147,34 @@ fn wsgi_config(options: &Options) -> WsgiConfig {
     }
 }
 
-/// Each worker imports the app after fork; one that cannot stops the server.
+/// Each worker imports the app after fork; one that cannot stops the server. A config file's
+/// hooks are executed in the worker too, before the app (`post_fork` runs first, as in gunicorn).
 struct PerWorker {
     config: WsgiConfig,
     keep_environ: bool,
+    hooks: Option<Hooks>,
+    worker: Option<WorkerIdentity>,
 }
 
 impl AppLoader for PerWorker {
+    fn worker_started(&mut self, worker: &WorkerIdentity) {
+        self.worker = Some(*worker);
+    }
+
     fn load(&mut self) -> Box<dyn App> {
+        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
+            hooks.start_worker(who, self.config.virtualenv.as_deref());
+        }
         match ferrocorn_wsgi::load(&self.config) {
             Ok(app) => {
                 install_abort_handler();
-                Box::new(for_log(app, self.keep_environ))
+                serve(&mut self.hooks, for_log(app, self.keep_environ))
             }
             Err(e) => {
                 error!("{e}");
+                if let Some(hooks) = &mut self.hooks {
+                    hooks.worker_exit();
+                }
                 std::process::exit(APP_LOAD_ERROR);
             }
         }
@@ -152,39 +184,80 @@ impl AppLoader for PerWorker {
         ferrocorn_wsgi::imported_files()
     }
 
+    fn interrupted(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_int();
+        }
+    }
+
     /// The interpreter is never finalized; give the app's atexit callbacks their turn.
     fn before_exit(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_exit();
+        }
         ferrocorn_wsgi::before_exit();
     }
 }
 
-/// `--preload`: the master imports the app; each worker gets the inherited copy.
+/// `--preload`: the master executes the config file for its hooks, then imports the app; each
+/// worker gets the inherited copies.
 struct Preloaded {
     config: WsgiConfig,
     keep_environ: bool,
     app: Option<WsgiApp>,
+    hooks: Option<Hooks>,
+    worker: Option<WorkerIdentity>,
 }
 
 impl AppLoader for Preloaded {
     fn preload(&mut self) -> Result<(), PreloadError> {
+        if let Some(hooks) = &mut self.hooks {
+            hooks
+                .execute(self.config.virtualenv.as_deref())
+                .map_err(PreloadError)?;
+        }
         let app = ferrocorn_wsgi::load(&self.config).map_err(|e| PreloadError(e.to_string()))?;
         self.app = Some(app);
         Ok(())
     }
 
+    fn worker_started(&mut self, worker: &WorkerIdentity) {
+        self.worker = Some(*worker);
+    }
+
     fn load(&mut self) -> Box<dyn App> {
+        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
+            hooks.start_worker(who, self.config.virtualenv.as_deref());
+        }
         install_abort_handler();
         let app = self.app.take().expect("each worker builds its app once");
-        Box::new(for_log(app, self.keep_environ))
+        serve(&mut self.hooks, for_log(app, self.keep_environ))
     }
 
     fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
         ferrocorn_wsgi::imported_files()
     }
 
+    fn interrupted(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_int();
+        }
+    }
+
     /// The master and each worker ran the app: its atexit callbacks run in both.
     fn before_exit(&mut self) {
+        if let Some(hooks) = &mut self.hooks {
+            hooks.worker_exit();
+        }
         ferrocorn_wsgi::before_exit();
+    }
+}
+
+/// The loaded app as the worker serves it: with the config file's request hooks, if any.
+fn serve(hooks: &mut Option<Hooks>, app: WsgiApp) -> Box<dyn App> {
+    match hooks {
+        Some(hooks) => hooks.serve(app),
+        None => Box::new(app),
     }
 }
 

@@ -95,13 +95,32 @@ def post_fork(server, worker):
 "#;
 
 #[test]
+fn the_docs_example_post_fork_writes_each_worker_pid() {
+    let dir = app_dir("config-docs-run");
+    write(&dir, "example.conf.py", DOCS_EXAMPLE);
+    // The command line overrides the file's bind and worker count (a free port, two workers).
+    let args = ["-c", "example.conf.py", "-w", "2", "hello:app"];
+    let server = Server::start_in(&args, dir.path(), &[]);
+    let mut workers = server.wait_worker_count(2, BOOT_TIMEOUT);
+    workers.sort();
+    let pids_file = dir.path().join("worker.pids");
+    let mut written: Vec<i32> = wait_for("two pids in worker.pids", BOOT_TIMEOUT, || {
+        let text = std::fs::read_to_string(&pids_file).unwrap_or_default();
+        let pids: Vec<i32> = text.lines().filter_map(|l| l.parse().ok()).collect();
+        (pids.len() >= 2).then_some(pids)
+    });
+    written.sort();
+    assert_eq!(written, workers);
+}
+
+#[test]
 fn docs_example_config_gives_the_values_gunicorn_prints() {
     let dir = app_dir("config-docs");
     write(&dir, "example.conf.py", DOCS_EXAMPLE);
     let settings = print_config(&["-c", "example.conf.py"], dir.path(), &[]);
     let from_file = "config file example.conf.py";
     // What `gunicorn -c example.conf.py --print-config hello:app` (gunicorn 26/27) prints for
-    // these settings; the hook is listed, marked as not in force.
+    // these settings; the hook is listed as run.
     let workers = (cpu_count() * 2 + 1).to_string();
     assert_eq!(value(&settings, "bind"), ("['127.0.0.1:8000']", from_file));
     assert_eq!(value(&settings, "workers"), (workers.as_str(), from_file));
@@ -110,7 +129,7 @@ fn docs_example_config_gives_the_values_gunicorn_prints() {
     assert_eq!(value(&settings, "accesslog"), ("-", from_file));
     let (hook, note) = value(&settings, "post_fork");
     assert_eq!(hook, "<post_fork()>");
-    assert!(note.contains("hook not run yet"), "{note}");
+    assert!(note.contains("run in each worker"), "{note}");
     // Settings the file leaves alone keep gunicorn's defaults.
     assert_eq!(value(&settings, "graceful_timeout"), ("30", "default"));
     assert_eq!(value(&settings, "keepalive"), ("2", "default"));
@@ -225,7 +244,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
         "gunicorn.conf.py",
         &format!(
             "bind = '127.0.0.1:{port}'\nwrokers = 3\nsyslog_prefix = '-'\n\
-             def post_fork(server, worker):\n    pass\n"
+             def ssl_context(config, default_ssl_context_factory):\n    pass\n"
         ),
     );
     let mut server = Server::spawn(&["hello:app"], dir.path(), &[]);
@@ -241,7 +260,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
         "{log}"
     );
     assert!(
-        log.contains("server hooks are not run yet: post_fork"),
+        log.contains("server hooks are not run yet: ssl_context"),
         "{log}"
     );
 }

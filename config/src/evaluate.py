@@ -59,4 +59,6 @@ def main():
     result.flush()
 
 
-main()
+# `python -c` runs this as __main__; the workers' hook loader imports it for `load` alone.
+if __name__ == "__main__":
+    main()

@@ -8,7 +8,9 @@ use serde::Deserialize;
 
 use crate::{Error, Location};
 
-const SCRIPT: &str = include_str!("evaluate.py");
+/// The config evaluator: run as `__main__` it prints the globals; imported, its `load(location)`
+/// executes a config file and returns its globals (how workers get their hook callables).
+pub const SCRIPT: &str = include_str!("evaluate.py");
 
 /// A config file's module globals (names starting with `_` and modules left out).
 #[derive(Debug, Clone, Default, Deserialize)]

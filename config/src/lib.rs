@@ -14,9 +14,9 @@ mod translate;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-pub use evaluate::{evaluate, Namespace};
+pub use evaluate::{evaluate, Namespace, SCRIPT as EVALUATE_SCRIPT};
 pub use flags::take_unsupported_flags;
-pub use settings::{by_flag, lookup, Setting, Shape, Status, SETTINGS};
+pub use settings::{by_flag, lookup, Setting, Shape, Status, MASTER_HOOKS, SETTINGS, WORKER_HOOKS};
 pub use translate::{translate, Translated};
 
 /// The config file gunicorn reads when no `-c` is given, from the working directory.
@@ -125,7 +125,7 @@ impl Location {
     }
 
     /// The value to hand the evaluating script (`python:` kept for modules).
-    fn argument(&self) -> String {
+    pub fn argument(&self) -> String {
         match self {
             Location::File(path) => path.display().to_string(),
             Location::Module(name) => format!("python:{name}"),

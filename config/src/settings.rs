@@ -87,6 +87,30 @@ const fn warned(
     }
 }
 
+/// The hooks each worker calls (it executes the config file to get them).
+pub const WORKER_HOOKS: &[&str] = &[
+    "post_fork",
+    "post_worker_init",
+    "pre_request",
+    "post_request",
+    "worker_int",
+    "worker_abort",
+    "worker_exit",
+];
+
+/// The hooks a hook-runner process fed by the master calls. Hooks in neither list are warned
+/// about by name.
+pub const MASTER_HOOKS: &[&str] = &[
+    "on_starting",
+    "when_ready",
+    "on_reload",
+    "pre_fork",
+    "child_exit",
+    "nworkers_changed",
+    "pre_exec",
+    "on_exit",
+];
+
 const fn hook(name: &'static str) -> Setting {
     Setting {
         name,

@@ -2,7 +2,7 @@
 
 use serde_json::Value;
 
-use crate::settings::{lookup, Setting, Shape, Status};
+use crate::settings::{lookup, Setting, Shape, Status, MASTER_HOOKS, WORKER_HOOKS};
 use crate::{Error, Location, Namespace};
 
 /// What a config file asks for, as ferrocorn flags.
@@ -55,8 +55,13 @@ pub fn translate(namespace: &Namespace, location: &Location) -> Result<Translate
             )),
         }
     }
-    if !out.hooks.is_empty() {
-        let names: Vec<&str> = out.hooks.iter().map(|(name, _)| *name).collect();
+    let names: Vec<&str> = out
+        .hooks
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| !WORKER_HOOKS.contains(name) && !MASTER_HOOKS.contains(name))
+        .collect();
+    if !names.is_empty() {
         out.warnings.push(format!(
             "{origin}: server hooks are not run yet: {} defined but not called",
             names.join(", ")
@@ -332,15 +337,22 @@ mod tests {
     }
 
     #[test]
-    fn hooks_are_recorded_and_warned_about_by_name() {
+    fn hooks_are_recorded_and_master_side_ones_warned_about_by_name() {
         let mut ns = namespace(json!({}));
         ns.callables.insert("post_fork".into(), "post_fork".into());
+        ns.callables.insert("ssl_context".into(), "tls".into());
         ns.callables.insert("cpu_count".into(), "cpu_count".into());
         let t = translate(&ns, &file()).unwrap();
-        assert_eq!(t.hooks, [("post_fork", "post_fork".to_string())]);
+        assert_eq!(
+            t.hooks,
+            [
+                ("post_fork", "post_fork".to_string()),
+                ("ssl_context", "tls".to_string())
+            ]
+        );
         assert_eq!(t.warnings.len(), 1);
         assert!(
-            t.warnings[0].contains("hooks are not run yet: post_fork"),
+            t.warnings[0].ends_with("hooks are not run yet: ssl_context defined but not called"),
             "{:?}",
             t.warnings
         );

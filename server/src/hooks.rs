@@ -33,6 +33,8 @@ pub(crate) struct MasterHooks {
     pub(crate) pidfile: PidFile,
     pub(crate) socket_files: Vec<PathBuf>,
     pub(crate) observer: Box<dyn ForkObserver>,
+    /// The master's life events for a config file's hooks.
+    pub(crate) events: crate::event_feed::EventFeed,
     /// `--stats`, served from the master's loop.
     pub(crate) stats: Option<StatsServer>,
     /// `--stats` not bound yet: a master started by USR2 finds it taken by its parent, and binds
@@ -61,25 +63,41 @@ impl MasterHooks {
 
 impl Hooks for MasterHooks {
     fn before_fork(&mut self) {
+        self.events.before_fork();
         self.observer.before_fork();
     }
 
-    fn after_fork_parent(&mut self, _pid: i32) {
+    fn after_fork_parent(&mut self, pid: i32) {
         self.observer.after_fork_parent();
         self.workers_changed(self.workers_running + 1);
+        self.events.forked(pid);
     }
 
     fn after_fork_child(&mut self) {
         // The stats socket and its clients are the master's: close them in the worker.
         self.stats = None;
+        self.events.forked_child();
         self.observer.after_fork_child();
     }
 
-    fn worker_exited(&mut self, _pid: i32, cause: ExitCause) {
+    fn worker_exited(&mut self, pid: i32, cause: ExitCause) {
         self.workers_changed(self.workers_running.saturating_sub(1));
+        self.events.exited(pid);
         if let Some(stats) = &mut self.stats {
             stats.worker_exited(cause);
         }
+    }
+
+    fn worker_count_changed(&mut self, target: usize) {
+        self.events.count_changed(target);
+    }
+
+    fn ready(&mut self) {
+        self.events.ready();
+    }
+
+    fn reload(&mut self) {
+        self.events.reload();
     }
 
     fn poll_fds(&mut self) -> Vec<PollFd> {
@@ -139,6 +157,7 @@ impl Hooks for MasterHooks {
     }
 
     fn reexec(&mut self) -> Option<i32> {
+        self.events.pre_exec();
         let child = self.start.reexec(&self.reexec_listeners);
         if child.is_some() {
             proctitle::set(&format!("ferrocorn: old master [{}]", self.name));

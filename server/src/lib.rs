@@ -22,6 +22,8 @@ pub mod access_log;
 mod bind;
 mod daemon;
 mod error;
+mod event_feed;
+mod events;
 mod hooks;
 pub mod logging;
 mod pidfile;
@@ -43,6 +45,7 @@ use ferrocorn_worker::WorkerConfig;
 use log::{error, info};
 
 pub use error::{Error, Result};
+pub use events::{MasterEvent, MasterEvents};
 pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
@@ -216,6 +219,12 @@ pub trait AppLoader {
     /// load it exits with [`APP_LOAD_ERROR`], which stops the server at first start (later, on
     /// a reload, the workers already serving go on).
     fn load(&mut self) -> Box<dyn App>;
+    /// In each worker, before [`AppLoader::load`]: who it is (e.g. for a Python config file's
+    /// server hooks).
+    fn worker_started(&mut self, _worker: &WorkerIdentity) {}
+    /// In a worker that stops because of SIGINT or SIGQUIT (a quick stop), before
+    /// [`AppLoader::before_exit`].
+    fn interrupted(&mut self) {}
     /// In each worker, after [`AppLoader::load`]: the files the app was loaded from (a Python
     /// app's modules), which `--reload` watches. None by default.
     fn imported_files(&mut self) -> Vec<PathBuf> {
@@ -224,6 +233,15 @@ pub trait AppLoader {
     /// Before a process that ran the app exits: each worker after serving, and the master at
     /// the end (e.g. a Python app's `atexit` callbacks).
     fn before_exit(&mut self) {}
+}
+
+/// Who a worker is, as [`AppLoader::worker_started`] learns it.
+#[derive(Debug, Clone, Copy)]
+pub struct WorkerIdentity {
+    /// 1 for the first worker forked, counting up (respawns and reloads included).
+    pub age: u64,
+    /// The master's pid.
+    pub master_pid: i32,
 }
 
 /// An [`AppLoader`] from a closure that builds the app in each worker.
@@ -266,6 +284,7 @@ impl Server {
             settings: Settings::default(),
             loader,
             observer: Box::new(NoObserver),
+            events: None,
             signals: None,
         }
     }
@@ -276,6 +295,7 @@ pub struct Builder {
     settings: Settings,
     loader: Box<dyn AppLoader>,
     observer: Box<dyn ForkObserver>,
+    events: Option<Box<dyn MasterEvents>>,
     signals: Option<MasterSignals>,
 }
 
@@ -366,6 +386,12 @@ impl Builder {
         self
     }
 
+    /// Who hears of the master's life events (start, ready, forks, exits, reloads, stop).
+    pub fn master_events(mut self, events: Box<dyn MasterEvents>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
     /// Signal handlers installed earlier (install them first thing in `main`, before anything
     /// that might install its own, e.g. an embedded Python). Without this, `run` installs them.
     pub fn signals(mut self, signals: MasterSignals) -> Self {
@@ -388,6 +414,10 @@ impl Builder {
             Some(signals) => signals,
             None => MasterSignals::install()?,
         };
+        let mut events = self.events;
+        if let Some(events) = &mut events {
+            events.starting();
+        }
         let started = start(self.settings)?;
         let mut loader = self.loader;
         if let Err(PreloadError(e)) = loader.preload() {
@@ -397,7 +427,7 @@ impl Builder {
             }
             return Ok(shut_down(Exit::AppLoadError));
         }
-        let code = started.serve(signals, &mut *loader, self.observer)?;
+        let code = started.serve(signals, &mut *loader, self.observer, events)?;
         // With a preloaded app, the master ran it too.
         loader.before_exit();
         Ok(code)
@@ -565,11 +595,12 @@ impl Started {
         signals: MasterSignals,
         loader: &mut dyn AppLoader,
         observer: Box<dyn ForkObserver>,
+        events: Option<Box<dyn MasterEvents>>,
     ) -> Result<i32> {
         let config = arbiter_config(&self.settings);
         let name = proc_name(&self.settings);
         let parent_master = self.parent_master;
-        let (hooks, side) = self.split_for_master(name.clone(), observer)?;
+        let (hooks, side) = self.split_for_master(name.clone(), observer, events)?;
         let settings = &side.settings;
         let mut arbiter = Arbiter::new(config, signals, hooks)?;
         if let Some(parent) = parent_master {
@@ -592,6 +623,7 @@ impl Started {
         };
         let exit = arbiter.run(&mut |ctx| worker.run(ctx));
         let code = shut_down(exit);
+        arbiter.hooks_mut().events.exiting();
         arbiter.hooks_mut().pidfile.remove();
         if let Some(lists) = &side.file_lists {
             lists.remove();
@@ -605,6 +637,7 @@ impl Started {
         self,
         name: String,
         observer: Box<dyn ForkObserver>,
+        events: Option<Box<dyn MasterEvents>>,
     ) -> Result<(hooks::MasterHooks, WorkerSide)> {
         let Started {
             settings,
@@ -639,6 +672,7 @@ impl Started {
             observer,
             statsd: statsd.as_ref().map(Statsd::try_clone).transpose()?,
             workers_running: 0,
+            events: event_feed::EventFeed::new(events, settings.workers),
             stats_retry: settings.stats.clone().filter(|_| stats.is_none()),
             stats: stats.map(|l| stats_server(l, &listeners)).transpose()?,
         };

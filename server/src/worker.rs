@@ -49,6 +49,10 @@ impl Worker<'_> {
                 return ferrocorn_arbiter::WORKER_BOOT_ERROR;
             }
         }
+        self.loader.worker_started(&crate::WorkerIdentity {
+            age: ctx.age,
+            master_pid: ctx.master_pid,
+        });
         let mut app = self.loader.load();
         if let Some(lists) = self.file_lists {
             lists.write(&self.loader.imported_files());
@@ -69,6 +73,9 @@ impl Worker<'_> {
             &ctx.signals,
             &mut monitor,
         );
+        if ctx.signals.state() == ferrocorn_signals::WorkerState::Exit {
+            self.loader.interrupted();
+        }
         self.loader.before_exit();
         match served {
             Ok(exit) => {

@@ -647,21 +647,14 @@ pub fn run_ferrocorn(args: &[&str], timeout: Duration) -> Finished {
     }
 }
 
-/// Pids of live processes whose environment holds `KEY=VALUE` (a marker set with `--env`, which
-/// the master and its workers carry).
-pub fn processes_with_env(marker: &str) -> Vec<i32> {
-    let needle = marker.as_bytes();
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(environ) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        if environ.split(|&b| b == 0).any(|kv| kv == needle) && pid_alive(pid) {
-            pids.push(pid);
-        }
+/// `pid`'s children, their children and so on (not `pid` itself), parents first.
+pub fn descendants_of(pid: i32) -> Vec<i32> {
+    let mut found = children_of(pid);
+    let mut next = 0;
+    while next < found.len() {
+        let more = children_of(found[next]);
+        found.extend(more);
+        next += 1;
     }
-    pids
+    found
 }

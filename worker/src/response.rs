@@ -340,9 +340,15 @@ impl<'a> Response<'a> {
                 return Ok(());
             };
             let queued = enc.encode(piece, self.wbuf);
+            // A HEAD response's body is accepted and discarded: nothing of it is sent.
+            let sent = if enc.framing() == ResponseFraming::NoBody {
+                0
+            } else {
+                queued
+            };
             let full = enc.limit() == Some(0);
             self.flush(false)?;
-            self.body_bytes += queued as u64;
+            self.body_bytes += sent as u64;
             if tail.is_empty() || full {
                 return Ok(());
             }

@@ -94,3 +94,12 @@ pub(crate) fn check_pending(py: Python<'_>) -> Result<(), AppError> {
         }
     }
 }
+
+/// Have the SIGABRT handler call `hook` (no arguments; it must not raise) before it raises
+/// `WorkerTimeout`. No-op when the handler is not installed in this process.
+pub(crate) fn set_hook(py: Python<'_>, hook: &Bound<'_, PyAny>) -> PyResult<()> {
+    match MODULE.get(py) {
+        Some(module) => module.bind(py).setattr("hook", hook),
+        None => Ok(()),
+    }
+}

@@ -41,6 +41,7 @@ use ferrocorn_worker::{App, AppError, Request, Response};
 
 mod abort;
 pub mod environ;
+mod hooks;
 mod imported;
 mod interp;
 mod response;
@@ -51,6 +52,9 @@ pub mod venv;
 
 pub use environ::RequestInfo;
 pub use ferrocorn_worker::Headers;
+pub use hooks::{
+    load_config_hooks, ConfigHooks, HookFailed, HookedApp, MasterHooks, WorkerHooks, WorkerIdentity,
+};
 pub use imported::imported_files;
 pub use interp::ensure_initialized;
 pub use response::parse_status;

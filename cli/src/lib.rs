@@ -113,18 +113,22 @@ fn wsgi_server(options: &Options, hooks: Option<hooks::HookSource>) -> Builder {
     if options.preload {
         Server::with_loader(Box::new(Preloaded {
             config,
-            keep_environ,
             app: None,
-            hooks,
-            worker: None,
+            side: InWorker {
+                keep_environ,
+                hooks,
+                worker: None,
+            },
         }))
         .fork_observer(Box::new(PythonForkHooks))
     } else {
         Server::with_loader(Box::new(PerWorker {
             config,
-            keep_environ,
-            hooks,
-            worker: None,
+            side: InWorker {
+                keep_environ,
+                hooks,
+                worker: None,
+            },
         }))
     }
 }
@@ -151,28 +155,21 @@ fn wsgi_config(options: &Options) -> WsgiConfig {
 /// hooks are executed in the worker too, before the app (`post_fork` runs first, as in gunicorn).
 struct PerWorker {
     config: WsgiConfig,
-    keep_environ: bool,
-    hooks: Option<Hooks>,
-    worker: Option<WorkerIdentity>,
+    side: InWorker,
 }
 
 impl AppLoader for PerWorker {
     fn worker_started(&mut self, worker: &WorkerIdentity) {
-        self.worker = Some(*worker);
+        self.side.worker = Some(*worker);
     }
 
     fn load(&mut self) -> Box<dyn App> {
-        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
-            hooks.start_worker(who, self.config.virtualenv.as_deref());
-        }
+        self.side.start_hooks(&self.config);
         match ferrocorn_wsgi::load(&self.config) {
-            Ok(app) => {
-                install_abort_handler();
-                serve(&mut self.hooks, for_log(app, self.keep_environ))
-            }
+            Ok(app) => self.side.serve(app),
             Err(e) => {
                 error!("{e}");
-                if let Some(hooks) = &mut self.hooks {
+                if let Some(hooks) = &mut self.side.hooks {
                     hooks.worker_exit();
                 }
                 std::process::exit(APP_LOAD_ERROR);
@@ -185,17 +182,12 @@ impl AppLoader for PerWorker {
     }
 
     fn interrupted(&mut self) {
-        if let Some(hooks) = &mut self.hooks {
-            hooks.worker_int();
-        }
+        self.side.interrupted();
     }
 
     /// The interpreter is never finalized; give the app's atexit callbacks their turn.
     fn before_exit(&mut self) {
-        if let Some(hooks) = &mut self.hooks {
-            hooks.worker_exit();
-        }
-        ferrocorn_wsgi::before_exit();
+        self.side.before_exit();
     }
 }
 
@@ -203,15 +195,13 @@ impl AppLoader for PerWorker {
 /// worker gets the inherited copies.
 struct Preloaded {
     config: WsgiConfig,
-    keep_environ: bool,
     app: Option<WsgiApp>,
-    hooks: Option<Hooks>,
-    worker: Option<WorkerIdentity>,
+    side: InWorker,
 }
 
 impl AppLoader for Preloaded {
     fn preload(&mut self) -> Result<(), PreloadError> {
-        if let Some(hooks) = &mut self.hooks {
+        if let Some(hooks) = &mut self.side.hooks {
             hooks
                 .execute(self.config.virtualenv.as_deref())
                 .map_err(PreloadError)?;
@@ -222,20 +212,49 @@ impl AppLoader for Preloaded {
     }
 
     fn worker_started(&mut self, worker: &WorkerIdentity) {
-        self.worker = Some(*worker);
+        self.side.worker = Some(*worker);
     }
 
     fn load(&mut self) -> Box<dyn App> {
-        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
-            hooks.start_worker(who, self.config.virtualenv.as_deref());
-        }
-        install_abort_handler();
+        self.side.start_hooks(&self.config);
         let app = self.app.take().expect("each worker builds its app once");
-        serve(&mut self.hooks, for_log(app, self.keep_environ))
+        self.side.serve(app)
     }
 
     fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
         ferrocorn_wsgi::imported_files()
+    }
+
+    fn interrupted(&mut self) {
+        self.side.interrupted();
+    }
+
+    /// The master and each worker ran the app: its atexit callbacks run in both.
+    fn before_exit(&mut self) {
+        self.side.before_exit();
+    }
+}
+
+/// What both loaders do in the worker around the app: the config file's hooks, and the environ
+/// the access log may need.
+struct InWorker {
+    keep_environ: bool,
+    hooks: Option<Hooks>,
+    worker: Option<WorkerIdentity>,
+}
+
+impl InWorker {
+    /// Execute the config file's hooks in this worker (`post_fork` runs here).
+    fn start_hooks(&mut self, config: &WsgiConfig) {
+        if let (Some(hooks), Some(who)) = (&mut self.hooks, &self.worker) {
+            hooks.start_worker(who, config.virtualenv.as_deref());
+        }
+    }
+
+    /// The loaded app as this worker serves it (in the worker: its SIGABRT handler goes in now).
+    fn serve(&mut self, app: WsgiApp) -> Box<dyn App> {
+        install_abort_handler();
+        serve(&mut self.hooks, for_log(app, self.keep_environ))
     }
 
     fn interrupted(&mut self) {
@@ -244,7 +263,6 @@ impl AppLoader for Preloaded {
         }
     }
 
-    /// The master and each worker ran the app: its atexit callbacks run in both.
     fn before_exit(&mut self) {
         if let Some(hooks) = &mut self.hooks {
             hooks.worker_exit();

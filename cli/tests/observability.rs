@@ -321,7 +321,8 @@ fn master_and_workers_have_process_titles_named_after_the_app_or_name() {
     let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
     assert_eq!(cmdline(server.pid()), "ferrocorn: master [hello:app]");
     for pid in &workers {
-        assert_eq!(cmdline(*pid), "ferrocorn: worker [hello:app]");
+        // A worker carries the master's title from fork until it sets its own.
+        wait_title(*pid, "ferrocorn: worker [hello:app]");
         assert_eq!(
             proc_status(*pid, "Name").as_deref(),
             Some("ferrocorn: work")
@@ -335,9 +336,15 @@ fn master_and_workers_have_process_titles_named_after_the_app_or_name() {
     let mut server = Server::start_in(&["-n", "shop", "hello:app"], dir.path(), &[]);
     let workers = server.wait_worker_count(1, BOOT_TIMEOUT);
     assert_eq!(cmdline(server.pid()), "ferrocorn: master [shop]");
-    assert_eq!(cmdline(workers[0]), "ferrocorn: worker [shop]");
+    wait_title(workers[0], "ferrocorn: worker [shop]");
     server.signal(libc::SIGTERM);
     server.wait_exit(STOP_PATIENCE);
+}
+
+/// Wait until `pid`'s command line reads `title`.
+fn wait_title(pid: i32, title: &str) {
+    let _ = poll(BOOT_TIMEOUT, || (cmdline(pid) == title).then_some(()));
+    assert_eq!(cmdline(pid), title);
 }
 
 #[test]

@@ -345,7 +345,7 @@ impl<B: Bench> Engine<'_, B> {
     fn best(&self) -> Option<&StepResult> {
         self.steps
             .iter()
-            .filter(|s| !s.collapsed() && s.total_pss() <= self.config.memory_budget)
+            .filter(|s| !s.collapsed() && fits_with_headroom(s, self.config.memory_budget))
             .fold(None, |best: Option<&StepResult>, s| match best {
                 Some(b) if b.rps() > s.rps() || (b.rps() == s.rps() && b.workers < s.workers) => {
                     Some(b)
@@ -366,7 +366,7 @@ impl<B: Bench> Engine<'_, B> {
 
     /// The count after `last`, capped by what fits in memory; or why the sweep ends.
     fn next(&self, last: &StepResult) -> Result<usize, StopReason> {
-        if last.total_pss() > self.config.memory_budget {
+        if !fits_with_headroom(last, self.config.memory_budget) {
             return Err(StopReason::MemoryBudget);
         }
         if self.config.concurrency.is_some_and(|c| last.slots() >= c) {
@@ -375,7 +375,7 @@ impl<B: Bench> Engine<'_, B> {
         if last.workers >= self.config.max_workers {
             return Err(StopReason::MaxWorkers);
         }
-        let fit = workers_that_fit(last, self.config.memory_budget);
+        let fit = workers_that_fit(last, usable_budget(self.config.memory_budget));
         let mut next = next_count(last.workers);
         if self.scales_linearly() {
             // Far from the knee: skip a step (refinement comes back if it overshoots).
@@ -623,8 +623,24 @@ impl<B: Bench> Engine<'_, B> {
     }
 }
 
+/// Share of the memory budget a recommendation leaves free: a worker's PSS moves by a few hundred
+/// KiB between runs (pages the master or a sibling touch change who shares them), so a count
+/// measured just under the budget can land just over it in production.
+pub const BUDGET_HEADROOM: f64 = 0.02;
+
+/// What of `budget` the workers may fill: all but [`BUDGET_HEADROOM`].
+pub fn usable_budget(budget: u64) -> u64 {
+    (budget as f64 * (1.0 - BUDGET_HEADROOM)) as u64
+}
+
+/// Whether a measured step fits `budget` with [`BUDGET_HEADROOM`] to spare.
+pub fn fits_with_headroom(step: &StepResult, budget: u64) -> bool {
+    step.total_pss() <= usable_budget(budget)
+}
+
 /// The fewest workers within [`NEAR_BEST`] of the best throughput, among the steps that fit
-/// the budget and did not collapse (and, with `--concurrency`, no more slots than requests).
+/// the budget with [`BUDGET_HEADROOM`] to spare and did not collapse (and, with `--concurrency`,
+/// no more slots than requests).
 pub fn pick(
     steps: &[StepResult],
     memory_budget: u64,
@@ -633,7 +649,7 @@ pub fn pick(
 ) -> Option<&StepResult> {
     let eligible: Vec<&StepResult> = steps
         .iter()
-        .filter(|s| !s.collapsed() && s.total_pss() <= memory_budget)
+        .filter(|s| !s.collapsed() && fits_with_headroom(s, memory_budget))
         .filter(|s| concurrency.is_none_or(|c| s.slots() <= c.max(1)))
         .collect();
     // A "gain" far past what can keep the CPUs busy is the machine's noise, not the app's.
@@ -733,7 +749,7 @@ fn throughput_reason(sweep: &Sweep, rec: &StepResult, ctx: &AdviceContext) -> St
     let largest = sweep
         .steps
         .iter()
-        .filter(|s| !s.collapsed() && s.total_pss() <= ctx.memory_budget)
+        .filter(|s| !s.collapsed() && fits_with_headroom(s, ctx.memory_budget))
         .map(|s| s.workers)
         .max()
         .unwrap_or(rec.workers);
@@ -816,7 +832,7 @@ fn preload_advice(
 fn worth_switching(rec: &StepResult, other: &StepResult, memory_budget: u64) -> bool {
     (other.total_pss() as f64) < 0.95 * rec.total_pss() as f64
         && other.rps() >= rec.rps() * (1.0 - 2.0 * NEAR_BEST)
-        && other.total_pss() <= memory_budget
+        && fits_with_headroom(other, memory_budget)
 }
 
 /// No step fits the budget or works: 1 worker, and why that is not enough.

@@ -231,18 +231,19 @@ fn under_a_memory_budget_the_sweep_goes_on_with_preload_when_it_saves() {
     let result = sweep(&mut model, &config).unwrap();
     assert_eq!(result.stop, StopReason::MemoryBudget);
     assert_eq!(result.preload_stop, Some(StopReason::MemoryBudget));
-    // 5 fit without; with --preload 5 MiB + n x 2.5 MiB fits 22.
+    // 5 fit without; with --preload 5 MiB + n x 2.5 MiB fills the 60 MiB at 22, and 21 leave
+    // the 2 % BUDGET_HEADROOM free.
     let most = result.preload_steps.iter().map(|s| s.workers).max();
-    assert_eq!(most, Some(22), "{:?}", model.counts());
+    assert_eq!(most, Some(21), "{:?}", model.counts());
     assert!(result
         .preload_steps
         .iter()
         .all(|s| s.preload && s.total_pss() <= 60 * MIB));
     let advice = advise(&result, &context(&config, 2.0), false);
     assert!(advice.preload);
-    assert_eq!(advice.workers, 22);
+    assert_eq!(advice.workers, 21);
     assert!(
-        advice.reason.contains("22 fit the 60 MiB budget")
+        advice.reason.contains("21 fit the 60 MiB budget")
             && advice.reason.contains("where 5 fit without"),
         "{}",
         advice.reason

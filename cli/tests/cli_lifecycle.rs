@@ -813,12 +813,7 @@ fn capture_output_sends_the_apps_prints_to_the_log_file() {
 
 #[test]
 fn chdir_applies_to_the_master_so_relative_paths_land_inside_it() {
-    let dir = TempDir::new("chdir");
-    std::fs::copy(
-        repo_root().join("examples/hello.py"),
-        dir.path().join("hello.py"),
-    )
-    .unwrap();
+    let dir = hello_app_dir("chdir");
     // Started from the repository root; every relative path is meant inside --chdir.
     let mut server = Server::spawn(
         &[

@@ -12,17 +12,6 @@ use ferrocorn_testkit::*;
 
 const EXIT_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// A scratch directory holding the example app as `hello.py`.
-fn app_dir(name: &str) -> TempDir {
-    let dir = TempDir::new(name);
-    std::fs::copy(
-        repo_root().join("examples/hello.py"),
-        dir.path().join("hello.py"),
-    )
-    .unwrap();
-    dir
-}
-
 fn write(dir: &TempDir, file: &str, text: &str) {
     std::fs::write(dir.path().join(file), text).unwrap();
 }
@@ -96,7 +85,7 @@ def post_fork(server, worker):
 
 #[test]
 fn the_docs_example_post_fork_writes_each_worker_pid() {
-    let dir = app_dir("config-docs-run");
+    let dir = hello_app_dir("config-docs-run");
     write(&dir, "example.conf.py", DOCS_EXAMPLE);
     // The command line overrides the file's bind and worker count (a free port, two workers).
     let args = ["-c", "example.conf.py", "-w", "2", "hello:app"];
@@ -115,7 +104,7 @@ fn the_docs_example_post_fork_writes_each_worker_pid() {
 
 #[test]
 fn docs_example_config_gives_the_values_gunicorn_prints() {
-    let dir = app_dir("config-docs");
+    let dir = hello_app_dir("config-docs");
     write(&dir, "example.conf.py", DOCS_EXAMPLE);
     let settings = print_config(&["-c", "example.conf.py"], dir.path(), &[]);
     let from_file = "config file example.conf.py";
@@ -138,7 +127,7 @@ fn docs_example_config_gives_the_values_gunicorn_prints() {
 
 #[test]
 fn default_gunicorn_conf_py_is_read_without_dash_c() {
-    let dir = app_dir("config-default-file");
+    let dir = hello_app_dir("config-default-file");
     let port = free_port();
     write(
         &dir,
@@ -154,7 +143,7 @@ fn default_gunicorn_conf_py_is_read_without_dash_c() {
 
 #[test]
 fn precedence_is_defaults_config_gunicorn_cmd_args_ferrocorn_cmd_args_command_line() {
-    let dir = app_dir("config-precedence-print");
+    let dir = hello_app_dir("config-precedence-print");
     write(
         &dir,
         "gunicorn.conf.py",
@@ -192,7 +181,7 @@ fn precedence_is_defaults_config_gunicorn_cmd_args_ferrocorn_cmd_args_command_li
     assert_eq!(value(&settings, "backlog"), ("2048", "default"));
 
     // Without a config file the environment defaults show through.
-    let bare = app_dir("config-precedence-env");
+    let bare = hello_app_dir("config-precedence-env");
     let settings = print_config(
         &[],
         bare.path(),
@@ -204,7 +193,7 @@ fn precedence_is_defaults_config_gunicorn_cmd_args_ferrocorn_cmd_args_command_li
 
 #[test]
 fn the_running_server_follows_the_precedence() {
-    let dir = app_dir("config-precedence-serve");
+    let dir = hello_app_dir("config-precedence-serve");
     let (file_port, env_port) = (free_port(), free_port());
     write(
         &dir,
@@ -237,7 +226,7 @@ fn the_running_server_follows_the_precedence() {
 
 #[test]
 fn unknown_and_observe_only_settings_are_warned_about_by_name() {
-    let dir = app_dir("config-warnings");
+    let dir = hello_app_dir("config-warnings");
     let port = free_port();
     write(
         &dir,
@@ -267,7 +256,7 @@ fn unknown_and_observe_only_settings_are_warned_about_by_name() {
 
 #[test]
 fn settings_whose_absence_matters_are_refused_by_name() {
-    let dir = app_dir("config-refused");
+    let dir = hello_app_dir("config-refused");
     for (setting, text) in [
         ("certfile", "certfile = '/etc/ssl/cert.pem'\n"),
         ("proxy_protocol", "proxy_protocol = True\n"),
@@ -286,7 +275,7 @@ fn settings_whose_absence_matters_are_refused_by_name() {
 
 #[test]
 fn unsupported_worker_classes_and_threads_keep_their_errors() {
-    let dir = app_dir("config-worker-class");
+    let dir = hello_app_dir("config-worker-class");
     write(&dir, "gunicorn.conf.py", "worker_class = 'gevent'\n");
     let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);
     assert!(!status.success(), "{output}");
@@ -306,7 +295,7 @@ fn unsupported_worker_classes_and_threads_keep_their_errors() {
 
 #[test]
 fn a_raising_config_file_exits_non_zero_with_its_traceback() {
-    let dir = app_dir("config-raises");
+    let dir = hello_app_dir("config-raises");
     write(
         &dir,
         "broken.py",
@@ -333,7 +322,7 @@ fn a_raising_config_file_exits_non_zero_with_its_traceback() {
 
 #[test]
 fn python_module_configs_and_dash_c_in_gunicorn_cmd_args() {
-    let dir = app_dir("config-module");
+    let dir = hello_app_dir("config-module");
     write(&dir, "myconf.py", "workers = 6\nwsgi_app = 'hello:app'\n");
     write(&dir, "other.conf.py", "workers = 8\n");
     let settings = print_config(&["-c", "python:myconf"], dir.path(), &[]);
@@ -354,7 +343,7 @@ fn python_module_configs_and_dash_c_in_gunicorn_cmd_args() {
 
 #[test]
 fn check_config_loads_the_config_and_the_app() {
-    let dir = app_dir("config-check");
+    let dir = hello_app_dir("config-check");
     write(&dir, "gunicorn.conf.py", "workers = 2\n");
     write(
         &dir,
@@ -375,7 +364,7 @@ fn check_config_loads_the_config_and_the_app() {
 
 #[test]
 fn bad_flags_in_gunicorn_cmd_args_are_errors_naming_the_variable() {
-    let dir = app_dir("config-bad-env");
+    let dir = hello_app_dir("config-bad-env");
     let env = [("GUNICORN_CMD_ARGS", "--workers=zero")];
     let (status, output) = run(&["hello:app"], dir.path(), &env);
     assert_eq!(status.code(), Some(2), "{output}");
@@ -391,7 +380,7 @@ fn bad_flags_in_gunicorn_cmd_args_are_errors_naming_the_variable() {
 
 #[test]
 fn gunicorn_flags_for_missing_settings_are_warned_about_or_refused_by_name() {
-    let dir = app_dir("config-gunicorn-flags");
+    let dir = hello_app_dir("config-gunicorn-flags");
     let env = [("GUNICORN_CMD_ARGS", "--log-syslog-to=udp://localhost:514")];
     let args = ["--log-syslog-prefix", "-", "hello:app"];
     let mut server = Server::start_in(&args, dir.path(), &env);

@@ -43,12 +43,7 @@ def worker_exit(server, worker):
 
 /// A directory with the example app as `hello.py` and `conf` as `hooks.conf.py`.
 fn setup(name: &str, conf: &str) -> (TempDir, PathBuf) {
-    let dir = TempDir::new(name);
-    std::fs::copy(
-        repo_root().join("examples/hello.py"),
-        dir.path().join("hello.py"),
-    )
-    .unwrap();
+    let dir = hello_app_dir(name);
     std::fs::write(dir.path().join("hooks.conf.py"), conf).unwrap();
     let out = dir.path().join("hooks.out");
     (dir, out)

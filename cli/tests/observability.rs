@@ -7,16 +7,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ferrocorn_testkit::*;
 
-fn app_dir(name: &str) -> TempDir {
-    let dir = TempDir::new(name);
-    std::fs::copy(
-        repo_root().join("examples/hello.py"),
-        dir.path().join("hello.py"),
-    )
-    .unwrap();
-    dir
-}
-
 fn read_lines(path: &Path) -> Vec<String> {
     std::fs::read_to_string(path)
         .unwrap_or_default()
@@ -94,7 +84,7 @@ fn with_time_checked(line: &str, started: i64) -> String {
 
 #[test]
 fn default_format_lines_are_gunicorns_for_the_same_requests_and_none_is_lost_on_stop() {
-    let dir = app_dir("access-default");
+    let dir = hello_app_dir("access-default");
     let log = dir.path().join("access.log");
     let started = now();
     let mut server = Server::start_in(
@@ -137,7 +127,7 @@ fn default_format_lines_are_gunicorns_for_the_same_requests_and_none_is_lost_on_
 
 #[test]
 fn every_atom_of_a_custom_format_has_gunicorns_value() {
-    let dir = app_dir("access-atoms");
+    let dir = hello_app_dir("access-atoms");
     let log = dir.path().join("access.log");
     let format = "%(h)s|%(l)s|%(u)s|%(r)s|%(m)s|%(U)s|%(q)s|%(H)s|%(s)s|%(B)s|%(b)s|%(f)s|%(a)s|\
                   %(p)s|%({X-Test}i)s|%({content-type}o)s|%({PATH_INFO}e)s|%({wsgi.url_scheme}e)s|\
@@ -181,7 +171,7 @@ fn every_atom_of_a_custom_format_has_gunicorns_value() {
 
 #[test]
 fn usr1_after_the_access_log_was_moved_writes_to_a_new_file() {
-    let dir = app_dir("access-usr1");
+    let dir = hello_app_dir("access-usr1");
     let log = dir.path().join("access.log");
     let rotated = dir.path().join("access.log.1");
     let mut server = Server::start_in(
@@ -225,7 +215,7 @@ fn usr1_after_the_access_log_was_moved_writes_to_a_new_file() {
 
 #[test]
 fn access_log_dash_is_stdout_and_debug_level_logs_method_and_path() {
-    let dir = app_dir("access-stdout");
+    let dir = hello_app_dir("access-stdout");
     // The DigitalOcean unit's command line; the harness follows stdout beside stderr.
     let mut server = Server::start_in(
         &["--access-logfile", "-", "--log-level", "debug", "hello:app"],
@@ -262,7 +252,7 @@ fn receive_until(sock: &UdpSocket, want: &[&str]) -> Vec<String> {
 
 #[test]
 fn statsd_gets_gunicorns_metric_names_with_prefix_and_tags() {
-    let dir = app_dir("statsd");
+    let dir = hello_app_dir("statsd");
     let statsd = UdpSocket::bind("127.0.0.1:0").unwrap();
     let host = statsd.local_addr().unwrap().to_string();
     let mut server = Server::start_in(
@@ -316,7 +306,7 @@ fn cmdline(pid: i32) -> String {
 
 #[test]
 fn master_and_workers_have_process_titles_named_after_the_app_or_name() {
-    let dir = app_dir("titles");
+    let dir = hello_app_dir("titles");
     let mut server = Server::start_in(&["-w", "2", "hello:app"], dir.path(), &[]);
     let workers = server.wait_worker_count(2, BOOT_TIMEOUT);
     assert_eq!(cmdline(server.pid()), "ferrocorn: master [hello:app]");
@@ -369,7 +359,7 @@ fn version_names_ferrocorn_and_the_embedded_python() {
 
 #[test]
 fn during_a_usr2_upgrade_the_old_master_says_so_and_the_new_one_repeats_the_command_line() {
-    let dir = app_dir("titles-usr2");
+    let dir = hello_app_dir("titles-usr2");
     let mut server = Server::start_in(&["hello:app"], dir.path(), &[]);
     server.wait_worker_count(1, BOOT_TIMEOUT);
     server.signal(libc::SIGUSR2);
@@ -396,7 +386,7 @@ fn during_a_usr2_upgrade_the_old_master_says_so_and_the_new_one_repeats_the_comm
 
 #[test]
 fn a_gunicorn_config_file_sets_the_access_log_its_format_and_the_process_name() {
-    let dir = app_dir("access-config");
+    let dir = hello_app_dir("access-config");
     std::fs::write(
         dir.path().join("gunicorn.conf.py"),
         "accesslog = 'access.log'\naccess_log_format = '%(m)s %(U)s %(s)s'\nproc_name = 'shop'\n",

@@ -267,6 +267,18 @@ pub fn children_of(ppid: i32) -> Vec<i32> {
     pids
 }
 
+/// A fresh scratch directory holding the bundled example app as `hello.py` (serve it with
+/// `--chdir DIR hello:app`).
+pub fn hello_app_dir(name: &str) -> TempDir {
+    let dir = TempDir::new(name);
+    std::fs::copy(
+        repo_root().join("examples/hello.py"),
+        dir.path().join("hello.py"),
+    )
+    .unwrap();
+    dir
+}
+
 /// `ferrocorn ARGS --chdir examples hello:app` on an ephemeral port: the bundled example app
 /// (`examples/hello.py`: `/`, `POST /echo`, `/sleep?s=N`, `/error`).
 pub fn start_hello(args: &[&str]) -> Server {

@@ -225,6 +225,12 @@ pub struct WorkerSlot {
     slot: NonNull<RawSlot>,
 }
 
+// SAFETY: a WorkerSlot only points into the never-unmapped shared mapping and touches it through
+// atomics alone, so any thread may use it; the one-writer rule is per request lane, not per thread.
+unsafe impl Send for WorkerSlot {}
+// SAFETY: as for Send: all access is atomic.
+unsafe impl Sync for WorkerSlot {}
+
 impl WorkerSlot {
     fn raw(&self) -> &RawSlot {
         // SAFETY: the slot points into the never-unmapped shared table (see `Scoreboard::new`).

@@ -4,7 +4,7 @@
 //! around the app's load and the worker's end.
 
 use std::path::Path;
-use std::rc::Rc;
+use std::sync::Arc;
 
 use ferrocorn_config::Location;
 use ferrocorn_flags::{Options, Workers};
@@ -52,7 +52,7 @@ pub(crate) struct Hooks {
     source: HookSource,
     num_workers: usize,
     config: Option<ConfigHooks>,
-    worker: Option<Rc<WorkerHooks>>,
+    worker: Option<Arc<WorkerHooks>>,
 }
 
 impl Hooks {
@@ -118,7 +118,7 @@ impl Hooks {
 
     /// The app is loaded (and the abort handler installed): `worker_abort` armed, then
     /// `post_worker_init`; the app to serve, with the request hooks around it.
-    pub(crate) fn serve(&mut self, app: WsgiApp) -> Box<dyn ferrocorn_server::App> {
+    pub(crate) fn serve(&mut self, app: WsgiApp) -> ferrocorn_server::ThreadApp {
         let Some(worker) = &self.worker else {
             return Box::new(app);
         };

@@ -15,7 +15,8 @@ use std::process::ExitCode;
 use ferrocorn_flags::{AppArgument, Options};
 use ferrocorn_server::access_log::AccessFormat;
 use ferrocorn_server::{
-    App, AppLoader, Builder, ForkObserver, PreloadError, Server, WorkerIdentity, APP_LOAD_ERROR,
+    AppLoader, Builder, ForkObserver, PreloadError, Server, ThreadApp, WorkerIdentity,
+    APP_LOAD_ERROR,
 };
 use ferrocorn_wsgi::{WsgiApp, WsgiConfig};
 use hooks::Hooks;
@@ -163,10 +164,10 @@ impl AppLoader for PerWorker {
         self.side.worker = Some(*worker);
     }
 
-    fn load(&mut self) -> Box<dyn App> {
+    fn load(&mut self, threads: usize) -> Vec<ThreadApp> {
         self.side.start_hooks(&self.config);
         match ferrocorn_wsgi::load(&self.config) {
-            Ok(app) => self.side.serve(app),
+            Ok(app) => self.side.serve(app, threads),
             Err(e) => {
                 error!("{e}");
                 if let Some(hooks) = &mut self.side.hooks {
@@ -215,10 +216,10 @@ impl AppLoader for Preloaded {
         self.side.worker = Some(*worker);
     }
 
-    fn load(&mut self) -> Box<dyn App> {
+    fn load(&mut self, threads: usize) -> Vec<ThreadApp> {
         self.side.start_hooks(&self.config);
         let app = self.app.take().expect("each worker builds its app once");
-        self.side.serve(app)
+        self.side.serve(app, threads)
     }
 
     fn imported_files(&mut self) -> Vec<std::path::PathBuf> {
@@ -251,10 +252,12 @@ impl InWorker {
         }
     }
 
-    /// The loaded app as this worker serves it (in the worker: its SIGABRT handler goes in now).
-    fn serve(&mut self, app: WsgiApp) -> Box<dyn App> {
+    /// The loaded app as this worker serves it, one per app thread (in the worker: its SIGABRT
+    /// handler goes in now).
+    fn serve(&mut self, app: WsgiApp, threads: usize) -> Vec<ThreadApp> {
         install_abort_handler();
-        serve(&mut self.hooks, for_log(app, self.keep_environ))
+        assert_eq!(threads, 1, "--threads is refused for now");
+        vec![serve(&mut self.hooks, for_log(app, self.keep_environ))]
     }
 
     fn interrupted(&mut self) {
@@ -272,7 +275,7 @@ impl InWorker {
 }
 
 /// The loaded app as the worker serves it: with the config file's request hooks, if any.
-fn serve(hooks: &mut Option<Hooks>, app: WsgiApp) -> Box<dyn App> {
+fn serve(hooks: &mut Option<Hooks>, app: WsgiApp) -> ThreadApp {
     match hooks {
         Some(hooks) => hooks.serve(app),
         None => Box::new(app),

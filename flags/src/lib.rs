@@ -12,7 +12,7 @@ mod options;
 use std::process::ExitCode;
 
 use clap::Parser;
-use ferrocorn_server::{logging, App, Builder, Limits, Server, Settings, WorkerMode};
+use ferrocorn_server::{logging, Builder, Limits, Server, Settings, ThreadApp, WorkerMode};
 use ferrocorn_signals::MasterSignals;
 use log::error;
 
@@ -39,7 +39,7 @@ pub enum Error {
 }
 
 /// Serve the Rust app `factory` builds (in each worker) with the process's command line.
-pub fn main(factory: impl FnMut() -> Box<dyn App> + 'static) -> ExitCode {
+pub fn main(factory: impl FnMut() -> ThreadApp + 'static) -> ExitCode {
     run(AppArgument::Optional, move |_| Server::builder(factory))
 }
 
@@ -222,6 +222,10 @@ pub fn settings(options: &Options) -> Settings {
         reuse_port: options.reuse_port,
         umask: options.umask,
         workers,
+        threads: options.threads.max(1),
+        worker_connections: options
+            .worker_connections
+            .map_or(Settings::default().worker_connections, |n| n as usize),
         worker_mode,
         scale_down_after: options.scale_down_after,
         memory_budget: options.memory_budget,

@@ -9,7 +9,7 @@
 //!
 //! ```no_run
 //! # use ferrocorn_server::{App, Server};
-//! # fn hello() -> Box<dyn App> { unimplemented!() }
+//! # fn hello() -> ferrocorn_server::ThreadApp { unimplemented!() }
 //! let code = Server::builder(hello)
 //!     .bind("127.0.0.1:8000".parse()?)
 //!     .workers(4)
@@ -50,7 +50,9 @@ pub use ferrocorn_arbiter::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 pub use ferrocorn_http::Limits;
 pub use ferrocorn_listener::BindSpec;
 pub use ferrocorn_signals::MasterSignals;
-pub use ferrocorn_worker::{App, AppError, Headers, MemoryConn, Recorded, Request, Response};
+pub use ferrocorn_worker::{
+    App, AppError, Headers, Interrupter, MemoryConn, Recorded, Request, Response, ThreadApp,
+};
 pub use log::LevelFilter;
 pub use pidfile::PidFile;
 
@@ -73,6 +75,10 @@ pub struct Settings {
     pub umask: Option<u32>,
     /// Worker processes (with [`WorkerMode::Fixed`]).
     pub workers: usize,
+    /// App threads per worker (`--threads`): each calls its own copy of the app.
+    pub threads: usize,
+    /// Most connections one worker holds at once (`--worker-connections`).
+    pub worker_connections: usize,
     /// Exactly `workers` (gunicorn's `-w N`), sized to the machine, or scaled with the load.
     pub worker_mode: WorkerMode,
     /// When scaling: a worker idle this long is retired (down to the minimum).
@@ -151,6 +157,8 @@ impl Default for Settings {
             reuse_port: false,
             umask: None,
             workers: arbiter.workers,
+            threads: 1,
+            worker_connections: worker.worker_connections,
             worker_mode: WorkerMode::Fixed,
             scale_down_after: Duration::from_secs(30),
             memory_budget: None,
@@ -215,10 +223,11 @@ pub trait AppLoader {
     fn preload(&mut self) -> Result<(), PreloadError> {
         Ok(())
     }
-    /// In each worker, after privileges are dropped: the app it serves. A worker that cannot
-    /// load it exits with [`APP_LOAD_ERROR`], which stops the server at first start (later, on
-    /// a reload, the workers already serving go on).
-    fn load(&mut self) -> Box<dyn App>;
+    /// In each worker, after privileges are dropped: the app it serves, one for each of its
+    /// `threads` app threads (at least one). A worker that cannot load it exits with
+    /// [`APP_LOAD_ERROR`], which stops the server at first start (later, on a reload, the
+    /// workers already serving go on).
+    fn load(&mut self, threads: usize) -> Vec<ThreadApp>;
     /// In each worker, before [`AppLoader::load`]: who it is (e.g. for a Python config file's
     /// server hooks).
     fn worker_started(&mut self, _worker: &WorkerIdentity) {}
@@ -247,9 +256,9 @@ pub struct WorkerIdentity {
 /// An [`AppLoader`] from a closure that builds the app in each worker.
 struct Factory<F>(F);
 
-impl<F: FnMut() -> Box<dyn App>> AppLoader for Factory<F> {
-    fn load(&mut self) -> Box<dyn App> {
-        (self.0)()
+impl<F: FnMut() -> ThreadApp> AppLoader for Factory<F> {
+    fn load(&mut self, threads: usize) -> Vec<ThreadApp> {
+        (0..threads.max(1)).map(|_| (self.0)()).collect()
     }
 }
 
@@ -274,7 +283,7 @@ pub struct Server;
 
 impl Server {
     /// A server whose workers each serve the app `factory` builds.
-    pub fn builder(factory: impl FnMut() -> Box<dyn App> + 'static) -> Builder {
+    pub fn builder(factory: impl FnMut() -> ThreadApp + 'static) -> Builder {
         Self::with_loader(Box::new(Factory(factory)))
     }
 
@@ -323,6 +332,12 @@ impl Builder {
     /// How many workers to keep running (`-w`; TTIN/TTOU change it later).
     pub fn workers(mut self, workers: usize) -> Self {
         self.settings.workers = workers;
+        self
+    }
+
+    /// App threads per worker (`--threads`), each with its own copy of the app.
+    pub fn threads(mut self, threads: usize) -> Self {
+        self.settings.threads = threads;
         self
     }
 
@@ -614,6 +629,7 @@ impl Started {
             loader,
             listeners: &side.listeners,
             config: worker_config(settings),
+            threads: settings.threads.max(1),
             max_requests_jitter: settings.max_requests_jitter,
             log_file: &side.log_file,
             access_log: side.access_log,
@@ -738,6 +754,8 @@ fn worker_config(settings: &Settings) -> WorkerConfig {
         header_timeout: settings.header_timeout,
         max_requests: settings.max_requests,
         graceful_timeout: settings.graceful_timeout,
+        timeout: settings.timeout.filter(|t| !t.is_zero()),
+        worker_connections: settings.worker_connections,
         ..WorkerConfig::default()
     }
 }

@@ -5,6 +5,7 @@ use ferrocorn_listener::Listener;
 use ferrocorn_signals::WorkerSignals;
 use ferrocorn_worker::{Completed, Monitor, RequestHead, WorkerConfig};
 use log::{debug, error, info};
+use std::sync::Mutex;
 
 use crate::access_log::AccessLog;
 use crate::statsd::Statsd;
@@ -19,6 +20,8 @@ pub(crate) struct Worker<'a> {
     pub(crate) loader: &'a mut dyn AppLoader,
     pub(crate) listeners: &'a [Listener],
     pub(crate) config: WorkerConfig,
+    /// App threads (`--threads`).
+    pub(crate) threads: usize,
     pub(crate) max_requests_jitter: u64,
     pub(crate) log_file: &'a LogFile,
     pub(crate) access_log: Option<AccessLog>,
@@ -53,26 +56,21 @@ impl Worker<'_> {
             age: ctx.age,
             master_pid: ctx.master_pid,
         });
-        let mut app = self.loader.load();
+        let mut apps = self.loader.load(self.threads);
         if let Some(lists) = self.file_lists {
             lists.write(&self.loader.imported_files());
         }
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
-        let mut monitor = WorkerMonitor {
+        let monitor = WorkerMonitor {
             slot: &ctx.slot,
             signals: &ctx.signals,
             log_file: self.log_file,
-            access_log,
+            access_log: access_log.map(Mutex::new),
             statsd: self.statsd,
         };
-        let served = ferrocorn_worker::run(
-            &mut *app,
-            self.listeners,
-            &config,
-            &ctx.signals,
-            &mut monitor,
-        );
+        let served =
+            ferrocorn_worker::run(&mut apps, self.listeners, &config, &ctx.signals, &monitor);
         if ctx.signals.state() == ferrocorn_signals::WorkerState::Exit {
             self.loader.interrupted();
         }
@@ -95,39 +93,40 @@ struct WorkerMonitor<'a> {
     slot: &'a WorkerSlot,
     signals: &'a WorkerSignals,
     log_file: &'a LogFile,
-    access_log: Option<AccessLog>,
+    /// Shared by the app threads; a line is written whole under the lock.
+    access_log: Option<Mutex<AccessLog>>,
     statsd: Option<&'a Statsd>,
 }
 
 impl Monitor for WorkerMonitor<'_> {
     /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
     /// and moves its fd 2 to the new log file, as the master does.
-    fn beat(&mut self) {
+    fn beat(&self) {
         self.slot.beat();
         if self.signals.take_reopen_logs() {
             match self.log_file.open() {
                 Ok(()) => info!("Worker reopened its log file"),
                 Err(e) => error!("{e:#}"),
             }
-            if let Some(Err(e)) = self.access_log.as_mut().map(AccessLog::open) {
+            if let Some(Err(e)) = self.access_log.as_ref().map(|log| lock(log).open()) {
                 error!("{e:#}");
             }
         }
     }
 
-    fn request_started(&mut self, head: &RequestHead) {
+    fn request_started(&self, _thread: usize, head: &RequestHead) {
         self.slot.request_started(head.method(), head.path());
         // gunicorn's default `pre_request` hook.
         debug!("{} {}", head.method(), head.path());
     }
 
-    fn request_finished(&mut self, done: &Completed<'_>) {
+    fn request_finished(&self, _thread: usize, done: &Completed<'_>) {
         if let Some(status) = done.status {
             self.slot.count_status(status);
         }
         self.slot.request_finished();
-        if let Some(log) = &mut self.access_log {
-            log.log(done);
+        if let Some(log) = &self.access_log {
+            lock(log).log(done);
         }
         if let Some(statsd) = self.statsd {
             statsd.request(done);
@@ -138,6 +137,11 @@ impl Monitor for WorkerMonitor<'_> {
     fn drain_on_stop(&self) -> bool {
         self.slot.server_stopping()
     }
+}
+
+/// The access log, also after a thread panicked holding it (a line is all it could have cut).
+fn lock(log: &Mutex<AccessLog>) -> std::sync::MutexGuard<'_, AccessLog> {
+    log.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different

@@ -45,7 +45,8 @@ pub use request::Request;
 pub use response::Response;
 
 /// An application the worker serves. Rust apps implement it directly; `ferrocorn-wsgi` implements it
-/// for a Python callable.
+/// for a Python callable. With `--threads N` the worker calls N of them, one per app thread (see
+/// [`run`]).
 pub trait App {
     /// Handle one request. Call [`Response::text`] or [`Response::respond`] for a whole response,
     /// or [`Response::start`] then [`Response::write`] (or [`Response::sendfile`]) to stream one. Returning `Err` before the head was sent makes the worker answer 500;
@@ -57,7 +58,22 @@ pub trait App {
     fn log_var(&self, _name: &str) -> Option<String> {
         None
     }
+
+    /// Called once on the thread that will call this app, before its first request: how the
+    /// worker interrupts a request of this thread that runs past [`WorkerConfig::timeout`] (it
+    /// calls the function from another thread; the app's call should then return
+    /// [`AppError::Aborted`] soon). `None` (the default): such a request is abandoned instead
+    /// (the client gets a 500) and the worker exits once its other requests are done.
+    fn interrupter(&mut self) -> Option<Interrupter> {
+        None
+    }
 }
+
+/// See [`App::interrupter`].
+pub type Interrupter = Box<dyn Fn() + Send + Sync>;
+
+/// An app one of the worker's threads can own.
+pub type ThreadApp = Box<dyn App + Send>;
 
 /// What a finished request was, for the access log and metrics: the request head, the response's
 /// status, headers and body size, and timing.
@@ -72,6 +88,8 @@ pub struct Completed<'a> {
     pub response_headers: &'a [(Vec<u8>, Vec<u8>)],
     /// Body bytes sent (without framing).
     pub body_bytes: u64,
+    /// Which of the worker's app threads served it (0 to `--threads` - 1).
+    pub thread: usize,
     /// Wall-clock time the request head was complete.
     pub started_at: std::time::SystemTime,
     /// From the complete head to the end of the response.
@@ -157,6 +175,12 @@ pub struct WorkerConfig {
     pub graceful_timeout: Duration,
     /// `Server` header value.
     pub server_header: String,
+    /// `--timeout` (`None`: never): a request still running after this long is interrupted (see
+    /// [`App::interrupter`]) and the worker exits after its other requests, to be replaced.
+    pub timeout: Option<Duration>,
+    /// `--worker-connections`: most connections a worker holds at once (serving, reading a head,
+    /// or idle between keep-alive requests); beyond it, it accepts no more until one closes.
+    pub worker_connections: usize,
 }
 
 impl Default for WorkerConfig {
@@ -169,6 +193,8 @@ impl Default for WorkerConfig {
             max_requests: 0,
             graceful_timeout: Duration::from_secs(30),
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
+            timeout: None,
+            worker_connections: 1000,
         }
     }
 }
@@ -187,19 +213,22 @@ pub enum Exit {
 }
 
 /// What the worker tells the world about its progress (the arbiter's scoreboard, in ferrocorn).
-/// Any `FnMut()` is a monitor that only beats.
-pub trait Monitor {
-    /// Called at least once a second while idle and around each request, so a hung worker can
-    /// be told from a busy one.
-    fn beat(&mut self);
-    /// A complete request head arrived and is about to be served.
-    fn request_started(&mut self, _head: &RequestHead) {
+/// It is called from every thread of the worker. Any `Fn() + Sync` is a monitor that only beats.
+pub trait Monitor: Sync {
+    /// Called at least once a second while the worker runs (also while every app thread is
+    /// busy), so a hung worker can be told from a busy one.
+    fn beat(&self);
+    /// A complete request head arrived and app thread `thread` is about to serve it.
+    fn request_started(&self, _thread: usize, _head: &RequestHead) {
         self.beat();
     }
-    /// The request started last is over (answered, failed or abandoned).
-    fn request_finished(&mut self, _done: &Completed<'_>) {
+    /// The request app thread `thread` started last is over (answered, failed or abandoned).
+    fn request_finished(&self, _thread: usize, _done: &Completed<'_>) {
         self.beat();
     }
+    /// How many complete request heads wait for a free app thread (told when it changes): they
+    /// wait like connections in a listener's queue.
+    fn waiting(&self, _heads: usize) {}
     /// Asked when a graceful stop begins: `true` when the whole server is going away for good
     /// (not this worker being retired while others go on), so the worker serves every connection
     /// still queued on its listeners before exiting, since nobody else would.
@@ -208,45 +237,52 @@ pub trait Monitor {
     }
 }
 
-impl<F: FnMut()> Monitor for F {
-    fn beat(&mut self) {
+impl<F: Fn() + Sync> Monitor for F {
+    fn beat(&self) {
         self()
     }
 }
 
-/// Serve until stopped, telling `monitor` of beats and requests (see [`Monitor`]).
+/// Serve until stopped, telling `monitor` of beats and requests (see [`Monitor`]). `apps[0]` is
+/// called on this thread, each other app on a thread of its own (`--threads`); connections are
+/// handled apart from them, so a slow client never holds an app thread.
 ///
-/// Errors are only those that make the loop itself impossible (the listeners cannot be polled);
-/// anything going wrong with one connection or one app call is logged and serving goes on.
+/// Errors are only those that make the loop itself impossible (the listeners cannot be polled,
+/// no app was given); anything going wrong with one connection or one app call is logged and
+/// serving goes on.
 pub fn run(
-    app: &mut dyn App,
+    apps: &mut [ThreadApp],
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     signals: &ferrocorn_signals::WorkerSignals,
-    monitor: &mut dyn Monitor,
+    monitor: &dyn Monitor,
 ) -> io::Result<Exit> {
-    run_with(app, listeners, config, signals, monitor)
+    run_with(apps, listeners, config, signals, monitor)
 }
 
 /// [`run`] with any [`Control`] in place of the process's signal handlers (tests, embedding).
 pub fn run_with(
-    app: &mut dyn App,
+    apps: &mut [ThreadApp],
     listeners: &[ferrocorn_listener::Listener],
     config: &WorkerConfig,
     control: &dyn Control,
-    monitor: &mut dyn Monitor,
+    monitor: &dyn Monitor,
 ) -> io::Result<Exit> {
-    // The sockets of a connection beat too (while moving bytes), so the worker shares it.
-    let monitor = std::cell::RefCell::new(monitor);
-    let beat = || monitor.borrow_mut().beat();
-    serve::Worker::new(app, config, control, &beat)
+    let Some(app) = apps.first_mut() else {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "a worker needs at least one app thread",
+        ));
+    };
+    let beat = || monitor.beat();
+    serve::Worker::new(&mut **app, config, control, &beat)
         .with_monitor(&monitor)
         .run(listeners)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the
 /// real one (SIGTERM → `Stopping`, SIGINT/SIGQUIT → `Exit`).
-pub trait Control {
+pub trait Control: Sync {
     /// Whether to keep serving, finish the request in hand and exit, or exit now.
     fn state(&self) -> WorkerState;
     /// Becomes readable when [`Control::state`] may have changed; polled beside the sockets. It

@@ -56,7 +56,7 @@ const WBUF_KEEP: usize = 64 * 1024;
 /// Pause after an accept failure such as EMFILE, so the loop does not spin on a ready listener.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
-/// Where the start and end of each request are told (the [`Monitor`], shared with the beat).
+/// Where the start and end of each request are told (the [`Monitor`]).
 pub(crate) trait RequestEvents {
     fn started(&self, head: &RequestHead);
     fn finished(&self, done: &Completed<'_>);
@@ -72,15 +72,15 @@ impl RequestEvents for () {
     }
 }
 
-impl RequestEvents for std::cell::RefCell<&mut dyn Monitor> {
+impl RequestEvents for &dyn Monitor {
     fn started(&self, head: &RequestHead) {
-        self.borrow_mut().request_started(head)
+        self.request_started(0, head)
     }
     fn finished(&self, done: &Completed<'_>) {
-        self.borrow_mut().request_finished(done)
+        self.request_finished(0, done)
     }
     fn drain_on_stop(&self) -> bool {
-        self.borrow().drain_on_stop()
+        Monitor::drain_on_stop(*self)
     }
 }
 
@@ -569,6 +569,7 @@ impl<'r> Worker<'r> {
             status: sent.status,
             response_headers: &sent.headers,
             body_bytes: sent.body_bytes,
+            thread: 0,
             started_at,
             duration: clock.elapsed(),
             app: &*self.app,

@@ -24,15 +24,15 @@ enum Event {
 struct Recorder(mpsc::Sender<Event>);
 
 impl Monitor for Recorder {
-    fn beat(&mut self) {}
-    fn request_started(&mut self, head: &RequestHead) {
+    fn beat(&self) {}
+    fn request_started(&self, _thread: usize, head: &RequestHead) {
         let _ = self.0.send(Event::Started(format!(
             "{} {}",
             head.method(),
             head.target()
         )));
     }
-    fn request_finished(&mut self, done: &Completed<'_>) {
+    fn request_finished(&self, _thread: usize, done: &Completed<'_>) {
         let headers = done
             .response_headers
             .iter()
@@ -63,15 +63,21 @@ fn each_request_is_reported_started_then_finished_and_an_aborted_one_ends_the_lo
     let c = Arc::clone(&control);
     let (tx, events) = mpsc::channel();
     let worker = std::thread::spawn(move || {
-        let mut app = fn_app(|req, res| {
+        let app = fn_app(|req, res| {
             if req.head.path() == "/stuck" {
                 return Err(AppError::Aborted("timed out".into()));
             }
             res.start(200, "OK", vec![(b"Content-Length".to_vec(), b"2".to_vec())])?;
             res.write(b"ok")
         });
-        let mut monitor = Recorder(tx);
-        run_with(&mut app, &[listener], &config(), &*c, &mut monitor)
+        let monitor = Recorder(tx);
+        run_with(
+            &mut common::apps(app),
+            &[listener],
+            &config(),
+            &*c,
+            &monitor,
+        )
     });
     let mut client = Client::connect(addr);
     client.send(b"GET /fine?a=1 HTTP/1.1\r\nHost: t\r\n\r\n");
@@ -101,7 +107,7 @@ fn each_request_is_reported_started_then_finished_and_an_aborted_one_ends_the_lo
 struct ServerStopping(bool);
 
 impl Monitor for ServerStopping {
-    fn beat(&mut self) {}
+    fn beat(&self) {}
     fn drain_on_stop(&self) -> bool {
         self.0
     }
@@ -114,10 +120,16 @@ fn stop_with_a_queue(drain: bool) -> (Vec<std::io::Result<Resp>>, Exit) {
     let (listener, addr) = tcp_listener();
     let control = Arc::new(TestControl::new());
     let c = Arc::clone(&control);
-    let (mut app, entered, release) = gated_app();
+    let (app, entered, release) = gated_app();
     let worker = std::thread::spawn(move || {
-        let mut monitor = ServerStopping(drain);
-        run_with(&mut app, &[listener], &config(), &*c, &mut monitor)
+        let monitor = ServerStopping(drain);
+        run_with(
+            &mut common::apps(app),
+            &[listener],
+            &config(),
+            &*c,
+            &monitor,
+        )
     });
     let mut busy = Client::connect(addr);
     busy.send(b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n");

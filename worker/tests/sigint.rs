@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 fn sigint_closes_an_idle_connection_and_run_returns() {
     let signals = WorkerSignals::install_replacing(MasterSignals::install().unwrap()).unwrap();
     let (listener, addr) = tcp_listener();
-    let mut app = fn_app(|_req, res| {
+    let app = fn_app(|_req, res| {
         res.start(200, "OK", vec![(b"Content-Length".to_vec(), b"2".to_vec())])?;
         res.write(b"ok")
     });
@@ -30,7 +30,7 @@ fn sigint_closes_an_idle_connection_and_run_returns() {
             kill(Pid::this(), Signal::SIGINT).unwrap();
             assert!(c.at_eof());
         });
-        let exit = run(&mut app, &[listener], &cfg, &signals, &mut || {}).unwrap();
+        let exit = run(&mut common::apps(app), &[listener], &cfg, &signals, &|| {}).unwrap();
         assert_eq!(exit, Exit::Stopped);
         client.join().unwrap();
     });

@@ -15,7 +15,7 @@ use nix::unistd::Pid;
 fn sigterm_finishes_the_request_in_hand_then_run_returns() {
     let signals = WorkerSignals::install_replacing(MasterSignals::install().unwrap()).unwrap();
     let (listener, addr) = tcp_listener();
-    let (mut app, entered, release) = common::gated_app();
+    let (app, entered, release) = common::gated_app();
     let cfg = config();
     std::thread::scope(|s| {
         let signals = &signals;
@@ -37,7 +37,7 @@ fn sigterm_finishes_the_request_in_hand_then_run_returns() {
             assert_eq!(r.header("Connection"), Some("close"));
             assert!(c.at_eof());
         });
-        let exit = run(&mut app, &[listener], &cfg, signals, &mut || {}).unwrap();
+        let exit = run(&mut common::apps(app), &[listener], &cfg, signals, &|| {}).unwrap();
         assert_eq!(exit, Exit::Stopped);
         client.join().unwrap();
     });

@@ -7,9 +7,9 @@
 //! `post_fork`/`post_worker_init` fails the worker's boot, a raising `pre_request` answers 500,
 //! the others are only logged.
 
-use std::cell::Cell;
 use std::ffi::CString;
-use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
@@ -81,7 +81,7 @@ fn module<'py>(
 
 impl ConfigHooks {
     /// The hooks of this worker (call in the worker, after fork).
-    pub fn for_worker(&self, who: WorkerIdentity) -> Result<Rc<WorkerHooks>, LoadError> {
+    pub fn for_worker(&self, who: WorkerIdentity) -> Result<Arc<WorkerHooks>, LoadError> {
         Python::attach(|py| {
             let emit = emitter(py)?;
             let objects = self.helpers.bind(py).call_method1(
@@ -99,14 +99,14 @@ impl ConfigHooks {
             let get = |name: &str| -> PyResult<Option<Py<PyAny>>> {
                 Ok(hooks.get_item(name)?.map(Bound::unbind))
             };
-            Ok(Rc::new(WorkerHooks {
+            Ok(Arc::new(WorkerHooks {
                 helpers: self.helpers.clone_ref(py),
                 pre_request: get("pre_request")?,
                 post_request: get("post_request")?,
                 hooks: self.hooks.clone_ref(py),
                 server: server.unbind(),
                 worker: worker.unbind(),
-                exited: Cell::new(false),
+                exited: AtomicBool::new(false),
             }))
         })
         .map_err(|e: PyErr| LoadError::Init(format!("building the hooks' worker object: {e}")))
@@ -132,7 +132,7 @@ pub struct WorkerHooks {
     server: Py<PyAny>,
     worker: Py<PyAny>,
     /// `worker_exit` runs once, whichever way the worker ends.
-    exited: Cell<bool>,
+    exited: AtomicBool,
 }
 
 /// A hook raised where gunicorn lets that end the worker's boot; already logged.
@@ -183,7 +183,7 @@ impl WorkerHooks {
 
     /// `worker_exit(server, worker)`: the worker is exiting (once; also after a failed boot).
     pub fn worker_exit(&self) {
-        if self.exited.replace(true) {
+        if self.exited.swap(true, Ordering::Relaxed) {
             return;
         }
         Python::attach(|py| {
@@ -243,10 +243,10 @@ impl WorkerHooks {
     }
 
     /// The app with `pre_request` and `post_request` around each call.
-    pub fn wrap(self: &Rc<Self>, app: WsgiApp) -> HookedApp {
+    pub fn wrap(self: &Arc<Self>, app: WsgiApp) -> HookedApp {
         HookedApp {
             app,
-            hooks: Rc::clone(self),
+            hooks: Arc::clone(self),
         }
     }
 }
@@ -255,7 +255,7 @@ impl WorkerHooks {
 #[derive(Debug)]
 pub struct HookedApp {
     app: WsgiApp,
-    hooks: Rc<WorkerHooks>,
+    hooks: Arc<WorkerHooks>,
 }
 
 impl App for HookedApp {

@@ -13,7 +13,14 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use ferrocorn_listener::{bind, BindSpec, ListenOptions, Listener};
-use ferrocorn_worker::{fn_app, run_with, App, Control, Exit, WorkerConfig, WorkerState};
+use ferrocorn_worker::{
+    fn_app, run_with, App, Control, Exit, ThreadApp, WorkerConfig, WorkerState,
+};
+
+/// One app thread serving `app`.
+pub fn apps<A: App + Send + 'static>(app: A) -> Vec<ThreadApp> {
+    vec![Box::new(app)]
+}
 
 /// A stop trigger standing in for the signal handlers: a state plus a socketpair as wake fd.
 #[derive(Debug)]
@@ -138,7 +145,7 @@ impl Server {
     }
 
     pub fn start_on<A: App + Send + 'static>(
-        mut app: A,
+        app: A,
         config: WorkerConfig,
         listeners: Vec<Listener>,
         addr: SocketAddr,
@@ -147,10 +154,10 @@ impl Server {
         let c = Arc::clone(&control);
         let (beat_tx, beats) = mpsc::channel();
         let handle = std::thread::spawn(move || {
-            let mut heartbeat = move || {
+            let heartbeat = move || {
                 let _ = beat_tx.send(());
             };
-            run_with(&mut app, &listeners, &config, &*c, &mut heartbeat)
+            run_with(&mut apps(app), &listeners, &config, &*c, &heartbeat)
         });
         Server {
             addr,

@@ -61,8 +61,8 @@ pub trait App {
 
     /// Called once on the thread that will call this app, before its first request: how the
     /// worker interrupts a request of this thread that runs past [`WorkerConfig::timeout`] (it
-    /// calls the function from another thread; the app's call should then return
-    /// [`AppError::Aborted`] soon). `None` (the default): such a request is abandoned instead
+    /// calls the function from another thread with the request's `METHOD path`; the app's call
+    /// should then return [`AppError::Aborted`] soon). `None` (the default): such a request is abandoned instead
     /// (the client gets a 500) and the worker exits once its other requests are done.
     fn interrupter(&mut self) -> Option<Interrupter> {
         None
@@ -70,7 +70,7 @@ pub trait App {
 }
 
 /// See [`App::interrupter`].
-pub type Interrupter = Box<dyn Fn() + Send + Sync>;
+pub type Interrupter = Box<dyn Fn(&str) + Send + Sync>;
 
 /// An app one of the worker's threads can own.
 pub type ThreadApp = Box<dyn App + Send>;

@@ -235,6 +235,24 @@ impl<'r> IoLoop<'r> {
         }
     }
 
+    /// Wait up to `limit` for every thread whose request was abandoned to give its connection
+    /// back (each wakes the loop when it does).
+    fn wait_for_abandoned(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        let mut events = Events::with_capacity(16);
+        while self.pool.any_abandoned() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+
     fn poll_timeout(&self) -> Duration {
         let now = Instant::now();
         let mut until = self.next_scan.min(now + BEAT_EVERY);
@@ -1077,6 +1095,8 @@ pub(crate) fn serve(
         spawn_app_threads(scope, apps, shared)?;
         let exit = io_loop.run();
         pool.close();
+        // A thread given up on may just be slow: give it a moment to come back.
+        io_loop.wait_for_abandoned(ABANDONED_RETURN);
         if pool.any_abandoned() {
             // Its thread is stuck in the app for good, and a process cannot wait for it.
             log::error!("Worker exiting with a request still stuck in the application");
@@ -1085,6 +1105,10 @@ pub(crate) fn serve(
         exit
     })
 }
+
+/// After the loop: how long threads whose request was abandoned get to return before the
+/// process exits without them.
+const ABANDONED_RETURN: Duration = Duration::from_secs(1);
 
 /// What every app thread is given.
 #[derive(Clone, Copy)]

@@ -206,8 +206,14 @@ impl<'r> IoLoop<'r> {
             if let Some(exit) = self.finished() {
                 return Ok(exit);
             }
-            let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = if self.pool.may_sleep() {
+                self.poll_timeout()
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.pool.awake();
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -240,12 +246,23 @@ impl<'r> IoLoop<'r> {
     fn wait_for_abandoned(&mut self, limit: Duration) {
         let until = Instant::now() + limit;
         let mut events = Events::with_capacity(16);
+        let mut returned = Vec::new();
         while self.pool.any_abandoned() {
+            // The loop is over: connections coming back now are only closed.
+            self.pool.take_returned(&mut returned);
+            returned.clear();
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+            let left = if self.pool.may_sleep() {
+                left
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(left));
+            self.pool.awake();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return;
                 }

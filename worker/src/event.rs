@@ -236,6 +236,8 @@ impl<'r> IoLoop<'r> {
                 self.on_returned(r);
             }
             self.scan_if_due();
+            // A stop the events brought comes before any accept.
+            self.notice_state();
             self.accept();
             self.report_waiting();
         }
@@ -413,6 +415,11 @@ impl<'r> IoLoop<'r> {
     /// Accept from listener `i` while there is room; `true` when its queue was found empty.
     fn accept_from(&mut self, i: usize) -> bool {
         loop {
+            // Checked before every accept: a stopping worker takes nothing more.
+            if self.retiring.is_none() && self.control.state() != WorkerState::Running {
+                self.notice_state();
+                return false;
+            }
             if !self.has_room() && !self.starved() {
                 self.queued_since.get_or_insert_with(Instant::now);
                 return false;

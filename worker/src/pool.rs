@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferrocorn_http::RequestHead;
 use ferrocorn_listener::{PeerAddr, Stream};
@@ -180,6 +180,11 @@ pub(crate) struct Pool {
     closing: AtomicBool,
     /// The I/O thread is (about to be) asleep in its poll: only then does it need a wake-up.
     io_asleep: AtomicBool,
+    /// A request was abandoned since the I/O loop last looked: the worker retires.
+    aborted: AtomicBool,
+    /// Set when the worker is done: the watchdog stops.
+    done: Mutex<bool>,
+    done_changed: Condvar,
 }
 
 impl Pool {
@@ -196,6 +201,9 @@ impl Pool {
             lanes: (0..threads).map(|_| Lane::new()).collect(),
             closing: AtomicBool::new(false),
             io_asleep: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            done: Mutex::new(false),
+            done_changed: Condvar::new(),
         }
     }
 
@@ -305,6 +313,56 @@ impl Pool {
 
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// A request was abandoned: tell the I/O loop.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("waking the I/O thread failed: {e}");
+        }
+    }
+
+    /// Whether a request was abandoned since the last call.
+    pub(crate) fn take_aborted(&self) -> bool {
+        self.aborted.swap(false, Ordering::SeqCst)
+    }
+
+    /// How many lanes' requests are abandoned (their connections may never come back).
+    pub(crate) fn abandoned_count(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|l| l.abandoned.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Wait up to `limit` for every abandoned request's thread to come back (the watchdog's
+    /// wait, which has nothing else to do); `true` if they did.
+    pub(crate) fn wait_for_abandoned(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.any_abandoned() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// The watchdog's wait: `false` once the worker is done.
+    pub(crate) fn watch(&self, every: Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .done_changed
+            .wait_timeout_while(done, every, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        !*done
+    }
+
+    /// The worker is done: stop the watchdog.
+    pub(crate) fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done_changed.notify_all();
     }
 
     /// Whether some lane's request was abandoned (its thread may never return).

@@ -11,8 +11,8 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
-use ferrocorn_worker::{App, AppError, Interrupter, MemoryConn, Recorded};
-use ferrocorn_wsgi::{ensure_initialized, WsgiApp};
+use ferrocorn_worker::{App, AppError, Interrupter, MemoryConn, PeerAddr, Recorded, ServerAddr};
+use ferrocorn_wsgi::{ensure_initialized, RequestInfo, WsgiApp};
 
 /// Log records, to check what the interrupter logs.
 static LOG: Mutex<Vec<String>> = Mutex::new(Vec::new());
@@ -63,6 +63,8 @@ def app(environ, start_response):
         with lock:
             in_flight -= 1
         body = path.encode() + b' ' + body
+    elif path == '/read':
+        body = environ['wsgi.input'].read()
     elif path == '/local':
         local.count = getattr(local, 'count', 0) + 1
         body = str(local.count).encode()
@@ -270,4 +272,67 @@ fn an_interrupt_between_requests_does_not_reach_the_next_one() {
     let results = handle.join().unwrap();
     results[0].0.as_ref().unwrap();
     assert_eq!(body_text(&results[0].1), "ok");
+}
+
+/// A request body that arrives only once someone else has run Python: it tells `entered` when
+/// the app first reads it, then waits for `gate`.
+struct GatedBody {
+    entered: mpsc::Sender<()>,
+    gate: mpsc::Receiver<()>,
+    data: std::io::Cursor<Vec<u8>>,
+    opened: bool,
+}
+
+impl std::io::Read for GatedBody {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if !self.opened {
+            self.opened = true;
+            let _ = self.entered.send(());
+            self.gate
+                .recv_timeout(Duration::from_secs(60))
+                .map_err(|_| std::io::Error::other("nobody ran Python while the body was read"))?;
+        }
+        self.data.read(buf)
+    }
+}
+
+#[test]
+fn the_gil_is_released_while_the_app_waits_for_its_body() {
+    let app = apps(1).remove(0);
+    let (entered_tx, entered) = mpsc::channel();
+    let (gate, gate_rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut body = GatedBody {
+            entered: entered_tx,
+            gate: gate_rx,
+            data: std::io::Cursor::new(b"late body".to_vec()),
+            opened: false,
+        };
+        let peer = PeerAddr::Tcp(([127, 0, 0, 1], 40000).into());
+        let server = ServerAddr {
+            name: "localhost".into(),
+            port: "8000".into(),
+            scheme: "http",
+        };
+        let info = RequestInfo {
+            method: "POST",
+            target: "/read",
+            path: "/read",
+            query: "",
+            protocol: "HTTP/1.1",
+            headers: vec![("Host", b"t"), ("Content-Length", b"9")],
+            peer: &peer,
+            server: &server,
+        };
+        let mut conn = MemoryConn::new(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+        let result = conn.serve(|_, res| app.serve(&info, &mut body, res));
+        (result, conn.recorded())
+    });
+    entered.recv().unwrap();
+    // Blocks for good if the reading thread kept the GIL (the read then fails after a minute).
+    Python::attach(|py| py.run(c"x = 1 + 1", None, None).unwrap());
+    gate.send(()).unwrap();
+    let (result, recorded) = reader.join().unwrap();
+    result.unwrap();
+    assert_eq!(body_text(&recorded), "late body");
 }

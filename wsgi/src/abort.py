@@ -1,6 +1,5 @@
 """ferrocorn: what a worker does when a request runs past --timeout."""
 import faulthandler
-import signal
 
 
 class WorkerTimeout(BaseException):
@@ -14,8 +13,9 @@ hook = None
 
 def install():
     # The arbiter's SIGABRT (a worker that stopped beating): every thread's stack to fd 2 (the
-    # error log) from C, without the GIL, before the SIGKILL that follows.
-    faulthandler.register(signal.SIGABRT, file=2, all_threads=True, chain=False)
+    # error log) from C, without the GIL, then the worker dies of the signal. SIGABRT can only be
+    # had with the other fatal signals (a crash in C then dumps the stacks too).
+    faulthandler.enable(file=2, all_threads=True)
 
 
 def dump_and_hook():

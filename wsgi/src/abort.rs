@@ -6,7 +6,8 @@
 //! only sees the exception once it runs Python again; the worker abandons it before that.
 //!
 //! The arbiter's SIGABRT (a worker that stopped beating) has no Python handler: faulthandler
-//! dumps every thread's stack from C, then the arbiter kills the worker.
+//! dumps every thread's stack from C and the worker dies of the signal (as it does of the other
+//! fatal signals, a crash in C included, after the same dump).
 
 use std::cell::RefCell;
 use std::ffi::CString;
@@ -35,11 +36,12 @@ fn module(py: Python<'_>) -> PyResult<&Bound<'_, PyModule>> {
     Ok(module.bind(py))
 }
 
-/// Have SIGABRT dump every thread's Python stack (Python must be running; call it in a worker
-/// after the app is loaded, never in a master).
+/// Have SIGABRT (and the other fatal signals) dump every thread's Python stack before the
+/// worker dies (Python must be running; call it in a worker after the app is loaded, never in a
+/// master).
 pub fn install() -> Result<(), LoadError> {
     Python::attach(|py| module(py)?.call_method0("install").map(drop))
-        .map_err(|e: PyErr| LoadError::Init(format!("registering faulthandler for SIGABRT: {e}")))
+        .map_err(|e: PyErr| LoadError::Init(format!("enabling faulthandler for SIGABRT: {e}")))
 }
 
 /// One app thread as an interrupter sees it. `serving` and `raised` change only with the GIL

@@ -402,9 +402,9 @@ pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 
 /// In a worker, after the app is loaded (never in the master, even with `--preload`): on SIGABRT
 /// (the arbiter's, for a worker that stopped beating or failed to end a timed-out request),
-/// faulthandler dumps every thread's Python stack to the error log before the arbiter kills the
-/// worker. A request past `--timeout` is interrupted by the worker itself (see
-/// [`App::interrupter`]).
+/// faulthandler dumps every thread's Python stack to the error log and the worker dies of the
+/// signal (so does it of SIGSEGV and the other fatal signals, after the same dump). A request
+/// past `--timeout` is interrupted by the worker itself (see [`App::interrupter`]).
 pub fn install_abort_handler() -> Result<(), LoadError> {
     abort::install()
 }

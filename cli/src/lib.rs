@@ -277,7 +277,7 @@ impl InWorker {
     }
 }
 
-/// The arbiter's SIGABRT dumps every thread's Python stack before the worker is killed. Only in
+/// The arbiter's SIGABRT dumps every thread's Python stack, then the worker dies of it. Only in
 /// the worker (`load` runs there): with `--preload` the master's Python must not own SIGABRT.
 fn install_abort_handler() {
     if let Err(e) = ferrocorn_wsgi::install_abort_handler() {

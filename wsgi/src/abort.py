@@ -1,5 +1,6 @@
 """ferrocorn: what a worker does when a request runs past --timeout."""
 import faulthandler
+import signal
 
 
 class WorkerTimeout(BaseException):
@@ -23,3 +24,20 @@ def dump_and_hook():
     faulthandler.dump_traceback(2, all_threads=True)
     if hook is not None:
         hook()
+
+
+# Set (with the GIL) just before the main thread is signalled, cleared when its request ends:
+# a signal that lands after the request must not interrupt the next one.
+armed = False
+
+
+def install_main_interrupt(signum):
+    # The app on the main thread (one app thread: the worker's I/O loop calls it) is interrupted
+    # by a signal: unlike an asynchronous exception, its handler also ends a time.sleep().
+    def on_interrupt(signum, frame):
+        global armed
+        if armed:
+            armed = False
+            raise WorkerTimeout("the request ran past --timeout")
+
+    signal.signal(signum, on_interrupt)

@@ -5,6 +5,10 @@
 //! answers 500 and exits, and the arbiter replaces it. A thread stuck in C or in `time.sleep`
 //! only sees the exception once it runs Python again; the worker abandons it before that.
 //!
+//! With one app thread the app runs on the main thread (the worker's I/O loop calls it): there
+//! the interrupter sends the thread a signal whose Python handler raises `WorkerTimeout`, which
+//! also ends a `time.sleep()` or another blocking call.
+//!
 //! The arbiter's SIGABRT (a worker that stopped beating) has no Python handler: faulthandler
 //! dumps every thread's stack from C and the worker dies of the signal (as it does of the other
 //! fatal signals, a crash in C included, after the same dump).
@@ -53,6 +57,14 @@ pub(crate) struct ThreadSlot {
     serving: AtomicBool,
     /// `WorkerTimeout` was raised in this request (it may still be pending).
     raised: AtomicBool,
+    /// The process's main thread, interrupted by [`main_interrupt_signal`] (its pthread id).
+    main: AtomicU64,
+}
+
+/// The signal that interrupts the app on the main thread: a real-time one, which nothing else
+/// in a worker uses.
+fn main_interrupt_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 1
 }
 
 impl ThreadSlot {
@@ -63,12 +75,19 @@ impl ThreadSlot {
 
     /// The app thread's request is over (GIL held): a `WorkerTimeout` raised too late to
     /// surface in it must not surface in the next one.
-    pub(crate) fn end(&self, _py: Python<'_>) {
+    pub(crate) fn end(&self, py: Python<'_>) {
         self.serving.store(false, Ordering::Relaxed);
-        if self.raised.swap(false, Ordering::Relaxed) {
-            // SAFETY: the GIL is held; a NULL exception clears any pending one of that thread.
-            unsafe { ffi::PyThreadState_SetAsyncExc(self.ident() as _, std::ptr::null_mut()) };
+        if !self.raised.swap(false, Ordering::Relaxed) {
+            return;
         }
+        if self.main.load(Ordering::Relaxed) != 0 {
+            if let Err(e) = module(py).and_then(|m| m.setattr("armed", false)) {
+                log::error!("disarming the timeout handler: {e}");
+            }
+            return;
+        }
+        // SAFETY: the GIL is held; a NULL exception clears any pending one of that thread.
+        unsafe { ffi::PyThreadState_SetAsyncExc(self.ident() as _, std::ptr::null_mut()) };
     }
 
     fn ident(&self) -> u64 {
@@ -80,12 +99,52 @@ impl ThreadSlot {
         if !self.serving.load(Ordering::Relaxed) || self.ident() == 0 {
             return Ok(());
         }
+        let main = self.main.load(Ordering::Relaxed);
+        if main != 0 {
+            module(py)?.setattr("armed", true)?;
+            self.raised.store(true, Ordering::Relaxed);
+            signal_thread(main as libc::pthread_t);
+            return Ok(());
+        }
         let class = module(py)?.getattr("WorkerTimeout")?;
         // SAFETY: the GIL is held and `class` is a live exception type; Python keeps its own
         // reference until it raises it.
         unsafe { ffi::PyThreadState_SetAsyncExc(self.ident() as _, class.as_ptr()) };
         self.raised.store(true, Ordering::Relaxed);
         Ok(())
+    }
+}
+
+/// Send the main-thread interrupt to `thread` (its handler was installed by [`interrupter`]).
+fn signal_thread(thread: libc::pthread_t) {
+    // SAFETY: `thread` is the main thread's id, which lives as long as the process.
+    let rc = unsafe { libc::pthread_kill(thread, main_interrupt_signal()) };
+    if rc != 0 {
+        log::error!(
+            "signalling the main thread failed: {}",
+            std::io::Error::from_raw_os_error(rc)
+        );
+    }
+}
+
+/// Whether the calling thread is the process's main thread.
+fn on_main_thread() -> bool {
+    // SAFETY: neither call has preconditions.
+    unsafe { libc::gettid() == libc::getpid() }
+}
+
+/// On the main thread: its interrupt signal's Python handler, and its pthread id.
+fn arm_main_thread(slot: &ThreadSlot) {
+    let installed = Python::attach(|py| {
+        module(py)?.call_method1("install_main_interrupt", (main_interrupt_signal(),))?;
+        Ok::<_, PyErr>(())
+    });
+    match installed {
+        // SAFETY: pthread_self has no preconditions.
+        Ok(()) => slot
+            .main
+            .store(unsafe { libc::pthread_self() } as u64, Ordering::Relaxed),
+        Err(e) => log::warn!("installing the timeout handler of the main thread: {e}"),
     }
 }
 
@@ -96,6 +155,9 @@ pub(crate) fn interrupter(slot: &Arc<ThreadSlot>) -> Interrupter {
     slot.ident.store(keep_thread_state(), Ordering::Relaxed);
     if let Err(e) = Python::attach(|py| module(py).map(drop)) {
         log::warn!("loading the timeout helper: {e}");
+    }
+    if on_main_thread() {
+        arm_main_thread(slot);
     }
     let slot = Arc::clone(slot);
     Box::new(move |request: &str| {

@@ -114,6 +114,9 @@ pub enum Error {
     /// The shared scoreboard could not be mapped.
     #[error("shared scoreboard memory: {0}")]
     Scoreboard(std::io::Error),
+    /// More app threads per worker than the scoreboard has lanes for (or none).
+    #[error("{0} app threads per worker: 1 to {max} are supported", max = crate::MAX_LANES)]
+    Threads(usize),
 }
 
 #[derive(Debug)]
@@ -231,6 +234,9 @@ impl<H: Hooks> Arbiter<H> {
     /// shared scoreboard but forks nothing until [`Arbiter::run`].
     pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
         let target = adjust::initial_target(&config).clamp(1, MAX_SLOTS);
+        if !(1..=crate::MAX_LANES).contains(&config.threads) {
+            return Err(Error::Threads(config.threads));
+        }
         let table = Scoreboard::new(config.threads).map_err(Error::Scoreboard)?;
         Ok(Arbiter {
             config,

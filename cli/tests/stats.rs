@@ -126,11 +126,39 @@ fn after_n_requests_the_counts_are_n_and_a_sleeping_request_shows_busy_with_its_
         "{json:#}"
     );
     assert!(current["seconds"].as_f64().unwrap() >= 0.0);
+    // One app thread each (the default --threads 1): the busy worker's one thread is busy.
+    assert_eq!(
+        (
+            &busy[0]["threads"],
+            &busy[0]["busy_threads"],
+            &busy[0]["waiting_requests"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(0)),
+        "{json:#}"
+    );
+    let threads = busy[0]["current_requests"].as_array().unwrap();
+    assert_eq!(threads.len(), 1, "{json:#}");
+    assert_eq!(
+        (&threads[0]["thread"], &threads[0]["path"]),
+        (&Value::from(0), &Value::from("/sleep"))
+    );
+    let totals = &json["totals"];
+    assert_eq!(
+        (
+            &totals["threads"],
+            &totals["busy_threads"],
+            &totals["waiting_requests"]
+        ),
+        (&Value::from(2), &Value::from(1), &Value::from(0)),
+        "{json:#}"
+    );
     let idle = workers(&json)
         .iter()
         .find(|w| w["state"] == "idle")
         .unwrap();
     assert_eq!(idle["current_request"], Value::Null);
+    assert_eq!(idle["busy_threads"], 0);
+    assert_eq!(idle["current_requests"], Value::Array(vec![]));
 }
 
 /// `Pss` and `Private_*` of `pid` in bytes, as /proc says now.
@@ -261,6 +289,18 @@ fn metrics_parse_as_prometheus_text_and_match_the_json() {
         .iter()
         .all(|s| s.metric.starts_with("ferrocorn_")));
     assert_eq!(sample(&scrape, "ferrocorn_workers", None), Some(2.0));
+    assert_eq!(sample(&scrape, "ferrocorn_threads", None), Some(2.0));
+    assert_eq!(sample(&scrape, "ferrocorn_busy_threads", None), Some(0.0));
+    assert_eq!(
+        sample(&scrape, "ferrocorn_waiting_requests", None),
+        Some(0.0)
+    );
+    let per_worker_threads = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ferrocorn_worker_threads")
+        .count();
+    assert_eq!(per_worker_threads, 2, "one thread count per worker");
     assert_eq!(
         sample(&scrape, "ferrocorn_responses_total", Some(("class", "2xx"))),
         Some(4.0)

@@ -903,8 +903,11 @@ fn report_stuck_requests(pid: Pid, info: &mut WorkerInfo, snap: &SlotSnapshot, t
 /// `timeout` (the worker failed to interrupt or abandon it).
 fn abort_reason(pid: Pid, snap: &SlotSnapshot, timeout: Duration) -> Option<String> {
     if snap.silence > timeout {
+        // gunicorn's words, unless a stuck request of this worker was just named with them.
+        let named = snap.busy_for.is_some_and(|busy| busy > timeout);
+        let who = if named { "Worker" } else { "WORKER TIMEOUT" };
         return Some(format!(
-            "WORKER TIMEOUT (pid:{pid}) silent for {:.1}s ({})",
+            "{who} (pid:{pid}) silent for {:.1}s ({})",
             snap.silence.as_secs_f64(),
             describe_work(snap)
         ));

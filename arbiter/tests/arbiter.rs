@@ -432,15 +432,52 @@ fn a_silent_worker_is_aborted_and_the_log_names_its_request() {
             0
         })
         .code();
+    let named = log_lines(&log, "WORKER TIMEOUT");
+    let aborts = log_lines(&log, "sending SIGABRT");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 0);
+    assert_eq!(named.len(), 1, "named once: {named:?}");
+    assert!(named[0].contains("serving GET /hung for "), "{named:?}");
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert!(
+        aborts[0].contains("Worker (pid:") && aborts[0].contains(") silent for "),
+        "{aborts:?}"
+    );
+    assert!(aborts[0].contains("(serving GET /hung for "), "{aborts:?}");
+}
+
+fn a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words() {
+    let log = log_to_file("silent-idle");
+    let mut arbiter = Arbiter::new(
+        timeout_config(1),
+        MasterSignals::install().unwrap(),
+        NoHooks,
+    )
+    .unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            if ctx.age > 1 {
+                // SAFETY: kill signals our master.
+                unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                return 0;
+            }
+            ctx.slot.beat();
+            std::thread::sleep(Duration::from_secs(u64::from(PATIENCE_SECS)));
+            0
+        })
+        .code();
     let aborts = log_lines(&log, "sending SIGABRT");
     let _ = std::fs::remove_file(&log);
     assert_eq!(code, 0);
     assert_eq!(aborts.len(), 1, "{aborts:?}");
     assert!(
-        aborts[0].contains("WORKER TIMEOUT (pid:") && aborts[0].contains("silent for "),
+        aborts[0].contains("WORKER TIMEOUT (pid:")
+            && aborts[0].contains(") silent for ")
+            && aborts[0].contains("(not serving a request)"),
         "{aborts:?}"
     );
-    assert!(aborts[0].contains("(serving GET /hung for "), "{aborts:?}");
 }
 
 /// One case of this harness: like libtest's, a case with an `ignore` reason runs only under
@@ -491,6 +528,11 @@ fn main() {
         Case {
             name: "a_silent_worker_is_aborted_and_the_log_names_its_request",
             run: a_silent_worker_is_aborted_and_the_log_names_its_request,
+            ignore: None,
+        },
+        Case {
+            name: "a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words",
+            run: a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words,
             ignore: None,
         },
     ];

@@ -57,6 +57,15 @@ impl Worker<'_> {
             master_pid: ctx.master_pid,
         });
         let mut apps = self.loader.load(self.threads);
+        if apps.len() != ctx.slot.lanes() {
+            // Each app thread writes its own scoreboard lane, sized at start from --threads.
+            error!(
+                "The app loader made {} apps for {} app threads",
+                apps.len(),
+                ctx.slot.lanes()
+            );
+            return ferrocorn_arbiter::WORKER_BOOT_ERROR;
+        }
         if let Some(lists) = self.file_lists {
             lists.write(&self.loader.imported_files());
         }

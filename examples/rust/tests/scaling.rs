@@ -251,8 +251,8 @@ fn autoscaling_grows_to_the_maximum_under_load_and_shrinks_back_when_it_stops() 
 fn with_threads_a_worker_grows_only_once_all_its_threads_are_busy() {
     let mut server = start_example(&["-w", "1:2", "--threads", "2", "--scale-down-after", "60"]);
     server.wait_worker_count(1, BOOT_TIMEOUT);
-    // One client keeps one of the two threads busy: a free thread is no pressure, however long
-    // (here four of the autoscaler's 0.5 s windows).
+    // One client keeps one of the two threads busy: the free thread takes each connection at
+    // once, so nothing queues and nothing grows (here for four of the autoscaler's windows).
     let light = Load::start(server.addr(), 1, 0.3);
     let until = Instant::now() + Duration::from_secs(2); // tidy: not a wait
     while Instant::now() < until {

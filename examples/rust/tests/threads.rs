@@ -1,5 +1,6 @@
 //! `--threads` as the master sees it: the scoreboard has a lane per app thread, so `--stats`
-//! counts busy threads of all threads, and requests waiting in a worker for a free thread.
+//! counts busy threads of all threads and requests waiting in a worker for a free thread, and
+//! `--timeout` times out one thread's request while the others serve.
 
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
@@ -74,4 +75,54 @@ fn with_threads_the_stats_count_busy_threads_and_requests_waiting_for_one() {
         Some(1.0)
     );
     assert_eq!(metric(stats, "ferrocorn_busy_threads"), Some(2.0));
+}
+
+#[test]
+fn with_threads_a_stuck_request_leaves_the_other_thread_serving_until_the_worker_is_replaced() {
+    let stats = format!("127.0.0.1:{}", free_port());
+    let mut server = Server::start_bin(
+        &rust_example_bin(),
+        &[
+            "-w",
+            "1",
+            "--threads",
+            "2",
+            "--timeout",
+            "5",
+            "--stats",
+            &stats,
+        ],
+        &repo_root(),
+        &[],
+    );
+    server.wait_for_log("Stats at http://127.0.0.1:", BOOT_TIMEOUT);
+    let stats: SocketAddr = stats.parse().unwrap();
+    let first = server.wait_for_workers(1)[0];
+    let mut stuck = connect(server.addr());
+    stuck
+        .write_all(b"GET /sleep?s=60 HTTP/1.1\r\nHost: t\r\n\r\n")
+        .unwrap();
+    // The other thread of the same worker answers meanwhile.
+    let resp = get(server.addr(), "/pid");
+    assert_eq!((resp.status, resp.text()), (200, first.to_string()));
+    server.wait_for_log(
+        &format!("WORKER TIMEOUT (pid:{first}) serving GET /sleep for "),
+        BOOT_TIMEOUT,
+    );
+    let bytes = read_until_closed(&mut stuck);
+    assert!(
+        bytes.starts_with(b"HTTP/1.1 500 "),
+        "{:?}",
+        String::from_utf8_lossy(&bytes)
+    );
+    assert_replaced_and_serving(&mut server, first);
+    let log = server.log_text();
+    assert_eq!(server.count_log("WORKER TIMEOUT"), 1, "named once: {log}");
+    assert!(!log.contains("SIGABRT"), "{log}");
+    // It stopped by itself after the timeout: its exit counts as one.
+    wait_metric(
+        stats,
+        "ferrocorn_worker_exits_total{cause=\"timeout\"}",
+        1.0,
+    );
 }

@@ -43,35 +43,3 @@ fn a_stuck_rust_app_is_answered_500_and_the_worker_replaced_without_a_signal() {
         "{log}"
     );
 }
-
-#[test]
-fn with_threads_a_stuck_request_leaves_the_other_thread_serving_until_the_worker_is_replaced() {
-    let mut server = Server::start_bin(
-        &rust_example_bin(),
-        &["-w", "1", "--threads", "2", "--timeout", "5"],
-        &repo_root(),
-        &[],
-    );
-    let first = server.wait_for_workers(1)[0];
-    let mut stuck = connect(server.addr());
-    stuck
-        .write_all(b"GET /sleep?s=60 HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
-    // The other thread of the same worker answers meanwhile.
-    let resp = get(server.addr(), "/pid");
-    assert_eq!((resp.status, resp.text()), (200, first.to_string()));
-    server.wait_for_log(
-        &format!("WORKER TIMEOUT (pid:{first}) serving GET /sleep for "),
-        BOOT_TIMEOUT,
-    );
-    let bytes = read_until_closed(&mut stuck);
-    assert!(
-        bytes.starts_with(b"HTTP/1.1 500 "),
-        "{:?}",
-        String::from_utf8_lossy(&bytes)
-    );
-    assert_replaced_and_serving(&mut server, first);
-    let log = server.log_text();
-    assert_eq!(server.count_log("WORKER TIMEOUT"), 1, "named once: {log}");
-    assert!(!log.contains("SIGABRT"), "{log}");
-}

@@ -73,7 +73,7 @@ impl AppThread<'_> {
         let monitor = self.monitor;
         let beat = || monitor.beat();
         let conn = Conn {
-            sock: Sock::adopt(stream, nodelay, lane, &beat),
+            sock: Sock::adopt(stream, nodelay, lane, self.config.output_buffer, &beat),
             io_timeout: self.config.io_timeout,
             head_sent: Cell::new(false),
             awaiting_continue: Cell::new(false),

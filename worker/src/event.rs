@@ -206,8 +206,14 @@ impl<'r> IoLoop<'r> {
             if let Some(exit) = self.finished() {
                 return Ok(exit);
             }
-            let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = if self.pool.may_sleep() {
+                self.poll_timeout()
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.pool.awake();
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -230,8 +236,39 @@ impl<'r> IoLoop<'r> {
                 self.on_returned(r);
             }
             self.scan_if_due();
+            // A stop the events brought comes before any accept.
+            self.notice_state();
             self.accept();
             self.report_waiting();
+        }
+    }
+
+    /// Wait up to `limit` for every thread whose request was abandoned to give its connection
+    /// back (each wakes the loop when it does).
+    fn wait_for_abandoned(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        let mut events = Events::with_capacity(16);
+        let mut returned = Vec::new();
+        while self.pool.any_abandoned() {
+            // The loop is over: connections coming back now are only closed.
+            self.pool.take_returned(&mut returned);
+            returned.clear();
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            let left = if self.pool.may_sleep() {
+                left
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(left));
+            self.pool.awake();
+            if let Err(e) = polled {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
         }
     }
 
@@ -378,6 +415,11 @@ impl<'r> IoLoop<'r> {
     /// Accept from listener `i` while there is room; `true` when its queue was found empty.
     fn accept_from(&mut self, i: usize) -> bool {
         loop {
+            // Checked before every accept: a stopping worker takes nothing more.
+            if self.retiring.is_none() && self.control.state() != WorkerState::Running {
+                self.notice_state();
+                return false;
+            }
             if !self.has_room() && !self.starved() {
                 self.queued_since.get_or_insert_with(Instant::now);
                 return false;
@@ -1077,6 +1119,8 @@ pub(crate) fn serve(
         spawn_app_threads(scope, apps, shared)?;
         let exit = io_loop.run();
         pool.close();
+        // A thread given up on may just be slow: give it a moment to come back.
+        io_loop.wait_for_abandoned(ABANDONED_RETURN);
         if pool.any_abandoned() {
             // Its thread is stuck in the app for good, and a process cannot wait for it.
             log::error!("Worker exiting with a request still stuck in the application");
@@ -1085,6 +1129,10 @@ pub(crate) fn serve(
         exit
     })
 }
+
+/// After the loop: how long threads whose request was abandoned get to return before the
+/// process exits without them.
+const ABANDONED_RETURN: Duration = Duration::from_secs(1);
 
 /// What every app thread is given.
 #[derive(Clone, Copy)]

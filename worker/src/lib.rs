@@ -185,6 +185,10 @@ pub struct WorkerConfig {
     /// `--worker-connections`: most connections a worker holds at once (serving, reading a head,
     /// or idle between keep-alive requests); beyond it, it accepts no more until one closes.
     pub worker_connections: usize,
+    /// Most response bytes kept per connection for a client that reads slowly: up to this, the
+    /// app thread goes on (and is free once its response is complete) while the I/O thread sends
+    /// them; past it, the app thread waits for the client.
+    pub output_buffer: usize,
 }
 
 impl Default for WorkerConfig {
@@ -199,6 +203,7 @@ impl Default for WorkerConfig {
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
             timeout: None,
             worker_connections: 1000,
+            output_buffer: 256 * 1024,
         }
     }
 }

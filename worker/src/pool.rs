@@ -178,6 +178,8 @@ pub(crate) struct Pool {
     pub(crate) lanes: Vec<Lane>,
     /// Responses from now on close their connection (the worker stops or retires).
     closing: AtomicBool,
+    /// The I/O thread is (about to be) asleep in its poll: only then does it need a wake-up.
+    io_asleep: AtomicBool,
 }
 
 impl Pool {
@@ -193,6 +195,7 @@ impl Pool {
             waker,
             lanes: (0..threads).map(|_| Lane::new()).collect(),
             closing: AtomicBool::new(false),
+            io_asleep: AtomicBool::new(false),
         }
     }
 
@@ -201,13 +204,15 @@ impl Pool {
     }
 
     /// Hand a request to an app thread. Returns how many wait for a thread now.
-    pub(crate) fn push(&self, job: Job) -> usize {
+    pub(crate) fn push(&self, job: Job) {
         let mut q = self.queue();
         q.jobs.push_back(job);
-        let waiting = q.jobs.len();
+        // A thread that is not waiting takes the job when it next looks: no wake-up needed.
+        let someone_waits = q.idle >= q.jobs.len();
         drop(q);
-        self.job_ready.notify_one();
-        waiting
+        if someone_waits {
+            self.job_ready.notify_one();
+        }
     }
 
     /// Idle app threads less the jobs already waiting for one (may be negative).
@@ -226,7 +231,7 @@ impl Pool {
         }
         q.idle += 1;
         // The I/O thread may accept again (and takes the connection back).
-        self.wake();
+        self.wake_if_asleep();
         loop {
             if let Some(job) = q.jobs.pop_front() {
                 q.idle -= 1;
@@ -245,11 +250,31 @@ impl Pool {
         self.queue().jobs.len()
     }
 
-    /// Wake the I/O thread (a thread became idle, or a connection came back).
-    pub(crate) fn wake(&self) {
+    /// Wake the I/O thread (a thread became idle, or a connection came back) if it sleeps; an
+    /// I/O thread still at work looks at the queue before it sleeps (see [`Pool::may_sleep`]).
+    fn wake_if_asleep(&self) {
+        if !self.io_asleep.load(Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = self.waker.wake() {
             log::error!("waking the I/O thread failed: {e}");
         }
+    }
+
+    /// The I/O thread is about to sleep: `false` when a connection came back meanwhile (then it
+    /// must not). Either the app thread sees the flag and wakes it, or this sees its connection.
+    pub(crate) fn may_sleep(&self) -> bool {
+        self.io_asleep.store(true, Ordering::SeqCst);
+        if self.queue().returned.is_empty() {
+            return true;
+        }
+        self.awake();
+        false
+    }
+
+    /// The I/O thread is awake (after its poll).
+    pub(crate) fn awake(&self) {
+        self.io_asleep.store(false, Ordering::SeqCst);
     }
 
     /// The connections given back since the last call.

@@ -370,6 +370,49 @@ fn with_two_threads_a_slow_reader_of_ten_megabytes_does_not_block_the_worker() {
     assert_big_body_read_at_last(reader, SIZE);
 }
 
+// ---- slow bodies -----------------------------------------------------------------------------
+
+#[test]
+fn a_small_body_sent_slowly_does_not_hold_the_only_app_thread() {
+    let server = start_one_worker(&["--threads", "1"]);
+    let addr = server.addr();
+    let mut slow = Client::connect(addr);
+    slow.send(b"POST /sha256 HTTP/1.1\r\nHost: test\r\nContent-Length: 10\r\n\r\nhalf.");
+    // The worker reads a small body before it calls the app: the app thread is free meanwhile.
+    let mut other = impatient_client(addr);
+    let resp = other
+        .read_after_send(GET_KEEP_ALIVE)
+        .unwrap_or_else(|e| panic!("a client behind a slow 10-byte body: {e}"));
+    assert_hello_kept_alive(&resp, "the other client");
+    slow.send(b"rest!");
+    let resp = slow.read_response();
+    let expected = format!("10 {} 1\n", sha256_hex(b"half.rest!"));
+    assert_eq!((resp.status, resp.text()), (200, expected));
+}
+
+/// The new form of wsgi_e2e's `python_threads_run_while_the_worker_waits_for_a_slow_body`: a
+/// 10-byte body is now read before the app is called, so the app only waits in
+/// `wsgi.input.read()` for a body too big for the worker to read first.
+#[test]
+fn python_threads_run_while_an_app_thread_waits_for_a_slow_big_body() {
+    const SIZE: usize = 100_000;
+    let mut server = start_test_app("ticker:app", &["-w", "1"]);
+    server.wait_for_workers(1);
+    let mut slow = Client::connect(server.addr());
+    slow.send(
+        format!("POST / HTTP/1.1\r\nHost: t\r\nContent-Length: {SIZE}\r\nConnection: close\r\n\r\nhalf.")
+            .as_bytes(),
+    );
+    server.wait_for_log("ticker reading the body", BOOT_TIMEOUT);
+    // The app now blocks in wsgi.input.read(); the ticker thread must keep going meanwhile.
+    let line = server.wait_for_log("ticker tick", BOOT_TIMEOUT);
+    let first: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
+    server.wait_for_log(&format!("ticker tick {}", first + 5), BOOT_TIMEOUT);
+    slow.send(&vec![b'x'; SIZE - 5]);
+    let resp = slow.read_response();
+    assert_eq!((resp.status, resp.text()), (200, format!("read {SIZE}\n")));
+}
+
 // ---- keep-alive under load -------------------------------------------------------------------
 
 /// What one keep-alive client saw.

@@ -297,8 +297,7 @@ fn slowloris_does_not_delay_normal_requests_and_each_trickler_is_cut_at_the_head
     );
     assert!(
         failed.is_empty(),
-        "{} of {NORMAL} normal requests failed: {:?}\nlog:\n{}",
-        failed.len(),
+        "normal requests (of {NORMAL}) failed: {:?}\nlog:\n{}",
         &failed[..failed.len().min(5)],
         server.log_text()
     );
@@ -368,6 +367,32 @@ fn with_two_threads_a_slow_reader_of_ten_megabytes_does_not_block_the_worker() {
         assert_eq!((resp.status, resp.text()), (200, pid.clone()), "one worker");
     }
     assert_big_body_read_at_last(reader, SIZE);
+}
+
+// ---- accepting ---------------------------------------------------------------------------------
+
+#[test]
+fn a_worker_whose_only_thread_is_busy_leaves_new_connections_to_its_idle_sibling() {
+    const CLIENTS: usize = 20;
+    let mut server = start_test_app(APP, &["-w", "2", "--threads", "1"]);
+    server.wait_for_workers(2);
+    let addr = server.addr();
+    let mut busy = Client::connect(addr);
+    busy.send(b"GET /slowish?ms=4000 HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
+    let line = server.wait_for_log("slowish 4000 ms in ", BOOT_TIMEOUT);
+    let busy_pid = line.rsplit(' ').next().unwrap().to_string();
+    // Each on a new connection, while the busy worker's request runs: none may be accepted (and
+    // kept waiting) by the busy worker.
+    for i in 0..CLIENTS {
+        let pid = get(addr, "/pid").text();
+        assert_ne!(
+            pid.trim(),
+            busy_pid,
+            "client #{i} was taken by the busy worker"
+        );
+    }
+    let resp = busy.read_response();
+    assert_eq!((resp.status, resp.text().trim()), (200, busy_pid.as_str()));
 }
 
 // ---- slow bodies -----------------------------------------------------------------------------

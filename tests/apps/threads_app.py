@@ -10,7 +10,7 @@ Routes:
                            "LENGTH SHA256HEX MAX"
   GET  /multithread        wsgi.multithread and wsgi.multiprocess, as "True False" say
   GET  /big?bytes=N        N bytes of a repeating pattern, with Content-Length
-  GET  /slowish?ms=N       sleeps N ms, answers the pid
+  GET  /slowish?ms=N       says "slowish N ms in PID" on wsgi.errors, sleeps N ms, answers the pid
   GET  /spin               a Python busy loop for 60 s (says "spinning" on wsgi.errors first)
   GET  /sleep              time.sleep(60) (says "sleeping" on wsgi.errors first)
 """
@@ -103,7 +103,11 @@ def big(environ, start_response):
 
 
 def slowish(environ, start_response):
-    time.sleep(int(_query(environ)["ms"]) / 1000)
+    ms = int(_query(environ)["ms"])
+    # A readiness signal for tests: the request is inside the app now.
+    environ["wsgi.errors"].write("slowish %d ms in %d\n" % (ms, os.getpid()))
+    environ["wsgi.errors"].flush()
+    time.sleep(ms / 1000)
     return _text(start_response, b"%d\n" % os.getpid())
 
 

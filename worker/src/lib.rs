@@ -34,7 +34,9 @@ mod memory;
 mod pool;
 mod request;
 mod response;
+mod serve;
 mod sock;
+mod watchdog;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -185,6 +187,10 @@ pub struct WorkerConfig {
     /// `--worker-connections`: most connections a worker holds at once (serving, reading a head,
     /// or idle between keep-alive requests); beyond it, it accepts no more until one closes.
     pub worker_connections: usize,
+    /// Most response bytes kept per connection for a client that reads slowly: up to this, the
+    /// app thread goes on (and is free once its response is complete) while the I/O thread sends
+    /// them; past it, the app thread waits for the client.
+    pub output_buffer: usize,
 }
 
 impl Default for WorkerConfig {
@@ -199,6 +205,7 @@ impl Default for WorkerConfig {
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
             timeout: None,
             worker_connections: 1000,
+            output_buffer: 256 * 1024,
         }
     }
 }
@@ -282,7 +289,7 @@ pub fn run_with(
             "a worker needs at least one app thread",
         ));
     }
-    event::serve(apps, listeners, config, control, monitor)
+    serve::serve(apps, listeners, config, control, monitor)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

@@ -85,10 +85,6 @@ pub(crate) fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
 }
 
-/// Most response bytes kept for the I/O thread to send when the client reads slowly: up to this,
-/// the app thread goes on (and is free once its response is complete); past it, it waits.
-pub(crate) const OUTPUT_BOUND: usize = 256 * 1024;
-
 /// How to close a connection the client may still be sending on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Linger {
@@ -121,9 +117,11 @@ pub(crate) struct Sock<'b> {
     nodelay: Cell<bool>,
     /// The app thread's lane: its claim on the response is checked before each send.
     lane: Option<&'b Lane>,
-    /// Response bytes the socket would not take yet (up to [`OUTPUT_BOUND`]); later sends queue
+    /// Response bytes the socket would not take yet (up to `out_bound`); later sends queue
     /// behind them.
     out: RefCell<Vec<u8>>,
+    /// See [`crate::WorkerConfig::output_buffer`]; 0 in memory.
+    out_bound: usize,
 }
 
 enum Io {
@@ -158,18 +156,20 @@ impl std::fmt::Debug for Sock<'_> {
 }
 
 impl<'b> Sock<'b> {
-    /// A connection the I/O loop accepted (already non-blocking), served on `lane`'s thread.
-    /// `nodelay`: TCP_NODELAY is already on.
+    /// A connection the I/O loop accepted (already non-blocking), served on `lane`'s thread,
+    /// buffering up to `out_bound` bytes for a slow reader. `nodelay`: TCP_NODELAY is already on.
     pub(crate) fn adopt(
         stream: Stream,
         nodelay: bool,
         lane: &'b Lane,
+        out_bound: usize,
         beat: &'b dyn Fn(),
     ) -> Sock<'b> {
         let tcp = matches!(stream, Stream::Tcp(_));
         let mut sock = Sock::with_io(Io::Socket { stream, tcp }, beat);
         sock.nodelay.set(nodelay);
         sock.lane = Some(lane);
+        sock.out_bound = out_bound;
         sock
     }
 
@@ -198,6 +198,7 @@ impl<'b> Sock<'b> {
             nodelay: Cell::new(false),
             lane: None,
             out: RefCell::new(Vec::new()),
+            out_bound: 0,
         }
     }
 
@@ -287,7 +288,7 @@ impl<'b> Sock<'b> {
 
     /// Write all of `data`, each wait for the socket to drain bounded by `timeout`. `more` tells TCP
     /// that more data follows at once (MSG_MORE), so a head and a sendfile body share packets.
-    /// When the socket is full, up to [`OUTPUT_BOUND`] bytes wait in the connection's output
+    /// When the socket is full, up to `out_bound` bytes wait in the connection's output
     /// instead (only for connections of the I/O loop), so a slow reader does not hold the app.
     pub(crate) fn write_all(&self, data: &[u8], timeout: Duration, more: bool) -> io::Result<()> {
         let (fd, tcp) = match &self.io {
@@ -350,7 +351,7 @@ impl<'b> Sock<'b> {
     /// Queue `data` behind the output already waiting, if the bound allows.
     fn queue_output(&self, data: &[u8]) -> bool {
         let mut out = self.out.borrow_mut();
-        if out.len() + data.len() > OUTPUT_BOUND {
+        if out.len() + data.len() > self.out_bound {
             return false;
         }
         out.extend_from_slice(data);

@@ -7,7 +7,7 @@ use ferrocorn_worker::{Completed, Monitor, RequestHead, WorkerConfig};
 use log::{debug, error, info};
 
 use crate::access_log::AccessLog;
-use crate::statsd::Statsd;
+use crate::statsd::{RequestMetrics, Statsd};
 
 use crate::logging::LogFile;
 use crate::privileges::Owner;
@@ -64,7 +64,7 @@ impl Worker<'_> {
             signals: &ctx.signals,
             log_file: self.log_file,
             access_log,
-            statsd: self.statsd,
+            statsd: self.statsd.map(RequestMetrics::new),
         };
         let served = ferrocorn_worker::run(
             &mut *app,
@@ -73,6 +73,7 @@ impl Worker<'_> {
             &ctx.signals,
             &mut monitor,
         );
+        monitor.flush();
         if ctx.signals.state() == ferrocorn_signals::WorkerState::Exit {
             self.loader.interrupted();
         }
@@ -96,14 +97,38 @@ struct WorkerMonitor<'a> {
     signals: &'a WorkerSignals,
     log_file: &'a LogFile,
     access_log: Option<AccessLog>,
-    statsd: Option<&'a Statsd>,
+    statsd: Option<RequestMetrics<'a>>,
+}
+
+impl WorkerMonitor<'_> {
+    /// Write the access log lines and send the metrics still waiting.
+    fn flush(&mut self) {
+        if let Some(log) = &mut self.access_log {
+            log.flush();
+        }
+        if let Some(metrics) = &mut self.statsd {
+            metrics.flush();
+        }
+    }
+
+    /// Write and send what has waited long enough (see `batch.rs`).
+    fn flush_if_due(&mut self) {
+        if let Some(log) = &mut self.access_log {
+            log.flush_if_due();
+        }
+        if let Some(metrics) = &mut self.statsd {
+            metrics.flush_if_due();
+        }
+    }
 }
 
 impl Monitor for WorkerMonitor<'_> {
-    /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
-    /// and moves its fd 2 to the new log file, as the master does.
+    /// Called at least once a second: besides beating, it is where a worker sends the access
+    /// log lines and metrics that have waited, and notices SIGUSR1 and moves its fd 2 to the
+    /// new log file, as the master does (the access log writes its waiting lines first).
     fn beat(&mut self) {
         self.slot.beat();
+        self.flush_if_due();
         if self.signals.take_reopen_logs() {
             match self.log_file.open() {
                 Ok(()) => info!("Worker reopened its log file"),
@@ -129,8 +154,8 @@ impl Monitor for WorkerMonitor<'_> {
         if let Some(log) = &mut self.access_log {
             log.log(done);
         }
-        if let Some(statsd) = self.statsd {
-            statsd.request(done);
+        if let Some(metrics) = &mut self.statsd {
+            metrics.request(done);
         }
     }
 

@@ -334,7 +334,8 @@ fn throughput_failures(rows: &[Row]) -> Vec<String> {
 /// ferrocorn's throughput on hello.py with the access log (to a file), the `--stats` endpoint
 /// and statsd (to a local UDP socket nobody reads) on, against without: observability must cost
 /// little (target ≥ 0.95).
-/// Each variant's best of three interleaved rounds, at `--duration` in all.
+/// Each variant's best of [`ROUNDS_PER_VARIANT`] × variants interleaved rounds, at `--duration`
+/// in all.
 fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     let hello = hello_target(env);
     let ferrocorn = SERVERS
@@ -406,21 +407,28 @@ fn logging_variants(access_log: &str, statsd: &str) -> Result<[(&'static str, Ve
     ])
 }
 
+/// Rounds of the logging bench, per variant compared.
+const ROUNDS_PER_VARIANT: usize = 3;
+
 /// Load the servers in turn, a few rounds sharing `--duration`; each one's best round.
 fn best_of_rounds(
     servers: &[(&str, Running)],
     hello: &Target,
     settings: &Settings,
 ) -> Vec<Option<Load>> {
-    const ROUNDS: u32 = 3;
-    let mut best: Vec<Option<Load>> = vec![None; servers.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, server)) in servers.iter().enumerate() {
+    // Short rounds, each started by another variant, so none is always loaded first or last
+    // and each meets the machine's other load (builds, other benches) alike.
+    let variants = servers.len();
+    let rounds = ROUNDS_PER_VARIANT * variants;
+    let mut best: Vec<Option<Load>> = vec![None; variants];
+    for round in 0..rounds {
+        for i in (0..variants).map(|k| (k + round) % variants) {
+            let server = &servers[i].1;
             let result = load(
                 server.addr,
                 hello.path,
                 settings.connections,
-                settings.duration / ROUNDS,
+                settings.duration / rounds as u32,
             );
             if best[i].as_ref().is_none_or(|b| result.rps > b.rps) {
                 best[i] = Some(result);

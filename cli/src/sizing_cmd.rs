@@ -377,9 +377,9 @@ fn run(advisor: &AdvisorArgs, options: &Options, raw: &[OsString]) -> Result<()>
     Ok(())
 }
 
-/// Step length from the time budget: about 25 windows in all, each 0.4 to 3 seconds.
+/// Step length from the time budget ([`ferrocorn_sizing::advisor::step_timing`]).
 fn sweep_config(advisor: &AdvisorArgs, options: &Options, budget: &Budget) -> SweepConfig {
-    let window = (advisor.duration / 25).clamp(Duration::from_millis(400), Duration::from_secs(3));
+    let timing = ferrocorn_sizing::advisor::step_timing(advisor.duration);
     SweepConfig {
         memory_budget: budget.effective,
         cpus: budget.cpu.cpus,
@@ -390,8 +390,8 @@ fn sweep_config(advisor: &AdvisorArgs, options: &Options, budget: &Budget) -> Sw
         threads: options.threads,
         preload: options.preload,
         compare_preload: true,
-        warmup: window / 2,
-        window,
+        warmup: timing.warmup,
+        window: timing.window,
     }
 }
 

@@ -2,9 +2,12 @@
 //! atoms (`h l u t r m U q H s B b f a T M D L p`, `{header}i`, `{header}o`, `{var}e`), default
 //! format and escaping (`"` in a value becomes `\"`; an unknown atom is `-`).
 //!
-//! The format is compiled once; each worker opens the file itself (`O_APPEND`) and writes each
-//! line with one `write`, so lines of several workers never interleave and none is buffered when
-//! a worker stops. SIGUSR1 reopens it (the master re-creates it and hands it to `--user` first).
+//! The format is compiled once; each worker opens the file itself (`O_APPEND`) and formats its
+//! lines into one reused buffer, written with one `write` of whole lines (at most `PIPE_BUF`
+//! bytes, so lines of several workers never interleave, in a file or a pipe) once it is full or
+//! [`FLUSH_AFTER`](crate::batch::FLUSH_AFTER) old, at the next heartbeat when idle, and before a
+//! reopen or exit, so none is lost when a worker stops. SIGUSR1 reopens it (the master
+//! re-creates it and hands it to `--user` first).
 
 use std::fmt::Write as _;
 use std::fs::{File, OpenOptions};
@@ -15,6 +18,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use ferrocorn_worker::{Completed, PeerAddr};
 
+use crate::batch::Batch;
 use crate::error::{Context, Result};
 
 /// gunicorn's default `access_log_format`.
@@ -84,16 +88,15 @@ impl AccessFormat {
             .any(|p| matches!(p, Piece::Environ(_)) || *p == Piece::Atom("U".into()))
     }
 
-    /// The log line for `done` (with its newline), as gunicorn would write it; `time` is the
-    /// request's `[...]` time ([`clf_time`]).
-    pub fn line(&self, done: &Completed<'_>, pid: u32, time: &str) -> String {
-        let mut out = String::with_capacity(160);
+    /// Append the log line for `done` (with its newline) to `out`, as gunicorn would write it;
+    /// `time` is the request's `[...]` time ([`clf_time`]).
+    pub fn push_line(&self, out: &mut String, done: &Completed<'_>, pid: u32, time: &str) {
         for piece in &self.pieces {
             match piece {
                 Piece::Text(t) => out.push_str(t),
-                Piece::Atom(name) => push_atom(&mut out, name, done, pid, time),
+                Piece::Atom(name) => push_atom(out, name, done, pid, time),
                 Piece::RequestHeader(name) => match last_header(done.head.headers(), name) {
-                    Some(value) => push_latin1_escaped(&mut out, value),
+                    Some(value) => push_latin1_escaped(out, value),
                     None => out.push('-'),
                 },
                 Piece::ResponseHeader(name) => {
@@ -102,18 +105,17 @@ impl AccessFormat {
                         .iter()
                         .map(|(n, v)| (n.as_slice(), v.as_slice()));
                     match last_header(headers, name) {
-                        Some(value) => push_latin1_escaped(&mut out, value),
+                        Some(value) => push_latin1_escaped(out, value),
                         None => out.push('-'),
                     }
                 }
                 Piece::Environ(name) => {
                     let value = environ(name, done);
-                    push_escaped(&mut out, value.as_deref().unwrap_or("-"));
+                    push_escaped(out, value.as_deref().unwrap_or("-"));
                 }
             }
         }
         out.push('\n');
-        out
     }
 }
 
@@ -153,7 +155,7 @@ fn piece_for(name: &str) -> Piece {
 fn push_atom(out: &mut String, name: &str, done: &Completed<'_>, pid: u32, time: &str) {
     let head = done.head;
     match name {
-        "h" => out.push_str(&remote_addr(done.peer)),
+        "h" => push_remote_addr(out, done.peer),
         "u" => push_escaped(out, basic_auth_user(done).as_deref().unwrap_or("-")),
         "t" => out.push_str(time),
         "r" => {
@@ -206,9 +208,14 @@ fn push_number(out: &mut String, n: u128) {
 
 /// gunicorn's `REMOTE_ADDR`: the peer's IP, empty for a unix socket.
 fn remote_addr(peer: &PeerAddr) -> String {
-    match peer {
-        PeerAddr::Tcp(addr) => addr.ip().to_string(),
-        PeerAddr::Unix => String::new(),
+    let mut out = String::new();
+    push_remote_addr(&mut out, peer);
+    out
+}
+
+fn push_remote_addr(out: &mut String, peer: &PeerAddr) {
+    if let PeerAddr::Tcp(addr) = peer {
+        let _ = write!(out, "{}", addr.ip());
     }
 }
 
@@ -345,7 +352,13 @@ pub struct AccessLog {
     clock: ClfClock,
     path: Option<PathBuf>,
     file: Option<File>,
+    pending: Batch,
+    /// The `p` atom: the worker's pid, read when it opens the log.
+    pid: u32,
 }
+
+/// The most bytes of one write: what a pipe takes in one piece (a longer line goes alone).
+const WRITE_LIMIT: usize = libc::PIPE_BUF;
 
 impl AccessLog {
     /// Opens nothing yet: each worker calls [`AccessLog::open`] after dropping privileges.
@@ -355,6 +368,8 @@ impl AccessLog {
             clock: ClfClock::default(),
             path: (path != Path::new("-")).then(|| path.to_path_buf()),
             file: None,
+            pending: Batch::new(WRITE_LIMIT),
+            pid: std::process::id(),
         }
     }
 
@@ -371,26 +386,58 @@ impl AccessLog {
         }
     }
 
-    /// (Re)open the file for appending.
+    /// (Re)open the file for appending; the lines still waiting go to the file they were
+    /// logged to first.
     pub fn open(&mut self) -> Result<()> {
+        self.flush();
+        self.pid = std::process::id();
         if let Some(path) = &self.path {
             self.file = Some(open_append(path)?);
         }
         Ok(())
     }
 
-    /// Write `done`'s line, in one `write`.
+    /// Add `done`'s line to those waiting; written once they fill a write.
     pub fn log(&mut self, done: &Completed<'_>) {
         let time = self.clock.format(done.started_at);
-        let line = self.format.line(done, std::process::id(), time);
-        let written = match &mut self.file {
-            Some(file) => file.write_all(line.as_bytes()),
-            None if self.path.is_none() => std::io::stdout().lock().write_all(line.as_bytes()),
-            None => Ok(()),
-        };
-        if let Err(e) = written {
-            log::error!("cannot write the access log: {e}");
+        let (format, file, to_stdout) = (&self.format, &mut self.file, self.path.is_none());
+        let pid = self.pid;
+        self.pending.append(
+            |out| format.push_line(out, done, pid, time),
+            |lines| write_lines(file, to_stdout, lines),
+        );
+    }
+
+    /// Write the waiting lines if they have waited long enough (called at each heartbeat).
+    pub fn flush_if_due(&mut self) {
+        if self.pending.due() {
+            self.flush();
         }
+    }
+
+    /// Write the waiting lines now.
+    pub fn flush(&mut self) {
+        let (file, to_stdout) = (&mut self.file, self.path.is_none());
+        self.pending
+            .flush(|lines| write_lines(file, to_stdout, lines));
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        self.flush();
+    }
+}
+
+/// One `write` of whole lines, to the file or to stdout (`-`).
+fn write_lines(file: &mut Option<File>, to_stdout: bool, lines: &str) {
+    let written = match file {
+        Some(file) => file.write_all(lines.as_bytes()),
+        None if to_stdout => std::io::stdout().lock().write_all(lines.as_bytes()),
+        None => Ok(()),
+    };
+    if let Err(e) = written {
+        log::error!("cannot write the access log: {e}");
     }
 }
 

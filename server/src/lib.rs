@@ -19,6 +19,7 @@
 #![warn(missing_docs)]
 
 pub mod access_log;
+mod batch;
 mod bind;
 mod daemon;
 mod error;

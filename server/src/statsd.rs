@@ -1,15 +1,22 @@
 //! gunicorn's statsd metrics (`--statsd-host`, `--statsd-prefix`, `--dogstatsd-tags`), same
 //! names and wire format, so existing dashboards work: per request `gunicorn.request.duration`
 //! (ms), `gunicorn.requests` and `gunicorn.request.status.NNN`, from each worker; the
-//! `gunicorn.workers` gauge from the master. A request's metrics share one UDP datagram
-//! (newline-separated, which statsd agents accept); a lost one is lost.
+//! `gunicorn.workers` gauge from the master. A worker's metrics share UDP datagrams
+//! (newline-separated, which statsd agents accept) of up to [`PACKET_LIMIT`] bytes, sent when
+//! full or [`FLUSH_AFTER`](crate::batch::FLUSH_AFTER) old (see [`RequestMetrics`]); a lost one
+//! is lost.
 
 use std::fmt::Write as _;
 use std::net::UdpSocket;
 
 use ferrocorn_worker::Completed;
 
+use crate::batch::Batch;
 use crate::error::{Context, Result};
+
+/// The largest datagram sent: fits an Ethernet frame with room for IP and UDP headers, the
+/// size statsd clients use on a LAN.
+pub const PACKET_LIMIT: usize = 1432;
 
 /// A connected UDP socket and what every metric line gets.
 #[derive(Debug)]
@@ -59,23 +66,20 @@ impl Statsd {
         })
     }
 
-    /// The metrics of one finished request, in one datagram (statsd and DogStatsD agents take
-    /// several newline-separated metrics per packet): one `send` per request, not three.
-    pub fn request(&self, done: &Completed<'_>) {
+    /// Append the metrics of one finished request to `packet`, a line each.
+    fn push_request(&self, packet: &mut String, done: &Completed<'_>) {
         let ms = millis(done.duration);
-        let mut packet = String::with_capacity(200);
         self.push(
-            &mut packet,
+            packet,
             format_args!("gunicorn.request.duration:{}|ms", python_float(ms)),
         );
-        self.push(&mut packet, format_args!("gunicorn.requests:1|c|@1.0"));
+        self.push(packet, format_args!("gunicorn.requests:1|c|@1.0"));
         if let Some(status) = done.status {
             self.push(
-                &mut packet,
+                packet,
                 format_args!("gunicorn.request.status.{status}:1|c|@1.0"),
             );
         }
-        self.send(&packet);
     }
 
     /// The number of workers running.
@@ -85,21 +89,67 @@ impl Statsd {
         self.send(&packet);
     }
 
-    /// Append one metric line (prefix, metric, tags) to `packet`.
+    /// Append one metric line (prefix, metric, tags, newline) to `packet`.
     fn push(&self, packet: &mut String, metric: std::fmt::Arguments<'_>) {
-        if !packet.is_empty() {
-            packet.push('\n');
-        }
         let _ = write!(packet, "{}{metric}", self.prefix);
         if !self.tags.is_empty() {
             packet.push_str("|#");
             packet.push_str(&self.tags);
         }
+        packet.push('\n');
     }
 
-    fn send(&self, packet: &str) {
+    /// Send metric lines as one datagram, without the last newline (as gunicorn's packets).
+    fn send(&self, lines: &str) {
+        let packet = lines.strip_suffix('\n').unwrap_or(lines);
         // A full socket buffer or an absent listener loses metrics, as UDP does in gunicorn.
         let _ = self.sock.send(packet.as_bytes());
+    }
+}
+
+/// A worker's request metrics on their way to statsd, gathered into datagrams: one `send` per
+/// request cost more than the rest of the request's metrics work.
+#[derive(Debug)]
+pub struct RequestMetrics<'a> {
+    statsd: &'a Statsd,
+    pending: Batch,
+}
+
+impl<'a> RequestMetrics<'a> {
+    /// Nothing waiting yet.
+    pub fn new(statsd: &'a Statsd) -> RequestMetrics<'a> {
+        RequestMetrics {
+            statsd,
+            pending: Batch::new(PACKET_LIMIT),
+        }
+    }
+
+    /// Add the metrics of one finished request; sent once they fill a datagram.
+    pub fn request(&mut self, done: &Completed<'_>) {
+        let statsd = self.statsd;
+        self.pending.append(
+            |packet| statsd.push_request(packet, done),
+            |lines| statsd.send(lines),
+        );
+    }
+
+    /// Send the waiting metrics if they have waited long enough (called at each heartbeat).
+    pub fn flush_if_due(&mut self) {
+        if self.pending.due() {
+            self.flush();
+        }
+    }
+
+    /// Send the waiting metrics now.
+    pub fn flush(&mut self) {
+        let statsd = self.statsd;
+        self.pending.flush(|lines| statsd.send(lines));
+    }
+}
+
+impl Drop for RequestMetrics<'_> {
+    fn drop(&mut self) {
+        self.flush();
     }
 }
 

@@ -8,7 +8,7 @@ use log::{debug, error, info};
 use std::sync::Mutex;
 
 use crate::access_log::AccessLog;
-use crate::statsd::Statsd;
+use crate::statsd::{RequestMetrics, Statsd};
 
 use crate::logging::LogFile;
 use crate::privileges::Owner;
@@ -76,10 +76,11 @@ impl Worker<'_> {
             signals: &ctx.signals,
             log_file: self.log_file,
             access_log: access_log.map(Mutex::new),
-            statsd: self.statsd,
+            statsd: self.statsd.map(|s| Mutex::new(RequestMetrics::new(s))),
         };
         let served =
             ferrocorn_worker::run(&mut apps, self.listeners, &config, &ctx.signals, &monitor);
+        monitor.flush();
         if ctx.signals.state() == ferrocorn_signals::WorkerState::Exit {
             self.loader.interrupted();
         }
@@ -104,14 +105,38 @@ struct WorkerMonitor<'a> {
     log_file: &'a LogFile,
     /// Shared by the app threads; a line is written whole under the lock.
     access_log: Option<Mutex<AccessLog>>,
-    statsd: Option<&'a Statsd>,
+    statsd: Option<Mutex<RequestMetrics<'a>>>,
+}
+
+impl WorkerMonitor<'_> {
+    /// Write the access log lines and send the metrics still waiting.
+    fn flush(&self) {
+        if let Some(log) = &self.access_log {
+            lock(log).flush();
+        }
+        if let Some(metrics) = &self.statsd {
+            lock(metrics).flush();
+        }
+    }
+
+    /// Write and send what has waited long enough (see `batch.rs`).
+    fn flush_if_due(&self) {
+        if let Some(log) = &self.access_log {
+            lock(log).flush_if_due();
+        }
+        if let Some(metrics) = &self.statsd {
+            lock(metrics).flush_if_due();
+        }
+    }
 }
 
 impl Monitor for WorkerMonitor<'_> {
-    /// Called at least once a second: besides beating, it is where a worker notices SIGUSR1
-    /// and moves its fd 2 to the new log file, as the master does.
+    /// Called at least once a second: besides beating, it is where a worker sends the access
+    /// log lines and metrics that have waited, and notices SIGUSR1 and moves its fd 2 to the
+    /// new log file, as the master does (the access log writes its waiting lines first).
     fn beat(&self) {
         self.slot.beat();
+        self.flush_if_due();
         if self.signals.take_reopen_logs() {
             match self.log_file.open() {
                 Ok(()) => info!("Worker reopened its log file"),
@@ -138,8 +163,8 @@ impl Monitor for WorkerMonitor<'_> {
         if let Some(log) = &self.access_log {
             lock(log).log(done);
         }
-        if let Some(statsd) = self.statsd {
-            statsd.request(done);
+        if let Some(metrics) = &self.statsd {
+            lock(metrics).request(done);
         }
     }
 
@@ -162,9 +187,10 @@ impl Monitor for WorkerMonitor<'_> {
     }
 }
 
-/// The access log, also after a thread panicked holding it (a line is all it could have cut).
-fn lock(log: &Mutex<AccessLog>) -> std::sync::MutexGuard<'_, AccessLog> {
-    log.lock().unwrap_or_else(|e| e.into_inner())
+/// The access log or the metrics, also after a thread panicked holding them (a line is all it
+/// could have cut).
+fn lock<T>(shared: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    shared.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A worker's share of `--max-requests-jitter`, spread by pid so workers restart at different

@@ -23,6 +23,34 @@ pub const PATIENCE: usize = 2;
 /// Throughput falling below this share of the best means the server thrashes.
 pub const COLLAPSE_RPS: f64 = 0.7;
 
+/// A sweep step's load before its measurement and the measured window, for a run of
+/// `duration`: about 25 windows in all, each 0.4 to 3 seconds, a half window of warm-up. The
+/// step's memory is read when both are over, so a second measurement of the same server
+/// (`cargo xtask bench`'s sizing truth) reads it after as much load.
+pub fn step_timing(duration: Duration) -> StepTiming {
+    let window = (duration / 25).clamp(Duration::from_millis(400), Duration::from_secs(3));
+    StepTiming {
+        warmup: window / 2,
+        window,
+    }
+}
+
+/// See [`step_timing`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepTiming {
+    /// Load before the measurement.
+    pub warmup: Duration,
+    /// The measured window.
+    pub window: Duration,
+}
+
+impl StepTiming {
+    /// Load from the first request to the memory reading.
+    pub fn until_memory_read(&self) -> Duration {
+        self.warmup + self.window
+    }
+}
+
 /// What one step of the sweep runs.
 #[derive(Debug, Clone, PartialEq)]
 pub struct StepPlan {
@@ -70,8 +98,11 @@ pub struct StepResult {
     pub worker_cpu_wait: f64,
     /// The master, after the window.
     pub master: ProcessMemory,
-    /// Each worker, after the window.
+    /// Each worker (and any process the server started under them), after the window.
     pub worker_memory: Vec<ProcessMemory>,
+    /// [`StepResult::total_pss`] after the warm-up, before the window (0: not measured): how
+    /// much the footprint still moved during the window tells how much to leave free.
+    pub total_pss_before: u64,
     /// Mean worker USS after the warm-up, before the window: the start of its growth.
     pub worker_uss_before: u64,
     /// Wall time of the whole step (start, warm-up, window, stop), for the time budget.
@@ -375,7 +406,7 @@ impl<B: Bench> Engine<'_, B> {
         if last.workers >= self.config.max_workers {
             return Err(StopReason::MaxWorkers);
         }
-        let fit = workers_that_fit(last, usable_budget(self.config.memory_budget));
+        let fit = workers_that_fit(last, usable_budget(last, self.config.memory_budget));
         let mut next = next_count(last.workers);
         if self.scales_linearly() {
             // Far from the knee: skip a step (refinement comes back if it overshoots).
@@ -623,23 +654,35 @@ impl<B: Bench> Engine<'_, B> {
     }
 }
 
-/// Share of the memory budget a recommendation leaves free: a worker's PSS moves by a few hundred
-/// KiB between runs (pages the master or a sibling touch change who shares them), so a count
-/// measured just under the budget can land just over it in production.
+/// Share of the memory budget a recommendation leaves free at least: a worker's PSS moves by a
+/// few hundred KiB between runs (pages the master or a sibling touch change who shares them),
+/// so a count measured just under the budget can land just over it in production.
 pub const BUDGET_HEADROOM: f64 = 0.02;
 
-/// What of `budget` the workers may fill: all but [`BUDGET_HEADROOM`].
-pub fn usable_budget(budget: u64) -> u64 {
-    (budget as f64 * (1.0 - BUDGET_HEADROOM)) as u64
+/// What of `budget` a server measured as `step` may fill: all but its headroom, the larger of
+/// [`BUDGET_HEADROOM`] and what its total PSS still grew during the measured window (memory
+/// that moves that much in one window will move as much again).
+pub fn usable_budget(step: &StepResult, budget: u64) -> u64 {
+    budget.saturating_sub(headroom(step, budget))
 }
 
-/// Whether a measured step fits `budget` with [`BUDGET_HEADROOM`] to spare.
+/// The memory a recommendation based on `step` leaves free within `budget`.
+pub fn headroom(step: &StepResult, budget: u64) -> u64 {
+    let fixed = (budget as f64 * BUDGET_HEADROOM) as u64;
+    let drift = match step.total_pss_before {
+        0 => 0,
+        before => step.total_pss().saturating_sub(before),
+    };
+    fixed.max(drift)
+}
+
+/// Whether a measured step fits `budget` with its [`headroom`] to spare.
 pub fn fits_with_headroom(step: &StepResult, budget: u64) -> bool {
-    step.total_pss() <= usable_budget(budget)
+    step.total_pss() <= usable_budget(step, budget)
 }
 
 /// The fewest workers within [`NEAR_BEST`] of the best throughput, among the steps that fit
-/// the budget with [`BUDGET_HEADROOM`] to spare and did not collapse (and, with `--concurrency`,
+/// the budget with their [`headroom`] to spare and did not collapse (and, with `--concurrency`,
 /// no more slots than requests).
 pub fn pick(
     steps: &[StepResult],

@@ -101,6 +101,8 @@ impl Bench for Model {
                 ..ProcessMemory::default()
             },
             worker_memory: vec![worker; plan.workers],
+            // As measured after the warm-up: the model's memory does not move.
+            total_pss_before: self.master_pss + pss * plan.workers as u64,
             worker_uss_before: worker.uss,
             elapsed: self.step_time,
         })
@@ -390,4 +392,28 @@ fn step_arithmetic() {
     assert!((step.wall_per_request().unwrap() - 0.020).abs() < 1e-9);
     assert!((step.io_share().unwrap() - 0.5).abs() < 1e-9);
     assert!((step.cpu_wait_share().unwrap() - 0.25).abs() < 1e-9);
+}
+
+#[test]
+fn memory_still_growing_during_the_window_is_left_free() {
+    let pss = |pss| ProcessMemory {
+        pss,
+        ..ProcessMemory::default()
+    };
+    let mut step = StepResult {
+        workers: 4,
+        master: pss(10 * MIB),
+        worker_memory: vec![pss(10 * MIB); 4],
+        // 50 MiB after the window, 45 MiB before it.
+        total_pss_before: 45 * MIB,
+        ..StepResult::default()
+    };
+    assert_eq!(headroom(&step, 60 * MIB), 5 * MIB, "the growth, not 2 %");
+    assert!(!fits_with_headroom(&step, 54 * MIB));
+    assert!(fits_with_headroom(&step, 55 * MIB));
+    // Not measured before the window: the fixed share.
+    step.total_pss_before = 0;
+    assert_eq!(headroom(&step, 100 * MIB), 2 * MIB);
+    assert!(fits_with_headroom(&step, 52 * MIB));
+    assert!(!fits_with_headroom(&step, 51 * MIB));
 }

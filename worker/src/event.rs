@@ -192,7 +192,6 @@ impl<'r> IoLoop<'r> {
         let mut events = Events::with_capacity(256);
         let mut returned = Vec::new();
         loop {
-            self.monitor.beat();
             self.notice_state();
             if let Some(exit) = self.finished() {
                 return Ok(exit);

@@ -331,9 +331,11 @@ fn throughput_failures(rows: &[Row]) -> Vec<String> {
     failures
 }
 
-/// ferrocorn's throughput on hello.py with the access log (to a file) and statsd (to a local UDP
-/// socket nobody reads) on, against without: observability must cost little (target ≥ 0.95).
-/// Each variant's best of three interleaved rounds, at `--duration` in all.
+/// ferrocorn's throughput on hello.py with the access log (to a file), the `--stats` endpoint
+/// and statsd (to a local UDP socket nobody reads) on, against without: observability must cost
+/// little (target ≥ 0.95).
+/// Each variant's best of [`ROUNDS_PER_VARIANT`] × variants interleaved rounds, at `--duration`
+/// in all.
 fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     let hello = hello_target(env);
     let ferrocorn = SERVERS
@@ -348,7 +350,7 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     let variants = logging_variants(
         &access_log.display().to_string(),
         &statsd.local_addr()?.to_string(),
-    );
+    )?;
     println!(
         "\n## Logging overhead: ferrocorn, examples/hello.py, {} workers, {} connections, {:.0} s\n",
         settings.workers,
@@ -357,7 +359,7 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     );
     println!("| flags | req/s | p99 ms | errors | ×without |");
     println!("| --- | ---: | ---: | ---: | ---: |");
-    // All three run at once and take turns, several rounds, so a change in the machine's other
+    // All run at once and take turns, several rounds, so a change in the machine's other
     // load hits each alike; each variant's best round counts.
     let mut servers = Vec::new();
     for (name, args) in &variants {
@@ -383,25 +385,30 @@ fn logging_overhead(env: &Env, settings: &Settings) -> Result<Vec<String>> {
     Ok(overhead_failures(&servers, &best))
 }
 
-/// The flag sets compared, the first without either: their names, as printed, and arguments.
-fn logging_variants(access_log: &str, statsd: &str) -> [(&'static str, Vec<String>); 3] {
-    [
+/// The flag sets compared, the first without any: their names, as printed, and arguments.
+/// `--stats` binds a port of its own per server.
+fn logging_variants(access_log: &str, statsd: &str) -> Result<[(&'static str, Vec<String>); 4]> {
+    let access = || vec!["--access-logfile".to_string(), access_log.to_string()];
+    let stats = || -> Result<Vec<String>> {
+        Ok(vec![
+            "--stats".to_string(),
+            format!("127.0.0.1:{}", crate::servers::free_port()?),
+        ])
+    };
+    let statsd = vec!["--statsd-host".to_string(), statsd.to_string()];
+    Ok([
         ("without", vec![]),
+        ("--access-logfile", access()),
+        ("--access-logfile --stats", [access(), stats()?].concat()),
         (
-            "--access-logfile",
-            vec!["--access-logfile".into(), access_log.to_string()],
+            "--access-logfile --stats --statsd-host",
+            [access(), stats()?, statsd].concat(),
         ),
-        (
-            "--access-logfile --statsd-host",
-            vec![
-                "--access-logfile".into(),
-                access_log.to_string(),
-                "--statsd-host".into(),
-                statsd.to_string(),
-            ],
-        ),
-    ]
+    ])
 }
+
+/// Rounds of the logging bench, per variant compared.
+const ROUNDS_PER_VARIANT: usize = 3;
 
 /// Load the servers in turn, a few rounds sharing `--duration`; each one's best round.
 fn best_of_rounds(
@@ -409,15 +416,19 @@ fn best_of_rounds(
     hello: &Target,
     settings: &Settings,
 ) -> Vec<Option<Load>> {
-    const ROUNDS: u32 = 3;
-    let mut best: Vec<Option<Load>> = vec![None; servers.len()];
-    for _ in 0..ROUNDS {
-        for (i, (_, server)) in servers.iter().enumerate() {
+    // Short rounds, each started by another variant, so none is always loaded first or last
+    // and each meets the machine's other load (builds, other benches) alike.
+    let variants = servers.len();
+    let rounds = ROUNDS_PER_VARIANT * variants;
+    let mut best: Vec<Option<Load>> = vec![None; variants];
+    for round in 0..rounds {
+        for i in (0..variants).map(|k| (k + round) % variants) {
+            let server = &servers[i].1;
             let result = load(
                 server.addr,
                 hello.path,
                 settings.connections,
-                settings.duration / ROUNDS,
+                settings.duration / rounds as u32,
             );
             if best[i].as_ref().is_none_or(|b| result.rps > b.rps) {
                 best[i] = Some(result);

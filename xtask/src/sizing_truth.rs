@@ -3,7 +3,8 @@
 //!
 //! For each app (CPU-bound, I/O-bound, the Django demo) the same release ferrocorn is measured at
 //! a ladder of worker counts, with and without `--preload`, under the bench's own load generator;
-//! the memory of each point is the total PSS of master and workers after its load. The budget
+//! the memory of each point is the total PSS of master and workers read as the advisor reads
+//! it (see [`measure`]). The budget
 //! is set from that ladder so that it binds: a little more than `BUDGET_WORKERS` workers take
 //! without `--preload`. Then `ferrocorn sizing --json --memory-budget` is asked, and its
 //! recommendation is compared with the best point that fits, and with gunicorn's `2 x cores + 1`
@@ -99,20 +100,32 @@ fn kind(name: &str) -> &'static ServerKind {
         .expect("a known server")
 }
 
-/// Start `server` with `workers`, warm it up, load it for `window` with more connections than
-/// workers (so the load is never the bottleneck), then read its memory.
+/// Start `server` with `workers`, warm it up, load it for the pace's window with more
+/// connections than workers (so the load is never the bottleneck). Its memory is read as
+/// `ferrocorn sizing` reads it: the total PSS of the master and every process under it
+/// (smaps_rollup), after as much load as the advisor's step has had when it reads it (its
+/// warm-up and window), while this load goes on. Read later, after more requests, the same
+/// server takes more: Python's heap and copy-on-write faults grow for a while.
 fn measure(
     env: &Env,
     server: &str,
     target: &Target,
     (workers, preload): (usize, bool),
-    window: Duration,
+    pace: &Pace,
 ) -> Result<Point> {
     let running = start(kind(server), env, target, workers, preload)?;
     let connections = 2 * workers + 4;
-    load(running.addr, target.path, connections, window / 3);
-    let result = load(running.addr, target.path, connections, window);
-    let memory = ferrocorn_sizing::tree_memory(running.child.id() as i32)?;
+    let pid = running.child.id() as i32;
+    let memory_read = pace.memory_read();
+    let memory = std::thread::spawn(move || {
+        std::thread::sleep(memory_read);
+        ferrocorn_sizing::tree_memory(pid)
+    });
+    load(running.addr, target.path, connections, pace.window / 3);
+    let result = load(running.addr, target.path, connections, pace.window);
+    let memory = memory
+        .join()
+        .map_err(|_| anyhow::anyhow!("the memory reader panicked"))??;
     Ok(Point {
         workers,
         preload,
@@ -127,7 +140,7 @@ fn measure(
 struct Ladder<'a> {
     env: &'a Env,
     target: &'a Target,
-    window: Duration,
+    pace: &'a Pace,
     points: Vec<Point>,
 }
 
@@ -145,7 +158,7 @@ impl Ladder<'_> {
             "ferrocorn",
             self.target,
             (workers, preload),
-            self.window,
+            self.pace,
         )
         .with_context(|| format!("ferrocorn -w {workers} (preload {preload})"))?;
         eprintln!(
@@ -176,7 +189,7 @@ impl Ladder<'_> {
         }
         for _ in 0..CONFIRM_ROUNDS {
             for (config, rps) in configs.iter().zip(&mut samples) {
-                rps.push(measure(self.env, "ferrocorn", self.target, *config, self.window)?.rps);
+                rps.push(measure(self.env, "ferrocorn", self.target, *config, self.pace)?.rps);
             }
         }
         let mut confirmed = Vec::new();
@@ -261,6 +274,12 @@ impl Pace {
             sizing: window * 10,
         }
     }
+
+    /// How long after its load starts a point's memory is read: when the advisor, given
+    /// `sizing`, reads a step's.
+    fn memory_read(&self) -> Duration {
+        ferrocorn_sizing::advisor::step_timing(self.sizing).until_memory_read()
+    }
 }
 
 /// One row of the table, and whether the target was met.
@@ -307,7 +326,7 @@ fn app_row(env: &Env, app: &App, pace: &Pace, cores: usize) -> Result<Row> {
     let mut ladder = Ladder {
         env,
         target: &app.target,
-        window: pace.window,
+        pace,
         points: Vec::new(),
     };
     for &workers in app.ladder {
@@ -337,16 +356,10 @@ fn app_row(env: &Env, app: &App, pace: &Pace, cores: usize) -> Result<Row> {
     let best = best_of(confirmed.iter().copied(), budget).unwrap_or(candidate);
     let recommended = find(compared[1]);
     let rule = find(rule);
-    let gunicorn_rule = measure(
-        env,
-        "gunicorn",
-        &app.target,
-        (2 * cores + 1, false),
-        pace.window,
-    )
-    .map_err(|e| eprintln!("sizing truth: gunicorn skipped: {e:#}"))
-    .ok()
-    .map(|p| p.rps);
+    let gunicorn_rule = measure(env, "gunicorn", &app.target, (2 * cores + 1, false), pace)
+        .map_err(|e| eprintln!("sizing truth: gunicorn skipped: {e:#}"))
+        .ok()
+        .map(|p| p.rps);
     Ok(Row {
         app: app.name,
         budget,

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
 use ferrocorn_sizing::advisor::{Bench, StepPlan, StepResult};
-use ferrocorn_sizing::ProcessMemory;
+use ferrocorn_sizing::{ProcessMemory, TreeMemory};
 
 use super::load::{self, Target};
 
@@ -231,15 +231,11 @@ impl ProcessBench {
         self.check_time()?;
         let workers = running.workers();
         let uss_before = mean_uss(&workers);
+        let pss_before = server_memory(running)?.total.pss;
         let (cpu_before, wait_before) = cpu_seconds(&workers);
         let report = self.load(running, plan, plan.window);
         let (cpu_after, wait_after) = cpu_seconds(&workers);
-        let worker_memory = workers
-            .iter()
-            .filter_map(|&pid| ferrocorn_sizing::process_memory(pid).ok())
-            .collect();
-        let master = ferrocorn_sizing::process_memory(running.pid())
-            .map_err(|e| anyhow!("measuring the master: {e}"))?;
+        let (master, worker_memory) = master_and_rest(server_memory(running)?)?;
         if report.ok == 0 {
             bail!(
                 "no request was answered: {}",
@@ -259,6 +255,7 @@ impl ProcessBench {
             mean_latency: report.mean(),
             worker_cpu: (cpu_after - cpu_before).max(0.0),
             worker_cpu_wait: (wait_after - wait_before).max(0.0),
+            total_pss_before: pss_before,
             master,
             worker_memory,
             worker_uss_before: uss_before,
@@ -310,6 +307,21 @@ fn cpu_seconds(pids: &[i32]) -> (f64, f64) {
             })
         })
         .fold((0.0, 0.0), |(c, w), (dc, dw)| (c + dc, w + dw))
+}
+
+/// The master's memory and that of every process under it (workers and anything they
+/// started), from smaps_rollup: what `cargo xtask bench` counts too
+/// ([`ferrocorn_sizing::tree_memory`]).
+fn server_memory(running: &Running) -> Result<TreeMemory> {
+    ferrocorn_sizing::tree_memory(running.pid())
+        .map_err(|e| anyhow!("measuring the server's memory: {e}"))
+}
+
+/// The master's memory (the root of `tree`) and the others'.
+fn master_and_rest(tree: TreeMemory) -> Result<(ProcessMemory, Vec<ProcessMemory>)> {
+    let mut processes = tree.processes.into_iter();
+    let (_, master) = processes.next().context("the master is gone")?;
+    Ok((master, processes.map(|(_, m)| m).collect()))
 }
 
 fn mean_uss(pids: &[i32]) -> u64 {

@@ -5,6 +5,9 @@
 //! - throughput: ferrocorn serves at least as many requests/s as gunicorn with the same workers;
 //! - memory: a ferrocorn worker's PSS, and the whole server's, are no larger than gunicorn's;
 //! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS;
+//! - threads (issue 12, see `bench_threads.rs`): keep-alive against Granian and uWSGI, `--threads`
+//!   against gunicorn gthread and sync on an I/O-bound Django view, slowloris, `Connection: close`
+//!   against the sync-worker-only ferrocorn;
 //! - sizing truth: `ferrocorn sizing`'s recommendation reaches 90% of the best measured
 //!   throughput within a memory budget (see `sizing_truth.rs`).
 //!
@@ -24,7 +27,7 @@ use ferrocorn_sizing::ProcessMemory;
 use crate::servers::{
     one_request, prepare, start, start_with, Env, Running, ServerKind, Target, SERVERS,
 };
-use crate::{cargo, run, sizing_truth};
+use crate::{bench_threads, cargo, run, sizing_truth};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -36,6 +39,7 @@ struct Settings {
     preload_memory: bool,
     sizing: bool,
     logging: bool,
+    threads: bool,
 }
 
 impl Settings {
@@ -49,6 +53,7 @@ impl Settings {
             preload_memory: true,
             sizing: true,
             logging: true,
+            threads: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -63,24 +68,34 @@ impl Settings {
                     s.throughput = false;
                     s.sizing = false;
                     s.logging = false;
+                    s.threads = false;
                 }
                 "--sizing-only" => {
                     s.criterion = false;
                     s.throughput = false;
                     s.preload_memory = false;
                     s.logging = false;
+                    s.threads = false;
                 }
                 "--logging-only" => {
                     s.criterion = false;
                     s.throughput = false;
                     s.preload_memory = false;
                     s.sizing = false;
+                    s.threads = false;
+                }
+                "--threads-only" => {
+                    s.criterion = false;
+                    s.throughput = false;
+                    s.preload_memory = false;
+                    s.sizing = false;
+                    s.logging = false;
                 }
                 "--quick" => {
                     s.duration = Duration::from_secs(3);
                     s.criterion = false;
                 }
-                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --logging-only, --quick)"),
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --logging-only, --threads-only, --quick)"),
             }
         }
         Ok(s)
@@ -92,8 +107,8 @@ pub(crate) struct Load {
     pub requests: u64,
     pub errors: u64,
     pub rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
 }
 
 pub(crate) fn load(
@@ -203,6 +218,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if settings.preload_memory {
         failures.extend(preload_memory(&env)?);
     }
+    if settings.threads {
+        failures.extend(bench_threads::threads(&env, settings.duration)?);
+    }
     if settings.sizing {
         let pace = sizing_truth::Pace::from_duration(settings.duration);
         failures.extend(sizing_truth::sizing_truth(&env, &pace)?);
@@ -216,7 +234,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// examples/hello.py, the app the throughput and logging benches load.
-fn hello_target(env: &Env) -> Target {
+pub(crate) fn hello_target(env: &Env) -> Target {
     Target {
         dir: env.root.join("examples"),
         spec: "hello:app",

@@ -1,0 +1,503 @@
+//! `cargo xtask bench --threads-only` (also part of the full bench): issue 12's rows — the
+//! event-loop worker and `--threads` against the servers that already hold connections off the
+//! Python thread, each row ending in a table of its ratios against the issue's targets:
+//! - keep-alive hello, 2 workers, 64 connections (wrk): ≥ 1.2× Granian, ≥ 2× uWSGI;
+//! - an I/O-bound Django view (50 ms wait), 16 slots each: ferrocorn 2 × 8 threads against
+//!   gunicorn gthread 2 × 8 and gunicorn sync × 16: throughput ≥ 1.0× both, total PSS ≤ 0.7×
+//!   gthread's and ≤ 0.25× sync's;
+//! - slowloris (see `slowloris.rs`): normal-request p99 under attack ≤ 2× without;
+//! - `Connection: close` hello (the nginx case): not below the sync-worker-only ferrocorn.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::baseline::{baseline_ferrocorn, SYNC_WORKER_REV};
+use crate::bench::{hello_target, load};
+use crate::servers::{start_with, venv_script, Env, Running, ServerKind, Target, SERVERS};
+use crate::wrk::{self, WrkRun};
+use crate::slowloris;
+
+/// Every row of the section; returns the targets missed.
+pub(crate) fn threads(env: &Env, duration: Duration) -> Result<Vec<String>> {
+    let mut failures = Vec::new();
+    let has_wrk = wrk::available();
+    if has_wrk {
+        failures.extend(keepalive_hello(env, duration)?);
+    } else {
+        failures.push("wrk is not on PATH: the keep-alive and Connection: close rows need it".into());
+    }
+    failures.extend(io_bound(env, duration)?);
+    failures.extend(slowloris::slowloris(env, duration)?);
+    if has_wrk {
+        failures.extend(close_hello(env, duration)?);
+    }
+    Ok(failures)
+}
+
+/// One of the bench's servers by name.
+pub(crate) fn server(name: &str) -> Result<&'static ServerKind> {
+    SERVERS
+        .iter()
+        .find(|k| k.name == name)
+        .with_context(|| format!("no {name} in SERVERS"))
+}
+
+/// Which way a ratio must lie from its target.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Bound {
+    AtLeast(f64),
+    AtMost(f64),
+    /// Shown for comparison, no target.
+    None,
+}
+
+impl Bound {
+    fn holds(self, ratio: f64) -> bool {
+        match self {
+            Bound::AtLeast(target) => ratio >= target,
+            Bound::AtMost(target) => ratio <= target,
+            Bound::None => true,
+        }
+    }
+}
+
+impl std::fmt::Display for Bound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bound::AtLeast(target) => write!(f, "≥ {target:.2}"),
+            Bound::AtMost(target) => write!(f, "≤ {target:.2}"),
+            Bound::None => write!(f, "—"),
+        }
+    }
+}
+
+/// A ratio of the section and its target; `ratio` is `None` when a side did not run.
+#[derive(Debug)]
+pub(crate) struct Check {
+    pub what: String,
+    pub ratio: Option<f64>,
+    pub bound: Bound,
+}
+
+/// `a / b` when both were measured.
+pub(crate) fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    Some(a? / b?).filter(|r| r.is_finite())
+}
+
+/// Print the checks as a table (ratio, target, pass/miss); returns the missed ones.
+pub(crate) fn print_checks(checks: &[Check]) -> Vec<String> {
+    println!("\n| ratio | measured | target | result |");
+    println!("| --- | ---: | ---: | --- |");
+    let mut failures = Vec::new();
+    for check in checks {
+        let bound = check.bound;
+        let (measured, result) = match (check.ratio, bound) {
+            (Some(r), Bound::None) => (format!("×{r:.2}"), ""),
+            (Some(r), _) if bound.holds(r) => (format!("×{r:.2}"), "pass"),
+            (Some(r), _) => (format!("×{r:.2}"), "miss"),
+            (None, Bound::None) => ("not measured".to_string(), ""),
+            (None, _) => ("not measured".to_string(), "miss"),
+        };
+        println!("| {} | {measured} | {bound} | {result} |", check.what);
+        if result == "miss" {
+            failures.push(format!("{} {measured} (target {bound})", check.what));
+        }
+    }
+    failures
+}
+
+/// Granian with its own default threading for WSGI (the bench's other rows pin one blocking
+/// thread per worker, to match one-request-at-a-time servers).
+fn granian_default_threads(env: &Env, t: &Target, port: u16, workers: usize, _: bool) -> Command {
+    let mut cmd = venv_script(env, "granian");
+    cmd.args(["--interface", "wsgi", "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--workers", &workers.to_string()])
+        .args(["--no-ws", "--log-level", "warning", "--working-dir"])
+        .arg(&t.dir)
+        .arg(t.spec);
+    cmd
+}
+
+/// uWSGI speaking HTTP/1.1 with keep-alive on its own socket (`--http11-socket`; plain
+/// `--http-socket` answers HTTP/1.0-style and closes).
+fn uwsgi_keepalive(env: &Env, t: &Target, port: u16, workers: usize, _: bool) -> Command {
+    let (module, callable) = t.spec.split_once(':').unwrap_or((t.spec, "application"));
+    let mut cmd = Command::new(env.venv.join("bin/uwsgi"));
+    cmd.args(["--http11-socket", &format!("127.0.0.1:{port}"), "--master"])
+        .args(["--processes", &workers.to_string(), "--module", module])
+        .args(["--callable", callable, "--disable-logging", "--die-on-term"])
+        .arg("--lazy-apps")
+        .arg("--chdir")
+        .arg(&t.dir)
+        .arg("--virtualenv")
+        .arg(&env.venv);
+    cmd
+}
+
+const GRANIAN_THREADED: ServerKind = ServerKind {
+    name: "granian",
+    command: granian_default_threads,
+};
+
+const UWSGI_KEEPALIVE: ServerKind = ServerKind {
+    name: "uwsgi",
+    command: uwsgi_keepalive,
+};
+
+const KEEPALIVE_WORKERS: usize = 2;
+const KEEPALIVE_CONNECTIONS: usize = 64;
+
+/// A server's keep-alive result: wrk's run, and how many of the connections a burst of one
+/// request on each got answered within a second (a server that holds one connection per
+/// process serves a few and leaves the rest waiting; wrk's rate hides that).
+struct KeepAliveRow {
+    server: &'static str,
+    run: WrkRun,
+    answered: usize,
+}
+
+/// hello.py on 64 keep-alive connections, 2 workers: ferrocorn against Granian and uWSGI.
+fn keepalive_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
+    let hello = hello_target(env);
+    println!(
+        "\n## Keep-alive: examples/hello.py, {KEEPALIVE_WORKERS} workers, \
+         {KEEPALIVE_CONNECTIONS} keep-alive connections (wrk), {:.0} s\n",
+        duration.as_secs_f64()
+    );
+    println!("| server | requests | req/s | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut rows = Vec::new();
+    for kind in [server("ferrocorn")?, &GRANIAN_THREADED, &UWSGI_KEEPALIVE] {
+        let log_name = format!("{}-keepalive", kind.name);
+        let running = match start_with(kind, env, &hello, KEEPALIVE_WORKERS, false, &[], &log_name)
+        {
+            Ok(running) => running,
+            Err(e) => {
+                println!("| {} | skipped: {e:#} | | | | | | |", kind.name);
+                continue;
+            }
+        };
+        let row = measure_keepalive(kind, &running, &hello, duration)?;
+        println!(
+            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
+            row.server,
+            row.run.requests,
+            row.run.rps,
+            row.run.p50_ms,
+            row.run.p99_ms,
+            row.run.errors,
+            row.run.non_2xx,
+            row.answered
+        );
+        rows.push(row);
+    }
+    Ok(keepalive_failures(&rows))
+}
+
+fn measure_keepalive(
+    kind: &ServerKind,
+    running: &Running,
+    hello: &Target,
+    duration: Duration,
+) -> Result<KeepAliveRow> {
+    let warm_up = Duration::from_secs(1);
+    wrk::wrk(running.addr, hello.path, KEEPALIVE_CONNECTIONS, warm_up, &[])?;
+    let run = wrk::wrk(running.addr, hello.path, KEEPALIVE_CONNECTIONS, duration, &[])?;
+    let answered = answered_at_once(
+        running.addr,
+        hello.path,
+        KEEPALIVE_CONNECTIONS,
+        Duration::from_secs(1),
+    )?;
+    Ok(KeepAliveRow {
+        server: kind.name,
+        run,
+        answered,
+    })
+}
+
+fn keepalive_failures(rows: &[KeepAliveRow]) -> Vec<String> {
+    let rps = |name: &str| rows.iter().find(|r| r.server == name).map(|r| r.run.rps);
+    let mut failures = print_checks(&[
+        Check {
+            what: "keep-alive req/s ferrocorn/granian".into(),
+            ratio: ratio(rps("ferrocorn"), rps("granian")),
+            bound: Bound::AtLeast(1.2),
+        },
+        Check {
+            what: "keep-alive req/s ferrocorn/uwsgi".into(),
+            ratio: ratio(rps("ferrocorn"), rps("uwsgi")),
+            bound: Bound::AtLeast(2.0),
+        },
+    ]);
+    if let Some(f) = rows.iter().find(|r| r.server == "ferrocorn") {
+        if f.run.errors.total() + f.run.non_2xx > 0 {
+            failures.push(format!(
+                "ferrocorn keep-alive: socket errors {} (connect/read/write/timeout), {} non-2xx",
+                f.run.errors, f.run.non_2xx
+            ));
+        }
+        if f.answered < KEEPALIVE_CONNECTIONS {
+            failures.push(format!(
+                "ferrocorn answered {} of {KEEPALIVE_CONNECTIONS} keep-alive connections at once",
+                f.answered
+            ));
+        }
+    }
+    failures
+}
+
+/// Open `connections` keep-alive connections, send one request on each, and count the ones
+/// answered within `within`.
+fn answered_at_once(
+    addr: SocketAddr,
+    path: &str,
+    connections: usize,
+    within: Duration,
+) -> Result<usize> {
+    let request = format!("GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n");
+    let mut streams = Vec::with_capacity(connections);
+    for _ in 0..connections {
+        let mut stream = TcpStream::connect_timeout(&addr, within).context("connecting")?;
+        stream.write_all(request.as_bytes())?;
+        streams.push(stream);
+    }
+    let deadline = Instant::now() + within;
+    let mut answered = 0;
+    let mut buf = [0u8; 1024];
+    // Every connection stays open until all are read: a server that serves one connection per
+    // process must not get the next one because an earlier one was closed.
+    for stream in &mut streams {
+        let left = deadline.saturating_duration_since(Instant::now());
+        stream.set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
+        if matches!(stream.read(&mut buf), Ok(n) if n > 0) {
+            answered += 1;
+        }
+    }
+    Ok(answered)
+}
+
+/// A server configuration of a row: which server, how many workers, which extra flags.
+struct Contender {
+    label: &'static str,
+    server: &'static str,
+    workers: usize,
+    args: &'static [&'static str],
+}
+
+/// 16 slots each: 2 workers × 8 threads, and 16 one-request workers.
+const IO_CONTENDERS: [Contender; 3] = [
+    Contender {
+        label: "ferrocorn -w 2 --threads 8",
+        server: "ferrocorn",
+        workers: 2,
+        args: &["--threads", "8"],
+    },
+    Contender {
+        label: "gunicorn -k gthread -w 2 --threads 8",
+        server: "gunicorn",
+        workers: 2,
+        args: &["-k", "gthread", "--threads", "8"],
+    },
+    Contender {
+        label: "gunicorn -w 16 (sync)",
+        server: "gunicorn",
+        workers: 16,
+        args: &[],
+    },
+];
+
+/// Twice the slots, so every server always has requests waiting.
+const IO_CONNECTIONS: usize = 32;
+
+/// What one I/O-bound contender served and weighed.
+struct IoRow {
+    rps: f64,
+    errors: u64,
+    total_pss: u64,
+}
+
+/// The Django demo's `/pid?sleep=0.05` (a 50 ms wait, as on a database, behind Django's
+/// middleware and URL routing) under each contender: throughput and total PSS.
+fn io_bound(env: &Env, duration: Duration) -> Result<Vec<String>> {
+    let django = Target {
+        dir: env.root.join("tests/apps/django_demo"),
+        spec: "mysite.wsgi:application",
+        path: "/pid?sleep=0.05",
+    };
+    println!(
+        "\n## I/O-bound: Django demo /pid?sleep=0.05 (50 ms wait), 16 slots each, \
+         {IO_CONNECTIONS} connections, {:.0} s, Connection: close\n",
+        duration.as_secs_f64()
+    );
+    println!("| server | req/s | p50 ms | p99 ms | errors | processes | total PSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut rows = Vec::new();
+    for contender in &IO_CONTENDERS {
+        rows.push(measure_io(env, &django, contender, duration)?);
+    }
+    let [ferrocorn, gthread, sync] = [0, 1, 2].map(|i| rows[i].as_ref());
+    let rps = |row: Option<&IoRow>| row.map(|r| r.rps);
+    let pss = |row: Option<&IoRow>| row.map(|r| r.total_pss as f64);
+    let mut failures = print_checks(&[
+        Check {
+            what: "I/O req/s ferrocorn/gthread".into(),
+            ratio: ratio(rps(ferrocorn), rps(gthread)),
+            bound: Bound::AtLeast(1.0),
+        },
+        Check {
+            what: "I/O req/s ferrocorn/sync-16".into(),
+            ratio: ratio(rps(ferrocorn), rps(sync)),
+            bound: Bound::AtLeast(1.0),
+        },
+        Check {
+            what: "total PSS ferrocorn/gthread".into(),
+            ratio: ratio(pss(ferrocorn), pss(gthread)),
+            bound: Bound::AtMost(0.7),
+        },
+        Check {
+            what: "total PSS ferrocorn/sync-16".into(),
+            ratio: ratio(pss(ferrocorn), pss(sync)),
+            bound: Bound::AtMost(0.25),
+        },
+    ]);
+    if let Some(f) = ferrocorn.filter(|f| f.errors > 0) {
+        failures.push(format!("ferrocorn I/O-bound: {} failed requests", f.errors));
+    }
+    Ok(failures)
+}
+
+/// Start one contender, load it (after a second's warm-up that reaches every worker), then
+/// weigh the whole process tree, master and workers, the same way for every server.
+fn measure_io(
+    env: &Env,
+    django: &Target,
+    contender: &Contender,
+    duration: Duration,
+) -> Result<Option<IoRow>> {
+    let kind = server(contender.server)?;
+    let args: Vec<String> = contender.args.iter().map(|a| a.to_string()).collect();
+    let log_name = format!("{}-io", contender.label.replace([' ', '(', ')'], "_"));
+    let running = match start_with(kind, env, django, contender.workers, false, &args, &log_name) {
+        Ok(running) => running,
+        Err(e) => {
+            println!("| {} | skipped: {e:#} | | | | | |", contender.label);
+            return Ok(None);
+        }
+    };
+    load(running.addr, django.path, IO_CONNECTIONS, Duration::from_secs(1));
+    let result = load(running.addr, django.path, IO_CONNECTIONS, duration);
+    let tree = ferrocorn_sizing::tree_memory(running.child.id() as i32)?;
+    println!(
+        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |",
+        contender.label,
+        result.rps,
+        result.p50_ms,
+        result.p99_ms,
+        result.errors,
+        tree.processes.len(),
+        tree.total.pss as f64 / (1024.0 * 1024.0)
+    );
+    Ok(Some(IoRow {
+        rps: result.rps,
+        errors: result.errors,
+        total_pss: tree.total.pss,
+    }))
+}
+
+const CLOSE_CONNECTIONS: usize = 16;
+const CLOSE_ROUNDS: u32 = 3;
+
+/// hello.py with `Connection: close` on every request (how nginx talks to an upstream by
+/// default), 2 workers: ferrocorn now against the sync-worker-only ferrocorn and gunicorn. The
+/// three run at once and take turns, several rounds, each one's best counting.
+fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
+    let hello = hello_target(env);
+    println!(
+        "\n## Connection: close: examples/hello.py, 2 workers, {CLOSE_CONNECTIONS} connections \
+         (wrk), best of {CLOSE_ROUNDS} interleaved rounds in {:.0} s\n",
+        duration.as_secs_f64()
+    );
+    let baseline = match baseline_ferrocorn(env, SYNC_WORKER_REV) {
+        Ok(binary) => Some(Env {
+            root: env.root.clone(),
+            venv: env.venv.clone(),
+            ferrocorn: binary,
+        }),
+        Err(e) => {
+            println!("ferrocorn {SYNC_WORKER_REV}: not built: {e:#}");
+            None
+        }
+    };
+    let old_label = format!("ferrocorn {SYNC_WORKER_REV} (sync worker)");
+    let mut servers: Vec<(String, Running)> = Vec::new();
+    let candidates = [
+        ("ferrocorn now".to_string(), "ferrocorn", Some(env)),
+        (old_label.clone(), "ferrocorn", baseline.as_ref()),
+        ("gunicorn".to_string(), "gunicorn", Some(env)),
+    ];
+    for (label, name, env) in candidates {
+        let Some(env) = env else { continue };
+        let log_name = format!("{}-close", label.replace([' ', '(', ')'], "_"));
+        match start_with(server(name)?, env, &hello, 2, false, &[], &log_name) {
+            Ok(running) => servers.push((label, running)),
+            Err(e) => println!("{label}: skipped: {e:#}"),
+        }
+    }
+    let best = best_close_rounds(&servers, &hello, duration)?;
+    println!("| server | best req/s | p99 ms | socket errors c/r/w/t | non-2xx |");
+    println!("| --- | ---: | ---: | ---: | ---: |");
+    for ((label, _), run) in servers.iter().zip(&best) {
+        println!(
+            "| {label} | {:.0} | {:.2} | {} | {} |",
+            run.rps, run.p99_ms, run.errors, run.non_2xx
+        );
+    }
+    let rps = |label: &str| {
+        servers
+            .iter()
+            .zip(&best)
+            .find(|((l, _), _)| l == label)
+            .map(|(_, run)| run.rps)
+    };
+    Ok(print_checks(&[
+        Check {
+            what: format!("Connection: close req/s now/{SYNC_WORKER_REV}"),
+            ratio: ratio(rps("ferrocorn now"), rps(&old_label)),
+            bound: Bound::AtLeast(1.0),
+        },
+        Check {
+            what: "Connection: close req/s now/gunicorn".into(),
+            ratio: ratio(rps("ferrocorn now"), rps("gunicorn")),
+            bound: Bound::None,
+        },
+    ]))
+}
+
+/// Each server's best of [`CLOSE_ROUNDS`] wrk runs, taken in turns (after a warm-up each).
+fn best_close_rounds(
+    servers: &[(String, Running)],
+    hello: &Target,
+    duration: Duration,
+) -> Result<Vec<WrkRun>> {
+    let close = ["Connection: close"];
+    let round = (duration / CLOSE_ROUNDS).max(Duration::from_secs(1));
+    let mut best: Vec<WrkRun> = Vec::new();
+    for (_, running) in servers {
+        best.push(wrk::wrk(running.addr, hello.path, CLOSE_CONNECTIONS, Duration::from_secs(1), &close)?);
+    }
+    best.iter_mut().for_each(|b| b.rps = 0.0);
+    for _ in 0..CLOSE_ROUNDS {
+        for ((_, running), best) in servers.iter().zip(best.iter_mut()) {
+            let run = wrk::wrk(running.addr, hello.path, CLOSE_CONNECTIONS, round, &close)?;
+            if run.rps > best.rps {
+                *best = run;
+            }
+        }
+    }
+    Ok(best)
+}

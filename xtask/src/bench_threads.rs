@@ -18,8 +18,8 @@ use anyhow::{Context, Result};
 use crate::baseline::{baseline_ferrocorn, SYNC_WORKER_REV};
 use crate::bench::{hello_target, load};
 use crate::servers::{start_with, venv_script, Env, Running, ServerKind, Target, SERVERS};
-use crate::wrk::{self, WrkRun};
 use crate::slowloris;
+use crate::wrk::{self, WrkRun};
 
 /// Every row of the section; returns the targets missed.
 pub(crate) fn threads(env: &Env, duration: Duration) -> Result<Vec<String>> {
@@ -28,7 +28,8 @@ pub(crate) fn threads(env: &Env, duration: Duration) -> Result<Vec<String>> {
     if has_wrk {
         failures.extend(keepalive_hello(env, duration)?);
     } else {
-        failures.push("wrk is not on PATH: the keep-alive and Connection: close rows need it".into());
+        failures
+            .push("wrk is not on PATH: the keep-alive and Connection: close rows need it".into());
     }
     failures.extend(io_bound(env, duration)?);
     failures.extend(slowloris::slowloris(env, duration)?);
@@ -115,7 +116,12 @@ pub(crate) fn print_checks(checks: &[Check]) -> Vec<String> {
 fn granian_default_threads(env: &Env, t: &Target, port: u16, workers: usize, _: bool) -> Command {
     let mut cmd = venv_script(env, "granian");
     cmd.args(["--interface", "wsgi", "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--workers", &workers.to_string()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--workers",
+            &workers.to_string(),
+        ])
         .args(["--no-ws", "--log-level", "warning", "--working-dir"])
         .arg(&t.dir)
         .arg(t.spec);
@@ -205,8 +211,20 @@ fn measure_keepalive(
     duration: Duration,
 ) -> Result<KeepAliveRow> {
     let warm_up = Duration::from_secs(1);
-    wrk::wrk(running.addr, hello.path, KEEPALIVE_CONNECTIONS, warm_up, &[])?;
-    let run = wrk::wrk(running.addr, hello.path, KEEPALIVE_CONNECTIONS, duration, &[])?;
+    wrk::wrk(
+        running.addr,
+        hello.path,
+        KEEPALIVE_CONNECTIONS,
+        warm_up,
+        &[],
+    )?;
+    let run = wrk::wrk(
+        running.addr,
+        hello.path,
+        KEEPALIVE_CONNECTIONS,
+        duration,
+        &[],
+    )?;
     let answered = answered_at_once(
         running.addr,
         hello.path,
@@ -382,14 +400,27 @@ fn measure_io(
     let kind = server(contender.server)?;
     let args: Vec<String> = contender.args.iter().map(|a| a.to_string()).collect();
     let log_name = format!("{}-io", contender.label.replace([' ', '(', ')'], "_"));
-    let running = match start_with(kind, env, django, contender.workers, false, &args, &log_name) {
+    let running = match start_with(
+        kind,
+        env,
+        django,
+        contender.workers,
+        false,
+        &args,
+        &log_name,
+    ) {
         Ok(running) => running,
         Err(e) => {
             println!("| {} | skipped: {e:#} | | | | | |", contender.label);
             return Ok(None);
         }
     };
-    load(running.addr, django.path, IO_CONNECTIONS, Duration::from_secs(1));
+    load(
+        running.addr,
+        django.path,
+        IO_CONNECTIONS,
+        Duration::from_secs(1),
+    );
     let result = load(running.addr, django.path, IO_CONNECTIONS, duration);
     let tree = ferrocorn_sizing::tree_memory(running.child.id() as i32)?;
     println!(
@@ -422,32 +453,8 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
          (wrk), best of {CLOSE_ROUNDS} interleaved rounds in {:.0} s\n",
         duration.as_secs_f64()
     );
-    let baseline = match baseline_ferrocorn(env, SYNC_WORKER_REV) {
-        Ok(binary) => Some(Env {
-            root: env.root.clone(),
-            venv: env.venv.clone(),
-            ferrocorn: binary,
-        }),
-        Err(e) => {
-            println!("ferrocorn {SYNC_WORKER_REV}: not built: {e:#}");
-            None
-        }
-    };
     let old_label = format!("ferrocorn {SYNC_WORKER_REV} (sync worker)");
-    let mut servers: Vec<(String, Running)> = Vec::new();
-    let candidates = [
-        ("ferrocorn now".to_string(), "ferrocorn", Some(env)),
-        (old_label.clone(), "ferrocorn", baseline.as_ref()),
-        ("gunicorn".to_string(), "gunicorn", Some(env)),
-    ];
-    for (label, name, env) in candidates {
-        let Some(env) = env else { continue };
-        let log_name = format!("{}-close", label.replace([' ', '(', ')'], "_"));
-        match start_with(server(name)?, env, &hello, 2, false, &[], &log_name) {
-            Ok(running) => servers.push((label, running)),
-            Err(e) => println!("{label}: skipped: {e:#}"),
-        }
-    }
+    let servers = start_close_contenders(env, &hello, &old_label)?;
     let best = best_close_rounds(&servers, &hello, duration)?;
     println!("| server | best req/s | p99 ms | socket errors c/r/w/t | non-2xx |");
     println!("| --- | ---: | ---: | ---: | ---: |");
@@ -478,6 +485,42 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
     ]))
 }
 
+/// ferrocorn now, ferrocorn at [`SYNC_WORKER_REV`] (labelled `old_label`, built first) and
+/// gunicorn, each serving hello.py with 2 workers; the ones that failed to build or start are
+/// reported and left out.
+fn start_close_contenders(
+    env: &Env,
+    hello: &Target,
+    old_label: &str,
+) -> Result<Vec<(String, Running)>> {
+    let baseline = match baseline_ferrocorn(env, SYNC_WORKER_REV) {
+        Ok(binary) => Some(Env {
+            root: env.root.clone(),
+            venv: env.venv.clone(),
+            ferrocorn: binary,
+        }),
+        Err(e) => {
+            println!("{old_label}: not built: {e:#}");
+            None
+        }
+    };
+    let candidates = [
+        ("ferrocorn now", "ferrocorn", Some(env)),
+        (old_label, "ferrocorn", baseline.as_ref()),
+        ("gunicorn", "gunicorn", Some(env)),
+    ];
+    let mut servers = Vec::new();
+    for (label, name, env) in candidates {
+        let Some(env) = env else { continue };
+        let log_name = format!("{}-close", label.replace([' ', '(', ')'], "_"));
+        match start_with(server(name)?, env, hello, 2, false, &[], &log_name) {
+            Ok(running) => servers.push((label.to_string(), running)),
+            Err(e) => println!("{label}: skipped: {e:#}"),
+        }
+    }
+    Ok(servers)
+}
+
 /// Each server's best of [`CLOSE_ROUNDS`] wrk runs, taken in turns (after a warm-up each).
 fn best_close_rounds(
     servers: &[(String, Running)],
@@ -488,7 +531,13 @@ fn best_close_rounds(
     let round = (duration / CLOSE_ROUNDS).max(Duration::from_secs(1));
     let mut best: Vec<WrkRun> = Vec::new();
     for (_, running) in servers {
-        best.push(wrk::wrk(running.addr, hello.path, CLOSE_CONNECTIONS, Duration::from_secs(1), &close)?);
+        best.push(wrk::wrk(
+            running.addr,
+            hello.path,
+            CLOSE_CONNECTIONS,
+            Duration::from_secs(1),
+            &close,
+        )?);
     }
     best.iter_mut().for_each(|b| b.rps = 0.0);
     for _ in 0..CLOSE_ROUNDS {

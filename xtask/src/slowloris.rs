@@ -146,15 +146,19 @@ pub(crate) fn slowloris(env: &Env, duration: Duration) -> Result<Vec<String>> {
     let mut rows = Vec::new();
     for name in ["ferrocorn", "gunicorn"] {
         let log_name = format!("{name}-slowloris");
-        let running = match start_with(server(name)?, env, &hello, WORKERS, false, &[], &log_name)
-        {
+        let running = match start_with(server(name)?, env, &hello, WORKERS, false, &[], &log_name) {
             Ok(running) => running,
             Err(e) => {
                 println!("| {name} | skipped: {e:#} | | | | | | |");
                 continue;
             }
         };
-        load(running.addr, hello.path, NORMAL_CONNECTIONS, Duration::from_secs(1));
+        load(
+            running.addr,
+            hello.path,
+            NORMAL_CONNECTIONS,
+            Duration::from_secs(1),
+        );
         let without = load(running.addr, hello.path, NORMAL_CONNECTIONS, duration);
         let attack = Attack::start(running.addr);
         // Let every trickler send a few bytes first: each is now inside some read of a head.
@@ -213,7 +217,9 @@ fn slowloris_failures(rows: &[Row]) -> Vec<String> {
             );
         }
         if row.server == "ferrocorn" && failed > 0 {
-            failures.push(format!("ferrocorn: {failed} normal requests failed under slowloris"));
+            failures.push(format!(
+                "ferrocorn: {failed} normal requests failed under slowloris"
+            ));
         }
     }
     failures

@@ -263,9 +263,12 @@ pub(crate) fn start_with(
     Ok(running)
 }
 
+/// How long [`one_request`] waits for each read of its answer.
+pub(crate) const ONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) fn one_request(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(ONE_REQUEST_TIMEOUT))?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;

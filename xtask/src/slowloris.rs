@@ -15,7 +15,7 @@ use anyhow::Result;
 
 use crate::bench::{hello_target, load, Load};
 use crate::bench_threads::{print_checks, ratio, server, Bound, Check};
-use crate::servers::{start_with, Env};
+use crate::servers::{start_with, Env, ONE_REQUEST_TIMEOUT};
 
 const TRICKLERS: usize = 300;
 const TRICKLE_EVERY: Duration = Duration::from_millis(500);
@@ -194,6 +194,10 @@ fn print_row(row: &Row) {
 fn slowloris_failures(rows: &[Row]) -> Vec<String> {
     let p99_ratio = |name: &str| {
         let row = rows.iter().find(|r| r.server == name)?;
+        if row.with.requests == 0 && row.without.requests > 0 {
+            // Not one normal request answered under the attack: an unbounded p99.
+            return Some(f64::INFINITY);
+        }
         ratio(Some(row.with.p99_ms), Some(row.without.p99_ms))
     };
     let mut failures = print_checks(&[
@@ -212,8 +216,11 @@ fn slowloris_failures(rows: &[Row]) -> Vec<String> {
         let failed = row.with.errors;
         if failed > 0 {
             println!(
-                "{}: {failed} normal requests failed under the attack ({} succeeded)",
-                row.server, row.with.requests
+                "{}: {failed} normal requests failed under the attack ({} succeeded); a \
+                 failed one waited {} s for an answer or was refused",
+                row.server,
+                row.with.requests,
+                ONE_REQUEST_TIMEOUT.as_secs()
             );
         }
         if row.server == "ferrocorn" && failed > 0 {

@@ -154,92 +154,59 @@ const UWSGI_KEEPALIVE: ServerKind = ServerKind {
     command: uwsgi_keepalive,
 };
 
+/// Interleaved rounds of the wrk rows.
+const ROUNDS: u32 = 3;
 const KEEPALIVE_WORKERS: usize = 2;
 const KEEPALIVE_CONNECTIONS: usize = 64;
 
-/// A server's keep-alive result: wrk's run, and how many of the connections a burst of one
-/// request on each got answered within a second (a server that holds one connection per
-/// process serves a few and leaves the rest waiting; wrk's rate hides that).
-struct KeepAliveRow {
-    server: &'static str,
-    run: WrkRun,
-    answered: usize,
-}
-
-/// hello.py on 64 keep-alive connections, 2 workers: ferrocorn against Granian and uWSGI.
+/// hello.py on 64 keep-alive connections, 2 workers: ferrocorn against Granian and uWSGI, all
+/// three running at once and loaded in turns. After the load, one request is sent on each of 64
+/// fresh connections at once and the ones answered within a second are counted: a server that
+/// holds one connection per process serves a few and leaves the rest waiting, which wrk's rate
+/// does not show.
 fn keepalive_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
     let hello = hello_target(env);
     println!(
         "\n## Keep-alive: examples/hello.py, {KEEPALIVE_WORKERS} workers, \
-         {KEEPALIVE_CONNECTIONS} keep-alive connections (wrk), {:.0} s\n",
+         {KEEPALIVE_CONNECTIONS} keep-alive connections (wrk), best of {ROUNDS} interleaved \
+         rounds in {:.0} s\n",
         duration.as_secs_f64()
     );
-    println!("| server | requests | req/s | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
-    let mut rows = Vec::new();
+    let mut servers = Vec::new();
     for kind in [server("ferrocorn")?, &GRANIAN_THREADED, &UWSGI_KEEPALIVE] {
         let log_name = format!("{}-keepalive", kind.name);
-        let running = match start_with(kind, env, &hello, KEEPALIVE_WORKERS, false, &[], &log_name)
-        {
-            Ok(running) => running,
-            Err(e) => {
-                println!("| {} | skipped: {e:#} | | | | | | |", kind.name);
-                continue;
-            }
-        };
-        let row = measure_keepalive(kind, &running, &hello, duration)?;
-        println!(
-            "| {} | {} | {:.0} | {:.2} | {:.2} | {} | {} | {} |",
-            row.server,
-            row.run.requests,
-            row.run.rps,
-            row.run.p50_ms,
-            row.run.p99_ms,
-            row.run.errors,
-            row.run.non_2xx,
-            row.answered
-        );
-        rows.push(row);
+        match start_with(kind, env, &hello, KEEPALIVE_WORKERS, false, &[], &log_name) {
+            Ok(running) => servers.push((kind.name.to_string(), running)),
+            Err(e) => println!("{}: skipped: {e:#}", kind.name),
+        }
     }
-    Ok(keepalive_failures(&rows))
+    let keepalive = WrkLoad {
+        path: hello.path,
+        connections: KEEPALIVE_CONNECTIONS,
+        headers: &[],
+    };
+    let best = best_of_rounds(&servers, &keepalive, duration)?;
+    println!("| server | best req/s | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    let mut answered = Vec::new();
+    for ((name, running), run) in servers.iter().zip(&best) {
+        let within = Duration::from_secs(1);
+        let count = answered_at_once(running.addr, hello.path, KEEPALIVE_CONNECTIONS, within)?;
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} | {count} |",
+            run.rps, run.p50_ms, run.p99_ms, run.errors, run.non_2xx
+        );
+        answered.push(count);
+    }
+    Ok(keepalive_failures(&servers, &best, &answered))
 }
 
-fn measure_keepalive(
-    kind: &ServerKind,
-    running: &Running,
-    hello: &Target,
-    duration: Duration,
-) -> Result<KeepAliveRow> {
-    let warm_up = Duration::from_secs(1);
-    wrk::wrk(
-        running.addr,
-        hello.path,
-        KEEPALIVE_CONNECTIONS,
-        warm_up,
-        &[],
-    )?;
-    let run = wrk::wrk(
-        running.addr,
-        hello.path,
-        KEEPALIVE_CONNECTIONS,
-        duration,
-        &[],
-    )?;
-    let answered = answered_at_once(
-        running.addr,
-        hello.path,
-        KEEPALIVE_CONNECTIONS,
-        Duration::from_secs(1),
-    )?;
-    Ok(KeepAliveRow {
-        server: kind.name,
-        run,
-        answered,
-    })
-}
-
-fn keepalive_failures(rows: &[KeepAliveRow]) -> Vec<String> {
-    let rps = |name: &str| rows.iter().find(|r| r.server == name).map(|r| r.run.rps);
+fn keepalive_failures(
+    servers: &[(String, Running)],
+    runs: &[WrkRun],
+    answered: &[usize],
+) -> Vec<String> {
+    let rps = |name: &str| rps_of(servers, runs, name);
     let mut failures = print_checks(&[
         Check {
             what: "keep-alive req/s ferrocorn/granian".into(),
@@ -252,17 +219,17 @@ fn keepalive_failures(rows: &[KeepAliveRow]) -> Vec<String> {
             bound: Bound::AtLeast(2.0),
         },
     ]);
-    if let Some(f) = rows.iter().find(|r| r.server == "ferrocorn") {
-        if f.run.errors.total() + f.run.non_2xx > 0 {
+    let ferrocorn = servers.iter().position(|(name, _)| name == "ferrocorn");
+    if let Some((run, answered)) = ferrocorn.map(|i| (&runs[i], answered[i])) {
+        if run.errors.total() + run.non_2xx > 0 {
             failures.push(format!(
                 "ferrocorn keep-alive: socket errors {} (connect/read/write/timeout), {} non-2xx",
-                f.run.errors, f.run.non_2xx
+                run.errors, run.non_2xx
             ));
         }
-        if f.answered < KEEPALIVE_CONNECTIONS {
+        if answered < KEEPALIVE_CONNECTIONS {
             failures.push(format!(
-                "ferrocorn answered {} of {KEEPALIVE_CONNECTIONS} keep-alive connections at once",
-                f.answered
+                "ferrocorn answered {answered} of {KEEPALIVE_CONNECTIONS} keep-alive connections at once"
             ));
         }
     }
@@ -441,7 +408,6 @@ fn measure_io(
 }
 
 const CLOSE_CONNECTIONS: usize = 16;
-const CLOSE_ROUNDS: u32 = 3;
 
 /// hello.py with `Connection: close` on every request (how nginx talks to an upstream by
 /// default), 2 workers: ferrocorn now against the sync-worker-only ferrocorn and gunicorn. The
@@ -450,12 +416,17 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
     let hello = hello_target(env);
     println!(
         "\n## Connection: close: examples/hello.py, 2 workers, {CLOSE_CONNECTIONS} connections \
-         (wrk), best of {CLOSE_ROUNDS} interleaved rounds in {:.0} s\n",
+         (wrk), best of {ROUNDS} interleaved rounds in {:.0} s\n",
         duration.as_secs_f64()
     );
     let old_label = format!("ferrocorn {SYNC_WORKER_REV} (sync worker)");
     let servers = start_close_contenders(env, &hello, &old_label)?;
-    let best = best_close_rounds(&servers, &hello, duration)?;
+    let close = WrkLoad {
+        path: hello.path,
+        connections: CLOSE_CONNECTIONS,
+        headers: &["Connection: close"],
+    };
+    let best = best_of_rounds(&servers, &close, duration)?;
     println!("| server | best req/s | p99 ms | socket errors c/r/w/t | non-2xx |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for ((label, _), run) in servers.iter().zip(&best) {
@@ -464,13 +435,7 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
             run.rps, run.p99_ms, run.errors, run.non_2xx
         );
     }
-    let rps = |label: &str| {
-        servers
-            .iter()
-            .zip(&best)
-            .find(|((l, _), _)| l == label)
-            .map(|(_, run)| run.rps)
-    };
+    let rps = |label: &str| rps_of(&servers, &best, label);
     Ok(print_checks(&[
         Check {
             what: format!("Connection: close req/s now/{SYNC_WORKER_REV}"),
@@ -521,32 +486,50 @@ fn start_close_contenders(
     Ok(servers)
 }
 
-/// Each server's best of [`CLOSE_ROUNDS`] wrk runs, taken in turns (after a warm-up each).
-fn best_close_rounds(
+/// How one wrk load is run on each server of a row.
+struct WrkLoad<'a> {
+    path: &'a str,
+    connections: usize,
+    headers: &'a [&'a str],
+}
+
+/// Each server's best of [`ROUNDS`] wrk runs sharing `duration`, taken in turns after a
+/// second's warm-up each, so a change in the machine's other load hits every server alike.
+fn best_of_rounds(
     servers: &[(String, Running)],
-    hello: &Target,
+    load: &WrkLoad,
     duration: Duration,
 ) -> Result<Vec<WrkRun>> {
-    let close = ["Connection: close"];
-    let round = (duration / CLOSE_ROUNDS).max(Duration::from_secs(1));
-    let mut best: Vec<WrkRun> = Vec::new();
-    for (_, running) in servers {
-        best.push(wrk::wrk(
+    let run = |running: &Running, duration| {
+        wrk::wrk(
             running.addr,
-            hello.path,
-            CLOSE_CONNECTIONS,
-            Duration::from_secs(1),
-            &close,
-        )?);
+            load.path,
+            load.connections,
+            duration,
+            load.headers,
+        )
+    };
+    for (_, running) in servers {
+        run(running, Duration::from_secs(1))?;
     }
-    best.iter_mut().for_each(|b| b.rps = 0.0);
-    for _ in 0..CLOSE_ROUNDS {
+    let round = (duration / ROUNDS).max(Duration::from_secs(1));
+    let mut best: Vec<Option<WrkRun>> = vec![None; servers.len()];
+    for _ in 0..ROUNDS {
         for ((_, running), best) in servers.iter().zip(best.iter_mut()) {
-            let run = wrk::wrk(running.addr, hello.path, CLOSE_CONNECTIONS, round, &close)?;
-            if run.rps > best.rps {
-                *best = run;
+            let result = run(running, round)?;
+            if best.as_ref().is_none_or(|b| result.rps > b.rps) {
+                *best = Some(result);
             }
         }
     }
-    Ok(best)
+    Ok(best.into_iter().flatten().collect())
+}
+
+/// `label`'s result, when it ran.
+fn rps_of(servers: &[(String, Running)], runs: &[WrkRun], label: &str) -> Option<f64> {
+    servers
+        .iter()
+        .zip(runs)
+        .find(|((l, _), _)| l == label)
+        .map(|(_, run)| run.rps)
 }

@@ -319,8 +319,8 @@ fn io_bound(env: &Env, duration: Duration) -> Result<Vec<String>> {
          {IO_CONNECTIONS} connections, {:.0} s, Connection: close\n",
         duration.as_secs_f64()
     );
-    println!("| server | req/s | p50 ms | p99 ms | errors | processes | total PSS MiB |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| server | req/s | p50 ms | p99 ms | errors | processes | master PSS MiB | total PSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut rows = Vec::new();
     for contender in &IO_CONTENDERS {
         rows.push(measure_io(env, &django, contender, duration)?);
@@ -378,7 +378,7 @@ fn measure_io(
     ) {
         Ok(running) => running,
         Err(e) => {
-            println!("| {} | skipped: {e:#} | | | | | |", contender.label);
+            println!("| {} | skipped: {e:#} | | | | | | |", contender.label);
             return Ok(None);
         }
     };
@@ -390,15 +390,19 @@ fn measure_io(
     );
     let result = load(running.addr, django.path, IO_CONNECTIONS, duration);
     let tree = ferrocorn_sizing::tree_memory(running.child.id() as i32)?;
+    // The root comes first: the master (or the server's only process).
+    let master_pss = tree.processes.first().map_or(0, |(_, m)| m.pss);
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
     println!(
-        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} |",
+        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |",
         contender.label,
         result.rps,
         result.p50_ms,
         result.p99_ms,
         result.errors,
         tree.processes.len(),
-        tree.total.pss as f64 / (1024.0 * 1024.0)
+        mib(master_pss),
+        mib(tree.total.pss)
     );
     Ok(Some(IoRow {
         rps: result.rps,

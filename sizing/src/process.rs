@@ -176,14 +176,26 @@ pub fn parse_schedstat(text: &str) -> Result<(f64, f64), Error> {
     Ok((on_cpu? as f64 / 1e9, waiting? as f64 / 1e9))
 }
 
-/// Seconds a process has spent on a CPU and waiting for one (`/proc/PID/schedstat`).
+/// Seconds a process has spent on a CPU and waiting for one, summed over its threads
+/// (`/proc/PID/task/TID/schedstat`: the process's own file counts its main thread only).
 pub fn process_schedstat(pid: i32) -> Result<(f64, f64), Error> {
-    let path = PathBuf::from(format!("/proc/{pid}/schedstat"));
-    let text = std::fs::read_to_string(&path).map_err(|cause| Error::Read {
-        path: path.clone(),
+    let tasks = PathBuf::from(format!("/proc/{pid}/task"));
+    let dir = std::fs::read_dir(&tasks).map_err(|cause| Error::Read {
+        path: tasks.clone(),
         cause,
     })?;
-    parse_schedstat(&text).map_err(|e| e.in_file(&path))
+    let (mut on_cpu, mut waiting) = (0.0, 0.0);
+    for task in dir.flatten() {
+        let path = task.path().join("schedstat");
+        // A thread that ended since the listing took its counts with it.
+        let Ok(text) = std::fs::read_to_string(&path) else {
+            continue;
+        };
+        let (cpu, wait) = parse_schedstat(&text).map_err(|e| e.in_file(&path))?;
+        on_cpu += cpu;
+        waiting += wait;
+    }
+    Ok((on_cpu, waiting))
 }
 
 /// Every process's children, from the ppid in each `/proc/PID/stat`.

@@ -1,35 +1,39 @@
-//! The ferrocorn sync worker: accept a connection, read requests through `ferrocorn-http`, hand each
-//! to an [`App`], write the response; keep-alive, pipelining, timeouts, `--max-requests`.
+//! The ferrocorn worker: an I/O loop that owns the connections and app threads that call an
+//! [`App`]; HTTP/1.1 keep-alive, pipelining, timeouts, `--max-requests`, `--threads`.
 //!
 //! Knows nothing of Python: the WSGI adapter and Rust apps both implement [`App`] (closures do too,
 //! see [`fn_app`]). Every framing decision (request bodies, response heads and bodies, error
 //! responses) is `ferrocorn-http`'s; this crate moves the bytes. [`MemoryConn`] runs the real
 //! [`Request`] and [`Response`] in memory, for an app's unit tests.
 //!
-//! One connection at a time, like gunicorn's sync worker, but with HTTP/1.1 keep-alive and
-//! pipelining, a deadline for the whole request head (slow clients are cut off), `100 Continue` only
-//! when the app actually reads the body, and `sendfile(2)` for file responses. All socket I/O is
-//! non-blocking with `poll(2)` waits, so every wait has a deadline and also watches the signal wake
-//! fd. A graceful stop (SIGTERM) ends accepting at once (unless the whole server stops: then the
-//! connections queued on the listeners are accepted and served first, see
-//! [`Monitor::drain_on_stop`]), but every connection already accepted is served: a new one's first request is waited for (up to the header timeout, within the graceful
-//! timeout) and answered with `Connection: close`, and an idle keep-alive one is closed unless a
-//! request follows its last response at once. A quick stop (SIGINT/SIGQUIT) ends any idle wait.
+//! The thread that calls [`run`] runs the I/O loop (epoll, through mio): it accepts, reads request
+//! heads (and `Content-Length` bodies up to 64 KiB) against `--header-timeout`, parks idle
+//! keep-alive connections (up to `--worker-connections`), flushes what a slow reader left unsent,
+//! and lingers on closing connections. Each app (one per `--threads`) gets a thread of its own
+//! that only ever sees a complete request head: it calls the app, reads a bigger body from the
+//! socket itself (`100 Continue` only when the app reads it, a minimum average rate), and writes
+//! the response (`sendfile(2)` for files) until the socket is full, then up to 256 KiB more into a
+//! buffer the I/O loop sends, so a slow client holds neither a thread nor the worker. A worker
+//! accepts only while an app thread is free for the connection, so a busy worker leaves new
+//! clients in the listen queue for an idle sibling.
 //!
-//! Because one worker holds one connection at a time, a connection never keeps queued clients
-//! waiting for long: an idle keep-alive connection (or a new one that stays silent past a second,
-//! like a browser's preconnect) is closed as soon as another client is waiting, and a busy
-//! keep-alive connection gets `Connection: close` on its next response. The worker keeps beating
-//! its heartbeat while it waits on a slow client, since each such wait is bounded by the I/O timeout
-//! and a request body must also arrive at a minimum average rate (a body trickled in a byte just
-//! before each read would time out is cut off, and so is the draining of an unread one).
+//! A graceful stop (SIGTERM) ends accepting at once (unless the whole server stops: then the
+//! connections queued on the listeners are accepted and served first, see
+//! [`Monitor::drain_on_stop`]), but every connection already accepted is served: a new one's first
+//! request is waited for (up to the header timeout, within the graceful timeout) and answered with
+//! `Connection: close`, and an idle keep-alive one is closed unless a request follows its last
+//! response at once. A quick stop (SIGINT/SIGQUIT) ends every wait; requests being served finish.
+//! A request running past [`WorkerConfig::timeout`] is interrupted ([`App::interrupter`]), then
+//! abandoned with a 500 if it does not end; the worker then retires like at `--max-requests`.
 #![warn(missing_docs)]
 
+mod app_thread;
+mod event;
 mod headers;
 mod memory;
+mod pool;
 mod request;
 mod response;
-mod serve;
 mod sock;
 
 use std::io;
@@ -181,6 +185,10 @@ pub struct WorkerConfig {
     /// `--worker-connections`: most connections a worker holds at once (serving, reading a head,
     /// or idle between keep-alive requests); beyond it, it accepts no more until one closes.
     pub worker_connections: usize,
+    /// Most response bytes kept per connection for a client that reads slowly: up to this, the
+    /// app thread goes on (and is free once its response is complete) while the I/O thread sends
+    /// them; past it, the app thread waits for the client.
+    pub output_buffer: usize,
 }
 
 impl Default for WorkerConfig {
@@ -195,6 +203,7 @@ impl Default for WorkerConfig {
             server_header: concat!("ferrocorn/", env!("CARGO_PKG_VERSION")).to_string(),
             timeout: None,
             worker_connections: 1000,
+            output_buffer: 256 * 1024,
         }
     }
 }
@@ -229,6 +238,10 @@ pub trait Monitor: Sync {
     /// How many complete request heads wait for a free app thread (told when it changes): they
     /// wait like connections in a listener's queue.
     fn waiting(&self, _heads: usize) {}
+    /// The request app thread `thread` started last was abandoned after the worker timed out
+    /// (the thread did not return from the app): it is over for the client, which got a 500,
+    /// and the thread may never report it finished.
+    fn request_abandoned(&self, _thread: usize) {}
     /// Asked when a graceful stop begins: `true` when the whole server is going away for good
     /// (not this worker being retired while others go on), so the worker serves every connection
     /// still queued on its listeners before exiting, since nobody else would.
@@ -268,16 +281,13 @@ pub fn run_with(
     control: &dyn Control,
     monitor: &dyn Monitor,
 ) -> io::Result<Exit> {
-    let Some(app) = apps.first_mut() else {
+    if apps.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "a worker needs at least one app thread",
         ));
-    };
-    let beat = || monitor.beat();
-    serve::Worker::new(&mut **app, config, control, &beat)
-        .with_monitor(&monitor)
-        .run(listeners)
+    }
+    event::serve(apps, listeners, config, control, monitor)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

@@ -441,6 +441,8 @@ impl<'a> Response<'a> {
         let Some(fd) = sock.fd() else {
             return Err(io::ErrorKind::Unsupported.into());
         };
+        // The file's bytes go straight to the socket: what waits in the output goes first.
+        sock.flush_output(self.conn.io_timeout)?;
         let mut sent = 0u64;
         sock.before_send(true);
         while sent < count {

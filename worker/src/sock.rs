@@ -3,7 +3,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::io::{self, Read};
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::{Duration, Instant};
 
 use ferrocorn_listener::Stream;
@@ -11,8 +11,17 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{send, MsgFlags};
 
+use crate::pool::Lane;
+
 /// Longest single `poll` while a caller wants to hear about time passing (heartbeats).
 pub(crate) const TICK: Duration = Duration::from_secs(1);
+
+/// What a send does when the socket is full.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum OnFull {
+    Wait,
+    Queue,
+}
 
 /// How a bounded wait ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -76,6 +85,27 @@ pub(crate) fn timed_out(what: &str) -> io::Error {
     io::Error::new(io::ErrorKind::TimedOut, format!("timed out {what}"))
 }
 
+/// How to close a connection the client may still be sending on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Linger {
+    /// Nothing more can come: just close.
+    No,
+    /// Half-close and discard what has already arrived, without waiting.
+    Brief,
+    /// Half-close and discard for a while (the I/O loop's `LINGER_TIME`).
+    Full,
+}
+
+impl Linger {
+    pub(crate) fn when(unread_may_follow: bool) -> Linger {
+        if unread_may_follow {
+            Linger::Full
+        } else {
+            Linger::No
+        }
+    }
+}
+
 /// An accepted connection in non-blocking mode, or an in-memory stand-in for unit tests. Its
 /// waits call `beat` every second: a worker moving a big body over a slow link is busy, not hung,
 /// and each wait is bounded anyway.
@@ -85,6 +115,13 @@ pub(crate) struct Sock<'b> {
     /// Sends since the client last sent us something, and whether TCP_NODELAY is on yet.
     sends_since_read: Cell<u32>,
     nodelay: Cell<bool>,
+    /// The app thread's lane: its claim on the response is checked before each send.
+    lane: Option<&'b Lane>,
+    /// Response bytes the socket would not take yet (up to `out_bound`); later sends queue
+    /// behind them.
+    out: RefCell<Vec<u8>>,
+    /// See [`crate::WorkerConfig::output_buffer`]; 0 in memory.
+    out_bound: usize,
 }
 
 enum Io {
@@ -119,18 +156,29 @@ impl std::fmt::Debug for Sock<'_> {
 }
 
 impl<'b> Sock<'b> {
-    pub(crate) fn new(stream: Stream, beat: &'b dyn Fn()) -> io::Result<Sock<'b>> {
-        let tcp = match &stream {
-            Stream::Tcp(s) => {
-                s.set_nonblocking(true)?;
-                true
-            }
-            Stream::Unix(s) => {
-                s.set_nonblocking(true)?;
-                false
-            }
-        };
-        Ok(Sock::with_io(Io::Socket { stream, tcp }, beat))
+    /// A connection the I/O loop accepted (already non-blocking), served on `lane`'s thread,
+    /// buffering up to `out_bound` bytes for a slow reader. `nodelay`: TCP_NODELAY is already on.
+    pub(crate) fn adopt(
+        stream: Stream,
+        nodelay: bool,
+        lane: &'b Lane,
+        out_bound: usize,
+        beat: &'b dyn Fn(),
+    ) -> Sock<'b> {
+        let tcp = matches!(stream, Stream::Tcp(_));
+        let mut sock = Sock::with_io(Io::Socket { stream, tcp }, beat);
+        sock.nodelay.set(nodelay);
+        sock.lane = Some(lane);
+        sock.out_bound = out_bound;
+        sock
+    }
+
+    /// The stream back, with the output still unsent and whether TCP_NODELAY is on.
+    pub(crate) fn into_parts(self) -> Option<(Stream, Vec<u8>, bool)> {
+        match self.io {
+            Io::Socket { stream, .. } => Some((stream, self.out.into_inner(), self.nodelay.get())),
+            Io::Memory(_) => None,
+        }
     }
 
     /// A connection whose client sent `input` and then closed its side.
@@ -148,6 +196,9 @@ impl<'b> Sock<'b> {
             beat,
             sends_since_read: Cell::new(0),
             nodelay: Cell::new(false),
+            lane: None,
+            out: RefCell::new(Vec::new()),
+            out_bound: 0,
         }
     }
 
@@ -237,32 +288,88 @@ impl<'b> Sock<'b> {
 
     /// Write all of `data`, each wait for the socket to drain bounded by `timeout`. `more` tells TCP
     /// that more data follows at once (MSG_MORE), so a head and a sendfile body share packets.
-    pub(crate) fn write_all(
-        &self,
-        mut data: &[u8],
-        timeout: Duration,
-        more: bool,
-    ) -> io::Result<()> {
+    /// When the socket is full, up to `out_bound` bytes wait in the connection's output
+    /// instead (only for connections of the I/O loop), so a slow reader does not hold the app.
+    pub(crate) fn write_all(&self, data: &[u8], timeout: Duration, more: bool) -> io::Result<()> {
         let (fd, tcp) = match &self.io {
             Io::Socket { stream, tcp } => (stream.as_raw_fd(), *tcp),
             Io::Memory(m) => return m.borrow_mut().send(data),
         };
+        if self.lane.is_some_and(|lane| !lane.claim_response()) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the request was abandoned after the worker timed out",
+            ));
+        }
+        if !self.out.borrow().is_empty() {
+            if self.queue_output(data) {
+                return Ok(());
+            }
+            self.flush_output(timeout)?;
+        }
         // MSG_NOSIGNAL: a client that went away is an EPIPE error here, never a SIGPIPE.
         let mut flags = MsgFlags::MSG_NOSIGNAL;
         if more && tcp {
             flags |= MsgFlags::from_bits_retain(libc::MSG_MORE);
         }
         self.before_send(!more);
+        let on_full = if self.lane.is_some() {
+            OnFull::Queue
+        } else {
+            OnFull::Wait
+        };
+        self.send_waiting(fd, data, flags, timeout, on_full)
+    }
+
+    /// Send `data`; when the socket is full, wait for it (each wait bounded by `timeout`), or
+    /// queue the rest in the output if the bound allows.
+    fn send_waiting(
+        &self,
+        fd: RawFd,
+        mut data: &[u8],
+        flags: MsgFlags,
+        timeout: Duration,
+        on_full: OnFull,
+    ) -> io::Result<()> {
         while !data.is_empty() {
             match send(fd, data, flags) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
                 Ok(n) => data = &data[n..],
-                Err(Errno::EAGAIN) => self.wait_writable(timeout)?,
+                Err(Errno::EAGAIN) => {
+                    if on_full == OnFull::Queue && self.queue_output(data) {
+                        return Ok(());
+                    }
+                    self.wait_writable(timeout)?
+                }
                 Err(Errno::EINTR) => {}
                 Err(e) => return Err(e.into()),
             }
         }
         Ok(())
+    }
+
+    /// Queue `data` behind the output already waiting, if the bound allows.
+    fn queue_output(&self, data: &[u8]) -> bool {
+        let mut out = self.out.borrow_mut();
+        if out.len() + data.len() > self.out_bound {
+            return false;
+        }
+        out.extend_from_slice(data);
+        true
+    }
+
+    /// Send what waits in the output, waiting for the socket (each wait bounded by `timeout`):
+    /// before bytes that cannot queue behind it (a sendfile body, or past the bound).
+    pub(crate) fn flush_output(&self, timeout: Duration) -> io::Result<()> {
+        let Io::Socket { stream, .. } = &self.io else {
+            return Ok(());
+        };
+        let out = std::mem::take(&mut *self.out.borrow_mut());
+        if out.is_empty() {
+            return Ok(());
+        }
+        let fd = stream.as_raw_fd();
+        self.send_waiting(fd, &out, MsgFlags::MSG_NOSIGNAL, timeout, OnFull::Wait)
     }
 
     pub(crate) fn wait_writable(&self, timeout: Duration) -> io::Result<()> {
@@ -282,13 +389,6 @@ impl<'b> Sock<'b> {
                 Ok(Waited::Deadline) => return Err(()),
                 Ok(_) | Err(_) => return Ok(()),
             }
-        }
-    }
-
-    pub(crate) fn shutdown_write(&self) {
-        if let Io::Socket { stream, .. } = &self.io {
-            // The peer may already be gone; nothing useful to do about an error here.
-            let _ = stream.shutdown_write();
         }
     }
 }
@@ -397,19 +497,18 @@ impl ReadBuf {
         Ok(n)
     }
 
-    /// Append whatever is readable right now without waiting; `Ok(None)` if nothing is.
-    pub(crate) fn try_fill(&mut self, sock: &Sock, max_len: usize) -> io::Result<Option<usize>> {
+    /// Append what one read of `stream` gives (the I/O loop's reads). `Ok(0)` is EOF; `WouldBlock`
+    /// when nothing is there; `OutOfMemory` when the buffer is already at `max_len`.
+    pub(crate) fn read_from(&mut self, stream: &Stream, max_len: usize) -> io::Result<usize> {
         let spare = self.spare(max_len);
         if spare.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
-        match sock.try_read(spare) {
-            Ok(n) => {
-                self.end += n;
-                Ok(Some(n))
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
-            Err(e) => Err(e),
-        }
+        let n = match stream {
+            Stream::Tcp(s) => (&*s).read(spare),
+            Stream::Unix(s) => (&*s).read(spare),
+        }?;
+        self.end += n;
+        Ok(n)
     }
 }

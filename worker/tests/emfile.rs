@@ -10,7 +10,6 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 use common::{config, Server};
-use ferrocorn_worker::fn_app;
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
 
 /// Collects error-level log lines and lets the test wait for one.
@@ -41,17 +40,20 @@ impl log::Log for Capture {
 fn emfile_on_accept_is_reported_and_survived() {
     log::set_logger(&CAPTURE).unwrap();
     log::set_max_level(log::LevelFilter::Error);
-    let app = fn_app(|_req, res| {
-        res.start(200, "OK", vec![(b"Content-Length".to_vec(), b"2".to_vec())])?;
-        res.write(b"ok")
-    });
+    let (app, entered, release) = common::gated_app();
     let server = Server::start(app, config());
+    let mut busy = server.connect();
+    busy.send(b"GET /busy HTTP/1.1\r\nHost: t\r\n\r\n");
+    entered.recv_timeout(Duration::from_secs(10)).unwrap();
+    // The worker's only app thread is busy: it accepts no one until the thread is free.
     let mut client = server.connect();
+    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
     // The lowest free descriptor is the one accept would need: allow none from there on.
     let next_fd = File::open("/dev/null").unwrap().as_raw_fd() as u64;
     let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
     setrlimit(Resource::RLIMIT_NOFILE, next_fd, hard).unwrap();
-    client.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    release.send(()).unwrap();
+    assert_eq!(busy.read_response().status, 200);
 
     let lines = CAPTURE.lines.lock().unwrap();
     let (lines, timeout) = CAPTURE
@@ -65,6 +67,7 @@ fn emfile_on_accept_is_reported_and_survived() {
     drop(lines);
 
     setrlimit(Resource::RLIMIT_NOFILE, soft, hard).unwrap();
+    release.send(()).unwrap();
     let r = client.read_response();
-    assert_eq!((r.status, r.text().as_str()), (200, "ok"));
+    assert_eq!((r.status, r.text().as_str()), (200, "finished "));
 }

@@ -267,16 +267,26 @@ impl ProcessBench {
     }
 }
 
-/// Seconds on a CPU and waiting for one, summed over `pids`: from schedstat (nanoseconds),
-/// else from stat's clock ticks with no wait known.
-/// The poll(2) system calls, in which a booted sync worker waits for connections.
+/// The epoll and poll system calls, in one of which a booted worker's I/O loop waits for
+/// connections.
 #[cfg(target_arch = "x86_64")]
-const POLL_SYSCALLS: &[libc::c_long] = &[libc::SYS_poll, libc::SYS_ppoll];
+const POLL_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_poll,
+    libc::SYS_ppoll,
+];
 #[cfg(not(target_arch = "x86_64"))]
-const POLL_SYSCALLS: &[libc::c_long] = &[libc::SYS_ppoll];
+const POLL_SYSCALLS: &[libc::c_long] = &[
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_ppoll,
+];
 
-/// Whether `pid` is blocked in poll(2), from `/proc/PID/syscall`: before any load is sent, that
-/// is a worker done loading its app and waiting for connections. When the file cannot be read
+/// Whether `pid` is blocked in epoll or poll, from `/proc/PID/syscall` (of its main thread, the
+/// I/O loop's): before any load is sent, that is a worker done loading its app and waiting for
+/// connections. When the file cannot be read
 /// (no permission, kernel without it), the worker is taken as ready.
 fn waiting_in_poll(pid: i32) -> bool {
     let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/syscall")) else {
@@ -288,6 +298,8 @@ fn waiting_in_poll(pid: i32) -> bool {
         .is_some_and(|nr| POLL_SYSCALLS.contains(&nr))
 }
 
+/// Seconds on a CPU and waiting for one, summed over `pids`: from schedstat (nanoseconds),
+/// else from stat's clock ticks with no wait known.
 fn cpu_seconds(pids: &[i32]) -> (f64, f64) {
     pids.iter()
         .filter_map(|&pid| {

@@ -150,6 +150,21 @@ impl Server {
         listeners: Vec<Listener>,
         addr: SocketAddr,
     ) -> Server {
+        Self::start_apps(apps(app), config, listeners, addr)
+    }
+
+    /// A worker with one app thread per app.
+    pub fn start_threads(apps: Vec<ThreadApp>, config: WorkerConfig) -> Server {
+        let (listener, addr) = tcp_listener();
+        Self::start_apps(apps, config, vec![listener], addr)
+    }
+
+    fn start_apps(
+        mut apps: Vec<ThreadApp>,
+        config: WorkerConfig,
+        listeners: Vec<Listener>,
+        addr: SocketAddr,
+    ) -> Server {
         let control = Arc::new(TestControl::new());
         let c = Arc::clone(&control);
         let (beat_tx, beats) = mpsc::channel();
@@ -157,7 +172,7 @@ impl Server {
             let heartbeat = move || {
                 let _ = beat_tx.send(());
             };
-            run_with(&mut apps(app), &listeners, &config, &*c, &heartbeat)
+            run_with(&mut apps, &listeners, &config, &*c, &heartbeat)
         });
         Server {
             addr,

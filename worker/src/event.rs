@@ -1,0 +1,1207 @@
+//! The I/O loop: one thread owns every connection that is not being served (accepting, reading
+//! request heads and small bodies, idle keep-alive, flushing output, lingering close) and hands
+//! complete requests to the app threads.
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::{AsRawFd, RawFd};
+use std::time::{Duration, Instant};
+
+use ferrocorn_http::{error_response, BodyFraming, HeadParser, Parsed, RequestError, RequestHead};
+use ferrocorn_listener::{Listener, PeerAddr, Stream};
+use ferrocorn_signals::WorkerState;
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
+use nix::errno::Errno;
+use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
+use nix::sys::socket::{send, shutdown, MsgFlags, Shutdown};
+
+use crate::app_thread::AppThread;
+use crate::pool::{After, Connection, Job, Pool, Returned};
+use crate::sock::{Linger, ReadBuf};
+use crate::{Control, Exit, Monitor, ServerAddr, ThreadApp, WorkerConfig};
+
+/// The waker the app threads use, and the signal wake fd.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+const SIGNALS: Token = Token(usize::MAX - 1);
+/// Listener `i` is `usize::MAX - 2 - i`.
+const LISTENERS_TOP: usize = usize::MAX - 2;
+
+/// Longest sleep of the loop: it beats at least this often.
+const BEAT_EVERY: Duration = Duration::from_millis(500);
+
+/// How often busy app threads are checked against `--timeout`.
+const TIMEOUT_CHECK_EVERY: Duration = Duration::from_millis(100);
+
+/// After a stuck request was interrupted, how long before it is abandoned.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+/// Most request body the I/O thread reads before handing a request over (`Content-Length` bodies
+/// only): the app never waits for a slow client on a small upload.
+const PREFETCH_BODY: u64 = 64 * 1024;
+
+/// How long a closing connection is read and discarded after our last byte, so the client gets
+/// our response instead of a reset (lingering close).
+const LINGER_TIME: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 1024 * 1024;
+
+/// How long clients may wait in a listener's queue while this worker's threads are kept busy by
+/// the clients it holds (heads waiting for a thread) before it takes one anyway: when every
+/// worker is busy with keep-alive clients, none would ever have a thread free at the moment it
+/// looks, and a new client would wait for good.
+const ACCEPT_STARVED: Duration = Duration::from_millis(10);
+
+/// A new connection silent for this long no longer holds a thread's place (see `fresh`).
+const FRESH_CLAIM: Duration = Duration::from_millis(5);
+
+/// How long an idle keep-alive connection is kept after its response once the worker stops: a
+/// request that follows the response at once, as a busy client's does, is answered rather than
+/// lost to a close that crossed it on the wire.
+const KEPT_ALIVE_GRACE: Duration = Duration::from_millis(50);
+
+/// A stopping worker gives up on a silent connection this long before the graceful timeout ends,
+/// so it closes it and exits itself rather than being killed by the master.
+const STOP_MARGIN: Duration = Duration::from_millis(500);
+
+/// How long a worker draining the accept queues at a server stop, having found them empty, waits
+/// for a handshake that was completing when the listeners stopped taking new ones.
+const DRAIN_SETTLE: Duration = Duration::from_millis(50);
+
+/// Least time between two logged accept failures, and the pause after one (EMFILE, say).
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Where a connection the I/O loop holds is.
+enum Phase {
+    /// No byte of its next request yet. `first`: its first request (`since` is the accept);
+    /// else kept alive since `since` (its last response).
+    Idle { first: bool, since: Instant },
+    /// Part of a head is here; its clock started at `started`.
+    Head { started: Instant },
+    /// A complete head whose small body is still arriving.
+    Body { head: RequestHead, need: usize },
+    /// Sending what the app thread left unsent, then `then`.
+    Flush {
+        out: Vec<u8>,
+        pos: usize,
+        then: After,
+    },
+    /// Half-closed, discarding what the client still sends.
+    Linger { discarded: usize },
+}
+
+struct Parked {
+    conn: Connection,
+    phase: Phase,
+    deadline: Instant,
+}
+
+enum Slot {
+    Free,
+    /// With an app thread.
+    Away,
+    Parked(Box<Parked>),
+}
+
+/// Why the worker stops taking work, and until when it waits for connections in hand.
+struct Retiring {
+    exit: Exit,
+    deadline: Instant,
+}
+
+pub(crate) struct IoLoop<'r> {
+    poll: Poll,
+    listeners: &'r [Listener],
+    config: &'r WorkerConfig,
+    control: &'r dyn Control,
+    monitor: &'r dyn Monitor,
+    pool: &'r Pool,
+    slots: Vec<Slot>,
+    free: Vec<usize>,
+    parked: usize,
+    away: usize,
+    /// Away with a request that was abandoned (its thread may never give it back).
+    away_abandoned: usize,
+    /// Listeners that had connections queued when last looked at.
+    listener_ready: Vec<bool>,
+    /// Since when a listener has had clients queued that this worker left there (no free
+    /// thread); see [`ACCEPT_STARVED`].
+    queued_since: Option<Instant>,
+    /// New connections with nothing received yet, each holding a thread's place for a moment:
+    /// a client sends its request right after connecting, so the worker that accepted it will
+    /// need a thread for it.
+    fresh: VecDeque<(Instant, usize)>,
+    served: u64,
+    retiring: Option<Retiring>,
+    /// The whole server stops: serve what waits in the accept queues first.
+    draining: bool,
+    drain_quiet_since: Option<Instant>,
+    quick: bool,
+    next_scan: Instant,
+    next_timeout_check: Instant,
+    last_waiting: usize,
+    accept_paused_until: Option<Instant>,
+    accept_errors: u64,
+    accept_error_logged: Option<Instant>,
+}
+
+impl<'r> IoLoop<'r> {
+    pub(crate) fn new(
+        poll: Poll,
+        listeners: &'r [Listener],
+        config: &'r WorkerConfig,
+        control: &'r dyn Control,
+        monitor: &'r dyn Monitor,
+        pool: &'r Pool,
+    ) -> io::Result<Self> {
+        for (i, l) in listeners.iter().enumerate() {
+            l.set_nonblocking(true)?;
+            poll.registry().register(
+                &mut SourceFd(&l.as_raw_fd()),
+                Token(LISTENERS_TOP - i),
+                Interest::READABLE,
+            )?;
+        }
+        poll.registry().register(
+            &mut SourceFd(&control.wake_fd()),
+            SIGNALS,
+            Interest::READABLE,
+        )?;
+        let now = Instant::now();
+        Ok(IoLoop {
+            poll,
+            listeners,
+            config,
+            control,
+            monitor,
+            pool,
+            slots: Vec::new(),
+            free: Vec::new(),
+            parked: 0,
+            away: 0,
+            away_abandoned: 0,
+            listener_ready: vec![true; listeners.len()],
+            queued_since: None,
+            fresh: VecDeque::new(),
+            served: 0,
+            retiring: None,
+            draining: false,
+            drain_quiet_since: None,
+            quick: false,
+            next_scan: now + BEAT_EVERY,
+            next_timeout_check: now,
+            last_waiting: 0,
+            accept_paused_until: None,
+            accept_errors: 0,
+            accept_error_logged: None,
+        })
+    }
+
+    pub(crate) fn run(&mut self) -> io::Result<Exit> {
+        let mut events = Events::with_capacity(256);
+        let mut returned = Vec::new();
+        loop {
+            self.monitor.beat();
+            self.notice_state();
+            if let Some(exit) = self.finished() {
+                return Ok(exit);
+            }
+            let timeout = self.poll_timeout();
+            match self.poll.poll(&mut events, Some(timeout)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+            for event in events.iter() {
+                match event.token() {
+                    WAKER => {}
+                    SIGNALS => self.control.clear_wake(),
+                    Token(t) if t > LISTENERS_TOP - self.listeners.len() => {
+                        self.listener_ready[LISTENERS_TOP - t] = true;
+                    }
+                    Token(t) => self.on_event(
+                        t,
+                        event.is_writable() || event.is_write_closed() || event.is_error(),
+                    ),
+                }
+            }
+            self.pool.take_returned(&mut returned);
+            for r in returned.drain(..) {
+                self.on_returned(r);
+            }
+            self.scan_if_due();
+            self.accept();
+            self.report_waiting();
+        }
+    }
+
+    /// Wait up to `limit` for every thread whose request was abandoned to give its connection
+    /// back (each wakes the loop when it does).
+    fn wait_for_abandoned(&mut self, limit: Duration) {
+        let until = Instant::now() + limit;
+        let mut events = Events::with_capacity(16);
+        while self.pool.any_abandoned() {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return;
+            }
+            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return;
+                }
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Duration {
+        let now = Instant::now();
+        let mut until = self.next_scan.min(now + BEAT_EVERY);
+        if self.config.timeout.is_some() && self.away > 0 {
+            until = until.min(self.next_timeout_check);
+        }
+        if self.draining || self.accept_paused_until.is_some() {
+            until = until.min(now + DRAIN_SETTLE);
+        }
+        if let Some(since) = self.queued_since {
+            until = until.min(since + ACCEPT_STARVED);
+        }
+        until.saturating_duration_since(now)
+    }
+
+    fn report_waiting(&mut self) {
+        let waiting = self.pool.waiting();
+        if waiting != self.last_waiting {
+            self.last_waiting = waiting;
+            self.monitor.waiting(waiting);
+        }
+    }
+
+    // ---- the stop ----
+
+    /// Act on a stop signal noticed since the last look.
+    fn notice_state(&mut self) {
+        match self.control.state() {
+            WorkerState::Running => {}
+            WorkerState::Stopping => {
+                if self
+                    .retiring
+                    .as_ref()
+                    .is_none_or(|r| r.exit != Exit::Stopped)
+                {
+                    self.draining = self.monitor.drain_on_stop();
+                    self.retire(Exit::Stopped);
+                }
+            }
+            WorkerState::Exit if !self.quick => {
+                self.quick = true;
+                self.draining = false;
+                self.retire(Exit::Stopped);
+                // A quick stop ends every wait; requests being served finish.
+                for t in 0..self.slots.len() {
+                    if matches!(self.slots[t], Slot::Parked(_)) {
+                        log::debug!("closing a connection: quick stop");
+                        self.drop_conn(t);
+                    }
+                }
+            }
+            WorkerState::Exit => {}
+        }
+    }
+
+    /// Take no more connections; serve those in hand, then exit with `exit`.
+    fn retire(&mut self, exit: Exit) {
+        let now = Instant::now();
+        match &mut self.retiring {
+            // A stop after max-requests or an abort: it says why the worker exits.
+            Some(r) => {
+                if exit == Exit::Stopped {
+                    r.exit = exit;
+                }
+                return;
+            }
+            None => {
+                let grace = self.config.graceful_timeout.saturating_sub(STOP_MARGIN);
+                log::debug!(
+                    "stopping gracefully: waiting up to {:.1}s for the request of a connection \
+                     already accepted",
+                    grace.as_secs_f64()
+                );
+                self.retiring = Some(Retiring {
+                    exit,
+                    deadline: now + grace,
+                });
+            }
+        }
+        self.pool.set_closing();
+        for t in 0..self.slots.len() {
+            if let Slot::Parked(p) = &self.slots[t] {
+                let deadline = self.deadline_for(&p.phase);
+                self.set_deadline(t, deadline);
+            }
+        }
+    }
+
+    /// Why the loop is over, once it is.
+    fn finished(&mut self) -> Option<Exit> {
+        let retiring = self.retiring.as_ref()?;
+        if self.parked > 0 || self.away > self.away_abandoned || !self.pool.all_idle() {
+            return None;
+        }
+        if self.draining && Instant::now() < retiring.deadline {
+            // Served all it found; done once the queues stay empty a moment.
+            let quiet = self.drain_quiet_since?;
+            if quiet.elapsed() < DRAIN_SETTLE {
+                return None;
+            }
+        }
+        Some(retiring.exit)
+    }
+
+    // ---- accepting ----
+
+    fn accept(&mut self) {
+        if self.quick {
+            return;
+        }
+        let draining = self.draining
+            && self
+                .retiring
+                .as_ref()
+                .is_some_and(|r| Instant::now() < r.deadline);
+        if self.retiring.is_some() && !draining {
+            return;
+        }
+        if let Some(until) = self.accept_paused_until {
+            if Instant::now() < until {
+                return;
+            }
+            self.accept_paused_until = None;
+        }
+        let mut all_empty = true;
+        for i in 0..self.listeners.len() {
+            if !self.listener_ready[i] && !draining {
+                continue;
+            }
+            all_empty &= self.accept_from(i);
+        }
+        if draining {
+            if all_empty {
+                self.drain_quiet_since.get_or_insert_with(Instant::now);
+            } else {
+                self.drain_quiet_since = None;
+            }
+        }
+    }
+
+    /// Accept from listener `i` while there is room; `true` when its queue was found empty.
+    fn accept_from(&mut self, i: usize) -> bool {
+        loop {
+            if !self.has_room() && !self.starved() {
+                self.queued_since.get_or_insert_with(Instant::now);
+                return false;
+            }
+            match self.listeners[i].accept() {
+                Ok((stream, peer)) => {
+                    self.queued_since = None;
+                    self.adopt(stream, peer, i)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.listener_ready[i] = false;
+                    self.queued_since = None;
+                    return true;
+                }
+                // Another worker took it, or the client gave up while queued.
+                Err(e) if is_transient_accept_error(&e) => {}
+                Err(e) => {
+                    self.log_accept_error(i, &e);
+                    self.accept_paused_until = Some(Instant::now() + ACCEPT_BACKOFF);
+                    return false;
+                }
+            }
+        }
+    }
+
+    /// Whether clients have waited in the queue for long enough that this worker, busy with the
+    /// requests of clients it already holds, takes one in turn (within `--worker-connections`).
+    /// A worker busy with one long request leaves them to its siblings.
+    fn starved(&self) -> bool {
+        self.parked + self.away < self.config.worker_connections
+            && self
+                .queued_since
+                .is_some_and(|since| since.elapsed() >= ACCEPT_STARVED)
+            && self.pool.waiting() > 0
+    }
+
+    /// Whether the worker should take another connection: it holds fewer than
+    /// `--worker-connections`, and an app thread will be free for it. A busy worker leaves new
+    /// connections in the listen queue, for an idle sibling (and the autoscaler) to see.
+    fn has_room(&mut self) -> bool {
+        if self.parked + self.away >= self.config.worker_connections {
+            return false;
+        }
+        let now = Instant::now();
+        let slots = &self.slots;
+        self.fresh.retain(|&(until, t)| {
+            now < until
+                && matches!(&slots[t], Slot::Parked(p) if matches!(p.phase, Phase::Idle { first: true, .. }))
+        });
+        self.pool.spare_threads() > self.fresh.len() as isize
+    }
+
+    fn adopt(&mut self, stream: Stream, peer: PeerAddr, listener: usize) {
+        if let Err(e) = set_nonblocking(&stream) {
+            log::debug!("setting up a connection from {peer:?} failed: {e}");
+            return;
+        }
+        let t = self.free.pop().unwrap_or_else(|| {
+            self.slots.push(Slot::Free);
+            self.slots.len() - 1
+        });
+        if let Err(e) = self.poll.registry().register(
+            &mut SourceFd(&stream.as_raw_fd()),
+            Token(t),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            log::error!("watching a connection from {peer:?} failed: {e}");
+            self.free.push(t);
+            return;
+        }
+        let now = Instant::now();
+        let conn = Connection {
+            stream,
+            peer,
+            listener,
+            rbuf: ReadBuf::new(),
+            token: t,
+            nodelay: false,
+        };
+        self.park(
+            conn,
+            Phase::Idle {
+                first: true,
+                since: now,
+            },
+        );
+        self.drain_quiet_since = None;
+        self.read_request(t);
+        if matches!(&self.slots[t], Slot::Parked(p) if matches!(p.phase, Phase::Idle { first: true, .. }))
+        {
+            self.fresh.push_back((now + FRESH_CLAIM, t));
+        }
+    }
+
+    fn log_accept_error(&mut self, i: usize, e: &io::Error) {
+        self.accept_errors += 1;
+        if self
+            .accept_error_logged
+            .is_some_and(|t| t.elapsed() < ACCEPT_ERROR_LOG_EVERY)
+        {
+            return;
+        }
+        log::error!(
+            "accept on {} failed: {e} ({} time(s) since the last report)",
+            self.listeners[i].describe(),
+            self.accept_errors
+        );
+        self.accept_errors = 0;
+        self.accept_error_logged = Some(Instant::now());
+    }
+
+    // ---- the table of connections ----
+
+    fn park(&mut self, conn: Connection, phase: Phase) {
+        let t = conn.token;
+        let deadline = self.deadline_for(&phase);
+        self.slots[t] = Slot::Parked(Box::new(Parked {
+            conn,
+            phase,
+            deadline,
+        }));
+        self.parked += 1;
+        self.next_scan = self.next_scan.min(deadline);
+    }
+
+    fn parked_mut(&mut self, t: usize) -> Option<&mut Parked> {
+        match self.slots.get_mut(t) {
+            Some(Slot::Parked(p)) => Some(p),
+            _ => None,
+        }
+    }
+
+    fn set_phase(&mut self, t: usize, phase: Phase) {
+        let deadline = self.deadline_for(&phase);
+        if let Some(p) = self.parked_mut(t) {
+            p.phase = phase;
+            p.deadline = deadline;
+        }
+        self.next_scan = self.next_scan.min(deadline);
+    }
+
+    fn set_deadline(&mut self, t: usize, deadline: Instant) {
+        if let Some(p) = self.parked_mut(t) {
+            p.deadline = deadline;
+        }
+        self.next_scan = self.next_scan.min(deadline);
+    }
+
+    /// Take a parked connection out of the table (its slot stays reserved while it is away).
+    fn take(&mut self, t: usize) -> Option<Parked> {
+        match std::mem::replace(&mut self.slots[t], Slot::Away) {
+            Slot::Parked(p) => {
+                self.parked -= 1;
+                Some(*p)
+            }
+            other => {
+                self.slots[t] = other;
+                None
+            }
+        }
+    }
+
+    /// Close a parked connection (dropping the stream closes the socket, which also takes it out
+    /// of the poll set).
+    fn drop_conn(&mut self, t: usize) {
+        if self.take(t).is_some() {
+            self.slots[t] = Slot::Free;
+            self.free.push(t);
+        }
+    }
+
+    /// When a connection in `phase` is given up on.
+    fn deadline_for(&self, phase: &Phase) -> Instant {
+        let now = Instant::now();
+        let c = self.config;
+        let normal = match phase {
+            Phase::Idle { first: true, since } => *since + c.header_timeout,
+            Phase::Idle {
+                first: false,
+                since,
+            } => *since + c.keepalive,
+            Phase::Head { started } => *started + c.header_timeout,
+            Phase::Body { .. } | Phase::Flush { .. } => now + c.io_timeout,
+            Phase::Linger { .. } => now + LINGER_TIME,
+        };
+        let Some(r) = &self.retiring else {
+            return normal;
+        };
+        match phase {
+            // Given up like for a new client: a request right behind the last response is
+            // answered, a connection idle for longer is closed.
+            Phase::Idle {
+                first: false,
+                since,
+            } => normal.min(*since + KEPT_ALIVE_GRACE),
+            // Accepted and not answered yet: a graceful stop must not lose it.
+            Phase::Idle { first: true, .. } | Phase::Head { .. } | Phase::Body { .. } => {
+                normal.min(r.deadline)
+            }
+            Phase::Flush { .. } | Phase::Linger { .. } => normal,
+        }
+    }
+
+    // ---- timers ----
+
+    fn scan_if_due(&mut self) {
+        let now = Instant::now();
+        if self.config.timeout.is_some() && now >= self.next_timeout_check {
+            self.next_timeout_check = now + TIMEOUT_CHECK_EVERY;
+            self.check_timeouts();
+        }
+        if now < self.next_scan {
+            return;
+        }
+        let mut next = now + BEAT_EVERY;
+        for t in 0..self.slots.len() {
+            let Slot::Parked(p) = &self.slots[t] else {
+                continue;
+            };
+            if p.deadline <= now {
+                self.expire(t);
+            } else {
+                next = next.min(p.deadline);
+            }
+        }
+        // Expiring may have set new deadlines (lingering).
+        self.next_scan = self.next_scan.max(now).min(next);
+        if self.next_scan <= now {
+            self.next_scan = next;
+        }
+    }
+
+    /// A parked connection's time is up.
+    fn expire(&mut self, t: usize) {
+        let Some(p) = self.parked_mut(t) else {
+            return;
+        };
+        let peer = format!("{:?}", p.conn.peer);
+        match p.phase {
+            Phase::Idle { first, .. } => {
+                let stop_deadline = self.retiring.as_ref().map(|r| r.deadline);
+                if let Some(deadline) = stop_deadline {
+                    let why = match first {
+                        true if Instant::now() >= deadline => {
+                            "no request before the graceful timeout"
+                        }
+                        true => "no request before the header timeout",
+                        false => "idle while the worker stops",
+                    };
+                    log::debug!("closing the connection from {peer}: {why}");
+                }
+                self.drop_conn(t);
+            }
+            Phase::Head { .. } | Phase::Body { .. } => {
+                log::debug!("request from {peer} did not arrive in time");
+                // No waiting on a client this slow: the worker has waited long enough.
+                self.answer_and_close(t, &error_response(408), Linger::Brief);
+            }
+            Phase::Flush { .. } => {
+                log::debug!("timed out writing to {peer}");
+                self.drop_conn(t);
+            }
+            Phase::Linger { .. } => self.drop_conn(t),
+        }
+    }
+
+    /// Interrupt app threads whose request runs past `--timeout`; abandon those that do not
+    /// return within [`ABORT_GRACE`] of it.
+    fn check_timeouts(&mut self) {
+        let Some(timeout) = self.config.timeout else {
+            return;
+        };
+        let now = Instant::now();
+        for (i, lane) in self.pool.lanes.iter().enumerate() {
+            if lane.abandoned.load(std::sync::atomic::Ordering::Acquire) {
+                continue;
+            }
+            let mut work = lane.work();
+            let Some(since) = work.since else {
+                continue;
+            };
+            match work.interrupted_at {
+                None if now.duration_since(since) >= timeout => {
+                    work.interrupted_at = Some(now);
+                    let request = work.request.clone();
+                    drop(work);
+                    match lane.interrupter.get() {
+                        Some(Some(interrupt)) => interrupt(&request),
+                        _ => log::error!(
+                            "Worker timed out serving {request}; the app cannot be interrupted"
+                        ),
+                    }
+                }
+                Some(at) if now.duration_since(at) >= ABORT_GRACE => {
+                    let (request, number, fd) = (work.request.clone(), work.number, work.fd);
+                    drop(work);
+                    self.abandon(i, &request, number, fd);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Give up on app thread `i`'s request: answer 500 if the app has not started its response,
+    /// end the connection, and retire the worker (the thread may never come back).
+    fn abandon(&mut self, i: usize, request: &str, number: u64, fd: RawFd) {
+        let lane = &self.pool.lanes[i];
+        log::error!(
+            "The request {request} did not end {:.0}s after it was interrupted; answering 500 and \
+             retiring the worker",
+            ABORT_GRACE.as_secs_f64()
+        );
+        if lane.abandon(number) {
+            let _ = send(fd, &error_response(500), MsgFlags::MSG_NOSIGNAL);
+        }
+        // The app thread still owns the socket; shutting it down (not closing) ends the
+        // exchange for the client without freeing the descriptor under the thread.
+        let _ = shutdown(fd, Shutdown::Both);
+        self.monitor.request_abandoned(i);
+        self.away_abandoned += 1;
+        self.retire(Exit::Aborted);
+    }
+
+    // ---- connection events ----
+
+    fn on_event(&mut self, t: usize, writable: bool) {
+        let Some(p) = self.parked_mut(t) else {
+            return;
+        };
+        match p.phase {
+            Phase::Idle { .. } | Phase::Head { .. } | Phase::Body { .. } => self.read_request(t),
+            Phase::Flush { .. } if writable => self.flush(t),
+            Phase::Flush { .. } => {}
+            Phase::Linger { .. } => self.discard(t),
+        }
+    }
+
+    /// Read what the client sent of its request; hand the request over once it is complete.
+    fn read_request(&mut self, t: usize) {
+        let max_len = self.config.limits.max_head_len() + PREFETCH_BODY as usize;
+        loop {
+            let Some(p) = self.parked_mut(t) else {
+                return;
+            };
+            // Pipelined: the next request may be here already.
+            if !p.conn.rbuf.is_empty() && self.try_complete(t) {
+                return;
+            }
+            let Some(p) = self.parked_mut(t) else {
+                return;
+            };
+            match p.conn.rbuf.read_from(&p.conn.stream, max_len) {
+                Ok(0) => {
+                    if matches!(p.phase, Phase::Head { .. } | Phase::Body { .. }) {
+                        log::debug!("{:?} closed the connection mid-request", p.conn.peer);
+                    }
+                    self.drop_conn(t);
+                    return;
+                }
+                Ok(_) => {
+                    if let Phase::Idle { first, since } = p.phase {
+                        let started = if first { since } else { Instant::now() };
+                        self.set_phase(t, Phase::Head { started });
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Checked here too: a client trickling bytes never lets a wait time out.
+                    if p.deadline <= Instant::now() {
+                        self.expire(t);
+                    }
+                    return;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == io::ErrorKind::OutOfMemory => {
+                    let e = RequestError::HeadersTooLarge("request head too large");
+                    self.bad_request(t, e, false);
+                    return;
+                }
+                Err(e) => {
+                    log::debug!("reading a request from {:?}: {e}", p.conn.peer);
+                    self.drop_conn(t);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Parse what is buffered; returns `true` when the connection is done with here (handed
+    /// over, answered or closed), `false` when more bytes are needed.
+    fn try_complete(&mut self, t: usize) -> bool {
+        let config = self.config;
+        let limits = &config.limits;
+        let Some(p) = self.parked_mut(t) else {
+            return true;
+        };
+        if let Phase::Body { need, .. } = p.phase {
+            if p.conn.rbuf.len() < need {
+                return false;
+            }
+            let Some(Parked {
+                conn,
+                phase: Phase::Body { head, .. },
+                ..
+            }) = self.take(t)
+            else {
+                unreachable!("checked above")
+            };
+            self.dispatch(conn, head);
+            return true;
+        }
+        let mut parser = HeadParser::new();
+        match parser.parse(p.conn.rbuf.data(), limits) {
+            Ok(Parsed::Complete(head, n)) => {
+                p.conn.rbuf.consume(n);
+                let need = match head.framing() {
+                    BodyFraming::Length(len)
+                        if len <= PREFETCH_BODY && !head.expects_continue() =>
+                    {
+                        len as usize
+                    }
+                    _ => 0,
+                };
+                if p.conn.rbuf.len() >= need {
+                    let parked = self.take(t).expect("parked");
+                    self.dispatch(parked.conn, head);
+                    return true;
+                }
+                self.set_phase(t, Phase::Body { head, need });
+                false
+            }
+            Ok(Parsed::Partial) => {
+                if let Phase::Idle { first, since } = p.phase {
+                    let started = if first { since } else { Instant::now() };
+                    self.set_phase(t, Phase::Head { started });
+                }
+                false
+            }
+            Err(e) => {
+                let head_request = parser.is_head_request();
+                self.bad_request(t, e, head_request);
+                true
+            }
+        }
+    }
+
+    fn bad_request(&mut self, t: usize, e: RequestError, head_request: bool) {
+        if let Some(p) = self.parked_mut(t) {
+            log::debug!("bad request from {:?}: {e}", p.conn.peer);
+        }
+        let bytes = if head_request {
+            e.head_response()
+        } else {
+            e.response()
+        };
+        self.answer_and_close(t, &bytes, Linger::Full);
+    }
+
+    /// Hand a complete request to an app thread.
+    fn dispatch(&mut self, conn: Connection, head: RequestHead) {
+        self.away += 1;
+        self.served += 1;
+        let max_reached = self.config.max_requests > 0 && self.served >= self.config.max_requests;
+        if max_reached && self.retiring.is_none() {
+            log::info!("Autorestarting worker after current request.");
+            self.retire(Exit::MaxRequests);
+        }
+        let last = self.retiring.is_some() || self.control.state() != WorkerState::Running;
+        self.pool.push(Job { conn, head, last });
+    }
+
+    /// A connection is back from an app thread.
+    fn on_returned(&mut self, r: Returned) {
+        let Returned {
+            conn,
+            out,
+            after,
+            aborted,
+            abandoned,
+        } = r;
+        let t = conn.token;
+        self.away -= 1;
+        if abandoned {
+            self.away_abandoned -= 1;
+        }
+        if aborted {
+            self.retire(Exit::Aborted);
+        }
+        if self.quick {
+            // A quick stop ends every wait: what is left unsent goes unsent.
+            return self.drop_returned(conn);
+        }
+        if !out.is_empty() {
+            self.park(
+                conn,
+                Phase::Flush {
+                    out,
+                    pos: 0,
+                    then: after,
+                },
+            );
+            self.flush(t);
+            return;
+        }
+        match after {
+            After::KeepAlive => self.keep_alive(conn),
+            After::Close(linger) => {
+                self.park(conn, Phase::Linger { discarded: 0 });
+                self.close(t, linger);
+            }
+        }
+    }
+
+    fn drop_returned(&mut self, conn: Connection) {
+        let t = conn.token;
+        drop(conn);
+        self.slots[t] = Slot::Free;
+        self.free.push(t);
+    }
+
+    /// Wait for the next request on a connection (it may be buffered already: pipelining).
+    fn keep_alive(&mut self, mut conn: Connection) {
+        if conn.rbuf.is_empty() {
+            // A huge head made it grow; do not keep that for the connection's life.
+            conn.rbuf.clear();
+        }
+        let t = conn.token;
+        let since = Instant::now();
+        self.park(
+            conn,
+            Phase::Idle {
+                first: false,
+                since,
+            },
+        );
+        // Bytes that came while the connection was away raised no event since: read now.
+        self.read_request(t);
+    }
+
+    // ---- writing and closing ----
+
+    fn flush(&mut self, t: usize) {
+        loop {
+            let Some(p) = self.parked_mut(t) else {
+                return;
+            };
+            let Phase::Flush { out, pos, then } = &mut p.phase else {
+                return;
+            };
+            if *pos == out.len() {
+                let then = *then;
+                let conn = self.take(t).expect("parked").conn;
+                match then {
+                    After::KeepAlive => self.keep_alive(conn),
+                    After::Close(linger) => {
+                        self.park(conn, Phase::Linger { discarded: 0 });
+                        self.close(t, linger);
+                    }
+                }
+                return;
+            }
+            match send(
+                p.conn.stream.as_raw_fd(),
+                &out[*pos..],
+                MsgFlags::MSG_NOSIGNAL,
+            ) {
+                Ok(n) => {
+                    *pos += n;
+                    let deadline = Instant::now() + self.config.io_timeout;
+                    self.set_deadline(t, deadline);
+                }
+                Err(Errno::EAGAIN) => return,
+                Err(Errno::EINTR) => {}
+                Err(e) => {
+                    log::debug!("writing to {:?}: {e}", p.conn.peer);
+                    self.drop_conn(t);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Send a response of the worker's own (it says `Connection: close`), then close.
+    fn answer_and_close(&mut self, t: usize, bytes: &[u8], linger: Linger) {
+        let Some(p) = self.parked_mut(t) else {
+            return;
+        };
+        let out = bytes.to_vec();
+        p.phase = Phase::Flush {
+            out,
+            pos: 0,
+            then: After::Close(linger),
+        };
+        let deadline = Instant::now() + self.config.io_timeout;
+        self.set_deadline(t, deadline);
+        self.flush(t);
+    }
+
+    /// Close after our last byte. When the client may still be sending (an unread body,
+    /// pipelined requests, an error answered early), half-close and discard what comes for a
+    /// while: closing with unread data makes the kernel send a reset that can destroy the
+    /// response before the client reads it.
+    fn close(&mut self, t: usize, linger: Linger) {
+        let Some(p) = self.parked_mut(t) else {
+            return;
+        };
+        match linger {
+            Linger::No => self.drop_conn(t),
+            Linger::Brief | Linger::Full => {
+                let _ = p.conn.stream.shutdown_write();
+                let brief = linger == Linger::Brief;
+                self.set_phase(t, Phase::Linger { discarded: 0 });
+                self.discard(t);
+                if brief {
+                    self.drop_conn(t);
+                }
+            }
+        }
+    }
+
+    /// Read and throw away what a lingering connection's client sends.
+    fn discard(&mut self, t: usize) {
+        let mut buf = [0u8; 8192];
+        loop {
+            let Some(p) = self.parked_mut(t) else {
+                return;
+            };
+            let Phase::Linger { discarded } = &mut p.phase else {
+                return;
+            };
+            let n = match &p.conn.stream {
+                Stream::Tcp(s) => io::Read::read(&mut &*s, &mut buf),
+                Stream::Unix(s) => io::Read::read(&mut &*s, &mut buf),
+            };
+            match n {
+                Ok(0) => break,
+                Ok(n) => {
+                    *discarded += n;
+                    if *discarded >= LINGER_BYTES {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => break,
+            }
+        }
+        self.drop_conn(t);
+    }
+}
+
+fn set_nonblocking(stream: &Stream) -> io::Result<()> {
+    match stream {
+        Stream::Tcp(s) => s.set_nonblocking(true),
+        Stream::Unix(s) => s.set_nonblocking(true),
+    }
+}
+
+/// Errors that concern one connection, not the listener (accept(2) on Linux passes a new
+/// connection's pending network error up as its own).
+fn is_transient_accept_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::ConnectionAborted
+    ) || e.raw_os_error() == Some(libc::EPROTO)
+}
+
+/// Run the I/O loop on this thread and one app thread per app until the worker stops.
+pub(crate) fn serve(
+    apps: &mut [ThreadApp],
+    listeners: &[Listener],
+    config: &WorkerConfig,
+    control: &dyn Control,
+    monitor: &dyn Monitor,
+) -> io::Result<Exit> {
+    let poll = Poll::new()?;
+    let waker = mio::Waker::new(poll.registry(), WAKER)?;
+    let pool = Pool::new(apps.len(), waker);
+    let servers: Vec<ServerAddr> = listeners.iter().map(server_addr).collect();
+    log::debug!(
+        "worker serving {} with {} app thread(s)",
+        listeners
+            .iter()
+            .map(Listener::describe)
+            .collect::<Vec<_>>()
+            .join(", "),
+        apps.len()
+    );
+    let mut io_loop = IoLoop::new(poll, listeners, config, control, monitor, &pool)?;
+    std::thread::scope(|scope| {
+        let shared = Shared {
+            pool: &pool,
+            config,
+            monitor,
+            control,
+            servers: &servers,
+        };
+        spawn_app_threads(scope, apps, shared)?;
+        let exit = io_loop.run();
+        pool.close();
+        // A thread given up on may just be slow: give it a moment to come back.
+        io_loop.wait_for_abandoned(ABANDONED_RETURN);
+        if pool.any_abandoned() {
+            // Its thread is stuck in the app for good, and a process cannot wait for it.
+            log::error!("Worker exiting with a request still stuck in the application");
+            std::process::exit(0);
+        }
+        exit
+    })
+}
+
+/// After the loop: how long threads whose request was abandoned get to return before the
+/// process exits without them.
+const ABANDONED_RETURN: Duration = Duration::from_secs(1);
+
+/// What every app thread is given.
+#[derive(Clone, Copy)]
+struct Shared<'r> {
+    pool: &'r Pool,
+    config: &'r WorkerConfig,
+    monitor: &'r dyn Monitor,
+    control: &'r dyn Control,
+    servers: &'r [ServerAddr],
+}
+
+fn spawn_app_threads<'scope, 'r: 'scope>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    apps: &'r mut [ThreadApp],
+    shared: Shared<'r>,
+) -> io::Result<()> {
+    let Shared {
+        pool,
+        config,
+        monitor,
+        control,
+        servers,
+    } = shared;
+    // Process-directed signals are for the I/O thread (the signal handlers' wake fd is its);
+    // the threads inherit the mask at creation.
+    let old_mask = block_async_signals();
+    let mut spawned = Ok(());
+    for (index, app) in apps.iter_mut().enumerate() {
+        let thread = AppThread {
+            index,
+            app: &mut **app,
+            pool,
+            config,
+            monitor,
+            control,
+            servers,
+        };
+        let result = std::thread::Builder::new()
+            .name(format!("app-{index}"))
+            .spawn_scoped(scope, move || thread.run());
+        if let Err(e) = result {
+            spawned = Err(e);
+            pool.close();
+            break;
+        }
+    }
+    restore_signal_mask(&old_mask);
+    spawned
+}
+
+/// The signals a worker handles, which only its I/O thread should receive.
+fn async_signals() -> SigSet {
+    let mut set = SigSet::empty();
+    for signal in [
+        Signal::SIGTERM,
+        Signal::SIGINT,
+        Signal::SIGQUIT,
+        Signal::SIGHUP,
+        Signal::SIGUSR1,
+        Signal::SIGUSR2,
+        Signal::SIGTTIN,
+        Signal::SIGTTOU,
+        Signal::SIGWINCH,
+        Signal::SIGCHLD,
+    ] {
+        set.add(signal);
+    }
+    set
+}
+
+fn block_async_signals() -> SigSet {
+    let mut old = SigSet::empty();
+    if let Err(e) = pthread_sigmask(
+        SigmaskHow::SIG_BLOCK,
+        Some(&async_signals()),
+        Some(&mut old),
+    ) {
+        log::warn!("blocking signals for the app threads failed: {e}");
+    }
+    old
+}
+
+fn restore_signal_mask(old: &SigSet) {
+    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None) {
+        log::warn!("restoring the signal mask failed: {e}");
+    }
+}
+
+fn server_addr(l: &Listener) -> ServerAddr {
+    let (name, port) = l.server_name_port();
+    ServerAddr {
+        name,
+        port,
+        scheme: "http",
+    }
+}

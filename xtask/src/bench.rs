@@ -109,6 +109,8 @@ pub(crate) struct Load {
     pub rps: f64,
     pub p50_ms: f64,
     pub p99_ms: f64,
+    /// One failed request's error, when and after how long (of one thread; for diagnosis).
+    pub first_error: Option<String>,
 }
 
 pub(crate) fn load(
@@ -125,14 +127,27 @@ pub(crate) fn load(
             std::thread::spawn(move || {
                 let mut latencies = Vec::new();
                 let mut errors = 0u64;
+                let mut first_error = None;
                 while !stop.load(Ordering::Relaxed) {
                     let t = Instant::now();
-                    match one_request(addr, path) {
-                        Ok((200, _)) => latencies.push(t.elapsed()),
-                        _ => errors += 1,
-                    }
+                    let failure = match one_request(addr, path) {
+                        Ok((200, _)) => {
+                            latencies.push(t.elapsed());
+                            continue;
+                        }
+                        Ok((status, _)) => format!("status {status}"),
+                        Err(e) => e.to_string(),
+                    };
+                    errors += 1;
+                    first_error.get_or_insert_with(|| {
+                        format!(
+                            "{failure} ({:.1} s into the load, after {:.1} s)",
+                            (t - started).as_secs_f64(),
+                            t.elapsed().as_secs_f64()
+                        )
+                    });
                 }
-                (latencies, errors)
+                (latencies, errors, first_error)
             })
         })
         .collect();
@@ -140,10 +155,12 @@ pub(crate) fn load(
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in threads {
-        let (lat, err) = t.join().unwrap();
+        let (lat, err, first) = t.join().unwrap();
         all.extend(lat);
         errors += err;
+        first_error = first_error.or(first);
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort();
@@ -158,6 +175,7 @@ pub(crate) fn load(
         rps: all.len() as f64 / elapsed,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        first_error,
     }
 }
 

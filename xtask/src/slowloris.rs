@@ -216,11 +216,12 @@ fn slowloris_failures(rows: &[Row]) -> Vec<String> {
         let failed = row.with.errors;
         if failed > 0 {
             println!(
-                "{}: {failed} normal requests failed under the attack ({} succeeded); a \
-                 failed one waited {} s for an answer or was refused",
+                "{}: {failed} normal requests failed under the attack ({} succeeded; each \
+                 read waits up to {} s), e.g. {}",
                 row.server,
                 row.with.requests,
-                ONE_REQUEST_TIMEOUT.as_secs()
+                ONE_REQUEST_TIMEOUT.as_secs(),
+                row.with.first_error.as_deref().unwrap_or("?")
             );
         }
         if row.server == "ferrocorn" && failed > 0 {

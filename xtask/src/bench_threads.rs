@@ -185,7 +185,7 @@ fn keepalive_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
         connections: KEEPALIVE_CONNECTIONS,
         headers: &[],
     };
-    let best = best_of_rounds(&servers, &keepalive, duration)?;
+    let best = best_of_rounds(&mut servers, &keepalive, duration);
     println!("| server | best req/s | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
     println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut answered = Vec::new();
@@ -424,13 +424,13 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
         duration.as_secs_f64()
     );
     let old_label = format!("ferrocorn {SYNC_WORKER_REV} (sync worker)");
-    let servers = start_close_contenders(env, &hello, &old_label)?;
+    let mut servers = start_close_contenders(env, &hello, &old_label)?;
     let close = WrkLoad {
         path: hello.path,
         connections: CLOSE_CONNECTIONS,
         headers: &["Connection: close"],
     };
-    let best = best_of_rounds(&servers, &close, duration)?;
+    let best = best_of_rounds(&mut servers, &close, duration);
     println!("| server | best req/s | p99 ms | socket errors c/r/w/t | non-2xx |");
     println!("| --- | ---: | ---: | ---: | ---: |");
     for ((label, _), run) in servers.iter().zip(&best) {
@@ -498,35 +498,63 @@ struct WrkLoad<'a> {
 }
 
 /// Each server's best of [`ROUNDS`] wrk runs sharing `duration`, taken in turns after a
-/// second's warm-up each, so a change in the machine's other load hits every server alike.
+/// second's warm-up each, so a change in the machine's other load hits every server alike. A
+/// server wrk fails on (it died, it refuses) is reported and removed from `servers`; the runs
+/// returned are those of the servers left, in order.
 fn best_of_rounds(
-    servers: &[(String, Running)],
+    servers: &mut Vec<(String, Running)>,
     load: &WrkLoad,
     duration: Duration,
-) -> Result<Vec<WrkRun>> {
-    let run = |running: &Running, duration| {
-        wrk::wrk(
-            running.addr,
-            load.path,
-            load.connections,
-            duration,
-            load.headers,
-        )
-    };
-    for (_, running) in servers {
-        run(running, Duration::from_secs(1))?;
+) -> Vec<WrkRun> {
+    let mut failed: Vec<Option<String>> = vec![None; servers.len()];
+    for ((_, running), failed) in servers.iter().zip(failed.iter_mut()) {
+        try_wrk(running, load, Duration::from_secs(1), failed);
     }
     let round = (duration / ROUNDS).max(Duration::from_secs(1));
     let mut best: Vec<Option<WrkRun>> = vec![None; servers.len()];
     for _ in 0..ROUNDS {
-        for ((_, running), best) in servers.iter().zip(best.iter_mut()) {
-            let result = run(running, round)?;
+        for (((_, running), best), failed) in servers.iter().zip(&mut best).zip(&mut failed) {
+            let Some(result) = try_wrk(running, load, round, failed) else {
+                continue;
+            };
             if best.as_ref().is_none_or(|b| result.rps > b.rps) {
                 *best = Some(result);
             }
         }
     }
-    Ok(best.into_iter().flatten().collect())
+    let mut runs = Vec::new();
+    let mut kept = Vec::new();
+    for ((server, best), failed) in servers.drain(..).zip(best).zip(failed) {
+        match (best, failed) {
+            (Some(best), None) => {
+                runs.push(best);
+                kept.push(server);
+            }
+            (_, why) => println!("{}: left out: {}", server.0, why.unwrap_or_default()),
+        }
+    }
+    *servers = kept;
+    runs
+}
+
+/// One wrk run unless this server already failed one; a failure is kept in `failed`.
+fn try_wrk(
+    running: &Running,
+    load: &WrkLoad,
+    duration: Duration,
+    failed: &mut Option<String>,
+) -> Option<WrkRun> {
+    if failed.is_some() {
+        return None;
+    }
+    let run = wrk::wrk(
+        running.addr,
+        load.path,
+        load.connections,
+        duration,
+        load.headers,
+    );
+    run.map_err(|e| *failed = Some(format!("{e:#}"))).ok()
 }
 
 /// `label`'s result, when it ran.

@@ -124,31 +124,7 @@ pub(crate) fn load(
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                let mut first_error = None;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    let failure = match one_request(addr, path) {
-                        Ok((200, _)) => {
-                            latencies.push(t.elapsed());
-                            continue;
-                        }
-                        Ok((status, _)) => format!("status {status}"),
-                        Err(e) => e.to_string(),
-                    };
-                    errors += 1;
-                    first_error.get_or_insert_with(|| {
-                        format!(
-                            "{failure} ({:.1} s into the load, after {:.1} s)",
-                            (t - started).as_secs_f64(),
-                            t.elapsed().as_secs_f64()
-                        )
-                    });
-                }
-                (latencies, errors, first_error)
-            })
+            std::thread::spawn(move || client_loop(addr, path, &stop, started))
         })
         .collect();
     std::thread::sleep(duration);
@@ -177,6 +153,39 @@ pub(crate) fn load(
         p99_ms: pct(0.99),
         first_error,
     }
+}
+
+/// One client thread of [`load`]: requests one after another until `stop`; the latencies of
+/// the answered ones, the failed count, and the first failure (what, when, after how long).
+fn client_loop(
+    addr: SocketAddr,
+    path: &str,
+    stop: &AtomicBool,
+    started: Instant,
+) -> (Vec<Duration>, u64, Option<String>) {
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut first_error = None;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let failure = match one_request(addr, path) {
+            Ok((200, _)) => {
+                latencies.push(t.elapsed());
+                continue;
+            }
+            Ok((status, _)) => format!("status {status}"),
+            Err(e) => e.to_string(),
+        };
+        errors += 1;
+        first_error.get_or_insert_with(|| {
+            format!(
+                "{failure} ({:.1} s into the load, after {:.1} s)",
+                (t - started).as_secs_f64(),
+                t.elapsed().as_secs_f64()
+            )
+        });
+    }
+    (latencies, errors, first_error)
 }
 
 /// Memory of the master (the spawned process) and of each descendant.

@@ -23,8 +23,10 @@ mod scoreboard;
 mod status;
 
 pub use hooks::{Exit, ExitCause, Hooks, NoHooks};
-pub use master::{Arbiter, ArbiterConfig, Error, WorkerContext};
-pub use scoreboard::{Scoreboard, SlotSnapshot, SlotState, WorkerSlot, REQUEST_TEXT_MAX};
+pub use master::{Arbiter, ArbiterConfig, Error, WorkerContext, ABANDON_AFTER, STUCK_MARGIN};
+pub use scoreboard::{
+    LaneSnapshot, Scoreboard, SlotSnapshot, SlotState, WorkerSlot, MAX_LANES, REQUEST_TEXT_MAX,
+};
 pub use status::{ArbiterStatus, PollFd, Want, WorkerStatus};
 
 /// Exit code of a worker that could not start (gunicorn's `WORKER_BOOT_ERROR`).

@@ -24,6 +24,12 @@ const TICK: Duration = Duration::from_secs(1);
 const SCALING_TICK: Duration = Duration::from_millis(200);
 /// After SIGABRT for a timeout, how long a worker gets before SIGKILL.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// How long past `--timeout` a worker lets an interrupted request run before it abandons the
+/// thread serving it (answers 500 itself and stops): the worker's rule, mirrored here.
+pub const ABANDON_AFTER: Duration = Duration::from_secs(2);
+/// How much longer than that the master waits, on a loaded machine, before deciding the worker
+/// failed to deal with its stuck request and aborting it.
+pub const STUCK_MARGIN: Duration = Duration::from_secs(3);
 /// How long workers get after SIGQUIT (a quick stop: INT/QUIT, or either one during a graceful
 /// stop) before SIGKILL. gunicorn's workers leave the request in hand at once (SystemExit from
 /// their handler, then gunicorn allows 2 s); ours only notice between requests, so an app call
@@ -41,7 +47,9 @@ const BACKOFF_MAX: Duration = Duration::from_secs(10);
 pub struct ArbiterConfig {
     /// `-w/--workers`.
     pub workers: usize,
-    /// `--timeout`: a worker silent for longer is killed and replaced. `None` disables it.
+    /// `--timeout`: a request running longer is logged (the worker interrupts it itself); a
+    /// worker silent for longer, or whose request runs on past [`ABANDON_AFTER`] plus
+    /// [`STUCK_MARGIN`] more, is aborted and replaced. `None` disables it.
     pub timeout: Option<Duration>,
     /// `--graceful-timeout`: how long workers get to finish after TERM before SIGKILL.
     pub graceful_timeout: Duration,
@@ -49,6 +57,9 @@ pub struct ArbiterConfig {
     pub sizing: WorkerSizing,
     /// Replacing workers for their memory or age.
     pub memory: MemoryPolicy,
+    /// App threads per worker (`--threads`): the scoreboard keeps a request lane for each. It is
+    /// sized once, in [`Arbiter::new`].
+    pub threads: usize,
 }
 
 impl Default for ArbiterConfig {
@@ -59,6 +70,7 @@ impl Default for ArbiterConfig {
             graceful_timeout: Duration::from_secs(30),
             sizing: WorkerSizing::Fixed,
             memory: MemoryPolicy::default(),
+            threads: 1,
         }
     }
 }
@@ -102,6 +114,9 @@ pub enum Error {
     /// The shared scoreboard could not be mapped.
     #[error("shared scoreboard memory: {0}")]
     Scoreboard(std::io::Error),
+    /// More app threads per worker than the scoreboard has lanes for (or none).
+    #[error("{0} app threads per worker: 1 to {max} are supported", max = crate::MAX_LANES)]
+    Threads(usize),
 }
 
 #[derive(Debug)]
@@ -112,6 +127,11 @@ struct WorkerInfo {
     retiring: bool,
     /// When it was sent SIGABRT for a timeout.
     aborted_at: Option<Instant>,
+    /// Per lane, the request (its lane's `started` count) already logged as past `--timeout`.
+    reported: Vec<Option<u64>>,
+    /// A request of its ran past `--timeout`: the worker stops after interrupting it, so its
+    /// exit is a timeout's.
+    timed_out: bool,
     /// We sent it SIGKILL (timeout, or the end of a stop), so its death by SIGKILL is no news.
     killed: bool,
     /// Replaced by a reload (HUP) but still serving: it gets TERM once a replacement has booted,
@@ -139,6 +159,8 @@ impl WorkerInfo {
             age,
             retiring: false,
             aborted_at: None,
+            reported: Vec::new(),
+            timed_out: false,
             killed: false,
             superseded: false,
             forked_at: now,
@@ -212,11 +234,15 @@ impl<H: Hooks> Arbiter<H> {
     /// shared scoreboard but forks nothing until [`Arbiter::run`].
     pub fn new(config: ArbiterConfig, signals: MasterSignals, hooks: H) -> Result<Self, Error> {
         let target = adjust::initial_target(&config).clamp(1, MAX_SLOTS);
+        if !(1..=crate::MAX_LANES).contains(&config.threads) {
+            return Err(Error::Threads(config.threads));
+        }
+        let table = Scoreboard::new(config.threads).map_err(Error::Scoreboard)?;
         Ok(Arbiter {
             config,
             signals: Some(signals),
             hooks,
-            table: Scoreboard::new().map_err(Error::Scoreboard)?,
+            table,
             workers: BTreeMap::new(),
             target,
             next_age: 1,
@@ -568,19 +594,24 @@ impl<H: Hooks> Arbiter<H> {
         }
     }
 
-    /// Abort workers that stopped heart-beating for longer than `--timeout`, then kill them.
-    /// Both log lines name the request the worker was stuck in, read from the scoreboard.
+    /// `--timeout`, per worker: name each request running past it (once: the worker interrupts
+    /// it itself); abort a worker that stopped beating for that long, or whose request runs on
+    /// well past the time the worker had to deal with it; kill one that outlives the abort.
+    /// Every line names a request read from the scoreboard.
     fn murder_workers(&mut self) {
         let Some(timeout) = self.config.timeout else {
             return;
         };
         for (pid, info) in &mut self.workers {
             match info.aborted_at {
-                None if self.table.silence(info.slot) > timeout => {
-                    let doing = describe_work(&self.table.snapshot(info.slot));
-                    error!("WORKER TIMEOUT (pid:{pid}) {doing}");
-                    let _ = kill(*pid, Signal::SIGABRT);
-                    info.aborted_at = Some(Instant::now());
+                None => {
+                    let snap = self.table.snapshot(info.slot);
+                    report_stuck_requests(*pid, info, &snap, timeout);
+                    if let Some(why) = abort_reason(*pid, &snap, timeout) {
+                        error!("{why}; sending SIGABRT");
+                        let _ = kill(*pid, Signal::SIGABRT);
+                        info.aborted_at = Some(Instant::now());
+                    }
                 }
                 Some(at) if at.elapsed() > ABORT_GRACE && !info.killed => {
                     let doing = describe_work(&self.table.snapshot(info.slot));
@@ -846,6 +877,58 @@ impl<H: Hooks> Arbiter<H> {
     }
 }
 
+/// Log `WORKER TIMEOUT (pid:N) serving GET /slow for 2.5s` for each request of `snap` past
+/// `timeout` not named before. No signal: the worker interrupts it (and then stops) itself.
+fn report_stuck_requests(pid: Pid, info: &mut WorkerInfo, snap: &SlotSnapshot, timeout: Duration) {
+    info.reported.resize(snap.lanes.len(), None);
+    for (lane, reported) in snap.lanes.iter().zip(&mut info.reported) {
+        let Some(busy) = lane.busy_for.filter(|&busy| busy > timeout) else {
+            continue;
+        };
+        if *reported == Some(lane.started) {
+            continue;
+        }
+        *reported = Some(lane.started);
+        info.timed_out = true;
+        let request = lane.request().unwrap_or_else(|| "a request".to_string());
+        error!(
+            "WORKER TIMEOUT (pid:{pid}) serving {request} for {:.1}s",
+            busy.as_secs_f64()
+        );
+    }
+}
+
+/// Why the worker of `snap` must be aborted now, if it must: it has not beaten for `timeout`
+/// (hung as a whole), or a request is still running [`ABANDON_AFTER`] + [`STUCK_MARGIN`] past
+/// `timeout` (the worker failed to interrupt or abandon it).
+fn abort_reason(pid: Pid, snap: &SlotSnapshot, timeout: Duration) -> Option<String> {
+    if snap.silence > timeout {
+        // gunicorn's words, unless a stuck request of this worker was just named with them.
+        let named = snap.busy_for.is_some_and(|busy| busy > timeout);
+        let who = if named { "Worker" } else { "WORKER TIMEOUT" };
+        return Some(format!(
+            "{who} (pid:{pid}) silent for {:.1}s ({})",
+            snap.silence.as_secs_f64(),
+            describe_work(snap)
+        ));
+    }
+    let limit = timeout + ABANDON_AFTER + STUCK_MARGIN;
+    let stuck = snap
+        .lanes
+        .iter()
+        .filter(|lane| lane.busy_for.is_some_and(|busy| busy > limit))
+        .max_by_key(|lane| lane.busy_for)?;
+    Some(format!(
+        "Worker (pid:{pid}) still serving {} {:.1}s after its timeout",
+        stuck.request().unwrap_or_else(|| "a request".to_string()),
+        stuck
+            .busy_for
+            .unwrap_or_default()
+            .saturating_sub(timeout)
+            .as_secs_f64()
+    ))
+}
+
 /// What a worker was doing, for the timeout log: `serving GET /slow for 2.1s`.
 fn describe_work(snap: &SlotSnapshot) -> String {
     match (snap.busy_for, snap.request()) {
@@ -862,7 +945,7 @@ fn describe_work(snap: &SlotSnapshot) -> String {
 /// What the arbiter knows of why a reaped worker ended.
 fn exit_cause(info: &WorkerInfo, code: Option<i32>, signal: Option<Signal>) -> ExitCause {
     match (code, signal) {
-        _ if info.aborted_at.is_some() => ExitCause::Timeout,
+        _ if info.aborted_at.is_some() || info.timed_out => ExitCause::Timeout,
         (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => ExitCause::BootFailure(code),
         _ if info.retiring => ExitCause::ScaleDown,
         (Some(0), _) => ExitCause::MaxRequests,

@@ -16,7 +16,8 @@ use std::time::{Duration, Instant};
 
 use crate::SlotState;
 
-/// How long every worker must stay busy with connections waiting before one more is forked.
+/// How long every app thread must stay busy with requests waiting before one more worker is
+/// forked.
 pub const PRESSURE_WINDOW: Duration = Duration::from_millis(500);
 
 /// A process's memory, in bytes (as `/proc/PID/smaps_rollup` gives it).
@@ -111,8 +112,14 @@ impl MemoryPolicy {
 pub struct WorkerView {
     /// The worker's process id.
     pub pid: i32,
-    /// What its scoreboard slot says it is doing.
+    /// What its scoreboard slot says it is doing (`Busy`: at least one thread is).
     pub state: SlotState,
+    /// Its app threads (`--threads`).
+    pub threads: usize,
+    /// Of those, the ones serving a request now.
+    pub busy_threads: usize,
+    /// Complete request heads queued in it for a free thread.
+    pub waiting: u64,
     /// Since it last served a request (or since it was forked, if it never did).
     pub idle_for: Duration,
     /// Since it was forked.
@@ -257,9 +264,29 @@ pub struct Autoscaler {
     pressure_since: Option<Instant>,
 }
 
+/// Every app thread of every worker serves a request (none is booting): one more request has to
+/// wait.
+pub fn all_threads_busy(workers: &[WorkerView]) -> bool {
+    !workers.is_empty()
+        && workers
+            .iter()
+            .all(|w| w.state == SlotState::Busy && w.busy_threads >= w.threads)
+}
+
+/// Request heads queued inside the workers for a thread, all workers together.
+fn heads_waiting(workers: &[WorkerView]) -> u64 {
+    workers.iter().map(|w| w.waiting).sum()
+}
+
+/// Requests wait: in the accept queue (`None`: unknown, so assumed) or in a worker.
+fn requests_waiting(workers: &[WorkerView], queue: Option<(u32, u32)>) -> bool {
+    queue.is_none_or(|(queued, _)| queued > 0) || heads_waiting(workers) > 0
+}
+
 impl Autoscaler {
     /// One decision for this tick. `workers` are the active ones; `queue` is the listeners'
-    /// accept queue (`None` when unknown, e.g. unix sockets: then all-busy alone is pressure).
+    /// accept queue (`None` when unknown, e.g. unix sockets: then all-busy alone is pressure);
+    /// heads queued in the workers count as waiting as well.
     pub fn decide(
         &mut self,
         bounds: &Autoscale,
@@ -268,9 +295,7 @@ impl Autoscaler {
         headroom: Option<&Headroom>,
         now: Instant,
     ) -> ScaleDecision {
-        let all_busy = !workers.is_empty() && workers.iter().all(|w| w.state == SlotState::Busy);
-        let waiting = queue.is_none_or(|(queued, _)| queued > 0);
-        if !(all_busy && waiting) {
+        if !(all_threads_busy(workers) && requests_waiting(workers, queue)) {
             self.pressure_since = None;
             return shrink(bounds, workers, queue);
         }
@@ -279,7 +304,7 @@ impl Autoscaler {
         if waited < PRESSURE_WINDOW {
             return ScaleDecision::Hold;
         }
-        let pressure = pressure_text(workers.len(), queue, waited);
+        let pressure = pressure_text(workers, queue, waited);
         if workers.len() >= bounds.max {
             return ScaleDecision::Capped(format!(
                 "{pressure}, but --workers-max is {}",
@@ -303,20 +328,28 @@ impl Autoscaler {
     }
 }
 
-fn pressure_text(busy: usize, queue: Option<(u32, u32)>, waited: Duration) -> String {
-    let queue = match queue {
+fn pressure_text(workers: &[WorkerView], queue: Option<(u32, u32)>, waited: Duration) -> String {
+    let mut waiting = match queue {
         Some((queued, limit)) => format!("{queued} of {limit} connections queued"),
         None => "queue length unknown".to_string(),
     };
-    format!(
-        "all {busy} workers busy for {:.1}s ({queue})",
-        waited.as_secs_f64()
-    )
+    let heads = heads_waiting(workers);
+    if heads > 0 {
+        waiting += &format!(", {heads} requests queued in workers");
+    }
+    let threads: usize = workers.iter().map(|w| w.threads).sum();
+    let busy = if threads == workers.len() {
+        format!("all {} workers busy", workers.len())
+    } else {
+        format!("all {threads} threads of {} workers busy", workers.len())
+    };
+    format!("{busy} for {:.1}s ({waiting})", waited.as_secs_f64())
 }
 
 /// Retire the longest-idle worker once it has been idle for `scale_down_after`, down to `min`.
 fn shrink(bounds: &Autoscale, workers: &[WorkerView], queue: Option<(u32, u32)>) -> ScaleDecision {
-    if workers.len() <= bounds.min || queue.is_some_and(|(queued, _)| queued > 0) {
+    let queued = queue.is_some_and(|(queued, _)| queued > 0) || heads_waiting(workers) > 0;
+    if workers.len() <= bounds.min || queued {
         return ScaleDecision::Hold;
     }
     let idlest = workers
@@ -452,6 +485,9 @@ mod tests {
         WorkerView {
             pid,
             state,
+            threads: 1,
+            busy_threads: usize::from(state == SlotState::Busy),
+            waiting: 0,
             idle_for: Duration::from_secs(idle_secs),
             lifetime: Duration::from_secs(600),
             served: 10,
@@ -585,6 +621,78 @@ mod tests {
             scaler.decide(&b, &booting, Some((5, 128)), None, at),
             ScaleDecision::Hold
         );
+    }
+
+    fn threaded(pid: i32, threads: usize, busy_threads: usize, waiting: u64) -> WorkerView {
+        let state = if busy_threads > 0 {
+            SlotState::Busy
+        } else {
+            SlotState::Idle
+        };
+        WorkerView {
+            threads,
+            busy_threads,
+            waiting,
+            ..worker(pid, state, 0)
+        }
+    }
+
+    /// Two decisions a window apart, from a fresh autoscaler: what it does under steady input.
+    fn decide_after_window(workers: &[WorkerView], queue: Option<(u32, u32)>) -> ScaleDecision {
+        let t0 = Instant::now();
+        let mut scaler = Autoscaler::default();
+        scaler.decide(&bounds(1, 8), workers, queue, None, t0);
+        scaler.decide(&bounds(1, 8), workers, queue, None, t0 + PRESSURE_WINDOW)
+    }
+
+    #[test]
+    fn with_threads_busy_means_every_thread_of_every_worker() {
+        let one_thread_free = [threaded(1, 4, 4, 0), threaded(2, 4, 3, 0)];
+        assert!(!all_threads_busy(&one_thread_free));
+        assert_eq!(
+            decide_after_window(&one_thread_free, Some((5, 128))),
+            ScaleDecision::Hold,
+            "a free thread takes the next request"
+        );
+        let full = [threaded(1, 4, 4, 0), threaded(2, 4, 4, 0)];
+        assert!(all_threads_busy(&full));
+        match decide_after_window(&full, Some((5, 128))) {
+            ScaleDecision::Grow(why) => {
+                assert!(why.contains("all 8 threads of 2 workers busy"), "{why}");
+                assert!(why.contains("5 of 128 connections queued"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn heads_waiting_in_workers_count_like_the_listen_queue() {
+        let full = [threaded(1, 2, 2, 3), threaded(2, 2, 2, 0)];
+        match decide_after_window(&full, Some((0, 128))) {
+            ScaleDecision::Grow(why) => {
+                assert!(why.contains("0 of 128 connections queued"), "{why}");
+                assert!(why.contains("3 requests queued in workers"), "{why}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let drained = [threaded(1, 2, 2, 0), threaded(2, 2, 2, 0)];
+        assert_eq!(
+            decide_after_window(&drained, Some((0, 128))),
+            ScaleDecision::Hold
+        );
+        // Nor is an idle worker retired while requests wait in a sibling.
+        let mut idle = threaded(3, 2, 0, 0);
+        idle.idle_for = Duration::from_secs(45);
+        let busy = threaded(4, 2, 1, 2);
+        assert_eq!(
+            decide_after_window(&[idle.clone(), busy.clone()], Some((0, 8))),
+            ScaleDecision::Hold
+        );
+        let calm = threaded(4, 2, 1, 0);
+        assert!(matches!(
+            decide_after_window(&[idle, calm], Some((0, 8))),
+            ScaleDecision::Shrink { pid: 3, .. }
+        ));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use std::time::Duration;
 use std::os::fd::RawFd;
 
 use ferrocorn_arbiter::{
-    Arbiter, ArbiterConfig, ArbiterStatus, Hooks, NoHooks, PollFd, SlotState, Want,
+    Arbiter, ArbiterConfig, ArbiterStatus, ExitCause, Hooks, NoHooks, PollFd, SlotState, Want,
 };
 use ferrocorn_signals::{Command, MasterSignals, WorkerState};
 
@@ -234,7 +234,7 @@ fn a_hook_descriptor_is_served_from_the_loop_with_the_workers_status() {
             // SAFETY: alarm only arms a timer for this process.
             unsafe { libc::alarm(PATIENCE_SECS) };
             ctx.slot.beat();
-            ctx.slot.request_started("GET", "/probe");
+            ctx.slot.request_started(0, "GET", "/probe");
             // SAFETY: writes one byte from a live local to the inherited pipe.
             assert_eq!(unsafe { libc::write(write, b"x".as_ptr().cast(), 1) }, 1);
             while ctx.signals.state() != WorkerState::Exit {
@@ -253,6 +253,231 @@ fn a_hook_descriptor_is_served_from_the_loop_with_the_workers_status() {
     assert_eq!(worker.predecessor_exit, None);
     assert_eq!(worker.slot.state, SlotState::Busy);
     assert_eq!(worker.slot.request().as_deref(), Some("GET /probe"));
+}
+
+/// Appends the master's log lines to a file its workers can read (the case's only way to tell
+/// them what the master said).
+struct FileLogger(std::path::PathBuf);
+
+impl log::Log for FileLogger {
+    fn enabled(&self, _: &log::Metadata<'_>) -> bool {
+        true
+    }
+
+    fn log(&self, record: &log::Record<'_>) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.0)
+            .unwrap();
+        // One write per line, so a reader never sees half of one.
+        let line = format!("[{}] {}\n", record.level(), record.args());
+        file.write_all(line.as_bytes()).unwrap();
+    }
+
+    fn flush(&self) {}
+}
+
+/// Send the master's log to a fresh case file; returns its path.
+fn log_to_file(name: &str) -> std::path::PathBuf {
+    let path = case_file(name);
+    let _ = std::fs::remove_file(&path);
+    log::set_boxed_logger(Box::new(FileLogger(path.clone()))).unwrap();
+    log::set_max_level(log::LevelFilter::Info);
+    path
+}
+
+/// The lines of the log file holding `needle`.
+fn log_lines(path: &std::path::Path, needle: &str) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(String::from)
+        .collect()
+}
+
+/// Beat every 100 ms for `period` (the lanes stay as they are).
+fn keep_beating(slot: &ferrocorn_arbiter::WorkerSlot, period: Duration) {
+    let until = std::time::Instant::now() + period;
+    while std::time::Instant::now() < until {
+        slot.beat();
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Keeps each worker's exit cause.
+struct RecordExits(std::rc::Rc<std::cell::RefCell<Vec<ExitCause>>>);
+
+impl Hooks for RecordExits {
+    fn worker_exited(&mut self, _pid: i32, cause: ExitCause) {
+        self.0.borrow_mut().push(cause);
+    }
+}
+
+/// `threads` lanes, `--timeout 1`.
+fn timeout_config(threads: usize) -> ArbiterConfig {
+    ArbiterConfig {
+        timeout: Some(Duration::from_secs(1)),
+        threads,
+        ..quick_config(1)
+    }
+}
+
+fn a_request_past_the_timeout_is_named_once_and_a_beating_worker_is_not_signalled() {
+    let log = log_to_file("named-once");
+    let exits = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let hooks = RecordExits(exits.clone());
+    let mut arbiter =
+        Arbiter::new(timeout_config(3), MasterSignals::install().unwrap(), hooks).unwrap();
+    let worker_log = log.clone();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            ctx.slot.beat();
+            ctx.slot.request_started(0, "GET", "/quick");
+            ctx.slot.request_started(2, "GET", "/slow");
+            ctx.slot.request_finished(0);
+            // The worker's I/O loop beats on while its app thread is stuck.
+            while log_lines(&worker_log, "WORKER TIMEOUT").is_empty() {
+                keep_beating(&ctx.slot, Duration::from_millis(100));
+            }
+            // A few more of the master's ticks: the request is not named again, nor aborted.
+            keep_beating(&ctx.slot, Duration::from_millis(2500));
+            ctx.slot.request_finished(2);
+            // SAFETY: kill signals our master.
+            unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+            while ctx.signals.state() == WorkerState::Running {
+                ctx.signals.wait_wake(Duration::from_millis(100));
+                ctx.signals.clear_wake();
+            }
+            0
+        })
+        .code();
+    let named = log_lines(&log, "WORKER TIMEOUT");
+    let aborts = log_lines(&log, "SIGABRT");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 0);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(named[0].contains(") serving GET /slow for "), "{named:?}");
+    assert!(aborts.is_empty(), "{aborts:?}");
+    assert_eq!(
+        *exits.borrow(),
+        [ExitCause::Timeout],
+        "its exit counts as a timeout"
+    );
+}
+
+fn a_request_stuck_well_past_the_timeout_aborts_the_worker_though_it_beats() {
+    let log = log_to_file("stuck-lane");
+    let exits = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let hooks = RecordExits(exits.clone());
+    let mut arbiter =
+        Arbiter::new(timeout_config(2), MasterSignals::install().unwrap(), hooks).unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            if ctx.age > 1 {
+                // The replacement: the case is over.
+                // SAFETY: kill signals our master.
+                unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                return 0;
+            }
+            ctx.slot.beat();
+            ctx.slot.request_started(1, "POST", "/stuck");
+            // Beats for ever, never deals with its stuck request: SIGABRT's default action
+            // ends it.
+            keep_beating(&ctx.slot, Duration::from_secs(u64::from(PATIENCE_SECS)));
+            0
+        })
+        .code();
+    let named = log_lines(&log, "WORKER TIMEOUT");
+    let aborts = log_lines(&log, "sending SIGABRT");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 0);
+    assert_eq!(named.len(), 1, "{named:?}");
+    assert!(named[0].contains("serving POST /stuck for "), "{named:?}");
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert!(
+        aborts[0].contains("still serving POST /stuck ") && aborts[0].contains("after its timeout"),
+        "{aborts:?}"
+    );
+    assert_eq!(exits.borrow().first(), Some(&ExitCause::Timeout));
+}
+
+fn a_silent_worker_is_aborted_and_the_log_names_its_request() {
+    let log = log_to_file("silent");
+    let mut arbiter = Arbiter::new(
+        timeout_config(1),
+        MasterSignals::install().unwrap(),
+        NoHooks,
+    )
+    .unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            if ctx.age > 1 {
+                // SAFETY: kill signals our master.
+                unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                return 0;
+            }
+            ctx.slot.beat();
+            ctx.slot.request_started(0, "GET", "/hung");
+            // Hung as a whole: no more beats.
+            std::thread::sleep(Duration::from_secs(u64::from(PATIENCE_SECS)));
+            0
+        })
+        .code();
+    let named = log_lines(&log, "WORKER TIMEOUT");
+    let aborts = log_lines(&log, "sending SIGABRT");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 0);
+    assert_eq!(named.len(), 1, "named once: {named:?}");
+    assert!(named[0].contains("serving GET /hung for "), "{named:?}");
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert!(
+        aborts[0].contains("Worker (pid:") && aborts[0].contains(") silent for "),
+        "{aborts:?}"
+    );
+    assert!(aborts[0].contains("(serving GET /hung for "), "{aborts:?}");
+}
+
+fn a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words() {
+    let log = log_to_file("silent-idle");
+    let mut arbiter = Arbiter::new(
+        timeout_config(1),
+        MasterSignals::install().unwrap(),
+        NoHooks,
+    )
+    .unwrap();
+    let code = arbiter
+        .run(&mut |ctx| {
+            // SAFETY: alarm only arms a timer for this process.
+            unsafe { libc::alarm(PATIENCE_SECS) };
+            if ctx.age > 1 {
+                // SAFETY: kill signals our master.
+                unsafe { libc::kill(libc::getppid(), libc::SIGTERM) };
+                return 0;
+            }
+            ctx.slot.beat();
+            std::thread::sleep(Duration::from_secs(u64::from(PATIENCE_SECS)));
+            0
+        })
+        .code();
+    let aborts = log_lines(&log, "sending SIGABRT");
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(code, 0);
+    assert_eq!(aborts.len(), 1, "{aborts:?}");
+    assert!(
+        aborts[0].contains("WORKER TIMEOUT (pid:")
+            && aborts[0].contains(") silent for ")
+            && aborts[0].contains("(not serving a request)"),
+        "{aborts:?}"
+    );
 }
 
 /// One case of this harness: like libtest's, a case with an `ignore` reason runs only under
@@ -288,6 +513,26 @@ fn main() {
         Case {
             name: "a_hook_descriptor_is_served_from_the_loop_with_the_workers_status",
             run: a_hook_descriptor_is_served_from_the_loop_with_the_workers_status,
+            ignore: None,
+        },
+        Case {
+            name: "a_request_past_the_timeout_is_named_once_and_a_beating_worker_is_not_signalled",
+            run: a_request_past_the_timeout_is_named_once_and_a_beating_worker_is_not_signalled,
+            ignore: None,
+        },
+        Case {
+            name: "a_request_stuck_well_past_the_timeout_aborts_the_worker_though_it_beats",
+            run: a_request_stuck_well_past_the_timeout_aborts_the_worker_though_it_beats,
+            ignore: None,
+        },
+        Case {
+            name: "a_silent_worker_is_aborted_and_the_log_names_its_request",
+            run: a_silent_worker_is_aborted_and_the_log_names_its_request,
+            ignore: None,
+        },
+        Case {
+            name: "a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words",
+            run: a_silent_worker_serving_nothing_is_aborted_with_gunicorns_words,
             ignore: None,
         },
     ];

@@ -47,6 +47,11 @@ impl HookSource {
 
 pub(crate) use ferrocorn_config::{MASTER_HOOKS, WORKER_HOOKS};
 
+/// The apps as the worker serves them without request hooks.
+pub(crate) fn unhooked(apps: Vec<WsgiApp>) -> Vec<ferrocorn_server::ThreadApp> {
+    apps.into_iter().map(|app| Box::new(app) as _).collect()
+}
+
 /// One process's hooks: executed config, then (in a worker) the worker's own objects.
 pub(crate) struct Hooks {
     source: HookSource,
@@ -116,17 +121,19 @@ impl Hooks {
         }
     }
 
-    /// The app is loaded (and the abort handler installed): `worker_abort` armed, then
-    /// `post_worker_init`; the app to serve, with the request hooks around it.
-    pub(crate) fn serve(&mut self, app: WsgiApp) -> ferrocorn_server::ThreadApp {
+    /// The app is loaded (one per app thread): `worker_abort` armed, then `post_worker_init`
+    /// (once for the worker); the apps to serve, each with the request hooks around it.
+    pub(crate) fn serve(&mut self, apps: Vec<WsgiApp>) -> Vec<ferrocorn_server::ThreadApp> {
         let Some(worker) = &self.worker else {
-            return Box::new(app);
+            return unhooked(apps);
         };
         worker.install_worker_abort();
         if worker.post_worker_init().is_err() {
             self.fail_boot();
         }
-        Box::new(worker.wrap(app))
+        apps.into_iter()
+            .map(|app| Box::new(worker.wrap(app)) as _)
+            .collect()
     }
 
     fn fail_boot(&mut self) -> ! {

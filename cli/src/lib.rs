@@ -252,12 +252,15 @@ impl InWorker {
         }
     }
 
-    /// The loaded app as this worker serves it, one per app thread (in the worker: its SIGABRT
-    /// handler goes in now).
+    /// The loaded app as this worker serves it, one per app thread (in the worker: the SIGABRT
+    /// stack dump goes in now).
     fn serve(&mut self, app: WsgiApp, threads: usize) -> Vec<ThreadApp> {
         install_abort_handler();
-        assert_eq!(threads, 1, "--threads is refused for now");
-        vec![serve(&mut self.hooks, for_log(app, self.keep_environ))]
+        let apps = for_log(app, self.keep_environ).for_threads(threads);
+        match &mut self.hooks {
+            Some(hooks) => hooks.serve(apps),
+            None => hooks::unhooked(apps),
+        }
     }
 
     fn interrupted(&mut self) {
@@ -274,20 +277,11 @@ impl InWorker {
     }
 }
 
-/// The loaded app as the worker serves it: with the config file's request hooks, if any.
-fn serve(hooks: &mut Option<Hooks>, app: WsgiApp) -> ThreadApp {
-    match hooks {
-        Some(hooks) => hooks.serve(app),
-        None => Box::new(app),
-    }
-}
-
-/// `--timeout` on a request stuck in Python: a 500 and its traceback instead of a dead worker.
-/// Only in the worker (`load` runs there): with `--preload` the master's Python must not own
-/// SIGABRT.
+/// The arbiter's SIGABRT dumps every thread's Python stack, then the worker dies of it. Only in
+/// the worker (`load` runs there): with `--preload` the master's Python must not own SIGABRT.
 fn install_abort_handler() {
     if let Err(e) = ferrocorn_wsgi::install_abort_handler() {
-        log::warn!("{e}; a timed-out request will not get its traceback logged");
+        log::warn!("{e}; a hung worker's Python stacks will not be logged");
     }
 }
 

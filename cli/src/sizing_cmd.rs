@@ -310,14 +310,13 @@ fn check_serve_options(options: &Options) -> Result<()> {
     if options.app.is_none() {
         bail!("no APP given: ferrocorn sizing [FLAGS] module:callable");
     }
+    ferrocorn_flags::check_options(options, ferrocorn_flags::AppArgument::Optional)?;
     if options.threads != 1 {
         bail!(
-            "--threads {} is not supported yet: the sync worker runs one request at a time",
+            "--threads {} is not supported by the advisor yet: it measures workers of one app \
+             thread each",
             options.threads
         );
-    }
-    if options.worker_class != "sync" {
-        bail!("worker class {:?} is not supported", options.worker_class);
     }
     Ok(())
 }

@@ -274,7 +274,7 @@ fn settings_whose_absence_matters_are_refused_by_name() {
 }
 
 #[test]
-fn unsupported_worker_classes_and_threads_keep_their_errors() {
+fn unsupported_worker_classes_keep_their_errors() {
     let dir = hello_app_dir("config-worker-class");
     write(&dir, "gunicorn.conf.py", "worker_class = 'gevent'\n");
     let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);
@@ -284,13 +284,39 @@ fn unsupported_worker_classes_and_threads_keep_their_errors() {
         "{output}"
     );
     assert!(
-        output.contains("nginx") && output.contains("--workers"),
+        output.contains("--threads") && output.contains("--workers"),
         "{output}"
     );
-    write(&dir, "gunicorn.conf.py", "threads = 4\n");
+    assert!(!output.contains("Listening at"), "{output}");
+    write(&dir, "gunicorn.conf.py", "threads = 0\n");
     let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);
     assert!(!status.success(), "{output}");
-    assert!(output.contains("--threads 4 is not supported"), "{output}");
+    assert!(
+        output.contains("--threads") && output.contains("at least 1"),
+        "{output}"
+    );
+}
+
+#[test]
+fn gthread_threads_and_worker_connections_come_from_the_config_file() {
+    let dir = hello_app_dir("config-gthread");
+    write(
+        &dir,
+        "gunicorn.conf.py",
+        "worker_class = 'gthread'\nthreads = 4\nworker_connections = 50\n",
+    );
+    let settings = print_config(&[], dir.path(), &[]);
+    let from_file = "config file ./gunicorn.conf.py";
+    assert_eq!(value(&settings, "worker_class"), ("gthread", from_file));
+    assert_eq!(value(&settings, "threads"), ("4", from_file));
+    assert_eq!(value(&settings, "worker_connections"), ("50", from_file));
+    let (status, output) = run(&["--check-config", "hello:app"], dir.path(), &[]);
+    assert!(status.success(), "{output}");
+    // The command line wins over the file, as in gunicorn.
+    let settings = print_config(&["--threads", "2", "-k", "sync"], dir.path(), &[]);
+    assert_eq!(value(&settings, "threads"), ("2", "command line"));
+    assert_eq!(value(&settings, "worker_class"), ("sync", "command line"));
+    assert_eq!(value(&settings, "worker_connections"), ("50", from_file));
 }
 
 #[test]

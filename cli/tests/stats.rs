@@ -2,6 +2,7 @@
 //! (`--once`, and live in a real pseudo-terminal).
 
 use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -111,8 +112,10 @@ fn after_n_requests_the_counts_are_n_and_a_sleeping_request_shows_busy_with_its_
 
     let mut sleeper = connect(server.addr());
     write!(sleeper, "GET /sleep?x=1 HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
-    let json = json_until(&socket, "a busy worker", |j| {
-        workers(j).iter().any(|w| w["state"] == "busy")
+    // The worker reports heads waiting for its thread from its I/O loop: the sleeper's head
+    // counts until the loop next looks (at the latest on its next beat).
+    let json = json_until(&socket, "a busy worker, nothing waiting", |j| {
+        workers(j).iter().any(|w| w["state"] == "busy") && j["totals"]["waiting_requests"] == 0
     });
     let busy: Vec<&Value> = workers(&json)
         .iter()
@@ -126,11 +129,39 @@ fn after_n_requests_the_counts_are_n_and_a_sleeping_request_shows_busy_with_its_
         "{json:#}"
     );
     assert!(current["seconds"].as_f64().unwrap() >= 0.0);
+    // One app thread each (the default --threads 1): the busy worker's one thread is busy.
+    assert_eq!(
+        (
+            &busy[0]["threads"],
+            &busy[0]["busy_threads"],
+            &busy[0]["waiting_requests"]
+        ),
+        (&Value::from(1), &Value::from(1), &Value::from(0)),
+        "{json:#}"
+    );
+    let threads = busy[0]["current_requests"].as_array().unwrap();
+    assert_eq!(threads.len(), 1, "{json:#}");
+    assert_eq!(
+        (&threads[0]["thread"], &threads[0]["path"]),
+        (&Value::from(0), &Value::from("/sleep"))
+    );
+    let totals = &json["totals"];
+    assert_eq!(
+        (
+            &totals["threads"],
+            &totals["busy_threads"],
+            &totals["waiting_requests"]
+        ),
+        (&Value::from(2), &Value::from(1), &Value::from(0)),
+        "{json:#}"
+    );
     let idle = workers(&json)
         .iter()
         .find(|w| w["state"] == "idle")
         .unwrap();
     assert_eq!(idle["current_request"], Value::Null);
+    assert_eq!(idle["busy_threads"], 0);
+    assert_eq!(idle["current_requests"], Value::Array(vec![]));
 }
 
 /// `Pss` and `Private_*` of `pid` in bytes, as /proc says now.
@@ -261,6 +292,16 @@ fn metrics_parse_as_prometheus_text_and_match_the_json() {
         .iter()
         .all(|s| s.metric.starts_with("ferrocorn_")));
     assert_eq!(sample(&scrape, "ferrocorn_workers", None), Some(2.0));
+    assert_eq!(sample(&scrape, "ferrocorn_threads", None), Some(2.0));
+    assert_eq!(sample(&scrape, "ferrocorn_busy_threads", None), Some(0.0));
+    // Present; its value is checked where requests are made to wait (examples/rust/tests).
+    assert!(sample(&scrape, "ferrocorn_waiting_requests", None).is_some());
+    let per_worker_threads = scrape
+        .samples
+        .iter()
+        .filter(|s| s.metric == "ferrocorn_worker_threads")
+        .count();
+    assert_eq!(per_worker_threads, 2, "one thread count per worker");
     assert_eq!(
         sample(&scrape, "ferrocorn_responses_total", Some(("class", "2xx"))),
         Some(4.0)
@@ -482,4 +523,72 @@ fn after_usr2_the_new_master_takes_the_stats_over_once_the_old_one_exits() {
     server.wait_for_log("Stats at unix:", BOOT_TIMEOUT);
     let json = json_until(&socket, "the new master's worker", |j| all_idle(j, 1));
     assert_eq!(json["master"]["pid"], new_master);
+}
+
+/// With `--threads 2` on one worker: two sleeping requests take both threads; a keep-alive
+/// client's next request then waits in the worker for a thread. The JSON, /metrics and `top` say
+/// so.
+#[test]
+fn with_threads_busy_threads_of_all_and_requests_waiting_for_one_are_shown() {
+    let dir = TempDir::new("stats-threads");
+    let (server, socket) = start(&dir, "1", &["--threads", "2"]);
+    json_until(&socket, "one idle worker", |j| all_idle(j, 1));
+    let mut parked = Client::connect(server.addr());
+    let first = parked.request(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    assert_eq!(first.status, 200);
+    let sleepers: Vec<TcpStream> = (0..2)
+        .map(|i| {
+            let mut conn = connect(server.addr());
+            write!(conn, "GET /sleep?n={i} HTTP/1.1\r\nHost: t\r\n\r\n").unwrap();
+            conn
+        })
+        .collect();
+    let json = json_until(&socket, "both threads busy", |j| {
+        workers(j)[0]["busy_threads"] == 2
+    });
+    let worker = &workers(&json)[0];
+    assert_eq!(
+        (&worker["threads"], &worker["state"]),
+        (&Value::from(2), &Value::from("busy"))
+    );
+    let mut threads: Vec<u64> = worker["current_requests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(r["path"], "/sleep", "{json:#}");
+            r["thread"].as_u64().unwrap()
+        })
+        .collect();
+    threads.sort();
+    assert_eq!(threads, [0, 1], "{json:#}");
+    // The parked connection's next request has no thread to go to.
+    parked.send(b"GET / HTTP/1.1\r\nHost: t\r\n\r\n");
+    let json = json_until(&socket, "a request waiting for a thread", |j| {
+        j["totals"]["waiting_requests"] == 1
+    });
+    assert_eq!(workers(&json)[0]["waiting_requests"], 1, "{json:#}");
+    assert_eq!(json["totals"]["busy_threads"], 2, "{json:#}");
+    assert_eq!(json["totals"]["threads"], 2, "{json:#}");
+    let stats = format!("unix:{}", socket.display());
+    let out = ferrocorn_top(&["--stats", &stats, "--once"]);
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("busy 2 of 2 threads  waiting 1"), "{text}");
+    let row = text
+        .lines()
+        .find(|l| l.starts_with(&workers(&json)[0]["pid"].to_string()))
+        .unwrap_or_else(|| panic!("no row: {text}"));
+    assert!(row.contains(" 2/2 "), "{row}");
+    let metrics = stats_exchange(&socket, "GET /metrics HTTP/1.1\r\nHost: s\r\n\r\n").text();
+    assert!(
+        metrics.lines().any(|l| l == "ferrocorn_busy_threads 2"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.lines().any(|l| l == "ferrocorn_waiting_requests 1"),
+        "{metrics}"
+    );
+    drop(sleepers);
+    drop(server);
 }

@@ -111,18 +111,12 @@ fn serve(
 
 /// Refuse flag values ferrocorn does not support, naming what to use instead.
 pub fn check_options(options: &Options, app: AppArgument) -> Result<(), Error> {
-    if !is_sync_worker(&options.worker_class) {
+    if !is_supported_worker(&options.worker_class) {
         return Err(Error::Unsupported(format!(
-            "worker class {:?} is not supported: ferrocorn has only the sync worker{}",
+            "worker class {:?} is not supported: ferrocorn's worker is sync or gthread (an event \
+             loop holding the connections, with --threads app threads){}",
             options.worker_class,
             instead_of(&options.worker_class)
-        )));
-    }
-    if options.threads != 1 {
-        return Err(Error::Unsupported(format!(
-            "--threads {} is not supported: the sync worker runs one request at a time; raise \
-             --workers instead",
-            options.threads
         )));
     }
     worker_mode(options)?;
@@ -133,11 +127,17 @@ pub fn check_options(options: &Options, app: AppArgument) -> Result<(), Error> {
     Ok(())
 }
 
-/// gunicorn's spellings of its sync worker.
-fn is_sync_worker(class: &str) -> bool {
+/// gunicorn's spellings of its sync and gthread workers: both are ferrocorn's worker (as in
+/// gunicorn, `-k sync --threads 4` runs threads).
+fn is_supported_worker(class: &str) -> bool {
     matches!(
         class,
-        "sync" | "egg:gunicorn#sync" | "gunicorn.workers.sync.SyncWorker"
+        "sync"
+            | "egg:gunicorn#sync"
+            | "gunicorn.workers.sync.SyncWorker"
+            | "gthread"
+            | "egg:gunicorn#gthread"
+            | "gunicorn.workers.gthread.ThreadWorker"
     )
 }
 
@@ -157,10 +157,10 @@ fn instead_of(class: &str) -> &'static str {
         "tornadoworker",
     ];
     if green.contains(&name.as_str()) {
-        "; for many slow or idle connections put nginx in front (it buffers them) and raise \
-         --workers; ferrocorn has no green threads"
+        "; ferrocorn has no green threads, but its workers park slow and idle connections in \
+         their event loop: raise --threads for an app that waits on I/O, --workers for CPU"
     } else if name.contains("thread") {
-        "; raise --workers instead of threads"
+        "; use -k gthread with --threads N"
     } else if name.contains("uvicorn") || name.contains("asgi") {
         "; ferrocorn serves WSGI apps, not ASGI"
     } else {
@@ -225,7 +225,7 @@ pub fn settings(options: &Options) -> Settings {
         threads: options.threads.max(1),
         worker_connections: options
             .worker_connections
-            .map_or(Settings::default().worker_connections, |n| n as usize),
+            .unwrap_or(Settings::default().worker_connections),
         worker_mode,
         scale_down_after: options.scale_down_after,
         memory_budget: options.memory_budget,
@@ -381,5 +381,61 @@ mod tests {
             s.max_worker_lifetime_jitter,
             std::time::Duration::from_secs(60)
         );
+    }
+
+    fn check(args: &[&str]) -> Result<(), Error> {
+        check_options(&parse(args).unwrap(), AppArgument::Optional)
+    }
+
+    #[test]
+    fn threads_and_worker_connections_reach_the_settings() {
+        let s = settings(&parse(&["--threads", "4", "--worker-connections", "50"]).unwrap());
+        assert_eq!((s.threads, s.worker_connections), (4, 50));
+        let s = settings(&parse(&[]).unwrap());
+        assert_eq!((s.threads, s.worker_connections), (1, 1000));
+        check(&["--threads", "8"]).unwrap();
+    }
+
+    #[test]
+    fn zero_threads_or_connections_is_an_error_naming_the_flag() {
+        for flag in ["--threads", "--worker-connections"] {
+            let err = parse(&[flag, "0"]).unwrap_err().to_string();
+            assert!(err.contains(flag) && err.contains("at least 1"), "{err}");
+        }
+        let err = parse(&["--threads", "many"]).unwrap_err().to_string();
+        assert!(err.contains("--threads"), "{err}");
+    }
+
+    #[test]
+    fn gthread_and_sync_in_gunicorns_spellings_are_accepted_with_threads() {
+        for class in [
+            "sync",
+            "gthread",
+            "egg:gunicorn#gthread",
+            "gunicorn.workers.gthread.ThreadWorker",
+            "gunicorn.workers.sync.SyncWorker",
+        ] {
+            check(&["-k", class, "--threads", "4"]).unwrap();
+            check(&["--worker-class", class]).unwrap();
+        }
+        // As in gunicorn, -k sync with --threads runs the threads.
+        let s = settings(&parse(&["-k", "sync", "--threads", "4"]).unwrap());
+        assert_eq!(s.threads, 4);
+    }
+
+    #[test]
+    fn other_worker_classes_are_refused_with_what_to_use_instead() {
+        let refused = |class: &str| check(&["-k", class]).unwrap_err().to_string();
+        for class in ["gevent", "eventlet", "tornado", "egg:gunicorn#gevent"] {
+            let err = refused(class);
+            assert!(
+                err.contains(&format!("{class:?} is not supported")),
+                "{err}"
+            );
+            assert!(err.contains("--threads") && err.contains("green"), "{err}");
+        }
+        let err = refused("uvicorn.workers.UvicornWorker");
+        assert!(err.contains("not ASGI"), "{err}");
+        assert!(!err.contains("one request at a time"), "{err}");
     }
 }

@@ -21,6 +21,15 @@ fn parse_seconds(s: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+/// A count that must be at least 1 (`--threads`, `--worker-connections`).
+fn parse_at_least_one(s: &str) -> Result<usize, String> {
+    match s.parse::<usize>() {
+        Ok(0) => Err("must be at least 1".to_string()),
+        Ok(n) => Ok(n),
+        Err(_) => Err(format!("{s:?} is not a whole number")),
+    }
+}
+
 fn parse_positive_seconds(s: &str) -> Result<Duration, String> {
     match parse_seconds(s)? {
         d if d.is_zero() => Err(format!("{s:?} must be more than 0 seconds")),
@@ -169,7 +178,8 @@ pub struct Options {
     #[arg(long = "max-worker-lifetime-jitter", default_value = "0", value_name = "SECONDS", value_parser = parse_seconds)]
     pub max_worker_lifetime_jitter: Duration,
 
-    /// Worker type; only `sync` exists.
+    /// Worker type: `sync` or `gthread` (the same worker: an event loop for connections with
+    /// --threads app threads).
     #[arg(
         short = 'k',
         long = "worker-class",
@@ -178,8 +188,9 @@ pub struct Options {
     )]
     pub worker_class: String,
 
-    /// Threads per worker; only 1 (the sync worker) is supported.
-    #[arg(long, default_value_t = 1, value_name = "INT")]
+    /// App threads per worker, each serving one request at a time (the GIL is released while a
+    /// request waits on its socket).
+    #[arg(long, default_value_t = 1, value_name = "INT", value_parser = parse_at_least_one)]
     pub threads: usize,
 
     /// Workers silent for more than this many seconds are killed and restarted (0 disables).
@@ -353,9 +364,10 @@ pub struct Options {
     #[arg(long = "worker-tmp-dir", value_name = "DIR")]
     pub worker_tmp_dir: Option<PathBuf>,
 
-    /// Accepted for gunicorn command lines; like gunicorn's sync worker, ours ignores it.
-    #[arg(long = "worker-connections", value_name = "INT")]
-    pub worker_connections: Option<u32>,
+    /// Most connections a worker holds at once (being served, reading their request head, or
+    /// idle between keep-alive requests); default 1000.
+    #[arg(long = "worker-connections", value_name = "INT", value_parser = parse_at_least_one)]
+    pub worker_connections: Option<usize>,
 
     /// The name in process titles (`ferrocorn: master [NAME]`); default the app.
     #[arg(short = 'n', long, value_name = "STRING")]

@@ -724,6 +724,7 @@ fn arbiter_config(settings: &Settings) -> ArbiterConfig {
         graceful_timeout: settings.graceful_timeout,
         sizing: sizing::worker_sizing(settings),
         memory: sizing::memory_policy(settings),
+        threads: settings.threads.max(1),
     }
 }
 

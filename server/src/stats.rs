@@ -11,7 +11,9 @@ use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, RawFd};
 use std::time::{Duration, Instant};
 
-use ferrocorn_arbiter::{ArbiterStatus, ExitCause, PollFd, SlotState, Want, WorkerStatus};
+use ferrocorn_arbiter::{
+    ArbiterStatus, ExitCause, LaneSnapshot, PollFd, SlotState, Want, WorkerStatus,
+};
 use ferrocorn_http::{HeadParser, Limits, Parsed};
 use ferrocorn_listener::{Listener, Stream};
 use log::debug;
@@ -298,8 +300,16 @@ pub struct WorkerReport {
     /// Sent TERM (scaled down, replaced by a reload, stopping).
     pub retiring: bool,
     pub requests: u64,
-    /// The request being served (`busy` only).
+    /// App threads (`--threads`).
+    pub threads: usize,
+    /// Of those, the ones serving a request now.
+    pub busy_threads: usize,
+    /// Complete request heads queued in the worker for a free thread.
+    pub waiting_requests: u64,
+    /// The longest-running request being served (`busy` only).
     pub current_request: Option<CurrentRequest>,
+    /// Every request being served, one per busy thread.
+    pub current_requests: Vec<ThreadRequest>,
     pub last_request_seconds: f64,
     pub uss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,
@@ -317,6 +327,16 @@ pub struct CurrentRequest {
     pub seconds: f64,
 }
 
+/// A request one app thread serves.
+#[derive(Debug, Clone, Serialize)]
+pub struct ThreadRequest {
+    /// The thread's index in its worker, from 0.
+    pub thread: usize,
+    pub method: String,
+    pub path: String,
+    pub seconds: f64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct ListenerReport {
     pub address: String,
@@ -328,6 +348,12 @@ pub struct ListenerReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct Totals {
     pub workers: usize,
+    /// App threads of the live workers.
+    pub threads: usize,
+    /// Of those, the ones serving a request now.
+    pub busy_threads: usize,
+    /// Request heads queued in the workers for a free thread.
+    pub waiting_requests: u64,
     /// Requests served, by live and exited workers.
     pub requests: u64,
     /// Responses by status class (`1xx` .. `5xx`).
@@ -404,6 +430,9 @@ fn build_report(
         },
         totals: Totals {
             workers: workers.len(),
+            threads: workers.iter().map(|w| w.threads).sum(),
+            busy_threads: workers.iter().map(|w| w.busy_threads).sum(),
+            waiting_requests: workers.iter().map(|w| w.waiting_requests).sum(),
             requests,
             responses: statuses.into(),
             worker_exits: exits.clone(),
@@ -432,11 +461,15 @@ fn worker_report(w: &WorkerStatus) -> WorkerReport {
         },
         retiring: w.retiring,
         requests: w.slot.served,
+        threads: w.slot.lanes.len(),
+        busy_threads: w.slot.busy_lanes(),
+        waiting_requests: w.slot.waiting,
         current_request: w.slot.busy_for.map(|d| CurrentRequest {
             method: w.slot.method.clone(),
             path: w.slot.path.clone(),
             seconds: d.as_secs_f64(),
         }),
+        current_requests: thread_requests(&w.slot.lanes),
         last_request_seconds: w.slot.last_duration.as_secs_f64(),
         uss_bytes: memory.map(|m| m.uss),
         pss_bytes: memory.map(|m| m.pss),
@@ -444,6 +477,21 @@ fn worker_report(w: &WorkerStatus) -> WorkerReport {
         cpu_seconds: ferrocorn_sizing::process_cpu_seconds(w.pid).ok(),
         predecessor_exit: w.predecessor_exit.map(cause_name),
     }
+}
+
+fn thread_requests(lanes: &[LaneSnapshot]) -> Vec<ThreadRequest> {
+    lanes
+        .iter()
+        .enumerate()
+        .filter_map(|(thread, lane)| {
+            lane.busy_for.map(|d| ThreadRequest {
+                thread,
+                method: lane.method.clone(),
+                path: lane.path.clone(),
+                seconds: d.as_secs_f64(),
+            })
+        })
+        .collect()
 }
 
 fn listener_report((address, listener): &(String, Listener)) -> ListenerReport {
@@ -484,6 +532,21 @@ pub fn metrics(r: &Report) -> String {
         "ferrocorn_workers_target",
         "Workers to keep (-w, TTIN/TTOU).",
         &[("", r.master.workers_target as f64)],
+    );
+    out.gauge(
+        "ferrocorn_threads",
+        "App threads of the live workers (--threads each).",
+        &[("", r.totals.threads as f64)],
+    );
+    out.gauge(
+        "ferrocorn_busy_threads",
+        "App threads serving a request.",
+        &[("", r.totals.busy_threads as f64)],
+    );
+    out.gauge(
+        "ferrocorn_waiting_requests",
+        "Request heads queued in the workers for a free thread.",
+        &[("", r.totals.waiting_requests as f64)],
     );
     out.counter(
         "ferrocorn_requests_total",
@@ -562,15 +625,30 @@ fn worker_metrics(out: &mut Metrics, workers: &[WorkerReport]) {
             .filter_map(|w| f(w).map(|v| (format!("pid=\"{}\"", w.pid), v)))
             .collect()
     };
-    let gauges: [(&str, &str, Labelled); 6] = [
+    let gauges: [(&str, &str, Labelled); 9] = [
         (
             "ferrocorn_worker_busy",
-            "1 while the worker serves a request.",
+            "1 while any thread of the worker serves a request.",
             per(&|w| Some(f64::from(u8::from(w.state == "busy")))),
         ),
         (
+            "ferrocorn_worker_threads",
+            "The worker's app threads.",
+            per(&|w| Some(w.threads as f64)),
+        ),
+        (
+            "ferrocorn_worker_busy_threads",
+            "The worker's app threads serving a request.",
+            per(&|w| Some(w.busy_threads as f64)),
+        ),
+        (
+            "ferrocorn_worker_waiting_requests",
+            "Request heads queued in the worker for a free thread.",
+            per(&|w| Some(w.waiting_requests as f64)),
+        ),
+        (
             "ferrocorn_worker_current_request_seconds",
-            "How long the current request has run.",
+            "How long the worker's longest-running current request has run.",
             per(&|w| w.current_request.as_ref().map(|c| c.seconds)),
         ),
         (
@@ -661,6 +739,95 @@ impl Metrics {
                 "" => writeln!(self.text, "{name} {value}"),
                 labels => writeln!(self.text, "{name}{{{labels}}} {value}"),
             };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferrocorn_arbiter::SlotSnapshot;
+
+    fn lane(busy_secs: Option<u64>, path: &str) -> LaneSnapshot {
+        LaneSnapshot {
+            busy_for: busy_secs.map(Duration::from_secs),
+            method: "GET".into(),
+            path: path.into(),
+            started: 1,
+        }
+    }
+
+    /// A worker of four threads, two of them busy, three heads waiting.
+    fn threaded_worker(pid: i32) -> WorkerStatus {
+        let lanes = vec![
+            lane(None, "/done"),
+            lane(Some(1), "/short"),
+            lane(None, ""),
+            lane(Some(7), "/long"),
+        ];
+        WorkerStatus {
+            pid,
+            age: 1,
+            uptime: Duration::from_secs(60),
+            retiring: false,
+            predecessor_exit: None,
+            slot: SlotSnapshot {
+                state: SlotState::Busy,
+                silence: Duration::ZERO,
+                served: 5,
+                busy_for: Some(Duration::from_secs(7)),
+                method: "GET".into(),
+                path: "/long".into(),
+                last_duration: Duration::from_millis(20),
+                statuses: [0, 5, 0, 0, 0],
+                lanes,
+                waiting: 3,
+            },
+        }
+    }
+
+    #[test]
+    fn threads_busy_of_total_and_waiting_heads_are_reported_per_worker_and_in_total() {
+        // Pids no process has: their memory and CPU read as unknown.
+        let status = ArbiterStatus {
+            master_pid: std::process::id() as i32,
+            target: 2,
+            workers: vec![threaded_worker(i32::MAX - 1), threaded_worker(i32::MAX - 2)],
+            exited_served: 0,
+            exited_statuses: [0; 5],
+        };
+        let report = build_report(&status, &ExitCounts::default(), Duration::ZERO, &[]);
+        let w = &report.workers[0];
+        assert_eq!((w.threads, w.busy_threads, w.waiting_requests), (4, 2, 3));
+        assert_eq!(w.state, "busy");
+        assert_eq!(w.current_request.as_ref().unwrap().path, "/long");
+        let current: Vec<(usize, &str)> = w
+            .current_requests
+            .iter()
+            .map(|r| (r.thread, r.path.as_str()))
+            .collect();
+        assert_eq!(current, [(1, "/short"), (3, "/long")]);
+        let t = &report.totals;
+        assert_eq!((t.threads, t.busy_threads, t.waiting_requests), (8, 4, 6));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["workers"][0]["current_requests"][1]["thread"], 3);
+        assert_eq!(json["totals"]["busy_threads"], 4);
+        let text = metrics(&report);
+        for line in [
+            "ferrocorn_threads 8",
+            "ferrocorn_busy_threads 4",
+            "ferrocorn_waiting_requests 6",
+            &format!(
+                "ferrocorn_worker_busy_threads{{pid=\"{}\"}} 2",
+                i32::MAX - 1
+            ),
+            &format!("ferrocorn_worker_threads{{pid=\"{}\"}} 4", i32::MAX - 2),
+            &format!(
+                "ferrocorn_worker_waiting_requests{{pid=\"{}\"}} 3",
+                i32::MAX - 1
+            ),
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
         }
     }
 }

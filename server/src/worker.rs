@@ -57,6 +57,15 @@ impl Worker<'_> {
             master_pid: ctx.master_pid,
         });
         let mut apps = self.loader.load(self.threads);
+        if apps.len() != ctx.slot.lanes() {
+            // Each app thread writes its own scoreboard lane, sized at start from --threads.
+            error!(
+                "The app loader made {} apps for {} app threads",
+                apps.len(),
+                ctx.slot.lanes()
+            );
+            return ferrocorn_arbiter::WORKER_BOOT_ERROR;
+        }
         if let Some(lists) = self.file_lists {
             lists.write(&self.loader.imported_files());
         }
@@ -114,23 +123,29 @@ impl Monitor for WorkerMonitor<'_> {
         }
     }
 
-    fn request_started(&self, _thread: usize, head: &RequestHead) {
-        self.slot.request_started(head.method(), head.path());
+    fn request_started(&self, thread: usize, head: &RequestHead) {
+        self.slot
+            .request_started(thread, head.method(), head.path());
         // gunicorn's default `pre_request` hook.
         debug!("{} {}", head.method(), head.path());
     }
 
-    fn request_finished(&self, _thread: usize, done: &Completed<'_>) {
+    fn request_finished(&self, thread: usize, done: &Completed<'_>) {
         if let Some(status) = done.status {
             self.slot.count_status(status);
         }
-        self.slot.request_finished();
+        self.slot.request_finished(thread);
         if let Some(log) = &self.access_log {
             lock(log).log(done);
         }
         if let Some(statsd) = self.statsd {
             statsd.request(done);
         }
+    }
+
+    /// Heads waiting for an app thread: the master counts them like its listeners' queue.
+    fn waiting(&self, heads: usize) {
+        self.slot.set_waiting(heads);
     }
 
     /// The master sets the flag before it sends TERM when no other master shares the sockets.

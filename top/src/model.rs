@@ -46,6 +46,10 @@ pub struct Row {
     pub state: String,
     /// Requests per second since the previous sample; `None` on the first one or without stats.
     pub requests_per_second: Option<f64>,
+    /// Busy app threads out of the worker's threads.
+    pub threads: Option<(usize, usize)>,
+    /// Request heads queued in the worker for a free thread.
+    pub waiting: Option<u64>,
     /// `GET /path` and how long it has run.
     pub current: Option<(String, f64)>,
     /// Private memory in bytes.
@@ -94,6 +98,8 @@ impl Table {
                         w.requests.map(|r| r as f64),
                         before.and_then(|b| b.requests).map(|r| r as f64),
                     ),
+                    threads: w.busy_threads.zip(w.threads),
+                    waiting: w.waiting_requests,
                     current: w
                         .current_request
                         .as_ref()
@@ -129,15 +135,15 @@ fn sort_rows(rows: &mut [Row], sort: Sort) {
 
 /// Totals, memory against the budget, accept queues, the recommended worker count.
 fn header(s: &Stats) -> Vec<String> {
-    let busy = s.workers.iter().filter(|w| w.state == "busy").count();
     let target = s
         .master
         .workers_target
         .map_or(String::new(), |t| format!(" (target {t})"));
     let mut lines = vec![format!(
-        "master {}  workers {}{target}  busy {busy}",
+        "master {}  workers {}{target}  {}",
         s.master.pid,
-        s.workers.len()
+        s.workers.len(),
+        busy_summary(s)
     )];
     if let Some(t) = &s.totals {
         let classes: Vec<String> = t
@@ -174,6 +180,25 @@ fn header(s: &Stats) -> Vec<String> {
         lines.push("from /proc: no state or requests (use --stats for them)".into());
     }
     lines
+}
+
+/// `busy 3 of 8 threads  waiting 2`, or busy workers from a server that does not count threads.
+fn busy_summary(s: &Stats) -> String {
+    let busy_workers = s.workers.iter().filter(|w| w.state == "busy").count();
+    let threads: Option<Vec<(usize, usize)>> = s
+        .workers
+        .iter()
+        .map(|w| w.busy_threads.zip(w.threads))
+        .collect();
+    match threads.filter(|t| !t.is_empty()) {
+        Some(threads) => {
+            let busy: usize = threads.iter().map(|t| t.0).sum();
+            let total: usize = threads.iter().map(|t| t.1).sum();
+            let waiting: u64 = s.workers.iter().filter_map(|w| w.waiting_requests).sum();
+            format!("busy {busy} of {total} threads  waiting {waiting}")
+        }
+        None => format!("busy {busy_workers}"),
+    }
 }
 
 #[cfg(test)]
@@ -220,5 +245,28 @@ mod tests {
         assert!(Table::new(None, &after, Sort::Pid).rows[0]
             .requests_per_second
             .is_none());
+        assert_eq!(
+            table.header[0], "master 1  workers 3  busy 1",
+            "no thread counts"
+        );
+    }
+
+    #[test]
+    fn threads_busy_of_total_and_waiting_heads_show_per_worker_and_in_the_header() {
+        let stats = sample(
+            r#"{"master": {"pid": 1, "workers_target": 2}, "workers": [
+                {"pid": 10, "state": "busy", "threads": 4, "busy_threads": 3,
+                 "waiting_requests": 2},
+                {"pid": 11, "state": "idle", "threads": 4, "busy_threads": 0,
+                 "waiting_requests": 0}]}"#,
+        );
+        let table = Table::new(None, &stats, Sort::Pid);
+        assert_eq!(
+            table.header[0],
+            "master 1  workers 2 (target 2)  busy 3 of 8 threads  waiting 2"
+        );
+        assert_eq!(table.rows[0].threads, Some((3, 4)));
+        assert_eq!(table.rows[0].waiting, Some(2));
+        assert_eq!(table.rows[1].threads, Some((0, 4)));
     }
 }

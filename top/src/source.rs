@@ -48,6 +48,14 @@ pub struct Worker {
     pub state: String,
     #[serde(default)]
     pub requests: Option<u64>,
+    /// App threads, and how many of them serve a request (absent from older servers' JSON).
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default)]
+    pub busy_threads: Option<usize>,
+    /// Request heads queued in the worker for a free thread.
+    #[serde(default)]
+    pub waiting_requests: Option<u64>,
     pub current_request: Option<CurrentRequest>,
     pub uss_bytes: Option<u64>,
     pub pss_bytes: Option<u64>,

@@ -15,11 +15,11 @@ use crate::model::{Row, Sort, Table};
 use crate::source::{Source, Stats};
 use crate::Error;
 
-const COLUMNS: [&str; 8] = [
-    "PID", "STATE", "REQ/S", "CPU%", "USS", "PSS", "AGE", "REQUEST",
+const COLUMNS: [&str; 10] = [
+    "PID", "STATE", "THREADS", "WAIT", "REQ/S", "CPU%", "USS", "PSS", "AGE", "REQUEST",
 ];
 
-fn cells(r: &Row) -> [String; 8] {
+fn cells(r: &Row) -> [String; 10] {
     let opt =
         |v: Option<f64>, digits: usize| v.map_or("-".to_string(), |v| format!("{v:.digits$}"));
     let bytes = |v: Option<u64>| v.map_or("-".to_string(), ferrocorn_sizing::human_bytes);
@@ -30,6 +30,9 @@ fn cells(r: &Row) -> [String; 8] {
     [
         r.pid.to_string(),
         r.state.clone(),
+        r.threads
+            .map_or("-".into(), |(busy, total)| format!("{busy}/{total}")),
+        r.waiting.map_or("-".into(), |n| n.to_string()),
         opt(r.requests_per_second, 1),
         opt(r.cpu_percent, 1),
         bytes(r.uss),
@@ -42,7 +45,7 @@ fn cells(r: &Row) -> [String; 8] {
 /// The `--once` output: header lines, then one aligned row per worker.
 pub fn plain(table: &Table) -> String {
     let mut out: String = table.header.iter().map(|l| format!("{l}\n")).collect();
-    let rows: Vec<[String; 8]> = table.rows.iter().map(cells).collect();
+    let rows: Vec<[String; 10]> = table.rows.iter().map(cells).collect();
     let header = COLUMNS.map(String::from);
     let widths: Vec<usize> = (0..COLUMNS.len())
         .map(|i| {
@@ -169,6 +172,8 @@ fn draw(frame: &mut Frame, table: &Table, message: &str) {
     let widths = [
         Constraint::Length(8),
         Constraint::Length(8),
+        Constraint::Length(8),
+        Constraint::Length(5),
         Constraint::Length(7),
         Constraint::Length(6),
         Constraint::Length(10),

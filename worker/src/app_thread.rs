@@ -42,23 +42,32 @@ struct Served {
 }
 
 impl AppThread<'_> {
+    /// Before the first request, on the thread that will serve: the app's own preparations,
+    /// and how to interrupt it.
+    pub(crate) fn start(&mut self) {
+        let interrupter = self.app.interrupter();
+        let _ = self.pool.lanes[self.index].interrupter.set(interrupter);
+    }
+
     /// Serve jobs until the pool closes.
     pub(crate) fn run(mut self) {
-        let interrupter = self.app.interrupter();
-        let lane = &self.pool.lanes[self.index];
-        let _ = lane.interrupter.set(interrupter);
+        self.start();
         let mut wbuf = Vec::new();
         let mut previous = None;
         while let Some(job) = self.pool.next_job(previous.take()) {
             previous = Some(self.serve_job(job, &mut wbuf));
-            // One big streamed response should not pin its buffer for the thread's lifetime.
-            if wbuf.capacity() > WBUF_KEEP {
-                wbuf = Vec::new();
-            }
+            self.trim(&mut wbuf);
         }
     }
 
-    fn serve_job(&mut self, job: Job, wbuf: &mut Vec<u8>) -> Returned {
+    /// One big streamed response should not pin its buffer for the thread's lifetime.
+    pub(crate) fn trim(&self, wbuf: &mut Vec<u8>) {
+        if wbuf.capacity() > WBUF_KEEP {
+            *wbuf = Vec::new();
+        }
+    }
+
+    pub(crate) fn serve_job(&mut self, job: Job, wbuf: &mut Vec<u8>) -> Returned {
         let Job { conn, head, last } = job;
         let Connection {
             stream,

@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use ferrocorn_http::{error_response, BodyFraming, HeadParser, Parsed, RequestError, RequestHead};
@@ -13,13 +13,12 @@ use ferrocorn_signals::WorkerState;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
-use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
-use nix::sys::socket::{send, shutdown, MsgFlags, Shutdown};
+use nix::sys::socket::{send, MsgFlags};
 
 use crate::app_thread::AppThread;
 use crate::pool::{After, Connection, Job, Pool, Returned};
 use crate::sock::{Linger, ReadBuf};
-use crate::{Control, Exit, Monitor, ServerAddr, ThreadApp, WorkerConfig};
+use crate::{Control, Exit, Monitor, WorkerConfig};
 
 /// The waker the app threads use, and the signal wake fd.
 pub(crate) const WAKER: Token = Token(usize::MAX);
@@ -29,12 +28,6 @@ const LISTENERS_TOP: usize = usize::MAX - 2;
 
 /// Longest sleep of the loop: it beats at least this often.
 const BEAT_EVERY: Duration = Duration::from_millis(500);
-
-/// How often busy app threads are checked against `--timeout`.
-const TIMEOUT_CHECK_EVERY: Duration = Duration::from_millis(100);
-
-/// After a stuck request was interrupted, how long before it is abandoned.
-const ABORT_GRACE: Duration = Duration::from_secs(2);
 
 /// Most request body the I/O thread reads before handing a request over (`Content-Length` bodies
 /// only): the app never waits for a slow client on a small upload.
@@ -120,8 +113,6 @@ pub(crate) struct IoLoop<'r> {
     free: Vec<usize>,
     parked: usize,
     away: usize,
-    /// Away with a request that was abandoned (its thread may never give it back).
-    away_abandoned: usize,
     /// Listeners that had connections queued when last looked at.
     listener_ready: Vec<bool>,
     /// Since when a listener has had clients queued that this worker left there (no free
@@ -138,11 +129,12 @@ pub(crate) struct IoLoop<'r> {
     drain_quiet_since: Option<Instant>,
     quick: bool,
     next_scan: Instant,
-    next_timeout_check: Instant,
     last_waiting: usize,
     accept_paused_until: Option<Instant>,
     accept_errors: u64,
     accept_error_logged: Option<Instant>,
+    /// With one app thread: the app, called by this loop.
+    inline: Option<Inline<'r>>,
 }
 
 impl<'r> IoLoop<'r> {
@@ -179,7 +171,6 @@ impl<'r> IoLoop<'r> {
             free: Vec::new(),
             parked: 0,
             away: 0,
-            away_abandoned: 0,
             listener_ready: vec![true; listeners.len()],
             queued_since: None,
             fresh: VecDeque::new(),
@@ -189,11 +180,11 @@ impl<'r> IoLoop<'r> {
             drain_quiet_since: None,
             quick: false,
             next_scan: now + BEAT_EVERY,
-            next_timeout_check: now,
             last_waiting: 0,
             accept_paused_until: None,
             accept_errors: 0,
             accept_error_logged: None,
+            inline: None,
         })
     }
 
@@ -206,8 +197,14 @@ impl<'r> IoLoop<'r> {
             if let Some(exit) = self.finished() {
                 return Ok(exit);
             }
-            let timeout = self.poll_timeout();
-            match self.poll.poll(&mut events, Some(timeout)) {
+            let timeout = if self.pool.may_sleep() {
+                self.poll_timeout()
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(timeout));
+            self.pool.awake();
+            match polled {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => return Err(e),
@@ -229,23 +226,78 @@ impl<'r> IoLoop<'r> {
             for r in returned.drain(..) {
                 self.on_returned(r);
             }
+            self.serve_inline();
             self.scan_if_due();
+            // A stop the events brought comes before any accept.
+            self.notice_state();
             self.accept();
             self.report_waiting();
         }
     }
 
+    /// Serve requests itself from now on (a worker with one app thread).
+    pub(crate) fn set_inline(&mut self, inline: Inline<'r>) {
+        self.inline = Some(inline);
+    }
+
+    /// With the app on this thread: serve the requests whose heads are complete.
+    fn serve_inline(&mut self) {
+        loop {
+            let Some(inline) = &mut self.inline else {
+                return;
+            };
+            let Some(job) = inline.jobs.pop_front() else {
+                return;
+            };
+            let returned = inline.thread.serve_job(job, &mut inline.wbuf);
+            inline.thread.trim(&mut inline.wbuf);
+            self.on_returned(returned);
+        }
+    }
+
+    /// Requests waiting for the app (on this thread).
+    fn inline_busy(&self) -> bool {
+        self.inline.as_ref().is_some_and(|i| !i.jobs.is_empty())
+    }
+
+    /// Complete heads waiting for an app thread.
+    fn waiting(&self) -> usize {
+        match &self.inline {
+            Some(inline) => inline.jobs.len(),
+            None => self.pool.waiting(),
+        }
+    }
+
+    /// Idle app threads less the requests already waiting for one.
+    fn spare_threads(&self) -> isize {
+        match &self.inline {
+            Some(inline) => 1 - inline.jobs.len() as isize,
+            None => self.pool.spare_threads(),
+        }
+    }
+
     /// Wait up to `limit` for every thread whose request was abandoned to give its connection
     /// back (each wakes the loop when it does).
-    fn wait_for_abandoned(&mut self, limit: Duration) {
+    pub(crate) fn wait_for_abandoned(&mut self, limit: Duration) {
         let until = Instant::now() + limit;
         let mut events = Events::with_capacity(16);
+        let mut returned = Vec::new();
         while self.pool.any_abandoned() {
+            // The loop is over: connections coming back now are only closed.
+            self.pool.take_returned(&mut returned);
+            returned.clear();
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return;
             }
-            if let Err(e) = self.poll.poll(&mut events, Some(left)) {
+            let left = if self.pool.may_sleep() {
+                left
+            } else {
+                Duration::ZERO
+            };
+            let polled = self.poll.poll(&mut events, Some(left));
+            self.pool.awake();
+            if let Err(e) = polled {
                 if e.kind() != io::ErrorKind::Interrupted {
                     return;
                 }
@@ -256,9 +308,6 @@ impl<'r> IoLoop<'r> {
     fn poll_timeout(&self) -> Duration {
         let now = Instant::now();
         let mut until = self.next_scan.min(now + BEAT_EVERY);
-        if self.config.timeout.is_some() && self.away > 0 {
-            until = until.min(self.next_timeout_check);
-        }
         if self.draining || self.accept_paused_until.is_some() {
             until = until.min(now + DRAIN_SETTLE);
         }
@@ -269,7 +318,7 @@ impl<'r> IoLoop<'r> {
     }
 
     fn report_waiting(&mut self) {
-        let waiting = self.pool.waiting();
+        let waiting = self.waiting();
         if waiting != self.last_waiting {
             self.last_waiting = waiting;
             self.monitor.waiting(waiting);
@@ -344,7 +393,12 @@ impl<'r> IoLoop<'r> {
     /// Why the loop is over, once it is.
     fn finished(&mut self) -> Option<Exit> {
         let retiring = self.retiring.as_ref()?;
-        if self.parked > 0 || self.away > self.away_abandoned || !self.pool.all_idle() {
+        let away = self.away - self.pool.abandoned_count().min(self.away);
+        let threads_idle = match &self.inline {
+            Some(_) => !self.inline_busy(),
+            None => self.pool.all_idle(),
+        };
+        if self.parked > 0 || away > 0 || !threads_idle {
             return None;
         }
         if self.draining && Instant::now() < retiring.deadline {
@@ -396,6 +450,11 @@ impl<'r> IoLoop<'r> {
     /// Accept from listener `i` while there is room; `true` when its queue was found empty.
     fn accept_from(&mut self, i: usize) -> bool {
         loop {
+            // Checked before every accept: a stopping worker takes nothing more.
+            if self.retiring.is_none() && self.control.state() != WorkerState::Running {
+                self.notice_state();
+                return false;
+            }
             if !self.has_room() && !self.starved() {
                 self.queued_since.get_or_insert_with(Instant::now);
                 return false;
@@ -429,7 +488,7 @@ impl<'r> IoLoop<'r> {
             && self
                 .queued_since
                 .is_some_and(|since| since.elapsed() >= ACCEPT_STARVED)
-            && self.pool.waiting() > 0
+            && self.waiting() > 0
     }
 
     /// Whether the worker should take another connection: it holds fewer than
@@ -445,7 +504,7 @@ impl<'r> IoLoop<'r> {
             now < until
                 && matches!(&slots[t], Slot::Parked(p) if matches!(p.phase, Phase::Idle { first: true, .. }))
         });
-        self.pool.spare_threads() > self.fresh.len() as isize
+        self.spare_threads() > self.fresh.len() as isize
     }
 
     fn adopt(&mut self, stream: Stream, peer: PeerAddr, listener: usize) {
@@ -603,9 +662,8 @@ impl<'r> IoLoop<'r> {
 
     fn scan_if_due(&mut self) {
         let now = Instant::now();
-        if self.config.timeout.is_some() && now >= self.next_timeout_check {
-            self.next_timeout_check = now + TIMEOUT_CHECK_EVERY;
-            self.check_timeouts();
+        if self.pool.take_aborted() {
+            self.retire(Exit::Aborted);
         }
         if now < self.next_scan {
             return;
@@ -660,63 +718,6 @@ impl<'r> IoLoop<'r> {
             }
             Phase::Linger { .. } => self.drop_conn(t),
         }
-    }
-
-    /// Interrupt app threads whose request runs past `--timeout`; abandon those that do not
-    /// return within [`ABORT_GRACE`] of it.
-    fn check_timeouts(&mut self) {
-        let Some(timeout) = self.config.timeout else {
-            return;
-        };
-        let now = Instant::now();
-        for (i, lane) in self.pool.lanes.iter().enumerate() {
-            if lane.abandoned.load(std::sync::atomic::Ordering::Acquire) {
-                continue;
-            }
-            let mut work = lane.work();
-            let Some(since) = work.since else {
-                continue;
-            };
-            match work.interrupted_at {
-                None if now.duration_since(since) >= timeout => {
-                    work.interrupted_at = Some(now);
-                    let request = work.request.clone();
-                    drop(work);
-                    match lane.interrupter.get() {
-                        Some(Some(interrupt)) => interrupt(&request),
-                        _ => log::error!(
-                            "Worker timed out serving {request}; the app cannot be interrupted"
-                        ),
-                    }
-                }
-                Some(at) if now.duration_since(at) >= ABORT_GRACE => {
-                    let (request, number, fd) = (work.request.clone(), work.number, work.fd);
-                    drop(work);
-                    self.abandon(i, &request, number, fd);
-                }
-                _ => {}
-            }
-        }
-    }
-
-    /// Give up on app thread `i`'s request: answer 500 if the app has not started its response,
-    /// end the connection, and retire the worker (the thread may never come back).
-    fn abandon(&mut self, i: usize, request: &str, number: u64, fd: RawFd) {
-        let lane = &self.pool.lanes[i];
-        log::error!(
-            "The request {request} did not end {:.0}s after it was interrupted; answering 500 and \
-             retiring the worker",
-            ABORT_GRACE.as_secs_f64()
-        );
-        if lane.abandon(number) {
-            let _ = send(fd, &error_response(500), MsgFlags::MSG_NOSIGNAL);
-        }
-        // The app thread still owns the socket; shutting it down (not closing) ends the
-        // exchange for the client without freeing the descriptor under the thread.
-        let _ = shutdown(fd, Shutdown::Both);
-        self.monitor.request_abandoned(i);
-        self.away_abandoned += 1;
-        self.retire(Exit::Aborted);
     }
 
     // ---- connection events ----
@@ -863,7 +864,11 @@ impl<'r> IoLoop<'r> {
             self.retire(Exit::MaxRequests);
         }
         let last = self.retiring.is_some() || self.control.state() != WorkerState::Running;
-        self.pool.push(Job { conn, head, last });
+        let job = Job { conn, head, last };
+        match &mut self.inline {
+            Some(inline) => inline.jobs.push_back(job),
+            None => self.pool.push(job),
+        }
     }
 
     /// A connection is back from an app thread.
@@ -877,10 +882,7 @@ impl<'r> IoLoop<'r> {
         } = r;
         let t = conn.token;
         self.away -= 1;
-        if abandoned {
-            self.away_abandoned -= 1;
-        }
-        if aborted {
+        if aborted || abandoned {
             self.retire(Exit::Aborted);
         }
         if self.quick {
@@ -1062,146 +1064,20 @@ fn is_transient_accept_error(e: &io::Error) -> bool {
     ) || e.raw_os_error() == Some(libc::EPROTO)
 }
 
-/// Run the I/O loop on this thread and one app thread per app until the worker stops.
-pub(crate) fn serve(
-    apps: &mut [ThreadApp],
-    listeners: &[Listener],
-    config: &WorkerConfig,
-    control: &dyn Control,
-    monitor: &dyn Monitor,
-) -> io::Result<Exit> {
-    let poll = Poll::new()?;
-    let waker = mio::Waker::new(poll.registry(), WAKER)?;
-    let pool = Pool::new(apps.len(), waker);
-    let servers: Vec<ServerAddr> = listeners.iter().map(server_addr).collect();
-    log::debug!(
-        "worker serving {} with {} app thread(s)",
-        listeners
-            .iter()
-            .map(Listener::describe)
-            .collect::<Vec<_>>()
-            .join(", "),
-        apps.len()
-    );
-    let mut io_loop = IoLoop::new(poll, listeners, config, control, monitor, &pool)?;
-    std::thread::scope(|scope| {
-        let shared = Shared {
-            pool: &pool,
-            config,
-            monitor,
-            control,
-            servers: &servers,
-        };
-        spawn_app_threads(scope, apps, shared)?;
-        let exit = io_loop.run();
-        pool.close();
-        // A thread given up on may just be slow: give it a moment to come back.
-        io_loop.wait_for_abandoned(ABANDONED_RETURN);
-        if pool.any_abandoned() {
-            // Its thread is stuck in the app for good, and a process cannot wait for it.
-            log::error!("Worker exiting with a request still stuck in the application");
-            std::process::exit(0);
+/// The app of a worker with a single app thread, which the I/O loop calls itself: no hand-off
+/// between threads for each request.
+pub(crate) struct Inline<'r> {
+    pub(crate) thread: AppThread<'r>,
+    wbuf: Vec<u8>,
+    jobs: VecDeque<Job>,
+}
+
+impl<'r> Inline<'r> {
+    pub(crate) fn new(thread: AppThread<'r>) -> Self {
+        Inline {
+            thread,
+            wbuf: Vec::new(),
+            jobs: VecDeque::new(),
         }
-        exit
-    })
-}
-
-/// After the loop: how long threads whose request was abandoned get to return before the
-/// process exits without them.
-const ABANDONED_RETURN: Duration = Duration::from_secs(1);
-
-/// What every app thread is given.
-#[derive(Clone, Copy)]
-struct Shared<'r> {
-    pool: &'r Pool,
-    config: &'r WorkerConfig,
-    monitor: &'r dyn Monitor,
-    control: &'r dyn Control,
-    servers: &'r [ServerAddr],
-}
-
-fn spawn_app_threads<'scope, 'r: 'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    apps: &'r mut [ThreadApp],
-    shared: Shared<'r>,
-) -> io::Result<()> {
-    let Shared {
-        pool,
-        config,
-        monitor,
-        control,
-        servers,
-    } = shared;
-    // Process-directed signals are for the I/O thread (the signal handlers' wake fd is its);
-    // the threads inherit the mask at creation.
-    let old_mask = block_async_signals();
-    let mut spawned = Ok(());
-    for (index, app) in apps.iter_mut().enumerate() {
-        let thread = AppThread {
-            index,
-            app: &mut **app,
-            pool,
-            config,
-            monitor,
-            control,
-            servers,
-        };
-        let result = std::thread::Builder::new()
-            .name(format!("app-{index}"))
-            .spawn_scoped(scope, move || thread.run());
-        if let Err(e) = result {
-            spawned = Err(e);
-            pool.close();
-            break;
-        }
-    }
-    restore_signal_mask(&old_mask);
-    spawned
-}
-
-/// The signals a worker handles, which only its I/O thread should receive.
-fn async_signals() -> SigSet {
-    let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGWINCH,
-        Signal::SIGCHLD,
-    ] {
-        set.add(signal);
-    }
-    set
-}
-
-fn block_async_signals() -> SigSet {
-    let mut old = SigSet::empty();
-    if let Err(e) = pthread_sigmask(
-        SigmaskHow::SIG_BLOCK,
-        Some(&async_signals()),
-        Some(&mut old),
-    ) {
-        log::warn!("blocking signals for the app threads failed: {e}");
-    }
-    old
-}
-
-fn restore_signal_mask(old: &SigSet) {
-    if let Err(e) = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(old), None) {
-        log::warn!("restoring the signal mask failed: {e}");
-    }
-}
-
-fn server_addr(l: &Listener) -> ServerAddr {
-    let (name, port) = l.server_name_port();
-    ServerAddr {
-        name,
-        port,
-        scheme: "http",
     }
 }

@@ -34,7 +34,9 @@ mod memory;
 mod pool;
 mod request;
 mod response;
+mod serve;
 mod sock;
+mod watchdog;
 
 use std::io;
 use std::os::fd::RawFd;
@@ -287,7 +289,7 @@ pub fn run_with(
             "a worker needs at least one app thread",
         ));
     }
-    event::serve(apps, listeners, config, control, monitor)
+    serve::serve(apps, listeners, config, control, monitor)
 }
 
 /// Where the worker loop learns that it should stop. [`ferrocorn_signals::WorkerSignals`] is the

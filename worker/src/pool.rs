@@ -5,7 +5,7 @@ use std::collections::VecDeque;
 use std::os::fd::RawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use ferrocorn_http::RequestHead;
 use ferrocorn_listener::{PeerAddr, Stream};
@@ -178,6 +178,13 @@ pub(crate) struct Pool {
     pub(crate) lanes: Vec<Lane>,
     /// Responses from now on close their connection (the worker stops or retires).
     closing: AtomicBool,
+    /// The I/O thread is (about to be) asleep in its poll: only then does it need a wake-up.
+    io_asleep: AtomicBool,
+    /// A request was abandoned since the I/O loop last looked: the worker retires.
+    aborted: AtomicBool,
+    /// Set when the worker is done: the watchdog stops.
+    done: Mutex<bool>,
+    done_changed: Condvar,
 }
 
 impl Pool {
@@ -193,6 +200,10 @@ impl Pool {
             waker,
             lanes: (0..threads).map(|_| Lane::new()).collect(),
             closing: AtomicBool::new(false),
+            io_asleep: AtomicBool::new(false),
+            aborted: AtomicBool::new(false),
+            done: Mutex::new(false),
+            done_changed: Condvar::new(),
         }
     }
 
@@ -201,13 +212,15 @@ impl Pool {
     }
 
     /// Hand a request to an app thread. Returns how many wait for a thread now.
-    pub(crate) fn push(&self, job: Job) -> usize {
+    pub(crate) fn push(&self, job: Job) {
         let mut q = self.queue();
         q.jobs.push_back(job);
-        let waiting = q.jobs.len();
+        // A thread that is not waiting takes the job when it next looks: no wake-up needed.
+        let someone_waits = q.idle >= q.jobs.len();
         drop(q);
-        self.job_ready.notify_one();
-        waiting
+        if someone_waits {
+            self.job_ready.notify_one();
+        }
     }
 
     /// Idle app threads less the jobs already waiting for one (may be negative).
@@ -226,7 +239,7 @@ impl Pool {
         }
         q.idle += 1;
         // The I/O thread may accept again (and takes the connection back).
-        self.wake();
+        self.wake_if_asleep();
         loop {
             if let Some(job) = q.jobs.pop_front() {
                 q.idle -= 1;
@@ -245,11 +258,31 @@ impl Pool {
         self.queue().jobs.len()
     }
 
-    /// Wake the I/O thread (a thread became idle, or a connection came back).
-    pub(crate) fn wake(&self) {
+    /// Wake the I/O thread (a thread became idle, or a connection came back) if it sleeps; an
+    /// I/O thread still at work looks at the queue before it sleeps (see [`Pool::may_sleep`]).
+    fn wake_if_asleep(&self) {
+        if !self.io_asleep.load(Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = self.waker.wake() {
             log::error!("waking the I/O thread failed: {e}");
         }
+    }
+
+    /// The I/O thread is about to sleep: `false` when a connection came back meanwhile (then it
+    /// must not). Either the app thread sees the flag and wakes it, or this sees its connection.
+    pub(crate) fn may_sleep(&self) -> bool {
+        self.io_asleep.store(true, Ordering::SeqCst);
+        if self.queue().returned.is_empty() {
+            return true;
+        }
+        self.awake();
+        false
+    }
+
+    /// The I/O thread is awake (after its poll).
+    pub(crate) fn awake(&self) {
+        self.io_asleep.store(false, Ordering::SeqCst);
     }
 
     /// The connections given back since the last call.
@@ -280,6 +313,56 @@ impl Pool {
 
     pub(crate) fn is_closing(&self) -> bool {
         self.closing.load(Ordering::Acquire)
+    }
+
+    /// A request was abandoned: tell the I/O loop.
+    pub(crate) fn abort(&self) {
+        self.aborted.store(true, Ordering::SeqCst);
+        if let Err(e) = self.waker.wake() {
+            log::error!("waking the I/O thread failed: {e}");
+        }
+    }
+
+    /// Whether a request was abandoned since the last call.
+    pub(crate) fn take_aborted(&self) -> bool {
+        self.aborted.swap(false, Ordering::SeqCst)
+    }
+
+    /// How many lanes' requests are abandoned (their connections may never come back).
+    pub(crate) fn abandoned_count(&self) -> usize {
+        self.lanes
+            .iter()
+            .filter(|l| l.abandoned.load(Ordering::Acquire))
+            .count()
+    }
+
+    /// Wait up to `limit` for every abandoned request's thread to come back (the watchdog's
+    /// wait, which has nothing else to do); `true` if they did.
+    pub(crate) fn wait_for_abandoned(&self, limit: Duration) -> bool {
+        let until = Instant::now() + limit;
+        while self.any_abandoned() {
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
+    }
+
+    /// The watchdog's wait: `false` once the worker is done.
+    pub(crate) fn watch(&self, every: Duration) -> bool {
+        let done = self.done.lock().unwrap_or_else(|e| e.into_inner());
+        let (done, _) = self
+            .done_changed
+            .wait_timeout_while(done, every, |done| !*done)
+            .unwrap_or_else(|e| e.into_inner());
+        !*done
+    }
+
+    /// The worker is done: stop the watchdog.
+    pub(crate) fn finish(&self) {
+        *self.done.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.done_changed.notify_all();
     }
 
     /// Whether some lane's request was abandoned (its thread may never return).

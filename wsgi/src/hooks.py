@@ -81,7 +81,7 @@ def response(status_code):
 
 
 def guarded(name, hook, log, *args):
-    """A hook run from a signal handler: what it raises is logged, never raised there."""
+    """A hook run by the timeout interrupter: what it raises is logged, never raised there."""
     def run():
         try:
             hook(*args)

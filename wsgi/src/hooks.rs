@@ -14,7 +14,7 @@ use std::sync::Arc;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
 
-use ferrocorn_worker::{App, AppError, Request, Response};
+use ferrocorn_worker::{App, AppError, Interrupter, Request, Response};
 
 use crate::environ::{build_environ, RequestInfo};
 use crate::{format_traceback, LoadError, WsgiApp};
@@ -194,8 +194,8 @@ impl WorkerHooks {
         });
     }
 
-    /// Have the SIGABRT handler (`--timeout`, see [`crate::install_abort_handler`], which must
-    /// have run) call `worker_abort(worker)`.
+    /// Have a timed-out request's interrupter (see [`App::interrupter`]) call
+    /// `worker_abort(worker)` after it dumped the stacks.
     pub fn install_worker_abort(&self) {
         Python::attach(|py| {
             let Ok(Some(hook)) = self.hooks.bind(py).get_item("worker_abort") else {
@@ -294,6 +294,10 @@ impl App for HookedApp {
 
     fn log_var(&self, name: &str) -> Option<String> {
         self.app.log_var(name)
+    }
+
+    fn interrupter(&mut self) -> Option<Interrupter> {
+        self.app.interrupter()
     }
 }
 

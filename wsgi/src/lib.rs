@@ -5,6 +5,13 @@
 //! [`App::call`] per request, which takes the GIL only for the call (the body is read and the
 //! response written with the GIL released).
 //!
+//! # `--threads`
+//! [`WsgiApp::for_threads`] gives one app per app thread (`wsgi.multithread` is true when there
+//! are several); any number of them may be called at once, each from its own thread. Each app's
+//! [`App::interrupter`], called once on its thread, keeps that thread's Python thread state for
+//! the thread's life (so `threading.local` values last between requests) and is how the worker
+//! interrupts a request past `--timeout` (`WorkerTimeout` raised in the thread).
+//!
 //! # `--preload`
 //! The arbiter never initializes Python unless `--preload` asks for the app to be imported before
 //! forking; then [`before_fork`], [`after_fork_parent`] and [`after_fork_child`] must wrap every
@@ -32,12 +39,12 @@
 
 use std::io::Read;
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use ferrocorn_worker::{App, AppError, Request, Response};
+use ferrocorn_worker::{App, AppError, Interrupter, Request, Response};
 
 mod abort;
 pub mod environ;
@@ -174,6 +181,8 @@ pub struct WsgiApp {
     env_config: environ::EnvironConfig,
     /// The last request's environ, kept (only when asked) for the access log's `{var}e`.
     last_environ: Option<std::sync::Mutex<Option<Py<PyDict>>>>,
+    /// The thread calling this app, for [`App::interrupter`] (each app has its own).
+    thread: Arc<abort::ThreadSlot>,
 }
 
 /// Apps loaded in this process, so a second `load` of the same config (a preloaded app, in the
@@ -260,6 +269,7 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
             trusted,
         },
         last_environ: None,
+        thread: Default::default(),
     })
 }
 
@@ -274,6 +284,7 @@ impl WsgiApp {
                 base: base.unbind(),
                 env_config: environ::EnvironConfig::default(),
                 last_environ: None,
+                thread: Default::default(),
             })
         })
     }
@@ -301,7 +312,26 @@ impl WsgiApp {
             base: self.base.clone_ref(py),
             env_config: self.env_config.clone(),
             last_environ: self.last_environ.as_ref().map(|_| Default::default()),
+            thread: Default::default(),
         }
+    }
+
+    /// One app per app thread (`--threads`), handles to this one: each keeps its own last
+    /// environ and thread, and their environs say `wsgi.multithread` when `threads` > 1.
+    pub fn for_threads(self, threads: usize) -> Vec<WsgiApp> {
+        let threads = threads.max(1);
+        Python::attach(|py| {
+            let mut app = self;
+            if threads > 1 {
+                match multithread_base(app.base.bind(py)) {
+                    Ok(base) => app.base = base.unbind(),
+                    Err(e) => log::error!("setting wsgi.multithread: {e}"),
+                }
+            }
+            let mut apps: Vec<WsgiApp> = (1..threads).map(|_| app.clone_ref_with(py)).collect();
+            apps.insert(0, app);
+            apps
+        })
     }
 
     /// Run one request: `body` is the request body, the response goes to `res`. Takes the GIL
@@ -312,19 +342,17 @@ impl WsgiApp {
         body: &mut dyn Read,
         res: &mut Response<'_>,
     ) -> Result<(), AppError> {
-        abort::set_current(info.method, info.path);
-        let result = Python::attach(|py| {
-            abort::check_pending(py)?;
+        Python::attach(|py| {
+            self.thread.begin(py);
             let source = serve::EnvironSource {
                 base: self.base.bind(py),
                 config: &self.env_config,
                 keep: self.last_environ.as_ref(),
             };
-            serve::serve(py, self.app.bind(py), &source, info, body, res)?;
-            abort::check_pending(py)
-        });
-        abort::clear_current();
-        result
+            let result = serve::serve(py, self.app.bind(py), &source, info, body, res);
+            self.thread.end(py);
+            result
+        })
     }
 }
 
@@ -343,6 +371,18 @@ impl App for WsgiApp {
             value.str().ok().map(|s| s.to_string())
         })
     }
+
+    /// See [`abort`]: also keeps this thread's Python thread state for the thread's life.
+    fn interrupter(&mut self) -> Option<Interrupter> {
+        Some(abort::interrupter(&self.thread))
+    }
+}
+
+/// A copy of `base` saying `wsgi.multithread`.
+fn multithread_base<'py>(base: &Bound<'py, PyDict>) -> PyResult<Bound<'py, PyDict>> {
+    let copy = base.copy()?;
+    copy.set_item("wsgi.multithread", true)?;
+    Ok(copy)
 }
 
 /// The traceback of `err` as Python prints it.
@@ -361,10 +401,10 @@ pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
 }
 
 /// In a worker, after the app is loaded (never in the master, even with `--preload`): on SIGABRT
-/// (the arbiter's `--timeout`), log the Python stack of every thread and the request, and raise
-/// `WorkerTimeout` (a `BaseException`) where the app is, so the request is answered 500 and the
-/// worker exits. An app stuck in C code that does not return on EINTR is not interrupted; the
-/// arbiter then kills the worker.
+/// (the arbiter's, for a worker that stopped beating or failed to end a timed-out request),
+/// faulthandler dumps every thread's Python stack to the error log and the worker dies of the
+/// signal (so does it of SIGSEGV and the other fatal signals, after the same dump). A request
+/// past `--timeout` is interrupted by the worker itself (see [`App::interrupter`]).
 pub fn install_abort_handler() -> Result<(), LoadError> {
     abort::install()
 }

@@ -37,6 +37,20 @@ impl SinkPtr {
     }
 }
 
+/// Run `f` on `sink` without the GIL: it writes to the client, which may block.
+pub(crate) fn detached<T: Send>(
+    py: Python<'_>,
+    sink: &mut Response<'_>,
+    f: impl FnOnce(&mut Response<'_>) -> T + Send,
+) -> T {
+    let ptr = SinkPtr::new(sink);
+    py.detach(move || {
+        // SAFETY: `ptr` is the `sink` borrowed mutably for this whole call, used on this thread
+        // (detach runs the closure here) and by nothing else meanwhile.
+        f(unsafe { ptr.get() })
+    })
+}
+
 /// The `start_response` callable of one request; its `write` method is the `write()` callable.
 #[pyclass(module = "ferrocorn", name = "StartResponse")]
 #[derive(Debug)]
@@ -222,11 +236,7 @@ impl Responder {
             self.start_sink(sink)?;
         }
         self.head_sent = true;
-        py.detach(move || {
-            // SAFETY: as above; moved into this call, which runs on the same thread.
-            let sink = unsafe { ptr.get() };
-            send(sink)
-        })
+        detached(py, sink, send)
     }
 
     /// The app is done: send the head if no body bytes did.

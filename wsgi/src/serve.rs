@@ -15,7 +15,7 @@ use crate::environ::{build_environ, EnvironConfig, EnvironError, RequestInfo};
 use std::sync::Mutex;
 
 use crate::format_traceback;
-use crate::response::{type_name, FileWrapper, Responder, SinkPtr};
+use crate::response::{detached, type_name, FileWrapper, Responder, SinkPtr};
 use crate::stream::{BodyPtr, InputStream};
 
 /// What each request's environ is made from, and where it is kept after the request (when the
@@ -45,7 +45,10 @@ pub fn serve(
                 EnvironError::ContradictoryScheme
             );
             let headers = Headers::new().content_type("text/plain");
-            return sink.respond(400, headers, b"Contradictory scheme headers\n");
+            // Writes to the client: without the GIL, as every socket operation.
+            return detached(py, sink, |sink| {
+                sink.respond(400, headers, b"Contradictory scheme headers\n")
+            });
         }
         Ok(Err(EnvironError::ScriptName(mismatch))) => {
             log::error!("Error handling request {}: {mismatch}", info.target);
@@ -92,7 +95,7 @@ pub fn serve(
     match outcome {
         Outcome::App(AppError::BadResponse(m)) => Err(bad_response(info, bad.unwrap_or(m))),
         Outcome::App(e) => Err(e),
-        Outcome::Python(e) if crate::abort::is_abort(py, &e) => Err(crate::abort::aborted(&e)),
+        Outcome::Python(e) if crate::abort::is_abort(py, &e) => Err(crate::abort::aborted()),
         // The app raised because its response was invalid (our TypeError/ValueError), or the
         // app swallowed that error and raised something else: the response is at fault.
         Outcome::Python(_) if bad.is_some() => Err(bad_response(info, bad.unwrap_or_default())),

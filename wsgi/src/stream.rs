@@ -256,22 +256,31 @@ pub struct ErrorStream;
 
 #[pymethods]
 impl ErrorStream {
-    fn write(&self, s: &str) -> usize {
-        // A failing stderr has nowhere to be reported.
-        let _ = io::stderr().lock().write_all(s.as_bytes());
+    fn write(&self, py: Python<'_>, s: &str) -> usize {
+        write_stderr(py, s.as_bytes());
         s.chars().count()
     }
 
-    fn writelines(&self, lines: &Bound<'_, PyAny>) -> PyResult<()> {
-        let mut err = io::stderr().lock();
+    fn writelines(&self, py: Python<'_>, lines: &Bound<'_, PyAny>) -> PyResult<()> {
+        let mut text = String::new();
         for line in lines.try_iter()? {
-            let line = line?;
-            let _ = err.write_all(line.extract::<&str>()?.as_bytes());
+            text.push_str(line?.extract::<&str>()?);
         }
+        write_stderr(py, text.as_bytes());
         Ok(())
     }
 
-    fn flush(&self) {
-        let _ = io::stderr().flush();
+    fn flush(&self, py: Python<'_>) {
+        py.detach(|| {
+            let _ = io::stderr().flush();
+        });
     }
+}
+
+/// Write to the error log without the GIL (a full pipe must not stop the other app threads).
+fn write_stderr(py: Python<'_>, bytes: &[u8]) {
+    py.detach(|| {
+        // A failing stderr has nowhere to be reported.
+        let _ = io::stderr().lock().write_all(bytes);
+    });
 }

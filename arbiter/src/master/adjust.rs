@@ -9,8 +9,8 @@ use nix::unistd::Pid;
 use super::{Arbiter, ArbiterConfig, SCALING_TICK, TICK};
 use crate::hooks::Hooks;
 use crate::scaling::{
-    auto_count, recycle, warmed_count, Autoscale, Autoscaler, Headroom, MemoryFigures, Recycle,
-    ScaleDecision, WorkerSizing, WorkerView,
+    all_threads_busy, auto_count, recycle, warmed_count, Autoscale, Autoscaler, Headroom,
+    MemoryFigures, Recycle, ScaleDecision, WorkerSizing, WorkerView,
 };
 use crate::SlotState;
 
@@ -149,6 +149,9 @@ impl<H: Hooks> Arbiter<H> {
                 WorkerView {
                     pid: pid.as_raw(),
                     state: snap.state,
+                    threads: snap.lanes.len(),
+                    busy_threads: snap.busy_lanes(),
+                    waiting: snap.waiting,
                     idle_for: now.saturating_duration_since(w.last_active),
                     lifetime: now.saturating_duration_since(w.forked_at),
                     served: snap.served,
@@ -235,7 +238,7 @@ impl<H: Hooks> Arbiter<H> {
             return;
         };
         let mut views = self.views();
-        let saturated = views.iter().all(|w| w.state == SlotState::Busy);
+        let saturated = all_threads_busy(&views);
         if saturated && self.config.memory.budget.is_some() {
             // About to grow, perhaps: judge on what the workers hold now, not a second ago
             // (a worker that just started serving may have grown since).

@@ -248,6 +248,27 @@ fn autoscaling_grows_to_the_maximum_under_load_and_shrinks_back_when_it_stops() 
 }
 
 #[test]
+fn with_threads_a_worker_grows_only_once_all_its_threads_are_busy() {
+    let mut server = start_example(&["-w", "1:2", "--threads", "2", "--scale-down-after", "60"]);
+    server.wait_worker_count(1, BOOT_TIMEOUT);
+    // One client keeps one of the two threads busy: the free thread takes each connection at
+    // once, so nothing queues and nothing grows (here for four of the autoscaler's windows).
+    let light = Load::start(server.addr(), 1, 0.3);
+    let until = Instant::now() + Duration::from_secs(2); // tidy: not a wait
+    while Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(light.finish() > 0);
+    assert_eq!(server.count_log("Scaling up"), 0, "{}", server.log_text());
+    // Four clients on two threads: both busy, connections queued.
+    let heavy = Load::start(server.addr(), 4, 0.3);
+    let up = server.wait_for_log("Scaling up to 2 workers", BOOT_TIMEOUT);
+    assert!(up.contains("all 2 threads of 1 workers busy"), "{up}");
+    server.wait_worker_count(2, BOOT_TIMEOUT);
+    assert!(heavy.finish() > 0);
+}
+
+#[test]
 fn a_fixed_worker_count_does_not_scale_under_load() {
     let server = start_example(&["-w", "1"]);
     server.wait_worker_count(1, BOOT_TIMEOUT);

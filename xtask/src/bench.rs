@@ -15,6 +15,7 @@
 //! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
 //! installed into `.venv-bench` by `scripts/bench-env.sh`.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -174,6 +175,10 @@ fn client_loop(
                 continue;
             }
             Ok((status, _)) => format!("status {status}"),
+            // A read past SO_RCVTIMEO fails with EAGAIN on Linux.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                "no answer".to_string()
+            }
             Err(e) => e.to_string(),
         };
         errors += 1;

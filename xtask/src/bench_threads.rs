@@ -327,8 +327,8 @@ fn io_bound(env: &Env, duration: Duration) -> Result<Vec<String>> {
         servers.push(start_io(env, &django, contender)?);
     }
     let best = best_io_rounds(&servers, &django, duration);
-    println!("| server | best req/s | p50 ms | p99 ms | errors | processes | master PSS MiB | total PSS MiB |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| server | best req/s | p50 ms | p99 ms | errors | processes | master PSS MiB | mean worker PSS MiB | total PSS MiB |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut rows = Vec::new();
     for ((contender, running), best) in IO_CONTENDERS.iter().zip(&servers).zip(best) {
         rows.push(match (running, best) {
@@ -385,8 +385,10 @@ fn weigh_io(contender: &Contender, running: &Running, best: &Load) -> Result<IoR
     // The root comes first: the master (or the server's only process).
     let master_pss = tree.processes.first().map_or(0, |(_, m)| m.pss);
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    let workers = tree.processes.len().saturating_sub(1).max(1);
+    let worker_pss = (tree.total.pss - master_pss) / workers as u64;
     println!(
-        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} |",
+        "| {} | {:.0} | {:.1} | {:.1} | {} | {} | {:.1} | {:.1} | {:.1} |",
         contender.label,
         best.rps,
         best.p50_ms,
@@ -394,6 +396,7 @@ fn weigh_io(contender: &Contender, running: &Running, best: &Load) -> Result<IoR
         best.errors,
         tree.processes.len(),
         mib(master_pss),
+        mib(worker_pss),
         mib(tree.total.pss)
     );
     Ok(IoRow {

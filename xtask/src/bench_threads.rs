@@ -97,9 +97,9 @@ pub(crate) fn print_checks(checks: &[Check]) -> Vec<String> {
     for check in checks {
         let bound = check.bound;
         let (measured, result) = match (check.ratio, bound) {
-            (Some(r), Bound::None) => (format!("×{r:.2}"), ""),
-            (Some(r), _) if bound.holds(r) => (format!("×{r:.2}"), "pass"),
-            (Some(r), _) => (format!("×{r:.2}"), "miss"),
+            (Some(r), Bound::None) => (format!("×{r:.3}"), ""),
+            (Some(r), _) if bound.holds(r) => (format!("×{r:.3}"), "pass"),
+            (Some(r), _) => (format!("×{r:.3}"), "miss"),
             (None, Bound::None) => ("not measured".to_string(), ""),
             (None, _) => ("not measured".to_string(), "miss"),
         };

@@ -889,10 +889,11 @@ fn report_stuck_requests(pid: Pid, info: &mut WorkerInfo, snap: &SlotSnapshot, t
             continue;
         }
         *reported = Some(lane.started);
+        // The worker itself says gunicorn's WORKER TIMEOUT line as it interrupts the request.
         info.timed_out = true;
         let request = lane.request().unwrap_or_else(|| "a request".to_string());
-        error!(
-            "WORKER TIMEOUT (pid:{pid}) serving {request} for {:.1}s",
+        debug!(
+            "worker (pid:{pid}) is past --timeout serving {request} for {:.1}s",
             busy.as_secs_f64()
         );
     }
@@ -903,11 +904,9 @@ fn report_stuck_requests(pid: Pid, info: &mut WorkerInfo, snap: &SlotSnapshot, t
 /// `timeout` (the worker failed to interrupt or abandon it).
 fn abort_reason(pid: Pid, snap: &SlotSnapshot, timeout: Duration) -> Option<String> {
     if snap.silence > timeout {
-        // gunicorn's words, unless a stuck request of this worker was just named with them.
-        let named = snap.busy_for.is_some_and(|busy| busy > timeout);
-        let who = if named { "Worker" } else { "WORKER TIMEOUT" };
+        // gunicorn's words.
         return Some(format!(
-            "{who} (pid:{pid}) silent for {:.1}s ({})",
+            "WORKER TIMEOUT (pid:{pid}) silent for {:.1}s ({})",
             snap.silence.as_secs_f64(),
             describe_work(snap)
         ));
@@ -919,7 +918,7 @@ fn abort_reason(pid: Pid, snap: &SlotSnapshot, timeout: Duration) -> Option<Stri
         .filter(|lane| lane.busy_for.is_some_and(|busy| busy > limit))
         .max_by_key(|lane| lane.busy_for)?;
     Some(format!(
-        "Worker (pid:{pid}) still serving {} {:.1}s after its timeout",
+        "WORKER TIMEOUT (pid:{pid}) still serving {} {:.1}s after its timeout",
         stuck.request().unwrap_or_else(|| "a request".to_string()),
         stuck
             .busy_for

@@ -543,8 +543,13 @@ fn with_threads_busy_threads_of_all_and_requests_waiting_for_one_are_shown() {
             conn
         })
         .collect();
-    let json = json_until(&socket, "both threads busy", |j| {
-        workers(j)[0]["busy_threads"] == 2
+    // Both with a sleeper: the first request's thread may still be finishing it.
+    let json = json_until(&socket, "both threads busy sleeping", |j| {
+        let w = &workers(j)[0];
+        w["busy_threads"] == 2
+            && w["current_requests"]
+                .as_array()
+                .is_some_and(|r| r.iter().all(|r| r["path"] == "/sleep"))
     });
     let worker = &workers(&json)[0];
     assert_eq!(

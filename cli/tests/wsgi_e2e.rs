@@ -938,31 +938,8 @@ fn hup_with_preload_forks_new_workers_from_the_preloaded_master() {
     );
 }
 
-#[test]
-fn python_threads_run_while_the_worker_waits_for_a_slow_body() {
-    let apps = apps_dir();
-    let mut server = Server::start_in(
-        &["-w", "1", "--chdir", apps.to_str().unwrap(), "ticker:app"],
-        &repo_root(),
-        &[],
-    );
-    server.wait_for_workers(1);
-    let mut s = connect(server.addr());
-    s.write_all(
-        b"POST / HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\nConnection: close\r\n\r\nhalf.",
-    )
-    .unwrap();
-    server.wait_for_log("ticker reading the body", BOOT_TIMEOUT);
-    // The app now blocks in wsgi.input.read(); the ticker thread must keep going meanwhile.
-    let line = server.wait_for_log("ticker tick", BOOT_TIMEOUT);
-    let first: u32 = line.rsplit(' ').next().unwrap().parse().unwrap();
-    server.wait_for_log(&format!("ticker tick {}", first + 5), BOOT_TIMEOUT);
-    s.write_all(b"rest!").unwrap();
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).unwrap();
-    let (resp, _) = parse_response(&out, false).expect("a response");
-    assert_eq!(ok(&resp).text(), "read 10\n");
-}
+// The slow-body case is `event_worker.rs`'s `python_threads_run_while_an_app_thread_waits_for_a_slow_big_body`:
+// a small body is now read before the app is called.
 
 #[test]
 fn python_threads_run_while_the_worker_waits_to_write_to_a_slow_reader() {

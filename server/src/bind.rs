@@ -46,7 +46,7 @@ fn unix_socket_mode(umask: Option<u32>) -> u32 {
 
 /// Give unix socket files to the workers' user and group (as gunicorn), then say where we listen;
 /// `Type=notify` systemd units wait for the READY that follows (gunicorn sends it at this point).
-pub(crate) fn announce(listeners: &[Listener], owner: &Owner) -> Result<()> {
+pub(crate) fn announce(listeners: &[Listener], owner: &Owner, threads: usize) -> Result<()> {
     for path in socket_files(listeners) {
         owner.chown(&path)?;
     }
@@ -57,7 +57,9 @@ pub(crate) fn announce(listeners: &[Listener], owner: &Owner) -> Result<()> {
             std::process::id()
         );
     }
-    info!("Using worker: sync");
+    // gunicorn's names: its sync worker becomes gthread with more than one thread.
+    let class = if threads > 1 { "gthread" } else { "sync" };
+    info!("Using worker: {class}");
     if let Err(e) = ferrocorn_listener::sd_notify("READY=1\nSTATUS=ferrocorn arbiter booted") {
         warn!("{e}");
     }

@@ -509,7 +509,7 @@ fn start(mut settings: Settings) -> Result<Started> {
     // Forked before binding, so the reloader holds no listening socket.
     let file_lists = start_reloader(&settings, &owner)?;
     let listeners = bind::bind(&settings)?;
-    bind::announce(&listeners, &owner)?;
+    bind::announce(&listeners, &owner, settings.threads)?;
     let stats = bind_stats(&settings, parent_master.is_some())?;
     let pidfile = match parent_master {
         Some(_) => PidFile::create_for_successor(settings.pidfile.clone())?,

@@ -143,6 +143,14 @@ impl Monitor for WorkerMonitor<'_> {
         }
     }
 
+    /// The worker answered 500 for a request its thread never returned from: over for the
+    /// scoreboard (the master would otherwise take the thread for stuck and kill the worker
+    /// while its other requests finish).
+    fn request_abandoned(&self, thread: usize) {
+        self.slot.count_status(500);
+        self.slot.request_finished(thread);
+    }
+
     /// Heads waiting for an app thread: the master counts them like its listeners' queue.
     fn waiting(&self, heads: usize) {
         self.slot.set_waiting(heads);

@@ -171,6 +171,39 @@ pub fn connect(addr: SocketAddr) -> TcpStream {
     s
 }
 
+/// Connect to `addr` as a client that absorbs little of what it does not read: a small receive
+/// buffer and a small segment size. The segment size is what keeps the server's send buffer
+/// small, which Linux otherwise grows on loopback (64 KiB segments) to megabytes; so unread,
+/// this takes in about 100 KB before the server's writes block.
+pub fn connect_unabsorbing(addr: SocketAddr) -> TcpStream {
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        None,
+    )
+    .expect("a TCP socket");
+    // Before the handshake: both are announced in it.
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.set_tcp_mss(1000).unwrap();
+    socket.connect(&addr.into()).expect("connect");
+    let stream: TcpStream = socket.into();
+    stream.set_read_timeout(Some(READ_GUARD)).unwrap();
+    stream
+}
+
+/// Whether the server's close (or reset) has reached `stream`: EOF is readable, with no bytes
+/// before it. Bytes nobody asked for count as closed too (the connection is unusable).
+pub fn peer_closed(stream: &TcpStream) -> bool {
+    stream.set_nonblocking(true).unwrap();
+    let mut byte = [0u8; 1];
+    let closed = match stream.peek(&mut byte) {
+        Ok(_) => true,
+        Err(e) => e.kind() != io::ErrorKind::WouldBlock,
+    };
+    stream.set_nonblocking(false).unwrap();
+    closed
+}
+
 /// Everything the server sends on `conn` until it closes (or resets) it.
 pub fn read_until_closed(conn: &mut TcpStream) -> Vec<u8> {
     let mut bytes = Vec::new();

@@ -288,6 +288,40 @@ pub fn start_hello(args: &[&str]) -> Server {
     Server::start(&all)
 }
 
+/// `ferrocorn ARGS --chdir <repo>/tests/apps APP` on an ephemeral port: one of the test apps
+/// (`tests/apps/*.py`), e.g. `threads_app:app`.
+pub fn start_test_app(app: &str, args: &[&str]) -> Server {
+    let apps = repo_root().join("tests/apps");
+    let mut all = vec!["--chdir", apps.to_str().unwrap()];
+    all.extend_from_slice(args);
+    all.push(app);
+    Server::start(&all)
+}
+
+/// The SHA-256 of `bytes` in hex, as `sha256sum` (coreutils) computes it: a second opinion for
+/// what an app hashed.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    use std::io::Write;
+    let mut child = Command::new("sha256sum")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("running sha256sum");
+    let mut stdin = child.stdin.take().unwrap();
+    let input = bytes.to_vec();
+    // Written from another thread: sha256sum's output cannot fill a pipe, but be plain about it.
+    let writer = std::thread::spawn(move || stdin.write_all(&input));
+    let out = child.wait_with_output().expect("sha256sum's output");
+    writer.join().unwrap().expect("feeding sha256sum");
+    assert!(out.status.success(), "sha256sum failed");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .expect("a hash")
+        .to_string()
+}
+
 /// The test virtualenv `<repo>/.venv` with Flask and Django (requirements/test.txt), made or
 /// refreshed by `scripts/python-env.sh` (idempotent and quick when up to date; once per test binary).
 pub fn test_venv() -> PathBuf {

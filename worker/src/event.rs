@@ -249,6 +249,11 @@ impl<'r> IoLoop<'r> {
             let Some(job) = inline.jobs.pop_front() else {
                 return;
             };
+            // Taken: it no longer waits (the app may run for long).
+            self.report_waiting();
+            let Some(inline) = &mut self.inline else {
+                return;
+            };
             let returned = inline.thread.serve_job(job, &mut inline.wbuf);
             inline.thread.trim(&mut inline.wbuf);
             self.on_returned(returned);
@@ -695,6 +700,10 @@ impl<'r> IoLoop<'r> {
         match p.phase {
             Phase::Idle { first, .. } => {
                 let stop_deadline = self.retiring.as_ref().map(|r| r.deadline);
+                if stop_deadline.is_some() && self.request_arrived(t) {
+                    // It came just in time: served (with `Connection: close`), not reset.
+                    return;
+                }
                 if let Some(deadline) = stop_deadline {
                     let why = match first {
                         true if Instant::now() >= deadline => {
@@ -718,6 +727,16 @@ impl<'r> IoLoop<'r> {
             }
             Phase::Linger { .. } => self.drop_conn(t),
         }
+    }
+
+    /// Read an idle connection once more: whether a request began (it is then handled).
+    fn request_arrived(&mut self, t: usize) -> bool {
+        // Not expired again by the read that finds nothing.
+        if let Some(p) = self.parked_mut(t) {
+            p.deadline = Instant::now() + Duration::from_secs(3600);
+        }
+        self.read_request(t);
+        !matches!(&self.slots[t], Slot::Parked(p) if matches!(p.phase, Phase::Idle { .. }))
     }
 
     // ---- connection events ----

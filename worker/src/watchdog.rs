@@ -56,6 +56,12 @@ impl Watchdog<'_> {
                     work.interrupted_at = Some(now);
                     let request = work.request.clone();
                     drop(work);
+                    // gunicorn's words, which operators grep for.
+                    log::error!(
+                        "WORKER TIMEOUT (pid:{}) serving {request} for {:.1}s",
+                        std::process::id(),
+                        now.duration_since(since).as_secs_f64()
+                    );
                     match lane.interrupter.get() {
                         Some(Some(interrupt)) => interrupt(&request),
                         _ => log::error!(

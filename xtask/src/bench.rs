@@ -5,6 +5,9 @@
 //! - throughput: ferrocorn serves at least as many requests/s as gunicorn with the same workers;
 //! - memory: a ferrocorn worker's PSS, and the whole server's, are no larger than gunicorn's;
 //! - preload: with a Django project and 3 workers, `--preload` lowers ferrocorn's per-worker PSS;
+//! - threads (issue 12, see `bench_threads.rs`): keep-alive against Granian and uWSGI, `--threads`
+//!   against gunicorn gthread and sync on an I/O-bound Django view, slowloris, `Connection: close`
+//!   against the sync-worker-only ferrocorn;
 //! - sizing truth: `ferrocorn sizing`'s recommendation reaches 90% of the best measured
 //!   throughput within a memory budget (see `sizing_truth.rs`).
 //!
@@ -12,6 +15,7 @@
 //! nginx talks to an upstream by default), so the only outside tools are the servers themselves,
 //! installed into `.venv-bench` by `scripts/bench-env.sh`.
 
+use std::io::ErrorKind;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,7 +28,7 @@ use ferrocorn_sizing::ProcessMemory;
 use crate::servers::{
     one_request, prepare, start, start_with, Env, Running, ServerKind, Target, SERVERS,
 };
-use crate::{cargo, run, sizing_truth};
+use crate::{bench_threads, cargo, run, sizing_truth};
 
 #[derive(Debug, Clone)]
 struct Settings {
@@ -36,6 +40,7 @@ struct Settings {
     preload_memory: bool,
     sizing: bool,
     logging: bool,
+    threads: bool,
 }
 
 impl Settings {
@@ -49,6 +54,7 @@ impl Settings {
             preload_memory: true,
             sizing: true,
             logging: true,
+            threads: true,
         };
         let mut it = args.iter();
         while let Some(arg) = it.next() {
@@ -63,24 +69,34 @@ impl Settings {
                     s.throughput = false;
                     s.sizing = false;
                     s.logging = false;
+                    s.threads = false;
                 }
                 "--sizing-only" => {
                     s.criterion = false;
                     s.throughput = false;
                     s.preload_memory = false;
                     s.logging = false;
+                    s.threads = false;
                 }
                 "--logging-only" => {
                     s.criterion = false;
                     s.throughput = false;
                     s.preload_memory = false;
                     s.sizing = false;
+                    s.threads = false;
+                }
+                "--threads-only" => {
+                    s.criterion = false;
+                    s.throughput = false;
+                    s.preload_memory = false;
+                    s.sizing = false;
+                    s.logging = false;
                 }
                 "--quick" => {
                     s.duration = Duration::from_secs(3);
                     s.criterion = false;
                 }
-                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --logging-only, --quick)"),
+                other => bail!("unknown bench option {other:?} (--duration S, --connections N, --workers N, --no-criterion, --preload-only, --sizing-only, --logging-only, --threads-only, --quick)"),
             }
         }
         Ok(s)
@@ -92,8 +108,10 @@ pub(crate) struct Load {
     pub requests: u64,
     pub errors: u64,
     pub rps: f64,
-    p50_ms: f64,
-    p99_ms: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// One failed request's error, when and after how long (of one thread; for diagnosis).
+    pub first_error: Option<String>,
 }
 
 pub(crate) fn load(
@@ -107,28 +125,19 @@ pub(crate) fn load(
     let threads: Vec<_> = (0..connections)
         .map(|_| {
             let stop = stop.clone();
-            std::thread::spawn(move || {
-                let mut latencies = Vec::new();
-                let mut errors = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    let t = Instant::now();
-                    match one_request(addr, path) {
-                        Ok((200, _)) => latencies.push(t.elapsed()),
-                        _ => errors += 1,
-                    }
-                }
-                (latencies, errors)
-            })
+            std::thread::spawn(move || client_loop(addr, path, &stop, started))
         })
         .collect();
     std::thread::sleep(duration);
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     let mut errors = 0;
+    let mut first_error = None;
     for t in threads {
-        let (lat, err) = t.join().unwrap();
+        let (lat, err, first) = t.join().unwrap();
         all.extend(lat);
         errors += err;
+        first_error = first_error.or(first);
     }
     let elapsed = started.elapsed().as_secs_f64();
     all.sort();
@@ -143,7 +152,45 @@ pub(crate) fn load(
         rps: all.len() as f64 / elapsed,
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
+        first_error,
     }
+}
+
+/// One client thread of [`load`]: requests one after another until `stop`; the latencies of
+/// the answered ones, the failed count, and the first failure (what, when, after how long).
+fn client_loop(
+    addr: SocketAddr,
+    path: &str,
+    stop: &AtomicBool,
+    started: Instant,
+) -> (Vec<Duration>, u64, Option<String>) {
+    let mut latencies = Vec::new();
+    let mut errors = 0u64;
+    let mut first_error = None;
+    while !stop.load(Ordering::Relaxed) {
+        let t = Instant::now();
+        let failure = match one_request(addr, path) {
+            Ok((200, _)) => {
+                latencies.push(t.elapsed());
+                continue;
+            }
+            Ok((status, _)) => format!("status {status}"),
+            // A read past SO_RCVTIMEO fails with EAGAIN on Linux.
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                "no answer".to_string()
+            }
+            Err(e) => e.to_string(),
+        };
+        errors += 1;
+        first_error.get_or_insert_with(|| {
+            format!(
+                "{failure} ({:.1} s into the load, after {:.1} s)",
+                (t - started).as_secs_f64(),
+                t.elapsed().as_secs_f64()
+            )
+        });
+    }
+    (latencies, errors, first_error)
 }
 
 /// Memory of the master (the spawned process) and of each descendant.
@@ -203,6 +250,9 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
     if settings.preload_memory {
         failures.extend(preload_memory(&env)?);
     }
+    if settings.threads {
+        failures.extend(bench_threads::threads(&env, settings.duration)?);
+    }
     if settings.sizing {
         let pace = sizing_truth::Pace::from_duration(settings.duration);
         failures.extend(sizing_truth::sizing_truth(&env, &pace)?);
@@ -216,7 +266,7 @@ pub fn bench(root: &Path, args: &[String]) -> Result<()> {
 }
 
 /// examples/hello.py, the app the throughput and logging benches load.
-fn hello_target(env: &Env) -> Target {
+pub(crate) fn hello_target(env: &Env) -> Target {
     Target {
         dir: env.root.join("examples"),
         spec: "hello:app",

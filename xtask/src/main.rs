@@ -11,12 +11,16 @@ use std::process::Command;
 
 use anyhow::{bail, Context, Result};
 
+mod baseline;
 mod bench;
+mod bench_threads;
 mod servers;
 mod sizing_truth;
+mod slowloris;
 mod soak;
 #[cfg(test)]
 mod tidy;
+mod wrk;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -29,7 +33,7 @@ fn main() -> Result<()> {
         Some("fuzz") => fuzz(&root, &args[1..]),
         _ => {
             eprintln!(
-                "usage: cargo xtask <ci | bench [--quick] [--sizing-only] | soak [--seconds S] | fuzz [SECONDS]>"
+                "usage: cargo xtask <ci | bench [--quick] [--sizing-only] [--threads-only] | soak [--seconds S] | fuzz [SECONDS]>"
             );
             std::process::exit(2);
         }

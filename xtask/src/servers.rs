@@ -53,13 +53,12 @@ pub(crate) struct Target {
 
 /// ferrocorn takes gunicorn's flags: one command line for both, only the program differs.
 fn gunicorn_style(
-    program: PathBuf,
+    mut cmd: Command,
     t: &Target,
     port: u16,
     workers: usize,
     preload: bool,
 ) -> Command {
-    let mut cmd = Command::new(program);
     cmd.args([
         "-w",
         &workers.to_string(),
@@ -77,11 +76,20 @@ fn gunicorn_style(
 
 fn ferrocorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
     // The venv comes from $VIRTUAL_ENV, which `start` sets for every server.
-    gunicorn_style(env.ferrocorn.clone(), t, port, workers, preload)
+    gunicorn_style(Command::new(&env.ferrocorn), t, port, workers, preload)
 }
 
 fn gunicorn_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
-    gunicorn_style(env.venv.join("bin/gunicorn"), t, port, workers, preload)
+    gunicorn_style(venv_script(env, "gunicorn"), t, port, workers, preload)
+}
+
+/// A console script of the bench venv, run by the venv's interpreter: a venv made in one place
+/// and reached through another path (a symlink, a copy) keeps working although its scripts'
+/// `#!` lines name where it was made.
+pub(crate) fn venv_script(env: &Env, script: &str) -> Command {
+    let mut cmd = Command::new(env.venv.join("bin/python"));
+    cmd.arg(env.venv.join("bin").join(script));
+    cmd
 }
 
 fn uwsgi_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) -> Command {
@@ -113,7 +121,7 @@ fn uwsgi_cmd(env: &Env, t: &Target, port: u16, workers: usize, preload: bool) ->
 }
 
 fn granian_cmd(env: &Env, t: &Target, port: u16, workers: usize, _preload: bool) -> Command {
-    let mut cmd = Command::new(env.venv.join("bin/granian"));
+    let mut cmd = venv_script(env, "granian");
     cmd.args([
         "--interface",
         "wsgi",
@@ -235,7 +243,9 @@ pub(crate) fn start_with(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if let Some(status) = running.child.try_wait()? {
-            bail!("{} exited during start-up with {status}", kind.name);
+            let log = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = log.lines().last().unwrap_or("(nothing logged)");
+            bail!("{} exited during start-up with {status}: {last}", kind.name);
         }
         if let Ok(200) = one_request(running.addr, target.path).map(|(status, _)| status) {
             break;
@@ -253,9 +263,12 @@ pub(crate) fn start_with(
     Ok(running)
 }
 
+/// How long [`one_request`] waits for each read of its answer.
+pub(crate) const ONE_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 pub(crate) fn one_request(addr: SocketAddr, path: &str) -> std::io::Result<(u16, usize)> {
     let mut s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    s.set_read_timeout(Some(ONE_REQUEST_TIMEOUT))?;
     s.write_all(
         format!("GET {path} HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").as_bytes(),
     )?;

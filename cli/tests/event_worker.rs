@@ -218,7 +218,7 @@ const NORMAL_PATIENCE: Duration = Duration::from_secs(120);
 /// the attack's connections are cut and replaced); how many were sent and the failures,
 /// described (not being done within [`NORMAL_PATIENCE`] too).
 fn normal_requests(addr: SocketAddr, n: usize, done: impl Fn() -> bool) -> (usize, Vec<String>) {
-    let deadline = Instant::now() + NORMAL_PATIENCE;
+    let deadline = Instant::now() + NORMAL_PATIENCE; // tidy: not a wait (a bound on the load)
     let mut failed = Vec::new();
     let mut sent = 0;
     let mut slowest = Duration::ZERO;
@@ -510,7 +510,7 @@ fn sixteen_keep_alive_clients_on_two_workers_lose_no_request_and_no_connection()
     let mut server = start_test_app(APP, &["-w", "2"]);
     server.wait_for_workers(2);
     let addr = server.addr();
-    let until = Instant::now() + LOAD_TIME;
+    let until = Instant::now() + LOAD_TIME; // tidy: not a wait (how long the load lasts)
     let clients: Vec<_> = (0..CLIENTS)
         .map(|_| std::thread::spawn(move || keep_alive_client(addr, until)))
         .collect();

@@ -60,6 +60,9 @@ const STOP_MARGIN: Duration = Duration::from_millis(500);
 /// for a handshake that was completing when the listeners stopped taking new ones.
 const DRAIN_SETTLE: Duration = Duration::from_millis(50);
 
+/// Most read buffers kept for new connections.
+const SPARE_BUFS: usize = 64;
+
 /// Least time between two logged accept failures, and the pause after one (EMFILE, say).
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(10);
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -135,6 +138,9 @@ pub(crate) struct IoLoop<'r> {
     accept_error_logged: Option<Instant>,
     /// With one app thread: the app, called by this loop.
     inline: Option<Inline<'r>>,
+    /// Read buffers of closed connections, for new ones (a connection per request is the
+    /// common case behind a proxy).
+    spare_bufs: Vec<ReadBuf>,
 }
 
 impl<'r> IoLoop<'r> {
@@ -185,6 +191,7 @@ impl<'r> IoLoop<'r> {
             accept_errors: 0,
             accept_error_logged: None,
             inline: None,
+            spare_bufs: Vec::new(),
         })
     }
 
@@ -534,7 +541,7 @@ impl<'r> IoLoop<'r> {
             stream,
             peer,
             listener,
-            rbuf: ReadBuf::new(),
+            rbuf: self.spare_bufs.pop().unwrap_or_else(ReadBuf::new),
             token: t,
             nodelay: false,
         };
@@ -621,12 +628,10 @@ impl<'r> IoLoop<'r> {
         }
     }
 
-    /// Close a parked connection (dropping the stream closes the socket, which also takes it out
-    /// of the poll set).
+    /// Close a parked connection.
     fn drop_conn(&mut self, t: usize) {
-        if self.take(t).is_some() {
-            self.slots[t] = Slot::Free;
-            self.free.push(t);
+        if let Some(parked) = self.take(t) {
+            self.drop_returned(parked.conn);
         }
     }
 
@@ -928,11 +933,20 @@ impl<'r> IoLoop<'r> {
         }
     }
 
+    /// Close a connection (dropping the stream closes the socket, which also takes it out of
+    /// the poll set); its read buffer is kept for the next one.
     fn drop_returned(&mut self, conn: Connection) {
-        let t = conn.token;
-        drop(conn);
+        let Connection {
+            token: t,
+            mut rbuf,
+            ..
+        } = conn;
         self.slots[t] = Slot::Free;
         self.free.push(t);
+        if self.spare_bufs.len() < SPARE_BUFS {
+            rbuf.clear();
+            self.spare_bufs.push(rbuf);
+        }
     }
 
     /// Wait for the next request on a connection (it may be buffered already: pipelining).

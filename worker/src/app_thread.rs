@@ -76,6 +76,7 @@ impl AppThread<'_> {
             mut rbuf,
             token,
             nodelay,
+            watched,
         } = conn;
         let lane = &self.pool.lanes[self.index];
         lane.begin(&head, stream.as_raw_fd());
@@ -124,6 +125,7 @@ impl AppThread<'_> {
                 rbuf,
                 token,
                 nodelay,
+                watched,
             },
             out,
             // The I/O thread answered an abandoned request and shut its socket down.

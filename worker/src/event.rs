@@ -60,6 +60,9 @@ const STOP_MARGIN: Duration = Duration::from_millis(500);
 /// for a handshake that was completing when the listeners stopped taking new ones.
 const DRAIN_SETTLE: Duration = Duration::from_millis(50);
 
+/// Rounds of accepting and serving between two polls, with the app on the I/O thread.
+const INLINE_ROUNDS: usize = 8;
+
 /// Most read buffers kept for new connections.
 const SPARE_BUFS: usize = 64;
 
@@ -236,7 +239,7 @@ impl<'r> IoLoop<'r> {
             self.scan_if_due();
             // A stop the events brought comes before any accept.
             self.notice_state();
-            self.accept();
+            self.accept_and_serve();
             self.report_waiting();
         }
     }
@@ -263,6 +266,19 @@ impl<'r> IoLoop<'r> {
             let returned = inline.thread.serve_job(job, &mut inline.wbuf);
             inline.thread.trim(&mut inline.wbuf);
             self.on_returned(returned);
+        }
+    }
+
+    /// Accept; with the app on this thread, serve what that brought and accept again, a few
+    /// rounds before the loop polls again (behind a proxy a connection per request is the
+    /// common case, and each round would otherwise cost a poll).
+    fn accept_and_serve(&mut self) {
+        for _ in 0..INLINE_ROUNDS {
+            self.accept();
+            if !self.inline_busy() {
+                return;
+            }
+            self.serve_inline();
         }
     }
 
@@ -527,15 +543,6 @@ impl<'r> IoLoop<'r> {
             self.slots.push(Slot::Free);
             self.slots.len() - 1
         });
-        if let Err(e) = self.poll.registry().register(
-            &mut SourceFd(&stream.as_raw_fd()),
-            Token(t),
-            Interest::READABLE | Interest::WRITABLE,
-        ) {
-            log::error!("watching a connection from {peer:?} failed: {e}");
-            self.free.push(t);
-            return;
-        }
         let now = Instant::now();
         let conn = Connection {
             stream,
@@ -544,6 +551,7 @@ impl<'r> IoLoop<'r> {
             rbuf: self.spare_bufs.pop().unwrap_or_else(ReadBuf::new),
             token: t,
             nodelay: false,
+            watched: false,
         };
         self.park(
             conn,
@@ -624,6 +632,31 @@ impl<'r> IoLoop<'r> {
             other => {
                 self.slots[t] = other;
                 None
+            }
+        }
+    }
+
+    /// Put a parked connection that must wait for its client in the poll set (once: the
+    /// registration lasts as long as the socket). Registering reports what is ready already,
+    /// so nothing that came since the last read is missed.
+    fn watch(&mut self, t: usize) {
+        let registry = self.poll.registry();
+        let Some(Slot::Parked(p)) = self.slots.get_mut(t) else {
+            return;
+        };
+        if p.conn.watched {
+            return;
+        }
+        let registered = registry.register(
+            &mut SourceFd(&p.conn.stream.as_raw_fd()),
+            Token(t),
+            Interest::READABLE | Interest::WRITABLE,
+        );
+        match registered {
+            Ok(()) => p.conn.watched = true,
+            Err(e) => {
+                log::error!("watching a connection from {:?} failed: {e}", p.conn.peer);
+                self.drop_conn(t);
             }
         }
     }
@@ -789,6 +822,8 @@ impl<'r> IoLoop<'r> {
                     // Checked here too: a client trickling bytes never lets a wait time out.
                     if p.deadline <= Instant::now() {
                         self.expire(t);
+                    } else {
+                        self.watch(t);
                     }
                     return;
                 }
@@ -1000,7 +1035,10 @@ impl<'r> IoLoop<'r> {
                     let deadline = Instant::now() + self.config.io_timeout;
                     self.set_deadline(t, deadline);
                 }
-                Err(Errno::EAGAIN) => return,
+                Err(Errno::EAGAIN) => {
+                    self.watch(t);
+                    return;
+                }
                 Err(Errno::EINTR) => {}
                 Err(e) => {
                     log::debug!("writing to {:?}: {e}", p.conn.peer);
@@ -1071,7 +1109,10 @@ impl<'r> IoLoop<'r> {
                         break;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    self.watch(t);
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(_) => break,
             }

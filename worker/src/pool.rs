@@ -25,6 +25,9 @@ pub(crate) struct Connection {
     pub(crate) token: usize,
     /// TCP_NODELAY is on.
     pub(crate) nodelay: bool,
+    /// In the I/O loop's poll set: only once it had to wait for the client (a request read and
+    /// answered at once, as behind a proxy, never costs the registration).
+    pub(crate) watched: bool,
 }
 
 /// A request whose head is complete, for an app thread.

@@ -972,9 +972,7 @@ impl<'r> IoLoop<'r> {
     /// the poll set); its read buffer is kept for the next one.
     fn drop_returned(&mut self, conn: Connection) {
         let Connection {
-            token: t,
-            mut rbuf,
-            ..
+            token: t, mut rbuf, ..
         } = conn;
         self.slots[t] = Slot::Free;
         self.free.push(t);

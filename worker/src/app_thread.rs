@@ -97,20 +97,8 @@ impl AppThread<'_> {
             .abandoned
             .swap(false, std::sync::atomic::Ordering::AcqRel);
         if !abandoned {
-            self.monitor.request_finished(
-                self.index,
-                &Completed {
-                    head: &head,
-                    peer: &peer,
-                    status: served.sent.status,
-                    response_headers: &served.sent.headers,
-                    body_bytes: served.sent.body_bytes,
-                    thread: self.index,
-                    started_at,
-                    duration: clock.elapsed(),
-                    app: &*self.app,
-                },
-            );
+            let took = (started_at, clock.elapsed());
+            self.report(&head, &peer, &served.sent, took);
         }
         lane.end();
         let (stream, out, nodelay) = conn
@@ -137,6 +125,30 @@ impl AppThread<'_> {
             aborted: served.aborted,
             abandoned,
         }
+    }
+
+    /// Tell the monitor the request is over (the access log's line, the metrics).
+    fn report(
+        &self,
+        head: &RequestHead,
+        peer: &PeerAddr,
+        sent: &Sent,
+        (started_at, duration): (SystemTime, std::time::Duration),
+    ) {
+        self.monitor.request_finished(
+            self.index,
+            &Completed {
+                head,
+                peer,
+                status: sent.status,
+                response_headers: &sent.headers,
+                body_bytes: sent.body_bytes,
+                thread: self.index,
+                started_at,
+                duration,
+                app: &*self.app,
+            },
+        );
     }
 
     /// Call the app for one request and complete the response.
@@ -196,21 +208,33 @@ impl AppThread<'_> {
                 sent,
                 aborted: false,
             },
-            Err(err) => {
-                log_app_error(head, &err, &body);
-                let aborted = matches!(err, AppError::Aborted(_));
-                let sent = if head_sent {
-                    sent
-                } else {
-                    answer_app_error(conn, head, &body, &err).unwrap_or(sent)
-                };
-                Served {
-                    after: After::Close(linger),
-                    sent,
-                    aborted,
-                }
-            }
+            Err(err) => after_app_error(conn, head, &body, err, head_sent, sent, linger),
         }
+    }
+}
+
+/// What an app error leaves: the error logged, answered if nothing was sent yet, the
+/// connection closed.
+fn after_app_error(
+    conn: &Conn<'_>,
+    head: &RequestHead,
+    body: &BodyState,
+    err: AppError,
+    head_sent: bool,
+    sent: Sent,
+    linger: Linger,
+) -> Served {
+    log_app_error(head, &err, body);
+    let aborted = matches!(err, AppError::Aborted(_));
+    let sent = if head_sent {
+        sent
+    } else {
+        answer_app_error(conn, head, body, &err).unwrap_or(sent)
+    };
+    Served {
+        after: After::Close(linger),
+        sent,
+        aborted,
     }
 }
 

@@ -206,10 +206,12 @@ impl<'r> IoLoop<'r> {
             if let Some(exit) = self.finished() {
                 return Ok(exit);
             }
-            let timeout = if self.pool.may_sleep() {
-                self.poll_timeout()
-            } else {
+            // Work in hand (clients queued with room for them, requests for the app here) only
+            // looks at the poll: an edge-triggered listener reports nothing new while it waits.
+            let timeout = if self.work_in_hand() || !self.pool.may_sleep() {
                 Duration::ZERO
+            } else {
+                self.poll_timeout()
             };
             let polled = self.poll.poll(&mut events, Some(timeout));
             self.pool.awake();
@@ -330,6 +332,14 @@ impl<'r> IoLoop<'r> {
                 }
             }
         }
+    }
+
+    fn work_in_hand(&mut self) -> bool {
+        self.inline_busy()
+            || (self.retiring.is_none()
+                && self.accept_paused_until.is_none()
+                && self.listener_ready.contains(&true)
+                && self.has_room())
     }
 
     fn poll_timeout(&self) -> Duration {

@@ -305,35 +305,6 @@ impl<'r> IoLoop<'r> {
         }
     }
 
-    /// Wait up to `limit` for every thread whose request was abandoned to give its connection
-    /// back (each wakes the loop when it does).
-    pub(crate) fn wait_for_abandoned(&mut self, limit: Duration) {
-        let until = Instant::now() + limit;
-        let mut events = Events::with_capacity(16);
-        let mut returned = Vec::new();
-        while self.pool.any_abandoned() {
-            // The loop is over: connections coming back now are only closed.
-            self.pool.take_returned(&mut returned);
-            returned.clear();
-            let left = until.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                return;
-            }
-            let left = if self.pool.may_sleep() {
-                left
-            } else {
-                Duration::ZERO
-            };
-            let polled = self.poll.poll(&mut events, Some(left));
-            self.pool.awake();
-            if let Err(e) = polled {
-                if e.kind() != io::ErrorKind::Interrupted {
-                    return;
-                }
-            }
-        }
-    }
-
     fn work_in_hand(&mut self) -> bool {
         self.inline_busy()
             || (self.retiring.is_none()

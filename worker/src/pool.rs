@@ -339,8 +339,8 @@ impl Pool {
             .count()
     }
 
-    /// Wait up to `limit` for every abandoned request's thread to come back (the watchdog's
-    /// wait, which has nothing else to do); `true` if they did.
+    /// Wait up to `limit` for every abandoned request's thread to come back (at the end, when
+    /// nothing else is left to do); `true` if they did.
     pub(crate) fn wait_for_abandoned(&self, limit: Duration) -> bool {
         let until = Instant::now() + limit;
         while self.any_abandoned() {

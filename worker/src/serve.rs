@@ -55,7 +55,7 @@ pub(crate) fn serve(
         let exit = started.and_then(|()| io_loop.run());
         pool.close();
         // A thread given up on may just be slow: give it a moment to come back.
-        io_loop.wait_for_abandoned(ABANDONED_RETURN);
+        pool.wait_for_abandoned(ABANDONED_RETURN);
         pool.finish();
         if pool.any_abandoned() {
             // Its thread is stuck in the app for good, and a process cannot wait for it.

@@ -127,22 +127,14 @@ fn start_threads<'scope, 'r: 'scope>(
     Ok(())
 }
 
-/// The signals a worker handles, which only its I/O thread should receive.
+/// The signals a worker has a disposition for (the master's, each handled, defaulted or
+/// ignored in a worker by `ferrocorn-signals`), which only its I/O thread should receive.
 fn async_signals() -> SigSet {
     let mut set = SigSet::empty();
-    for signal in [
-        Signal::SIGTERM,
-        Signal::SIGINT,
-        Signal::SIGQUIT,
-        Signal::SIGHUP,
-        Signal::SIGUSR1,
-        Signal::SIGUSR2,
-        Signal::SIGTTIN,
-        Signal::SIGTTOU,
-        Signal::SIGWINCH,
-        Signal::SIGCHLD,
-    ] {
-        set.add(signal);
+    for signal in ferrocorn_signals::MASTER_SIGNALS {
+        if let Ok(signal) = Signal::try_from(signal) {
+            set.add(signal);
+        }
     }
     set
 }

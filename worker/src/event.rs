@@ -794,10 +794,7 @@ impl<'r> IoLoop<'r> {
                     return;
                 }
                 Ok(_) => {
-                    if let Phase::Idle { first, since } = p.phase {
-                        let started = if first { since } else { Instant::now() };
-                        self.set_phase(t, Phase::Head { started });
-                    }
+                    self.begin_head(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                     // Checked here too: a client trickling bytes never lets a wait time out.
@@ -867,10 +864,7 @@ impl<'r> IoLoop<'r> {
                 false
             }
             Ok(Parsed::Partial) => {
-                if let Phase::Idle { first, since } = p.phase {
-                    let started = if first { since } else { Instant::now() };
-                    self.set_phase(t, Phase::Head { started });
-                }
+                self.begin_head(t);
                 false
             }
             Err(e) => {
@@ -878,6 +872,19 @@ impl<'r> IoLoop<'r> {
                 self.bad_request(t, e, head_request);
                 true
             }
+        }
+    }
+
+    /// An idle connection's next request began arriving: its head's clock starts (at the
+    /// accept for a connection's first request).
+    fn begin_head(&mut self, t: usize) {
+        if let Some(Parked {
+            phase: Phase::Idle { first, since },
+            ..
+        }) = self.parked_mut(t)
+        {
+            let started = if *first { *since } else { Instant::now() };
+            self.set_phase(t, Phase::Head { started });
         }
     }
 

@@ -233,18 +233,25 @@ pub fn signal(pid: i32, sig: libc::c_int) {
     assert_eq!(rc, 0, "kill({pid}, {sig}) failed");
 }
 
-/// Whether `pid` runs (a zombie does not).
+/// Whether `pid` runs (a zombie does not). A process counts as gone only once every one of its
+/// threads is a zombie: a thread-group leader turns `Z` while its sibling threads are still
+/// exiting and still hold the process's files (its listening socket among them).
 pub fn pid_alive(pid: i32) -> bool {
-    // A zombie still has /proc/PID; count it as gone.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat
-            .rsplit(')')
-            .next()
-            .unwrap_or("")
-            .trim_start()
-            .starts_with('Z'),
-        Err(_) => false,
-    }
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return false;
+    };
+    tasks.flatten().any(|task| {
+        std::fs::read_to_string(task.path().join("stat")).is_ok_and(|stat| !is_zombie_stat(&stat))
+    })
+}
+
+/// Whether a `/proc/.../stat` line says `Z` (the state follows the command's closing paren).
+fn is_zombie_stat(stat: &str) -> bool {
+    stat.rsplit(')')
+        .next()
+        .unwrap_or("")
+        .trim_start()
+        .starts_with('Z')
 }
 
 /// Pids whose parent is `ppid` (from /proc/*/stat), excluding zombies.
@@ -571,8 +578,18 @@ pub fn assert_workers_stop_when_the_master_is_killed(mut server: Server) {
     }
     assert!(
         std::net::TcpStream::connect(server.addr()).is_err(),
-        "nobody holds the port any more"
+        "nobody holds the port any more; listening sockets now:\n{}",
+        listening_sockets()
     );
+}
+
+/// `ss -ltnp`'s listing, for a failure message that says who holds a port.
+fn listening_sockets() -> String {
+    Command::new("ss")
+        .arg("-ltnp")
+        .output()
+        .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+        .unwrap_or_else(|e| format!("(ss: {e})"))
 }
 
 /// The shared libraries `bin` loads, as `ldd` lists them (and a failure if it cannot tell).

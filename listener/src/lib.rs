@@ -333,6 +333,28 @@ impl Listener {
         }
     }
 
+    /// [`Listener::accept`], with the new connection non-blocking from the start (accept4's
+    /// `SOCK_NONBLOCK`: an event loop saves a syscall per connection).
+    pub fn accept_nonblocking(&self) -> io::Result<(Stream, PeerAddr)> {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        match self {
+            Listener::Tcp(l) => {
+                let (socket, addr) = SockRef::from(l).accept4(flags)?;
+                let peer = addr.as_socket().ok_or_else(|| {
+                    io::Error::new(io::ErrorKind::InvalidData, "a TCP peer without an address")
+                })?;
+                Ok((Stream::Tcp(socket.into()), PeerAddr::Tcp(peer)))
+            }
+            Listener::Unix { listener, .. } => {
+                let (socket, _) = SockRef::from(listener).accept4(flags)?;
+                Ok((
+                    Stream::Unix(UnixStream::from(OwnedFd::from(socket))),
+                    PeerAddr::Unix,
+                ))
+            }
+        }
+    }
+
     /// Make `accept` return `WouldBlock` instead of waiting (or wait again).
     pub fn set_nonblocking(&self, nonblocking: bool) -> io::Result<()> {
         match self {

@@ -456,6 +456,58 @@ fn nonblocking_accept_would_block_and_streams_take_options() {
     );
 }
 
+/// `accept_nonblocking` hands over connections that never block, and says who connected.
+#[test]
+fn accept_nonblocking_gives_nonblocking_streams_with_their_peer() {
+    let l = bind_one(&spec("127.0.0.1:0"), &ListenOptions::default());
+    l.set_nonblocking(true).unwrap();
+    let err = l.accept_nonblocking().unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock);
+    let mut client = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    let (mut stream, peer) = l.accept_nonblocking().unwrap();
+    assert_eq!(peer, PeerAddr::Tcp(client.local_addr().unwrap()));
+    // Nothing sent yet: a blocking stream would wait here for good.
+    let err = stream.read(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err:?}");
+    client.write_all(b"x").unwrap();
+    let mut got = [0u8; 1];
+    let fd = match &stream {
+        Stream::Tcp(inner) => inner.as_raw_fd(),
+        other => panic!("tcp listener gave {other:?}"),
+    };
+    let mut fds = [libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    }];
+    // SAFETY: one live pollfd, as the count says.
+    assert_eq!(unsafe { libc::poll(fds.as_mut_ptr(), 1, 5000) }, 1);
+    assert_eq!(stream.read(&mut got).unwrap(), 1);
+    assert_eq!(&got, b"x");
+    // The descriptor does not leak into programs the worker runs.
+    // SAFETY: F_GETFD on a live descriptor.
+    let fd_flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    assert_ne!(fd_flags & libc::FD_CLOEXEC, 0);
+}
+
+#[test]
+fn accept_nonblocking_on_a_unix_socket() {
+    let dir = std::env::temp_dir().join(format!("ferrocorn-nb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("s.sock");
+    let l = bind_one(
+        &spec(&format!("unix:{}", path.display())),
+        &ListenOptions::default(),
+    );
+    let _client = UnixStream::connect(&path).unwrap();
+    let (mut stream, peer) = l.accept_nonblocking().unwrap();
+    assert_eq!(peer, PeerAddr::Unix);
+    let err = stream.read(&mut [0u8; 1]).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::WouldBlock, "{err:?}");
+    drop(l);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn systemd_env_validation() {
     assert_eq!(systemd_fd_count(Some("42"), "2", 42).unwrap(), Some(2));

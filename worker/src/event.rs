@@ -4,7 +4,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use ferrocorn_http::{error_response, BodyFraming, HeadParser, Parsed, RequestError, RequestHead};
@@ -13,11 +13,12 @@ use ferrocorn_signals::WorkerState;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use nix::errno::Errno;
+use nix::poll::PollFlags;
 use nix::sys::socket::{send, MsgFlags};
 
 use crate::app_thread::AppThread;
 use crate::pool::{After, Connection, Job, Pool, Returned};
-use crate::sock::{Linger, ReadBuf};
+use crate::sock::{self, Linger, ReadBuf};
 use crate::{Control, Exit, Monitor, WorkerConfig};
 
 /// The waker the app threads use, and the signal wake fd.
@@ -46,6 +47,10 @@ const ACCEPT_STARVED: Duration = Duration::from_millis(10);
 
 /// A new connection silent for this long no longer holds a thread's place (see `fresh`).
 const FRESH_CLAIM: Duration = Duration::from_millis(5);
+
+/// How long the I/O thread, with the app on it and nothing else in hand, waits for the first
+/// bytes of a connection it just accepted before putting it in the poll set.
+const FIRST_BYTES_WAIT: Duration = Duration::from_millis(1);
 
 /// How long an idle keep-alive connection is kept after its response once the worker stops: a
 /// request that follows the response at once, as a busy client's does, is answered rather than
@@ -467,7 +472,7 @@ impl<'r> IoLoop<'r> {
                 self.queued_since.get_or_insert_with(Instant::now);
                 return false;
             }
-            match self.listeners[i].accept() {
+            match self.listeners[i].accept_nonblocking() {
                 Ok((stream, peer)) => {
                     self.queued_since = None;
                     self.adopt(stream, peer, i)
@@ -516,10 +521,6 @@ impl<'r> IoLoop<'r> {
     }
 
     fn adopt(&mut self, stream: Stream, peer: PeerAddr, listener: usize) {
-        if let Err(e) = set_nonblocking(&stream) {
-            log::debug!("setting up a connection from {peer:?} failed: {e}");
-            return;
-        }
         let t = self.free.pop().unwrap_or_else(|| {
             self.slots.push(Slot::Free);
             self.slots.len() - 1
@@ -800,8 +801,10 @@ impl<'r> IoLoop<'r> {
                     // Checked here too: a client trickling bytes never lets a wait time out.
                     if p.deadline <= Instant::now() {
                         self.expire(t);
-                    } else {
+                    } else if !self.first_bytes_came(t) {
                         self.watch(t);
+                    } else {
+                        continue;
                     }
                     return;
                 }
@@ -818,6 +821,38 @@ impl<'r> IoLoop<'r> {
                 }
             }
         }
+    }
+
+    /// With the app on this thread and nothing else in hand: wait a moment, as the sync worker
+    /// did, for the first bytes of a connection just accepted (a client connects, then sends).
+    /// Waiting in the poll set instead costs a registration and often a second wake-up, for a
+    /// new client that cannot be served anyway. Only within the wait of its accept, and never while
+    /// another connection is held: a silent client delays no one else.
+    fn first_bytes_came(&mut self, t: usize) -> bool {
+        if self.inline.is_none() || self.parked != 1 || self.inline_busy() {
+            return false;
+        }
+        let Some(Slot::Parked(p)) = self.slots.get(t) else {
+            return false;
+        };
+        let Phase::Idle { first: true, since } = p.phase else {
+            return false;
+        };
+        let until = since + FIRST_BYTES_WAIT;
+        if p.conn.watched || Instant::now() >= until {
+            return false;
+        }
+        let wake = self.control.wake_fd();
+        // SAFETY: the signal wake fd lives as long as the worker's control.
+        let wake = unsafe { BorrowedFd::borrow_raw(wake) };
+        let waited = sock::wait(
+            p.conn.stream.as_fd(),
+            PollFlags::POLLIN,
+            until,
+            Some(wake),
+            false,
+        );
+        matches!(waited, Ok(sock::Waited::Ready))
     }
 
     /// Parse what is buffered; returns `true` when the connection is done with here (handed
@@ -1104,13 +1139,6 @@ impl<'r> IoLoop<'r> {
             }
         }
         self.drop_conn(t);
-    }
-}
-
-fn set_nonblocking(stream: &Stream) -> io::Result<()> {
-    match stream {
-        Stream::Tcp(s) => s.set_nonblocking(true),
-        Stream::Unix(s) => s.set_nonblocking(true),
     }
 }
 

@@ -209,15 +209,20 @@ fn keepalive_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
         headers: &[],
     };
     let best = best_of_rounds(&mut servers, &keepalive, duration);
-    println!("| server | best req/s | p50 ms | p99 ms | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
-    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
+    println!("| server | best req/s | p50 ms | p99 ms | server CPU µs/request | socket errors c/r/w/t | non-2xx | answered of {KEEPALIVE_CONNECTIONS} at once |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |");
     let mut answered = Vec::new();
     for ((name, running), run) in servers.iter().zip(&best) {
         let within = Duration::from_secs(1);
         let count = answered_at_once(running.addr, hello.path, KEEPALIVE_CONNECTIONS, within)?;
         println!(
-            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} | {count} |",
-            run.rps, run.p50_ms, run.p99_ms, run.errors, run.non_2xx
+            "| {name} | {:.0} | {:.2} | {:.2} | {} | {} | {} | {count} |",
+            run.rps,
+            run.p50_ms,
+            run.p99_ms,
+            cpu_us(run),
+            run.errors,
+            run.non_2xx
         );
         answered.push(count);
     }
@@ -236,11 +241,19 @@ fn keepalive_failures(
             .position(|(n, _)| n == name)
             .is_some_and(|i| answered[i] == KEEPALIVE_CONNECTIONS)
     };
-    let mut checks = vec![Check {
-        what: "keep-alive req/s ferrocorn/granian".into(),
-        ratio: ratio(rps("ferrocorn"), rps("granian")),
-        bound: Bound::AtLeast(1.2),
-    }];
+    let cpu = |name: &str| cpu_of(servers, runs, name);
+    let mut checks = vec![
+        Check {
+            what: "keep-alive req/s ferrocorn/granian".into(),
+            ratio: ratio(rps("ferrocorn"), rps("granian")),
+            bound: Bound::AtLeast(1.2),
+        },
+        Check {
+            what: "keep-alive server CPU per request ferrocorn/granian".into(),
+            ratio: ratio(cpu("ferrocorn"), cpu("granian")),
+            bound: Bound::None,
+        },
+    ];
     // A rate earned on the few connections a server answers, while it leaves the rest waiting,
     // is not a rate for 64 connections: the target holds against the uWSGI that answers all.
     for name in [UWSGI_KEEPALIVE.name, UWSGI_KEEPALIVE_THREADS.name] {
@@ -535,20 +548,30 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
         headers: &["Connection: close"],
     };
     let best = best_of_rounds(&mut servers, &close, duration);
-    println!("| server | best req/s | p99 ms | socket errors c/r/w/t | non-2xx |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!("| server | best req/s | p99 ms | server CPU µs/request | socket errors c/r/w/t | non-2xx |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for ((label, _), run) in servers.iter().zip(&best) {
         println!(
-            "| {label} | {:.0} | {:.2} | {} | {} |",
-            run.rps, run.p99_ms, run.errors, run.non_2xx
+            "| {label} | {:.0} | {:.2} | {} | {} | {} |",
+            run.rps,
+            run.p99_ms,
+            cpu_us(run),
+            run.errors,
+            run.non_2xx
         );
     }
     let rps = |label: &str| rps_of(&servers, &best, label);
+    let cpu = |label: &str| cpu_of(&servers, &best, label);
     Ok(print_checks(&[
         Check {
             what: format!("Connection: close req/s now/{SYNC_WORKER_REV}"),
             ratio: ratio(rps("ferrocorn now"), rps(&old_label)),
             bound: Bound::AtLeast(1.0),
+        },
+        Check {
+            what: format!("Connection: close server CPU per request now/{SYNC_WORKER_REV}"),
+            ratio: ratio(cpu("ferrocorn now"), cpu(&old_label)),
+            bound: Bound::None,
         },
         Check {
             what: "Connection: close req/s now/gunicorn".into(),
@@ -651,6 +674,8 @@ fn try_wrk(
     if failed.is_some() {
         return None;
     }
+    let pid = running.child.id() as i32;
+    let cpu_before = tree_cpu_seconds(pid);
     let run = wrk::wrk(
         running.addr,
         load.path,
@@ -658,7 +683,40 @@ fn try_wrk(
         duration,
         load.headers,
     );
-    run.map_err(|e| *failed = Some(format!("{e:#}"))).ok()
+    let mut run = run.map_err(|e| *failed = Some(format!("{e:#}"))).ok()?;
+    if let (Some(before), Some(after)) = (cpu_before, tree_cpu_seconds(pid)) {
+        if run.requests > 0 {
+            run.server_cpu_us = Some((after - before) * 1e6 / run.requests as f64);
+        }
+    }
+    Some(run)
+}
+
+/// CPU seconds (user + system) the server's processes used so far: the master's and every
+/// worker's. A worker that exited since the last look takes its time with it, so a round
+/// where one was replaced reads low; the bench's servers keep their workers.
+fn tree_cpu_seconds(pid: i32) -> Option<f64> {
+    let pids = ferrocorn_sizing::process_tree(pid).ok()?;
+    Some(
+        pids.iter()
+            .filter_map(|&p| ferrocorn_sizing::process_cpu_seconds(p).ok())
+            .sum(),
+    )
+}
+
+/// "12.3" µs, or "?" when it could not be read.
+fn cpu_us(run: &WrkRun) -> String {
+    run.server_cpu_us
+        .map_or_else(|| "?".to_string(), |us| format!("{us:.1}"))
+}
+
+/// `label`'s server CPU per request, when it ran and could be read.
+fn cpu_of(servers: &[(String, Running)], runs: &[WrkRun], label: &str) -> Option<f64> {
+    servers
+        .iter()
+        .zip(runs)
+        .find(|((l, _), _)| l == label)
+        .and_then(|(_, run)| run.server_cpu_us)
 }
 
 /// `label`'s result, when it ran.

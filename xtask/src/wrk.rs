@@ -18,6 +18,9 @@ pub(crate) struct WrkRun {
     pub errors: SocketErrors,
     /// Responses whose status was not 2xx or 3xx.
     pub non_2xx: u64,
+    /// The server's CPU time (every process of it, user + system) over the run, per request:
+    /// steadier than the rate on a shared machine. Filled in by the caller, which knows the pid.
+    pub server_cpu_us: Option<f64>,
 }
 
 /// wrk's "Socket errors" line: failed connects, reads (a connection closed under a sent

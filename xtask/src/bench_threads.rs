@@ -229,50 +229,19 @@ fn keepalive_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
     Ok(keepalive_failures(&servers, &best, &answered))
 }
 
+/// The keep-alive row's ratios, and ferrocorn's own failures (errors, connections unanswered).
 fn keepalive_failures(
     servers: &[(String, Running)],
     runs: &[WrkRun],
     answered: &[usize],
 ) -> Vec<String> {
-    let rps = |name: &str| rps_of(servers, runs, name);
     let answered_all = |name: &str| {
         servers
             .iter()
             .position(|(n, _)| n == name)
             .is_some_and(|i| answered[i] == KEEPALIVE_CONNECTIONS)
     };
-    let cpu = |name: &str| cpu_of(servers, runs, name);
-    let mut checks = vec![
-        Check {
-            what: "keep-alive req/s ferrocorn/granian".into(),
-            ratio: ratio(rps("ferrocorn"), rps("granian")),
-            bound: Bound::AtLeast(1.2),
-        },
-        Check {
-            what: "keep-alive server CPU per request ferrocorn/granian".into(),
-            ratio: ratio(cpu("ferrocorn"), cpu("granian")),
-            bound: Bound::None,
-        },
-    ];
-    // A rate earned on the few connections a server answers, while it leaves the rest waiting,
-    // is not a rate for 64 connections: the target holds against the uWSGI that answers all.
-    for name in [UWSGI_KEEPALIVE.name, UWSGI_KEEPALIVE_THREADS.name] {
-        let holds_all = answered_all(name);
-        checks.push(Check {
-            what: if holds_all {
-                format!("keep-alive req/s ferrocorn/{name}")
-            } else {
-                format!("keep-alive req/s ferrocorn/{name} (it leaves connections unanswered)")
-            },
-            ratio: ratio(rps("ferrocorn"), rps(name)),
-            bound: if holds_all {
-                Bound::AtLeast(2.0)
-            } else {
-                Bound::None
-            },
-        });
-    }
-    let mut failures = print_checks(&checks);
+    let mut failures = print_checks(&keepalive_checks(servers, runs, answered_all));
     if !answered_all(UWSGI_KEEPALIVE.name) && !answered_all(UWSGI_KEEPALIVE_THREADS.name) {
         failures.push("no uWSGI configuration answered every keep-alive connection".into());
     }
@@ -291,6 +260,55 @@ fn keepalive_failures(
         }
     }
     failures
+}
+
+/// Against Granian, and against each uWSGI configuration. A rate earned on the few connections
+/// a server answers, while it leaves the rest waiting, is not a rate for 64 connections: the
+/// uWSGI target holds against a configuration that answers all of them.
+fn keepalive_checks(
+    servers: &[(String, Running)],
+    runs: &[WrkRun],
+    answered_all: impl Fn(&str) -> bool,
+) -> Vec<Check> {
+    let rps = |name: &str| rps_of(servers, runs, name);
+    let cpu = |name: &str| cpu_of(servers, runs, name);
+    let mut checks = vec![
+        Check {
+            what: "keep-alive req/s ferrocorn/granian".into(),
+            ratio: ratio(rps("ferrocorn"), rps("granian")),
+            bound: Bound::AtLeast(1.2),
+        },
+        Check {
+            what: "keep-alive server CPU per request ferrocorn/granian".into(),
+            ratio: ratio(cpu("ferrocorn"), cpu("granian")),
+            bound: Bound::None,
+        },
+    ];
+    for name in [UWSGI_KEEPALIVE.name, UWSGI_KEEPALIVE_THREADS.name] {
+        let (what, bound) = if answered_all(name) {
+            (
+                format!("keep-alive req/s ferrocorn/{name}"),
+                Bound::AtLeast(2.0),
+            )
+        } else {
+            (
+                format!("keep-alive req/s ferrocorn/{name} (it leaves connections unanswered)"),
+                Bound::None,
+            )
+        };
+        let measured = ratio(rps("ferrocorn"), rps(name));
+        checks.push(Check {
+            what,
+            ratio: measured,
+            bound,
+        });
+        checks.push(Check {
+            what: format!("keep-alive server CPU per request ferrocorn/{name}"),
+            ratio: ratio(cpu("ferrocorn"), cpu(name)),
+            bound: Bound::None,
+        });
+    }
+    checks
 }
 
 /// Open `connections` keep-alive connections, send one request on each, and count the ones

@@ -290,27 +290,45 @@ fn server_from_host(host: &str, scheme: &str) -> (String, String) {
 
 /// A copy of `base` with this request's keys (everything but `wsgi.input`).
 pub fn build_environ<'py>(
-    py: Python<'py>,
+    _py: Python<'py>,
     base: &Bound<'py, PyDict>,
     info: &RequestInfo<'_>,
     config: &EnvironConfig,
 ) -> PyResult<Result<Bound<'py, PyDict>, EnvironError>> {
-    let trusted = config.trusted.trusts(info.peer);
+    let route = match route(info, config) {
+        Ok(route) => route,
+        Err(e) => return Ok(Err(e)),
+    };
+    let env = base.copy()?;
+    set_request_keys(&env, info, &route)?;
+    set_server_keys(&env, info, route.scheme)?;
+    set_remote_keys(&env, info.peer)?;
+    set_header_keys(&env, &info.headers)?;
+    Ok(Ok(env))
+}
+
+/// Where a request goes in the app: what the mount prefix, the path under it and the scheme are
+/// once a trusted proxy's headers are taken into account.
+struct Route {
+    /// `SCRIPT_NAME`.
+    script_name: String,
+    /// `PATH_INFO`: the percent-decoded path with `SCRIPT_NAME` stripped.
+    path: String,
+    /// `wsgi.url_scheme`.
+    scheme: &'static str,
+}
+
+/// The request's [`Route`]; an error when a trusted proxy's scheme headers disagree or the path is
+/// outside `SCRIPT_NAME`.
+fn route(info: &RequestInfo<'_>, config: &EnvironConfig) -> Result<Route, EnvironError> {
     let mut script_name = config.script_name.clone();
     let mut scheme = info.server.scheme;
-    if trusted {
-        if let Some((_, value)) = info
-            .headers
-            .iter()
-            .rev()
-            .find(|(n, _)| n.eq_ignore_ascii_case("script_name"))
-        {
-            script_name = latin1(value).trim().trim_end_matches('/').to_string();
+    if config.trusted.trusts(info.peer) {
+        if let Some(proxied) = proxy_script_name(&info.headers) {
+            script_name = proxied;
         }
-        match forwarded_scheme(&info.headers) {
-            Ok(Some(s)) => scheme = s,
-            Ok(None) => {}
-            Err(e) => return Ok(Err(e)),
+        if let Some(s) = forwarded_scheme(&info.headers)? {
+            scheme = s;
         }
     }
     let mut path = latin1(&percent_decode(info.path));
@@ -320,17 +338,47 @@ pub fn build_environ<'py>(
             .filter(|rest| rest.is_empty() || rest.starts_with('/'));
         match under {
             Some(rest) => path = rest.to_string(),
-            None => return Ok(Err(ScriptNameMismatch { path, script_name }.into())),
+            None => return Err(ScriptNameMismatch { path, script_name }.into()),
         }
     }
-    let env = base.copy()?;
-    let set = |k: &str, v: &str| env.set_item(k, PyString::new(py, v));
-    set("REQUEST_METHOD", info.method)?;
-    set("SCRIPT_NAME", &script_name)?;
-    set("PATH_INFO", &path)?;
-    set("QUERY_STRING", &latin1(info.query.as_bytes()))?;
-    set("RAW_URI", &latin1(info.target.as_bytes()))?;
-    set("SERVER_PROTOCOL", info.protocol)?;
+    Ok(Route {
+        script_name,
+        path,
+        scheme,
+    })
+}
+
+/// The last `SCRIPT_NAME` header field (latin-1, trimmed, without a trailing `/`), if any.
+fn proxy_script_name(headers: &[(&str, &[u8])]) -> Option<String> {
+    let (_, value) = headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n.eq_ignore_ascii_case("script_name"))?;
+    Some(latin1(value).trim().trim_end_matches('/').to_string())
+}
+
+/// `env[key] = value` as a native (latin-1) string.
+fn set_str(env: &Bound<'_, PyDict>, key: &str, value: &str) -> PyResult<()> {
+    env.set_item(key, PyString::new(env.py(), value))
+}
+
+/// The request line's keys: method, `SCRIPT_NAME`/`PATH_INFO`, query, raw target, protocol.
+fn set_request_keys(
+    env: &Bound<'_, PyDict>,
+    info: &RequestInfo<'_>,
+    route: &Route,
+) -> PyResult<()> {
+    set_str(env, "REQUEST_METHOD", info.method)?;
+    set_str(env, "SCRIPT_NAME", &route.script_name)?;
+    set_str(env, "PATH_INFO", &route.path)?;
+    set_str(env, "QUERY_STRING", &latin1(info.query.as_bytes()))?;
+    set_str(env, "RAW_URI", &latin1(info.target.as_bytes()))?;
+    set_str(env, "SERVER_PROTOCOL", info.protocol)
+}
+
+/// `SERVER_NAME`, `SERVER_PORT` (from the `Host` header for unix-socket clients, else the
+/// listener) and `wsgi.url_scheme`.
+fn set_server_keys(env: &Bound<'_, PyDict>, info: &RequestInfo<'_>, scheme: &str) -> PyResult<()> {
     let host = info
         .headers
         .iter()
@@ -339,26 +387,34 @@ pub fn build_environ<'py>(
     match (info.peer, host) {
         (PeerAddr::Unix, Some(host)) => {
             let (name, port) = server_from_host(host.trim(), scheme);
-            set("SERVER_NAME", &name)?;
-            set("SERVER_PORT", &port)?;
+            set_str(env, "SERVER_NAME", &name)?;
+            set_str(env, "SERVER_PORT", &port)?;
         }
         _ => {
-            set("SERVER_NAME", &info.server.name)?;
-            set("SERVER_PORT", &info.server.port)?;
+            set_str(env, "SERVER_NAME", &info.server.name)?;
+            set_str(env, "SERVER_PORT", &info.server.port)?;
         }
     }
-    set("wsgi.url_scheme", scheme)?;
-    match info.peer {
+    set_str(env, "wsgi.url_scheme", scheme)
+}
+
+/// `REMOTE_ADDR` and `REMOTE_PORT` of the client.
+fn set_remote_keys(env: &Bound<'_, PyDict>, peer: &PeerAddr) -> PyResult<()> {
+    match peer {
         PeerAddr::Tcp(addr) => {
-            set("REMOTE_ADDR", &addr.ip().to_string())?;
-            set("REMOTE_PORT", &addr.port().to_string())?;
+            set_str(env, "REMOTE_ADDR", &addr.ip().to_string())?;
+            set_str(env, "REMOTE_PORT", &addr.port().to_string())
         }
         // gunicorn gives unix-socket clients an empty address and no port.
-        PeerAddr::Unix => set("REMOTE_ADDR", "")?,
+        PeerAddr::Unix => set_str(env, "REMOTE_ADDR", ""),
     }
-    // Header keys in first-seen order, duplicates joined with "," (RFC 9110 list semantics).
-    let mut fields: Vec<(String, String)> = Vec::with_capacity(info.headers.len());
-    for (name, value) in &info.headers {
+}
+
+/// The `HTTP_*` (and `CONTENT_TYPE`/`CONTENT_LENGTH`) keys, in first-seen order, duplicates joined
+/// with "," (RFC 9110 list semantics).
+fn set_header_keys(env: &Bound<'_, PyDict>, headers: &[(&str, &[u8])]) -> PyResult<()> {
+    let mut fields: Vec<(String, String)> = Vec::with_capacity(headers.len());
+    for (name, value) in headers {
         let Some(key) = header_key(name) else {
             continue;
         };
@@ -372,7 +428,7 @@ pub fn build_environ<'py>(
         }
     }
     for (key, value) in &fields {
-        set(key, value)?;
+        set_str(env, key, value)?;
     }
-    Ok(Ok(env))
+    Ok(())
 }

@@ -210,6 +210,8 @@ fn init_err(py: Python<'_>) -> impl Fn(PyErr) -> LoadError + '_ {
     move |e| LoadError::Init(format_traceback(py, &e))
 }
 
+/// Import the app named by `config` (after `--chdir` and `--pythonpath`) and read the environ
+/// settings that come from the process environment.
 fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
     let environ = py
         .import("os")
@@ -221,7 +223,22 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
             reason: e.to_string(),
         })?;
     }
-    // Like gunicorn: the working directory first on sys.path, the --pythonpath entries before it.
+    prepend_sys_path(py, config)?;
+    let app = spec::import_app(py, &config.app)?;
+    let base = environ::base_environ(py).map_err(init_err(py))?;
+    let env_config = environ_config(py, &environ)?;
+    Ok(WsgiApp {
+        app: app.unbind(),
+        base: base.unbind(),
+        env_config,
+        last_environ: None,
+        thread: Default::default(),
+    })
+}
+
+/// Like gunicorn: the working directory first on `sys.path`, the `--pythonpath` entries before it
+/// (each added only when not already there).
+fn prepend_sys_path(py: Python<'_>, config: &WsgiConfig) -> Result<(), LoadError> {
     let cwd =
         std::env::current_dir().map_err(|e| LoadError::Init(format!("current directory: {e}")))?;
     let mut front = Vec::new();
@@ -244,15 +261,21 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
                 .map_err(init_err(py))?;
         }
     }
-    let app = spec::import_app(py, &config.app)?;
-    let base = environ::base_environ(py).map_err(init_err(py))?;
-    let var = |name: &str, default: &str| {
-        environ
-            .call_method1("get", (name, default))
-            .and_then(|s| s.extract::<String>())
-            .map_err(init_err(py))
-    };
-    let script_name = var("SCRIPT_NAME", "")?.trim_end_matches('/').to_string();
+    Ok(())
+}
+
+/// `$SCRIPT_NAME` (read through `os.environ` after the import, so a value the app sets there
+/// counts) and `$FORWARDED_ALLOW_IPS`.
+fn environ_config(
+    py: Python<'_>,
+    environ: &Bound<'_, PyAny>,
+) -> Result<environ::EnvironConfig, LoadError> {
+    let script_name = environ
+        .call_method1("get", ("SCRIPT_NAME", ""))
+        .and_then(|s| s.extract::<String>())
+        .map_err(init_err(py))?
+        .trim_end_matches('/')
+        .to_string();
     // gunicorn's default for --forwarded-allow-ips is this variable, else the local host.
     // Unset means the default; set but empty means no proxy is trusted (as in gunicorn).
     let trusted = match std::env::var_os("FORWARDED_ALLOW_IPS") {
@@ -261,15 +284,9 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
         }
         None => environ::TrustedPeers::default(),
     };
-    Ok(WsgiApp {
-        app: app.unbind(),
-        base: base.unbind(),
-        env_config: environ::EnvironConfig {
-            script_name,
-            trusted,
-        },
-        last_environ: None,
-        thread: Default::default(),
+    Ok(environ::EnvironConfig {
+        script_name,
+        trusted,
     })
 }
 

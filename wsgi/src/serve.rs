@@ -35,26 +35,8 @@ pub fn serve(
     body: &mut dyn Read,
     sink: &mut Response<'_>,
 ) -> Result<(), AppError> {
-    let environ = match build_environ(py, source.base, info, source.config) {
-        Ok(Ok(env)) => env,
-        Ok(Err(EnvironError::ContradictoryScheme)) => {
-            // The request's fault (its proxy's), not the app's or the deployment's.
-            log::warn!(
-                "Bad request {}: {}",
-                info.target,
-                EnvironError::ContradictoryScheme
-            );
-            let headers = Headers::new().content_type("text/plain");
-            // Writes to the client: without the GIL, as every socket operation.
-            return detached(py, sink, |sink| {
-                sink.respond(400, headers, b"Contradictory scheme headers\n")
-            });
-        }
-        Ok(Err(EnvironError::ScriptName(mismatch))) => {
-            log::error!("Error handling request {}: {mismatch}", info.target);
-            return Err(AppError::Failed(mismatch.to_string()));
-        }
-        Err(e) => return Err(failed(py, info, &e)),
+    let Some(environ) = request_environ(py, source, info, sink)? else {
+        return Ok(());
     };
     if let Some(kept) = source.keep {
         *kept.lock().unwrap_or_else(|e| e.into_inner()) = Some(environ.clone().unbind());
@@ -72,34 +54,98 @@ pub fn serve(
         .set_item("wsgi.input", input.bind(py))
         .map_err(Outcome::Python)
         .and_then(|()| run_app(py, app, &environ, responder.bind(py)));
-    // The request is over for Python: objects the app kept must not reach the reader/sink.
+    let leftovers = detach(py, &input, &responder);
+    let Err(outcome) = outcome else { return Ok(()) };
+    Err(request_error(py, info, outcome, leftovers))
+}
+
+/// This request's environ; `None` when the request was already answered (400: its proxy's
+/// scheme headers contradict each other).
+fn request_environ<'py>(
+    py: Python<'py>,
+    source: &EnvironSource<'_, 'py>,
+    info: &RequestInfo<'_>,
+    sink: &mut Response<'_>,
+) -> Result<Option<Bound<'py, PyDict>>, AppError> {
+    match build_environ(py, source.base, info, source.config) {
+        Ok(Ok(env)) => Ok(Some(env)),
+        Ok(Err(EnvironError::ContradictoryScheme)) => {
+            // The request's fault (its proxy's), not the app's or the deployment's.
+            log::warn!(
+                "Bad request {}: {}",
+                info.target,
+                EnvironError::ContradictoryScheme
+            );
+            let headers = Headers::new().content_type("text/plain");
+            // Writes to the client: without the GIL, as every socket operation.
+            detached(py, sink, |sink| {
+                sink.respond(400, headers, b"Contradictory scheme headers\n")
+            })
+            .map(|()| None)
+        }
+        Ok(Err(EnvironError::ScriptName(mismatch))) => {
+            log::error!("Error handling request {}: {mismatch}", info.target);
+            Err(AppError::Failed(mismatch.to_string()))
+        }
+        Err(e) => Err(failed(py, info, &e)),
+    }
+}
+
+/// What the input stream and the responder recorded during the app call.
+struct Leftovers {
+    /// Reading the request body failed.
+    input_error: Option<std::io::Error>,
+    /// Why the response was invalid.
+    bad: Option<String>,
+    /// Writing to the client failed.
+    sink_failure: Option<AppError>,
+}
+
+/// The request is over for Python: cut the input stream and the responder off the reader and the
+/// sink (the app may keep references to them), and take what they recorded.
+fn detach(py: Python<'_>, input: &Py<InputStream>, responder: &Py<Responder>) -> Leftovers {
     let input_error = {
         let mut input = input.borrow_mut(py);
         input.detach();
         input.error.take()
     };
-    let (bad, sink_failure) = {
-        let mut r = responder.borrow_mut(py);
-        r.detach();
-        (r.bad.take(), r.failed.take())
-    };
-    let Err(outcome) = outcome else { return Ok(()) };
+    let mut r = responder.borrow_mut(py);
+    r.detach();
+    Leftovers {
+        input_error,
+        bad: r.bad.take(),
+        sink_failure: r.failed.take(),
+    }
+}
+
+/// The error for a failed app call, logged where it is the app's (a traceback) or the response's.
+fn request_error(
+    py: Python<'_>,
+    info: &RequestInfo<'_>,
+    outcome: Outcome,
+    leftovers: Leftovers,
+) -> AppError {
+    let Leftovers {
+        input_error,
+        bad,
+        sink_failure,
+    } = leftovers;
     // The connection failed under the app: nobody to answer, and not the app's fault.
     if let Some(e) = sink_failure {
-        return Err(e);
+        return e;
     }
     if let Some(e) = input_error {
         log::debug!("reading the body of {} failed: {e}", info.target);
-        return Err(AppError::Io(e));
+        return AppError::Io(e);
     }
     match outcome {
-        Outcome::App(AppError::BadResponse(m)) => Err(bad_response(info, bad.unwrap_or(m))),
-        Outcome::App(e) => Err(e),
-        Outcome::Python(e) if crate::abort::is_abort(py, &e) => Err(crate::abort::aborted()),
+        Outcome::App(AppError::BadResponse(m)) => bad_response(info, bad.unwrap_or(m)),
+        Outcome::App(e) => e,
+        Outcome::Python(e) if crate::abort::is_abort(py, &e) => crate::abort::aborted(),
         // The app raised because its response was invalid (our TypeError/ValueError), or the
         // app swallowed that error and raised something else: the response is at fault.
-        Outcome::Python(_) if bad.is_some() => Err(bad_response(info, bad.unwrap_or_default())),
-        Outcome::Python(e) => Err(failed(py, info, &e)),
+        Outcome::Python(_) if bad.is_some() => bad_response(info, bad.unwrap_or_default()),
+        Outcome::Python(e) => failed(py, info, &e),
     }
 }
 

@@ -85,55 +85,11 @@ pub fn import_app<'py>(py: Python<'py>, spec_str: &str) -> Result<Bound<'py, PyA
     let spec = parse(py, spec_str)?;
     let module = match py.import(spec.module.as_str()) {
         Ok(m) => m,
-        Err(e) if is_missing_module(py, &e, &spec.module) => {
-            let mut reason = e.value(py).to_string();
-            if let Some(stem) = spec.module.strip_suffix(".py") {
-                reason.push_str(&format!(
-                    " (did you mean '{stem}:...'? APP is a module name, not a file)"
-                ));
-            }
-            return Err(LoadError::ModuleNotFound {
-                module: spec.module,
-                reason,
-            });
-        }
-        Err(e) => {
-            return Err(LoadError::ImportFailed {
-                module: spec.module,
-                traceback: format_traceback(py, &e),
-            })
-        }
+        Err(e) => return Err(import_error(py, &e, spec.module)),
     };
-    let mut obj = module.into_any();
-    for (i, name) in spec.attrs.iter().enumerate() {
-        obj = match obj.getattr(name.as_str()) {
-            Ok(o) => o,
-            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
-                return Err(LoadError::AttributeMissing {
-                    module: spec.module,
-                    name: spec.attrs[..=i].join("."),
-                })
-            }
-            Err(e) => {
-                return Err(LoadError::ImportFailed {
-                    module: spec.module,
-                    traceback: format_traceback(py, &e),
-                })
-            }
-        };
-    }
-    if let Some((args, kwargs)) = &spec.call {
-        if !obj.is_callable() {
-            return Err(LoadError::NotCallable {
-                spec: spec_str.to_string(),
-            });
-        }
-        obj = obj
-            .call(args.bind(py), Some(kwargs.bind(py)))
-            .map_err(|e| LoadError::FactoryFailed {
-                spec: spec_str.to_string(),
-                traceback: format_traceback(py, &e),
-            })?;
+    let mut obj = resolve_attrs(py, module.into_any(), spec.module, &spec.attrs)?;
+    if let Some(call) = &spec.call {
+        obj = call_factory(py, &obj, call, spec_str)?;
     }
     if !obj.is_callable() {
         return Err(LoadError::NotCallable {
@@ -141,4 +97,68 @@ pub fn import_app<'py>(py: Python<'py>, spec_str: &str) -> Result<Bound<'py, PyA
         });
     }
     Ok(obj)
+}
+
+/// Why importing `module` failed: the module is not there (with a hint when it was given as a
+/// file name), or it raised while being imported.
+fn import_error(py: Python<'_>, e: &PyErr, module: String) -> LoadError {
+    if !is_missing_module(py, e, &module) {
+        return LoadError::ImportFailed {
+            module,
+            traceback: format_traceback(py, e),
+        };
+    }
+    let mut reason = e.value(py).to_string();
+    if let Some(stem) = module.strip_suffix(".py") {
+        reason.push_str(&format!(
+            " (did you mean '{stem}:...'? APP is a module name, not a file)"
+        ));
+    }
+    LoadError::ModuleNotFound { module, reason }
+}
+
+/// Follow the attribute path (`api.wsgi`) from the imported `obj`; `module` names it in errors.
+fn resolve_attrs<'py>(
+    py: Python<'py>,
+    mut obj: Bound<'py, PyAny>,
+    module: String,
+    attrs: &[String],
+) -> Result<Bound<'py, PyAny>, LoadError> {
+    for (i, name) in attrs.iter().enumerate() {
+        obj = match obj.getattr(name.as_str()) {
+            Ok(o) => o,
+            Err(e) if e.is_instance_of::<pyo3::exceptions::PyAttributeError>(py) => {
+                return Err(LoadError::AttributeMissing {
+                    module,
+                    name: attrs[..=i].join("."),
+                })
+            }
+            Err(e) => {
+                return Err(LoadError::ImportFailed {
+                    module,
+                    traceback: format_traceback(py, &e),
+                })
+            }
+        };
+    }
+    Ok(obj)
+}
+
+/// Call the app factory `obj` with the spec's literal arguments, and return what it made.
+fn call_factory<'py>(
+    py: Python<'py>,
+    obj: &Bound<'py, PyAny>,
+    (args, kwargs): &CallArgs,
+    spec_str: &str,
+) -> Result<Bound<'py, PyAny>, LoadError> {
+    if !obj.is_callable() {
+        return Err(LoadError::NotCallable {
+            spec: spec_str.to_string(),
+        });
+    }
+    obj.call(args.bind(py), Some(kwargs.bind(py)))
+        .map_err(|e| LoadError::FactoryFailed {
+            spec: spec_str.to_string(),
+            traceback: format_traceback(py, &e),
+        })
 }

@@ -459,16 +459,7 @@ impl<H: Hooks> Arbiter<H> {
         // A worker may have booted since the last tick: that decides what a failure means.
         self.note_booted();
         let mut boot_failure = None;
-        loop {
-            let status = match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
-                Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => break,
-                Ok(status) => status,
-                Err(nix::errno::Errno::EINTR) => continue,
-                Err(e) => {
-                    error!("waitpid failed: {e}");
-                    break;
-                }
-            };
+        while let Some(status) = next_child_status() {
             let (pid, code, signal) = match status {
                 WaitStatus::Exited(pid, code) => (pid, Some(code), None),
                 WaitStatus::Signaled(pid, sig, _) => (pid, None, Some(sig)),
@@ -476,35 +467,14 @@ impl<H: Hooks> Arbiter<H> {
             };
             if Some(pid) == self.reexec_pid {
                 self.reexec_pid = None;
-                match (code, signal) {
-                    (Some(0), _) => info!("Re-executed master (pid:{pid}) exited"),
-                    (Some(code), _) => {
-                        error!("Re-executed master (pid:{pid}) exited with code {code}.")
-                    }
-                    (_, Some(sig)) => warn!("Re-executed master (pid:{pid}) was sent {sig}!"),
-                    (None, None) => {}
-                }
+                log_reexec_exit(pid, code, signal);
                 continue;
             }
             let Some(info) = self.workers.remove(&pid) else {
                 debug!("Reaped unknown child process (pid:{pid})");
                 continue;
             };
-            // gunicorn's wording and levels.
-            match (code, signal) {
-                (Some(0), _) => info!("Worker exiting (pid: {pid})"),
-                (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
-                    error!("Worker (pid:{pid}) exited with code {code}.");
-                    boot_failure = Some(code);
-                }
-                (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}."),
-                (None, Some(Signal::SIGKILL)) if !info.killed => {
-                    error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
-                }
-                (None, Some(Signal::SIGTERM)) => info!("Worker (pid:{pid}) was sent SIGTERM!"),
-                (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
-                (None, None) => {}
-            }
+            boot_failure = log_worker_exit(pid, &info, code, signal).or(boot_failure);
             let booted = self.table.booted(info.slot);
             self.ever_booted |= booted;
             let died_unbooted =
@@ -939,6 +909,57 @@ fn describe_work(snap: &SlotSnapshot) -> String {
             _ => "not serving a request".to_string(),
         },
     }
+}
+
+/// The next child that changed state, without waiting; `None` once none has (or on an error,
+/// logged).
+fn next_child_status() -> Option<WaitStatus> {
+    loop {
+        match waitpid(None, Some(WaitPidFlag::WNOHANG)) {
+            Ok(WaitStatus::StillAlive) | Err(nix::errno::Errno::ECHILD) => return None,
+            Ok(status) => return Some(status),
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(e) => {
+                error!("waitpid failed: {e}");
+                return None;
+            }
+        }
+    }
+}
+
+/// How the master started by USR2 ended.
+fn log_reexec_exit(pid: Pid, code: Option<i32>, signal: Option<Signal>) {
+    match (code, signal) {
+        (Some(0), _) => info!("Re-executed master (pid:{pid}) exited"),
+        (Some(code), _) => error!("Re-executed master (pid:{pid}) exited with code {code}."),
+        (_, Some(sig)) => warn!("Re-executed master (pid:{pid}) was sent {sig}!"),
+        (None, None) => {}
+    }
+}
+
+/// How a worker ended, in gunicorn's wording and levels. Returns its exit code if it failed to
+/// boot or to load the app.
+fn log_worker_exit(
+    pid: Pid,
+    info: &WorkerInfo,
+    code: Option<i32>,
+    signal: Option<Signal>,
+) -> Option<i32> {
+    match (code, signal) {
+        (Some(0), _) => info!("Worker exiting (pid: {pid})"),
+        (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
+            error!("Worker (pid:{pid}) exited with code {code}.");
+            return Some(code);
+        }
+        (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}."),
+        (None, Some(Signal::SIGKILL)) if !info.killed => {
+            error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
+        }
+        (None, Some(Signal::SIGTERM)) => info!("Worker (pid:{pid}) was sent SIGTERM!"),
+        (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
+        (None, None) => {}
+    }
+    None
 }
 
 /// What the arbiter knows of why a reaped worker ended.

@@ -523,6 +523,21 @@ fn recommendation(status: &ArbiterStatus) -> Option<RecommendationReport> {
 /// The report in Prometheus text exposition format.
 pub fn metrics(r: &Report) -> String {
     let mut out = Metrics::default();
+    total_metrics(&mut out, r);
+    outcome_metrics(&mut out, &r.totals);
+    out.gauge(
+        "ferrocorn_master_uptime_seconds",
+        "Time since the master started.",
+        &[("", r.master.uptime_seconds)],
+    );
+    worker_metrics(&mut out, &r.workers);
+    listener_metrics(&mut out, &r.listeners);
+    sizing_metrics(&mut out, r);
+    out.text
+}
+
+/// Workers, threads and requests summed over the live workers, and the worker target.
+fn total_metrics(out: &mut Metrics, r: &Report) {
     out.gauge(
         "ferrocorn_workers",
         "Live worker processes.",
@@ -553,7 +568,11 @@ pub fn metrics(r: &Report) -> String {
         "Requests served.",
         &[("", r.totals.requests as f64)],
     );
-    let c = &r.totals.responses;
+}
+
+/// Responses by status class and worker exits by cause.
+fn outcome_metrics(out: &mut Metrics, totals: &Totals) {
+    let c = &totals.responses;
     let classes = [
         ("1xx", c.c1xx),
         ("2xx", c.c2xx),
@@ -567,8 +586,7 @@ pub fn metrics(r: &Report) -> String {
         "Responses by status class.",
         &labelled(&classes),
     );
-    let exits = r
-        .totals
+    let exits = totals
         .worker_exits
         .pairs()
         .map(|(k, v)| (format!("cause=\"{k}\""), v as f64));
@@ -577,15 +595,6 @@ pub fn metrics(r: &Report) -> String {
         "Worker exits by cause.",
         &labelled(&exits),
     );
-    out.gauge(
-        "ferrocorn_master_uptime_seconds",
-        "Time since the master started.",
-        &[("", r.master.uptime_seconds)],
-    );
-    worker_metrics(&mut out, &r.workers);
-    listener_metrics(&mut out, &r.listeners);
-    sizing_metrics(&mut out, r);
-    out.text
 }
 
 /// The memory budget and use, and the recommended worker count.
@@ -618,73 +627,80 @@ fn labelled(pairs: &[(String, f64)]) -> Vec<(&str, f64)> {
 /// Label text (`pid="12"`) and value, one per series of a family.
 type Labelled = Vec<(String, f64)>;
 
+/// Per-worker series, labelled by pid.
 fn worker_metrics(out: &mut Metrics, workers: &[WorkerReport]) {
-    let per = |f: &dyn Fn(&WorkerReport) -> Option<f64>| -> Vec<(String, f64)> {
-        workers
-            .iter()
-            .filter_map(|w| f(w).map(|v| (format!("pid=\"{}\"", w.pid), v)))
-            .collect()
-    };
-    let gauges: [(&str, &str, Labelled); 9] = [
-        (
-            "ferrocorn_worker_busy",
-            "1 while any thread of the worker serves a request.",
-            per(&|w| Some(f64::from(u8::from(w.state == "busy")))),
-        ),
-        (
-            "ferrocorn_worker_threads",
-            "The worker's app threads.",
-            per(&|w| Some(w.threads as f64)),
-        ),
-        (
-            "ferrocorn_worker_busy_threads",
-            "The worker's app threads serving a request.",
-            per(&|w| Some(w.busy_threads as f64)),
-        ),
-        (
-            "ferrocorn_worker_waiting_requests",
-            "Request heads queued in the worker for a free thread.",
-            per(&|w| Some(w.waiting_requests as f64)),
-        ),
-        (
-            "ferrocorn_worker_current_request_seconds",
-            "How long the worker's longest-running current request has run.",
-            per(&|w| w.current_request.as_ref().map(|c| c.seconds)),
-        ),
-        (
-            "ferrocorn_worker_last_request_seconds",
-            "Duration of the worker's last request.",
-            per(&|w| Some(w.last_request_seconds)),
-        ),
-        (
-            "ferrocorn_worker_uss_bytes",
-            "Worker unique set size.",
-            per(&|w| w.uss_bytes.map(|v| v as f64)),
-        ),
-        (
-            "ferrocorn_worker_pss_bytes",
-            "Worker proportional set size.",
-            per(&|w| w.pss_bytes.map(|v| v as f64)),
-        ),
-        (
-            "ferrocorn_worker_rss_bytes",
-            "Worker resident set size.",
-            per(&|w| w.rss_bytes.map(|v| v as f64)),
-        ),
-    ];
     out.counter(
         "ferrocorn_worker_requests_total",
         "Requests served by the worker.",
-        &labelled(&per(&|w| Some(w.requests as f64))),
+        &labelled(&per_worker(workers, &|w| Some(w.requests as f64))),
     );
-    for (name, help, values) in &gauges {
+    for (name, help, values) in &worker_gauges(workers) {
         out.gauge(name, help, &labelled(values));
     }
     out.counter(
         "ferrocorn_worker_cpu_seconds_total",
         "CPU time (user + system) of the worker.",
-        &labelled(&per(&|w| w.cpu_seconds)),
+        &labelled(&per_worker(workers, &|w| w.cpu_seconds)),
     );
+}
+
+/// One series per worker that has the value `f` picks.
+fn per_worker(workers: &[WorkerReport], f: &dyn Fn(&WorkerReport) -> Option<f64>) -> Labelled {
+    workers
+        .iter()
+        .filter_map(|w| f(w).map(|v| (format!("pid=\"{}\"", w.pid), v)))
+        .collect()
+}
+
+/// The per-worker gauge families: name, help and series.
+fn worker_gauges(workers: &[WorkerReport]) -> [(&'static str, &'static str, Labelled); 9] {
+    [
+        (
+            "ferrocorn_worker_busy",
+            "1 while any thread of the worker serves a request.",
+            per_worker(workers, &|w| Some(f64::from(u8::from(w.state == "busy")))),
+        ),
+        (
+            "ferrocorn_worker_threads",
+            "The worker's app threads.",
+            per_worker(workers, &|w| Some(w.threads as f64)),
+        ),
+        (
+            "ferrocorn_worker_busy_threads",
+            "The worker's app threads serving a request.",
+            per_worker(workers, &|w| Some(w.busy_threads as f64)),
+        ),
+        (
+            "ferrocorn_worker_waiting_requests",
+            "Request heads queued in the worker for a free thread.",
+            per_worker(workers, &|w| Some(w.waiting_requests as f64)),
+        ),
+        (
+            "ferrocorn_worker_current_request_seconds",
+            "How long the worker's longest-running current request has run.",
+            per_worker(workers, &|w| w.current_request.as_ref().map(|c| c.seconds)),
+        ),
+        (
+            "ferrocorn_worker_last_request_seconds",
+            "Duration of the worker's last request.",
+            per_worker(workers, &|w| Some(w.last_request_seconds)),
+        ),
+        (
+            "ferrocorn_worker_uss_bytes",
+            "Worker unique set size.",
+            per_worker(workers, &|w| w.uss_bytes.map(|v| v as f64)),
+        ),
+        (
+            "ferrocorn_worker_pss_bytes",
+            "Worker proportional set size.",
+            per_worker(workers, &|w| w.pss_bytes.map(|v| v as f64)),
+        ),
+        (
+            "ferrocorn_worker_rss_bytes",
+            "Worker resident set size.",
+            per_worker(workers, &|w| w.rss_bytes.map(|v| v as f64)),
+        ),
+    ]
 }
 
 fn listener_metrics(out: &mut Metrics, listeners: &[ListenerReport]) {

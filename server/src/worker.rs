@@ -3,8 +3,9 @@
 use ferrocorn_arbiter::{WorkerContext, WorkerSlot};
 use ferrocorn_listener::Listener;
 use ferrocorn_signals::WorkerSignals;
-use ferrocorn_worker::{Completed, Monitor, RequestHead, WorkerConfig};
+use ferrocorn_worker::{Completed, Monitor, RequestHead, ThreadApp, WorkerConfig};
 use log::{debug, error, info};
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 
 use crate::access_log::AccessLog;
@@ -35,40 +36,13 @@ pub(crate) struct Worker<'a> {
 impl Worker<'_> {
     /// The forked child's life; returns its exit code.
     pub(crate) fn run(&mut self, ctx: WorkerContext) -> i32 {
-        crate::proctitle::set(&self.title);
-        if let Err(e) = self.owner.apply() {
-            error!("{e:#}");
+        let access_log = match self.prepare_process(&ctx) {
+            ControlFlow::Continue(access_log) => access_log,
+            ControlFlow::Break(code) => return code,
+        };
+        let Some(mut apps) = self.load_apps(&ctx) else {
             return ferrocorn_arbiter::WORKER_BOOT_ERROR;
-        }
-        // Dropping privileges cleared the kernel's parent-death signal: ask again.
-        if self.owner.changes_credentials() && !ctx.stop_with_master() {
-            info!("Parent changed, shutting down");
-            return 0;
-        }
-        let mut access_log = self.access_log.take();
-        if let Some(log) = &mut access_log {
-            if let Err(e) = log.open() {
-                error!("{e:#}");
-                return ferrocorn_arbiter::WORKER_BOOT_ERROR;
-            }
-        }
-        self.loader.worker_started(&crate::WorkerIdentity {
-            age: ctx.age,
-            master_pid: ctx.master_pid,
-        });
-        let mut apps = self.loader.load(self.threads);
-        if apps.len() != ctx.slot.lanes() {
-            // Each app thread writes its own scoreboard lane, sized at start from --threads.
-            error!(
-                "The app loader made {} apps for {} app threads",
-                apps.len(),
-                ctx.slot.lanes()
-            );
-            return ferrocorn_arbiter::WORKER_BOOT_ERROR;
-        }
-        if let Some(lists) = self.file_lists {
-            lists.write(&self.loader.imported_files());
-        }
+        };
         let mut config = self.config.clone();
         config.max_requests = jittered(config.max_requests, self.max_requests_jitter);
         let monitor = WorkerMonitor {
@@ -85,15 +59,66 @@ impl Worker<'_> {
             self.loader.interrupted();
         }
         self.loader.before_exit();
-        match served {
-            Ok(exit) => {
-                info!("Worker exiting ({exit:?})");
-                0
+        exit_code(served)
+    }
+
+    /// Title, privileges and the parent-death signal, then the access log opened (as the worker's
+    /// user). `Break` carries the exit code when the worker must stop here.
+    fn prepare_process(&mut self, ctx: &WorkerContext) -> ControlFlow<i32, Option<AccessLog>> {
+        crate::proctitle::set(&self.title);
+        if let Err(e) = self.owner.apply() {
+            error!("{e:#}");
+            return ControlFlow::Break(ferrocorn_arbiter::WORKER_BOOT_ERROR);
+        }
+        // Dropping privileges cleared the kernel's parent-death signal: ask again.
+        if self.owner.changes_credentials() && !ctx.stop_with_master() {
+            info!("Parent changed, shutting down");
+            return ControlFlow::Break(0);
+        }
+        let mut access_log = self.access_log.take();
+        if let Some(log) = &mut access_log {
+            if let Err(e) = log.open() {
+                error!("{e:#}");
+                return ControlFlow::Break(ferrocorn_arbiter::WORKER_BOOT_ERROR);
             }
-            Err(e) => {
-                error!("Worker failed: {e}");
-                1
-            }
+        }
+        ControlFlow::Continue(access_log)
+    }
+
+    /// The app of each app thread, from the loader; `None` (logged) if their count does not
+    /// match the scoreboard's lanes.
+    fn load_apps(&mut self, ctx: &WorkerContext) -> Option<Vec<ThreadApp>> {
+        self.loader.worker_started(&crate::WorkerIdentity {
+            age: ctx.age,
+            master_pid: ctx.master_pid,
+        });
+        let apps = self.loader.load(self.threads);
+        if apps.len() != ctx.slot.lanes() {
+            // Each app thread writes its own scoreboard lane, sized at start from --threads.
+            error!(
+                "The app loader made {} apps for {} app threads",
+                apps.len(),
+                ctx.slot.lanes()
+            );
+            return None;
+        }
+        if let Some(lists) = self.file_lists {
+            lists.write(&self.loader.imported_files());
+        }
+        Some(apps)
+    }
+}
+
+/// The worker's exit code for how serving ended, logged.
+fn exit_code(served: std::io::Result<ferrocorn_worker::Exit>) -> i32 {
+    match served {
+        Ok(exit) => {
+            info!("Worker exiting ({exit:?})");
+            0
+        }
+        Err(e) => {
+            error!("Worker failed: {e}");
+            1
         }
     }
 }

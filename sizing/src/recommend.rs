@@ -54,25 +54,57 @@ pub fn recommend_with_headroom(
             ),
         };
     };
-    let headroom = if headroom.is_finite() {
+    let headroom = clamp_headroom(headroom);
+    let room = (memory.room(master.rss) as f64 * (1.0 - headroom)) as u64;
+    let fit = (room / worker.uss) as usize;
+    let memory_part = memory_reason(memory, master, worker, room, headroom);
+    let (workers, reason) = capped_by_memory(cpu_workers, fit, &cpu_part, &memory_part);
+    Recommendation {
+        workers,
+        cpu_workers,
+        memory_workers: Some(fit),
+        reason,
+    }
+}
+
+/// The headroom fraction kept within 0..0.9; [`DEFAULT_HEADROOM`] if it is not a number.
+fn clamp_headroom(headroom: f64) -> f64 {
+    if headroom.is_finite() {
         headroom.clamp(0.0, 0.9)
     } else {
         DEFAULT_HEADROOM
-    };
-    let room = (memory.room(master.rss) as f64 * (1.0 - headroom)) as u64;
-    let fit = (room / worker.uss) as usize;
+    }
+}
+
+/// The memory half of the reason: the room for workers and how it was worked out.
+fn memory_reason(
+    memory: &MemoryBudget,
+    master: &ProcessMemory,
+    worker: &ProcessMemory,
+    room: u64,
+    headroom: f64,
+) -> String {
     let available = memory
         .mem_available
         .map(|a| format!(", {} available", human_bytes(a)))
         .unwrap_or_default();
-    let memory_part = format!(
+    format!(
         "{} for workers = min({memory} - master {} RSS{available}) - {:.0}% headroom, at {} USS per worker",
         human_bytes(room),
         human_bytes(master.rss),
         headroom * 100.0,
         human_bytes(worker.uss),
-    );
-    let (workers, reason) = if fit >= cpu_workers {
+    )
+}
+
+/// The worker count (`cpu_workers` capped by the `fit` in memory, at least one) and its reason.
+fn capped_by_memory(
+    cpu_workers: usize,
+    fit: usize,
+    cpu_part: &str,
+    memory_part: &str,
+) -> (usize, String) {
+    if fit >= cpu_workers {
         (
             cpu_workers,
             format!("{cpu_workers} workers: {cpu_part}; memory fits {fit}: {memory_part}"),
@@ -92,12 +124,6 @@ pub fn recommend_with_headroom(
                  (raise the memory limit or shrink the app)"
             ),
         )
-    };
-    Recommendation {
-        workers,
-        cpu_workers,
-        memory_workers: Some(fit),
-        reason,
     }
 }
 

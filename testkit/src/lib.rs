@@ -59,6 +59,8 @@ pub struct Server {
     /// The first TCP address it listens on (when bound to TCP).
     pub addr: Option<SocketAddr>,
     lines: Receiver<String>,
+    /// Lines read past by a wait that leaves the others for the next one (see `reexec`).
+    unread: std::collections::VecDeque<String>,
     /// Every log line seen so far (also those consumed by `wait_for_log`).
     pub log: Arc<Mutex<Vec<String>>>,
 }
@@ -114,12 +116,39 @@ impl Server {
 
     /// Wait for a log line containing `needle`; panics with the log so far on timeout or exit.
     pub fn wait_for_log(&mut self, needle: &str, timeout: Duration) -> String {
+        while let Some(line) = self.unread.pop_front() {
+            if line.contains(needle) {
+                return line;
+            }
+        }
+        self.next_log_line_with(needle, timeout, |_| {})
+    }
+
+    /// Like [`Server::wait_for_log`], but the lines read past stay for the next wait: for a line
+    /// of one process while another (a re-executed master) may already be logging.
+    fn wait_for_log_leaving_others(&mut self, needle: &str, timeout: Duration) -> String {
+        if let Some(i) = self.unread.iter().position(|l| l.contains(needle)) {
+            return self.unread.remove(i).unwrap_or_default();
+        }
+        let mut passed = Vec::new();
+        let line = self.next_log_line_with(needle, timeout, |l| passed.push(l));
+        self.unread.extend(passed);
+        line
+    }
+
+    /// The next line from the output holding `needle`; `passed` gets the others.
+    fn next_log_line_with(
+        &mut self,
+        needle: &str,
+        timeout: Duration,
+        mut passed: impl FnMut(String),
+    ) -> String {
         let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
                 Ok(line) if line.contains(needle) => return line,
-                Ok(_) => {}
+                Ok(line) => passed(line),
                 Err(RecvTimeoutError::Timeout) => {
                     panic!(
                         "no log line with {needle:?} within {timeout:?}; log:\n{}",
@@ -137,9 +166,11 @@ impl Server {
     }
 
     /// Send USR2 and wait for the master to say it re-executed; returns the new master's pid.
+    /// The new master may log before the old one says so: its lines are left for the next wait.
     pub fn reexec(&mut self) -> i32 {
         self.signal(libc::SIGUSR2);
-        let line = self.wait_for_log("Re-executing: new master (pid: ", BOOT_TIMEOUT);
+        let line =
+            self.wait_for_log_leaving_others("Re-executing: new master (pid: ", BOOT_TIMEOUT);
         line.rsplit("(pid: ")
             .next()
             .unwrap()
@@ -398,6 +429,7 @@ impl Server {
             child,
             addr: None,
             lines: rx,
+            unread: std::collections::VecDeque::new(),
             log,
         }
     }

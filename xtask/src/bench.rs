@@ -498,7 +498,9 @@ fn overhead_failures(servers: &[(&str, Running)], best: &[Option<Load>]) -> Vec<
             "| {name} | {:.0} | {:.2} | {} | {ratio:.2} |",
             result.rps, result.p99_ms, result.errors
         );
-        if ratio < 0.95 {
+        // Issue 10's target covers the access log and the stats endpoint; statsd (a UDP
+        // datagram per batch of metrics) is shown for comparison.
+        if ratio < 0.95 && !name.contains("--statsd-host") {
             failures.push(format!(
                 "throughput with {name} ×{ratio:.2} of without (target ≥ 0.95)"
             ));

@@ -801,11 +801,12 @@ impl<'r> IoLoop<'r> {
                     // Checked here too: a client trickling bytes never lets a wait time out.
                     if p.deadline <= Instant::now() {
                         self.expire(t);
-                    } else if !self.first_bytes_came(t) {
-                        self.watch(t);
-                    } else {
+                        return;
+                    }
+                    if self.first_bytes_came(t) {
                         continue;
                     }
+                    self.watch(t);
                     return;
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -826,8 +827,8 @@ impl<'r> IoLoop<'r> {
     /// With the app on this thread and nothing else in hand: wait a moment, as the sync worker
     /// did, for the first bytes of a connection just accepted (a client connects, then sends).
     /// Waiting in the poll set instead costs a registration and often a second wake-up, for a
-    /// new client that cannot be served anyway. Only within the wait of its accept, and never while
-    /// another connection is held: a silent client delays no one else.
+    /// new client that cannot be served anyway. Only up to [`FIRST_BYTES_WAIT`] after its
+    /// accept, and never while another connection is held: a silent client delays no one else.
     fn first_bytes_came(&mut self, t: usize) -> bool {
         if self.inline.is_none() || self.parked != 1 || self.inline_busy() {
             return false;

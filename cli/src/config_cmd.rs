@@ -368,6 +368,9 @@ impl Loaded {
 
     fn value_of(&self, arg: &clap::Arg) -> String {
         let id = arg.get_id().as_str();
+        if id == "secure_scheme_headers" {
+            return python_dict(&self.options.secure_scheme_headers.0);
+        }
         if matches!(arg.get_action(), ArgAction::SetTrue) {
             return if self.matches.get_flag(id) {
                 "True"
@@ -420,6 +423,12 @@ fn setting_name(arg: &clap::Arg) -> String {
         Some(setting) => setting.name.to_string(),
         None => arg.get_id().as_str().to_string(),
     }
+}
+
+/// Pairs of strings as Python shows a dict of them (gunicorn prints `secure_scheme_headers` so).
+fn python_dict(pairs: &[(String, String)]) -> String {
+    let items: Vec<String> = pairs.iter().map(|(k, v)| format!("'{k}': '{v}'")).collect();
+    format!("{{{}}}", items.join(", "))
 }
 
 fn default_bind() -> String {

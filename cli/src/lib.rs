@@ -18,6 +18,7 @@ use ferrocorn_server::{
     AppLoader, Builder, ForkObserver, PreloadError, Server, ThreadApp, WorkerIdentity,
     APP_LOAD_ERROR,
 };
+use ferrocorn_wsgi::environ::SecureSchemeHeaders;
 use ferrocorn_wsgi::{WsgiApp, WsgiConfig};
 use hooks::Hooks;
 use log::error;
@@ -149,6 +150,7 @@ fn wsgi_config(options: &Options) -> WsgiConfig {
         chdir: options.chdir.clone(),
         pythonpath: options.pythonpath.clone(),
         virtualenv: options.virtualenv.clone(),
+        secure_scheme_headers: SecureSchemeHeaders::new(options.secure_scheme_headers.0.clone()),
     }
 }
 

@@ -274,6 +274,60 @@ fn settings_whose_absence_matters_are_refused_by_name() {
 }
 
 #[test]
+fn secure_scheme_headers_must_be_a_dict_of_strings() {
+    let dir = hello_app_dir("config-secure-scheme");
+    for text in [
+        "secure_scheme_headers = ['X-FORWARDED-PROTO']\n",
+        "secure_scheme_headers = {'X-FORWARDED-PROTO': 1}\n",
+        "secure_scheme_headers = 'X-FORWARDED-PROTO'\n",
+        "secure_scheme_headers = {'X-FORWARDED-PROTO': 'https,http'}\n",
+    ] {
+        write(&dir, "gunicorn.conf.py", text);
+        let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);
+        assert!(!status.success(), "{text}: {output}");
+        assert!(
+            output.contains("invalid value for secure_scheme_headers"),
+            "{text}: {output}"
+        );
+        assert!(!output.contains("Listening at"), "{text}: {output}");
+    }
+    // A name that cannot be a header field's is refused by the flag it becomes.
+    write(
+        &dir,
+        "gunicorn.conf.py",
+        "secure_scheme_headers = {'X PROTO': 'https'}\n",
+    );
+    let (status, output) = run(&["-b", "127.0.0.1:0", "hello:app"], dir.path(), &[]);
+    assert!(!status.success(), "{output}");
+    assert!(output.contains("secure-scheme-headers"), "{output}");
+}
+
+#[test]
+fn print_config_shows_the_secure_scheme_headers_in_force() {
+    let dir = hello_app_dir("config-secure-scheme-print");
+    let settings = print_config(&[], dir.path(), &[]);
+    assert_eq!(
+        value(&settings, "secure_scheme_headers"),
+        (
+            "{'X-FORWARDED-PROTOCOL': 'ssl', 'X-FORWARDED-PROTO': 'https', 'X-FORWARDED-SSL': 'on'}",
+            "default"
+        )
+    );
+    write(
+        &dir,
+        "gunicorn.conf.py",
+        "secure_scheme_headers = {'X-FORWARDED-PROTO': 'https'}\n",
+    );
+    let settings = print_config(&[], dir.path(), &[]);
+    let (shown, source) = value(&settings, "secure_scheme_headers");
+    assert_eq!(shown, "{'X-FORWARDED-PROTO': 'https'}");
+    assert!(source.contains("gunicorn.conf.py"), "{source}");
+    write(&dir, "gunicorn.conf.py", "secure_scheme_headers = {}\n");
+    let settings = print_config(&[], dir.path(), &[]);
+    assert_eq!(value(&settings, "secure_scheme_headers").0, "{}");
+}
+
+#[test]
 fn unsupported_worker_classes_keep_their_errors() {
     let dir = hello_app_dir("config-worker-class");
     write(&dir, "gunicorn.conf.py", "worker_class = 'gevent'\n");

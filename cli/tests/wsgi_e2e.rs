@@ -769,6 +769,68 @@ fn trusted_proxy_scheme_headers_set_the_url_scheme() {
     assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("https"));
 }
 
+/// `wsgi.url_scheme` the battery app sees for a request from 127.0.0.1 with these header lines.
+fn url_scheme_with(server: &Server, header_lines: &str) -> Option<String> {
+    let req =
+        format!("GET /environ HTTP/1.1\r\nHost: h\r\n{header_lines}Connection: close\r\n\r\n");
+    json_str(
+        &ok(&request(server.addr(), req.as_bytes())).text(),
+        "wsgi.url_scheme",
+    )
+}
+
+/// The battery app with a config file (`-c`) holding `config`.
+fn start_battery_configured(dir: &TempDir, config: &str) -> Server {
+    let file = dir.path().join("gunicorn.conf.py");
+    std::fs::write(&file, config).unwrap();
+    start_battery(&["-c", file.to_str().unwrap()], &[])
+}
+
+#[test]
+fn a_config_files_secure_scheme_headers_replace_gunicorns_default_ones() {
+    let dir = TempDir::new("e2e-secure-scheme");
+    let server = start_battery_configured(
+        &dir,
+        "secure_scheme_headers = {'X-FORWARDED-PROTO': 'https'}\nforwarded_allow_ips = '127.0.0.1'\n",
+    );
+    // The default headers are no longer trusted: alone they change nothing, and beside the
+    // listed one they contradict nothing (gunicorn would say 400 with its default list).
+    for (lines, want) in [
+        ("X-Forwarded-Proto: https\r\n", "https"),
+        ("X-Forwarded-Proto: http\r\n", "http"),
+        ("X-Forwarded-Ssl: on\r\n", "http"),
+        ("X-Forwarded-Protocol: ssl\r\n", "http"),
+        (
+            "X-Forwarded-Proto: https\r\nX-Forwarded-Ssl: off\r\n",
+            "https",
+        ),
+    ] {
+        let scheme = url_scheme_with(&server, lines);
+        assert_eq!(scheme.as_deref(), Some(want), "{lines:?}");
+    }
+    drop(server);
+    // A header of the proxy's own choosing, whatever the case of its name.
+    let server = start_battery_configured(
+        &dir,
+        "secure_scheme_headers = {'x-scheme': 'secure', 'Front-End-Https': 'on'}\n",
+    );
+    let scheme = |lines: &str| url_scheme_with(&server, lines);
+    assert_eq!(scheme("X-SCHEME: secure\r\n").as_deref(), Some("https"));
+    assert_eq!(
+        scheme("X-Forwarded-Proto: https\r\n").as_deref(),
+        Some("http")
+    );
+    let contradiction = "GET / HTTP/1.1\r\nHost: h\r\nX-Scheme: secure\r\n\
+                         Front-End-Https: off\r\nConnection: close\r\n\r\n";
+    let resp = request(server.addr(), contradiction.as_bytes());
+    assert_eq!(resp.status, 400, "{resp:?}");
+    drop(server);
+    // None at all: no header tells the scheme.
+    let server = start_battery_configured(&dir, "secure_scheme_headers = {}\n");
+    let all = "X-Forwarded-Proto: https\r\nX-Forwarded-Protocol: ssl\r\nX-Forwarded-Ssl: on\r\n";
+    assert_eq!(url_scheme_with(&server, all).as_deref(), Some("http"));
+}
+
 #[test]
 fn an_invalid_forwarded_allow_ips_stops_the_load() {
     let mut server = spawn_battery_failing(&[("FORWARDED_ALLOW_IPS", "127.0.0.1,proxy.local")]);

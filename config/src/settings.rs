@@ -13,6 +13,8 @@ pub enum Shape {
     Switch,
     /// An integer written in octal for the flag (gunicorn's umask is an int, `0o007` in Python).
     Octal,
+    /// A dict of strings: `--flag=KEY=VALUE,KEY=VALUE` (`--flag=` for an empty one).
+    Pairs,
 }
 
 /// What ferrocorn does with one setting.
@@ -118,7 +120,7 @@ const fn hook(name: &'static str) -> Setting {
     }
 }
 
-use Shape::{Commas, List, Octal, Scalar, Switch};
+use Shape::{Commas, List, Octal, Pairs, Scalar, Switch};
 
 const NO_TLS: &str = "ferrocorn does not speak TLS: terminate TLS in the proxy in front of it";
 const ONLY_TLS: &str = "only used with TLS, which ferrocorn does not speak";
@@ -186,13 +188,7 @@ pub static SETTINGS: &[Setting] = &[
         &["null"],
         "ferrocorn does not spool uploads to files",
     ),
-    refused(
-        "secure_scheme_headers",
-        &[
-            r#"{"X-FORWARDED-PROTOCOL": "ssl", "X-FORWARDED-PROTO": "https", "X-FORWARDED-SSL": "on"}"#,
-        ],
-        "ferrocorn trusts gunicorn's default secure scheme headers only",
-    ),
+    flag("secure_scheme_headers", "secure-scheme-headers", Pairs),
     flag("forwarded_allow_ips", "forwarded-allow-ips", Commas),
     flag("accesslog", "access-logfile", Scalar),
     warned("disable_redirect_access_to_syslog", &["false"], NO_SYSLOG),

@@ -141,6 +141,7 @@ impl Shape {
             Shape::List | Shape::Commas => "a string or a list of strings",
             Shape::Switch => "True or False",
             Shape::Octal => "an integer like 0o007",
+            Shape::Pairs => "a dict of str to str, without ',' in them or '=' in a key",
         }
     }
 }
@@ -173,6 +174,7 @@ fn flag_tokens(long: &str, shape: Shape, global: &Global) -> Option<Vec<String>>
         (Shape::Scalar, Value::Number(n)) => vec![n.to_string()],
         (Shape::List, Value::Array(items)) => strings(items)?,
         (Shape::Commas, Value::Array(items)) => vec![strings(items)?.join(",")],
+        (Shape::Pairs, Value::Object(map)) => vec![pairs(map)?],
         _ => return None,
     };
     Some(
@@ -195,6 +197,20 @@ fn switch_value(value: &Value) -> Option<bool> {
         },
         _ => None,
     }
+}
+
+/// `{"A": "x", "B": "y"}` as `A=x,B=y`; None unless every key and value is a string the flag can
+/// carry.
+fn pairs(map: &serde_json::Map<String, Value>) -> Option<String> {
+    let items: Option<Vec<String>> = map
+        .iter()
+        .map(|(key, value)| {
+            let value = value.as_str()?;
+            let plain = !key.contains([',', '=']) && !value.contains(',');
+            plain.then(|| format!("{key}={value}"))
+        })
+        .collect();
+    Some(items?.join(","))
 }
 
 fn strings(items: &[Value]) -> Option<Vec<String>> {
@@ -356,6 +372,38 @@ mod tests {
             "{:?}",
             t.warnings
         );
+    }
+
+    #[test]
+    fn secure_scheme_headers_become_one_flag_even_when_empty() {
+        let headers = |value: Value| {
+            translate(
+                &namespace(json!({ "secure_scheme_headers": value })),
+                &file(),
+            )
+            .map(|t| t.tokens)
+        };
+        assert_eq!(
+            headers(json!({"X-FORWARDED-PROTO": "https"})).unwrap(),
+            ["--secure-scheme-headers=X-FORWARDED-PROTO=https"]
+        );
+        assert_eq!(headers(json!({})).unwrap(), ["--secure-scheme-headers="]);
+        assert!(
+            headers(Value::Null).unwrap().is_empty(),
+            "None is the default"
+        );
+        for bad in [
+            json!(["X-FORWARDED-PROTO"]),
+            json!({"X-FORWARDED-PROTO": true}),
+            json!({"X-FORWARDED-PROTO": "https,http"}),
+            json!({"A=B": "c"}),
+        ] {
+            let err = headers(bad.clone()).unwrap_err().to_string();
+            assert!(
+                err.contains("invalid value for secure_scheme_headers"),
+                "{bad}: {err}"
+            );
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use ferrocorn_server::{logging, Builder, Limits, Server, Settings, ThreadApp, Wo
 use ferrocorn_signals::MasterSignals;
 use log::error;
 
-pub use options::{parse_size, Options, Workers};
+pub use options::{parse_size, Options, SchemeHeaders, Workers, DEFAULT_SCHEME_HEADERS};
 
 /// Whether the `APP` argument (a Python module path) must be given.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -321,6 +321,28 @@ mod tests {
             mode(&["--workers-max", "3"]).unwrap().1,
             WorkerMode::Scale { min: 1, max: 3 }
         );
+    }
+
+    #[test]
+    fn secure_scheme_headers_default_to_gunicorns_and_may_be_emptied() {
+        let headers = |args: &[&str]| parse(args).map(|o| o.secure_scheme_headers.0);
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
+        assert_eq!(
+            headers(&[]).unwrap(),
+            [
+                pair("X-FORWARDED-PROTOCOL", "ssl"),
+                pair("X-FORWARDED-PROTO", "https"),
+                pair("X-FORWARDED-SSL", "on")
+            ]
+        );
+        assert_eq!(
+            headers(&["--secure-scheme-headers=X-Scheme=secure"]).unwrap(),
+            [pair("X-Scheme", "secure")]
+        );
+        assert!(headers(&["--secure-scheme-headers="]).unwrap().is_empty());
+        for bad in ["X-Proto", "=https", "X Proto=https", "X-Proto=https,oops"] {
+            assert!(headers(&["--secure-scheme-headers", bad]).is_err(), "{bad}");
+        }
     }
 
     #[test]

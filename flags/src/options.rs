@@ -49,6 +49,34 @@ fn parse_octal(s: &str) -> Result<u32, String> {
     u32::from_str_radix(digits, 8).map_err(|_| format!("{s:?} is not an octal umask like 0o007"))
 }
 
+/// gunicorn's `secure_scheme_headers`: header names with the value that means https, in order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SchemeHeaders(pub Vec<(String, String)>);
+
+/// gunicorn's default `secure_scheme_headers`, as the flag writes it.
+pub const DEFAULT_SCHEME_HEADERS: &str =
+    "X-FORWARDED-PROTOCOL=ssl,X-FORWARDED-PROTO=https,X-FORWARDED-SSL=on";
+
+/// `NAME=VALUE,NAME=VALUE`; an empty list means no header tells the scheme.
+fn parse_scheme_headers(s: &str) -> Result<SchemeHeaders, String> {
+    let is_token = |name: &str| {
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+    };
+    let mut headers = Vec::new();
+    for item in s.split(',').filter(|i| !i.is_empty()) {
+        match item.split_once('=') {
+            Some((name, value)) if is_token(name) => {
+                headers.push((name.to_string(), value.to_string()))
+            }
+            _ => return Err(format!("{item:?} is not HEADER-NAME=VALUE")),
+        }
+    }
+    Ok(SchemeHeaders(headers))
+}
+
 /// `-w`: a count (gunicorn's meaning: exactly that many), `auto`, or `MIN:MAX` to autoscale.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Workers {
@@ -358,6 +386,12 @@ pub struct Options {
     /// or networks, or `*` (default 127.0.0.1, or $FORWARDED_ALLOW_IPS).
     #[arg(long = "forwarded-allow-ips", value_name = "ADDRESSES")]
     pub forwarded_allow_ips: Option<String>,
+
+    /// Header fields a trusted proxy sets to say the request came over https, each with the value
+    /// that means so (any other value means http): `NAME=VALUE,...`, empty for none. gunicorn's
+    /// `secure_scheme_headers` (a config file setting; this flag is ferrocorn's own).
+    #[arg(long = "secure-scheme-headers", value_name = "NAME=VALUE,...", default_value = DEFAULT_SCHEME_HEADERS, value_parser = parse_scheme_headers)]
+    pub secure_scheme_headers: SchemeHeaders,
 
     /// Accepted for gunicorn command lines; unused: heartbeats live in shared memory, not in
     /// temporary files (the reason for `--worker-tmp-dir /dev/shm` in gunicorn).

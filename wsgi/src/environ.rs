@@ -49,8 +49,8 @@ impl<'a> RequestInfo<'a> {
 }
 
 /// Peers whose proxy headers are believed (gunicorn's `forwarded_allow_ips`): a `SCRIPT_NAME`
-/// header and the secure-scheme headers (`X-Forwarded-Proto: https`, `X-Forwarded-Protocol: ssl`,
-/// `X-Forwarded-Ssl: on`) count only from these. Clients on a unix socket are always trusted.
+/// header and the [`SecureSchemeHeaders`] count only from these. Clients on a unix socket are
+/// always trusted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TrustedPeers {
     /// `*`: every peer.
@@ -144,6 +144,50 @@ impl TrustedPeers {
     }
 }
 
+/// gunicorn's `secure_scheme_headers`: header fields a trusted proxy sets to tell the request's
+/// scheme, each with the value that means https (any other value means http). Names match
+/// case-insensitively; they are kept lower-cased so requests are matched without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecureSchemeHeaders(Vec<(String, Vec<u8>)>);
+
+impl SecureSchemeHeaders {
+    /// The headers `(name, https_value)`; none at all means no header tells the scheme.
+    pub fn new<N: AsRef<str>, V: AsRef<str>>(
+        headers: impl IntoIterator<Item = (N, V)>,
+    ) -> SecureSchemeHeaders {
+        SecureSchemeHeaders(
+            headers
+                .into_iter()
+                .map(|(n, v)| {
+                    (
+                        n.as_ref().to_ascii_lowercase(),
+                        v.as_ref().as_bytes().to_vec(),
+                    )
+                })
+                .collect(),
+        )
+    }
+
+    /// The https value configured for the header field `name`, if it is one of them.
+    fn https_value(&self, name: &str) -> Option<&[u8]> {
+        self.0
+            .iter()
+            .find(|(n, _)| name.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+impl Default for SecureSchemeHeaders {
+    /// gunicorn's default.
+    fn default() -> SecureSchemeHeaders {
+        SecureSchemeHeaders::new([
+            ("X-FORWARDED-PROTOCOL", "ssl"),
+            ("X-FORWARDED-PROTO", "https"),
+            ("X-FORWARDED-SSL", "on"),
+        ])
+    }
+}
+
 /// Per-app settings of the environ that come from the server's environment, not the request.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct EnvironConfig {
@@ -154,6 +198,8 @@ pub struct EnvironConfig {
     pub script_name: String,
     /// `$FORWARDED_ALLOW_IPS`.
     pub trusted: TrustedPeers,
+    /// `secure_scheme_headers` (believed from [`EnvironConfig::trusted`] peers only).
+    pub secure_headers: SecureSchemeHeaders,
 }
 
 /// Why no environ could be built for a request.
@@ -252,18 +298,16 @@ pub fn base_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
 
 /// The scheme a trusted proxy's secure-scheme headers claim (`None`: none sent), as gunicorn
 /// reads them: each present header says "https" only with its exact value, and they must agree.
-fn forwarded_scheme(headers: &[(&str, &[u8])]) -> Result<Option<&'static str>, EnvironError> {
-    const SECURE: [(&str, &[u8]); 3] = [
-        ("x-forwarded-protocol", b"ssl"),
-        ("x-forwarded-proto", b"https"),
-        ("x-forwarded-ssl", b"on"),
-    ];
+fn forwarded_scheme(
+    headers: &[(&str, &[u8])],
+    secure: &SecureSchemeHeaders,
+) -> Result<Option<&'static str>, EnvironError> {
     let mut scheme = None;
     for (name, value) in headers {
-        let Some((_, secure)) = SECURE.iter().find(|(n, _)| name.eq_ignore_ascii_case(n)) else {
+        let Some(https) = secure.https_value(name) else {
             continue;
         };
-        let this = if value.trim_ascii() == *secure {
+        let this = if value.trim_ascii() == https {
             "https"
         } else {
             "http"
@@ -327,7 +371,7 @@ fn route(info: &RequestInfo<'_>, config: &EnvironConfig) -> Result<Route, Enviro
         if let Some(proxied) = proxy_script_name(&info.headers) {
             script_name = proxied;
         }
-        if let Some(s) = forwarded_scheme(&info.headers)? {
+        if let Some(s) = forwarded_scheme(&info.headers, &config.secure_headers)? {
             scheme = s;
         }
     }

@@ -27,8 +27,9 @@
 //! - `SCRIPT_NAME`: the prefix the app is mounted under; stripped from `PATH_INFO`, and a request
 //!   outside it is answered 500.
 //! - `FORWARDED_ALLOW_IPS` (addresses and networks; `*` for all; unset: `127.0.0.1,::1`): the
-//!   proxies whose `X-Forwarded-Proto: https` / `X-Forwarded-Protocol: ssl` /
-//!   `X-Forwarded-Ssl: on` set `wsgi.url_scheme` (headers that disagree get a 400) and whose
+//!   proxies whose secure-scheme headers ([`WsgiConfig::secure_scheme_headers`]; by default
+//!   `X-Forwarded-Proto: https` / `X-Forwarded-Protocol: ssl` / `X-Forwarded-Ssl: on`) set
+//!   `wsgi.url_scheme` (headers that disagree get a 400) and whose
 //!   `SCRIPT_NAME` field replaces `$SCRIPT_NAME`. Unix-socket clients are always trusted. An
 //!   invalid entry stops the load (exit 4) with a message naming it.
 //!
@@ -94,6 +95,8 @@ pub struct WsgiConfig {
     pub pythonpath: Vec<PathBuf>,
     /// `--virtualenv` or `$VIRTUAL_ENV`.
     pub virtualenv: Option<PathBuf>,
+    /// The config file's `secure_scheme_headers` (default: gunicorn's three).
+    pub secure_scheme_headers: environ::SecureSchemeHeaders,
 }
 
 /// Why the app could not be loaded. Every message names the module and the reason.
@@ -226,7 +229,7 @@ fn load_new(py: Python<'_>, config: &WsgiConfig) -> Result<WsgiApp, LoadError> {
     prepend_sys_path(py, config)?;
     let app = spec::import_app(py, &config.app)?;
     let base = environ::base_environ(py).map_err(init_err(py))?;
-    let env_config = environ_config(py, &environ)?;
+    let env_config = environ_config(py, &environ, config)?;
     Ok(WsgiApp {
         app: app.unbind(),
         base: base.unbind(),
@@ -265,10 +268,11 @@ fn prepend_sys_path(py: Python<'_>, config: &WsgiConfig) -> Result<(), LoadError
 }
 
 /// `$SCRIPT_NAME` (read through `os.environ` after the import, so a value the app sets there
-/// counts) and `$FORWARDED_ALLOW_IPS`.
+/// counts) and `$FORWARDED_ALLOW_IPS`, with `config`'s secure-scheme headers.
 fn environ_config(
     py: Python<'_>,
     environ: &Bound<'_, PyAny>,
+    config: &WsgiConfig,
 ) -> Result<environ::EnvironConfig, LoadError> {
     let script_name = environ
         .call_method1("get", ("SCRIPT_NAME", ""))
@@ -287,6 +291,7 @@ fn environ_config(
     Ok(environ::EnvironConfig {
         script_name,
         trusted,
+        secure_headers: config.secure_scheme_headers.clone(),
     })
 }
 

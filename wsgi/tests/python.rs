@@ -13,7 +13,7 @@ use pyo3::types::PyDict;
 use ferrocorn_worker::{AppError, MemoryConn, PeerAddr, ServerAddr};
 use ferrocorn_wsgi::environ::{
     base_environ, build_environ, header_key, latin1, percent_decode, EnvironConfig, EnvironError,
-    TrustedPeers,
+    SecureSchemeHeaders, TrustedPeers,
 };
 use ferrocorn_wsgi::{load, parse_status, Headers, LoadError, RequestInfo, WsgiApp, WsgiConfig};
 
@@ -392,6 +392,7 @@ fn trusted_proxies_set_script_name_and_scheme() {
             let config = EnvironConfig {
                 script_name: String::new(),
                 trusted: TrustedPeers::parse(list).unwrap(),
+                ..EnvironConfig::default()
             };
             let env = environ_from(py, &behind_proxy, &stranger, &config).unwrap();
             assert_eq!(
@@ -449,6 +450,74 @@ fn trusted_proxies_set_script_name_and_scheme() {
         .unwrap()
         .trusts(&peer("127.0.0.1:1")));
     assert!(TrustedPeers::default().trusts(&peer("[::1]:1")));
+}
+
+/// `wsgi.url_scheme` of a request with `headers` from the local host, with `secure` configured.
+fn scheme_with(
+    py: Python<'_>,
+    secure: &SecureSchemeHeaders,
+    headers: Vec<(&str, &[u8])>,
+) -> Result<Option<String>, EnvironError> {
+    let config = EnvironConfig {
+        secure_headers: secure.clone(),
+        ..EnvironConfig::default()
+    };
+    let req = Req {
+        method: "GET",
+        target: "/",
+        headers,
+    };
+    environ_from(py, &req, &peer(), &config).map(|env| item(&env, "wsgi.url_scheme"))
+}
+
+#[test]
+fn configured_secure_scheme_headers_replace_gunicorns_three() {
+    battery();
+    Python::attach(|py| {
+        // Names match whatever their case, in the config and in the request.
+        let proto_only = SecureSchemeHeaders::new([("x-forwarded-PROTO", "https")]);
+        let https = scheme_with(py, &proto_only, vec![("X-Forwarded-Proto", b"https")]);
+        assert_eq!(https.unwrap().as_deref(), Some("https"));
+        let http = scheme_with(py, &proto_only, vec![("X-FORWARDED-PROTO", b"http")]);
+        assert_eq!(http.unwrap().as_deref(), Some("http"));
+        // The default headers no longer count, nor do they contradict the listed one.
+        for (name, value) in [
+            ("X-Forwarded-Ssl", &b"on"[..]),
+            ("X-Forwarded-Protocol", b"ssl"),
+        ] {
+            let env = scheme_with(py, &proto_only, vec![(name, value)]);
+            assert_eq!(env.unwrap().as_deref(), Some("http"), "{name}");
+        }
+        let mixed = vec![
+            ("X-Forwarded-Proto", &b"https"[..]),
+            ("X-Forwarded-Ssl", b"off"),
+        ];
+        assert_eq!(
+            scheme_with(py, &proto_only, mixed).unwrap().as_deref(),
+            Some("https")
+        );
+        // A header of the proxy's own choosing, with its own value.
+        let custom = SecureSchemeHeaders::new([("X-Scheme", "secure"), ("Front-End-Https", "on")]);
+        let env = scheme_with(py, &custom, vec![("x-scheme", b"secure")]);
+        assert_eq!(env.unwrap().as_deref(), Some("https"));
+        let env = scheme_with(py, &custom, vec![("X-Forwarded-Proto", b"https")]);
+        assert_eq!(env.unwrap().as_deref(), Some("http"));
+        // Two listed headers that disagree are refused, as with the default list.
+        let both = vec![("X-Scheme", &b"secure"[..]), ("Front-End-Https", b"off")];
+        let err = scheme_with(py, &custom, both).unwrap_err();
+        assert!(matches!(err, EnvironError::ContradictoryScheme), "{err:?}");
+        // An empty list: no header tells the scheme, and none can contradict another.
+        let none = SecureSchemeHeaders::new(Vec::<(&str, &str)>::new());
+        let all = vec![
+            ("X-Forwarded-Proto", &b"https"[..]),
+            ("X-Forwarded-Protocol", b"ssl"),
+            ("X-Forwarded-Ssl", b"off"),
+        ];
+        assert_eq!(
+            scheme_with(py, &none, all).unwrap().as_deref(),
+            Some("http")
+        );
+    });
 }
 
 #[test]

@@ -163,12 +163,13 @@ impl Monitor for WorkerMonitor<'_> {
         self.slot.beat();
         self.flush_if_due();
         if self.signals.take_reopen_logs() {
+            // The access log first: once the line below is out, both files are the new ones.
+            if let Some(Err(e)) = self.access_log.as_ref().map(|log| lock(log).open()) {
+                error!("{e:#}");
+            }
             match self.log_file.open() {
                 Ok(()) => info!("Worker reopened its log file"),
                 Err(e) => error!("{e:#}"),
-            }
-            if let Some(Err(e)) = self.access_log.as_ref().map(|log| lock(log).open()) {
-                error!("{e:#}");
             }
         }
     }

@@ -289,3 +289,39 @@ fn with_four_threads_a_request_stuck_in_a_python_loop_times_out_while_the_others
 fn with_four_threads_a_request_stuck_in_time_sleep_times_out_while_the_others_finish() {
     stuck_request_among_busy_threads("/sleep", "sleeping", "STUCK SLEEPING");
 }
+
+/// A worker whose threads are all busy leaves new clients in the listen queue and sleeps until a
+/// thread is free: it does not spin on its poll while they wait (it once did, a core's worth).
+#[test]
+fn a_worker_with_every_thread_busy_sleeps_while_new_clients_wait() {
+    let (server, pid) = start_one_worker(&["--threads", "2"]);
+    let worker: i32 = pid.trim().parse().unwrap();
+    let addr = server.addr();
+    // Two requests hold both threads; two more clients wait in the queue behind them.
+    let request = b"GET /slowish?ms=3000 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let clients: Vec<JoinHandle<Vec<u8>>> = (0..4)
+        .map(|_| std::thread::spawn(move || raw_exchange(addr, request)))
+        .collect();
+    wait_until("two clients queued behind the busy threads", || {
+        accept_queue_len(addr).is_some_and(|n| n >= 2)
+    });
+    let cpu = || ferrocorn_sizing::process_cpu_seconds(worker).unwrap();
+    let (before, since) = (cpu(), Instant::now());
+    // An interval to observe, not a readiness wait: the requests in the app last longer.
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    let used = cpu() - before;
+    let window = since.elapsed().as_secs_f64();
+    assert!(
+        accept_queue_len(addr).is_some_and(|n| n >= 2),
+        "the clients were still queued"
+    );
+    assert!(
+        used < window / 4.0,
+        "the worker used {used:.2} s of CPU in {window:.2} s with nothing it could do"
+    );
+    for client in clients {
+        let bytes = client.join().unwrap();
+        let (resp, _) = parse_response(&bytes, false).expect("a response");
+        assert_eq!(resp.status, 200, "{resp:?}");
+    }
+}

@@ -324,7 +324,9 @@ impl<'r> IoLoop<'r> {
         if self.draining || self.accept_paused_until.is_some() {
             until = until.min(now + DRAIN_SETTLE);
         }
-        if let Some(since) = self.queued_since {
+        // Only a wait that can end in a starved accept: with no request waiting for a thread,
+        // clients stay queued until a thread is free (and its return wakes the loop).
+        if let Some(since) = self.queued_since.filter(|_| self.may_starve()) {
             until = until.min(since + ACCEPT_STARVED);
         }
         until.saturating_duration_since(now)
@@ -497,11 +499,16 @@ impl<'r> IoLoop<'r> {
     /// requests of clients it already holds, takes one in turn (within `--worker-connections`).
     /// A worker busy with one long request leaves them to its siblings.
     fn starved(&self) -> bool {
-        self.parked + self.away < self.config.worker_connections
+        self.may_starve()
             && self
                 .queued_since
                 .is_some_and(|since| since.elapsed() >= ACCEPT_STARVED)
-            && self.waiting() > 0
+    }
+
+    /// Clients queued behind this worker could starve: requests of clients it holds wait for
+    /// its threads, and it may hold more connections.
+    fn may_starve(&self) -> bool {
+        self.parked + self.away < self.config.worker_connections && self.waiting() > 0
     }
 
     /// Whether the worker should take another connection: it holds fewer than

@@ -91,17 +91,21 @@ fn command() -> clap::Command {
     )
     .after_help(
         "-w/--workers, -b/--bind, --preload, --pid, --log-level, --log-file and \
-             --capture-output are the advisor's to set for each step; the rest are passed on. An app whose module is named `sizing` is \
-             written `sizing:application`.",
+             --capture-output are the advisor's to set for each step; the rest are passed on. \
+             With --threads N every step runs N app threads per worker and the sweep counts \
+             workers of N threads. An app whose module is named `sizing` is written \
+             `sizing:application`.",
     )
     .override_usage("ferrocorn sizing [ADVISOR FLAGS] [SERVE FLAGS] APP")
 }
 
 /// Serve flags the advisor sets itself for each step, or reads itself (`--memory-budget`, the
 /// budget the recommendation must fit, is not passed on: with it each step's server would
-/// recycle workers to stay inside it while being measured): removed from what is passed on.
+/// recycle workers to stay inside it while being measured; `--threads` is given to each step and
+/// to the recommended command from the sweep's plan): removed from what is passed on.
 const OWN_SERVE_FLAGS: &[&str] = &[
     "memory-budget",
+    "threads",
     "workers",
     "bind",
     "preload",
@@ -311,13 +315,6 @@ fn check_serve_options(options: &Options) -> Result<()> {
         bail!("no APP given: ferrocorn sizing [FLAGS] module:callable");
     }
     ferrocorn_flags::check_options(options, ferrocorn_flags::AppArgument::Optional)?;
-    if options.threads != 1 {
-        bail!(
-            "--threads {} is not supported by the advisor yet: it measures workers of one app \
-             thread each",
-            options.threads
-        );
-    }
     Ok(())
 }
 
@@ -421,6 +418,7 @@ fn command_line(advice: &Advice, serve: &[OsString]) -> String {
         "-w".to_string(),
         advice.workers.to_string(),
     ];
+    words.extend(server::threads_args(advice.threads));
     if advice.preload {
         words.push("--preload".to_string());
     }
@@ -458,6 +456,7 @@ mod tests {
             "--json",
             "--memory-budget",
             "600M",
+            "--threads=4",
             "-e",
             "A=1",
             "-b",
@@ -488,6 +487,21 @@ mod tests {
         assert_eq!(
             command_line(&advice, &os(&["--chdir", "/srv/my app", "site.wsgi"])),
             "ferrocorn -w 3 --preload --chdir '/srv/my app' site.wsgi"
+        );
+    }
+
+    #[test]
+    fn the_command_line_runs_the_recommended_threads() {
+        let advice = Advice {
+            workers: 2,
+            threads: 4,
+            preload: false,
+            reason: String::new(),
+            preload_saving: None,
+        };
+        assert_eq!(
+            command_line(&advice, &os(&["app:application"])),
+            "ferrocorn -w 2 --threads 4 app:application"
         );
     }
 }

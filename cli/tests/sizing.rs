@@ -64,19 +64,25 @@ fn sweep_row(report: &Value, workers: usize) -> &Value {
         .unwrap_or_else(|| panic!("no sweep row for {workers} workers: {report}"))
 }
 
-/// The parts of the JSON report scripts rely on.
+/// The parts of the JSON report scripts rely on, for a run of one thread per worker.
 fn check_report_shape(report: &Value) {
+    check_threaded_report_shape(report, 1);
+}
+
+/// The parts of the JSON report scripts rely on, for a run of `threads` app threads per worker.
+fn check_threaded_report_shape(report: &Value, threads: usize) {
     let rec = &report["recommended"];
-    assert_eq!(rec["threads"], 1, "{rec}");
+    assert_eq!(rec["threads"], threads, "{rec}");
     assert!(rec["preload"].is_boolean(), "{rec}");
     let reason = rec["reason"].as_str().expect("reason");
     assert!(reason.contains("worker"), "{reason}");
     let command = rec["command"].as_str().expect("command");
     let n = recommended_workers(report);
-    assert!(
-        command.starts_with(&format!("ferrocorn -w {n} ")),
-        "{command}"
-    );
+    let start = match threads {
+        1 => format!("ferrocorn -w {n} "),
+        t => format!("ferrocorn -w {n} --threads {t} "),
+    };
+    assert!(command.starts_with(&start), "{command}");
     assert!(command.contains("--chdir tests/apps"), "{command}");
     assert!(
         report["budget"]["cpus"].as_f64().unwrap() >= 1.0,
@@ -195,6 +201,38 @@ fn cpu_bound_app_gets_about_the_cpu_count_and_io_bound_app_gets_more() {
         "{}",
         io["workload"]
     );
+}
+
+#[test]
+fn with_threads_every_step_runs_them_and_the_advice_is_workers_times_threads() {
+    let _one = one_sweep();
+    let report = sizing_json("io_app", 12, &["--threads", "4"]);
+    check_threaded_report_shape(&report, 4);
+    let rec = &report["recommended"];
+    let n = recommended_workers(&report);
+    let reason = rec["reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with(&format!(
+            "{n} worker{} × 4 threads",
+            if n == 1 { "" } else { "s" }
+        )),
+        "{reason}"
+    );
+    // Given once, by the advisor: not a second time from the passed-on flags.
+    let command = rec["command"].as_str().unwrap();
+    assert_eq!(command.matches("--threads").count(), 1, "{command}");
+    for row in report["sweep"].as_array().unwrap() {
+        assert_eq!(row["threads"], 4, "{row}");
+        let workers = row["workers"].as_u64().unwrap();
+        assert!(
+            row["connections"].as_u64().unwrap() > workers * 4,
+            "more connections than slots: {row}"
+        );
+    }
+    // The server really ran 4 threads: one worker of requests that wait 50 ms serves at most 20
+    // a second alone, and about 80 with 4 threads.
+    let one = sweep_row(&report, 1)["rps"].as_f64().unwrap();
+    assert!(one > 40.0, "1 worker × 4 threads served {one} req/s");
 }
 
 #[test]

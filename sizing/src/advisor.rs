@@ -56,7 +56,7 @@ impl StepTiming {
 pub struct StepPlan {
     /// Workers to start (`-w`).
     pub workers: usize,
-    /// Threads per worker; always 1 until `--threads` exists.
+    /// App threads per worker (`--threads`, the same for every step).
     pub threads: usize,
     /// Whether the server runs with `--preload`.
     pub preload: bool,
@@ -728,6 +728,15 @@ pub fn workers_text(n: usize) -> String {
     format!("{n} worker{}", if n == 1 { "" } else { "s" })
 }
 
+/// `3 workers` with one thread each, `2 workers × 8 threads` with more: the slots a
+/// recommendation or a step runs.
+pub fn slots_text(workers: usize, threads: usize) -> String {
+    match threads {
+        0 | 1 => workers_text(workers),
+        n => format!("{} × {n} threads", workers_text(workers)),
+    }
+}
+
 /// What the machine gives, for the reason sentence.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdviceContext {
@@ -848,7 +857,7 @@ fn preload_advice(
     let reason = format!(
         "{} with --preload: sharing the app's pages, {} fit the {budget} where {} fit without \
          ({:.0} vs {:.0} req/s, {}); {} x {} ({} PSS with the master)",
-        workers_text(pre.workers),
+        slots_text(pre.workers, pre.threads),
         pre.workers,
         rec.workers,
         pre.rps(),
@@ -894,7 +903,8 @@ fn nothing_fits(sweep: &Sweep, budget: &str, preload: bool) -> Advice {
     };
     Advice {
         workers: 1,
-        threads: 1,
+        // The threads every step ran: the app was measured with them.
+        threads: first.map_or(1, |s| s.threads.max(1)),
         preload,
         reason,
         preload_saving: None,
@@ -948,7 +958,10 @@ pub fn advise(sweep: &Sweep, ctx: &AdviceContext, preload: bool) -> Advice {
         workers: rec.workers,
         threads: rec.threads.max(1),
         preload,
-        reason: format!("{}{mode}: {why}; {memory}", workers_text(rec.workers)),
+        reason: format!(
+            "{}{mode}: {why}; {memory}",
+            slots_text(rec.workers, rec.threads)
+        ),
         preload_saving,
     }
 }

@@ -93,7 +93,7 @@ impl Bench for Model {
             mean_latency: Duration::from_secs_f64(self.wall_per_request),
             worker_cpu: self.cpu_per_request * requests as f64,
             // Slot time not spent on the request itself was spent queued for a CPU.
-            worker_cpu_wait: (plan.workers as f64 * window.as_secs_f64()
+            worker_cpu_wait: ((plan.workers * plan.threads.max(1)) as f64 * window.as_secs_f64()
                 - requests as f64 * self.wall_per_request)
                 .max(0.0),
             master: ProcessMemory {
@@ -197,6 +197,55 @@ fn io_bound_app_reaches_dozens_quickly_then_refines_the_knee() {
 }
 
 #[test]
+fn threads_multiply_the_slots_so_fewer_workers_serve_an_io_bound_app() {
+    // 2.5 ms of CPU and 47.5 ms of waiting: 2 cores saturate at 40 slots.
+    let (cpu, io) = (0.0025, 0.0475);
+    let mut config = config();
+    config.threads = 4;
+    let mut model = Model::bound(2.0, cpu, io);
+    model.rps = Box::new(move |workers| ((4 * workers) as f64 / (cpu + io)).min(2.0 / cpu));
+    let result = sweep(&mut model, &config).unwrap();
+    for plan in &model.plans {
+        assert_eq!(plan.threads, 4, "{plan:?}");
+        assert!(plan.connections > plan.workers * 4, "{plan:?}");
+    }
+    let threaded = advise(&result, &context(&config, 2.0), false);
+    assert_eq!(threaded.threads, 4);
+    assert!(
+        (9..=11).contains(&threaded.workers),
+        "40 slots are about 10 workers of 4 threads: {threaded:?}"
+    );
+    assert!(
+        threaded
+            .reason
+            .starts_with(&format!("{} workers × 4 threads: ", threaded.workers)),
+        "{}",
+        threaded.reason
+    );
+
+    config.threads = 1;
+    let mut model = Model::bound(2.0, cpu, io);
+    let single = advise(
+        &sweep(&mut model, &config).unwrap(),
+        &context(&config, 2.0),
+        false,
+    );
+    assert_eq!(single.threads, 1);
+    assert!(
+        threaded.workers * 3 < single.workers,
+        "{threaded:?} vs {single:?}"
+    );
+}
+
+#[test]
+fn slots_are_written_as_workers_times_threads() {
+    assert_eq!(slots_text(1, 1), "1 worker");
+    assert_eq!(slots_text(3, 1), "3 workers");
+    assert_eq!(slots_text(1, 4), "1 worker × 4 threads");
+    assert_eq!(slots_text(2, 8), "2 workers × 8 threads");
+}
+
+#[test]
 fn the_memory_budget_is_never_exceeded() {
     let mut config = config();
     // Master 5 MiB + 10 MiB per worker: 60 MiB fits 5 workers.
@@ -261,7 +310,14 @@ fn when_even_one_worker_does_not_fit_it_says_so() {
     assert_eq!(model.counts(), [1]);
     let advice = advise(&result, &context(&config, 2.0), false);
     assert_eq!(advice.workers, 1);
+    assert_eq!(advice.threads, 1);
     assert!(advice.reason.contains("does not fit"), "{}", advice.reason);
+
+    // Measured with threads: the advice keeps them.
+    config.threads = 4;
+    let result = sweep(&mut Model::bound(2.0, 0.01, 0.0), &config).unwrap();
+    let advice = advise(&result, &context(&config, 2.0), false);
+    assert_eq!((advice.workers, advice.threads), (1, 4), "{advice:?}");
 }
 
 #[test]

@@ -106,10 +106,23 @@ pub(super) fn json_report(
     })
 }
 
+/// The table's first column: the workers, and their threads when a worker runs more than one.
+fn slots_cell(s: &StepResult) -> String {
+    match s.threads {
+        0 | 1 => s.workers.to_string(),
+        n => format!("{} × {n}", s.workers),
+    }
+}
+
 fn print_table(sweep: &Sweep, recommended: usize) {
+    let threaded = sweep.steps.iter().any(|s| s.threads > 1);
+    let (header, width) = match threaded {
+        true => ("workers × threads", 17),
+        false => ("workers", 8),
+    };
     println!(
-        "{:>8} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6} {:>10} {:>10}",
-        "workers",
+        "{:>width$} {:>6} {:>9} {:>8} {:>8} {:>8} {:>6} {:>6} {:>10} {:>10}",
+        header,
         "conns",
         "req/s",
         "p50 ms",
@@ -129,8 +142,8 @@ fn print_table(sweep: &Sweep, recommended: usize) {
             _ => "",
         };
         println!(
-            "{:>8} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>5.0}% {:>5.0}% {:>10} {:>10}{mark}",
-            s.workers,
+            "{:>width$} {:>6} {:>9.1} {:>8.1} {:>8.1} {:>8.2} {:>5.0}% {:>5.0}% {:>10} {:>10}{mark}",
+            slots_cell(s),
             s.connections,
             s.rps(),
             ms(s.p50),
@@ -245,11 +258,12 @@ pub(super) fn print_report(
     );
     println!("Stopped:     {}", stop_text(&sweep.stop));
     println!();
+    let slots = match advice.threads {
+        0 | 1 => format!("{} x 1 thread", advisor::workers_text(advice.workers)),
+        n => advisor::slots_text(advice.workers, n),
+    };
     println!(
-        "Recommended: {} x {} thread{}{}",
-        advisor::workers_text(advice.workers),
-        advice.threads,
-        if advice.threads == 1 { "" } else { "s" },
+        "Recommended: {slots}{}",
         if advice.preload { ", --preload" } else { "" }
     );
     println!("Why:         {}", advice.reason);

@@ -97,6 +97,15 @@ fn die_with_parent(cmd: &mut Command) {
     }
 }
 
+/// `--threads N` for a step of N app threads per worker; nothing for one (the default, so a
+/// sweep without `--threads` runs its servers exactly as before).
+pub(super) fn threads_args(threads: usize) -> Vec<String> {
+    match threads {
+        0 | 1 => Vec::new(),
+        n => vec!["--threads".to_string(), n.to_string()],
+    }
+}
+
 /// The [`Bench`] that runs real `ferrocorn` processes.
 pub struct ProcessBench {
     pub launch: Launch,
@@ -127,6 +136,7 @@ impl ProcessBench {
         cmd.args(["-b", "127.0.0.1:0", "--log-level", "info", "-w"])
             .arg(plan.workers.to_string())
             .args(plan.preload.then_some("--preload"))
+            .args(threads_args(plan.threads))
             .args(&self.launch.args)
             .env_remove("WEB_CONCURRENCY")
             .stdin(Stdio::null())
@@ -360,9 +370,8 @@ impl Bench for ProcessBench {
                 Err(_) => "failed".to_string(),
             };
             eprintln!(
-                "  {} worker{}{}: {outcome} (start {:.1} s, load {:.1} s, stop {:.1} s)",
-                plan.workers,
-                if plan.workers == 1 { "" } else { "s" },
+                "  {}{}: {outcome} (start {:.1} s, load {:.1} s, stop {:.1} s)",
+                ferrocorn_sizing::advisor::slots_text(plan.workers, plan.threads),
                 if plan.preload { " with --preload" } else { "" },
                 ready.as_secs_f64(),
                 (loaded - ready).as_secs_f64(),

@@ -461,12 +461,13 @@ fn best_io_rounds(
         load(running.addr, path, IO_CONNECTIONS, Duration::from_secs(1));
     }
     let mut best: Vec<Option<Load>> = vec![None; servers.len()];
-    for _ in 0..ROUNDS {
-        for (running, best) in servers.iter().zip(best.iter_mut()) {
-            let Some(running) = running else { continue };
+    for r in 0..ROUNDS as usize {
+        // Each round starts with another server, so none always follows the same one.
+        for i in (0..servers.len()).map(|k| (k + r) % servers.len()) {
+            let Some(running) = &servers[i] else { continue };
             let result = load(running.addr, path, IO_CONNECTIONS, duration / ROUNDS);
-            if best.as_ref().is_none_or(|b| result.rps > b.rps) {
-                *best = Some(result);
+            if best[i].as_ref().is_none_or(|b| result.rps > b.rps) {
+                best[i] = Some(result);
             }
         }
     }
@@ -657,13 +658,14 @@ fn best_of_rounds(
     }
     let round = (duration / ROUNDS).max(Duration::from_secs(1));
     let mut best: Vec<Option<WrkRun>> = vec![None; servers.len()];
-    for _ in 0..ROUNDS {
-        for (((_, running), best), failed) in servers.iter().zip(&mut best).zip(&mut failed) {
-            let Some(result) = try_wrk(running, load, round, failed) else {
+    for r in 0..ROUNDS as usize {
+        // Each round starts with another server, so none always follows the same one.
+        for i in (0..servers.len()).map(|k| (k + r) % servers.len()) {
+            let Some(result) = try_wrk(&servers[i].1, load, round, &mut failed[i]) else {
                 continue;
             };
-            if best.as_ref().is_none_or(|b| result.rps > b.rps) {
-                *best = Some(result);
+            if best[i].as_ref().is_none_or(|b| result.rps > b.rps) {
+                best[i] = Some(result);
             }
         }
     }

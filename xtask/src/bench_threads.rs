@@ -270,8 +270,8 @@ fn keepalive_checks(
     runs: &[WrkRun],
     answered_all: impl Fn(&str) -> bool,
 ) -> Vec<Check> {
-    let rps = |name: &str| rps_of(servers, runs, name);
-    let cpu = |name: &str| cpu_of(servers, runs, name);
+    let rps = |name: &str| run_of(servers, runs, name).map(|r| r.rps);
+    let cpu = |name: &str| run_of(servers, runs, name).and_then(|r| r.server_cpu_us);
     let mut checks = vec![
         Check {
             what: "keep-alive req/s ferrocorn/granian".into(),
@@ -579,8 +579,8 @@ fn close_hello(env: &Env, duration: Duration) -> Result<Vec<String>> {
             run.non_2xx
         );
     }
-    let rps = |label: &str| rps_of(&servers, &best, label);
-    let cpu = |label: &str| cpu_of(&servers, &best, label);
+    let rps = |label: &str| run_of(&servers, &best, label).map(|r| r.rps);
+    let cpu = |label: &str| run_of(&servers, &best, label).and_then(|r| r.server_cpu_us);
     Ok(print_checks(&[
         Check {
             what: format!("Connection: close req/s now/{SYNC_WORKER_REV}"),
@@ -730,20 +730,15 @@ fn cpu_us(run: &WrkRun) -> String {
         .map_or_else(|| "?".to_string(), |us| format!("{us:.1}"))
 }
 
-/// `label`'s server CPU per request, when it ran and could be read.
-fn cpu_of(servers: &[(String, Running)], runs: &[WrkRun], label: &str) -> Option<f64> {
-    servers
-        .iter()
-        .zip(runs)
-        .find(|((l, _), _)| l == label)
-        .and_then(|(_, run)| run.server_cpu_us)
-}
-
 /// `label`'s result, when it ran.
-fn rps_of(servers: &[(String, Running)], runs: &[WrkRun], label: &str) -> Option<f64> {
+fn run_of<'a>(
+    servers: &[(String, Running)],
+    runs: &'a [WrkRun],
+    label: &str,
+) -> Option<&'a WrkRun> {
     servers
         .iter()
         .zip(runs)
         .find(|((l, _), _)| l == label)
-        .map(|(_, run)| run.rps)
+        .map(|(_, run)| run)
 }

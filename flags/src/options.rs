@@ -59,16 +59,10 @@ pub const DEFAULT_SCHEME_HEADERS: &str =
 
 /// `NAME=VALUE,NAME=VALUE`; an empty list means no header tells the scheme.
 fn parse_scheme_headers(s: &str) -> Result<SchemeHeaders, String> {
-    let is_token = |name: &str| {
-        !name.is_empty()
-            && name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
-    };
     let mut headers = Vec::new();
     for item in s.split(',').filter(|i| !i.is_empty()) {
         match item.split_once('=') {
-            Some((name, value)) if is_token(name) => {
+            Some((name, value)) if ferrocorn_http::is_token(name.as_bytes()) => {
                 headers.push((name.to_string(), value.to_string()))
             }
             _ => return Err(format!("{item:?} is not HEADER-NAME=VALUE")),

@@ -31,6 +31,11 @@ pub(crate) fn is_tchar(b: u8) -> bool {
     CLASS[b as usize] & TCHAR != 0
 }
 
+/// A whole token: one or more `tchar`s (a field name, a method).
+pub fn is_token(s: &[u8]) -> bool {
+    !s.is_empty() && s.iter().all(|&b| is_tchar(b))
+}
+
 /// A byte allowed inside a field value: VCHAR, SP, HTAB or obs-text. No other controls, no DEL.
 pub(crate) fn is_field_vchar(b: u8) -> bool {
     CLASS[b as usize] & FIELD_VCHAR != 0

@@ -24,6 +24,7 @@ mod types;
 mod uri;
 
 pub use body::BodyDecoder;
+pub use chars::is_token;
 pub use date::{format_http_date, http_date, UtcTime};
 pub use error::{RequestError, ResponseError};
 pub use head::{HeadParser, HeaderMapPolicy, RequestHead};

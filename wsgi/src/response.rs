@@ -111,10 +111,6 @@ fn latin1_bytes(s: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u8>, String> {
         .collect()
 }
 
-fn is_token_byte(b: u8) -> bool {
-    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
-}
-
 /// Validate `[(name, value), ...]` into header bytes.
 fn parse_headers(headers: &Bound<'_, PyAny>) -> Result<Headers, String> {
     if !headers.is_instance_of::<pyo3::types::PyList>() {
@@ -137,7 +133,7 @@ fn parse_headers(headers: &Bound<'_, PyAny>) -> Result<Headers, String> {
             &pair.get_item(1).map_err(|e| e.to_string())?,
             "header value",
         )?;
-        if name.is_empty() || !name.iter().all(|&b| is_token_byte(b)) {
+        if !ferrocorn_http::is_token(&name) {
             return Err(format!(
                 "invalid header name {:?}",
                 String::from_utf8_lossy(&name)

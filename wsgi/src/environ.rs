@@ -146,7 +146,7 @@ impl TrustedPeers {
 
 /// gunicorn's `secure_scheme_headers`: header fields a trusted proxy sets to tell the request's
 /// scheme, each with the value that means https (any other value means http). Names match
-/// case-insensitively; they are kept lower-cased so requests are matched without allocating.
+/// case-insensitively.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecureSchemeHeaders(Vec<(String, Vec<u8>)>);
 
@@ -158,12 +158,7 @@ impl SecureSchemeHeaders {
         SecureSchemeHeaders(
             headers
                 .into_iter()
-                .map(|(n, v)| {
-                    (
-                        n.as_ref().to_ascii_lowercase(),
-                        v.as_ref().as_bytes().to_vec(),
-                    )
-                })
+                .map(|(n, v)| (n.as_ref().to_string(), v.as_ref().as_bytes().to_vec()))
                 .collect(),
         )
     }

@@ -850,17 +850,20 @@ impl<'r> IoLoop<'r> {
         if p.conn.watched || Instant::now() >= until {
             return false;
         }
-        let wake = self.control.wake_fd();
-        // SAFETY: the signal wake fd lives as long as the worker's control.
-        let wake = unsafe { BorrowedFd::borrow_raw(wake) };
         let waited = sock::wait(
             p.conn.stream.as_fd(),
             PollFlags::POLLIN,
             until,
-            Some(wake),
+            Some(self.signal_wake_fd()),
             false,
         );
         matches!(waited, Ok(sock::Waited::Ready))
+    }
+
+    /// The fd the signal handlers write to, to wake a wait.
+    fn signal_wake_fd(&self) -> BorrowedFd<'r> {
+        // SAFETY: the fd belongs to the worker's `Control`, which outlives this loop ('r).
+        unsafe { BorrowedFd::borrow_raw(self.control.wake_fd()) }
     }
 
     /// Parse what is buffered; returns `true` when the connection is done with here (handed

@@ -395,6 +395,39 @@ fn a_worker_whose_only_thread_is_busy_leaves_new_connections_to_its_idle_sibling
     assert_eq!((resp.status, resp.text().trim()), (200, busy_pid.as_str()));
 }
 
+/// A kept-alive client sends its next request while the one before is still in the app, many
+/// times over. After a response the worker reads a connection again only when bytes may be
+/// waiting that no event will report (its poll set watches the connection once the client made
+/// it wait): the request sent meanwhile must be reported by the poll, whether the app ran on the
+/// I/O thread (`threads` 1: the event is still pending) or on an app thread (the I/O loop saw
+/// the event while the connection was away), and be answered at once.
+fn each_request_sent_while_the_last_is_in_the_app_is_answered(threads: &str) {
+    const ROUNDS: usize = 5;
+    let mut server = start_one_worker(&["--threads", threads]);
+    let mut client = impatient_client(server.addr());
+    for round in 0..ROUNDS {
+        client.send(b"GET /slowish?ms=200 HTTP/1.1\r\nHost: test\r\n\r\n");
+        server.wait_for_log("slowish 200 ms in ", BOOT_TIMEOUT);
+        client.send(GET_KEEP_ALIVE);
+        let slow = client.read_response();
+        assert_eq!(slow.status, 200, "round {round}: {slow:?}");
+        let next = client.read_response_for(false);
+        let next =
+            next.unwrap_or_else(|e| panic!("round {round}: the request sent meanwhile: {e}"));
+        assert_hello_kept_alive(&next, &format!("round {round}, the request sent meanwhile"));
+    }
+}
+
+#[test]
+fn with_the_app_on_the_io_thread_a_request_sent_while_the_last_is_in_the_app_is_answered() {
+    each_request_sent_while_the_last_is_in_the_app_is_answered("1");
+}
+
+#[test]
+fn with_two_threads_a_request_sent_while_the_last_is_in_the_app_is_answered() {
+    each_request_sent_while_the_last_is_in_the_app_is_answered("2");
+}
+
 // ---- slow bodies -----------------------------------------------------------------------------
 
 #[test]

@@ -77,6 +77,7 @@ impl AppThread<'_> {
             token,
             nodelay,
             watched,
+            quiet,
         } = conn;
         let lane = &self.pool.lanes[self.index];
         lane.begin(&head, stream.as_raw_fd());
@@ -114,6 +115,7 @@ impl AppThread<'_> {
                 token,
                 nodelay,
                 watched,
+                quiet,
             },
             out,
             // The I/O thread answered an abandoned request and shut its socket down.

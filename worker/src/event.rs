@@ -18,7 +18,7 @@ use nix::sys::socket::{send, MsgFlags};
 
 use crate::app_thread::AppThread;
 use crate::pool::{After, Connection, Job, Pool, Returned};
-use crate::sock::{self, Linger, ReadBuf};
+use crate::sock::{self, Filled, Linger, ReadBuf};
 use crate::{Control, Exit, Monitor, WorkerConfig};
 
 /// The waker the app threads use, and the signal wake fd.
@@ -102,8 +102,11 @@ struct Parked {
 
 enum Slot {
     Free,
-    /// With an app thread.
-    Away,
+    /// With an app thread; `stirred`: the poll reported it meanwhile (the event is lost for
+    /// the loop, so the connection is read when it comes back).
+    Away {
+        stirred: bool,
+    },
     Parked(Box<Parked>),
 }
 
@@ -541,6 +544,7 @@ impl<'r> IoLoop<'r> {
             token: t,
             nodelay: false,
             watched: false,
+            quiet: false,
         };
         self.park(
             conn,
@@ -613,7 +617,7 @@ impl<'r> IoLoop<'r> {
 
     /// Take a parked connection out of the table (its slot stays reserved while it is away).
     fn take(&mut self, t: usize) -> Option<Parked> {
-        match std::mem::replace(&mut self.slots[t], Slot::Away) {
+        match std::mem::replace(&mut self.slots[t], Slot::Away { stirred: false }) {
             Slot::Parked(p) => {
                 self.parked -= 1;
                 Some(*p)
@@ -768,13 +772,22 @@ impl<'r> IoLoop<'r> {
     // ---- connection events ----
 
     fn on_event(&mut self, t: usize, writable: bool) {
+        if let Some(Slot::Away { stirred }) = self.slots.get_mut(t) {
+            *stirred = true;
+            return;
+        }
         let Some(p) = self.parked_mut(t) else {
             return;
         };
         match p.phase {
             Phase::Idle { .. } | Phase::Head { .. } | Phase::Body { .. } => self.read_request(t),
-            Phase::Flush { .. } if writable => self.flush(t),
-            Phase::Flush { .. } => {}
+            Phase::Flush { .. } => {
+                // It may have been readable too: look once the response is out.
+                p.conn.quiet = false;
+                if writable {
+                    self.flush(t);
+                }
+            }
             Phase::Linger { .. } => self.discard(t),
         }
     }
@@ -794,17 +807,19 @@ impl<'r> IoLoop<'r> {
                 return;
             };
             match p.conn.rbuf.read_from(&p.conn.stream, max_len) {
-                Ok(0) => {
+                Ok(Filled { n: 0, .. }) => {
                     if matches!(p.phase, Phase::Head { .. } | Phase::Body { .. }) {
                         log::debug!("{:?} closed the connection mid-request", p.conn.peer);
                     }
                     self.drop_conn(t);
                     return;
                 }
-                Ok(_) => {
+                Ok(filled) => {
+                    p.conn.quiet = filled.drained;
                     self.begin_head(t);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    p.conn.quiet = true;
                     // Checked here too: a client trickling bytes never lets a wait time out.
                     if p.deadline <= Instant::now() {
                         self.expire(t);
@@ -902,7 +917,14 @@ impl<'r> IoLoop<'r> {
                     _ => 0,
                 };
                 if p.conn.rbuf.len() >= need {
-                    let parked = self.take(t).expect("parked");
+                    let mut parked = self.take(t).expect("parked");
+                    // An app thread reading the rest of the body reads the socket.
+                    let body_here = match head.framing() {
+                        BodyFraming::Empty => true,
+                        BodyFraming::Length(len) => len == need as u64,
+                        BodyFraming::Chunked => false,
+                    };
+                    parked.conn.quiet &= body_here;
                     self.dispatch(parked.conn, head);
                     return true;
                 }
@@ -1023,6 +1045,12 @@ impl<'r> IoLoop<'r> {
             conn.rbuf.clear();
         }
         let t = conn.token;
+        let stirred = matches!(self.slots[t], Slot::Away { stirred: true });
+        // Bytes that came while the connection was away raised no event the loop saw, unless
+        // the socket was drained and watched before: then its next bytes are an event to come
+        // (behind wrk or a browser, the next request is rarely here yet; reading would find
+        // nothing).
+        let look = !conn.rbuf.is_empty() || !conn.watched || !conn.quiet || stirred;
         let since = Instant::now();
         self.park(
             conn,
@@ -1031,8 +1059,9 @@ impl<'r> IoLoop<'r> {
                 since,
             },
         );
-        // Bytes that came while the connection was away raised no event since: read now.
-        self.read_request(t);
+        if look {
+            self.read_request(t);
+        }
     }
 
     // ---- writing and closing ----

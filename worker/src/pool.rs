@@ -28,6 +28,10 @@ pub(crate) struct Connection {
     /// In the I/O loop's poll set: only once it had to wait for the client (a request read and
     /// answered at once, as behind a proxy, never costs the registration).
     pub(crate) watched: bool,
+    /// Nothing was left to read in the socket when the I/O loop last read it, and the request
+    /// in hand does not read it either (its body, if any, is buffered): with the connection
+    /// watched, the next bytes raise an event, so nobody needs to look before that.
+    pub(crate) quiet: bool,
 }
 
 /// A request whose head is complete, for an app thread.

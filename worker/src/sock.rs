@@ -497,18 +497,31 @@ impl ReadBuf {
         Ok(n)
     }
 
-    /// Append what one read of `stream` gives (the I/O loop's reads). `Ok(0)` is EOF; `WouldBlock`
-    /// when nothing is there; `OutOfMemory` when the buffer is already at `max_len`.
-    pub(crate) fn read_from(&mut self, stream: &Stream, max_len: usize) -> io::Result<usize> {
+    /// Append what one read of `stream` gives (the I/O loop's reads). `n == 0` is EOF;
+    /// `WouldBlock` when nothing is there; `OutOfMemory` when the buffer is already at `max_len`.
+    pub(crate) fn read_from(&mut self, stream: &Stream, max_len: usize) -> io::Result<Filled> {
         let spare = self.spare(max_len);
         if spare.is_empty() {
             return Err(io::ErrorKind::OutOfMemory.into());
         }
+        let room = spare.len();
         let n = match stream {
             Stream::Tcp(s) => (&*s).read(spare),
             Stream::Unix(s) => (&*s).read(spare),
         }?;
         self.end += n;
-        Ok(n)
+        Ok(Filled {
+            n,
+            drained: n < room,
+        })
     }
+}
+
+/// What one [`ReadBuf::read_from`] gave.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Filled {
+    pub(crate) n: usize,
+    /// Fewer bytes than there was room for: the socket had nothing more at that moment, so
+    /// whatever comes next raises a readiness edge of its own.
+    pub(crate) drained: bool,
 }

@@ -1017,6 +1017,8 @@ impl<'r> IoLoop<'r> {
         }
         match after {
             After::KeepAlive => self.keep_alive(conn),
+            // Closed at once (behind a proxy, every request): no need to park it first.
+            After::Close(Linger::No) => self.drop_returned(conn),
             After::Close(linger) => {
                 self.park(conn, Phase::Linger { discarded: 0 });
                 self.close(t, linger);

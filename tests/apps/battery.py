@@ -265,6 +265,18 @@ def closing(environ, start_response):
     return Closing([b"closed"])
 
 
+class ClosingList(list):
+    """A list with a close(): a subclass, which the server must close like any iterable."""
+
+    def close(self):
+        CLOSED["count"] += 1
+
+
+def closing_list(environ, start_response):
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", "6")])
+    return ClosingList([b"closed"])
+
+
 def pid(environ, start_response):
     """Answers "WORKER_PID IMPORT_PID"; ?sleep=S holds the worker first (to spread requests over workers)."""
     time.sleep(float(query(environ).get("sleep", "0")))
@@ -367,6 +379,8 @@ ROUTES.update(
         # The validator wraps the response iterable, hiding the file wrapper from the server:
         # this route returns the wrapper itself so the server can use sendfile(2).
         "/sendfile": file,
+        # Unwrapped, so the server sees the list subclass itself.
+        "/closing_list": closing_list,
     }
 )
 

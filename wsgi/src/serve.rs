@@ -7,7 +7,7 @@ use std::os::fd::FromRawFd;
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use ferrocorn_worker::{AppError, Headers, Response};
 
@@ -180,7 +180,7 @@ fn run_app(
     let result = app.call1((environ, responder)).map_err(Outcome::Python)?;
     let sent = send_result(py, &result, responder);
     // PEP 3333: close() is called whatever happened, including a client that went away.
-    let closed = match result.getattr_opt(intern!(py, "close")) {
+    let closed = match close_of(&result) {
         Ok(Some(close)) => close.call0().map(drop).map_err(Outcome::Python),
         Ok(None) => Ok(()),
         Err(e) => Err(Outcome::Python(e)),
@@ -188,6 +188,16 @@ fn run_app(
     sent?;
     closed?;
     responder.borrow_mut().finish().map_err(Outcome::App)
+}
+
+/// The iterable's `close`, if it has one. A plain list or tuple (what small apps and every
+/// hello-world return) has none; looking it up would raise an AttributeError, format its
+/// message and throw it away, on every request.
+fn close_of<'py>(result: &Bound<'py, PyAny>) -> PyResult<Option<Bound<'py, PyAny>>> {
+    if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+        return Ok(None);
+    }
+    result.getattr_opt(intern!(result.py(), "close"))
 }
 
 fn send_result(

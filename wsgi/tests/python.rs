@@ -684,6 +684,20 @@ fn streaming_generator_and_close() {
 }
 
 #[test]
+fn a_list_is_sent_without_a_close_and_a_list_subclass_with_one_is_closed() {
+    let app = battery();
+    let before = closed_count(&app);
+    let (r, s) = run(&app, get("/"), b"");
+    r.unwrap();
+    assert_eq!(s.text(), "Hello, World!\n");
+    assert_eq!(closed_count(&app), before, "a list has no close()");
+    let (r, s) = run(&app, get("/closing_list"), b"");
+    r.unwrap();
+    assert_eq!(s.text(), "closed");
+    assert_eq!(closed_count(&app), before + 1);
+}
+
+#[test]
 fn close_is_called_when_the_client_goes_away() {
     let app = battery();
     let before = closed_count(&app);

@@ -908,22 +908,19 @@ impl<'r> IoLoop<'r> {
         match parser.parse(p.conn.rbuf.data(), limits) {
             Ok(Parsed::Complete(head, n)) => {
                 p.conn.rbuf.consume(n);
-                let need = match head.framing() {
+                // What the loop reads of the body before the hand-over; the app thread reads
+                // any other body from the socket itself.
+                let (need, body_here) = match head.framing() {
+                    BodyFraming::Empty => (0, true),
                     BodyFraming::Length(len)
                         if len <= PREFETCH_BODY && !head.expects_continue() =>
                     {
-                        len as usize
+                        (len as usize, true)
                     }
-                    _ => 0,
+                    _ => (0, false),
                 };
                 if p.conn.rbuf.len() >= need {
                     let mut parked = self.take(t).expect("parked");
-                    // An app thread reading the rest of the body reads the socket.
-                    let body_here = match head.framing() {
-                        BodyFraming::Empty => true,
-                        BodyFraming::Length(len) => len == need as u64,
-                        BodyFraming::Chunked => false,
-                    };
                     parked.conn.quiet &= body_here;
                     self.dispatch(parked.conn, head);
                     return true;
@@ -1015,11 +1012,17 @@ impl<'r> IoLoop<'r> {
             self.flush(t);
             return;
         }
+        self.after_response(conn, after);
+    }
+
+    /// The response is out: keep the connection for its next request, or close it.
+    fn after_response(&mut self, conn: Connection, after: After) {
         match after {
             After::KeepAlive => self.keep_alive(conn),
             // Closed at once (behind a proxy, every request): no need to park it first.
             After::Close(Linger::No) => self.drop_returned(conn),
             After::Close(linger) => {
+                let t = conn.token;
                 self.park(conn, Phase::Linger { discarded: 0 });
                 self.close(t, linger);
             }
@@ -1079,13 +1082,7 @@ impl<'r> IoLoop<'r> {
             if *pos == out.len() {
                 let then = *then;
                 let conn = self.take(t).expect("parked").conn;
-                match then {
-                    After::KeepAlive => self.keep_alive(conn),
-                    After::Close(linger) => {
-                        self.park(conn, Phase::Linger { discarded: 0 });
-                        self.close(t, linger);
-                    }
-                }
+                self.after_response(conn, then);
                 return;
             }
             match send(

@@ -511,6 +511,22 @@ GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n",
     assert_eq!(all[0].header("connection"), Some("close"));
 }
 
+/// A client speaking something other than HTTP (here a TLS handshake sent to the plain port) is
+/// answered 400 as soon as its first bytes cannot start a request line, not when the header
+/// timeout cuts it: the handshake has no line end to wait for.
+#[test]
+fn a_tls_handshake_is_refused_at_once_not_at_the_header_timeout() {
+    let s = EchoServer::start(&["--header-timeout", "120"]);
+    let mut c = Client::connect(s.addr());
+    // A ClientHello's record header and the start of its handshake header.
+    c.send(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03");
+    let resp = c.read_response();
+    assert_eq!(resp.status, 400, "{resp:?}");
+    assert_eq!(resp.header("connection"), Some("close"), "{resp:?}");
+    assert!(c.at_eof(), "the connection stays open after the 400");
+    assert_eq!(get(s.addr(), "/").status, 200);
+}
+
 #[test]
 fn a_client_trickling_its_head_is_disconnected_by_header_timeout() {
     let s = EchoServer::start(&["--header-timeout", "2"]);

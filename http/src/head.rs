@@ -208,6 +208,7 @@ impl HeadParser {
         self.scanned = scanned;
         self.note_head_method(buf);
         self.check_partial_line(limits)?;
+        self.check_partial_method(buf)?;
         Ok(Parsed::Partial)
     }
 
@@ -281,6 +282,21 @@ impl HeadParser {
                 Err(RequestError::HeadersTooLarge("header field too long"))
             }
             _ => Ok(()),
+        }
+    }
+
+    /// Refuse a request line whose method, as far as it has been read, is already invalid: a
+    /// client speaking something else (a TLS handshake, binary junk) is answered at once rather
+    /// than when the header timeout cuts it.
+    fn check_partial_method(&self, buf: &[u8]) -> Result<(), RequestError> {
+        if self.fields_start.is_some() {
+            return Ok(());
+        }
+        let line = &buf[self.line_start..self.scanned];
+        let method = line.split(|&b| b == b' ').next().unwrap_or_default();
+        match method.iter().all(|&b| is_method_byte(b)) {
+            true => Ok(()),
+            false => Err(RequestError::BadRequest("invalid method")),
         }
     }
 
@@ -397,13 +413,7 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, RequestError> {
     let sp1 = line.iter().position(|&b| b == b' ');
     let method_end = sp1.unwrap_or(line.len());
     let method = &line[..method_end];
-    // Methods are case-sensitive and every registered one is upper case; gunicorn refuses lower
-    // case and `#` so that e.g. `get` cannot reach an app that only checks `GET`.
-    if method.is_empty()
-        || !method
-            .iter()
-            .all(|&b| is_tchar(b) && !b.is_ascii_lowercase() && b != b'#')
-    {
+    if method.is_empty() || !method.iter().all(|&b| is_method_byte(b)) {
         return Err(RequestError::BadRequest("invalid method"));
     }
     let Some(sp1) = sp1 else {
@@ -435,6 +445,13 @@ fn parse_request_line(line: &[u8]) -> Result<RequestLine, RequestError> {
         target,
         version,
     })
+}
+
+/// A byte a method may hold. Methods are case-sensitive and every registered one is upper case;
+/// gunicorn refuses lower case and `#` so that e.g. `get` cannot reach an app that only checks
+/// `GET`.
+fn is_method_byte(b: u8) -> bool {
+    is_tchar(b) && !b.is_ascii_lowercase() && b != b'#'
 }
 
 /// `HTTP/x.y` with single digits; a well-formed version other than 1.0/1.1 is 505.
@@ -755,6 +772,21 @@ mod tests {
                 HeadParser::new().parse(raw, &limits).unwrap_err().status(),
                 400
             );
+        }
+    }
+
+    #[test]
+    fn a_method_that_cannot_be_one_is_refused_before_its_line_ends() {
+        let limits = Limits::default();
+        // A TLS ClientHello's first bytes, lower case, a NUL: no line end is needed to refuse.
+        for raw in [&b"\x16\x03\x01\x02\x00"[..], b"get", b"GET\0", b"\r\nPO#"] {
+            let e = HeadParser::new().parse(raw, &limits).unwrap_err();
+            assert_eq!(e, RequestError::BadRequest("invalid method"), "{raw:?}");
+        }
+        // A valid method, whole or cut short, and an odd target still wait for the line.
+        for raw in [&b"GE"[..], b"M-SEARCH", b"GET /\x01", b"\r\n", b"POST /a b"] {
+            let parsed = HeadParser::new().parse(raw, &limits);
+            assert_eq!(parsed.unwrap(), Parsed::Partial, "{raw:?}");
         }
     }
 }

@@ -474,15 +474,18 @@ impl<H: Hooks> Arbiter<H> {
                 debug!("Reaped unknown child process (pid:{pid})");
                 continue;
             };
-            boot_failure = log_worker_exit(pid, &info, code, signal).or(boot_failure);
             let booted = self.table.booted(info.slot);
             self.ever_booted |= booted;
+            // An app that exits with 3 or 4 while serving (`sys.exit(3)`) did boot: a crash.
+            let boot_code = code.filter(|&c| !booted && is_boot_failure_code(c));
+            log_worker_exit(pid, &info, code, signal);
+            boot_failure = boot_code.or(boot_failure);
             let died_unbooted =
                 code != Some(0) && !info.retiring && info.aborted_at.is_none() && !booted;
             if died_unbooted && (boot_failure.is_none() || self.ever_booted) {
                 self.back_off(&format!("Worker (pid:{pid}) died before it booted"));
             }
-            let cause = exit_cause(&info, code, signal);
+            let cause = exit_cause(&info, code, signal, boot_code);
             self.record_exit(&info, cause);
             self.hooks.worker_exited(pid.as_raw(), cause);
         }
@@ -937,20 +940,15 @@ fn log_reexec_exit(pid: Pid, code: Option<i32>, signal: Option<Signal>) {
     }
 }
 
-/// How a worker ended, in gunicorn's wording and levels. Returns its exit code if it failed to
-/// boot or to load the app.
-fn log_worker_exit(
-    pid: Pid,
-    info: &WorkerInfo,
-    code: Option<i32>,
-    signal: Option<Signal>,
-) -> Option<i32> {
+/// Whether a worker's exit code says it could not start (gunicorn's codes).
+fn is_boot_failure_code(code: i32) -> bool {
+    matches!(code, WORKER_BOOT_ERROR | APP_LOAD_ERROR)
+}
+
+/// How a worker ended, in gunicorn's wording and levels.
+fn log_worker_exit(pid: Pid, info: &WorkerInfo, code: Option<i32>, signal: Option<Signal>) {
     match (code, signal) {
         (Some(0), _) => info!("Worker exiting (pid: {pid})"),
-        (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => {
-            error!("Worker (pid:{pid}) exited with code {code}.");
-            return Some(code);
-        }
         (Some(code), _) => error!("Worker (pid:{pid}) exited with code {code}."),
         (None, Some(Signal::SIGKILL)) if !info.killed => {
             error!("Worker (pid:{pid}) was sent SIGKILL! Perhaps out of memory?")
@@ -959,14 +957,23 @@ fn log_worker_exit(
         (None, Some(sig)) => warn!("Worker (pid:{pid}) was sent {sig}!"),
         (None, None) => {}
     }
-    None
 }
 
-/// What the arbiter knows of why a reaped worker ended.
-fn exit_cause(info: &WorkerInfo, code: Option<i32>, signal: Option<Signal>) -> ExitCause {
+/// What the arbiter knows of why a reaped worker ended; `boot_code` is its exit code when that
+/// says it could not start (and it had not booted).
+fn exit_cause(
+    info: &WorkerInfo,
+    code: Option<i32>,
+    signal: Option<Signal>,
+    boot_code: Option<i32>,
+) -> ExitCause {
+    if info.aborted_at.is_some() || info.timed_out {
+        return ExitCause::Timeout;
+    }
+    if let Some(code) = boot_code {
+        return ExitCause::BootFailure(code);
+    }
     match (code, signal) {
-        _ if info.aborted_at.is_some() || info.timed_out => ExitCause::Timeout,
-        (Some(code @ (WORKER_BOOT_ERROR | APP_LOAD_ERROR)), _) => ExitCause::BootFailure(code),
         _ if info.retiring => ExitCause::ScaleDown,
         (Some(0), _) => ExitCause::MaxRequests,
         (None, Some(Signal::SIGKILL)) if !info.killed => ExitCause::Memory,

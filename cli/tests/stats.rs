@@ -12,7 +12,7 @@ use ferrocorn_testkit::*;
 use serde_json::Value;
 
 /// `/sleep` blocks (until the test's server is killed); `/missing` answers 404; `/exit` ends the
-/// worker with code 7.
+/// worker with code 7, `/exit?N` with code N.
 const APP: &str = r#"import os
 import time
 
@@ -22,7 +22,7 @@ def app(environ, start_response):
     if path == "/sleep":
         time.sleep(120)
     if path == "/exit":
-        os._exit(7)
+        os._exit(int(environ.get("QUERY_STRING") or 7))
     status = "404 Not Found" if path == "/missing" else "200 OK"
     start_response(status, [("Content-Type", "text/plain"), ("Content-Length", "3")])
     return [b"ok\n"]
@@ -250,6 +250,34 @@ fn a_crashed_worker_is_counted_and_its_replacement_names_why() {
     assert_eq!(json["totals"]["worker_exits"]["crash"], 1, "{json:#}");
     assert_eq!(workers(&json)[0]["predecessor_exit"], "crash");
     drop(server);
+}
+
+/// Exit codes 3 and 4 mean "could not boot" and "could not load the app" (gunicorn's), but an
+/// app that exits with them while serving had booted: a crash, not a boot failure.
+#[test]
+fn a_booted_worker_exiting_with_a_boot_error_code_is_a_crash() {
+    let dir = TempDir::new("stats-exit-codes");
+    let (mut server, socket) = start(&dir, "1", &[]);
+    for code in ["3", "4"] {
+        let json = json_until(&socket, "one idle worker", |j| all_idle(j, 1));
+        let pid = workers(&json)[0]["pid"].clone();
+        let request = format!("GET /exit?{code} HTTP/1.1\r\nHost: t\r\n\r\n");
+        let _ = raw_exchange(server.addr(), request.as_bytes());
+        server.wait_for_log(&format!("exited with code {code}."), DEADLINE);
+        json_until(&socket, "a replacement", |j| {
+            workers(j).len() == 1 && workers(j)[0]["pid"] != pid
+        });
+    }
+    let json = json_until(&socket, "one idle worker", |j| all_idle(j, 1));
+    assert_eq!(json["totals"]["worker_exits"]["crash"], 2, "{json:#}");
+    assert_eq!(
+        json["totals"]["worker_exits"]["boot_failure"], 0,
+        "{json:#}"
+    );
+    assert_eq!(workers(&json)[0]["predecessor_exit"], "crash");
+    assert_eq!(get(server.addr(), "/").status, 200);
+    let log = server.log_text();
+    assert!(!log.contains("could not load the app"), "{log}");
 }
 
 #[test]

@@ -48,6 +48,8 @@ pub fn main() -> ExitCode {
     if let Some(code) = loaded.run_checks() {
         return code;
     }
+    // SAFETY: no thread has been started yet (the signal queue is a self-pipe).
+    unsafe { ferrocorn_wsgi::export_server_software() };
     let worker_hooks = loaded.hook_source(hooks::WORKER_HOOKS);
     let master_hooks = loaded.hook_source(hooks::MASTER_HOOKS);
     ferrocorn_flags::run_parsed(loaded.options, AppArgument::Required, signals, |options| {

@@ -192,6 +192,13 @@ fn environ_seen_by_the_app() {
     assert_eq!(json_str(&json, "wsgi.url_scheme").as_deref(), Some("http"));
     assert!(json.contains("\"wsgi.multiprocess\": true"), "{json}");
     assert!(json.contains("\"wsgi.version\": [1, 0]"), "{json}");
+    // Apps tell gunicorn by this (httpbin takes chunked bodies only then); as gunicorn, the
+    // process environment says it too.
+    for key in ["SERVER_SOFTWARE", "os.environ SERVER_SOFTWARE"] {
+        let software = json_str(&json, key).unwrap_or_default();
+        assert!(software.starts_with("gunicorn/"), "{key}: {json}");
+        assert!(software.contains("(ferrocorn/"), "{key}: {json}");
+    }
 
     // PATH_INFO is percent-decoded: "/%65nviron" reaches the app's "/environ" route.
     let resp = get(addr, "/%65nviron");

@@ -109,6 +109,7 @@ def environ_json(environ, start_response):
     for flag in ("wsgi.multithread", "wsgi.multiprocess", "wsgi.run_once", "wsgi.input_terminated"):
         keys[flag] = environ.get(flag)
     keys["pid"] = os.getpid()
+    keys["os.environ SERVER_SOFTWARE"] = os.environ.get("SERVER_SOFTWARE")
     body = json.dumps(keys, sort_keys=True).encode()
     return text(start_response, body, ctype="application/json")
 

@@ -284,10 +284,7 @@ pub fn base_environ(py: Python<'_>) -> PyResult<Bound<'_, PyDict>> {
         "wsgi.file_wrapper",
         py.get_type::<crate::response::FileWrapper>(),
     )?;
-    env.set_item(
-        "SERVER_SOFTWARE",
-        concat!("ferrocorn/", env!("CARGO_PKG_VERSION")),
-    )?;
+    env.set_item("SERVER_SOFTWARE", crate::SERVER_SOFTWARE)?;
     Ok(env)
 }
 

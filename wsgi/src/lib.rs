@@ -431,6 +431,26 @@ pub fn install_abort_handler() -> Result<(), LoadError> {
     abort::install()
 }
 
+/// `SERVER_SOFTWARE`, in each request's environ and in the processes' environment. It starts
+/// with gunicorn's token because apps tell gunicorn from other servers by it (httpbin, for one,
+/// accepts chunked request bodies only when it starts with `gunicorn/`), and ferrocorn serves
+/// them as gunicorn does; ferrocorn's own name and version follow.
+pub const SERVER_SOFTWARE: &str = concat!(
+    "gunicorn/27.0.1 (ferrocorn/",
+    env!("CARGO_PKG_VERSION"),
+    ")"
+);
+
+/// Set `$SERVER_SOFTWARE` to [`SERVER_SOFTWARE`], as gunicorn's arbiter does before it applies
+/// `--env` (which may still change it): the hooks, the app and what it starts see it.
+///
+/// # Safety
+/// No other thread may read or write the environment meanwhile (call it before starting any).
+pub unsafe fn export_server_software() {
+    // SAFETY: the caller promises no other thread touches the environment.
+    unsafe { std::env::set_var("SERVER_SOFTWARE", SERVER_SOFTWARE) };
+}
+
 /// Before fork in a process where Python is initialized (`--preload`): `gc.freeze()` and
 /// `PyOS_BeforeFork`, holding the GIL until the matching after-fork hook. No-op if Python was never
 /// initialized here.

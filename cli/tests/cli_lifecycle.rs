@@ -883,3 +883,33 @@ fn initgroups_without_user_is_a_clear_error() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--initgroups needs --user"));
 }
+
+/// With `--user`, a worker that cannot reach Python's standard library (pyenv's under /root, a
+/// common set-up) fails naming the directory that keeps the user out, not just Python's own
+/// "failed to get the Python codec". Where the user can reach it, the app is served.
+#[test]
+#[ignore = "needs root: --user switches the workers to nobody"]
+fn with_user_a_python_the_user_cannot_reach_is_named() {
+    let dir = hello_app_dir("user-python");
+    let args = ["--user", "nobody", "--group", "nogroup", "hello:app"];
+    let mut server = Server::start_in(&args, dir.path(), &[]);
+    // Answered once the worker has loaded the app; reset if the master gives up.
+    let answer = raw_exchange(
+        server.addr(),
+        b"GET / HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    );
+    if answer.starts_with(b"HTTP/1.1 200") {
+        return;
+    }
+    assert_eq!(server.wait_exit(STOP_PATIENCE).code(), Some(4));
+    let log = server.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("is out of reach of uid 65534: it may not enter "))
+        .unwrap_or_else(|| panic!("the worker failed without naming why: {log}"));
+    // The directory named really is closed to others (no search bit for them).
+    let named = line.split("it may not enter ").nth(1).unwrap();
+    let named = named.split(';').next().unwrap();
+    let mode = std::fs::metadata(named).unwrap().permissions().mode();
+    assert_eq!(mode & 0o001, 0, "{named} is searchable by others: {line}");
+}

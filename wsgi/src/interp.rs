@@ -143,7 +143,13 @@ fn start(executable: Option<&Path>) -> Result<(), LoadError> {
     let status = unsafe { ffi::Py_InitializeFromConfig(&*config.0) };
     // SAFETY: plain inspection of a status value.
     if unsafe { ffi::PyStatus_Exception(status) } != 0 {
-        return Err(status_error("starting Python", status));
+        let LoadError::Init(why) = status_error("starting Python", status) else {
+            unreachable!("status_error makes an Init error")
+        };
+        let hint = unreachable_stdlib()
+            .map(|h| format!(" ({h})"))
+            .unwrap_or_default();
+        return Err(LoadError::Init(format!("{why}{hint}")));
     }
     // SAFETY: this thread holds the GIL right after initialization; release it so other code
     // (pyo3's attach, other threads) can take it. The thread state stays registered for this
@@ -155,6 +161,34 @@ fn start(executable: Option<&Path>) -> Result<(), LoadError> {
             .map_err(|e| LoadError::Init(e.to_string()))?;
         Ok(())
     })
+}
+
+/// Why Python could not start, when the cause can be seen from here: its standard library (next
+/// to libpython) is out of this process's reach, as when `--user` switched to a user who cannot
+/// enter the directory Python is installed in (pyenv's under /root, say).
+fn unreachable_stdlib() -> Option<String> {
+    let (version, library) = crate::python_build();
+    let minor: Vec<&str> = version.split(['.', ' ']).take(2).collect();
+    let stdlib = library?
+        .parent()?
+        .join(format!("python{}", minor.join(".")));
+    let denied = |p: &Path| matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+    // The deepest directory this process may still enter on the way to the standard library.
+    let first_denied = stdlib
+        .ancestors()
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .find(|p| denied(p))?;
+    let blocking = first_denied.parent().unwrap_or(first_denied);
+    // SAFETY: geteuid has no preconditions.
+    let uid = unsafe { libc::geteuid() };
+    Some(format!(
+        "its standard library {} is out of reach of uid {uid}: it may not enter {}; with \
+         --user, install Python (and the virtualenv) where that user can read them",
+        stdlib.display(),
+        blocking.display()
+    ))
 }
 
 /// See [`crate::before_fork`].

@@ -79,15 +79,17 @@ impl Drop for Config {
 }
 
 fn status_error(what: &str, status: ffi::PyStatus) -> LoadError {
-    let msg = if status.err_msg.is_null() {
-        "unknown error".to_string()
-    } else {
-        // SAFETY: a non-null err_msg of a PyStatus is a static NUL-terminated C string.
-        unsafe { CStr::from_ptr(status.err_msg) }
-            .to_string_lossy()
-            .into_owned()
-    };
-    LoadError::Init(format!("{what}: {msg}"))
+    LoadError::Init(format!("{what}: {}", status_message(status)))
+}
+
+fn status_message(status: ffi::PyStatus) -> String {
+    if status.err_msg.is_null() {
+        return "unknown error".to_string();
+    }
+    // SAFETY: a non-null err_msg of a PyStatus is a static NUL-terminated C string.
+    unsafe { CStr::from_ptr(status.err_msg) }
+        .to_string_lossy()
+        .into_owned()
 }
 
 /// `sys.argv` = this process's command line, as gunicorn's apps see gunicorn's (not parsed).
@@ -143,13 +145,11 @@ fn start(executable: Option<&Path>) -> Result<(), LoadError> {
     let status = unsafe { ffi::Py_InitializeFromConfig(&*config.0) };
     // SAFETY: plain inspection of a status value.
     if unsafe { ffi::PyStatus_Exception(status) } != 0 {
-        let LoadError::Init(why) = status_error("starting Python", status) else {
-            unreachable!("status_error makes an Init error")
-        };
         let hint = unreachable_stdlib()
             .map(|h| format!(" ({h})"))
             .unwrap_or_default();
-        return Err(LoadError::Init(format!("{why}{hint}")));
+        let why = status_message(status);
+        return Err(LoadError::Init(format!("starting Python: {why}{hint}")));
     }
     // SAFETY: this thread holds the GIL right after initialization; release it so other code
     // (pyo3's attach, other threads) can take it. The thread state stays registered for this
@@ -172,14 +172,13 @@ fn unreachable_stdlib() -> Option<String> {
     let stdlib = library?
         .parent()?
         .join(format!("python{}", minor.join(".")));
-    let denied = |p: &Path| matches!(std::fs::metadata(p), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
-    // The deepest directory this process may still enter on the way to the standard library.
+    // The first path on the way that cannot be looked at: its parent may not be entered.
     let first_denied = stdlib
         .ancestors()
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
-        .find(|p| denied(p))?;
+        .find(|p| stat_denied(p))?;
     let blocking = first_denied.parent().unwrap_or(first_denied);
     // SAFETY: geteuid has no preconditions.
     let uid = unsafe { libc::geteuid() };
@@ -189,6 +188,10 @@ fn unreachable_stdlib() -> Option<String> {
         stdlib.display(),
         blocking.display()
     ))
+}
+
+fn stat_denied(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied)
 }
 
 /// See [`crate::before_fork`].

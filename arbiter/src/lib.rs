@@ -13,7 +13,8 @@
 //! A worker that exits with [`WORKER_BOOT_ERROR`] or [`APP_LOAD_ERROR`] before any worker booted stops
 //! the whole server with that exit code instead of being respawned forever. Later (a reload whose
 //! code does not load) it is retried after a back-off while the old workers serve on: a reload
-//! (HUP) retires old workers only as their replacements boot.
+//! (HUP) retires old workers only as their replacements boot. A worker that had booted and exits
+//! with one of these codes (the app's own `sys.exit(3)`) crashed: it is respawned like any other.
 #![warn(missing_docs)]
 
 mod hooks;
